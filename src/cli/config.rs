@@ -1,0 +1,209 @@
+//! The TOML config file (`--config /etc/blackpony/blackpony.toml`) and its
+//! merge with command-line flags. Unknown keys are errors: a typo in a mail
+//! server's config should stop it, not be ignored.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{BareNewlinesArg, InboundArgs, InboundSettings};
+use crate::inbound::{Identity, InboundConfig};
+
+/// Why the settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("config file {0}: {1}")]
+    Parse(PathBuf, Box<toml::de::Error>),
+    #[error("{0}")]
+    Missing(&'static str),
+    #[error("{0}: {1}")]
+    Invalid(String, String),
+}
+
+/// The whole file: one section per role.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub inbound: Option<InboundFile>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_path_buf(), e))?;
+        Self::parse(&text).map_err(|e| ConfigError::Parse(path.to_path_buf(), Box::new(e)))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
+/// A command given as one string (split on white space) or as a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum CommandLine {
+    Line(String),
+    Argv(Vec<String>),
+}
+
+impl CommandLine {
+    fn argv(self) -> Vec<String> {
+        match self {
+            CommandLine::Line(s) => s.split_whitespace().map(String::from).collect(),
+            CommandLine::Argv(v) => v,
+        }
+    }
+}
+
+/// The `[inbound]` section: the same names as the flags, with underscores.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundFile {
+    pub listen: Option<String>,
+    pub backend: Option<String>,
+    pub backend_command: Option<CommandLine>,
+    pub identity: Option<Identity>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub require_tls: Option<bool>,
+    pub hostname: Option<String>,
+    pub bare_newlines: Option<BareNewlinesArg>,
+    pub trace_header: Option<bool>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_client: Option<usize>,
+    pub client_timeout: Option<u64>,
+    pub backend_timeout: Option<u64>,
+    pub shutdown_timeout: Option<u64>,
+}
+
+/// Flags win over the file; the file wins over the defaults.
+pub fn merge_inbound(args: InboundArgs, file: InboundFile) -> Result<InboundSettings, ConfigError> {
+    let identity = args.identity.or(file.identity).ok_or(ConfigError::Missing(
+        "--identity is required: how the MTA learns the real client address \
+         (proxy-v2, proxy-v1, xclient, exec, or none; see --help)",
+    ))?;
+    let command = args
+        .backend_command
+        .map(|s| s.split_whitespace().map(String::from).collect())
+        .or(file.backend_command.map(CommandLine::argv));
+    let backend = super::backend_target(identity, args.backend.or(file.backend), command)?;
+
+    let tls_cert = match (args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            return Err(ConfigError::Missing(
+                "tls_cert and tls_key go together: give both or neither",
+            ));
+        }
+    };
+    let hostname = args
+        .hostname
+        .or(file.hostname)
+        .unwrap_or_else(super::system_hostname);
+    if hostname.is_empty() || hostname.bytes().any(|b| !(b.is_ascii_alphanumeric() || b"-._".contains(&b))) {
+        return Err(ConfigError::Invalid("--hostname".into(), format!("{hostname:?} is not a host name")));
+    }
+    let bare = args
+        .bare_newlines
+        .or(file.bare_newlines)
+        .unwrap_or(BareNewlinesArg::Normalize);
+    let session = super::session_config(
+        hostname,
+        identity,
+        args.require_tls || file.require_tls.unwrap_or(false),
+        bare.into(),
+        !args.no_trace_header && file.trace_header.unwrap_or(true),
+    );
+    let mut config = InboundConfig::new(session, backend);
+    if let Some(n) = args.max_connections.or(file.max_connections) {
+        config.max_connections = n.max(1);
+    }
+    if let Some(n) = args
+        .max_connections_per_client
+        .or(file.max_connections_per_client)
+    {
+        config.max_connections_per_client = n.max(1);
+    }
+    if let Some(s) = args.client_timeout.or(file.client_timeout) {
+        config.client_timeout = super::secs(s.max(1));
+    }
+    if let Some(s) = args.backend_timeout.or(file.backend_timeout) {
+        config.backend_timeout = super::secs(s.max(1));
+    }
+    if let Some(s) = args.shutdown_timeout.or(file.shutdown_timeout) {
+        config.shutdown_grace = super::secs(s);
+    }
+    Ok(InboundSettings {
+        listen: args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "0.0.0.0:25".to_string()),
+        tls_cert,
+        config,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inbound::BackendTarget;
+
+    #[test]
+    fn file_then_flags() {
+        let file = FileConfig::parse(
+            r#"
+            [inbound]
+            listen = "127.0.0.1:2525"
+            backend = "127.0.0.1:10025"
+            identity = "xclient"
+            hostname = "mx.example.org"
+            bare_newlines = "reject"
+            max_connections = 10
+            "#,
+        )
+        .unwrap();
+        let args = InboundArgs {
+            identity: Some(Identity::ProxyV2),
+            max_connections: Some(20),
+            ..Default::default()
+        };
+        let s = merge_inbound(args, file.inbound.unwrap()).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:2525");
+        assert_eq!(s.config.session.identity, Identity::ProxyV2);
+        assert_eq!(s.config.session.hostname, "mx.example.org");
+        assert_eq!(s.config.session.bare_newlines, crate::smtp::BareNewlines::Reject);
+        assert_eq!(s.config.max_connections, 20);
+        assert!(s.config.session.trace_header);
+        assert_eq!(s.config.backend, BackendTarget::Tcp("127.0.0.1:10025".into()));
+    }
+
+    #[test]
+    fn mistakes_are_errors() {
+        assert!(FileConfig::parse("[inbound]\nlisten_addr = \"x\"\n").is_err());
+        assert!(FileConfig::parse("[inbound]\nidentity = \"proxy-v3\"\n").is_err());
+        let no_identity = InboundArgs {
+            backend: Some("127.0.0.1:1".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            merge_inbound(no_identity, InboundFile::default()),
+            Err(ConfigError::Missing(_))
+        ));
+        let exec_without_command = InboundArgs {
+            identity: Some(Identity::Exec),
+            ..Default::default()
+        };
+        assert!(merge_inbound(exec_without_command, InboundFile::default()).is_err());
+        let exec = FileConfig::parse("[inbound]\nidentity = \"exec\"\nbackend_command = [\"/bin/qmail-smtpd\", \"-x\"]\n")
+            .unwrap();
+        let s = merge_inbound(InboundArgs::default(), exec.inbound.unwrap()).unwrap();
+        assert_eq!(
+            s.config.backend,
+            BackendTarget::Exec(vec!["/bin/qmail-smtpd".into(), "-x".into()])
+        );
+    }
+}

@@ -1,0 +1,348 @@
+//! The command line: a thin shell that merges flags with the config file and
+//! calls a role's `run`. Flags given on the command line win over the file.
+
+pub mod config;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use crate::inbound::{self, BackendTarget, Identity, InboundConfig, SessionConfig};
+use crate::log;
+use crate::smtp::BareNewlines;
+use crate::transport::ServerTls;
+use config::{ConfigError, FileConfig};
+
+/// sysexits.h codes used at the edge.
+mod exit {
+    pub const USAGE: u8 = 64;
+    pub const OSERR: u8 = 71;
+    pub const CONFIG: u8 = 78;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "blackpony",
+    version,
+    about = "Opportunistic encryption for mail servers, beside an unpatched MTA",
+    long_about = "blackpony stands beside an existing MTA (Postfix, Exim, sendmail, OpenSMTPD, \
+                  qmail) and encrypts every SMTP hop it can, without patching the MTA.\n\n\
+                  `blackpony inbound` listens on port 25 in front of the MTA, offers STARTTLS \
+                  itself and passes the SMTP dialogue through; the MTA still decides about \
+                  every message."
+)]
+pub struct Cli {
+    /// Read settings from this TOML file (sections [inbound], …). Flags on
+    /// the command line override the file.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Listen for SMTP clients (port 25), offer STARTTLS, and pass the
+    /// dialogue through to the local MTA.
+    Inbound(InboundArgs),
+}
+
+/// Flags of `blackpony inbound`. Every one can also be set in the config
+/// file's `[inbound]` section, spelled with underscores.
+#[derive(Debug, Args, Default)]
+pub struct InboundArgs {
+    /// Address to accept SMTP clients on [default: 0.0.0.0:25]. Ignored when
+    /// systemd passes a listening socket (socket activation).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+
+    /// Where the local MTA listens: `127.0.0.1:10025` or `unix:/path`. Its
+    /// replies are what clients see, and only it accepts mail.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub backend: Option<String>,
+
+    /// With `--identity exec`: the SMTP server program to start for each
+    /// client, speaking SMTP on its stdin/stdout (e.g. /var/qmail/bin/qmail-smtpd).
+    #[arg(long, value_name = "COMMAND")]
+    pub backend_command: Option<String>,
+
+    /// How the MTA learns the real client address, so it does not extend its
+    /// trust in localhost to the internet:
+    /// proxy-v2 / proxy-v1 = PROXY header (Postfix smtpd_upstream_proxy_protocol
+    /// = haproxy, Exim hosts_proxy, OpenSMTPD proxy-v2);
+    /// xclient = Postfix smtpd_authorized_xclient_hosts;
+    /// exec = start --backend-command per client with TCPREMOTEIP etc. (qmail);
+    /// none = tell it nothing: ONLY for an MTA configured not to trust the
+    /// sidecar's address, otherwise it becomes an open relay.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub identity: Option<Identity>,
+
+    /// PEM certificate chain for STARTTLS. Without one a self-signed
+    /// certificate for --hostname is made at start. Re-read on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Refuse MAIL, RCPT, DATA and other mail commands before STARTTLS
+    /// (530 5.7.0). Only sensible where every client can do TLS.
+    #[arg(long)]
+    pub require_tls: bool,
+
+    /// The name this host gives in replies and trace headers
+    /// [default: the system host name].
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+
+    /// What to do with a bare CR or LF in a message: `normalize` rewrites it
+    /// to CRLF, `reject` refuses the message with 550 5.6.11. Either way only
+    /// CRLF.CRLF ends a message (SMTP smuggling defence).
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub bare_newlines: Option<BareNewlinesArg>,
+
+    /// Do not add the `Received:` header that records whether TLS was used.
+    #[arg(long)]
+    pub no_trace_header: bool,
+
+    /// Most client connections at once; more get 421 4.7.0 [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Most connections at once from one client address [default: 50].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_client: Option<usize>,
+
+    /// Seconds a client may stay silent before 421 [default: 300, RFC 5321 §4.5.3.2].
+    #[arg(long, value_name = "SECONDS")]
+    pub client_timeout: Option<u64>,
+
+    /// Seconds the MTA may take to answer before the client gets 421 [default: 600].
+    #[arg(long, value_name = "SECONDS")]
+    pub backend_timeout: Option<u64>,
+
+    /// After SIGTERM, seconds running sessions may take to finish [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    pub shutdown_timeout: Option<u64>,
+}
+
+/// `--bare-newlines` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BareNewlinesArg {
+    Normalize,
+    Reject,
+}
+
+impl From<BareNewlinesArg> for BareNewlines {
+    fn from(a: BareNewlinesArg) -> Self {
+        match a {
+            BareNewlinesArg::Normalize => BareNewlines::Normalize,
+            BareNewlinesArg::Reject => BareNewlines::Reject,
+        }
+    }
+}
+
+/// Entry point of the `blackpony` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let file = match &cli.config {
+        Some(path) => match FileConfig::load(path) {
+            Ok(f) => f,
+            Err(e) => return fail(exit::CONFIG, &e.to_string()),
+        },
+        None => FileConfig::default(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(exit::OSERR, &format!("cannot start the runtime: {e}")),
+    };
+    match cli.command {
+        Command::Inbound(args) => {
+            log::init("inbound");
+            let settings = match config::merge_inbound(args, file.inbound.unwrap_or_default()) {
+                Ok(s) => s,
+                Err(e) => return fail(exit_for(&e), &e.to_string()),
+            };
+            runtime.block_on(run_inbound(settings))
+        }
+    }
+}
+
+fn exit_for(e: &ConfigError) -> u8 {
+    match e {
+        ConfigError::Missing(_) | ConfigError::Invalid(..) => exit::USAGE,
+        _ => exit::CONFIG,
+    }
+}
+
+fn fail(code: u8, message: &str) -> ExitCode {
+    eprintln!("blackpony: {message}");
+    ExitCode::from(code)
+}
+
+/// Settings of `blackpony inbound` after merging flags and file.
+#[derive(Debug)]
+pub struct InboundSettings {
+    pub listen: String,
+    pub tls_cert: Option<(PathBuf, PathBuf)>,
+    pub config: InboundConfig,
+}
+
+async fn run_inbound(settings: InboundSettings) -> ExitCode {
+    let hostname = settings.config.session.hostname.clone();
+    let tls = match &settings.tls_cert {
+        Some((cert, key)) => ServerTls::from_pem_files(cert, key),
+        None => ServerTls::self_signed(&hostname),
+    };
+    let tls = match tls {
+        Ok(t) => Arc::new(t),
+        Err(e) => return fail(exit::CONFIG, &e.to_string()),
+    };
+    let listener = match listener(&settings.listen).await {
+        Ok(l) => l,
+        Err(e) => return fail(exit::OSERR, &e),
+    };
+
+    // SIGHUP reloads the certificate; SIGTERM and SIGINT stop gracefully.
+    spawn_reload_on_hup(Arc::clone(&tls));
+    inbound::run(listener, settings.config, tls, shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
+
+/// The listening socket: from systemd (socket activation, `LISTEN_FDS`), or
+/// bound here.
+async fn listener(listen: &str) -> Result<TcpListener, String> {
+    if let Some(std_listener) = systemd_listener() {
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("socket from systemd: {e}"))?;
+        return TcpListener::from_std(std_listener).map_err(|e| format!("socket from systemd: {e}"));
+    }
+    TcpListener::bind(listen)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => format!(
+                "cannot listen on {listen}: {e} (ports below 1024 need CAP_NET_BIND_SERVICE or systemd socket activation; see README)"
+            ),
+            _ => format!("cannot listen on {listen}: {e}"),
+        })
+}
+
+/// The first socket systemd passed us (sd_listen_fds(3): fds from 3 on,
+/// when `LISTEN_PID` is our pid).
+fn systemd_listener() -> Option<std::net::TcpListener> {
+    let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
+    let fds: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+    if pid != std::process::id() || fds < 1 {
+        return None;
+    }
+    // SAFETY: systemd hands us fd 3 as a listening socket that nothing else
+    // in this process owns; we take ownership exactly once.
+    let listener = unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(3) };
+    // SAFETY: unsetenv before any other thread reads the environment (the
+    // runtime's workers do not).
+    unsafe {
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDS");
+    }
+    Some(listener)
+}
+
+fn spawn_reload_on_hup(tls: Arc<ServerTls>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        log!("warning: cannot catch SIGHUP; certificate reload disabled");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(true) => log!("reload: certificate re-read ({})", tls.describe()),
+                Ok(false) => log!("reload: self-signed certificate, nothing to re-read"),
+                Err(e) => log!("reload: failed, keeping the old certificate ({e})"),
+            }
+        }
+    });
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        // Without signal handling, run until killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => log!("shutdown: SIGTERM"),
+        _ = int.recv() => log!("shutdown: SIGINT"),
+    }
+}
+
+/// The system host name, for `--hostname`'s default.
+pub fn system_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into our buffer.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".to_string();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+pub(crate) fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+pub(crate) fn backend_target(
+    identity: Identity,
+    backend: Option<String>,
+    command: Option<Vec<String>>,
+) -> Result<BackendTarget, ConfigError> {
+    if identity == Identity::Exec {
+        let argv = command.ok_or(ConfigError::Missing(
+            "--identity exec needs --backend-command (the SMTP server program to start per client)",
+        ))?;
+        if argv.is_empty() {
+            return Err(ConfigError::Missing("--backend-command is empty"));
+        }
+        return Ok(BackendTarget::Exec(argv));
+    }
+    if command.is_some() {
+        return Err(ConfigError::Invalid(
+            "--backend-command".into(),
+            "only used with --identity exec".into(),
+        ));
+    }
+    let backend = backend.ok_or(ConfigError::Missing(
+        "--backend is required (where the local MTA listens, e.g. 127.0.0.1:10025)",
+    ))?;
+    Ok(match backend.strip_prefix("unix:") {
+        Some(path) => BackendTarget::Unix(PathBuf::from(path)),
+        None => BackendTarget::Tcp(backend),
+    })
+}
+
+pub(crate) fn session_config(
+    hostname: String,
+    identity: Identity,
+    require_tls: bool,
+    bare_newlines: BareNewlines,
+    trace_header: bool,
+) -> SessionConfig {
+    SessionConfig {
+        hostname,
+        identity,
+        require_tls,
+        bare_newlines,
+        trace_header,
+    }
+}

@@ -1,0 +1,956 @@
+//! The sidecar's relay session, sans-IO.
+//!
+//! A [`Session`] sits between one client and one backend MTA. The I/O loop
+//! feeds it bytes from either side ([`Session::client_input`],
+//! [`Session::backend_input`]), writes out what it leaves in
+//! [`Session::to_client`] and [`Session::to_backend`], and carries out the
+//! [`Action`]s it asks for (start TLS, restart the backend, close).
+//!
+//! Ordering is kept by one queue, `pending`: every command the session
+//! forwards adds the reply it expects from the backend, and every reply the
+//! session gives itself (STARTTLS, a refused XCLIENT, a 530 under
+//! `--require-tls`) is queued behind the backend replies still owed, so a
+//! pipelining client (RFC 2920) gets its replies in the order of its commands.
+//!
+//! The session parses the client's commands itself and never forwards a
+//! byte it has not understood: commands are re-terminated with CRLF, message
+//! content goes through the [`DataScanner`], and where the backend's state
+//! depends on a reply (DATA, AUTH) the session waits for that reply before
+//! reading on, exactly as the backend does.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::identity::{Identity, XclientAttrs, xclient_command};
+use super::trace::{TraceFacts, write_received};
+use crate::smtp::command::{NextLine, next_line};
+use crate::smtp::{
+    BareNewlines, Command, DataScanner, EhloReply, Reply, ReplyError, ReplyParser, ReplySpan, Verb,
+};
+use crate::transport::TlsInfo;
+
+/// Commands pipelined ahead of their replies before we stop reading more.
+const MAX_PENDING: usize = 1000;
+
+/// Client bytes buffered while we wait (for a reply, for the handshake).
+const MAX_CLIENT_BUFFER: usize = 256 * 1024;
+
+/// How far past the backend's SIZE a message may run before we stop it: the
+/// backend itself refuses a message slightly over its limit with a proper
+/// 552, so we only cut off a client that keeps sending far beyond it.
+const SIZE_SLACK: u64 = 64 * 1024;
+
+/// Extensions a backend may announce that are safe to offer the internet
+/// through the sidecar. Everything else is dropped: STARTTLS (the sidecar owns
+/// TLS), XCLIENT and XFORWARD (trusted hosts only), CHUNKING and BINARYMIME
+/// (the sidecar reads DATA only), and anything it does not know.
+const PASSED_EXTENSIONS: &[&str] = &[
+    "SIZE",
+    "PIPELINING",
+    "8BITMIME",
+    "DSN",
+    "ENHANCEDSTATUSCODES",
+    "SMTPUTF8",
+    "AUTH",
+    "ETRN",
+    "VRFY",
+    "EXPN",
+    "HELP",
+    "DELIVERBY",
+    "MT-PRIORITY",
+    "FUTURERELEASE",
+    "RRVS",
+    "MTRK",
+    "LIMITS",
+];
+
+/// Settings shared by every session of one listener.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Our host name, for replies and the trace header.
+    pub hostname: String,
+    pub identity: Identity,
+    /// Refuse mail transactions before STARTTLS.
+    pub require_tls: bool,
+    pub bare_newlines: BareNewlines,
+    /// Add a `Received:` header naming the TLS use.
+    pub trace_header: bool,
+}
+
+/// Something the I/O loop must do after writing out the buffers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Run the TLS handshake with the client, then call
+    /// [`Session::tls_established`] or [`Session::tls_failed`].
+    StartTls,
+    /// Replace the backend by a fresh one (exec mode after STARTTLS, so the
+    /// new process gets the TLS facts in its environment), then call
+    /// [`Session::backend_restarted`].
+    RestartBackend,
+    /// Write out what is buffered and close both connections.
+    Close,
+    /// Write one log record.
+    Log(Notice),
+}
+
+/// A log-worthy event: something refused, or a peer misbehaving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    StartTlsInjection { bytes: usize },
+    CommandRefused { command: &'static str },
+    TlsRequired { command: &'static str },
+    LineTooLong,
+    BadSyntax,
+    BareNewline { count: u64 },
+    MessageTooLarge { limit: u64 },
+    BackendProtocol(ReplyError),
+    BackendUnexpected { reply: String },
+    BackendRefused { step: &'static str, reply: String },
+    BackendClosed,
+    Timeout { waiting_for: &'static str },
+    TlsFailed { error: String },
+}
+
+impl fmt::Display for Notice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Notice::StartTlsInjection { bytes } => write!(
+                f,
+                "refused=starttls-injection bytes={bytes} (plaintext pipelined after STARTTLS)"
+            ),
+            Notice::CommandRefused { command } => write!(f, "refused=command command={command}"),
+            Notice::TlsRequired { command } => write!(f, "refused=tls-required command={command}"),
+            Notice::LineTooLong => write!(f, "refused=line-too-long"),
+            Notice::BadSyntax => write!(f, "refused=bad-syntax"),
+            Notice::BareNewline { count } => write!(f, "refused=bare-newline count={count}"),
+            Notice::MessageTooLarge { limit } => write!(f, "refused=message-size limit={limit}"),
+            Notice::BackendProtocol(e) => write!(f, "backend-error=protocol ({e})"),
+            Notice::BackendUnexpected { reply } => {
+                write!(f, "backend-error=unexpected-reply reply=\"{reply}\"")
+            }
+            Notice::BackendRefused { step, reply } => {
+                write!(f, "backend-error=refused step={step} reply=\"{reply}\"")
+            }
+            Notice::BackendClosed => write!(f, "backend-error=closed"),
+            Notice::Timeout { waiting_for } => write!(f, "timeout waiting_for={waiting_for}"),
+            Notice::TlsFailed { error } => write!(f, "tls-error=\"{error}\""),
+        }
+    }
+}
+
+/// What the session does with the next reply from the backend, or a reply
+/// of its own waiting for its turn.
+#[derive(Debug)]
+enum Expect {
+    /// The greeting: relay it; in XCLIENT mode, then identify the client.
+    Greeting,
+    /// Relay the reply as it is.
+    Relay,
+    /// A reply to the client's EHLO: relay it with its extensions rewritten.
+    Ehlo,
+    /// The reply to DATA: 354 starts the message.
+    Data,
+    /// The reply to AUTH or an AUTH response line: 334 asks for another line.
+    Auth,
+    /// The reply to end-of-data: the backend's verdict on the message.
+    EndOfData,
+    /// The reply to QUIT: relay it, then close.
+    Quit,
+    /// A reply to a command the sidecar sent on its own; not relayed.
+    Own(OwnStep),
+    /// A reply the sidecar gives itself, in its turn.
+    Local(Reply, Then),
+}
+
+/// Commands the sidecar sends the backend on its own account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OwnStep {
+    /// The greeting of a backend started again after STARTTLS.
+    Greeting,
+    /// EHLO before the first XCLIENT, to learn its attributes.
+    Ehlo,
+    /// XCLIENT, answered by a new 220 greeting.
+    Xclient,
+    /// RSET after STARTTLS: nothing from before TLS survives (RFC 3207 §4.2).
+    Rset,
+}
+
+impl OwnStep {
+    fn name(self) -> &'static str {
+        match self {
+            OwnStep::Greeting => "greeting",
+            OwnStep::Ehlo => "ehlo",
+            OwnStep::Xclient => "xclient",
+            OwnStep::Rset => "rset",
+        }
+    }
+}
+
+/// What happens after a local reply is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    Continue,
+    StartTls,
+}
+
+/// A message being received after 354.
+#[derive(Debug)]
+struct Message {
+    scanner: DataScanner,
+    /// Set once the message is refused; it is read to its end, not forwarded.
+    refusal: Option<(Reply, Notice)>,
+}
+
+/// Where the session is in the client's dialogue. Client input is only
+/// parsed as commands in `Commands`; in the other states it is buffered.
+#[derive(Debug)]
+enum Phase {
+    /// The backend has not finished opening (greeting, identity handshake).
+    Opening,
+    Commands,
+    /// DATA was forwarded; its reply decides what the next bytes are.
+    AwaitingData,
+    Message(Message),
+    /// AUTH was forwarded; a 334 makes the next line a response, not a command.
+    AwaitingAuth,
+    AuthResponse,
+    /// STARTTLS was accepted once all earlier replies are out.
+    StartTlsQueued,
+    /// The handshake is running in the I/O loop.
+    Handshake,
+    /// QUIT was forwarded.
+    Quitting,
+    Closed,
+}
+
+/// What the client said in EHLO/HELO.
+#[derive(Debug, Default)]
+struct Hello {
+    name: Option<String>,
+    esmtp: bool,
+}
+
+/// Per-session counters for the closing log line.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    /// Messages the backend accepted.
+    pub messages: u64,
+    /// Messages the backend or the sidecar refused.
+    pub refused: u64,
+    /// Message bytes forwarded.
+    pub bytes: u64,
+    /// The last reply to end-of-data, or to the last command if none.
+    pub last_reply: String,
+    /// Why the session ended.
+    pub end: &'static str,
+}
+
+/// One client's relay session. See the module docs.
+pub struct Session {
+    config: Arc<SessionConfig>,
+    client: SocketAddr,
+    local: SocketAddr,
+    phase: Phase,
+    pending: VecDeque<Expect>,
+    client_in: Vec<u8>,
+    backend_in: Vec<u8>,
+    /// Skipping the rest of an over-long command line.
+    skipping_line: bool,
+    hello: Hello,
+    tls: Option<TlsInfo>,
+    xclient: XclientAttrs,
+    backend_size: Option<u64>,
+    actions: VecDeque<Action>,
+    /// Bytes for the client; the I/O loop writes and clears it.
+    pub to_client: Vec<u8>,
+    /// Bytes for the backend; the I/O loop writes and clears it.
+    pub to_backend: Vec<u8>,
+    /// Message bytes that are read but not forwarded (a refused message).
+    discard: Vec<u8>,
+    stats: Stats,
+}
+
+impl Session {
+    /// A session for a client at `client` that connected to our `local`
+    /// address; the backend connection is being opened.
+    pub fn new(config: Arc<SessionConfig>, client: SocketAddr, local: SocketAddr) -> Self {
+        let mut pending = VecDeque::new();
+        pending.push_back(Expect::Greeting);
+        Session {
+            config,
+            client,
+            local,
+            phase: Phase::Opening,
+            pending,
+            client_in: Vec::with_capacity(4096),
+            backend_in: Vec::with_capacity(4096),
+            skipping_line: false,
+            hello: Hello::default(),
+            tls: None,
+            xclient: XclientAttrs::default(),
+            backend_size: None,
+            actions: VecDeque::new(),
+            to_client: Vec::with_capacity(4096),
+            to_backend: Vec::with_capacity(16 * 1024),
+            discard: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The next thing the I/O loop must do, after writing out the buffers.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed)
+    }
+
+    /// Whether the I/O loop should read from the client now.
+    pub fn wants_client_input(&self) -> bool {
+        !matches!(self.phase, Phase::Closed | Phase::Handshake)
+            && self.client_in.len() < MAX_CLIENT_BUFFER
+    }
+
+    /// Whether a reply from the backend is owed (for choosing the timeout).
+    pub fn awaiting_backend(&self) -> bool {
+        self.pending.iter().any(|e| !matches!(e, Expect::Local(..)))
+    }
+
+    /// Bytes from the client (already decrypted if TLS is up).
+    pub fn client_input(&mut self, data: &[u8]) {
+        if matches!(self.phase, Phase::Closed) {
+            return;
+        }
+        self.client_in.extend_from_slice(data);
+        self.advance();
+    }
+
+    /// Bytes from the backend.
+    pub fn backend_input(&mut self, data: &[u8]) {
+        if matches!(self.phase, Phase::Closed) {
+            return;
+        }
+        self.backend_in.extend_from_slice(data);
+        self.advance();
+    }
+
+    /// The client closed its side.
+    pub fn client_eof(&mut self) {
+        if !matches!(self.phase, Phase::Closed) {
+            self.close("client-closed");
+        }
+    }
+
+    /// The backend closed its side.
+    pub fn backend_eof(&mut self) {
+        if matches!(self.phase, Phase::Closed) {
+            return;
+        }
+        self.notice(Notice::BackendClosed);
+        self.fail_to_client(Reply::new(
+            421,
+            format!("4.3.2 {} Service not available, closing connection", self.config.hostname),
+        ));
+        self.close("backend-closed");
+    }
+
+    /// The peer we were waiting for was silent too long.
+    pub fn timeout(&mut self) {
+        if matches!(self.phase, Phase::Closed) {
+            return;
+        }
+        if self.awaiting_backend() {
+            self.notice(Notice::Timeout { waiting_for: "backend" });
+            self.fail_to_client(Reply::new(
+                421,
+                format!("4.4.1 {} Error: mail system timed out", self.config.hostname),
+            ));
+        } else {
+            self.notice(Notice::Timeout { waiting_for: "client" });
+            self.fail_to_client(Reply::new(
+                421,
+                format!("4.4.2 {} Error: timeout exceeded", self.config.hostname),
+            ));
+        }
+        self.close("timeout");
+    }
+
+    /// The TLS handshake with the client finished.
+    pub fn tls_established(&mut self, info: TlsInfo) {
+        if !matches!(self.phase, Phase::Handshake) {
+            return;
+        }
+        self.tls = Some(info);
+        // RFC 3207 §4.2: the client starts over with EHLO, and nothing it (or
+        // a man in the middle) said before TLS may carry over.
+        self.hello = Hello::default();
+        self.backend_in.clear();
+        if self.config.identity == Identity::Exec {
+            self.phase = Phase::Opening;
+            self.pending.push_back(Expect::Own(OwnStep::Greeting));
+            self.actions.push_back(Action::RestartBackend);
+        } else {
+            self.phase = Phase::Commands;
+            self.to_backend.extend_from_slice(b"RSET\r\n");
+            self.pending.push_back(Expect::Own(OwnStep::Rset));
+        }
+        self.advance();
+    }
+
+    /// The TLS handshake failed; the connection cannot continue.
+    pub fn tls_failed(&mut self, error: String) {
+        self.notice(Notice::TlsFailed { error });
+        self.close("tls-failed");
+    }
+
+    /// The backend was replaced after [`Action::RestartBackend`].
+    pub fn backend_restarted(&mut self) {
+        self.backend_in.clear();
+        self.advance();
+    }
+
+    fn notice(&mut self, notice: Notice) {
+        self.actions.push_back(Action::Log(notice));
+    }
+
+    fn close(&mut self, why: &'static str) {
+        self.stats.end = why;
+        self.phase = Phase::Closed;
+        self.pending.clear();
+        self.actions.push_back(Action::Close);
+    }
+
+    /// A final reply to the client when the session must end; queued replies
+    /// it was owed are lost anyway.
+    fn fail_to_client(&mut self, reply: Reply) {
+        reply.write_to(&mut self.to_client);
+        self.stats.last_reply = reply.to_string();
+    }
+
+    /// Queues a reply of our own behind the backend replies still owed.
+    fn local(&mut self, reply: Reply, then: Then) {
+        self.pending.push_back(Expect::Local(reply, then));
+    }
+
+    /// Runs the session as far as the buffered input allows.
+    fn advance(&mut self) {
+        loop {
+            if matches!(self.phase, Phase::Closed) {
+                return;
+            }
+            let mut progressed = self.flush_local_replies();
+            progressed |= self.handle_backend_replies();
+            progressed |= self.handle_client_input();
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    /// Sends the local replies now at the head of the queue.
+    fn flush_local_replies(&mut self) -> bool {
+        let mut progressed = false;
+        while let Some(Expect::Local(..)) = self.pending.front() {
+            let Some(Expect::Local(reply, then)) = self.pending.pop_front() else {
+                break;
+            };
+            progressed = true;
+            match then {
+                Then::Continue => reply.write_to(&mut self.to_client),
+                Then::StartTls => {
+                    // CVE-2011-0411 class: anything the client sent after
+                    // STARTTLS and before our 220 was sent in plaintext and
+                    // must not be executed inside TLS.
+                    if !self.client_in.is_empty() {
+                        let bytes = self.client_in.len();
+                        self.client_in.clear();
+                        self.notice(Notice::StartTlsInjection { bytes });
+                        self.fail_to_client(Reply::new(
+                            554,
+                            "5.5.1 Error: command pipelined after STARTTLS, closing connection",
+                        ));
+                        self.close("starttls-injection");
+                        return true;
+                    }
+                    reply.write_to(&mut self.to_client);
+                    self.phase = Phase::Handshake;
+                    self.actions.push_back(Action::StartTls);
+                    return true;
+                }
+            }
+        }
+        if progressed && matches!(self.phase, Phase::Opening) && self.pending.is_empty() {
+            self.phase = Phase::Commands;
+        }
+        progressed
+    }
+
+    /// Handles every complete reply in the backend buffer.
+    fn handle_backend_replies(&mut self) -> bool {
+        let mut consumed = 0;
+        let mut progressed = false;
+        while !matches!(self.phase, Phase::Closed) {
+            let span = match ReplyParser::next_span(&self.backend_in[consumed..]) {
+                Ok(Some(span)) => span,
+                Ok(None) => break,
+                Err(e) => {
+                    self.notice(Notice::BackendProtocol(e));
+                    self.fail_to_client(Reply::new(
+                        421,
+                        format!("4.3.0 {} Error: mail system problem", self.config.hostname),
+                    ));
+                    self.close("backend-error");
+                    return true;
+                }
+            };
+            progressed = true;
+            let start = consumed;
+            consumed += span.len;
+            // Local replies queued before this one go out first.
+            self.flush_local_replies();
+            if matches!(self.phase, Phase::Closed) {
+                break;
+            }
+            self.handle_reply(start, span);
+        }
+        self.backend_in.drain(..consumed);
+        progressed
+    }
+
+    /// Handles one reply that starts at `start` in the backend buffer.
+    fn handle_reply(&mut self, start: usize, span: ReplySpan) {
+        let raw = start..start + span.len;
+        let Some(expect) = self.pending.pop_front() else {
+            // Unsolicited: a 421 (RFC 5321 §3.8) is relayed, anything else
+            // means we no longer know where the backend is.
+            if span.code == 421 {
+                self.to_client.extend_from_slice(&self.backend_in[raw]);
+                self.close("backend-closed");
+            } else {
+                let reply = Reply::from_span(&self.backend_in[start..], span).to_string();
+                self.notice(Notice::BackendUnexpected { reply });
+                self.fail_to_client(Reply::new(
+                    421,
+                    format!("4.3.0 {} Error: mail system problem", self.config.hostname),
+                ));
+                self.close("backend-error");
+            }
+            return;
+        };
+        match expect {
+            Expect::Local(reply, _) => {
+                // Cannot happen: local replies at the head are flushed before
+                // a backend reply is handled. Fail safe if it ever does.
+                self.notice(Notice::BackendUnexpected {
+                    reply: reply.to_string(),
+                });
+                self.close("internal-error");
+            }
+            Expect::Greeting => {
+                self.to_client.extend_from_slice(&self.backend_in[raw]);
+                if span.code == 220 && self.config.identity == Identity::Xclient {
+                    let line = format!("EHLO {}\r\n", self.config.hostname);
+                    self.to_backend.extend_from_slice(line.as_bytes());
+                    self.pending.push_back(Expect::Own(OwnStep::Ehlo));
+                } else if span.code != 220 {
+                    // The backend refuses service; the client may still QUIT.
+                    self.phase = Phase::Commands;
+                }
+            }
+            Expect::Own(step) => {
+                let reply = Reply::from_span(&self.backend_in[start..], span);
+                let wanted = match step {
+                    OwnStep::Greeting | OwnStep::Xclient => reply.code() == 220,
+                    OwnStep::Ehlo | OwnStep::Rset => reply.is_success(),
+                };
+                if !wanted {
+                    self.backend_refused(step, &reply);
+                    return;
+                }
+                if step == OwnStep::Ehlo {
+                    let ehlo = EhloReply::parse(&reply);
+                    match ehlo.get("XCLIENT") {
+                        Some(cap) => self.xclient = XclientAttrs::parse(&cap.params),
+                        None => {
+                            self.backend_refused(step, &reply);
+                            return;
+                        }
+                    }
+                    self.send_xclient();
+                }
+            }
+            Expect::Relay => self.relay(raw),
+            Expect::Ehlo => {
+                if span.code == 250 {
+                    let reply = Reply::from_span(&self.backend_in[start..], span);
+                    self.rewrite_ehlo(&reply);
+                } else {
+                    self.relay(raw);
+                }
+            }
+            Expect::Data => {
+                self.relay(raw);
+                if span.code == 354 {
+                    self.start_message();
+                } else {
+                    self.phase = Phase::Commands;
+                }
+            }
+            Expect::Auth => {
+                self.relay(raw);
+                self.phase = if span.code == 334 {
+                    Phase::AuthResponse
+                } else {
+                    Phase::Commands
+                };
+            }
+            Expect::EndOfData => {
+                if span.code / 100 == 2 {
+                    self.stats.messages += 1;
+                } else {
+                    self.stats.refused += 1;
+                }
+                self.relay(raw);
+            }
+            Expect::Quit => {
+                self.relay(raw);
+                self.close("quit");
+            }
+        }
+    }
+
+    /// Copies a backend reply to the client and remembers it for the log.
+    fn relay(&mut self, raw: std::ops::Range<usize>) {
+        let bytes = &self.backend_in[raw];
+        self.to_client.extend_from_slice(bytes);
+        self.stats.last_reply.clear();
+        let first_line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+        let first_line = first_line.strip_suffix(b"\r").unwrap_or(first_line);
+        self.stats
+            .last_reply
+            .push_str(&String::from_utf8_lossy(first_line));
+    }
+
+    fn backend_refused(&mut self, step: OwnStep, reply: &Reply) {
+        self.notice(Notice::BackendRefused {
+            step: step.name(),
+            reply: reply.to_string(),
+        });
+        self.fail_to_client(Reply::new(
+            421,
+            format!(
+                "4.3.0 {} Error: mail system configuration problem",
+                self.config.hostname
+            ),
+        ));
+        self.close("backend-refused");
+    }
+
+    fn send_xclient(&mut self) {
+        let line = xclient_command(
+            &self.xclient,
+            self.client,
+            self.local,
+            self.hello.name.as_deref(),
+            self.hello.esmtp,
+        );
+        self.to_backend.extend_from_slice(line.as_bytes());
+        self.to_backend.extend_from_slice(b"\r\n");
+        self.pending.push_back(Expect::Own(OwnStep::Xclient));
+    }
+
+    /// Relays a 250 EHLO reply with only the extensions that are safe to
+    /// offer through the sidecar, plus STARTTLS until TLS is up.
+    fn rewrite_ehlo(&mut self, reply: &Reply) {
+        let mut ehlo = EhloReply::parse(reply);
+        self.backend_size = ehlo.size_limit();
+        let tls_up = self.tls.is_some();
+        ehlo.capabilities.retain(|c| {
+            PASSED_EXTENSIONS.contains(&c.keyword.as_str())
+                // RFC 8689 §4.1: REQUIRETLS is only offered inside TLS.
+                || (c.keyword == "REQUIRETLS" && tls_up)
+        });
+        if !tls_up {
+            ehlo.capabilities
+                .push(crate::smtp::Capability::new("STARTTLS", ""));
+        }
+        let rewritten = ehlo.to_reply();
+        rewritten.write_to(&mut self.to_client);
+        self.stats.last_reply = format!("250 {}", ehlo.greeting);
+    }
+
+    /// Enters the message after a 354, starting with the trace header.
+    fn start_message(&mut self) {
+        if self.config.trace_header {
+            let facts = TraceFacts {
+                helo: self.hello.name.as_deref(),
+                esmtp: self.hello.esmtp,
+                client_ip: self.client.ip(),
+                by: &self.config.hostname,
+                tls: self.tls.as_ref(),
+            };
+            write_received(&facts, SystemTime::now(), &mut self.to_backend);
+        }
+        self.phase = Phase::Message(Message {
+            scanner: DataScanner::new(),
+            refusal: None,
+        });
+    }
+
+    /// Parses buffered client input as far as the phase allows.
+    fn handle_client_input(&mut self) -> bool {
+        match self.phase {
+            Phase::Message(_) => self.handle_message_input(),
+            Phase::Commands | Phase::AuthResponse => self.handle_command_lines(),
+            _ => false,
+        }
+    }
+
+    fn handle_message_input(&mut self) -> bool {
+        let Phase::Message(message) = &mut self.phase else {
+            return false;
+        };
+        if self.client_in.is_empty() {
+            return false;
+        }
+        let out = if message.refusal.is_some() {
+            self.discard.clear();
+            &mut self.discard
+        } else {
+            &mut self.to_backend
+        };
+        let mark = out.len();
+        let scan = message.scanner.scan(&self.client_in, out);
+        let forwarded = (out.len() - mark) as u64;
+        self.client_in.drain(..scan.consumed);
+
+        if message.refusal.is_none() {
+            let bare = message.scanner.bare_newlines();
+            let too_big = self
+                .backend_size
+                .is_some_and(|limit| message.scanner.written() > limit + SIZE_SLACK);
+            if bare > 0 && self.config.bare_newlines == BareNewlines::Reject {
+                message.refusal = Some((
+                    Reply::new(
+                        550,
+                        "5.6.11 Message refused: bare CR or LF in message content (RFC 5321 section 2.3.8)",
+                    ),
+                    Notice::BareNewline { count: bare },
+                ));
+            } else if too_big {
+                let limit = self.backend_size.unwrap_or_default();
+                message.refusal = Some((
+                    Reply::new(552, "5.3.4 Message size exceeds fixed maximum message size"),
+                    Notice::MessageTooLarge { limit },
+                ));
+            }
+            if message.refusal.is_some() {
+                // Nothing of this chunk goes out; the backend never gets an
+                // end-of-data for this message (its connection is closed).
+                self.to_backend.truncate(mark);
+            } else {
+                self.stats.bytes += forwarded;
+            }
+        }
+        if scan.end {
+            let Phase::Message(message) = std::mem::replace(&mut self.phase, Phase::Commands)
+            else {
+                return true;
+            };
+            match message.refusal {
+                Some((reply, mut notice)) => {
+                    if let Notice::BareNewline { count } = &mut notice {
+                        *count = message.scanner.bare_newlines();
+                    }
+                    self.stats.refused += 1;
+                    self.notice(notice);
+                    // The backend holds part of the message: closing its
+                    // connection mid-DATA makes it discard that part.
+                    self.fail_to_client(reply);
+                    self.close("message-refused");
+                }
+                None => self.pending.push_back(Expect::EndOfData),
+            }
+        }
+        true
+    }
+
+    /// Parses and handles complete command lines (or AUTH response lines).
+    fn handle_command_lines(&mut self) -> bool {
+        // Taken out for the loop so lines can be borrowed while `self`
+        // changes; put back (minus what was used) below.
+        let input = std::mem::take(&mut self.client_in);
+        let mut consumed = 0;
+        let mut progressed = false;
+        while matches!(self.phase, Phase::Commands | Phase::AuthResponse)
+            && self.pending.len() < MAX_PENDING
+        {
+            let buf = &input[consumed..];
+            if self.skipping_line {
+                match memchr::memchr(b'\n', buf) {
+                    Some(nl) => {
+                        consumed += nl + 1;
+                        self.skipping_line = false;
+                        progressed = true;
+                        continue;
+                    }
+                    None => {
+                        consumed += buf.len();
+                        break;
+                    }
+                }
+            }
+            match next_line(buf) {
+                NextLine::Incomplete => break,
+                NextLine::TooLong { consumed: n } => {
+                    consumed += n;
+                    progressed = true;
+                    self.skipping_line = !buf[..n].ends_with(b"\n");
+                    self.notice(Notice::LineTooLong);
+                    if matches!(self.phase, Phase::AuthResponse) {
+                        // The backend still waits for the response line.
+                        self.phase = Phase::Commands;
+                        self.forward_line(b"*", Expect::Relay);
+                    } else {
+                        self.local(Reply::new(500, "5.5.2 Error: line too long"), Then::Continue);
+                    }
+                }
+                NextLine::Line { line_len, consumed: n } => {
+                    progressed = true;
+                    self.handle_line(&buf[..line_len]);
+                    consumed += n;
+                }
+            }
+        }
+        self.client_in = input;
+        self.client_in.drain(..consumed);
+        progressed
+    }
+
+    /// Handles one client line (without its line ending).
+    fn handle_line(&mut self, line: &[u8]) {
+        if matches!(self.phase, Phase::AuthResponse) {
+            // RFC 4954 §4: a base64 response or `*`. Forward it verbatim if
+            // it is a clean line; the backend judges its content.
+            let clean = line.iter().all(|&b| b.is_ascii_graphic());
+            self.forward_line(if clean { line } else { b"*" }, Expect::Auth);
+            self.phase = Phase::AwaitingAuth;
+            return;
+        }
+        let command = match Command::parse(line) {
+            Ok(c) => c,
+            Err(_) => {
+                self.notice(Notice::BadSyntax);
+                self.local(Reply::new(500, "5.5.2 Error: bad syntax"), Then::Continue);
+                return;
+            }
+        };
+        let verb = command.verb;
+        if self.config.require_tls && self.tls.is_none() && !allowed_before_tls(verb) {
+            self.notice(Notice::TlsRequired {
+                command: verb.as_str(),
+            });
+            self.local(
+                Reply::new(530, "5.7.0 Must issue a STARTTLS command first"),
+                Then::Continue,
+            );
+            return;
+        }
+        match verb {
+            Verb::Ehlo | Verb::Helo => {
+                self.hello = Hello {
+                    name: Some(command.args.to_string()),
+                    esmtp: verb == Verb::Ehlo,
+                };
+                if self.config.identity == Identity::Xclient {
+                    // Tell the backend who the client is again, now with its
+                    // HELO name; XCLIENT also resets the backend's session.
+                    self.send_xclient();
+                }
+                let expect = if verb == Verb::Ehlo { Expect::Ehlo } else { Expect::Relay };
+                self.forward_line(line, expect);
+            }
+            Verb::StartTls => {
+                if self.tls.is_some() {
+                    self.local(Reply::new(554, "5.5.1 Error: TLS already active"), Then::Continue);
+                } else if !command.args.is_empty() {
+                    self.local(Reply::new(501, "5.5.4 Syntax: STARTTLS"), Then::Continue);
+                } else {
+                    self.local(Reply::new(220, "2.0.0 Ready to start TLS"), Then::StartTls);
+                    self.phase = Phase::StartTlsQueued;
+                }
+            }
+            Verb::Data => {
+                if !command.args.is_empty() {
+                    self.local(Reply::new(501, "5.5.4 Syntax: DATA"), Then::Continue);
+                    return;
+                }
+                self.forward_line(line, Expect::Data);
+                self.phase = Phase::AwaitingData;
+            }
+            Verb::Auth => {
+                self.forward_line(line, Expect::Auth);
+                self.phase = Phase::AwaitingAuth;
+            }
+            Verb::Quit => {
+                self.forward_line(line, Expect::Quit);
+                self.phase = Phase::Quitting;
+            }
+            Verb::Xclient | Verb::Xforward | Verb::Proxy => {
+                self.notice(Notice::CommandRefused {
+                    command: verb.as_str(),
+                });
+                self.local(
+                    Reply::new(550, "5.7.0 Error: insufficient authorization"),
+                    Then::Continue,
+                );
+            }
+            Verb::Bdat => {
+                // CHUNKING is not offered: the sidecar reads DATA only.
+                self.notice(Notice::CommandRefused { command: "BDAT" });
+                self.local(Reply::new(502, "5.5.1 Error: command not implemented"), Then::Continue);
+            }
+            Verb::Unknown => {
+                self.local(Reply::new(502, "5.5.2 Error: command not recognized"), Then::Continue);
+            }
+            Verb::Mail
+            | Verb::Rcpt
+            | Verb::Rset
+            | Verb::Noop
+            | Verb::Vrfy
+            | Verb::Expn
+            | Verb::Help
+            | Verb::Etrn => self.forward_line(line, Expect::Relay),
+        }
+    }
+
+    fn forward_line(&mut self, line: &[u8], expect: Expect) {
+        self.to_backend.extend_from_slice(line);
+        self.to_backend.extend_from_slice(b"\r\n");
+        self.pending.push_back(expect);
+    }
+}
+
+/// RFC 3207 §4 and Postfix's `smtpd_tls_security_level = encrypt`: before
+/// TLS only these commands work.
+fn allowed_before_tls(verb: Verb) -> bool {
+    matches!(
+        verb,
+        Verb::Ehlo | Verb::Helo | Verb::Noop | Verb::Rset | Verb::Quit | Verb::StartTls
+    )
+}
+
+#[cfg(test)]
+mod tests;

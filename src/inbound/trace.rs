@@ -1,0 +1,106 @@
+//! The trace header that tells the backend (and the recipient) how the
+//! message reached blackpony: RFC 5321 §4.4 `Received:` with the TLS version
+//! and cipher in a comment, and the RFC 3848 protocol name (ESMTPS when TLS
+//! was used). No other front tells the backend that TLS was used
+//! (INTEROP-NOTES.md), so this is where it is recorded.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use crate::transport::TlsInfo;
+
+/// Who sent the message, as known when DATA starts.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceFacts<'a> {
+    /// The client's EHLO/HELO argument, if it gave one.
+    pub helo: Option<&'a str>,
+    pub esmtp: bool,
+    pub client_ip: IpAddr,
+    /// Our own host name.
+    pub by: &'a str,
+    pub tls: Option<&'a TlsInfo>,
+}
+
+/// Appends the header, folded, with CRLF line ends, to `out`.
+pub fn write_received(facts: &TraceFacts<'_>, now: SystemTime, out: &mut Vec<u8>) {
+    let helo = facts.helo.map(sanitize).filter(|h| !h.is_empty());
+    let ip = match facts.client_ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => format!("IPv6:{v6}"),
+        },
+        IpAddr::V4(v4) => v4.to_string(),
+    };
+    let proto = match (facts.esmtp, facts.tls.is_some()) {
+        (true, true) => "ESMTPS",
+        (true, false) => "ESMTP",
+        (false, true) => "SMTPS",
+        (false, false) => "SMTP",
+    };
+    let tls = match facts.tls {
+        Some(t) => format!("({} {})", t.version, t.cipher),
+        None => "(without TLS)".to_string(),
+    };
+    let _ = write!(
+        out,
+        "Received: from {} (unknown [{ip}])\r\n\tby {} (blackpony) with {proto} {tls};\r\n\t{}\r\n",
+        helo.as_deref().unwrap_or("unknown"),
+        sanitize(facts.by),
+        crate::log::rfc5322_date(now),
+    );
+}
+
+/// Keeps only characters that belong in a host name or address literal, so
+/// a hostile HELO cannot add header lines or break the header's syntax.
+fn sanitize(name: &str) -> String {
+    name.split_whitespace()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || ".-_:[]".contains(*c))
+        .take(255)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn received_header() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_795_428_000);
+        let tls = TlsInfo {
+            version: "TLSv1.3",
+            cipher: "TLS_AES_256_GCM_SHA384".into(),
+        };
+        let mut out = Vec::new();
+        let facts = TraceFacts {
+            helo: Some("client.example"),
+            esmtp: true,
+            client_ip: "127.0.0.77".parse().unwrap(),
+            by: "mx.example.org",
+            tls: Some(&tls),
+        };
+        write_received(&facts, now, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "Received: from client.example (unknown [127.0.0.77])\r\n\tby mx.example.org (blackpony) \
+             with ESMTPS (TLSv1.3 TLS_AES_256_GCM_SHA384);\r\n\tMon, 23 Nov 2026 10:00:00 +0000\r\n"
+        );
+
+        let mut out = Vec::new();
+        let facts = TraceFacts {
+            helo: Some("evil\u{7f}(x)\tmore"),
+            esmtp: false,
+            tls: None,
+            client_ip: "::ffff:192.0.2.1".parse().unwrap(),
+            ..facts
+        };
+        write_received(&facts, now, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("Received: from evilx (unknown [192.0.2.1])"), "{text}");
+        assert!(text.contains("with SMTP (without TLS);"), "{text}");
+    }
+}

@@ -1,0 +1,20 @@
+//! blackpony: opportunistic encryption for mail servers.
+//!
+//! # Layout
+//!
+//! | folder | what it holds |
+//! |---|---|
+//! | [`smtp`] | the sans-IO protocol core: commands, replies, EHLO capabilities, the DATA scanner |
+//! | [`transport`] | byte streams that may be plain TCP or TLS, and the TLS configuration |
+//! | [`inbound`] | the sidecar on port 25: a sans-IO relay session and the thin tokio loop that drives it |
+//! | [`cli`] | argument and config-file parsing; calls a role's `run` |
+//! | [`log`] | one-line, Postfix-style log records |
+//!
+//! Each role's `run` takes its listener, its TLS configuration and a shutdown
+//! future, so tests drive it on port 0.
+
+pub mod cli;
+pub mod inbound;
+pub mod log;
+pub mod smtp;
+pub mod transport;

@@ -1,0 +1,14 @@
+//! The SMTP protocol core, sans-IO: parsers and formatters over bytes, used by
+//! both directions (the inbound sidecar as a server, the outbound transport
+//! as a client). Nothing here touches a socket.
+
+pub mod command;
+pub mod data;
+pub mod ehlo;
+pub mod limits;
+pub mod reply;
+
+pub use command::{Command, CommandError, NextLine, Verb};
+pub use data::{BareNewlines, DataScanner, DotStuffer};
+pub use ehlo::{Capability, EhloReply};
+pub use reply::{Reply, ReplyError, ReplyParser, ReplySpan};
