@@ -450,6 +450,10 @@ impl Session {
             if matches!(self.phase, Phase::Closed) {
                 return;
             }
+            if matches!(self.phase, Phase::Opening) && self.pending.is_empty() {
+                // Greeting relayed and the identity handshake done.
+                self.phase = Phase::Commands;
+            }
             let mut progressed = self.flush_local_replies();
             progressed |= self.handle_backend_replies();
             progressed |= self.handle_client_input();
@@ -490,9 +494,6 @@ impl Session {
                     return true;
                 }
             }
-        }
-        if progressed && matches!(self.phase, Phase::Opening) && self.pending.is_empty() {
-            self.phase = Phase::Commands;
         }
         progressed
     }
@@ -625,7 +626,8 @@ impl Session {
                 self.relay(raw);
             }
             Expect::Quit => {
-                self.relay(raw);
+                // The log keeps the last mail reply, not the 221.
+                self.to_client.extend_from_slice(&self.backend_in[raw]);
                 self.close("quit");
             }
         }

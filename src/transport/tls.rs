@@ -129,11 +129,15 @@ fn build(source: &CertSource) -> Result<Arc<ServerConfig>, TlsError> {
             (chain, key)
         }
         CertSource::SelfSigned { hostname } => {
-            let generated = rcgen::generate_simple_self_signed(vec![hostname.clone()])?;
-            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-                generated.signing_key.serialize_der(),
-            ));
-            (vec![generated.cert.der().clone()], key)
+            let mut params = rcgen::CertificateParams::new(vec![hostname.clone()])?;
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, hostname.as_str());
+            let signing_key = rcgen::KeyPair::generate()?;
+            let cert = params.self_signed(&signing_key)?;
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(signing_key.serialize_der()));
+            (vec![cert.der().clone()], key)
         }
     };
     let config = ServerConfig::builder_with_provider(provider())
