@@ -91,7 +91,10 @@ pub fn merge_inbound(args: InboundArgs, file: InboundFile) -> Result<InboundSett
         .or(file.backend_command.map(CommandLine::argv));
     let backend = super::backend_target(identity, args.backend.or(file.backend), command)?;
 
-    let tls_cert = match (args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)) {
+    let tls_cert = match (
+        args.tls_cert.or(file.tls_cert),
+        args.tls_key.or(file.tls_key),
+    ) {
         (Some(c), Some(k)) => Some((c, k)),
         (None, None) => None,
         _ => {
@@ -104,8 +107,15 @@ pub fn merge_inbound(args: InboundArgs, file: InboundFile) -> Result<InboundSett
         .hostname
         .or(file.hostname)
         .unwrap_or_else(super::system_hostname);
-    if hostname.is_empty() || hostname.bytes().any(|b| !(b.is_ascii_alphanumeric() || b"-._".contains(&b))) {
-        return Err(ConfigError::Invalid("--hostname".into(), format!("{hostname:?} is not a host name")));
+    if hostname.is_empty()
+        || hostname
+            .bytes()
+            .any(|b| !(b.is_ascii_alphanumeric() || b"-._".contains(&b)))
+    {
+        return Err(ConfigError::Invalid(
+            "--hostname".into(),
+            format!("{hostname:?} is not a host name"),
+        ));
     }
     let bare = args
         .bare_newlines
@@ -175,10 +185,16 @@ mod tests {
         assert_eq!(s.listen, "127.0.0.1:2525");
         assert_eq!(s.config.session.identity, Identity::ProxyV2);
         assert_eq!(s.config.session.hostname, "mx.example.org");
-        assert_eq!(s.config.session.bare_newlines, crate::smtp::BareNewlines::Reject);
+        assert_eq!(
+            s.config.session.bare_newlines,
+            crate::smtp::BareNewlines::Reject
+        );
         assert_eq!(s.config.max_connections, 20);
         assert!(s.config.session.trace_header);
-        assert_eq!(s.config.backend, BackendTarget::Tcp("127.0.0.1:10025".into()));
+        assert_eq!(
+            s.config.backend,
+            BackendTarget::Tcp("127.0.0.1:10025".into())
+        );
     }
 
     #[test]
@@ -198,8 +214,10 @@ mod tests {
             ..Default::default()
         };
         assert!(merge_inbound(exec_without_command, InboundFile::default()).is_err());
-        let exec = FileConfig::parse("[inbound]\nidentity = \"exec\"\nbackend_command = [\"/bin/qmail-smtpd\", \"-x\"]\n")
-            .unwrap();
+        let exec = FileConfig::parse(
+            "[inbound]\nidentity = \"exec\"\nbackend_command = [\"/bin/qmail-smtpd\", \"-x\"]\n",
+        )
+        .unwrap();
         let s = merge_inbound(InboundArgs::default(), exec.inbound.unwrap()).unwrap();
         assert_eq!(
             s.config.backend,

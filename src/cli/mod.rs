@@ -159,7 +159,10 @@ pub fn main() -> ExitCode {
         },
         None => FileConfig::default(),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(exit::OSERR, &format!("cannot start the runtime: {e}")),
     };
@@ -223,7 +226,8 @@ async fn listener(listen: &str) -> Result<TcpListener, String> {
         std_listener
             .set_nonblocking(true)
             .map_err(|e| format!("socket from systemd: {e}"))?;
-        return TcpListener::from_std(std_listener).map_err(|e| format!("socket from systemd: {e}"));
+        return TcpListener::from_std(std_listener)
+            .map_err(|e| format!("socket from systemd: {e}"));
     }
     TcpListener::bind(listen)
         .await
@@ -274,8 +278,10 @@ fn spawn_reload_on_hup(tls: Arc<ServerTls>) {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handling, run until killed.
         std::future::pending::<()>().await;
         return;

@@ -120,7 +120,12 @@ impl BackendConn {
                 let mut command = Command::new(program);
                 command
                     .args(args)
-                    .envs(ucspi_env(facts.client, facts.local, facts.hostname, facts.tls))
+                    .envs(ucspi_env(
+                        facts.client,
+                        facts.local,
+                        facts.hostname,
+                        facts.tls,
+                    ))
                     .stdin(Stdio::piped())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::inherit())

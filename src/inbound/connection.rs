@@ -46,7 +46,9 @@ pub async fn serve(tcp: TcpStream, client: SocketAddr, local: SocketAddr, shared
         identity: config.session.identity,
         tls: None,
     };
-    let backend = match BackendConn::open(&config.backend, facts, config.backend_connect_timeout).await {
+    let backend = match BackendConn::open(&config.backend, facts, config.backend_connect_timeout)
+        .await
+    {
         Ok(b) => b,
         Err(e) => {
             log!("session={id} backend-error=unreachable client={who} ({e})");
@@ -94,7 +96,11 @@ pub async fn serve(tcp: TcpStream, client: SocketAddr, local: SocketAddr, shared
         stats.messages,
         stats.refused,
         stats.bytes,
-        if stats.end.is_empty() { "aborted" } else { stats.end },
+        if stats.end.is_empty() {
+            "aborted"
+        } else {
+            stats.end
+        },
         stats.last_reply,
         started.elapsed().as_secs_f64()
     );
@@ -120,7 +126,12 @@ impl Run<'_> {
         loop {
             // Write out everything the session produced, then act.
             if !self.session.to_backend.is_empty() {
-                if backend.writer.write_all(&self.session.to_backend).await.is_err() {
+                if backend
+                    .writer
+                    .write_all(&self.session.to_backend)
+                    .await
+                    .is_err()
+                {
                     self.session.to_backend.clear();
                     self.session.backend_eof();
                 } else {
@@ -143,8 +154,8 @@ impl Run<'_> {
                     }
                     Action::Close => {
                         let _ = write_flush(&mut client, &self.session.to_client).await;
-                        let _ = tokio::time::timeout(Duration::from_secs(5), client.shutdown())
-                            .await;
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(5), client.shutdown()).await;
                         return;
                     }
                     Action::StartTls => match self.handshake(client).await {
@@ -167,15 +178,23 @@ impl Run<'_> {
                             tls: self.session.tls(),
                         };
                         // Dropping the old connection kills the old program.
-                        match BackendConn::open(&config.backend, facts, config.backend_connect_timeout)
-                            .await
+                        match BackendConn::open(
+                            &config.backend,
+                            facts,
+                            config.backend_connect_timeout,
+                        )
+                        .await
                         {
                             Ok(new) => {
                                 backend = new;
                                 self.session.backend_restarted();
                             }
                             Err(e) => {
-                                log!("session={} backend-error=unreachable client={} ({e})", self.id, self.who);
+                                log!(
+                                    "session={} backend-error=unreachable client={} ({e})",
+                                    self.id,
+                                    self.who
+                                );
                                 self.session.backend_eof();
                             }
                         }
@@ -245,7 +264,10 @@ impl Run<'_> {
 }
 
 /// Writes all of `bytes` and flushes (TLS buffers records until flushed).
-async fn write_flush<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut Stream<S>, bytes: &[u8]) -> bool {
+async fn write_flush<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut Stream<S>,
+    bytes: &[u8],
+) -> bool {
     if bytes.is_empty() {
         return true;
     }

@@ -65,8 +65,12 @@ fn same_family(client: SocketAddr, local: SocketAddr) -> (SocketAddr, SocketAddr
     let (c, l) = (canon(client), canon(local));
     match (c.ip(), l.ip()) {
         (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => (c, l),
-        (IpAddr::V4(v4), IpAddr::V6(_)) => (SocketAddr::new(v4.to_ipv6_mapped().into(), c.port()), local),
-        (IpAddr::V6(_), IpAddr::V4(v4)) => (c, SocketAddr::new(v4.to_ipv6_mapped().into(), l.port())),
+        (IpAddr::V4(v4), IpAddr::V6(_)) => {
+            (SocketAddr::new(v4.to_ipv6_mapped().into(), c.port()), local)
+        }
+        (IpAddr::V6(_), IpAddr::V4(v4)) => {
+            (c, SocketAddr::new(v4.to_ipv6_mapped().into(), l.port()))
+        }
     }
 }
 
@@ -121,7 +125,12 @@ pub struct XclientAttrs(Vec<String>);
 
 impl XclientAttrs {
     pub fn parse(params: &str) -> Self {
-        XclientAttrs(params.split_whitespace().map(str::to_ascii_uppercase).collect())
+        XclientAttrs(
+            params
+                .split_whitespace()
+                .map(str::to_ascii_uppercase)
+                .collect(),
+        )
     }
 
     fn has(&self, name: &str) -> bool {
@@ -231,7 +240,8 @@ mod tests {
 
     #[test]
     fn xclient() {
-        let attrs = XclientAttrs::parse("NAME ADDR PROTO HELO REVERSE_NAME PORT LOGIN DESTADDR DESTPORT");
+        let attrs =
+            XclientAttrs::parse("NAME ADDR PROTO HELO REVERSE_NAME PORT LOGIN DESTADDR DESTPORT");
         let c = sa("127.0.0.77:4000");
         let l = sa("127.0.0.1:25");
         assert_eq!(
@@ -239,7 +249,13 @@ mod tests {
             "XCLIENT ADDR=127.0.0.77 PORT=4000 NAME=[UNAVAILABLE] DESTADDR=127.0.0.1 DESTPORT=25"
         );
         assert_eq!(
-            xclient_command(&XclientAttrs::parse("ADDR HELO PROTO"), c, l, Some("a b"), false),
+            xclient_command(
+                &XclientAttrs::parse("ADDR HELO PROTO"),
+                c,
+                l,
+                Some("a b"),
+                false
+            ),
             "XCLIENT ADDR=127.0.0.77 HELO=a+20b PROTO=SMTP"
         );
         assert_eq!(

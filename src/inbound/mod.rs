@@ -188,7 +188,10 @@ pub async fn run(
     })
     .await;
     if drained.is_err() {
-        log!("shutdown: closing {} session(s) still running", sessions.len());
+        log!(
+            "shutdown: closing {} session(s) still running",
+            sessions.len()
+        );
         sessions.shutdown().await;
     }
     log!("shutdown: done");
@@ -197,7 +200,10 @@ pub async fn run(
 /// Turns a client away with `421 4.7.0` (RFC 5321 §3.8), without blocking
 /// the accept loop.
 fn refuse(mut tcp: TcpStream, client: SocketAddr, hostname: &str, why: &'static str) {
-    log!("refused=connection-limit client={} ({why})", display_client(client));
+    log!(
+        "refused=connection-limit client={} ({why})",
+        display_client(client)
+    );
     let reply = Reply::new(421, format!("4.7.0 {hostname} Error: {why}")).to_bytes();
     tokio::spawn(async move {
         let _ = tokio::time::timeout(Duration::from_secs(10), async {

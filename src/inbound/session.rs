@@ -361,7 +361,10 @@ impl Session {
         self.notice(Notice::BackendClosed);
         self.fail_to_client(Reply::new(
             421,
-            format!("4.3.2 {} Service not available, closing connection", self.config.hostname),
+            format!(
+                "4.3.2 {} Service not available, closing connection",
+                self.config.hostname
+            ),
         ));
         self.close("backend-closed");
     }
@@ -372,13 +375,20 @@ impl Session {
             return;
         }
         if self.awaiting_backend() {
-            self.notice(Notice::Timeout { waiting_for: "backend" });
+            self.notice(Notice::Timeout {
+                waiting_for: "backend",
+            });
             self.fail_to_client(Reply::new(
                 421,
-                format!("4.4.1 {} Error: mail system timed out", self.config.hostname),
+                format!(
+                    "4.4.1 {} Error: mail system timed out",
+                    self.config.hostname
+                ),
             ));
         } else {
-            self.notice(Notice::Timeout { waiting_for: "client" });
+            self.notice(Notice::Timeout {
+                waiting_for: "client",
+            });
             self.fail_to_client(Reply::new(
                 421,
                 format!("4.4.2 {} Error: timeout exceeded", self.config.hostname),
@@ -826,10 +836,16 @@ impl Session {
                         self.phase = Phase::Commands;
                         self.forward_line(b"*", Expect::Relay);
                     } else {
-                        self.local(Reply::new(500, "5.5.2 Error: line too long"), Then::Continue);
+                        self.local(
+                            Reply::new(500, "5.5.2 Error: line too long"),
+                            Then::Continue,
+                        );
                     }
                 }
-                NextLine::Line { line_len, consumed: n } => {
+                NextLine::Line {
+                    line_len,
+                    consumed: n,
+                } => {
                     progressed = true;
                     self.handle_line(&buf[..line_len]);
                     consumed += n;
@@ -881,12 +897,19 @@ impl Session {
                     // HELO name; XCLIENT also resets the backend's session.
                     self.send_xclient();
                 }
-                let expect = if verb == Verb::Ehlo { Expect::Ehlo } else { Expect::Relay };
+                let expect = if verb == Verb::Ehlo {
+                    Expect::Ehlo
+                } else {
+                    Expect::Relay
+                };
                 self.forward_line(line, expect);
             }
             Verb::StartTls => {
                 if self.tls.is_some() {
-                    self.local(Reply::new(554, "5.5.1 Error: TLS already active"), Then::Continue);
+                    self.local(
+                        Reply::new(554, "5.5.1 Error: TLS already active"),
+                        Then::Continue,
+                    );
                 } else if !command.args.is_empty() {
                     self.local(Reply::new(501, "5.5.4 Syntax: STARTTLS"), Then::Continue);
                 } else {
@@ -922,10 +945,16 @@ impl Session {
             Verb::Bdat => {
                 // CHUNKING is not offered: the sidecar reads DATA only.
                 self.notice(Notice::CommandRefused { command: "BDAT" });
-                self.local(Reply::new(502, "5.5.1 Error: command not implemented"), Then::Continue);
+                self.local(
+                    Reply::new(502, "5.5.1 Error: command not implemented"),
+                    Then::Continue,
+                );
             }
             Verb::Unknown => {
-                self.local(Reply::new(502, "5.5.2 Error: command not recognized"), Then::Continue);
+                self.local(
+                    Reply::new(502, "5.5.2 Error: command not recognized"),
+                    Then::Continue,
+                );
             }
             Verb::Mail
             | Verb::Rcpt

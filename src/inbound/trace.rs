@@ -100,7 +100,10 @@ mod tests {
         };
         write_received(&facts, now, &mut out);
         let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("Received: from evilx (unknown [192.0.2.1])"), "{text}");
+        assert!(
+            text.starts_with("Received: from evilx (unknown [192.0.2.1])"),
+            "{text}"
+        );
         assert!(text.contains("with SMTP (without TLS);"), "{text}");
     }
 }

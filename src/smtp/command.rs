@@ -153,8 +153,12 @@ pub enum NextLine {
 /// server never sees anything but the line we parsed).
 pub fn next_line(buf: &[u8]) -> NextLine {
     match memchr::memchr(b'\n', buf) {
-        Some(nl) if nl + 1 <= MAX_COMMAND_LINE => {
-            let line_len = if nl > 0 && buf[nl - 1] == b'\r' { nl - 1 } else { nl };
+        Some(nl) if nl < MAX_COMMAND_LINE => {
+            let line_len = if nl > 0 && buf[nl - 1] == b'\r' {
+                nl - 1
+            } else {
+                nl
+            };
             NextLine::Line {
                 line_len,
                 consumed: nl + 1,
@@ -188,23 +192,36 @@ mod tests {
 
     #[test]
     fn parse_commands() {
-        let cases: &[(&[u8], Result<(Verb, &str), CommandError>)] = &[
+        type Case<'a> = (&'a [u8], Result<(Verb, &'a str), CommandError>);
+        let cases: &[Case] = &[
             (b"EHLO client.example", Ok((Verb::Ehlo, "client.example"))),
             (b"ehlo   client.example", Ok((Verb::Ehlo, "client.example"))),
             (b"HELO x", Ok((Verb::Helo, "x"))),
-            (b"MAIL FROM:<a@b> SIZE=10", Ok((Verb::Mail, "FROM:<a@b> SIZE=10"))),
+            (
+                b"MAIL FROM:<a@b> SIZE=10",
+                Ok((Verb::Mail, "FROM:<a@b> SIZE=10")),
+            ),
             (b"rcpt to:<b@c>", Ok((Verb::Rcpt, "to:<b@c>"))),
             (b"DATA", Ok((Verb::Data, ""))),
             (b"BDAT 100 LAST", Ok((Verb::Bdat, "100 LAST"))),
             (b"StartTLS", Ok((Verb::StartTls, ""))),
             (b"XCLIENT ADDR=1.2.3.4", Ok((Verb::Xclient, "ADDR=1.2.3.4"))),
             (b"xforward NAME=x", Ok((Verb::Xforward, "NAME=x"))),
-            (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2", Ok((Verb::Proxy, "TCP4 1.2.3.4 5.6.7.8 1 2"))),
+            (
+                b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2",
+                Ok((Verb::Proxy, "TCP4 1.2.3.4 5.6.7.8 1 2")),
+            ),
             (b"FOO bar", Ok((Verb::Unknown, "bar"))),
-            ("MAIL FROM:<j\u{f6}rg@b>".as_bytes(), Ok((Verb::Mail, "FROM:<j\u{f6}rg@b>"))),
+            (
+                "MAIL FROM:<j\u{f6}rg@b>".as_bytes(),
+                Ok((Verb::Mail, "FROM:<j\u{f6}rg@b>")),
+            ),
             (b"", Err(CommandError::Empty)),
             (b"MAIL\0FROM", Err(CommandError::ControlCharacter)),
-            (b"MAIL FROM:<a@b>\rRCPT", Err(CommandError::ControlCharacter)),
+            (
+                b"MAIL FROM:<a@b>\rRCPT",
+                Err(CommandError::ControlCharacter),
+            ),
             (b"\xff\xfe", Err(CommandError::NotUtf8)),
             (b" EHLO x", Err(CommandError::BadVerb)),
             (b"MA-IL x", Err(CommandError::BadVerb)),

@@ -289,7 +289,8 @@ mod tests {
     #[test]
     fn end_of_data_variants() {
         // (input, normalised output up to the end, where the end is, bare count)
-        let cases: &[(&[u8], &[u8], Option<usize>, u64)] = &[
+        type Case<'a> = (&'a [u8], &'a [u8], Option<usize>, u64);
+        let cases: &[Case] = &[
             (b".\r\n", b".\r\n", Some(3), 0),
             (b"a\r\n.\r\nMAIL", b"a\r\n.\r\n", Some(6), 0),
             (b"a\r\n..\r\n.\r\n", b"a\r\n..\r\n.\r\n", Some(10), 0),
@@ -314,8 +315,18 @@ mod tests {
                 "output for {:?}",
                 String::from_utf8_lossy(input)
             );
-            assert_eq!(end, want_end, "end for {:?}", String::from_utf8_lossy(input));
-            assert_eq!(bare, want_bare, "bare count for {:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                end,
+                want_end,
+                "end for {:?}",
+                String::from_utf8_lossy(input)
+            );
+            assert_eq!(
+                bare,
+                want_bare,
+                "bare count for {:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 

@@ -203,7 +203,8 @@ impl Reply {
         let ok = class.len() == 1
             && class.as_bytes()[0] == b'0' + (self.code / 100) as u8
             && parts.clone().count() == 2
-            && parts.all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
+            && parts
+                .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
         ok.then_some(token)
     }
 
@@ -244,7 +245,8 @@ mod tests {
 
     #[test]
     fn spans() {
-        let cases: &[(&[u8], Result<Option<(u16, usize, usize)>, ReplyError>)] = &[
+        type Case<'a> = (&'a [u8], Result<Option<(u16, usize, usize)>, ReplyError>);
+        let cases: &[Case] = &[
             (b"220 mx.example ESMTP\r\n", Ok(Some((220, 22, 1)))),
             (b"250 ok\n", Ok(Some((250, 7, 1)))),
             (b"250\r\n", Ok(Some((250, 5, 1)))),
@@ -253,7 +255,10 @@ mod tests {
             (b"250-a\r\n25", Ok(None)),
             (b"", Ok(None)),
             (b"250 ok\r\n354 next\r\n", Ok(Some((250, 8, 1)))),
-            (b"250-a\r\n251 b\r\n", Err(ReplyError::CodeChanged(250, 251))),
+            (
+                b"250-a\r\n251 b\r\n",
+                Err(ReplyError::CodeChanged(250, 251)),
+            ),
             (b"hello\r\n", Err(ReplyError::BadCode)),
             (b"hel", Err(ReplyError::BadCode)),
             (b"650 x\r\n", Err(ReplyError::BadCode)),
@@ -301,7 +306,11 @@ mod tests {
             (250, "2.1000.0 too long", None),
         ];
         for (code, text, want) in cases {
-            assert_eq!(Reply::new(code, text).enhanced_status(), want, "{code} {text}");
+            assert_eq!(
+                Reply::new(code, text).enhanced_status(),
+                want,
+                "{code} {text}"
+            );
         }
     }
 }

@@ -1,1 +1,514 @@
+//! The relay session driven in memory: a scripted client on one side, a
+//! scripted backend on the other, no sockets.
 
+use super::*;
+
+struct Harness {
+    session: Session,
+}
+
+fn config(identity: Identity) -> SessionConfig {
+    SessionConfig {
+        hostname: "mx.example.org".into(),
+        identity,
+        require_tls: false,
+        bare_newlines: BareNewlines::Normalize,
+        trace_header: false,
+    }
+}
+
+const BACKEND_EHLO: &str = "250-backend.example\r\n250-PIPELINING\r\n250-SIZE 1000000\r\n\
+    250-STARTTLS\r\n250-XCLIENT NAME ADDR PROTO HELO PORT\r\n250-XFORWARD NAME ADDR\r\n\
+    250-CHUNKING\r\n250-BINARYMIME\r\n250-8BITMIME\r\n250-X-SECRET\r\n250 SMTPUTF8\r\n";
+
+impl Harness {
+    fn new(config: SessionConfig) -> Self {
+        Harness {
+            session: Session::new(
+                Arc::new(config),
+                "127.0.0.77:40000".parse().unwrap(),
+                "127.0.0.1:25".parse().unwrap(),
+            ),
+        }
+    }
+
+    /// A session past the greeting, in the given mode.
+    fn opened(identity: Identity) -> Self {
+        let mut h = Harness::new(config(identity));
+        h.backend("220 backend.example ESMTP\r\n");
+        assert_eq!(h.take_client(), "220 backend.example ESMTP\r\n");
+        h
+    }
+
+    fn client(&mut self, s: &str) {
+        self.session.client_input(s.as_bytes());
+    }
+
+    fn backend(&mut self, s: &str) {
+        self.session.backend_input(s.as_bytes());
+    }
+
+    fn take_client(&mut self) -> String {
+        String::from_utf8(std::mem::take(&mut self.session.to_client)).unwrap()
+    }
+
+    fn take_backend(&mut self) -> String {
+        String::from_utf8(std::mem::take(&mut self.session.to_backend)).unwrap()
+    }
+
+    fn actions(&mut self) -> Vec<Action> {
+        std::iter::from_fn(|| self.session.poll_action()).collect()
+    }
+
+    /// EHLO from the client, answered by the backend; returns what the client saw.
+    fn ehlo(&mut self) -> String {
+        self.client("EHLO client.example\r\n");
+        assert_eq!(self.take_backend(), "EHLO client.example\r\n");
+        self.backend(BACKEND_EHLO);
+        self.take_client()
+    }
+}
+
+fn tls13() -> TlsInfo {
+    TlsInfo {
+        version: "TLSv1.3",
+        cipher: "TLS_AES_256_GCM_SHA384".into(),
+    }
+}
+
+#[test]
+fn ehlo_is_rewritten() {
+    let mut h = Harness::opened(Identity::ProxyV2);
+    assert_eq!(
+        h.ehlo(),
+        "250-backend.example\r\n250-PIPELINING\r\n250-SIZE 1000000\r\n250-8BITMIME\r\n\
+         250-SMTPUTF8\r\n250 STARTTLS\r\n"
+    );
+}
+
+#[test]
+fn pipelined_replies_stay_in_order_with_local_ones() {
+    let mut h = Harness::opened(Identity::ProxyV2);
+    h.ehlo();
+    h.client("MAIL FROM:<a@client.example>\r\nRCPT TO:<b@example.org>\r\nXCLIENT ADDR=1.2.3.4\r\nRCPT TO:<c@example.org>\r\nFOO\r\n");
+    // The refused XCLIENT and the unknown command never reach the backend.
+    assert_eq!(
+        h.take_backend(),
+        "MAIL FROM:<a@client.example>\r\nRCPT TO:<b@example.org>\r\nRCPT TO:<c@example.org>\r\n"
+    );
+    assert_eq!(h.take_client(), "", "local replies wait for the backend's");
+    h.backend("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n");
+    assert_eq!(
+        h.take_client(),
+        "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n550 5.7.0 Error: insufficient authorization\r\n"
+    );
+    h.backend("550 5.1.1 <c@example.org>: unknown\r\n");
+    assert_eq!(
+        h.take_client(),
+        "550 5.1.1 <c@example.org>: unknown\r\n502 5.5.2 Error: command not recognized\r\n"
+    );
+    assert!(
+        h.actions()
+            .contains(&Action::Log(Notice::CommandRefused { command: "XCLIENT" }))
+    );
+}
+
+#[test]
+fn refused_commands_never_reach_the_backend() {
+    for line in [
+        "XCLIENT ADDR=1.2.3.4\r\n",
+        "xforward NAME=spoof\r\n",
+        "PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n",
+        "BDAT 10 LAST\r\n",
+        "TURN\r\n",
+        "\0EHLO\r\n",
+        "\r\n",
+    ] {
+        let mut h = Harness::opened(Identity::ProxyV2);
+        h.client(line);
+        assert_eq!(h.take_backend(), "", "{line:?} was forwarded");
+        let reply = h.take_client();
+        assert!(reply.starts_with('5'), "{line:?} got {reply:?}");
+    }
+}
+
+#[test]
+fn data_waits_for_354_before_reading_the_message() {
+    let mut h = Harness::opened(Identity::ProxyV2);
+    h.ehlo();
+    // A client that does not wait for 354 (forbidden by RFC 2920 §3.1).
+    h.client("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nRSET\r\nhello\r\n.\r\n");
+    assert_eq!(
+        h.take_backend(),
+        "MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n"
+    );
+    // The backend refuses the recipient, so DATA fails: what follows is
+    // commands, as the backend will read it too.
+    h.backend("250 2.1.0 Ok\r\n554 5.7.1 no\r\n554 5.5.1 Error: no valid recipients\r\n");
+    assert_eq!(h.take_backend(), "RSET\r\n");
+    h.backend("250 2.0.0 Ok\r\n");
+    assert_eq!(
+        h.take_client(),
+        "250 2.1.0 Ok\r\n554 5.7.1 no\r\n554 5.5.1 Error: no valid recipients\r\n250 2.0.0 Ok\r\n\
+         502 5.5.2 Error: command not recognized\r\n500 5.5.2 Error: bad syntax\r\n"
+    );
+}
+
+#[test]
+fn message_is_forwarded_and_verdict_is_the_backends() {
+    let mut h = Harness::opened(Identity::ProxyV2);
+    h.ehlo();
+    h.client("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n");
+    h.take_backend();
+    h.backend("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n");
+    h.take_client();
+    h.client("Subject: x\r\n\r\nbody\r\n..dot\r\n.\r\nQUIT\r\n");
+    assert_eq!(
+        h.take_backend(),
+        "Subject: x\r\n\r\nbody\r\n..dot\r\n.\r\nQUIT\r\n"
+    );
+    assert_eq!(h.take_client(), "", "never answers for the backend");
+    h.backend("250 2.0.0 Ok: queued as ABC\r\n221 2.0.0 Bye\r\n");
+    assert_eq!(
+        h.take_client(),
+        "250 2.0.0 Ok: queued as ABC\r\n221 2.0.0 Bye\r\n"
+    );
+    assert_eq!(h.actions(), [Action::Close]);
+    let stats = h.session.stats();
+    assert_eq!((stats.messages, stats.end), (1, "quit"));
+    assert_eq!(stats.last_reply, "250 2.0.0 Ok: queued as ABC");
+}
+
+#[test]
+fn smuggled_end_of_data_is_neutralised() {
+    // Each variant would end the message on a lenient server; here the
+    // backend must see it as content and only the real end as the end.
+    for variant in ["\n.\n", "\r.\r", "\n.\r\n", "\r\n.\n", "\r\n.\r", "\r.\r\n"] {
+        let mut h = Harness::opened(Identity::ProxyV2);
+        h.ehlo();
+        h.client("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n");
+        h.backend("250 Ok\r\n250 Ok\r\n354 go\r\n");
+        h.take_backend();
+        h.client(&format!(
+            "body{variant}MAIL FROM:<evil@x>\r\nRCPT TO:<smuggled@y>\r\nDATA\r\nevil\r\n.\r\n"
+        ));
+        let forwarded = h.take_backend();
+        let framed = format!("\r\n{forwarded}");
+        assert_eq!(
+            framed.matches("\r\n.\r\n").count(),
+            1,
+            "{variant:?} gave {forwarded:?}"
+        );
+        assert!(
+            forwarded.ends_with("evil\r\n.\r\n"),
+            "{variant:?} gave {forwarded:?}"
+        );
+        assert!(
+            !forwarded.replace("\r\n", "").contains(['\r', '\n']),
+            "{variant:?} left a bare newline in {forwarded:?}"
+        );
+        assert!(h.actions().is_empty());
+    }
+}
+
+#[test]
+fn bare_newline_reject_closes_without_end_of_data() {
+    let mut c = config(Identity::ProxyV2);
+    c.bare_newlines = BareNewlines::Reject;
+    let mut h = Harness::new(c);
+    h.backend("220 ok\r\n");
+    h.take_client();
+    h.client("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n");
+    h.backend("250 Ok\r\n250 Ok\r\n354 go\r\n");
+    h.take_backend();
+    h.take_client();
+    h.client("line one\r\nsneaky\n.\nMAIL FROM:<x@y>\r\n");
+    let partial = h.take_backend();
+    assert!(!partial.contains("sneaky"), "{partial:?}");
+    assert_eq!(h.take_client(), "");
+    h.client("more\r\n.\r\n");
+    assert_eq!(
+        h.take_backend(),
+        "",
+        "the backend never sees an end of data"
+    );
+    assert!(h.take_client().starts_with("550 5.6.11 "));
+    let actions = h.actions();
+    assert!(
+        actions.contains(&Action::Log(Notice::BareNewline { count: 2 })),
+        "{actions:?}"
+    );
+    assert_eq!(actions.last(), Some(&Action::Close));
+}
+
+#[test]
+fn starttls_then_fresh_start() {
+    let mut h = Harness::opened(Identity::ProxyV2);
+    h.ehlo();
+    h.client("MAIL FROM:<before@tls>\r\n");
+    h.take_backend();
+    h.client("STARTTLS\r\n");
+    assert_eq!(h.take_client(), "", "220 waits for the MAIL reply");
+    h.backend("250 2.1.0 Ok\r\n");
+    assert_eq!(
+        h.take_client(),
+        "250 2.1.0 Ok\r\n220 2.0.0 Ready to start TLS\r\n"
+    );
+    assert_eq!(h.actions(), [Action::StartTls]);
+    assert!(!h.session.wants_client_input());
+
+    h.session.tls_established(tls13());
+    // Nothing from before TLS survives at the backend.
+    assert_eq!(h.take_backend(), "RSET\r\n");
+    h.client("EHLO client.example\r\n");
+    assert_eq!(h.take_backend(), "EHLO client.example\r\n");
+    h.backend("250 2.0.0 Ok\r\n");
+    assert_eq!(h.take_client(), "", "the RSET reply is not relayed");
+    h.backend(BACKEND_EHLO);
+    let ehlo = h.take_client();
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    h.client("STARTTLS\r\n");
+    assert_eq!(h.take_client(), "554 5.5.1 Error: TLS already active\r\n");
+}
+
+#[test]
+fn plaintext_pipelined_after_starttls_is_refused() {
+    for tail in ["MAIL FROM:<x@y>\r\n", "E", "\r\n"] {
+        let mut h = Harness::opened(Identity::ProxyV2);
+        h.ehlo();
+        h.client(&format!("STARTTLS\r\n{tail}"));
+        assert!(h.take_client().starts_with("554 5.5.1 "), "{tail:?}");
+        assert_eq!(h.take_backend(), "");
+        let actions = h.actions();
+        assert!(!actions.contains(&Action::StartTls), "{tail:?}");
+        assert!(
+            actions.contains(&Action::Log(Notice::StartTlsInjection {
+                bytes: tail.len()
+            })),
+            "{actions:?}"
+        );
+        assert_eq!(actions.last(), Some(&Action::Close));
+    }
+}
+
+#[test]
+fn injection_arriving_while_starttls_waits_is_refused() {
+    let mut h = Harness::opened(Identity::ProxyV2);
+    h.ehlo();
+    h.client("NOOP\r\nSTARTTLS\r\n");
+    h.client("MAIL FROM:<x@y>\r\n");
+    h.backend("250 2.0.0 Ok\r\n");
+    assert_eq!(
+        h.take_client(),
+        "250 2.0.0 Ok\r\n554 5.5.1 Error: command pipelined after STARTTLS, closing connection\r\n"
+    );
+    assert_eq!(h.take_backend(), "NOOP\r\n");
+}
+
+#[test]
+fn require_tls() {
+    let mut c = config(Identity::ProxyV2);
+    c.require_tls = true;
+    let mut h = Harness::new(c);
+    h.backend("220 ok\r\n");
+    h.take_client();
+    h.client("EHLO c\r\nNOOP\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nRSET\r\nQUIT\r\n");
+    assert_eq!(h.take_backend(), "EHLO c\r\nNOOP\r\nRSET\r\nQUIT\r\n");
+    h.backend(BACKEND_EHLO);
+    h.backend("250 Ok\r\n250 Ok\r\n221 Bye\r\n");
+    let out = h.take_client();
+    assert_eq!(
+        out.matches("530 5.7.0 Must issue a STARTTLS command first\r\n")
+            .count(),
+        3,
+        "{out}"
+    );
+    assert!(out.ends_with("221 Bye\r\n"));
+}
+
+#[test]
+fn xclient_identifies_the_client() {
+    let mut h = Harness::new(config(Identity::Xclient));
+    h.backend("220 backend.example ESMTP\r\n");
+    assert_eq!(h.take_client(), "220 backend.example ESMTP\r\n");
+    assert_eq!(h.take_backend(), "EHLO mx.example.org\r\n");
+    // A client that talks early waits until the backend knows who it is.
+    h.client("EHLO client.example\r\n");
+    assert_eq!(h.take_backend(), "");
+    h.backend(BACKEND_EHLO);
+    assert_eq!(
+        h.take_backend(),
+        "XCLIENT ADDR=127.0.0.77 PORT=40000 NAME=[UNAVAILABLE]\r\n"
+    );
+    h.backend("220 backend.example ESMTP\r\n");
+    assert_eq!(
+        h.take_backend(),
+        "XCLIENT ADDR=127.0.0.77 PORT=40000 NAME=[UNAVAILABLE] HELO=client.example PROTO=ESMTP\r\nEHLO client.example\r\n"
+    );
+    h.backend("220 backend.example ESMTP\r\n");
+    h.backend(BACKEND_EHLO);
+    let out = h.take_client();
+    assert!(out.starts_with("250-backend.example\r\n"), "{out}");
+    assert!(!out.contains("220"), "own replies are not relayed: {out}");
+}
+
+#[test]
+fn xclient_refused_by_backend_is_a_421() {
+    let mut h = Harness::new(config(Identity::Xclient));
+    h.backend("220 backend.example ESMTP\r\n");
+    h.take_client();
+    h.take_backend();
+    h.backend("250-backend.example\r\n250 PIPELINING\r\n");
+    assert!(h.take_client().starts_with("421 4.3.0 "));
+    let actions = h.actions();
+    assert!(matches!(
+        actions[0],
+        Action::Log(Notice::BackendRefused { step: "ehlo", .. })
+    ));
+    assert_eq!(actions.last(), Some(&Action::Close));
+}
+
+#[test]
+fn exec_backend_restarts_after_tls() {
+    let mut h = Harness::opened(Identity::Exec);
+    h.ehlo();
+    h.client("STARTTLS\r\n");
+    h.take_client();
+    assert_eq!(h.actions(), [Action::StartTls]);
+    h.session.tls_established(tls13());
+    assert_eq!(h.actions(), [Action::RestartBackend]);
+    h.client("EHLO client.example\r\n");
+    assert_eq!(h.take_backend(), "", "waits for the new backend's greeting");
+    h.session.backend_restarted();
+    h.backend("220 new backend\r\n");
+    assert_eq!(h.take_client(), "", "the new greeting is not relayed");
+    assert_eq!(h.take_backend(), "EHLO client.example\r\n");
+}
+
+#[test]
+fn auth_responses_are_lines_not_commands() {
+    let mut h = Harness::opened(Identity::ProxyV2);
+    h.ehlo();
+    h.client("AUTH LOGIN\r\n");
+    assert_eq!(h.take_backend(), "AUTH LOGIN\r\n");
+    h.client("dXNlcg==\r\n");
+    assert_eq!(h.take_backend(), "", "waits for the 334");
+    h.backend("334 VXNlcm5hbWU6\r\n");
+    assert_eq!(h.take_backend(), "dXNlcg==\r\n");
+    h.backend("334 UGFzc3dvcmQ6\r\n");
+    h.client("cGFzcw==\r\n");
+    assert_eq!(h.take_backend(), "cGFzcw==\r\n");
+    h.backend("535 5.7.8 no\r\n");
+    h.client("NOOP\r\n");
+    assert_eq!(h.take_backend(), "NOOP\r\n");
+}
+
+#[test]
+fn over_long_command_line() {
+    let mut h = Harness::opened(Identity::ProxyV2);
+    let long = "A".repeat(crate::smtp::limits::MAX_COMMAND_LINE + 100);
+    h.client(&long);
+    h.client("\r\nNOOP\r\n");
+    assert_eq!(h.take_backend(), "NOOP\r\n");
+    assert_eq!(h.take_client(), "500 5.5.2 Error: line too long\r\n");
+    h.backend("250 Ok\r\n");
+    assert_eq!(h.take_client(), "250 Ok\r\n");
+}
+
+#[test]
+fn broken_or_unsolicited_backend_replies() {
+    let mut h = Harness::opened(Identity::ProxyV2);
+    h.backend("250 surprise\r\n");
+    assert!(h.take_client().starts_with("421 4.3.0 "));
+    assert!(h.session.is_closed());
+
+    let mut h = Harness::opened(Identity::ProxyV2);
+    h.backend("421 4.4.2 backend.example timeout\r\n");
+    assert_eq!(h.take_client(), "421 4.4.2 backend.example timeout\r\n");
+    assert!(h.session.is_closed());
+
+    let mut h = Harness::opened(Identity::ProxyV2);
+    h.client("NOOP\r\n");
+    h.backend("garbage\r\n");
+    assert!(h.take_client().starts_with("421 4.3.0 "));
+
+    let mut h = Harness::opened(Identity::ProxyV2);
+    h.client("NOOP\r\n");
+    h.session.backend_eof();
+    assert!(h.take_client().starts_with("421 4.3.2 "));
+}
+
+#[test]
+fn timeouts_name_the_silent_side() {
+    let mut h = Harness::opened(Identity::ProxyV2);
+    h.session.timeout();
+    assert!(h.take_client().starts_with("421 4.4.2 "));
+    let mut h = Harness::opened(Identity::ProxyV2);
+    h.client("NOOP\r\n");
+    assert!(h.session.awaiting_backend());
+    h.session.timeout();
+    assert!(h.take_client().starts_with("421 4.4.1 "));
+}
+
+#[test]
+fn trace_header_opens_the_message() {
+    let mut c = config(Identity::ProxyV2);
+    c.trace_header = true;
+    let mut h = Harness::new(c);
+    h.backend("220 ok\r\n");
+    h.ehlo();
+    h.client("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n");
+    h.take_backend();
+    h.backend("250 Ok\r\n250 Ok\r\n354 go\r\n");
+    h.client("Subject: hi\r\n\r\nbody\r\n.\r\n");
+    let forwarded = h.take_backend();
+    assert!(
+        forwarded.starts_with(
+            "Received: from client.example (unknown [127.0.0.77])\r\n\tby mx.example.org (blackpony) with ESMTP (without TLS);\r\n\t"
+        ),
+        "{forwarded}"
+    );
+    assert!(
+        forwarded.ends_with("+0000\r\nSubject: hi\r\n\r\nbody\r\n.\r\n"),
+        "{forwarded}"
+    );
+}
+
+#[test]
+fn oversized_message_is_cut_off() {
+    let mut h = Harness::opened(Identity::ProxyV2);
+    h.ehlo(); // SIZE 1000000
+    h.client("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n");
+    h.backend("250 Ok\r\n250 Ok\r\n354 go\r\n");
+    h.take_backend();
+    h.take_client();
+    let line = format!("{}\r\n", "x".repeat(998));
+    for _ in 0..1100 {
+        h.client(&line);
+    }
+    let forwarded = h.take_backend();
+    assert!(forwarded.len() as u64 <= 1_000_000 + SIZE_SLACK + 1000);
+    h.client(".\r\n");
+    assert!(h.take_client().starts_with("552 5.3.4 "));
+    assert!(h.session.is_closed());
+}
+
+#[test]
+fn byte_at_a_time_client_gets_the_same_result() {
+    let script = "EHLO client.example\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n";
+    let mut h = Harness::opened(Identity::ProxyV2);
+    for b in script.bytes() {
+        h.session.client_input(&[b]);
+    }
+    assert_eq!(
+        h.take_backend(),
+        "EHLO client.example\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n"
+    );
+    for b in "250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n".bytes() {
+        h.session.backend_input(&[b]);
+    }
+    assert_eq!(
+        h.take_client(),
+        "250-ok\r\n250 STARTTLS\r\n250 ok\r\n250 ok\r\n354 go\r\n"
+    );
+}
