@@ -9,11 +9,14 @@
 //! | [`inbound`] | the sidecar on port 25: a sans-IO relay session and the thin tokio loop that drives it |
 //! | [`cli`] | argument and config-file parsing; calls a role's `run` |
 //! | [`log`] | one-line, Postfix-style log records |
+//! | `fuzz_checks` | invariants shared by the fuzz targets in `fuzz/` and a deterministic test |
 //!
 //! Each role's `run` takes its listener, its TLS configuration and a shutdown
 //! future, so tests drive it on port 0.
 
 pub mod cli;
+#[doc(hidden)]
+pub mod fuzz_checks;
 pub mod inbound;
 pub mod log;
 pub mod smtp;

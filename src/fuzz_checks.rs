@@ -1,0 +1,182 @@
+//! Invariants checked on arbitrary input, shared by the `cargo fuzz` targets
+//! in `fuzz/` and by a deterministic run in the normal test suite (so CI
+//! exercises them without a nightly toolchain). Each function panics when an
+//! invariant is broken, which is what a fuzzer looks for.
+
+use std::sync::Arc;
+
+use crate::inbound::Identity;
+use crate::inbound::session::{Session, SessionConfig};
+use crate::smtp::command::{NextLine, next_line};
+use crate::smtp::{BareNewlines, Command, DataScanner, DotStuffer, EhloReply, Reply, ReplyParser};
+
+/// Reply parsing never panics, spans stay inside the input, and a parsed
+/// reply formats back to something that parses to the same reply.
+pub fn reply_parser(input: &[u8]) {
+    let Ok(Some(span)) = ReplyParser::next_span(input) else {
+        return;
+    };
+    assert!(span.len <= input.len() && span.lines >= 1);
+    let reply = Reply::from_span(input, span);
+    let wire = reply.to_bytes();
+    let again = ReplyParser::next_span(&wire)
+        .expect("formatted reply parses")
+        .expect("formatted reply is complete");
+    assert_eq!(again.len, wire.len());
+    assert_eq!(Reply::from_span(&wire, again).code(), reply.code());
+    let ehlo = EhloReply::parse(&reply);
+    let _ = ehlo.size_limit();
+    let _ = ehlo.to_reply().to_bytes();
+    let _ = reply.enhanced_status();
+}
+
+/// Line splitting and command parsing never panic and never run past the input.
+pub fn command_parser(input: &[u8]) {
+    let mut rest = input;
+    for _ in 0..input.len() + 1 {
+        match next_line(rest) {
+            NextLine::Line { line_len, consumed } => {
+                assert!(line_len < consumed && consumed <= rest.len());
+                let _ = Command::parse(&rest[..line_len]);
+                rest = &rest[consumed..];
+            }
+            NextLine::TooLong { consumed } => {
+                assert!(consumed > 0 && consumed <= rest.len());
+                rest = &rest[consumed..];
+            }
+            NextLine::Incomplete => return,
+        }
+    }
+}
+
+/// The DATA scanner gives the same result however the input is split, never
+/// leaves a bare CR or LF, and writes CRLF.CRLF only as its final five bytes.
+/// A dot-stuffed message scans back to itself.
+pub fn data_scanner(input: &[u8]) {
+    let split = input.first().map_or(1, |&b| usize::from(b % 7) + 1);
+    let mut whole = DataScanner::new();
+    let mut out = Vec::new();
+    let scan = whole.scan(input, &mut out);
+
+    let mut pieces = DataScanner::new();
+    let mut out2 = Vec::new();
+    let mut used = 0;
+    for chunk in input.chunks(split) {
+        let s = pieces.scan(chunk, &mut out2);
+        used += s.consumed;
+        if s.end {
+            break;
+        }
+    }
+    assert_eq!(out, out2);
+    assert_eq!(scan.consumed, used);
+
+    let mut framed = b"\r\n".to_vec();
+    framed.extend_from_slice(&out);
+    let ends = framed.windows(5).filter(|w| w == b"\r\n.\r\n").count();
+    assert_eq!(ends, usize::from(scan.end));
+    if scan.end {
+        assert!(framed.ends_with(b"\r\n.\r\n"));
+    }
+    for (i, &b) in out.iter().enumerate() {
+        if b == b'\n' {
+            assert!(i > 0 && out[i - 1] == b'\r');
+        }
+        if b == b'\r' && i + 1 < out.len() {
+            assert_eq!(out[i + 1], b'\n');
+        }
+    }
+
+    let mut wire = Vec::new();
+    let mut stuffer = DotStuffer::new();
+    stuffer.push(input, &mut wire);
+    stuffer.finish(&mut wire);
+    let mut back = Vec::new();
+    let s = DataScanner::new().scan(&wire, &mut back);
+    assert!(s.end && s.consumed == wire.len());
+    assert_eq!(back, wire);
+}
+
+/// The relay session survives anything from either side: the first byte of
+/// each chunk says which side sent it. Whatever happens, the backend is only
+/// ever sent complete CRLF-terminated lines or scanned message data, and the
+/// buffers stay bounded.
+pub fn inbound_session(input: &[u8]) {
+    let config = SessionConfig {
+        hostname: "mx.example".into(),
+        identity: if input.first().is_some_and(|b| b & 1 == 1) {
+            Identity::Xclient
+        } else {
+            Identity::ProxyV2
+        },
+        require_tls: input.get(1).is_some_and(|b| b & 1 == 1),
+        bare_newlines: if input.get(2).is_some_and(|b| b & 1 == 1) {
+            BareNewlines::Reject
+        } else {
+            BareNewlines::Normalize
+        },
+        trace_header: true,
+    };
+    let mut session = Session::new(
+        Arc::new(config),
+        "192.0.2.1:1000".parse().expect("literal address"),
+        "127.0.0.1:25".parse().expect("literal address"),
+    );
+    for chunk in input.split(|&b| b == 0xff) {
+        let Some((&selector, data)) = chunk.split_first() else {
+            continue;
+        };
+        match selector % 6 {
+            0 | 1 => session.client_input(data),
+            2 | 3 => session.backend_input(data),
+            4 => session.tls_established(crate::transport::TlsInfo {
+                version: "TLSv1.3",
+                cipher: "TLS_AES_128_GCM_SHA256".into(),
+            }),
+            _ => session.timeout(),
+        }
+        while session.poll_action().is_some() {}
+        session.to_client.clear();
+        session.to_backend.clear();
+        if session.is_closed() {
+            break;
+        }
+    }
+}
+
+/// A small deterministic generator for running the checks in `cargo test`.
+#[cfg(test)]
+pub(crate) fn pseudo_random_inputs(seed: u64, count: usize, alphabet: &[u8]) -> Vec<Vec<u8>> {
+    let mut state = seed | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (0..count)
+        .map(|_| {
+            let len = (next() % 300) as usize;
+            (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMTP_ALPHABET: &[u8] = b"\r\n.\r\n. 0123456789-- EHLO MAIL DATA STARTTLS XCLIENT AUTH 250 354 220 334 \xff\x00\x01\x02\x03\x04\x05";
+
+    #[test]
+    fn checks_hold_on_pseudo_random_input() {
+        for input in pseudo_random_inputs(0x5eed, 3000, SMTP_ALPHABET) {
+            reply_parser(&input);
+            command_parser(&input);
+            data_scanner(&input);
+            inbound_session(&input);
+        }
+    }
+}
