@@ -1,0 +1,249 @@
+//! `blackpony inbound` over real sockets, in-process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use blackpony::inbound::{self, BackendTarget, Identity, InboundConfig, SessionConfig};
+use blackpony::smtp::BareNewlines;
+use blackpony::transport::ServerTls;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+use crate::support::{Backend, TestCert, WAIT, command, read_reply};
+
+struct Sidecar {
+    addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sidecar {
+    async fn start(
+        backend: &Backend,
+        tls: Arc<ServerTls>,
+        tune: impl FnOnce(&mut InboundConfig),
+    ) -> Sidecar {
+        let session = SessionConfig {
+            hostname: "mx.test".into(),
+            identity: Identity::ProxyV2,
+            require_tls: false,
+            bare_newlines: BareNewlines::Normalize,
+            trace_header: true,
+        };
+        let mut config = InboundConfig::new(session, BackendTarget::Tcp(backend.addr.to_string()));
+        // Sessions a test leaves open are cut off soon after it stops the sidecar.
+        config.shutdown_grace = Duration::from_secs(1);
+        tune(&mut config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(inbound::run(listener, config, tls, async {
+            let _ = stopped.await;
+        }));
+        Sidecar {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn connect(&self) -> BufReader<TcpStream> {
+        BufReader::new(TcpStream::connect(self.addr).await.expect("connect"))
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("sidecar stops in time")
+            .expect("sidecar task");
+    }
+}
+
+#[tokio::test]
+async fn starttls_delivery_with_pem_certificate() {
+    let backend = Backend::start().await;
+    let cert = TestCert::new("mx.test");
+    let tls = Arc::new(ServerTls::from_pem_files(&cert.cert, &cert.key).expect("load pem"));
+    let sidecar = Sidecar::start(&backend, tls, |_| {}).await;
+
+    let mut c = sidecar.connect().await;
+    assert!(read_reply(&mut c).await.starts_with("220 backend.test"));
+    let ehlo = command(&mut c, "EHLO client.test\r\n").await;
+    assert!(ehlo.contains("250 STARTTLS\r\n"), "{ehlo}");
+    assert!(
+        !ehlo.contains("XCLIENT") && !ehlo.contains("CHUNKING"),
+        "{ehlo}"
+    );
+    assert!(command(&mut c, "STARTTLS\r\n").await.starts_with("220 "));
+
+    let connector = tokio_rustls::TlsConnector::from(cert.client_config());
+    let name = rustls_pki_types::ServerName::try_from("mx.test").expect("name");
+    let tls = connector
+        .connect(name, c.into_inner())
+        .await
+        .expect("handshake against the PEM certificate");
+    let mut c = BufReader::new(tls);
+    let ehlo = command(&mut c, "EHLO client.test\r\n").await;
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    assert!(
+        command(&mut c, "MAIL FROM:<a@client.test>\r\n")
+            .await
+            .starts_with("250")
+    );
+    assert!(
+        command(&mut c, "RCPT TO:<b@mx.test>\r\n")
+            .await
+            .starts_with("250")
+    );
+    assert!(command(&mut c, "DATA\r\n").await.starts_with("354"));
+    let reply = command(&mut c, "Subject: hi\r\n\r\nbody\r\n.\r\n").await;
+    assert_eq!(reply, "250 2.0.0 Ok: queued\r\n", "the backend's own reply");
+    assert!(command(&mut c, "QUIT\r\n").await.starts_with("221"));
+
+    let lines = backend.lines();
+    // PROXY v2: family 0x11, 12 bytes, client 127.0.0.1, local 127.0.0.1.
+    assert!(
+        lines[0].starts_with("PROXYv2 7f0000017f000001"),
+        "{lines:?}"
+    );
+    let received = lines
+        .iter()
+        .position(|l| l.starts_with("Received: from client.test (unknown [127.0.0.1])"))
+        .expect("trace header forwarded");
+    assert!(
+        lines[received + 1].contains("with ESMTPS (TLSv1.3 TLS_"),
+        "{lines:?}"
+    );
+    assert_eq!(lines[received + 3], "Subject: hi\r\n");
+    assert!(
+        lines.contains(&"RSET\r\n".to_string()),
+        "state reset after TLS: {lines:?}"
+    );
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn injection_after_starttls_is_refused_on_the_wire() {
+    let backend = Backend::start().await;
+    let tls = Arc::new(ServerTls::self_signed("mx.test").expect("self-signed"));
+    let sidecar = Sidecar::start(&backend, tls, |_| {}).await;
+    let mut c = sidecar.connect().await;
+    read_reply(&mut c).await;
+    command(&mut c, "EHLO client.test\r\n").await;
+    let reply = command(&mut c, "STARTTLS\r\nRCPT TO:<victim@mx.test>\r\n").await;
+    assert!(reply.starts_with("554 5.5.1 "), "{reply}");
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(WAIT, c.read_to_end(&mut rest))
+        .await
+        .expect("closed in time");
+    assert!(
+        n.is_ok() && rest.is_empty(),
+        "connection closed after the 554"
+    );
+    assert!(!backend.lines().iter().any(|l| l.contains("victim")));
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn backend_down_gives_421() {
+    // A port that was just free: nothing listens there.
+    let dead = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let dead_addr = dead.local_addr().expect("addr");
+    drop(dead);
+    let backend = Backend {
+        addr: dead_addr,
+        received: Default::default(),
+    };
+    let tls = Arc::new(ServerTls::self_signed("mx.test").expect("self-signed"));
+    let sidecar = Sidecar::start(&backend, tls, |_| {}).await;
+    let mut c = sidecar.connect().await;
+    assert!(read_reply(&mut c).await.starts_with("421 4.3.2 "));
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn per_client_limit_gives_421_and_frees_slots() {
+    let backend = Backend::start().await;
+    let tls = Arc::new(ServerTls::self_signed("mx.test").expect("self-signed"));
+    let sidecar = Sidecar::start(&backend, tls, |c| c.max_connections_per_client = 2).await;
+    let mut a = sidecar.connect().await;
+    let mut b = sidecar.connect().await;
+    assert!(read_reply(&mut a).await.starts_with("220"));
+    assert!(read_reply(&mut b).await.starts_with("220"));
+    let mut third = sidecar.connect().await;
+    assert!(read_reply(&mut third).await.starts_with("421 4.7.0 "));
+    assert!(command(&mut a, "QUIT\r\n").await.starts_with("221"));
+    drop(a);
+    // The slot comes back once the first session has ended.
+    let mut ok = None;
+    for _ in 0..50 {
+        let mut again = sidecar.connect().await;
+        if read_reply(&mut again).await.starts_with("220") {
+            ok = Some(again);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok.is_some(), "slot freed after QUIT");
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_a_session_finish() {
+    let backend = Backend::start().await;
+    let tls = Arc::new(ServerTls::self_signed("mx.test").expect("self-signed"));
+    let sidecar =
+        Sidecar::start(&backend, tls, |c| c.shutdown_grace = Duration::from_secs(5)).await;
+    let mut c = sidecar.connect().await;
+    read_reply(&mut c).await;
+    let addr = sidecar.addr;
+    let stopping = tokio::spawn(sidecar.stop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // No new connections are accepted...
+    assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
+    // ...but the running session still works.
+    assert!(
+        command(&mut c, "EHLO client.test\r\n")
+            .await
+            .starts_with("250")
+    );
+    assert!(command(&mut c, "QUIT\r\n").await.starts_with("221"));
+    tokio::time::timeout(WAIT, stopping)
+        .await
+        .expect("stopped")
+        .expect("task");
+}
+
+#[tokio::test]
+async fn pipelined_burst_keeps_reply_order() {
+    let backend = Backend::start().await;
+    let tls = Arc::new(ServerTls::self_signed("mx.test").expect("self-signed"));
+    let sidecar = Sidecar::start(&backend, tls, |_| {}).await;
+    let mut c = sidecar.connect().await;
+    read_reply(&mut c).await;
+    command(&mut c, "EHLO client.test\r\n").await;
+    let mut burst = String::new();
+    for i in 0..200 {
+        burst.push_str(&format!(
+            "MAIL FROM:<a{i}@client.test>\r\nXFORWARD ADDR=1.2.3.4\r\nRSET\r\n"
+        ));
+    }
+    c.get_mut()
+        .write_all(burst.as_bytes())
+        .await
+        .expect("write burst");
+    for i in 0..200 {
+        assert!(read_reply(&mut c).await.starts_with("250"), "MAIL {i}");
+        assert!(
+            read_reply(&mut c).await.starts_with("550 5.7.0"),
+            "XFORWARD {i}"
+        );
+        assert!(read_reply(&mut c).await.starts_with("250"), "RSET {i}");
+    }
+    assert!(!backend.lines().iter().any(|l| l.contains("XFORWARD")));
+    sidecar.stop().await;
+}
