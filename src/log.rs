@@ -56,22 +56,33 @@ pub fn timestamp_utc(t: SystemTime) -> String {
 
 /// RFC 5322 §3.3 date, in UTC: `Mon, 23 Nov 2026 10:00:00 +0000`.
 pub fn rfc5322_date(t: SystemTime) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = (secs / 86400) as i64;
-    let (y, mo, d) = civil_from_days(days);
-    let s = secs % 86400;
-    format!(
-        "{}, {d} {} {y:04} {:02}:{:02}:{:02} +0000",
-        DAYS[(days % 7) as usize],
-        MONTHS[(mo - 1) as usize],
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
+    Rfc5322Date(t).to_string()
+}
+
+/// Formats as an RFC 5322 date without allocating (for trace headers).
+#[derive(Debug, Clone, Copy)]
+pub struct Rfc5322Date(pub SystemTime);
+
+impl std::fmt::Display for Rfc5322Date {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let secs = self.0.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let days = (secs / 86400) as i64;
+        let (y, mo, d) = civil_from_days(days);
+        let s = secs % 86400;
+        write!(
+            f,
+            "{}, {d} {} {y:04} {:02}:{:02}:{:02} +0000",
+            DAYS[(days % 7) as usize],
+            MONTHS[(mo - 1) as usize],
+            s / 3600,
+            s / 60 % 60,
+            s % 60
+        )
+    }
 }
 
 /// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's

@@ -22,45 +22,67 @@ pub struct TraceFacts<'a> {
     pub tls: Option<&'a TlsInfo>,
 }
 
-/// Appends the header, folded, with CRLF line ends, to `out`.
+/// Appends the header, folded, with CRLF line ends, to `out`. Written
+/// straight into the buffer: this runs once per message.
 pub fn write_received(facts: &TraceFacts<'_>, now: SystemTime, out: &mut Vec<u8>) {
-    let helo = facts.helo.map(sanitize).filter(|h| !h.is_empty());
-    let ip = match facts.client_ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => format!("IPv6:{v6}"),
-        },
-        IpAddr::V4(v4) => v4.to_string(),
-    };
+    let helo = facts.helo.map(HostName).filter(|h| !h.is_empty());
     let proto = match (facts.esmtp, facts.tls.is_some()) {
         (true, true) => "ESMTPS",
         (true, false) => "ESMTP",
         (false, true) => "SMTPS",
         (false, false) => "SMTP",
     };
-    let tls = match facts.tls {
-        Some(t) => format!("({} {})", t.version, t.cipher),
-        None => "(without TLS)".to_string(),
+    let _ = write!(out, "Received: from ");
+    let _ = match helo {
+        Some(h) => write!(out, "{h}"),
+        None => write!(out, "unknown"),
+    };
+    let _ = match facts.client_ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => write!(out, " (unknown [{v4}])"),
+            None => write!(out, " (unknown [IPv6:{v6}])"),
+        },
+        IpAddr::V4(v4) => write!(out, " (unknown [{v4}])"),
     };
     let _ = write!(
         out,
-        "Received: from {} (unknown [{ip}])\r\n\tby {} (blackpony) with {proto} {tls};\r\n\t{}\r\n",
-        helo.as_deref().unwrap_or("unknown"),
-        sanitize(facts.by),
-        crate::log::rfc5322_date(now),
+        "\r\n\tby {} (blackpony) with {proto} ",
+        HostName(facts.by)
     );
+    let _ = match facts.tls {
+        Some(t) => write!(out, "({} {})", t.version, t.cipher),
+        None => write!(out, "(without TLS)"),
+    };
+    let _ = write!(out, ";\r\n\t{}\r\n", crate::log::Rfc5322Date(now));
 }
 
-/// Keeps only characters that belong in a host name or address literal, so
-/// a hostile HELO cannot add header lines or break the header's syntax.
-fn sanitize(name: &str) -> String {
-    name.split_whitespace()
-        .next()
-        .unwrap_or("")
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || ".-_:[]".contains(*c))
-        .take(255)
-        .collect()
+/// Shows only the characters of a name that belong in a host name or an
+/// address literal (first word, at most 255), so a hostile HELO cannot add
+/// header lines or break the header's syntax.
+#[derive(Debug, Clone, Copy)]
+struct HostName<'a>(&'a str);
+
+impl HostName<'_> {
+    fn chars(&self) -> impl Iterator<Item = char> + '_ {
+        self.0
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || ".-_:[]".contains(*c))
+            .take(255)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chars().next().is_none()
+    }
+}
+
+impl std::fmt::Display for HostName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        self.chars().try_for_each(|c| f.write_char(c))
+    }
 }
 
 #[cfg(test)]
