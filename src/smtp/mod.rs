@@ -2,13 +2,16 @@
 //! both directions (the inbound sidecar as a server, the outbound transport
 //! as a client). Nothing here touches a socket.
 
+pub mod client;
 pub mod command;
 pub mod data;
 pub mod ehlo;
+pub mod envelope;
 pub mod limits;
 pub mod reply;
 
 pub use command::{Command, CommandError, NextLine, Verb};
 pub use data::{BareNewlines, DataScanner, DotStuffer};
 pub use ehlo::{Capability, EhloReply};
+pub use envelope::{ContentFacts, Envelope};
 pub use reply::{Reply, ReplyError, ReplyParser, ReplySpan};

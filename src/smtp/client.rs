@@ -1,0 +1,582 @@
+//! The client side of one SMTP session with one server, sans-IO: greeting,
+//! EHLO (HELO fallback), optional STARTTLS, one mail transaction with
+//! PIPELINING when offered (RFC 2920), and QUIT.
+//!
+//! The I/O loop feeds server bytes to [`ClientSession::receive`], writes out
+//! [`ClientSession::outgoing`], and acts on the returned [`Step`]. The result
+//! is a reply per recipient: exactly what the server said, never invented.
+
+use std::collections::VecDeque;
+
+use super::envelope::{ContentFacts, Envelope};
+use super::{EhloReply, Reply, ReplyError, ReplyParser};
+
+/// Whether to use STARTTLS when the server offers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartTls {
+    /// Never (policy `none`, or the plaintext retry after a failed handshake).
+    Never,
+    /// When offered; carry on in plaintext when not (policy `may`).
+    IfOffered,
+    /// When offered; fail the session when not (policies `encrypt`, `verify`).
+    Required,
+}
+
+/// What the session needs from the I/O loop next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Write out [`ClientSession::outgoing`] (if any) and read more.
+    Continue,
+    /// Run the TLS handshake, then call [`ClientSession::tls_established`].
+    StartTls,
+    /// The session is over; see [`ClientSession::outcome`].
+    Done,
+}
+
+/// Where a session failed before any recipient got an answer. The caller
+/// may try the next MX host (RFC 5321 §5.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostFailure {
+    /// The server refused the session (greeting, EHLO/HELO or MAIL FROM).
+    Refused { stage: &'static str, reply: Reply },
+    /// The server did not offer STARTTLS (or refused it) and policy requires TLS.
+    TlsUnavailable { reply: Option<Reply> },
+    /// The server spoke something that is not SMTP.
+    Protocol(ReplyError),
+    /// The connection broke or timed out in the given stage.
+    Lost { stage: &'static str },
+}
+
+/// The answer about one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientResult {
+    pub recipient: String,
+    /// The server's reply that decided this recipient's fate: the final reply
+    /// to end-of-data if the recipient was accepted, else the RCPT (or MAIL,
+    /// or DATA) reply.
+    pub reply: Reply,
+    /// The command the reply answered, for logs: `RCPT TO`, `end of data`, …
+    pub stage: &'static str,
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionOutcome {
+    /// Every recipient has a reply from the server.
+    Replied(Vec<RecipientResult>),
+    /// Nothing was decided for any recipient.
+    Failed(HostFailure),
+    /// The connection broke after the message was sent but before the final
+    /// reply: the message may have been delivered (RFC 1047).
+    Uncertain { accepted: Vec<String> },
+}
+
+/// A problem with the message itself, found before sending it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContentRefusal {
+    /// Bigger than the server's SIZE (RFC 1870).
+    TooBig { limit: u64 },
+    /// Non-ASCII addresses and no SMTPUTF8 (RFC 6531 §3.4).
+    NeedsSmtpUtf8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Mail,
+    Rcpt(usize),
+    Data,
+}
+
+#[derive(Debug)]
+enum State {
+    Greeting,
+    Ehlo {
+        after_tls: bool,
+    },
+    Helo,
+    StartTls,
+    Handshake,
+    /// MAIL, RCPT and DATA replies still owed (several when pipelining).
+    Transaction {
+        owed: VecDeque<Pending>,
+    },
+    /// The message went out; the final reply is owed.
+    EndOfData,
+    Quit,
+    Done,
+}
+
+/// One SMTP client session. See the module docs.
+pub struct ClientSession {
+    state: State,
+    helo_name: String,
+    starttls: StartTls,
+    envelope: Envelope,
+    content: ContentFacts,
+    /// The message in DATA form (dot-stuffed, ending with CRLF.CRLF).
+    wire_message: Option<Vec<u8>>,
+    caps: Option<EhloReply>,
+    tls_up: bool,
+    inbuf: Vec<u8>,
+    /// Bytes to send; the I/O loop writes and clears them.
+    pub outgoing: Vec<u8>,
+    mail_reply: Option<Reply>,
+    rcpt_replies: Vec<Option<Reply>>,
+    outcome: Option<SessionOutcome>,
+    /// Bytes the server sent after its 220 to STARTTLS, before the handshake,
+    /// discarded (response injection); for the log.
+    pub injected_after_starttls: usize,
+    /// The content refusal, when the session ended because of one.
+    pub content_refusal: Option<ContentRefusal>,
+}
+
+impl ClientSession {
+    /// A session that will send `wire_message` (already in DATA form, see
+    /// [`super::DotStuffer`]) to `envelope`'s recipients.
+    pub fn new(
+        helo_name: &str,
+        starttls: StartTls,
+        envelope: Envelope,
+        content: ContentFacts,
+        wire_message: Vec<u8>,
+    ) -> Self {
+        let n = envelope.recipients.len();
+        ClientSession {
+            state: State::Greeting,
+            helo_name: helo_name.to_string(),
+            starttls,
+            envelope,
+            content,
+            wire_message: Some(wire_message),
+            caps: None,
+            tls_up: false,
+            inbuf: Vec::new(),
+            outgoing: Vec::new(),
+            mail_reply: None,
+            rcpt_replies: vec![None; n],
+            outcome: None,
+            injected_after_starttls: 0,
+            content_refusal: None,
+        }
+    }
+
+    /// The result, once [`Step::Done`] was returned.
+    pub fn outcome(&self) -> Option<&SessionOutcome> {
+        self.outcome.as_ref()
+    }
+
+    pub fn take_outcome(&mut self) -> Option<SessionOutcome> {
+        self.outcome.take()
+    }
+
+    /// The server's EHLO reply, once known.
+    pub fn capabilities(&self) -> Option<&EhloReply> {
+        self.caps.as_ref()
+    }
+
+    pub fn tls_up(&self) -> bool {
+        self.tls_up
+    }
+
+    /// What the session is doing, for a log line when the connection breaks.
+    pub fn stage(&self) -> &'static str {
+        match &self.state {
+            State::Greeting => "greeting",
+            State::Ehlo { .. } => "EHLO",
+            State::Helo => "HELO",
+            State::StartTls | State::Handshake => "STARTTLS",
+            State::Transaction { owed } => match owed.front() {
+                Some(Pending::Mail) => "MAIL FROM",
+                Some(Pending::Rcpt(_)) => "RCPT TO",
+                _ => "DATA",
+            },
+            State::EndOfData => "end of data",
+            State::Quit => "QUIT",
+            State::Done => "done",
+        }
+    }
+
+    /// Bytes from the server.
+    pub fn receive(&mut self, data: &[u8]) -> Step {
+        self.inbuf.extend_from_slice(data);
+        loop {
+            if matches!(self.state, State::Done) {
+                return Step::Done;
+            }
+            if matches!(self.state, State::Handshake) {
+                return Step::StartTls;
+            }
+            let span = match ReplyParser::next_span(&self.inbuf) {
+                Ok(Some(span)) => span,
+                Ok(None) => return Step::Continue,
+                Err(e) => {
+                    self.fail(HostFailure::Protocol(e));
+                    return Step::Done;
+                }
+            };
+            let reply = Reply::from_span(&self.inbuf, span);
+            self.inbuf.drain(..span.len);
+            if let Some(step) = self.on_reply(reply) {
+                return step;
+            }
+        }
+    }
+
+    /// The connection ended (EOF, error or timeout) before the session did.
+    pub fn connection_lost(&mut self) {
+        let stage = self.stage();
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Done => {}
+            // After QUIT, nothing is lost.
+            State::Quit => {}
+            State::EndOfData => {
+                self.outcome = Some(SessionOutcome::Uncertain {
+                    accepted: self.accepted_recipients(),
+                });
+            }
+            _ => self.outcome = Some(SessionOutcome::Failed(HostFailure::Lost { stage })),
+        }
+    }
+
+    /// The TLS handshake finished: start over with EHLO (RFC 3207 §4.2).
+    pub fn tls_established(&mut self) {
+        self.tls_up = true;
+        self.caps = None;
+        self.inbuf.clear();
+        self.send_line(&format!("EHLO {}", self.helo_name));
+        self.state = State::Ehlo { after_tls: true };
+    }
+
+    fn fail(&mut self, failure: HostFailure) {
+        self.outcome = Some(SessionOutcome::Failed(failure));
+        self.quit();
+    }
+
+    fn quit(&mut self) {
+        self.send_line("QUIT");
+        self.state = State::Quit;
+    }
+
+    fn send_line(&mut self, line: &str) {
+        self.outgoing.extend_from_slice(line.as_bytes());
+        self.outgoing.extend_from_slice(b"\r\n");
+    }
+
+    /// Handles one reply; `Some(step)` when the loop must stop.
+    fn on_reply(&mut self, reply: Reply) -> Option<Step> {
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Greeting => {
+                if reply.code() == 220 {
+                    self.send_line(&format!("EHLO {}", self.helo_name));
+                    self.state = State::Ehlo { after_tls: false };
+                } else {
+                    self.fail(HostFailure::Refused {
+                        stage: "greeting",
+                        reply,
+                    });
+                }
+            }
+            State::Ehlo { after_tls } => {
+                if reply.code() == 250 {
+                    self.caps = Some(EhloReply::parse(&reply));
+                    self.after_hello();
+                } else if reply.is_permanent() && !after_tls {
+                    // RFC 5321 §3.2: a server that does not know EHLO.
+                    self.send_line(&format!("HELO {}", self.helo_name));
+                    self.state = State::Helo;
+                } else {
+                    self.fail(HostFailure::Refused {
+                        stage: "EHLO",
+                        reply,
+                    });
+                }
+            }
+            State::Helo => {
+                if reply.is_success() {
+                    self.caps = Some(EhloReply {
+                        greeting: String::new(),
+                        capabilities: Vec::new(),
+                    });
+                    self.after_hello();
+                } else {
+                    self.fail(HostFailure::Refused {
+                        stage: "HELO",
+                        reply,
+                    });
+                }
+            }
+            State::StartTls => {
+                if reply.code() == 220 {
+                    // Anything after the 220 came before the handshake in
+                    // plaintext: a man in the middle's injection. Drop it.
+                    self.injected_after_starttls = self.inbuf.len();
+                    self.inbuf.clear();
+                    self.state = State::Handshake;
+                    return Some(Step::StartTls);
+                }
+                if self.starttls == StartTls::Required {
+                    self.fail(HostFailure::TlsUnavailable { reply: Some(reply) });
+                } else {
+                    // Postfix's "may": a refused STARTTLS means plaintext.
+                    self.begin_transaction();
+                }
+            }
+            State::Handshake => {
+                self.state = State::Handshake;
+                return Some(Step::StartTls);
+            }
+            State::Transaction { mut owed } => {
+                let Some(pending) = owed.pop_front() else {
+                    self.fail(HostFailure::Protocol(ReplyError::BadCode));
+                    return None;
+                };
+                self.state = State::Transaction { owed };
+                self.on_transaction_reply(pending, reply);
+            }
+            State::EndOfData => {
+                let stage = "end of data";
+                let results = self
+                    .envelope
+                    .recipients
+                    .iter()
+                    .zip(&self.rcpt_replies)
+                    .map(|(rcpt, r)| match r {
+                        Some(r) if r.is_success() => RecipientResult {
+                            recipient: rcpt.clone(),
+                            reply: reply.clone(),
+                            stage,
+                        },
+                        Some(r) => RecipientResult {
+                            recipient: rcpt.clone(),
+                            reply: r.clone(),
+                            stage: "RCPT TO",
+                        },
+                        None => RecipientResult {
+                            recipient: rcpt.clone(),
+                            reply: reply.clone(),
+                            stage,
+                        },
+                    })
+                    .collect();
+                self.outcome = Some(SessionOutcome::Replied(results));
+                self.quit();
+            }
+            State::Quit => {
+                self.state = State::Done;
+                return Some(Step::Done);
+            }
+            State::Done => return Some(Step::Done),
+        }
+        None
+    }
+
+    /// After a successful EHLO or HELO: STARTTLS or the transaction.
+    fn after_hello(&mut self) {
+        let offered = self.caps.as_ref().is_some_and(|c| c.has("STARTTLS"));
+        if !self.tls_up && self.starttls != StartTls::Never && offered {
+            self.send_line("STARTTLS");
+            self.state = State::StartTls;
+        } else if !self.tls_up && self.starttls == StartTls::Required {
+            self.fail(HostFailure::TlsUnavailable { reply: None });
+        } else {
+            self.begin_transaction();
+        }
+    }
+
+    /// Sends MAIL, and with PIPELINING also every RCPT and DATA.
+    fn begin_transaction(&mut self) {
+        let caps = self.caps.clone().unwrap_or(EhloReply {
+            greeting: String::new(),
+            capabilities: Vec::new(),
+        });
+        if let Some(limit) = caps.size_limit()
+            && self.content.size > limit
+        {
+            self.content_refusal = Some(ContentRefusal::TooBig { limit });
+            self.finish_with_refusal(Reply::new(
+                552,
+                format!("5.3.4 Message size exceeds fixed limit of the receiving server ({limit} octets)"),
+            ));
+            return;
+        }
+        let utf8 = self.envelope.needs_smtputf8();
+        if utf8 && !caps.has("SMTPUTF8") {
+            self.content_refusal = Some(ContentRefusal::NeedsSmtpUtf8);
+            self.finish_with_refusal(Reply::new(
+                553,
+                "5.6.7 Non-ASCII address and the receiving server does not offer SMTPUTF8",
+            ));
+            return;
+        }
+        let mut mail = format!("MAIL FROM:<{}>", self.envelope.sender);
+        if caps.has("SIZE") {
+            mail.push_str(&format!(" SIZE={}", self.content.size));
+        }
+        if self.content.eight_bit && caps.has("8BITMIME") {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if utf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        self.send_line(&mail);
+        let mut owed = VecDeque::from([Pending::Mail]);
+        if caps.has("PIPELINING") {
+            for i in 0..self.envelope.recipients.len() {
+                let line = format!("RCPT TO:<{}>", self.envelope.recipients[i]);
+                self.send_line(&line);
+                owed.push_back(Pending::Rcpt(i));
+            }
+            self.send_line("DATA");
+            owed.push_back(Pending::Data);
+        }
+        self.state = State::Transaction { owed };
+    }
+
+    /// Every recipient gets `reply` (a refusal found before sending).
+    fn finish_with_refusal(&mut self, reply: Reply) {
+        let results = self
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| RecipientResult {
+                recipient: r.clone(),
+                reply: reply.clone(),
+                stage: "content check",
+            })
+            .collect();
+        self.outcome = Some(SessionOutcome::Replied(results));
+        self.quit();
+    }
+
+    fn pipelining(&self) -> bool {
+        self.caps.as_ref().is_some_and(|c| c.has("PIPELINING"))
+    }
+
+    fn on_transaction_reply(&mut self, pending: Pending, reply: Reply) {
+        let pipelining = self.pipelining();
+        match pending {
+            Pending::Mail => {
+                let ok = reply.is_success();
+                self.mail_reply = Some(reply.clone());
+                if !ok && !pipelining {
+                    self.mail_failed(reply);
+                } else if ok && !pipelining {
+                    self.send_rcpt(0);
+                }
+            }
+            Pending::Rcpt(i) => {
+                self.rcpt_replies[i] = Some(reply);
+                if !pipelining {
+                    if i + 1 < self.envelope.recipients.len() {
+                        self.send_rcpt(i + 1);
+                    } else if self.accepted_recipients().is_empty() {
+                        self.all_recipients_refused();
+                    } else {
+                        self.send_line("DATA");
+                        self.push_owed(Pending::Data);
+                    }
+                }
+            }
+            Pending::Data => {
+                let mail_ok = self.mail_reply.as_ref().is_some_and(Reply::is_success);
+                if !mail_ok {
+                    if reply.code() == 354 {
+                        // RFC 2920 §3.1: end the unwanted message at once.
+                        self.outgoing.extend_from_slice(b".\r\n");
+                    }
+                    let mail = self.mail_reply.clone().unwrap_or(reply);
+                    self.mail_failed(mail);
+                } else if self.accepted_recipients().is_empty() {
+                    if reply.code() == 354 {
+                        self.outgoing.extend_from_slice(b".\r\n");
+                    }
+                    self.all_recipients_refused();
+                } else if reply.code() == 354 {
+                    let message = self
+                        .wire_message
+                        .take()
+                        .unwrap_or_else(|| b".\r\n".to_vec());
+                    self.outgoing.extend_from_slice(&message);
+                    self.state = State::EndOfData;
+                } else {
+                    let results = self.results_with(reply, "DATA");
+                    self.outcome = Some(SessionOutcome::Replied(results));
+                    self.quit();
+                }
+            }
+        }
+    }
+
+    fn push_owed(&mut self, p: Pending) {
+        if let State::Transaction { owed } = &mut self.state {
+            owed.push_back(p);
+        }
+    }
+
+    fn send_rcpt(&mut self, i: usize) {
+        let line = format!("RCPT TO:<{}>", self.envelope.recipients[i]);
+        self.send_line(&line);
+        self.push_owed(Pending::Rcpt(i));
+    }
+
+    /// MAIL FROM was refused: no recipient was tried. A 4xx/5xx here is about
+    /// the sender or the session, so the caller may try another MX.
+    fn mail_failed(&mut self, reply: Reply) {
+        self.fail(HostFailure::Refused {
+            stage: "MAIL FROM",
+            reply,
+        });
+    }
+
+    fn all_recipients_refused(&mut self) {
+        let results = self
+            .envelope
+            .recipients
+            .iter()
+            .zip(&self.rcpt_replies)
+            .map(|(rcpt, r)| RecipientResult {
+                recipient: rcpt.clone(),
+                reply: r
+                    .clone()
+                    .unwrap_or_else(|| Reply::new(451, "4.4.0 no reply to RCPT TO")),
+                stage: "RCPT TO",
+            })
+            .collect();
+        self.outcome = Some(SessionOutcome::Replied(results));
+        self.quit();
+    }
+
+    /// Accepted recipients get `reply`; refused ones keep their RCPT reply.
+    fn results_with(&self, reply: Reply, stage: &'static str) -> Vec<RecipientResult> {
+        self.envelope
+            .recipients
+            .iter()
+            .zip(&self.rcpt_replies)
+            .map(|(rcpt, r)| match r {
+                Some(r) if !r.is_success() => RecipientResult {
+                    recipient: rcpt.clone(),
+                    reply: r.clone(),
+                    stage: "RCPT TO",
+                },
+                _ => RecipientResult {
+                    recipient: rcpt.clone(),
+                    reply: reply.clone(),
+                    stage,
+                },
+            })
+            .collect()
+    }
+
+    fn accepted_recipients(&self) -> Vec<String> {
+        self.envelope
+            .recipients
+            .iter()
+            .zip(&self.rcpt_replies)
+            .filter(|(_, r)| r.as_ref().is_some_and(Reply::is_success))
+            .map(|(rcpt, _)| rcpt.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

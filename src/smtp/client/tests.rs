@@ -1,0 +1,381 @@
+//! The client session against scripted servers, and against the inbound
+//! relay session (two state machines driven against each other in memory).
+
+use super::*;
+use crate::smtp::DotStuffer;
+
+fn envelope(rcpts: &[&str]) -> Envelope {
+    Envelope {
+        sender: "sender@client.example".into(),
+        recipients: rcpts.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn wire(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut s = DotStuffer::new();
+    s.push(message, &mut out);
+    s.finish(&mut out);
+    out
+}
+
+fn session(starttls: StartTls, rcpts: &[&str], message: &[u8]) -> ClientSession {
+    ClientSession::new(
+        "client.example",
+        starttls,
+        envelope(rcpts),
+        ContentFacts::of(message),
+        wire(message),
+    )
+}
+
+fn take(s: &mut ClientSession) -> String {
+    String::from_utf8(std::mem::take(&mut s.outgoing)).unwrap()
+}
+
+fn codes(outcome: &SessionOutcome) -> Vec<(String, u16, &'static str)> {
+    match outcome {
+        SessionOutcome::Replied(r) => r
+            .iter()
+            .map(|r| (r.recipient.clone(), r.reply.code(), r.stage))
+            .collect(),
+        other => panic!("not replied: {other:?}"),
+    }
+}
+
+#[test]
+fn pipelined_delivery_with_starttls() {
+    let mut s = session(
+        StartTls::IfOffered,
+        &["a@mx.example", "b@mx.example"],
+        b"Subject: x\r\n\r\nhi\r\n",
+    );
+    assert_eq!(s.receive(b"220 mx.example ESMTP\r\n"), Step::Continue);
+    assert_eq!(take(&mut s), "EHLO client.example\r\n");
+    s.receive(b"250-mx.example\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250 STARTTLS\r\n");
+    assert_eq!(take(&mut s), "STARTTLS\r\n");
+    assert_eq!(s.receive(b"220 go ahead\r\n"), Step::StartTls);
+    s.tls_established();
+    assert_eq!(take(&mut s), "EHLO client.example\r\n");
+    s.receive(b"250-mx.example\r\n250-PIPELINING\r\n250 SIZE 1000\r\n");
+    assert_eq!(
+        take(&mut s),
+        "MAIL FROM:<sender@client.example> SIZE=18\r\nRCPT TO:<a@mx.example>\r\nRCPT TO:<b@mx.example>\r\nDATA\r\n"
+    );
+    s.receive(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n550 5.1.1 no such user\r\n354 go\r\n");
+    assert_eq!(take(&mut s), "Subject: x\r\n\r\nhi\r\n.\r\n");
+    s.receive(b"250 2.0.0 Ok: queued as X\r\n");
+    assert_eq!(take(&mut s), "QUIT\r\n");
+    assert_eq!(s.receive(b"221 2.0.0 Bye\r\n"), Step::Done);
+    assert_eq!(
+        codes(s.outcome().unwrap()),
+        [
+            ("a@mx.example".to_string(), 250, "end of data"),
+            ("b@mx.example".to_string(), 550, "RCPT TO")
+        ]
+    );
+    assert!(s.tls_up());
+}
+
+#[test]
+fn one_command_at_a_time_without_pipelining() {
+    let mut s = session(StartTls::IfOffered, &["a@x", "b@x"], b"hi\r\n");
+    s.receive(b"220 x\r\n");
+    take(&mut s);
+    s.receive(b"250 x\r\n");
+    assert_eq!(take(&mut s), "MAIL FROM:<sender@client.example>\r\n");
+    s.receive(b"250 ok\r\n");
+    assert_eq!(take(&mut s), "RCPT TO:<a@x>\r\n");
+    s.receive(b"450 4.2.0 greylisted\r\n");
+    assert_eq!(take(&mut s), "RCPT TO:<b@x>\r\n");
+    s.receive(b"250 ok\r\n");
+    assert_eq!(take(&mut s), "DATA\r\n");
+    s.receive(b"354 go\r\n");
+    assert_eq!(take(&mut s), "hi\r\n.\r\n");
+    s.receive(b"250 queued\r\n");
+    assert_eq!(
+        codes(s.outcome().unwrap()),
+        [
+            ("a@x".to_string(), 450, "RCPT TO"),
+            ("b@x".to_string(), 250, "end of data")
+        ]
+    );
+}
+
+#[test]
+fn helo_fallback_and_refusals() {
+    let mut s = session(StartTls::IfOffered, &["a@x"], b"hi\r\n");
+    s.receive(b"220 old\r\n");
+    take(&mut s);
+    s.receive(b"502 what\r\n");
+    assert_eq!(take(&mut s), "HELO client.example\r\n");
+    s.receive(b"250 hello\r\n");
+    assert_eq!(take(&mut s), "MAIL FROM:<sender@client.example>\r\n");
+
+    let mut s = session(StartTls::IfOffered, &["a@x"], b"hi\r\n");
+    s.receive(b"554 go away\r\n");
+    assert!(matches!(
+        s.outcome(),
+        Some(SessionOutcome::Failed(HostFailure::Refused {
+            stage: "greeting",
+            ..
+        }))
+    ));
+    assert_eq!(take(&mut s), "QUIT\r\n");
+}
+
+#[test]
+fn all_recipients_refused_when_pipelining() {
+    let mut s = session(StartTls::Never, &["a@x"], b"hi\r\n");
+    s.receive(b"220 x\r\n250-x\r\n250 PIPELINING\r\n");
+    take(&mut s);
+    s.receive(b"250 ok\r\n550 5.1.1 unknown\r\n554 5.5.1 no valid recipients\r\n");
+    assert_eq!(
+        codes(s.outcome().unwrap()),
+        [("a@x".to_string(), 550, "RCPT TO")]
+    );
+    assert_eq!(take(&mut s), "QUIT\r\n");
+
+    // A broken server that says 354 anyway gets an empty message.
+    let mut s = session(StartTls::Never, &["a@x"], b"hi\r\n");
+    s.receive(b"220 x\r\n250-x\r\n250 PIPELINING\r\n");
+    take(&mut s);
+    s.receive(b"250 ok\r\n550 5.1.1 unknown\r\n354 go\r\n");
+    assert_eq!(take(&mut s), ".\r\nQUIT\r\n");
+}
+
+#[test]
+fn response_injection_after_starttls_is_discarded() {
+    let mut s = session(StartTls::IfOffered, &["a@x"], b"hi\r\n");
+    s.receive(b"220 x\r\n");
+    s.receive(b"250-x\r\n250 STARTTLS\r\n");
+    take(&mut s);
+    assert_eq!(
+        s.receive(b"220 ready\r\n250-evil\r\n250 PIPELINING\r\n"),
+        Step::StartTls
+    );
+    assert_eq!(s.injected_after_starttls, 26);
+    s.tls_established();
+    assert_eq!(take(&mut s), "EHLO client.example\r\n");
+    s.receive(b"250 x\r\n");
+    // The injected PIPELINING was not believed: one command at a time.
+    assert_eq!(take(&mut s), "MAIL FROM:<sender@client.example>\r\n");
+}
+
+#[test]
+fn tls_policy() {
+    let mut s = session(StartTls::Required, &["a@x"], b"hi\r\n");
+    s.receive(b"220 x\r\n250 x\r\n");
+    assert!(matches!(
+        s.outcome(),
+        Some(SessionOutcome::Failed(HostFailure::TlsUnavailable {
+            reply: None
+        }))
+    ));
+
+    let mut s = session(StartTls::Never, &["a@x"], b"hi\r\n");
+    s.receive(b"220 x\r\n250-x\r\n250 STARTTLS\r\n");
+    take(&mut s);
+    s.receive(b"");
+    assert!(!s.tls_up());
+
+    // STARTTLS refused under "may": carry on in plaintext.
+    let mut s = session(StartTls::IfOffered, &["a@x"], b"hi\r\n");
+    s.receive(b"220 x\r\n250-x\r\n250 STARTTLS\r\n");
+    take(&mut s);
+    s.receive(b"454 4.7.0 TLS not available\r\n");
+    assert_eq!(take(&mut s), "MAIL FROM:<sender@client.example>\r\n");
+}
+
+#[test]
+fn content_checks() {
+    let mut s = session(StartTls::Never, &["a@x"], &[b'x'; 2000]);
+    s.receive(b"220 x\r\n250-x\r\n250 SIZE 1000\r\n");
+    assert_eq!(
+        codes(s.outcome().unwrap()),
+        [("a@x".to_string(), 552, "content check")]
+    );
+    assert_eq!(
+        s.content_refusal,
+        Some(ContentRefusal::TooBig { limit: 1000 })
+    );
+
+    let mut s = ClientSession::new(
+        "c",
+        StartTls::Never,
+        Envelope {
+            sender: String::new(),
+            recipients: vec!["j\u{f6}rg@x".into()],
+        },
+        ContentFacts::default(),
+        wire(b""),
+    );
+    s.receive(b"220 x\r\n250 x\r\n");
+    assert_eq!(codes(s.outcome().unwrap())[0].1, 553);
+
+    let mut s = session(StartTls::Never, &["a@x"], "caf\u{e9}\r\n".as_bytes());
+    s.receive(b"220 x\r\n250-x\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n");
+    assert_eq!(
+        take(&mut s),
+        "EHLO client.example\r\nMAIL FROM:<sender@client.example> BODY=8BITMIME\r\n"
+    );
+}
+
+#[test]
+fn lost_connection_outcomes() {
+    let mut s = session(StartTls::Never, &["a@x"], b"hi\r\n");
+    s.receive(b"220 x\r\n");
+    s.connection_lost();
+    assert!(matches!(
+        s.outcome(),
+        Some(SessionOutcome::Failed(HostFailure::Lost { stage: "EHLO" }))
+    ));
+
+    let mut s = session(StartTls::Never, &["a@x"], b"hi\r\n");
+    s.receive(b"220 x\r\n250-x\r\n250 PIPELINING\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+    s.connection_lost();
+    assert_eq!(
+        s.outcome(),
+        Some(&SessionOutcome::Uncertain {
+            accepted: vec!["a@x".into()]
+        })
+    );
+}
+
+#[test]
+fn garbage_from_server() {
+    let mut s = session(StartTls::Never, &["a@x"], b"hi\r\n");
+    assert_eq!(s.receive(b"HTTP/1.1 400 Bad Request\r\n"), Step::Done);
+    assert!(matches!(
+        s.outcome(),
+        Some(SessionOutcome::Failed(HostFailure::Protocol(_)))
+    ));
+}
+
+/// A tiny in-memory MTA behind the sidecar: enough SMTP to accept a message.
+#[derive(Default)]
+struct MiniMta {
+    pending: Vec<u8>,
+    in_data: bool,
+    message: Vec<u8>,
+    messages: Vec<Vec<u8>>,
+}
+
+impl MiniMta {
+    fn input(&mut self, bytes: &[u8]) -> Vec<u8> {
+        self.pending.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(nl) = self.pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=nl).collect();
+            if self.in_data {
+                if line == b".\r\n" {
+                    self.in_data = false;
+                    self.messages.push(std::mem::take(&mut self.message));
+                    out.extend_from_slice(b"250 2.0.0 Ok: queued as MINI\r\n");
+                } else {
+                    self.message.extend_from_slice(&line);
+                }
+                continue;
+            }
+            let verb = String::from_utf8_lossy(&line[..line.len().min(4)]).to_ascii_uppercase();
+            let reply: &[u8] = match verb.as_str() {
+                "EHLO" => b"250-mini.example\r\n250-PIPELINING\r\n250-STARTTLS\r\n250 8BITMIME\r\n",
+                "DATA" => {
+                    self.in_data = true;
+                    b"354 go\r\n"
+                }
+                "QUIT" => b"221 2.0.0 Bye\r\n",
+                "RCPT" if line.windows(7).any(|w| w == b"unknown") => b"550 5.1.1 unknown user\r\n",
+                _ => b"250 2.0.0 Ok\r\n",
+            };
+            out.extend_from_slice(reply);
+        }
+        out
+    }
+}
+
+/// The outbound client state machine talks to the inbound relay session,
+/// which talks to a tiny MTA: every byte moves in memory, STARTTLS included
+/// (the handshake itself is the I/O loop's job, so both sides are told it
+/// happened).
+#[test]
+fn client_through_the_sidecar() {
+    use crate::inbound::Identity;
+    use crate::inbound::session::{Action, Session, SessionConfig};
+    use std::sync::Arc;
+
+    let sidecar_config = SessionConfig {
+        hostname: "mx.example".into(),
+        identity: Identity::ProxyV2,
+        require_tls: false,
+        bare_newlines: crate::smtp::BareNewlines::Normalize,
+        trace_header: true,
+    };
+    let mut sidecar = Session::new(
+        Arc::new(sidecar_config),
+        "192.0.2.9:5000".parse().unwrap(),
+        "192.0.2.1:25".parse().unwrap(),
+    );
+    let mut mta = MiniMta::default();
+    let message = b"Subject: both ways\r\n\r\n.leading dot\r\nbare\nnewline\r\n";
+    let mut client = session(
+        StartTls::IfOffered,
+        &["a@mx.example", "unknown@mx.example"],
+        message,
+    );
+
+    let greeting = mta.input(b"");
+    assert!(greeting.is_empty());
+    sidecar.backend_input(b"220 mini.example ESMTP\r\n");
+    let mut step = Step::Continue;
+    for _ in 0..100 {
+        let to_client = std::mem::take(&mut sidecar.to_client);
+        if !to_client.is_empty() {
+            step = client.receive(&to_client);
+        }
+        if step == Step::StartTls {
+            assert_eq!(sidecar.poll_action(), Some(Action::StartTls));
+            sidecar.tls_established(crate::transport::TlsInfo {
+                version: "TLSv1.3",
+                cipher: "TLS_AES_128_GCM_SHA256".into(),
+            });
+            client.tls_established();
+            step = Step::Continue;
+        }
+        if step == Step::Done {
+            break;
+        }
+        let to_sidecar = std::mem::take(&mut client.outgoing);
+        if !to_sidecar.is_empty() {
+            sidecar.client_input(&to_sidecar);
+        }
+        let to_mta = std::mem::take(&mut sidecar.to_backend);
+        if !to_mta.is_empty() {
+            let replies = mta.input(&to_mta);
+            sidecar.backend_input(&replies);
+        }
+    }
+    assert_eq!(step, Step::Done);
+    assert!(client.tls_up());
+    assert_eq!(
+        codes(client.outcome().unwrap()),
+        [
+            ("a@mx.example".to_string(), 250, "end of data"),
+            ("unknown@mx.example".to_string(), 550, "RCPT TO")
+        ]
+    );
+    assert_eq!(mta.messages.len(), 1);
+    let got = String::from_utf8(mta.messages[0].clone()).unwrap();
+    assert!(
+        got.starts_with("Received: from client.example (unknown [192.0.2.9])\r\n"),
+        "{got}"
+    );
+    assert!(
+        got.contains("with ESMTPS (TLSv1.3 TLS_AES_128_GCM_SHA256)"),
+        "{got}"
+    );
+    assert!(
+        got.ends_with("Subject: both ways\r\n\r\n..leading dot\r\nbare\r\nnewline\r\n"),
+        "{got}"
+    );
+}
