@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Install what blackpony's tests and demo need on Debian 12 (Rust/cargo assumed present).
+# Idempotent: apt runs only when a package is missing, so repeat runs take a second.
+#
+#   sudo ./scripts/install-deps.sh
+#
+# Postfix is installed with "No configuration" and without starting any service: the tests
+# and the demo run their own private Postfix instances on loopback (interop/peers.py).
+set -euo pipefail
+
+PACKAGES=(
+  postfix                 # the backend MTA; also ships smtp-source / smtp-sink
+  swaks                   # SMTP test client
+  libnet-ssleay-perl      # swaks --tls
+  libio-socket-ssl-perl   # swaks --tls
+  openssl                 # openssl s_client -starttls smtp
+  bsdutils                # script(1): postfix(1) reports errors only to a terminal
+  procps                  # ps/kill for humans poking at a run
+  ca-certificates
+  gcc libc6-dev           # C compiler for the ring crate
+  python3                 # the interop suite (pytest)
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps.sh: must run as root to install: $*" >&2
+    exit 1
+  fi
+}
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  need_root "${missing[*]}"
+  echo "install-deps.sh: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # No service may start during the install (the system Postfix stays down).
+  created_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    created_policy=1
+  fi
+  cleanup() { if [ -n "$created_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi; }
+  trap cleanup EXIT
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  apt-get update
+  apt-get install -y --no-install-recommends "${missing[@]}"
+  cleanup
+  created_policy=""
+  trap - EXIT
+fi
+
+# pytest for whichever python3 is first on PATH.
+if ! python3 -c 'import pytest' 2>/dev/null; then
+  py="$(command -v python3)"
+  if [ "$(readlink -f "$py")" = "$(readlink -f /usr/bin/python3)" ]; then
+    # Debian's own Python is externally managed (PEP 668): use its package.
+    need_root python3-pytest
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-pytest \
+      || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-pytest; }
+  else
+    python3 -m pip install --quiet --disable-pip-version-check pytest
+  fi
+  python3 -c 'import pytest' || { echo "install-deps.sh: pytest still missing" >&2; exit 1; }
+fi
+
+echo "install-deps.sh: all dependencies present"
