@@ -19,5 +19,6 @@ pub mod cli;
 pub mod fuzz_checks;
 pub mod inbound;
 pub mod log;
+pub mod outbound;
 pub mod smtp;
 pub mod transport;

@@ -10,9 +10,34 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 static PROGRAM: OnceLock<String> = OnceLock::new();
 
+/// Records held back until [`flush_held`] (one-shot commands: an MTA such as
+/// Postfix's pipe(8) reads the first line of the output as the status, so
+/// log records must come after it).
+static HELD: std::sync::Mutex<Option<Vec<String>>> = std::sync::Mutex::new(None);
+
 /// Sets the program name shown before each record (`blackpony/inbound`).
 pub fn init(role: &str) {
     let _ = PROGRAM.set(format!("blackpony/{role}"));
+}
+
+/// Holds records back until [`flush_held`] is called.
+pub fn hold() {
+    if let Ok(mut held) = HELD.lock() {
+        *held = Some(Vec::new());
+    }
+}
+
+/// Writes the held records to standard error and stops holding.
+pub fn flush_held() {
+    let lines = HELD
+        .lock()
+        .ok()
+        .and_then(|mut h| h.take())
+        .unwrap_or_default();
+    let mut err = std::io::stderr().lock();
+    for line in lines {
+        let _ = err.write_all(line.as_bytes());
+    }
 }
 
 /// Writes one record. Use the [`log!`](crate::log!) macro rather than this.
@@ -32,6 +57,12 @@ pub fn write(args: std::fmt::Arguments<'_>) {
         .map(|c| if c.is_control() { '?' } else { c })
         .collect();
     line.push('\n');
+    if let Ok(mut held) = HELD.lock()
+        && let Some(lines) = held.as_mut()
+    {
+        lines.push(line);
+        return;
+    }
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 

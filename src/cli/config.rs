@@ -27,6 +27,67 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub inbound: Option<InboundFile>,
+    pub outbound: Option<OutboundFile>,
+}
+
+/// The `[outbound]` section, and `[outbound.domains]` with a TLS policy per
+/// destination domain (`"bank.example" = "verify"`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundFile {
+    pub dns: Option<std::net::SocketAddr>,
+    pub tls_policy: Option<crate::outbound::TlsPolicy>,
+    pub helo_name: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub tls_backoff: Option<u64>,
+    pub max_message_size: Option<u64>,
+    #[serde(default)]
+    pub domains: std::collections::HashMap<String, crate::outbound::TlsPolicy>,
+}
+
+/// Flags win over the file; the file wins over the defaults.
+pub fn merge_outbound(
+    args: super::OutboundArgs,
+    file: OutboundFile,
+) -> Result<super::OutboundSettings, ConfigError> {
+    let helo_name = args
+        .helo_name
+        .or(file.helo_name)
+        .unwrap_or_else(super::system_hostname);
+    if helo_name.is_empty()
+        || helo_name
+            .bytes()
+            .any(|b| !(b.is_ascii_alphanumeric() || b"-._[]:".contains(&b)))
+    {
+        return Err(ConfigError::Invalid(
+            "--helo-name".into(),
+            format!("{helo_name:?} is not a host name"),
+        ));
+    }
+    let policy = crate::outbound::PolicyTable {
+        default: args
+            .tls_policy
+            .or(file.tls_policy)
+            .unwrap_or(crate::outbound::TlsPolicy::May),
+        domains: file
+            .domains
+            .into_iter()
+            .map(|(d, p)| (d.to_ascii_lowercase(), p))
+            .collect(),
+    };
+    let state_dir = args
+        .state_dir
+        .or(file.state_dir)
+        .unwrap_or_else(crate::outbound::deliver::default_state_dir);
+    Ok(super::OutboundSettings {
+        dns: args.dns.or(file.dns),
+        policy,
+        helo_name,
+        state_dir: Some(state_dir),
+        smtp_port: args.smtp_port.unwrap_or(25),
+        tls_backoff: super::secs(args.tls_backoff.or(file.tls_backoff).unwrap_or(300)),
+        max_message_size: file.max_message_size.unwrap_or(64 * 1024 * 1024),
+    })
 }
 
 impl FileConfig {

@@ -50,6 +50,65 @@ pub enum Command {
     /// Listen for SMTP clients (port 25), offer STARTTLS, and pass the
     /// dialogue through to the local MTA.
     Inbound(InboundArgs),
+    /// Deliver one message from standard input to its recipients' MX hosts
+    /// now, and exit with a status the MTA understands (75 = try later).
+    /// For a sendmail mailer with $u in A=, or a Postfix pipe(8) transport.
+    Deliver(DeliverArgs),
+}
+
+/// Settings shared by every outbound mode. Each can also be set in the
+/// config file's `[outbound]` section.
+#[derive(Debug, Args, Default, Clone)]
+pub struct OutboundArgs {
+    /// Nameserver to ask for MX and address records, instead of those in
+    /// /etc/resolv.conf (split DNS, tests). No search domain is ever used.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub dns: Option<std::net::SocketAddr>,
+
+    /// TLS policy for destinations without their own: none, may (use
+    /// STARTTLS when offered, any certificate), encrypt (require TLS),
+    /// verify (require a certificate valid for the MX name) [default: may].
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub tls_policy: Option<crate::outbound::TlsPolicy>,
+
+    /// Name to give in EHLO [default: the system host name].
+    #[arg(long, value_name = "NAME")]
+    pub helo_name: Option<String>,
+
+    /// Directory for what delivery remembers between runs (MX hosts whose
+    /// TLS handshake failed) [default: $STATE_DIRECTORY or /var/lib/blackpony].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// SMTP port of remote MX hosts. For tests only: mail between servers
+    /// uses port 25.
+    #[arg(long, value_name = "PORT", hide = true)]
+    pub smtp_port: Option<u16>,
+
+    /// Seconds after a failed TLS handshake before the same MX host is tried
+    /// in plaintext, where policy allows [default: 300].
+    #[arg(long, value_name = "SECONDS")]
+    pub tls_backoff: Option<u64>,
+}
+
+/// `blackpony deliver -f SENDER [--] RCPT...`
+#[derive(Debug, Args)]
+pub struct DeliverArgs {
+    /// The envelope sender. "", "<>" and MAILER-DAEMON mean the null sender.
+    #[arg(
+        short = 'f',
+        long = "from",
+        value_name = "SENDER",
+        allow_hyphen_values = true
+    )]
+    pub sender: String,
+
+    #[command(flatten)]
+    pub outbound: OutboundArgs,
+
+    /// The recipients.
+    #[arg(value_name = "RCPT", required = true)]
+    pub recipients: Vec<String>,
 }
 
 /// Flags of `blackpony inbound`. Every one can also be set in the config
@@ -167,6 +226,18 @@ pub fn main() -> ExitCode {
         Err(e) => return fail(exit::OSERR, &format!("cannot start the runtime: {e}")),
     };
     match cli.command {
+        Command::Deliver(args) => {
+            log::init("deliver");
+            log::hold();
+            let outbound =
+                match config::merge_outbound(args.outbound, file.outbound.unwrap_or_default()) {
+                    Ok(o) => o,
+                    Err(e) => return fail(exit_for(&e), &e.to_string()),
+                };
+            let code = runtime.block_on(run_deliver(args.sender, args.recipients, outbound));
+            log::flush_held();
+            ExitCode::from(code)
+        }
         Command::Inbound(args) => {
             log::init("inbound");
             let settings = match config::merge_inbound(args, file.inbound.unwrap_or_default()) {
@@ -188,6 +259,82 @@ fn exit_for(e: &ConfigError) -> u8 {
 fn fail(code: u8, message: &str) -> ExitCode {
     eprintln!("blackpony: {message}");
     ExitCode::from(code)
+}
+
+/// Reads the message, delivers it, prints the status line; returns the exit status.
+async fn run_deliver(sender: String, recipients: Vec<String>, settings: OutboundSettings) -> u8 {
+    use crate::outbound::exit;
+    use tokio::io::AsyncReadExt;
+    let deliverer = match settings.deliverer() {
+        Ok(d) => d,
+        Err(e) => {
+            println!("4.3.5 blackpony: {e}");
+            return exit::TEMPFAIL;
+        }
+    };
+    let mut message = Vec::new();
+    let mut stdin = tokio::io::stdin().take(settings.max_message_size + 1);
+    if let Err(e) = stdin.read_to_end(&mut message).await {
+        println!("4.3.0 blackpony: cannot read the message: {e}");
+        return exit::TEMPFAIL;
+    }
+    if message.len() as u64 > settings.max_message_size {
+        println!(
+            "5.3.4 blackpony: message larger than {} octets",
+            settings.max_message_size
+        );
+        return exit::DATAERR;
+    }
+    let envelope = crate::smtp::Envelope {
+        sender: crate::smtp::Envelope::sender_from_arg(&sender),
+        recipients,
+    };
+    let results = deliverer.deliver(&envelope, &message).await;
+    let (code, line) = exit::summarize(&results);
+    println!("{line}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    code
+}
+
+/// Settings of the outbound modes after merging flags and file.
+#[derive(Debug, Clone)]
+pub struct OutboundSettings {
+    pub dns: Option<std::net::SocketAddr>,
+    pub policy: crate::outbound::PolicyTable,
+    pub helo_name: String,
+    pub state_dir: Option<PathBuf>,
+    pub smtp_port: u16,
+    pub tls_backoff: Duration,
+    pub max_message_size: u64,
+}
+
+impl OutboundSettings {
+    /// Builds the resolver, TLS client and limits once.
+    pub fn deliverer(&self) -> Result<crate::outbound::Deliverer, String> {
+        let resolver = match self.dns {
+            Some(addr) => crate::outbound::MailResolver::at(addr),
+            None => crate::outbound::MailResolver::system(),
+        }
+        .map_err(|e| e.to_string())?;
+        let tls = crate::transport::ClientTls::new().map_err(|e| e.to_string())?;
+        let limits = crate::outbound::Limits {
+            tls_backoff: self.tls_backoff,
+            ..Default::default()
+        };
+        Ok(crate::outbound::Deliverer {
+            resolver,
+            tls,
+            policy: self.policy.clone(),
+            helo_name: self.helo_name.clone(),
+            smtp_port: self.smtp_port,
+            memory: crate::outbound::memory::TlsMemory::new(
+                self.state_dir.clone(),
+                self.tls_backoff,
+            ),
+            limits,
+        })
+    }
 }
 
 /// Settings of `blackpony inbound` after merging flags and file.

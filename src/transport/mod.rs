@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-pub use tls::{ServerTls, TlsError, TlsInfo};
+pub use tls::{CertVerdict, ClientTls, ServerTls, TlsError, TlsInfo};
 
 /// A connection that is plain TCP until it is upgraded to TLS.
 ///

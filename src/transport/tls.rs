@@ -1,4 +1,5 @@
-//! TLS configuration in one place: the server side of STARTTLS.
+//! TLS configuration in one place: the server side of STARTTLS for the
+//! inbound sidecar, and the opportunistic client side for outbound delivery.
 //!
 //! Every config is built with the ring provider explicitly
 //! (`builder_with_provider`), never the process default (DESIGN.md).
@@ -6,9 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use rustls::ServerConfig;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 
 /// Why a TLS configuration could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +32,8 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("cannot generate a self-signed certificate: {0}")]
     SelfSigned(#[from] rcgen::Error),
+    #[error("cannot build the certificate verifier: {0}")]
+    Verifier(String),
 }
 
 /// Where the server's certificate comes from.
@@ -181,5 +186,144 @@ impl TlsInfo {
 impl std::fmt::Display for TlsInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.version, self.cipher)
+    }
+}
+
+/// Whether the server's certificate chain would have verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertVerdict {
+    /// Chains to a webpki root and names the host we connected to.
+    Verified,
+    /// Does not verify; the reason is for the log (`self-signed`, `name
+    /// mismatch`, …). Opportunistic delivery goes on anyway (RFC 7435).
+    Untrusted(String),
+}
+
+impl CertVerdict {
+    pub fn is_verified(&self) -> bool {
+        matches!(self, CertVerdict::Verified)
+    }
+}
+
+/// The client side of STARTTLS for delivery to MX hosts.
+///
+/// Opportunistic TLS (RFC 7435) must connect to servers whose certificates
+/// do not verify, so the handshake accepts any chain; but the handshake
+/// signatures are always checked (a verifier that skipped them would let a
+/// replayed public chain pass as "verified"), and the chain is judged after
+/// the handshake with [`ClientTls::verdict`]. Judging afterwards, from
+/// `peer_certificates()`, also covers resumed TLS 1.3 sessions, where the
+/// verifier is not called again.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    config: Arc<ClientConfig>,
+    webpki: Arc<WebPkiServerVerifier>,
+}
+
+impl ClientTls {
+    /// A client that judges chains against the Mozilla roots (webpki-roots).
+    pub fn new() -> Result<Self, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        Self::with_roots(roots)
+    }
+
+    /// A client that judges chains against the given roots (tests).
+    pub fn with_roots(roots: rustls::RootCertStore) -> Result<Self, TlsError> {
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        let verifier = Arc::new(AcceptAnyChain {
+            webpki: Arc::clone(&webpki),
+        });
+        let config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Ok(ClientTls {
+            config: Arc::new(config),
+            webpki,
+        })
+    }
+
+    pub fn config(&self) -> Arc<ClientConfig> {
+        Arc::clone(&self.config)
+    }
+
+    /// Judges the chain a finished handshake presented, for `host`.
+    pub fn verdict(&self, state: &rustls::CommonState, host: &str) -> CertVerdict {
+        let Some((end_entity, intermediates)) = state
+            .peer_certificates()
+            .and_then(|chain| chain.split_first())
+        else {
+            return CertVerdict::Untrusted("no certificate".into());
+        };
+        let Ok(name) = ServerName::try_from(host.trim_end_matches('.').to_string()) else {
+            return CertVerdict::Untrusted(format!("{host:?} is not a valid TLS name"));
+        };
+        match self
+            .webpki
+            .verify_server_cert(end_entity, intermediates, &name, &[], UnixTime::now())
+        {
+            Ok(_) => CertVerdict::Verified,
+            Err(e) => CertVerdict::Untrusted(describe_cert_error(&e)),
+        }
+    }
+}
+
+fn describe_cert_error(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => "untrusted issuer".into(),
+        rustls::Error::InvalidCertificate(C::NotValidForName)
+        | rustls::Error::InvalidCertificate(C::NotValidForNameContext { .. }) => {
+            "name mismatch".into()
+        }
+        rustls::Error::InvalidCertificate(C::Expired)
+        | rustls::Error::InvalidCertificate(C::ExpiredContext { .. }) => "expired".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Accepts any chain during the handshake but verifies the handshake
+/// signatures with the real algorithms. See [`ClientTls`].
+#[derive(Debug)]
+struct AcceptAnyChain {
+    webpki: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for AcceptAnyChain {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
     }
 }

@@ -1,0 +1,671 @@
+//! Delivering one message now: resolve each recipient domain, walk its MX
+//! hosts, run the sans-IO [`ClientSession`] over TCP (upgraded to TLS when
+//! the policy says so), and return the remote's own reply per recipient.
+//!
+//! Nothing here keeps a queue: the MTA that handed us the message retries
+//! whatever we report as temporary.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::dns::{DnsFailure, MailResolver, MxAnswer};
+use super::memory::TlsMemory;
+use super::policy::{PolicyTable, SecurityLevel, TlsPolicy};
+use super::route::{self, MxRoute};
+use crate::log;
+use crate::smtp::client::{
+    ClientSession, HostFailure, RecipientResult, SessionOutcome, StartTls, Step,
+};
+use crate::smtp::envelope::{ContentFacts, Envelope, address_is_sane, domain_of};
+use crate::smtp::{DotStuffer, Reply};
+use crate::transport::{CertVerdict, ClientTls, Stream, TlsInfo};
+
+/// Bounds of one delivery, after Postfix's smtp(8) defaults.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Addresses tried per domain (`smtp_mx_address_limit` = 5).
+    pub max_addresses: usize,
+    /// Sessions that reached a greeting, per domain (`smtp_mx_session_limit` = 2).
+    pub max_sessions: usize,
+    pub connect_timeout: Duration,
+    /// Waiting for any one reply (RFC 5321 §4.5.3.2; 10 minutes for the
+    /// final one is the RFC's, we use one bound below pipe(8)'s 1000 s).
+    pub reply_timeout: Duration,
+    /// The whole delivery of one message, below pipe(8)'s `command_time_limit`.
+    pub deadline: Duration,
+    /// After a failed TLS handshake, how long before plaintext is tried.
+    pub tls_backoff: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_addresses: 5,
+            max_sessions: 2,
+            connect_timeout: Duration::from_secs(30),
+            reply_timeout: Duration::from_secs(300),
+            deadline: Duration::from_secs(900),
+            tls_backoff: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Everything delivery needs, built once per process.
+#[derive(Clone)]
+pub struct Deliverer {
+    pub resolver: MailResolver,
+    pub tls: ClientTls,
+    pub policy: PolicyTable,
+    /// Our name in EHLO.
+    pub helo_name: String,
+    /// 25, except in tests.
+    pub smtp_port: u16,
+    pub memory: TlsMemory,
+    pub limits: Limits,
+}
+
+/// Where and how a recipient's message went (or did not).
+#[derive(Debug, Clone)]
+pub struct RecipientStatus {
+    pub recipient: String,
+    /// The remote's reply, or one made up for a failure without a reply
+    /// (DNS, connection), with an enhanced status code either way.
+    pub reply: Reply,
+    pub relay: Option<(String, SocketAddr)>,
+    pub tls: Option<TlsInfo>,
+    pub verdict: Option<CertVerdict>,
+    pub level: SecurityLevel,
+    pub delay: Duration,
+}
+
+/// Postfix's names for delivery outcomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Sent,
+    Deferred,
+    Bounced,
+}
+
+impl RecipientStatus {
+    pub fn status(&self) -> Status {
+        match self.reply.class() {
+            2 => Status::Sent,
+            5 => Status::Bounced,
+            _ => Status::Deferred,
+        }
+    }
+
+    /// The enhanced status code: the reply's own, or one derived from its
+    /// class (RFC 3463).
+    pub fn dsn(&self) -> String {
+        match self.reply.enhanced_status() {
+            Some(code) => code.to_string(),
+            None => format!("{}.0.0", self.reply.class()),
+        }
+    }
+
+    /// `to=<a@b> relay=mx[1.2.3.4]:25 tls=TLSv1.3/… verified=no level=encrypted
+    /// delay=0.21 dsn=2.0.0 status=sent (250 2.0.0 Ok)`.
+    pub fn log_line(&self) -> String {
+        let relay = match &self.relay {
+            Some((host, addr)) => format!("{host}[{}]:{}", addr.ip(), addr.port()),
+            None => "none".to_string(),
+        };
+        let tls = self
+            .tls
+            .as_ref()
+            .map_or_else(|| "none".to_string(), TlsInfo::to_string);
+        let verified = match &self.verdict {
+            Some(CertVerdict::Verified) => "yes".to_string(),
+            Some(CertVerdict::Untrusted(why)) => format!("no ({why})"),
+            None => "no".to_string(),
+        };
+        let status = match self.status() {
+            Status::Sent => "sent",
+            Status::Deferred => "deferred",
+            Status::Bounced => "bounced",
+        };
+        format!(
+            "to=<{}> relay={relay} tls={tls} verified={verified} level={} delay={:.2} dsn={} status={status} ({})",
+            self.recipient,
+            self.level,
+            self.delay.as_secs_f64(),
+            self.dsn(),
+            self.reply
+        )
+    }
+}
+
+/// The message prepared once for every attempt.
+struct Prepared {
+    envelope_sender: String,
+    wire: Arc<Vec<u8>>,
+    facts: ContentFacts,
+}
+
+/// What a session with one address ended with, plus what was learnt.
+struct Attempt {
+    outcome: SessionOutcome,
+    tls: Option<TlsInfo>,
+    verdict: Option<CertVerdict>,
+    greeted: bool,
+    tls_failed: bool,
+}
+
+impl Deliverer {
+    /// Delivers `message` (the raw message; any line ending) to every
+    /// recipient of `envelope`, one domain after another.
+    pub async fn deliver(&self, envelope: &Envelope, message: &[u8]) -> Vec<RecipientStatus> {
+        let started = Instant::now();
+        let mut wire = Vec::with_capacity(message.len() + message.len() / 50 + 8);
+        let mut stuffer = DotStuffer::new();
+        stuffer.push(message, &mut wire);
+        stuffer.finish(&mut wire);
+        // The size the server sees, without the terminating ".\r\n" (RFC 1870).
+        let facts = ContentFacts {
+            size: wire.len().saturating_sub(3) as u64,
+            eight_bit: message.iter().any(|&b| b >= 0x80),
+        };
+        let prepared = Prepared {
+            envelope_sender: envelope.sender.clone(),
+            wire: Arc::new(wire),
+            facts,
+        };
+
+        let mut results = Vec::with_capacity(envelope.recipients.len());
+        let mut by_domain: Vec<(String, Vec<String>)> = Vec::new();
+        for rcpt in &envelope.recipients {
+            let domain = domain_of(rcpt).filter(|_| address_is_sane(rcpt));
+            match domain {
+                Some(d) => match by_domain.iter_mut().find(|(k, _)| *k == d) {
+                    Some((_, list)) => list.push(rcpt.clone()),
+                    None => by_domain.push((d, vec![rcpt.clone()])),
+                },
+                None => results.push(self.failed(
+                    rcpt,
+                    Reply::new(501, "5.1.3 Bad recipient address syntax"),
+                    started,
+                )),
+            }
+        }
+        if !address_is_sane(&envelope.sender) {
+            return envelope
+                .recipients
+                .iter()
+                .map(|r| {
+                    self.failed(
+                        r,
+                        Reply::new(501, "5.1.7 Bad sender address syntax"),
+                        started,
+                    )
+                })
+                .collect();
+        }
+        for (domain, rcpts) in by_domain {
+            let budget = self.limits.deadline.saturating_sub(started.elapsed());
+            let delivered = tokio::time::timeout(
+                budget,
+                self.deliver_domain(&domain, &rcpts, &prepared, started),
+            )
+            .await;
+            match delivered {
+                Ok(statuses) => results.extend(statuses),
+                Err(_) => results.extend(rcpts.iter().map(|r| {
+                    self.failed(
+                        r,
+                        Reply::new(
+                            451,
+                            "4.4.7 Delivery time limit exceeded; the MTA will retry",
+                        ),
+                        started,
+                    )
+                })),
+            }
+        }
+        // Report in the order the MTA gave the recipients.
+        results.sort_by_key(|s| {
+            envelope
+                .recipients
+                .iter()
+                .position(|r| *r == s.recipient)
+                .unwrap_or(usize::MAX)
+        });
+        for s in &results {
+            log!("{}", s.log_line());
+        }
+        results
+    }
+
+    fn failed(&self, rcpt: &str, reply: Reply, started: Instant) -> RecipientStatus {
+        RecipientStatus {
+            recipient: rcpt.to_string(),
+            reply,
+            relay: None,
+            tls: None,
+            verdict: None,
+            level: SecurityLevel::Plaintext,
+            delay: started.elapsed(),
+        }
+    }
+
+    async fn deliver_domain(
+        &self,
+        domain: &str,
+        rcpts: &[String],
+        prepared: &Prepared,
+        started: Instant,
+    ) -> Vec<RecipientStatus> {
+        let all = |reply: Reply| -> Vec<RecipientStatus> {
+            rcpts
+                .iter()
+                .map(|r| self.failed(r, reply.clone(), started))
+                .collect()
+        };
+        let routes = match self.resolver.mx(domain).await {
+            Ok(MxAnswer::Exchangers(mx)) => route::plan(mx, seed()),
+            Ok(MxAnswer::Implicit) => route::implicit(domain),
+            Ok(MxAnswer::NullMx) => {
+                return all(Reply::new(
+                    556,
+                    format!("5.1.10 Domain {domain} does not accept mail (null MX, RFC 7505)"),
+                ));
+            }
+            Err(failure) => return all(dns_reply(&failure)),
+        };
+        let policy = self.policy.for_domain(domain);
+        let mut last: Option<(Reply, Option<(String, SocketAddr)>)> = None;
+        let mut addresses_tried = 0;
+        let mut sessions = 0;
+
+        'routes: for MxRoute { host, .. } in &routes {
+            let addresses = match self.resolver.addresses(host).await {
+                Ok(a) => a,
+                Err(failure) => {
+                    // An implicit MX that does not exist is the domain not
+                    // existing; a listed MX without address is skipped.
+                    let reply = dns_reply(&failure);
+                    let reply = if routes.len() == 1 && routes[0].implicit {
+                        reply
+                    } else {
+                        Reply::new(451, format!("4.4.3 {failure}"))
+                    };
+                    last.get_or_insert((reply, None));
+                    continue;
+                }
+            };
+            for ip in addresses {
+                if addresses_tried >= self.limits.max_addresses
+                    || sessions >= self.limits.max_sessions
+                {
+                    break 'routes;
+                }
+                addresses_tried += 1;
+                let addr = SocketAddr::new(ip, self.smtp_port);
+                let relay = Some((host.clone(), addr));
+                let plaintext_retry = policy.allows_plaintext() && self.memory.plaintext_due(host);
+                let starttls = if plaintext_retry {
+                    StartTls::Never
+                } else {
+                    policy.starttls()
+                };
+                let attempt = self
+                    .attempt(addr, host, starttls, policy, rcpts, prepared)
+                    .await;
+                if attempt.greeted {
+                    sessions += 1;
+                }
+                if attempt.tls.is_some() {
+                    self.memory.clear(host);
+                }
+                let level = match (&attempt.tls, &attempt.verdict) {
+                    (Some(_), Some(CertVerdict::Verified)) => SecurityLevel::Authenticated,
+                    (Some(_), _) => SecurityLevel::Encrypted,
+                    _ => SecurityLevel::Plaintext,
+                };
+                let status = |result: &RecipientResult| RecipientStatus {
+                    recipient: result.recipient.clone(),
+                    reply: result.reply.clone(),
+                    relay: relay.clone(),
+                    tls: attempt.tls.clone(),
+                    verdict: attempt.verdict.clone(),
+                    level,
+                    delay: started.elapsed(),
+                };
+                match &attempt.outcome {
+                    SessionOutcome::Replied(results) => {
+                        return results.iter().map(status).collect();
+                    }
+                    SessionOutcome::Uncertain { accepted } => {
+                        let reply = Reply::new(
+                            451,
+                            format!(
+                                "4.4.2 Lost connection with {host}[{ip}] after end of data; the message may already be delivered"
+                            ),
+                        );
+                        return rcpts
+                            .iter()
+                            .map(|r| {
+                                let mut s = self.failed(r, reply.clone(), started);
+                                s.relay = relay.clone();
+                                s.tls = attempt.tls.clone();
+                                s.level = level;
+                                if !accepted.contains(r) {
+                                    s.reply = Reply::new(
+                                        451,
+                                        format!("4.4.2 Lost connection with {host}[{ip}] during the transaction"),
+                                    );
+                                }
+                                s
+                            })
+                            .collect();
+                    }
+                    SessionOutcome::Failed(failure) => {
+                        if attempt.tls_failed
+                            && let Err(e) = self.memory.record_failure(host)
+                        {
+                            log!("warning: cannot record TLS failure for {host}: {e}");
+                        }
+                        let reply = host_failure_reply(failure, host, ip, policy);
+                        log!(
+                            "host {host}[{ip}]:{} failed: {reply}; trying the next one",
+                            self.smtp_port
+                        );
+                        last = Some((reply, relay.clone()));
+                    }
+                }
+            }
+        }
+        let (reply, relay) = last.unwrap_or_else(|| {
+            (
+                Reply::new(451, format!("4.4.4 No usable mail exchanger for {domain}")),
+                None,
+            )
+        });
+        rcpts
+            .iter()
+            .map(|r| {
+                let mut s = self.failed(r, reply.clone(), started);
+                s.relay = relay.clone();
+                s
+            })
+            .collect()
+    }
+
+    /// One SMTP session with one address.
+    async fn attempt(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+        starttls: StartTls,
+        policy: TlsPolicy,
+        rcpts: &[String],
+        prepared: &Prepared,
+    ) -> Attempt {
+        let envelope = Envelope {
+            sender: prepared.envelope_sender.clone(),
+            recipients: rcpts.to_vec(),
+        };
+        let mut session = ClientSession::new(
+            &self.helo_name,
+            starttls,
+            envelope,
+            prepared.facts,
+            prepared.wire.as_ref().clone(),
+        );
+        let mut attempt = Attempt {
+            outcome: SessionOutcome::Failed(HostFailure::Lost { stage: "connect" }),
+            tls: None,
+            verdict: None,
+            greeted: false,
+            tls_failed: false,
+        };
+        let connect =
+            tokio::time::timeout(self.limits.connect_timeout, TcpStream::connect(addr)).await;
+        let tcp = match connect {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => {
+                attempt.outcome = SessionOutcome::Failed(HostFailure::Refused {
+                    stage: "connect",
+                    reply: Reply::new(
+                        451,
+                        format!(
+                            "4.4.1 Connect to {host}[{}]:{}: {e}",
+                            addr.ip(),
+                            addr.port()
+                        ),
+                    ),
+                });
+                return attempt;
+            }
+            Err(_) => {
+                attempt.outcome = SessionOutcome::Failed(HostFailure::Refused {
+                    stage: "connect",
+                    reply: Reply::new(
+                        451,
+                        format!(
+                            "4.4.1 Connect to {host}[{}]:{}: timed out",
+                            addr.ip(),
+                            addr.port()
+                        ),
+                    ),
+                });
+                return attempt;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let mut stream = Stream::Plain(tcp);
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            if !session.outgoing.is_empty() {
+                let write = async {
+                    stream.write_all(&session.outgoing).await?;
+                    stream.flush().await
+                };
+                let ok = matches!(
+                    tokio::time::timeout(self.limits.reply_timeout, write).await,
+                    Ok(Ok(()))
+                );
+                session.outgoing.clear();
+                if !ok {
+                    session.connection_lost();
+                    break;
+                }
+            }
+            let read = tokio::time::timeout(self.limits.reply_timeout, stream.read(&mut buf)).await;
+            let step = match read {
+                Ok(Ok(n)) if n > 0 => {
+                    attempt.greeted = true;
+                    session.receive(&buf[..n])
+                }
+                _ => {
+                    session.connection_lost();
+                    break;
+                }
+            };
+            match step {
+                Step::Continue => {}
+                Step::Done => {
+                    // Send the QUIT (if any) and stop; its reply does not matter.
+                    if !session.outgoing.is_empty() {
+                        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                            let _ = stream.write_all(&session.outgoing).await;
+                            let _ = stream.flush().await;
+                        })
+                        .await;
+                    }
+                    break;
+                }
+                Step::StartTls => {
+                    if session.injected_after_starttls > 0 {
+                        log!(
+                            "warning: {host}[{}] sent {} bytes after its 220 to STARTTLS (response injection); discarded",
+                            addr.ip(),
+                            session.injected_after_starttls
+                        );
+                    }
+                    let tcp = match stream.into_plain() {
+                        Ok(tcp) => tcp,
+                        Err(_) => {
+                            session.connection_lost();
+                            break;
+                        }
+                    };
+                    match self.handshake(tcp, host).await {
+                        Ok((tls_stream, info, verdict)) => {
+                            stream = tls_stream;
+                            attempt.tls = Some(info);
+                            let verified = verdict.is_verified();
+                            attempt.verdict = Some(verdict.clone());
+                            if policy == TlsPolicy::Verify && !verified {
+                                let why = match &verdict {
+                                    CertVerdict::Untrusted(w) => w.clone(),
+                                    CertVerdict::Verified => String::new(),
+                                };
+                                let _ = stream.write_all(b"QUIT\r\n").await;
+                                attempt.outcome = SessionOutcome::Failed(HostFailure::Refused {
+                                    stage: "STARTTLS",
+                                    reply: Reply::new(
+                                        454,
+                                        format!(
+                                            "4.7.5 Server certificate of {host} not verified: {why}"
+                                        ),
+                                    ),
+                                });
+                                return attempt;
+                            }
+                            session.tls_established();
+                        }
+                        Err(e) => {
+                            attempt.tls_failed = true;
+                            attempt.outcome = SessionOutcome::Failed(HostFailure::Refused {
+                                stage: "STARTTLS",
+                                reply: Reply::new(
+                                    454,
+                                    format!(
+                                        "4.7.5 TLS handshake with {host}[{}] failed: {e}",
+                                        addr.ip()
+                                    ),
+                                ),
+                            });
+                            return attempt;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(outcome) = session.take_outcome() {
+            attempt.outcome = outcome;
+        }
+        attempt
+    }
+
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+        host: &str,
+    ) -> Result<(Stream<TcpStream>, TlsInfo, CertVerdict), String> {
+        let name = rustls_pki_types::ServerName::try_from(host.trim_end_matches('.').to_string())
+            .map_err(|e| e.to_string())?;
+        let connector = tokio_rustls::TlsConnector::from(self.tls.config());
+        let tls = tokio::time::timeout(self.limits.connect_timeout, connector.connect(name, tcp))
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let (_, conn) = tls.get_ref();
+        let info = TlsInfo::from_state(conn);
+        let verdict = self.tls.verdict(conn, host);
+        Ok((
+            Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(tls))),
+            info,
+            verdict,
+        ))
+    }
+}
+
+/// A reply for a DNS failure (RFC 3463 codes as Postfix uses them).
+fn dns_reply(failure: &DnsFailure) -> Reply {
+    match failure {
+        DnsFailure::NoSuchDomain(name) => Reply::new(
+            550,
+            format!("5.1.2 Host or domain name not found: {name} does not exist"),
+        ),
+        DnsFailure::NoRecords(name, _) => Reply::new(
+            550,
+            format!("5.1.2 Host or domain name not found: {name} has no address"),
+        ),
+        DnsFailure::BadName(name) => {
+            Reply::new(501, format!("5.1.2 Bad destination domain name {name:?}"))
+        }
+        DnsFailure::Temporary(name, why) => Reply::new(
+            451,
+            format!("4.4.3 Host or domain name lookup failed for {name}: {why}"),
+        ),
+    }
+}
+
+/// The reply that stands for a session that failed before any recipient.
+fn host_failure_reply(failure: &HostFailure, host: &str, ip: IpAddr, policy: TlsPolicy) -> Reply {
+    match failure {
+        HostFailure::Refused { stage, reply } => {
+            if *stage == "connect" || *stage == "STARTTLS" {
+                reply.clone()
+            } else {
+                // Keep the remote's code and text, and say where it came from.
+                let text = reply.text();
+                let (code_part, rest) = match reply.enhanced_status() {
+                    Some(code) => (
+                        code.to_string(),
+                        text[code.len()..].trim_start().to_string(),
+                    ),
+                    None => (format!("{}.0.0", reply.class()), text),
+                };
+                Reply::new(
+                    reply.code(),
+                    format!(
+                        "{code_part} {host}[{ip}] refused {stage}: {} {rest}",
+                        reply.code()
+                    ),
+                )
+            }
+        }
+        HostFailure::TlsUnavailable { reply } => Reply::new(
+            451,
+            format!(
+                "4.7.4 TLS is required by policy {} but {host}[{ip}] {}",
+                policy.as_str(),
+                match reply {
+                    Some(r) => format!("refused STARTTLS: {r}"),
+                    None => "did not offer STARTTLS".to_string(),
+                }
+            ),
+        ),
+        HostFailure::Protocol(e) => {
+            Reply::new(451, format!("4.5.0 {host}[{ip}] does not speak SMTP: {e}"))
+        }
+        HostFailure::Lost { stage } => Reply::new(
+            451,
+            format!(
+                "4.4.2 Lost connection with {host}[{ip}] while waiting for the reply to {stage}"
+            ),
+        ),
+    }
+}
+
+fn seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id())
+}
+
+/// The state directory: `$STATE_DIRECTORY` (systemd), else /var/lib/blackpony.
+pub fn default_state_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/blackpony"))
+}

@@ -1,0 +1,98 @@
+//! One exit status for a one-shot delivery, as MTAs read it
+//! (INTEROP-NOTES.md): Postfix's pipe(8) defers only on 75 (EX_TEMPFAIL) and
+//! 71, and bounces on every other non-zero status; sendmail also queues 74.
+//! So any temporary failure must be 75, never 69 or 74.
+//!
+//! One status for several recipients is lossy: when some were delivered and
+//! another failed temporarily, the MTA retries them all and the delivered
+//! ones get the message twice. Per-recipient modes (`blackpony lmtp`,
+//! `blackpony outbound --protocol lmtp`) do not have this problem.
+
+use super::deliver::{RecipientStatus, Status};
+
+pub const OK: u8 = 0;
+pub const DATAERR: u8 = 65;
+pub const NOUSER: u8 = 67;
+pub const NOHOST: u8 = 68;
+pub const UNAVAILABLE: u8 = 69;
+pub const TEMPFAIL: u8 = 75;
+
+/// The exit status and the first line to print (it starts with the enhanced
+/// status code, which pipe(8) reads and which agrees with the status).
+pub fn summarize(results: &[RecipientStatus]) -> (u8, String) {
+    if let Some(t) = results.iter().find(|r| r.status() == Status::Deferred) {
+        let dsn = t.dsn();
+        return (TEMPFAIL, format!("{dsn} {}: {}", t.recipient, t.reply));
+    }
+    if let Some(b) = results.iter().find(|r| r.status() == Status::Bounced) {
+        let dsn = b.dsn();
+        let code = match dsn.as_str() {
+            // Null MX (5.1.10) and unknown domains (5.1.2): no such host.
+            "5.1.10" | "5.1.2" => NOHOST,
+            d if d.starts_with("5.1.") => NOUSER,
+            d if d.starts_with("5.6.") || d == "5.3.4" => DATAERR,
+            _ => UNAVAILABLE,
+        };
+        return (code, format!("{dsn} {}: {}", b.recipient, b.reply));
+    }
+    let n = results.len();
+    (
+        OK,
+        format!(
+            "2.0.0 delivered to {n} recipient{}",
+            if n == 1 { "" } else { "s" }
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbound::SecurityLevel;
+    use crate::smtp::Reply;
+    use std::time::Duration;
+
+    fn status(code: u16, text: &str) -> RecipientStatus {
+        RecipientStatus {
+            recipient: "a@b.example".into(),
+            reply: Reply::new(code, text),
+            relay: None,
+            tls: None,
+            verdict: None,
+            level: SecurityLevel::Plaintext,
+            delay: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn exit_codes_as_mtas_read_them() {
+        let cases = [
+            (vec![status(250, "2.0.0 Ok")], OK, "2.0.0"),
+            (
+                vec![status(250, "2.0.0 Ok"), status(450, "4.2.0 greylisted")],
+                TEMPFAIL,
+                "4.2.0",
+            ),
+            (
+                vec![
+                    status(550, "5.1.1 no such user"),
+                    status(451, "4.3.0 later"),
+                ],
+                TEMPFAIL,
+                "4.3.0",
+            ),
+            (vec![status(550, "5.1.1 no such user")], NOUSER, "5.1.1"),
+            (vec![status(556, "5.1.10 null MX")], NOHOST, "5.1.10"),
+            (vec![status(550, "5.1.2 no such domain")], NOHOST, "5.1.2"),
+            (vec![status(552, "5.3.4 too big")], DATAERR, "5.3.4"),
+            (vec![status(554, "5.7.1 spam")], UNAVAILABLE, "5.7.1"),
+            (vec![status(421, "no enhanced code")], TEMPFAIL, "4.0.0"),
+            (vec![status(554, "no enhanced code")], UNAVAILABLE, "5.0.0"),
+        ];
+        for (results, want_code, want_dsn) in cases {
+            let (code, line) = summarize(&results);
+            assert_eq!(code, want_code, "{line}");
+            assert!(line.starts_with(want_dsn), "{line}");
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! The outbound transport: the MTA hands blackpony a message, blackpony
+//! delivers it to the recipients' MX hosts now and reports the remote's own
+//! reply per recipient, so the MTA keeps its queue and retries.
+//!
+//! - [`dns`]: MX, address and TXT lookups (hickory-resolver);
+//! - [`route`]: MX ordering (RFC 5321 §5.1);
+//! - [`policy`]: TLS policy per destination and the security level reached;
+//! - [`memory`]: hosts whose TLS handshake failed (plaintext after a backoff);
+//! - [`deliver`]: the I/O loop around the sans-IO
+//!   [`ClientSession`](crate::smtp::client::ClientSession);
+//! - [`exit`]: how outcomes become sysexits codes for one-shot mode.
+
+pub mod deliver;
+pub mod dns;
+pub mod exit;
+pub mod memory;
+pub mod policy;
+pub mod route;
+
+pub use deliver::{Deliverer, Limits, RecipientStatus, Status};
+pub use dns::MailResolver;
+pub use policy::{PolicyTable, SecurityLevel, TlsPolicy};

@@ -1,0 +1,123 @@
+//! Outbound security policy: what a delivery must reach, per destination.
+//!
+//! One ordered level covers TLS and (later) the blackpony extension:
+//! plaintext < encrypted < authenticated. A policy names the level a
+//! delivery requires; every delivery logs the level it reached.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::smtp::client::StartTls;
+
+/// How protected a delivery was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SecurityLevel {
+    Plaintext,
+    /// Encrypted, but the peer's identity was not checked.
+    Encrypted,
+    /// Encrypted to a peer whose identity was checked (a certificate that
+    /// verifies for the MX name; later also pinned or DNS-published keys).
+    Authenticated,
+}
+
+impl fmt::Display for SecurityLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SecurityLevel::Plaintext => "plaintext",
+            SecurityLevel::Encrypted => "encrypted",
+            SecurityLevel::Authenticated => "authenticated",
+        })
+    }
+}
+
+/// A destination's TLS policy, named as Postfix names its levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsPolicy {
+    /// Never use TLS.
+    None,
+    /// Use TLS when offered, accept any certificate (RFC 7435). The default.
+    May,
+    /// Require TLS, accept any certificate.
+    Encrypt,
+    /// Require TLS with a certificate that verifies for the MX host name.
+    Verify,
+}
+
+impl TlsPolicy {
+    /// The level a delivery must reach under this policy.
+    pub fn required(self) -> SecurityLevel {
+        match self {
+            TlsPolicy::None | TlsPolicy::May => SecurityLevel::Plaintext,
+            TlsPolicy::Encrypt => SecurityLevel::Encrypted,
+            TlsPolicy::Verify => SecurityLevel::Authenticated,
+        }
+    }
+
+    /// How the client session treats STARTTLS.
+    pub fn starttls(self) -> StartTls {
+        match self {
+            TlsPolicy::None => StartTls::Never,
+            TlsPolicy::May => StartTls::IfOffered,
+            TlsPolicy::Encrypt | TlsPolicy::Verify => StartTls::Required,
+        }
+    }
+
+    /// Whether a failed handshake may be followed by plaintext (later).
+    pub fn allows_plaintext(self) -> bool {
+        self.required() == SecurityLevel::Plaintext
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsPolicy::None => "none",
+            TlsPolicy::May => "may",
+            TlsPolicy::Encrypt => "encrypt",
+            TlsPolicy::Verify => "verify",
+        }
+    }
+}
+
+/// The default policy and per-domain exceptions.
+#[derive(Debug, Clone)]
+pub struct PolicyTable {
+    pub default: TlsPolicy,
+    pub domains: HashMap<String, TlsPolicy>,
+}
+
+impl Default for PolicyTable {
+    fn default() -> Self {
+        PolicyTable {
+            default: TlsPolicy::May,
+            domains: HashMap::new(),
+        }
+    }
+}
+
+impl PolicyTable {
+    /// The policy for a recipient domain (exact match, lower case).
+    pub fn for_domain(&self, domain: &str) -> TlsPolicy {
+        self.domains
+            .get(&domain.to_ascii_lowercase())
+            .copied()
+            .unwrap_or(self.default)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_are_ordered() {
+        assert!(SecurityLevel::Plaintext < SecurityLevel::Encrypted);
+        assert!(SecurityLevel::Encrypted < SecurityLevel::Authenticated);
+        assert!(TlsPolicy::Verify.required() > TlsPolicy::Encrypt.required());
+        let mut table = PolicyTable::default();
+        table
+            .domains
+            .insert("bank.example".into(), TlsPolicy::Verify);
+        assert_eq!(table.for_domain("Bank.Example"), TlsPolicy::Verify);
+        assert_eq!(table.for_domain("other.example"), TlsPolicy::May);
+    }
+}
