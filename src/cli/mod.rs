@@ -54,6 +54,42 @@ pub enum Command {
     /// now, and exit with a status the MTA understands (75 = try later).
     /// For a sendmail mailer with $u in A=, or a Postfix pipe(8) transport.
     Deliver(DeliverArgs),
+    /// Speak LMTP on standard input/output: one reply per recipient after the
+    /// data, carrying the remote server's own code and text. For a sendmail
+    /// mailer with F=z and no $u, or Exim's lmtp transport with `command`.
+    Lmtp(LmtpArgs),
+    /// Serve LMTP on a socket for an MTA's transport (Postfix `lmtp:`,
+    /// OpenSMTPD `relay host lmtp://`), delivering each message now.
+    Outbound(OutboundServerArgs),
+}
+
+/// `blackpony lmtp`
+#[derive(Debug, Args)]
+pub struct LmtpArgs {
+    #[command(flatten)]
+    pub outbound: OutboundArgs,
+}
+
+/// `blackpony outbound --listen … --protocol lmtp`
+#[derive(Debug, Args)]
+pub struct OutboundServerArgs {
+    /// Where the MTA connects: `127.0.0.1:10026` or `unix:/run/blackpony/lmtp`.
+    #[arg(long, value_name = "ADDR:PORT|unix:PATH")]
+    pub listen: String,
+
+    /// The protocol spoken to the MTA. Only lmtp so far: it gives one
+    /// result per recipient, so the MTA never retries a delivered recipient.
+    #[arg(long, value_enum, default_value = "lmtp")]
+    pub protocol: ServerProtocol,
+
+    #[command(flatten)]
+    pub outbound: OutboundArgs,
+}
+
+/// `--protocol` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServerProtocol {
+    Lmtp,
 }
 
 /// Settings shared by every outbound mode. Each can also be set in the
@@ -238,6 +274,37 @@ pub fn main() -> ExitCode {
             log::flush_held();
             ExitCode::from(code)
         }
+        Command::Lmtp(args) => {
+            log::init("lmtp");
+            let outbound =
+                match config::merge_outbound(args.outbound, file.outbound.unwrap_or_default()) {
+                    Ok(o) => o,
+                    Err(e) => return fail(exit_for(&e), &e.to_string()),
+                };
+            runtime.block_on(async {
+                let deliverer = match outbound.deliverer() {
+                    Ok(d) => d,
+                    Err(e) => return fail(exit::CONFIG, &e),
+                };
+                crate::outbound::lmtp::serve(
+                    tokio::io::stdin(),
+                    tokio::io::stdout(),
+                    &deliverer,
+                    outbound.max_message_size,
+                )
+                .await;
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Outbound(args) => {
+            log::init("outbound");
+            let outbound =
+                match config::merge_outbound(args.outbound, file.outbound.unwrap_or_default()) {
+                    Ok(o) => o,
+                    Err(e) => return fail(exit_for(&e), &e.to_string()),
+                };
+            runtime.block_on(run_outbound_server(args.listen, outbound))
+        }
         Command::Inbound(args) => {
             log::init("inbound");
             let settings = match config::merge_inbound(args, file.inbound.unwrap_or_default()) {
@@ -295,6 +362,60 @@ async fn run_deliver(sender: String, recipients: Vec<String>, settings: Outbound
     use std::io::Write;
     let _ = std::io::stdout().flush();
     code
+}
+
+/// `blackpony outbound`: an LMTP listener on TCP or a Unix socket.
+async fn run_outbound_server(listen: String, settings: OutboundSettings) -> ExitCode {
+    let deliverer = match settings.deliverer() {
+        Ok(d) => Arc::new(d),
+        Err(e) => return fail(exit::CONFIG, &e),
+    };
+    let max = settings.max_message_size;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    if let Some(path) = listen.strip_prefix("unix:") {
+        let _ = std::fs::remove_file(path);
+        let listener = match tokio::net::UnixListener::bind(path) {
+            Ok(l) => l,
+            Err(e) => return fail(exit::OSERR, &format!("cannot listen on {listen}: {e}")),
+        };
+        log!("listening on {listen} protocol=lmtp");
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let d = Arc::clone(&deliverer);
+                    tokio::spawn(async move {
+                        let (r, w) = stream.into_split();
+                        crate::outbound::lmtp::serve(r, w, &d, max).await;
+                    });
+                }
+            }
+        }
+        let _ = std::fs::remove_file(path);
+    } else {
+        let listener = match TcpListener::bind(&listen).await {
+            Ok(l) => l,
+            Err(e) => return fail(exit::OSERR, &format!("cannot listen on {listen}: {e}")),
+        };
+        log!("listening on {listen} protocol=lmtp");
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let _ = stream.set_nodelay(true);
+                    let d = Arc::clone(&deliverer);
+                    tokio::spawn(async move {
+                        let (r, w) = stream.into_split();
+                        crate::outbound::lmtp::serve(r, w, &d, max).await;
+                    });
+                }
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// Settings of the outbound modes after merging flags and file.

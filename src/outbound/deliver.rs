@@ -161,15 +161,21 @@ impl Deliverer {
     /// Delivers `message` (the raw message; any line ending) to every
     /// recipient of `envelope`, one domain after another.
     pub async fn deliver(&self, envelope: &Envelope, message: &[u8]) -> Vec<RecipientStatus> {
-        let started = Instant::now();
         let mut wire = Vec::with_capacity(message.len() + message.len() / 50 + 8);
         let mut stuffer = DotStuffer::new();
         stuffer.push(message, &mut wire);
         stuffer.finish(&mut wire);
+        self.deliver_wire(envelope, wire).await
+    }
+
+    /// Delivers a message already in DATA form (dot-stuffed, CRLF line ends,
+    /// ending with CRLF.CRLF), as an SMTP or LMTP server received it.
+    pub async fn deliver_wire(&self, envelope: &Envelope, wire: Vec<u8>) -> Vec<RecipientStatus> {
+        let started = Instant::now();
         // The size the server sees, without the terminating ".\r\n" (RFC 1870).
         let facts = ContentFacts {
             size: wire.len().saturating_sub(3) as u64,
-            eight_bit: message.iter().any(|&b| b >= 0x80),
+            eight_bit: wire.iter().any(|&b| b >= 0x80),
         };
         let prepared = Prepared {
             envelope_sender: envelope.sender.clone(),

@@ -13,6 +13,7 @@
 pub mod deliver;
 pub mod dns;
 pub mod exit;
+pub mod lmtp;
 pub mod memory;
 pub mod policy;
 pub mod route;

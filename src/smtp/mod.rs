@@ -9,6 +9,7 @@ pub mod ehlo;
 pub mod envelope;
 pub mod limits;
 pub mod reply;
+pub mod server;
 
 pub use command::{Command, CommandError, NextLine, Verb};
 pub use data::{BareNewlines, DataScanner, DotStuffer};
