@@ -40,7 +40,11 @@ def check_delivered(pf, bp, to: str, marker: str, tls: bool, client_ip: str = CL
                     helo: str | None = "client.test", esmtp: bool = True) -> bytes:
     """The one message for `to` arrived with its body, blackpony's trace header on top, and
     Postfix logged the real client address. Returns the message."""
-    [(path, msg)] = pf.wait_messages(to)
+    pf.wait_messages(to)
+    pf.wait_queue_empty()
+    got = pf.messages(to)
+    assert len(got) == 1, f"{len(got)} messages for {to}: {[str(p) for p, _ in got]}"
+    [(path, msg)] = got
     ctx = f"\nmessage {path}:\n{msg.decode(errors='replace')}\nblackpony log:\n{bp.log_text()}"
     assert marker.encode() in msg, "body not intact" + ctx
     trace = blackpony_received(msg)
@@ -508,10 +512,15 @@ def test_config_file(start_blackpony, pf_proxy, workdir):
     res = swaks(bp.port, to, body=marker)
     assert res.returncode == 0, transcript(res) + "\n" + bp.log_text()
     check_delivered(pf_proxy, bp, to, marker, tls=False)
+    # The limit counts a session until blackpony has finished it, which is a moment after
+    # the client is gone: wait for its disconnect line before the next connection.
+    bp.wait_log(r"disconnect client=unknown\[127\.0\.0\.77\]:\d+ ")
     with RawSMTP(bp.host, bp.port) as first, RawSMTP(bp.host, bp.port) as second:
         assert first.reply().code == 220
         line = second.read_line()
         assert line is not None and line.startswith(b"421 4.7.0"), (line, bp.log_text())
+        first_port = first.sock.getsockname()[1]
+    bp.wait_log(rf"disconnect client=unknown\[127\.0\.0\.77\]:{first_port} ")
     with RawSMTP(bp.host, bp.port) as c:
         assert c.reply().code == 220
         assert c.cmd("EHLO client.test").code == 250
