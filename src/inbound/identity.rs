@@ -7,7 +7,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::smtp::command::xtext;
 use crate::transport::TlsInfo;
 
 /// How blackpony tells the backend who the client is.
@@ -139,15 +138,10 @@ impl XclientAttrs {
 }
 
 /// The XCLIENT command line (without CRLF) that tells a Postfix backend who
-/// the client is. Only attributes the backend announced are sent.
-/// `helo` and `esmtp` are known once the client has said EHLO or HELO.
-pub fn xclient_command(
-    attrs: &XclientAttrs,
-    client: SocketAddr,
-    local: SocketAddr,
-    helo: Option<&str>,
-    esmtp: bool,
-) -> String {
+/// the client is. Only attributes the backend announced are sent. HELO and
+/// PROTO are not among them: the client's own EHLO or HELO, which the
+/// backend receives, sets those.
+pub fn xclient_command(attrs: &XclientAttrs, client: SocketAddr, local: SocketAddr) -> String {
     let (c, l) = same_family(client, local);
     let addr = |ip: IpAddr| match ip {
         IpAddr::V4(a) => a.to_string(),
@@ -167,10 +161,6 @@ pub fn xclient_command(
     // blackpony does no reverse lookup of its own: the name is unknown, and
     // Postfix treats it like a client without a PTR record.
     add("NAME", "[UNAVAILABLE]".into());
-    if let Some(helo) = helo {
-        add("HELO", xtext(helo));
-        add("PROTO", if esmtp { "ESMTP" } else { "SMTP" }.into());
-    }
     add("DESTADDR", addr(l.ip()));
     add("DESTPORT", l.port().to_string());
     line
@@ -245,21 +235,15 @@ mod tests {
         let c = sa("127.0.0.77:4000");
         let l = sa("127.0.0.1:25");
         assert_eq!(
-            xclient_command(&attrs, c, l, None, true),
+            xclient_command(&attrs, c, l),
             "XCLIENT ADDR=127.0.0.77 PORT=4000 NAME=[UNAVAILABLE] DESTADDR=127.0.0.1 DESTPORT=25"
         );
         assert_eq!(
-            xclient_command(
-                &XclientAttrs::parse("ADDR HELO PROTO"),
-                c,
-                l,
-                Some("a b"),
-                false
-            ),
-            "XCLIENT ADDR=127.0.0.77 HELO=a+20b PROTO=SMTP"
+            xclient_command(&XclientAttrs::parse("ADDR HELO PROTO"), c, l),
+            "XCLIENT ADDR=127.0.0.77"
         );
         assert_eq!(
-            xclient_command(&attrs, sa("[2001:db8::1]:1"), sa("[::1]:25"), None, true),
+            xclient_command(&attrs, sa("[2001:db8::1]:1"), sa("[::1]:25")),
             "XCLIENT ADDR=IPV6:2001:db8::1 PORT=1 NAME=[UNAVAILABLE] DESTADDR=IPV6:::1 DESTPORT=25"
         );
     }

@@ -670,14 +670,12 @@ impl Session {
         self.close("backend-refused");
     }
 
+    /// Identifies the client to the backend, once per backend connection:
+    /// after XCLIENT, Postfix checks its authorization against the new
+    /// client address, so a second XCLIENT would be refused. The client's
+    /// own EHLO/HELO then sets the HELO name and protocol at the backend.
     fn send_xclient(&mut self) {
-        let line = xclient_command(
-            &self.xclient,
-            self.client,
-            self.local,
-            self.hello.name.as_deref(),
-            self.hello.esmtp,
-        );
+        let line = xclient_command(&self.xclient, self.client, self.local);
         self.to_backend.extend_from_slice(line.as_bytes());
         self.to_backend.extend_from_slice(b"\r\n");
         self.pending.push_back(Expect::Own(OwnStep::Xclient));
@@ -892,11 +890,6 @@ impl Session {
                     name: Some(command.args.to_string()),
                     esmtp: verb == Verb::Ehlo,
                 };
-                if self.config.identity == Identity::Xclient {
-                    // Tell the backend who the client is again, now with its
-                    // HELO name; XCLIENT also resets the backend's session.
-                    self.send_xclient();
-                }
                 let expect = if verb == Verb::Ehlo {
                     Expect::Ehlo
                 } else {
