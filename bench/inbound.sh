@@ -1,0 +1,456 @@
+#!/usr/bin/env bash
+# Benchmark `blackpony inbound` against direct delivery and peer front
+# proxies (haproxy, nginx's mail proxy, stunnel). Run as root:
+#
+#   bench/inbound.sh            (or: sudo bench/inbound.sh)
+#
+# Everything runs on 127.0.0.1 with ports chosen at run time; every process
+# started here is stopped on exit. See bench/README.md for what the numbers
+# mean. Knobs (environment): BLACKPONY=path (default target/release/blackpony,
+# built if missing), REPS (3), PLAIN_MSGS (4000), TLS_MSGS (4000),
+# PERCONN_MSGS (600), IDLE_CONNS (2000), SESSIONS (20), SIZE (1024),
+# CERT_KEY (ec256|rsa2048, default ec256), KEEP=1 keeps the temp dir (logs).
+# Raises the open-file limit to 65536 (or the hard limit, if lower).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+REPS=${REPS:-3}
+SESSIONS=${SESSIONS:-20}
+SIZE=${SIZE:-1024}
+PLAIN_MSGS=${PLAIN_MSGS:-4000}
+TLS_MSGS=${TLS_MSGS:-4000}
+PERCONN_MSGS=${PERCONN_MSGS:-600}
+IDLE_CONNS=${IDLE_CONNS:-2000}
+CERT_KEY=${CERT_KEY:-ec256}
+BLACKPONY=${BLACKPONY:-$ROOT/target/release/blackpony}
+NGINX_MAIL_MODULE=/usr/lib/nginx/modules/ngx_mail_module.so
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "inbound.sh: $*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (smtp-sink needs it; so does ulimit -n 65536): sudo $0"
+
+# ------------------------------------------------------------------ tools
+need_pkgs=()
+command -v smtp-source >/dev/null && command -v smtp-sink >/dev/null || need_pkgs+=(postfix)
+command -v haproxy >/dev/null || need_pkgs+=(haproxy)
+command -v nginx >/dev/null || need_pkgs+=(nginx-light)
+[ -e "$NGINX_MAIL_MODULE" ] || need_pkgs+=(libnginx-mod-mail)
+command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || need_pkgs+=(stunnel4)
+command -v openssl >/dev/null || need_pkgs+=(openssl)
+[ -x /usr/bin/python3 ] || need_pkgs+=(python3)
+command -v cc >/dev/null || need_pkgs+=(gcc libc6-dev)
+[ -e /usr/include/openssl/ssl.h ] || need_pkgs+=(libssl-dev)
+command -v pgrep >/dev/null || need_pkgs+=(procps)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    say "installing: ${need_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2
+fi
+STUNNEL=$(command -v stunnel4 || command -v stunnel)
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=$(command -v python3)
+
+if [ ! -x "$BLACKPONY" ]; then
+    say "building blackpony (cargo build --release)"
+    (cd "$ROOT" && cargo build --release) >&2
+fi
+
+# ------------------------------------------------------------------ setup
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"   # a container may cap the hard limit
+NOFILE=$(ulimit -n)
+[ "$NOFILE" -ge $((3 * IDLE_CONNS + 1000)) ] || die "open-file limit $NOFILE is too low for IDLE_CONNS=$IDLE_CONNS"
+MAXCONN=$((IDLE_CONNS + 1000))
+T=$(mktemp -d /tmp/blackpony-bench.XXXXXX)
+chmod 755 "$T"
+BLACKPONY=$(realpath "$BLACKPONY")
+cd "$T"
+PIDS=()
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    local p
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for _ in $(seq 50); do
+        local alive=0
+        for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ $alive = 0 ] && break
+        sleep 0.1
+    done
+    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [ "${KEEP:-0}" = 1 ]; then say "kept $T"; else rm -rf "$T"; fi
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME CMD... : runs CMD in the background, stdout+stderr to $T/NAME.log
+start() {
+    local name=$1; shift
+    "$@" >"$T/$name.log" 2>&1 &
+    PIDS+=($!)
+    eval "PID_$name=$!"
+}
+
+# wait_port PORT : until something accepts on 127.0.0.1:PORT (10 s at most)
+wait_port() {
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    die "nothing listens on 127.0.0.1:$1 (see $T/*.log)"
+}
+
+say "building the load generator (bench/smtpload.c)"
+cc -O2 -o "$T/smtpload" "$HERE/smtpload.c" -lssl -lcrypto
+LOAD=$T/smtpload
+
+case $CERT_KEY in
+    ec256) keyopt=(-newkey ec -pkeyopt ec_paramgen_curve:P-256) ;;
+    rsa2048) keyopt=(-newkey rsa:2048) ;;
+    *) die "CERT_KEY must be ec256 or rsa2048" ;;
+esac
+openssl req -x509 "${keyopt[@]}" -nodes -days 2 -subj /CN=bench.test \
+    -keyout "$T/key.pem" -out "$T/cert.pem" 2>/dev/null
+chmod 644 "$T/key.pem"
+
+read -r SINK BP HAP NGX NGXTLS NGXAUTH STN \
+        MSINK MBP MHAP MNGX MNGXAUTH <<<"$("$PY" "$HERE/smtpbench.py" ports 12)"
+
+# One sink for all throughput runs; -c prints running counters (sessions,
+# QUITs, messages) that tell whether every message arrived.
+start sink smtp-sink -u postfix -c -m 5000 "127.0.0.1:$SINK" 4096
+
+start blackpony "$BLACKPONY" inbound --listen "127.0.0.1:$BP" --backend "127.0.0.1:$SINK" \
+    --identity none --hostname bench.test --tls-cert "$T/cert.pem" --tls-key "$T/key.pem"
+
+haproxy_conf() { # FILE LISTEN BACKEND
+    cat >"$1" <<EOF
+global
+    maxconn $MAXCONN
+defaults
+    mode tcp
+    maxconn $MAXCONN
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+frontend smtp
+    bind 127.0.0.1:$2
+    default_backend sink
+backend sink
+    server sink 127.0.0.1:$3
+EOF
+}
+haproxy_conf "$T/haproxy.cfg" "$HAP" "$SINK"
+start haproxy haproxy -db -q -f "$T/haproxy.cfg"
+
+nginx_conf() { # DIR SMTP_PORT STARTTLS_PORT(or "") AUTH_PORT SINK_PORT
+    mkdir -p "$1/tmp"
+    local tls_server=""
+    [ -n "$3" ] && tls_server="
+    server {
+        listen 127.0.0.1:$3;
+        protocol smtp;
+        starttls on;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_certificate $T/cert.pem;
+        ssl_certificate_key $T/key.pem;
+    }"
+    cat >"$1/nginx.conf" <<EOF
+load_module $NGINX_MAIL_MODULE;
+worker_processes 2;
+worker_rlimit_nofile $NOFILE;
+pid $1/nginx.pid;
+daemon off;
+error_log $1/error.log warn;
+events { worker_connections $MAXCONN; }
+http {
+    access_log off;
+    client_body_temp_path $1/tmp;
+    proxy_temp_path $1/tmp;
+    fastcgi_temp_path $1/tmp;
+    uwsgi_temp_path $1/tmp;
+    scgi_temp_path $1/tmp;
+    server {
+        listen 127.0.0.1:$4;
+        location / {
+            add_header Auth-Status OK;
+            add_header Auth-Server 127.0.0.1;
+            add_header Auth-Port $5;
+            return 204;
+        }
+    }
+}
+mail {
+    server_name bench.test;
+    auth_http 127.0.0.1:$4/auth;
+    xclient off;
+    smtp_auth none;
+    proxy_pass_error_message on;
+    smtp_capabilities "SIZE 10240000" 8BITMIME ENHANCEDSTATUSCODES;
+    server {
+        listen 127.0.0.1:$2;
+        protocol smtp;
+    }$tls_server
+}
+EOF
+}
+mkdir -p "$T/nginx" "$T/mnginx"
+nginx_conf "$T/nginx" "$NGX" "$NGXTLS" "$NGXAUTH" "$SINK"
+start nginx nginx -p "$T/nginx" -e "$T/nginx/error.log" -c "$T/nginx/nginx.conf"
+
+cat >"$T/stunnel.conf" <<EOF
+foreground = yes
+pid =
+debug = err
+output = $T/stunnel-debug.log
+[smtp]
+client = no
+accept = 127.0.0.1:$STN
+connect = 127.0.0.1:$SINK
+protocol = smtp
+cert = $T/cert.pem
+key = $T/key.pem
+EOF
+start stunnel "$STUNNEL" "$T/stunnel.conf"
+
+for p in "$SINK" "$BP" "$HAP" "$NGX" "$NGXTLS" "$STN"; do wait_port "$p"; done
+sleep 0.3
+# nginx: the worker processes do the work (the master only supervises)
+# shellcheck disable=SC2154
+NGX_PIDS=$(pgrep -P "$PID_nginx" | paste -sd, -)
+[ -n "$NGX_PIDS" ] || die "no nginx worker processes found"
+
+# ------------------------------------------------------------------ helpers
+sink_count() { # messages smtp-sink has received so far
+    tail -c 300 "$T/sink.log" | tr '\r' '\n' | sed -n 's/.*mesg=\([0-9]*\).*/\1/p' | tail -1
+}
+# sink_settle : wait until the sink's counter stops moving (2 s at most)
+sink_settle() {
+    local a b
+    a=$(sink_count)
+    for _ in $(seq 20); do
+        sleep 0.1
+        b=$(sink_count)
+        [ "$a" = "$b" ] && break
+        a=$b
+    done
+    echo "${a:-0}"
+}
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+jget() { "$PY" -c 'import json,sys; d=json.loads(sys.stdin.read() or "{}"); print(d.get(sys.argv[1], ""))' "$1"; }
+
+declare -A RATES GENCPU SRVCPU LOST ERRS TLSINFO
+CLK_TCK=$(getconf CLK_TCK)
+# cpu_ticks PID[,PID...] : user+system CPU so far (dead threads included)
+cpu_ticks() {
+    local p t=0
+    for p in ${1//,/ }; do
+        t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+    done
+    echo $t
+}
+# us_per_msg TICKS MSGS
+us_per_msg() { awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN {printf "%.0f", (n > 0) ? t * 1e6 / hz / n : 0}'; }
+FAILURES=()
+
+# record KEY RATE SENT_BY_CLIENT RECEIVED_BY_SINK CLIENT_ERRORS SERVER_US_PER_MSG [GEN_CPU]
+record() {
+    local key=$1 rate=$2 sent=$3 got=$4 errs=$5
+    RATES[$key]="${RATES[$key]:-} $rate"
+    SRVCPU[$key]="${SRVCPU[$key]:-} $6"
+    [ -n "${7:-}" ] && GENCPU[$key]="${GENCPU[$key]:-} $7"
+    LOST[$key]=$(( ${LOST[$key]:-0} + sent - got ))
+    ERRS[$key]=$(( ${ERRS[$key]:-0} + errs ))
+}
+
+# run_source KEY PORT PIDS : one smtp-source run, wall time around the
+# command; PIDS = the server processes whose CPU time is counted
+run_source() {
+    local key=$1 port=$2 pids=$3 before after t0 t1 rc=0 rate c0 c1 us
+    before=$(sink_settle)
+    c0=$(cpu_ticks "$pids")
+    t0=$EPOCHREALTIME
+    timeout 120 smtp-source -d -s "$SESSIONS" -m "$PLAIN_MSGS" -l "$SIZE" \
+        -f a@client.test -t b@sink.test "127.0.0.1:$port" >"$T/source.out" 2>&1 || rc=$?
+    t1=$EPOCHREALTIME
+    c1=$(cpu_ticks "$pids")
+    after=$(sink_settle)
+    us=$(us_per_msg $((c1 - c0)) "$PLAIN_MSGS")
+    rate=$(awk -v n="$PLAIN_MSGS" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", n / (b - a)}')
+    if [ $rc != 0 ]; then
+        FAILURES+=("$key: smtp-source exit $rc: $(head -c 300 "$T/source.out")")
+        rate=0
+    fi
+    record "$key" "$rate" "$PLAIN_MSGS" $((after - before)) $((rc != 0)) "$us"
+    say "  $key: $rate msgs/s (sink got $((after - before)) of $PLAIN_MSGS; server cpu $us us/msg)"
+}
+
+# run_load KEY PORT PIDS MSGS ARGS... : one smtpload run
+run_load() {
+    local key=$1 port=$2 pids=$3 msgs=$4; shift 4
+    local before after out rc=0 rate ok errs c0 c1 us
+    before=$(sink_settle)
+    c0=$(cpu_ticks "$pids")
+    out=$("$LOAD" -a "127.0.0.1:$port" -s "$SESSIONS" -m "$msgs" -l "$SIZE" -t 120 "$@") || rc=$?
+    c1=$(cpu_ticks "$pids")
+    after=$(sink_settle)
+    us=$(us_per_msg $((c1 - c0)) "$msgs")
+    rate=$(jget rate <<<"$out"); ok=$(jget ok <<<"$out"); errs=$(jget errors <<<"$out")
+    [ -n "$rate" ] || { rate=0; ok=0; errs=1; }
+    if [ $rc != 0 ]; then
+        FAILURES+=("$key: smtpload exit $rc, $ok/$msgs accepted: $(jget first_error <<<"$out")")
+    fi
+    TLSINFO[$key]=$(jget tls <<<"$out")
+    record "$key" "$rate" "$msgs" $((after - before)) "${errs:-0}" "$us" "$(jget gen_cpu <<<"$out")"
+    say "  $key: $rate msgs/s (sink got $((after - before)) of $msgs, client accepted $ok; server cpu $us us/msg, generator cpu $(jget gen_cpu <<<"$out") s)"
+}
+
+cpu_busy() { # percent of CPU used by anything over one second
+    local a b
+    a=($(head -1 /proc/stat)); sleep 1; b=($(head -1 /proc/stat))
+    local tot=0 idle i
+    for i in 1 2 3 4 5 6 7 8; do tot=$((tot + b[i] - a[i])); done
+    idle=$(( (b[4] - a[4]) + (b[5] - a[5]) ))
+    echo $(( tot > 0 ? 100 * (tot - idle) / tot : 0 ))
+}
+BUSY=$(cpu_busy)
+[ "$BUSY" -gt 15 ] && say "WARNING: the machine was ${BUSY}% busy before the benchmark started; numbers will be noisy"
+
+# ------------------------------------------------------------------ 1. plaintext, smtp-source
+say "1. plaintext, smtp-source -d -s $SESSIONS -m $PLAIN_MSGS -l $SIZE ($REPS rounds)"
+for r in $(seq "$REPS"); do
+    run_source direct "$SINK" "$PID_sink"
+    run_source blackpony "$BP" "$PID_blackpony"
+    run_source haproxy "$HAP" "$PID_haproxy"
+    run_source nginx "$NGX" "$NGX_PIDS"
+done
+
+# ------------------------------------------------------------------ 2. STARTTLS, smtpload
+say "2. STARTTLS, smtpload: $SESSIONS sessions, $TLS_MSGS messages kept / $PERCONN_MSGS one per connection ($REPS rounds)"
+for r in $(seq "$REPS"); do
+    run_load gen_plain "$SINK" "$PID_sink" "$TLS_MSGS"
+    run_load gen_plain_bp "$BP" "$PID_blackpony" "$TLS_MSGS"
+    run_load tls_bp "$BP" "$PID_blackpony" "$TLS_MSGS" -T
+    run_load tls_nginx "$NGXTLS" "$NGX_PIDS" "$TLS_MSGS" -T
+    run_load tls_stunnel "$STN" "$PID_stunnel" "$TLS_MSGS" -T
+done
+for r in $(seq "$REPS"); do
+    run_load pc_plain "$SINK" "$PID_sink" "$PERCONN_MSGS" -1
+    run_load pc_bp "$BP" "$PID_blackpony" "$PERCONN_MSGS" -1 -T
+    run_load pc_nginx "$NGXTLS" "$NGX_PIDS" "$PERCONN_MSGS" -1 -T
+    run_load pc_stunnel "$STN" "$PID_stunnel" "$PERCONN_MSGS" -1 -T
+done
+
+# ------------------------------------------------------------------ 3. memory per idle connection
+# Fresh instances (their own sink), so that memory freed by earlier runs
+# does not hide what idle connections cost.
+say "3. memory: $IDLE_CONNS idle connections (greeting read, then silence)"
+start msink smtp-sink -u postfix -m $MAXCONN "127.0.0.1:$MSINK" 4096
+start mblackpony "$BLACKPONY" inbound --listen "127.0.0.1:$MBP" --backend "127.0.0.1:$MSINK" \
+    --identity none --hostname bench.test --tls-cert "$T/cert.pem" --tls-key "$T/key.pem" \
+    --max-connections $MAXCONN --max-connections-per-client $MAXCONN
+haproxy_conf "$T/mhaproxy.cfg" "$MHAP" "$MSINK"
+start mhaproxy haproxy -db -q -f "$T/mhaproxy.cfg"
+mkdir -p "$T/mnginx"
+nginx_conf "$T/mnginx" "$MNGX" "" "$MNGXAUTH" "$MSINK"
+start mnginx nginx -p "$T/mnginx" -e "$T/mnginx/error.log" -c "$T/mnginx/nginx.conf"
+for p in "$MSINK" "$MBP" "$MHAP" "$MNGX"; do wait_port "$p"; done
+sleep 0.5
+# shellcheck disable=SC2154
+NGX_WORKERS=$(pgrep -P "$PID_mnginx" | paste -sd, -)
+[ -n "$NGX_WORKERS" ] || die "no nginx worker processes found"
+
+declare -A MEM
+run_idle() { # KEY PORT PIDS
+    local out rc=0
+    out=$("$PY" "$HERE/smtpbench.py" idle --addr "127.0.0.1:$2" --n "$IDLE_CONNS" --pids "$3") || rc=$?
+    MEM[$1]=$out
+    if [ $rc != 0 ]; then FAILURES+=("memory $1: $out"); fi
+    say "  $1: $out"
+}
+# shellcheck disable=SC2154
+run_idle blackpony "$MBP" "$PID_mblackpony"
+sleep 0.5
+# shellcheck disable=SC2154
+run_idle haproxy "$MHAP" "$PID_mhaproxy"
+sleep 0.5
+run_idle nginx "$MNGX" "$NGX_WORKERS"
+
+# ------------------------------------------------------------------ report
+# Did blackpony log anything that is not a normal session line?
+BP_ODD=$(grep -v -E ' (connect|disconnect|starttls) client=| shutdown: |listening|started|certificate' \
+    "$T/blackpony.log" "$T/mblackpony.log" 2>/dev/null | head -5 || true)
+
+med() { median <<<"${RATES[$1]:-}"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+row() { # LABEL KEY BASEKEY
+    local m b
+    m=$(med "$2"); b=$(med "$3")
+    printf '%-52s %8.0f   %5s   %8s   %5s %4s\n' "$1" "$m" "$(ratio "$m" "$b")" \
+        "$(median <<<"${SRVCPU[$2]:-}")" "${LOST[$2]:-0}" "${ERRS[$2]:-0}"
+}
+head_row() { printf '%-52s %8s   %5s   %8s   %5s %4s\n' "$1" "msgs/s" "ratio" "cpu us/m" "lost" "err"; }
+memrow() { # LABEL KEY
+    local o=${MEM[$1]}
+    printf '%-36s %9s %9s %10s %7s/%s\n' "$2" \
+        "$(jget rss_before_kib <<<"$o")" "$(jget rss_after_kib <<<"$o")" \
+        "$(jget kib_per_conn <<<"$o")" "$(jget alive <<<"$o")" "$IDLE_CONNS"
+}
+
+{
+echo
+echo "blackpony inbound benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r)"
+echo "blackpony: $BLACKPONY ($(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+echo "peers: $(haproxy -v 2>/dev/null | head -1 | awk '{print "haproxy", $3}'), $(nginx -v 2>&1 | sed 's/.*: //'), $("$STUNNEL" -version 2>&1 | grep -m1 -o 'stunnel [0-9.]*'), $(openssl version | awk '{print $1, $2}')"
+echo "msgs/s and cpu: medians of $REPS runs. cpu us/m = CPU time (user+system) of the server under test per message:"
+echo "  smtp-sink for 'direct' and reference rows, else the proxy alone (nginx: its workers). lost = messages sent minus"
+echo "  messages smtp-sink counted, summed over all runs; err = errors the client saw, summed over all runs"
+[ "$BUSY" -gt 15 ] && echo "WARNING: the machine was ${BUSY}% busy before the start; numbers are noisy"
+echo
+head_row "1. plaintext, smtp-source -d -s $SESSIONS -m $PLAIN_MSGS -l $SIZE"
+row "direct to smtp-sink" direct direct
+row "blackpony inbound (identity none, trace header)" blackpony direct
+row "haproxy (mode tcp)" haproxy direct
+row "nginx mail proxy (smtp_auth none, xclient off)" nginx direct
+echo
+head_row "2a. STARTTLS, smtpload -s $SESSIONS -m $TLS_MSGS -l $SIZE -T"
+echo "    kept sessions: one STARTTLS, then $((TLS_MSGS / SESSIONS)) messages each; ratio vs nginx"
+row "blackpony inbound (its own STARTTLS)" tls_bp tls_nginx
+row "nginx mail proxy (starttls on)" tls_nginx tls_nginx
+row "stunnel (protocol = smtp)" tls_stunnel tls_nginx
+row "reference: smtpload plaintext direct to smtp-sink" gen_plain tls_nginx
+row "reference: smtpload plaintext via blackpony" gen_plain_bp tls_nginx
+echo
+head_row "2b. STARTTLS, smtpload -s $SESSIONS -m $PERCONN_MSGS -l $SIZE -T -1"
+echo "    one message per connection (full TLS handshake each); ratio vs nginx"
+row "blackpony inbound" pc_bp pc_nginx
+row "nginx mail proxy" pc_nginx pc_nginx
+row "stunnel" pc_stunnel pc_nginx
+row "reference: plaintext (no -T) direct to smtp-sink" pc_plain pc_nginx
+echo
+echo "    TLS negotiated: blackpony $(echo "${TLSINFO[tls_bp]:-?}"), nginx $(echo "${TLSINFO[tls_nginx]:-?}"), stunnel $(echo "${TLSINFO[tls_stunnel]:-?}"); certificate $CERT_KEY, same for all"
+printf '    generator CPU seconds per run (median): %s\n' "$(for k in gen_plain tls_bp tls_nginx tls_stunnel pc_bp pc_nginx pc_stunnel; do printf '%s %s  ' "$k" "$(median <<<"${GENCPU[$k]:-}")"; done)"
+echo
+printf '%-36s %9s %9s %10s %9s\n' "3. memory, $IDLE_CONNS idle connections" "RSS KiB" "after" "KiB/conn" "alive"
+memrow blackpony "blackpony inbound (1 process)"
+memrow haproxy "haproxy (1 process)"
+memrow nginx "nginx mail proxy (sum of 2 workers)"
+echo "    blackpony and haproxy hold a backend connection per client; nginx's mail proxy connects to the backend only at MAIL FROM"
+echo
+if [ ${#FAILURES[@]} -gt 0 ]; then
+    echo "FAILURES:"
+    printf '  %s\n' "${FAILURES[@]}"
+else
+    echo "no failures: every run exited 0 and smtp-sink counted every message"
+fi
+if [ -n "$BP_ODD" ]; then
+    echo "blackpony logged (first lines that are not session records):"
+    printf '%s\n' "$BP_ODD" | sed 's/^/  /'
+fi
+}
