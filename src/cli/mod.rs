@@ -77,8 +77,12 @@ pub struct OutboundServerArgs {
     #[arg(long, value_name = "ADDR:PORT|unix:PATH")]
     pub listen: String,
 
-    /// The protocol spoken to the MTA. Only lmtp so far: it gives one
-    /// result per recipient, so the MTA never retries a delivered recipient.
+    /// The protocol spoken to the MTA. lmtp gives one result per recipient
+    /// after the data (Postfix `lmtp:` transport). smtp works as a
+    /// per-transaction proxy (Postfix `relayhost`/`smtp:` transport, Exim
+    /// smarthost, OpenSMTPD `relay host`): every RCPT and the end of data are
+    /// answered with the remote MX's own reply, one destination domain per
+    /// transaction (others get 452 4.5.3 and come in the next one).
     #[arg(long, value_enum, default_value = "lmtp")]
     pub protocol: ServerProtocol,
 
@@ -90,6 +94,16 @@ pub struct OutboundServerArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ServerProtocol {
     Lmtp,
+    Smtp,
+}
+
+impl From<ServerProtocol> for crate::smtp::server::Protocol {
+    fn from(p: ServerProtocol) -> Self {
+        match p {
+            ServerProtocol::Lmtp => crate::smtp::server::Protocol::Lmtp,
+            ServerProtocol::Smtp => crate::smtp::server::Protocol::Smtp,
+        }
+    }
 }
 
 /// Settings shared by every outbound mode. Each can also be set in the
@@ -286,7 +300,8 @@ pub fn main() -> ExitCode {
                     Ok(d) => d,
                     Err(e) => return fail(exit::CONFIG, &e),
                 };
-                crate::outbound::lmtp::serve(
+                crate::outbound::service::serve(
+                    crate::smtp::server::Protocol::Lmtp,
                     tokio::io::stdin(),
                     tokio::io::stdout(),
                     &deliverer,
@@ -303,7 +318,11 @@ pub fn main() -> ExitCode {
                     Ok(o) => o,
                     Err(e) => return fail(exit_for(&e), &e.to_string()),
                 };
-            runtime.block_on(run_outbound_server(args.listen, outbound))
+            runtime.block_on(run_outbound_server(
+                args.listen,
+                args.protocol.into(),
+                outbound,
+            ))
         }
         Command::Inbound(args) => {
             log::init("inbound");
@@ -365,7 +384,11 @@ async fn run_deliver(sender: String, recipients: Vec<String>, settings: Outbound
 }
 
 /// `blackpony outbound`: an LMTP listener on TCP or a Unix socket.
-async fn run_outbound_server(listen: String, settings: OutboundSettings) -> ExitCode {
+async fn run_outbound_server(
+    listen: String,
+    protocol: crate::smtp::server::Protocol,
+    settings: OutboundSettings,
+) -> ExitCode {
     let deliverer = match settings.deliverer() {
         Ok(d) => Arc::new(d),
         Err(e) => return fail(exit::CONFIG, &e),
@@ -379,7 +402,7 @@ async fn run_outbound_server(listen: String, settings: OutboundSettings) -> Exit
             Ok(l) => l,
             Err(e) => return fail(exit::OSERR, &format!("cannot listen on {listen}: {e}")),
         };
-        log!("listening on {listen} protocol=lmtp");
+        log!("listening on {listen} protocol={}", protocol.as_str());
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
@@ -388,7 +411,7 @@ async fn run_outbound_server(listen: String, settings: OutboundSettings) -> Exit
                     let d = Arc::clone(&deliverer);
                     tokio::spawn(async move {
                         let (r, w) = stream.into_split();
-                        crate::outbound::lmtp::serve(r, w, &d, max).await;
+                        crate::outbound::service::serve(protocol, r, w, &d, max).await;
                     });
                 }
             }
@@ -399,7 +422,7 @@ async fn run_outbound_server(listen: String, settings: OutboundSettings) -> Exit
             Ok(l) => l,
             Err(e) => return fail(exit::OSERR, &format!("cannot listen on {listen}: {e}")),
         };
-        log!("listening on {listen} protocol=lmtp");
+        log!("listening on {listen} protocol={}", protocol.as_str());
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
@@ -409,7 +432,7 @@ async fn run_outbound_server(listen: String, settings: OutboundSettings) -> Exit
                     let d = Arc::clone(&deliverer);
                     tokio::spawn(async move {
                         let (r, w) = stream.into_split();
-                        crate::outbound::lmtp::serve(r, w, &d, max).await;
+                        crate::outbound::service::serve(protocol, r, w, &d, max).await;
                     });
                 }
             }

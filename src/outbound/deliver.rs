@@ -259,6 +259,66 @@ impl Deliverer {
         }
     }
 
+    /// The addresses to try for `domain`, in order (RFC 5321 §5.1), at most
+    /// `max_addresses`. `Err` is the answer for every recipient when there
+    /// is nothing to try (null MX, no such domain, DNS failure).
+    pub(crate) async fn candidates(&self, domain: &str) -> Result<Candidates, Reply> {
+        let routes = match self.resolver.mx(domain).await {
+            Ok(MxAnswer::Exchangers(mx)) => route::plan(mx, seed()),
+            Ok(MxAnswer::Implicit) => route::implicit(domain),
+            Ok(MxAnswer::NullMx) => {
+                return Err(Reply::new(
+                    556,
+                    format!("5.1.10 Domain {domain} does not accept mail (null MX, RFC 7505)"),
+                ));
+            }
+            Err(failure) => return Err(dns_reply(&failure)),
+        };
+        let mut list = Vec::new();
+        let mut dns_failure = None;
+        for MxRoute { host, implicit, .. } in &routes {
+            if list.len() >= self.limits.max_addresses {
+                break;
+            }
+            match self.resolver.addresses(host).await {
+                Ok(addresses) => list.extend(
+                    addresses
+                        .into_iter()
+                        .take(self.limits.max_addresses - list.len())
+                        .map(|ip| (host.clone(), ip)),
+                ),
+                // An implicit MX without address is the domain not existing;
+                // a listed MX without address is skipped (and remembered).
+                Err(failure) if *implicit => return Err(dns_reply(&failure)),
+                Err(failure) => {
+                    dns_failure.get_or_insert(Reply::new(451, format!("4.4.3 {failure}")));
+                }
+            }
+        }
+        if list.is_empty() {
+            return Err(dns_failure.unwrap_or_else(|| {
+                Reply::new(451, format!("4.4.4 No usable mail exchanger for {domain}"))
+            }));
+        }
+        Ok(Candidates { list, dns_failure })
+    }
+
+    /// How to use STARTTLS with `host`: the policy's way, unless an earlier
+    /// handshake failed long enough ago and the policy allows plaintext.
+    fn starttls_for(&self, host: &str, policy: TlsPolicy) -> StartTls {
+        if policy.allows_plaintext() && self.memory.plaintext_due(host) {
+            StartTls::Never
+        } else {
+            policy.starttls()
+        }
+    }
+
+    fn remember_tls_failure(&self, host: &str) {
+        if let Err(e) = self.memory.record_failure(host) {
+            log!("warning: cannot record TLS failure for {host}: {e}");
+        }
+    }
+
     async fn deliver_domain(
         &self,
         domain: &str,
@@ -266,123 +326,82 @@ impl Deliverer {
         prepared: &Prepared,
         started: Instant,
     ) -> Vec<RecipientStatus> {
-        let all = |reply: Reply| -> Vec<RecipientStatus> {
+        let all = |reply: Reply, relay: Option<(String, SocketAddr)>| -> Vec<RecipientStatus> {
             rcpts
                 .iter()
-                .map(|r| self.failed(r, reply.clone(), started))
+                .map(|r| {
+                    let mut s = self.failed(r, reply.clone(), started);
+                    s.relay = relay.clone();
+                    s
+                })
                 .collect()
         };
-        let routes = match self.resolver.mx(domain).await {
-            Ok(MxAnswer::Exchangers(mx)) => route::plan(mx, seed()),
-            Ok(MxAnswer::Implicit) => route::implicit(domain),
-            Ok(MxAnswer::NullMx) => {
-                return all(Reply::new(
-                    556,
-                    format!("5.1.10 Domain {domain} does not accept mail (null MX, RFC 7505)"),
-                ));
-            }
-            Err(failure) => return all(dns_reply(&failure)),
+        let candidates = match self.candidates(domain).await {
+            Ok(c) => c,
+            Err(reply) => return all(reply, None),
         };
         let policy = self.policy.for_domain(domain);
-        let mut last: Option<(Reply, Option<(String, SocketAddr)>)> = None;
-        let mut addresses_tried = 0;
+        let mut last = candidates.dns_failure.map(|r| (r, None));
         let mut sessions = 0;
-
-        'routes: for MxRoute { host, .. } in &routes {
-            let addresses = match self.resolver.addresses(host).await {
-                Ok(a) => a,
-                Err(failure) => {
-                    // An implicit MX that does not exist is the domain not
-                    // existing; a listed MX without address is skipped.
-                    let reply = dns_reply(&failure);
-                    let reply = if routes.len() == 1 && routes[0].implicit {
-                        reply
-                    } else {
-                        Reply::new(451, format!("4.4.3 {failure}"))
-                    };
-                    last.get_or_insert((reply, None));
-                    continue;
-                }
+        for (host, ip) in &candidates.list {
+            if sessions >= self.limits.max_sessions {
+                break;
+            }
+            let addr = SocketAddr::new(*ip, self.smtp_port);
+            let relay = Some((host.clone(), addr));
+            let starttls = self.starttls_for(host, policy);
+            let attempt = self
+                .attempt(addr, host, starttls, policy, rcpts, prepared)
+                .await;
+            if attempt.greeted {
+                sessions += 1;
+            }
+            if attempt.tls.is_some() {
+                self.memory.clear(host);
+            }
+            let level = level_of(attempt.tls.as_ref(), attempt.verdict.as_ref());
+            let status = |result: &RecipientResult| RecipientStatus {
+                recipient: result.recipient.clone(),
+                reply: result.reply.clone(),
+                relay: relay.clone(),
+                tls: attempt.tls.clone(),
+                verdict: attempt.verdict.clone(),
+                level,
+                delay: started.elapsed(),
             };
-            for ip in addresses {
-                if addresses_tried >= self.limits.max_addresses
-                    || sessions >= self.limits.max_sessions
-                {
-                    break 'routes;
+            match &attempt.outcome {
+                SessionOutcome::Replied(results) => {
+                    return results.iter().map(status).collect();
                 }
-                addresses_tried += 1;
-                let addr = SocketAddr::new(ip, self.smtp_port);
-                let relay = Some((host.clone(), addr));
-                let plaintext_retry = policy.allows_plaintext() && self.memory.plaintext_due(host);
-                let starttls = if plaintext_retry {
-                    StartTls::Never
-                } else {
-                    policy.starttls()
-                };
-                let attempt = self
-                    .attempt(addr, host, starttls, policy, rcpts, prepared)
-                    .await;
-                if attempt.greeted {
-                    sessions += 1;
+                SessionOutcome::Uncertain { accepted } => {
+                    return rcpts
+                        .iter()
+                        .map(|r| {
+                            let text = if accepted.contains(r) {
+                                format!(
+                                    "4.4.2 Lost connection with {host}[{ip}] after end of data; the message may already be delivered"
+                                )
+                            } else {
+                                format!("4.4.2 Lost connection with {host}[{ip}] during the transaction")
+                            };
+                            let mut s = self.failed(r, Reply::new(451, text), started);
+                            s.relay = relay.clone();
+                            s.tls = attempt.tls.clone();
+                            s.level = level;
+                            s
+                        })
+                        .collect();
                 }
-                if attempt.tls.is_some() {
-                    self.memory.clear(host);
-                }
-                let level = match (&attempt.tls, &attempt.verdict) {
-                    (Some(_), Some(CertVerdict::Verified)) => SecurityLevel::Authenticated,
-                    (Some(_), _) => SecurityLevel::Encrypted,
-                    _ => SecurityLevel::Plaintext,
-                };
-                let status = |result: &RecipientResult| RecipientStatus {
-                    recipient: result.recipient.clone(),
-                    reply: result.reply.clone(),
-                    relay: relay.clone(),
-                    tls: attempt.tls.clone(),
-                    verdict: attempt.verdict.clone(),
-                    level,
-                    delay: started.elapsed(),
-                };
-                match &attempt.outcome {
-                    SessionOutcome::Replied(results) => {
-                        return results.iter().map(status).collect();
+                SessionOutcome::Failed(failure) => {
+                    if attempt.tls_failed {
+                        self.remember_tls_failure(host);
                     }
-                    SessionOutcome::Uncertain { accepted } => {
-                        let reply = Reply::new(
-                            451,
-                            format!(
-                                "4.4.2 Lost connection with {host}[{ip}] after end of data; the message may already be delivered"
-                            ),
-                        );
-                        return rcpts
-                            .iter()
-                            .map(|r| {
-                                let mut s = self.failed(r, reply.clone(), started);
-                                s.relay = relay.clone();
-                                s.tls = attempt.tls.clone();
-                                s.level = level;
-                                if !accepted.contains(r) {
-                                    s.reply = Reply::new(
-                                        451,
-                                        format!("4.4.2 Lost connection with {host}[{ip}] during the transaction"),
-                                    );
-                                }
-                                s
-                            })
-                            .collect();
-                    }
-                    SessionOutcome::Failed(failure) => {
-                        if attempt.tls_failed
-                            && let Err(e) = self.memory.record_failure(host)
-                        {
-                            log!("warning: cannot record TLS failure for {host}: {e}");
-                        }
-                        let reply = host_failure_reply(failure, host, ip, policy);
-                        log!(
-                            "host {host}[{ip}]:{} failed: {reply}; trying the next one",
-                            self.smtp_port
-                        );
-                        last = Some((reply, relay.clone()));
-                    }
+                    let reply = host_failure_reply(failure, host, *ip, policy);
+                    log!(
+                        "host {host}[{ip}]:{} failed: {reply}; trying the next one",
+                        self.smtp_port
+                    );
+                    last = Some((reply, relay.clone()));
                 }
             }
         }
@@ -392,17 +411,76 @@ impl Deliverer {
                 None,
             )
         });
-        rcpts
-            .iter()
-            .map(|r| {
-                let mut s = self.failed(r, reply.clone(), started);
-                s.relay = relay.clone();
-                s
-            })
-            .collect()
+        all(reply, relay)
     }
 
-    /// One SMTP session with one address.
+    /// Opens a session with the first MX host of `domain` that works, up to
+    /// the point where mail commands can be sent (greeting, EHLO, STARTTLS
+    /// as policy says). `Err` is the reply that stands for the failure.
+    pub(crate) async fn open_route(&self, domain: &str) -> Result<OpenRoute, Reply> {
+        let candidates = self.candidates(domain).await?;
+        let policy = self.policy.for_domain(domain);
+        let mut last = candidates.dns_failure;
+        let mut sessions = 0;
+        for (host, ip) in &candidates.list {
+            if sessions >= self.limits.max_sessions {
+                break;
+            }
+            let addr = SocketAddr::new(*ip, self.smtp_port);
+            let mut conn = match self.connect(addr, host).await {
+                Ok(c) => c,
+                Err(reply) => {
+                    last = Some(reply);
+                    continue;
+                }
+            };
+            let mut session =
+                ClientSession::opening(&self.helo_name, self.starttls_for(host, policy));
+            let end = self.drive(&mut conn, &mut session, policy).await;
+            if conn.greeted {
+                sessions += 1;
+            }
+            if conn.tls.is_some() {
+                self.memory.clear(host);
+            }
+            if conn.tls_failed {
+                self.remember_tls_failure(host);
+            }
+            let failure = match end {
+                Err(f) => Some(f),
+                Ok(()) if session.is_ready() => None,
+                Ok(()) => Some(match session.take_outcome() {
+                    Some(SessionOutcome::Failed(f)) => f,
+                    _ => HostFailure::Lost { stage: "greeting" },
+                }),
+            };
+            match failure {
+                None => {
+                    let caps = session
+                        .capabilities()
+                        .cloned()
+                        .unwrap_or(crate::smtp::EhloReply {
+                            greeting: String::new(),
+                            capabilities: Vec::new(),
+                        });
+                    return Ok(OpenRoute { conn, caps });
+                }
+                Some(f) => {
+                    let reply = host_failure_reply(&f, host, *ip, policy);
+                    log!(
+                        "host {host}[{ip}]:{} failed: {reply}; trying the next one",
+                        self.smtp_port
+                    );
+                    last = Some(reply);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            Reply::new(451, format!("4.4.4 No usable mail exchanger for {domain}"))
+        }))
+    }
+
+    /// One SMTP session with one address, delivering the whole transaction.
     async fn attempt(
         &self,
         addr: SocketAddr,
@@ -430,43 +508,78 @@ impl Deliverer {
             greeted: false,
             tls_failed: false,
         };
-        let connect =
-            tokio::time::timeout(self.limits.connect_timeout, TcpStream::connect(addr)).await;
-        let tcp = match connect {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => {
+        let mut conn = match self.connect(addr, host).await {
+            Ok(conn) => conn,
+            Err(reply) => {
                 attempt.outcome = SessionOutcome::Failed(HostFailure::Refused {
                     stage: "connect",
-                    reply: Reply::new(
-                        451,
-                        format!(
-                            "4.4.1 Connect to {host}[{}]:{}: {e}",
-                            addr.ip(),
-                            addr.port()
-                        ),
-                    ),
-                });
-                return attempt;
-            }
-            Err(_) => {
-                attempt.outcome = SessionOutcome::Failed(HostFailure::Refused {
-                    stage: "connect",
-                    reply: Reply::new(
-                        451,
-                        format!(
-                            "4.4.1 Connect to {host}[{}]:{}: timed out",
-                            addr.ip(),
-                            addr.port()
-                        ),
-                    ),
+                    reply,
                 });
                 return attempt;
             }
         };
-        let _ = tcp.set_nodelay(true);
-        let mut stream = Stream::Plain(tcp);
+        let end = self.drive(&mut conn, &mut session, policy).await;
+        attempt.tls = conn.tls.clone();
+        attempt.verdict = conn.verdict.clone();
+        attempt.greeted = conn.greeted;
+        attempt.tls_failed = conn.tls_failed;
+        match end {
+            Err(failure) => attempt.outcome = SessionOutcome::Failed(failure),
+            Ok(()) => {
+                if let Some(outcome) = session.take_outcome() {
+                    attempt.outcome = outcome;
+                }
+            }
+        }
+        attempt
+    }
+
+    /// A TCP connection to one MX address.
+    pub(crate) async fn connect(&self, addr: SocketAddr, host: &str) -> Result<Connection, Reply> {
+        let connect =
+            tokio::time::timeout(self.limits.connect_timeout, TcpStream::connect(addr)).await;
+        let why = match connect {
+            Ok(Ok(tcp)) => {
+                let _ = tcp.set_nodelay(true);
+                return Ok(Connection {
+                    stream: Some(Stream::Plain(tcp)),
+                    host: host.to_string(),
+                    addr,
+                    tls: None,
+                    verdict: None,
+                    greeted: false,
+                    tls_failed: false,
+                    inbuf: Vec::new(),
+                });
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".to_string(),
+        };
+        Err(Reply::new(
+            451,
+            format!(
+                "4.4.1 Connect to {host}[{}]:{}: {why}",
+                addr.ip(),
+                addr.port()
+            ),
+        ))
+    }
+
+    /// Runs `session` on `conn` until it is done (a delivering session) or
+    /// ready (an opening one), upgrading to TLS when it asks. `Err` is a
+    /// failure the session itself could not see (TLS, policy).
+    pub(crate) async fn drive(
+        &self,
+        conn: &mut Connection,
+        session: &mut ClientSession,
+        policy: TlsPolicy,
+    ) -> Result<(), HostFailure> {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
+            let Some(stream) = conn.stream.as_mut() else {
+                session.connection_lost();
+                return Ok(());
+            };
             if !session.outgoing.is_empty() {
                 let write = async {
                     stream.write_all(&session.outgoing).await?;
@@ -479,22 +592,23 @@ impl Deliverer {
                 session.outgoing.clear();
                 if !ok {
                     session.connection_lost();
-                    break;
+                    return Ok(());
                 }
             }
             let read = tokio::time::timeout(self.limits.reply_timeout, stream.read(&mut buf)).await;
             let step = match read {
                 Ok(Ok(n)) if n > 0 => {
-                    attempt.greeted = true;
+                    conn.greeted = true;
                     session.receive(&buf[..n])
                 }
                 _ => {
                     session.connection_lost();
-                    break;
+                    return Ok(());
                 }
             };
             match step {
                 Step::Continue => {}
+                Step::Ready => return Ok(()),
                 Step::Done => {
                     // Send the QUIT (if any) and stop; its reply does not matter.
                     if !session.outgoing.is_empty() {
@@ -504,92 +618,118 @@ impl Deliverer {
                         })
                         .await;
                     }
-                    break;
+                    return Ok(());
                 }
                 Step::StartTls => {
                     if session.injected_after_starttls > 0 {
                         log!(
-                            "warning: {host}[{}] sent {} bytes after its 220 to STARTTLS (response injection); discarded",
-                            addr.ip(),
+                            "warning: {}[{}] sent {} bytes after its 220 to STARTTLS (response injection); discarded",
+                            conn.host,
+                            conn.addr.ip(),
                             session.injected_after_starttls
                         );
                     }
-                    let tcp = match stream.into_plain() {
-                        Ok(tcp) => tcp,
-                        Err(_) => {
-                            session.connection_lost();
-                            break;
-                        }
-                    };
-                    match self.handshake(tcp, host).await {
-                        Ok((tls_stream, info, verdict)) => {
-                            stream = tls_stream;
-                            attempt.tls = Some(info);
-                            let verified = verdict.is_verified();
-                            attempt.verdict = Some(verdict.clone());
-                            if policy == TlsPolicy::Verify && !verified {
-                                let why = match &verdict {
-                                    CertVerdict::Untrusted(w) => w.clone(),
-                                    CertVerdict::Verified => String::new(),
-                                };
-                                let _ = stream.write_all(b"QUIT\r\n").await;
-                                attempt.outcome = SessionOutcome::Failed(HostFailure::Refused {
-                                    stage: "STARTTLS",
-                                    reply: Reply::new(
-                                        454,
-                                        format!(
-                                            "4.7.5 Server certificate of {host} not verified: {why}"
-                                        ),
-                                    ),
-                                });
-                                return attempt;
-                            }
-                            session.tls_established();
-                        }
-                        Err(e) => {
-                            attempt.tls_failed = true;
-                            attempt.outcome = SessionOutcome::Failed(HostFailure::Refused {
-                                stage: "STARTTLS",
-                                reply: Reply::new(
-                                    454,
-                                    format!(
-                                        "4.7.5 TLS handshake with {host}[{}] failed: {e}",
-                                        addr.ip()
-                                    ),
-                                ),
-                            });
-                            return attempt;
-                        }
-                    }
+                    self.upgrade(conn, policy).await?;
+                    session.tls_established();
                 }
             }
         }
-        if let Some(outcome) = session.take_outcome() {
-            attempt.outcome = outcome;
-        }
-        attempt
     }
 
-    async fn handshake(
-        &self,
-        tcp: TcpStream,
-        host: &str,
-    ) -> Result<(Stream<TcpStream>, TlsInfo, CertVerdict), String> {
+    /// The TLS handshake on `conn`, and the policy check of its result.
+    async fn upgrade(&self, conn: &mut Connection, policy: TlsPolicy) -> Result<(), HostFailure> {
+        let host = conn.host.clone();
+        let ip = conn.addr.ip();
+        let failed = |why: String| HostFailure::Refused {
+            stage: "STARTTLS",
+            reply: Reply::new(
+                454,
+                format!("4.7.5 TLS handshake with {host}[{ip}] failed: {why}"),
+            ),
+        };
+        let Some(Ok(tcp)) = conn.stream.take().map(Stream::into_plain) else {
+            return Err(failed("not a plaintext connection".into()));
+        };
         let name = rustls_pki_types::ServerName::try_from(host.trim_end_matches('.').to_string())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| failed(e.to_string()))?;
         let connector = tokio_rustls::TlsConnector::from(self.tls.config());
-        let tls = tokio::time::timeout(self.limits.connect_timeout, connector.connect(name, tcp))
-            .await
-            .map_err(|_| "timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        let (_, conn) = tls.get_ref();
-        let info = TlsInfo::from_state(conn);
-        let verdict = self.tls.verdict(conn, host);
-        Ok((
-            Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(tls))),
-            info,
-            verdict,
-        ))
+        let handshake =
+            tokio::time::timeout(self.limits.connect_timeout, connector.connect(name, tcp)).await;
+        let tls = match handshake {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                conn.tls_failed = true;
+                return Err(failed(e.to_string()));
+            }
+            Err(_) => {
+                conn.tls_failed = true;
+                return Err(failed("timed out".into()));
+            }
+        };
+        let (_, state) = tls.get_ref();
+        let info = TlsInfo::from_state(state);
+        let verdict = self.tls.verdict(state, &host);
+        conn.tls = Some(info);
+        conn.verdict = Some(verdict.clone());
+        let mut stream = Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)));
+        if policy == TlsPolicy::Verify
+            && let CertVerdict::Untrusted(why) = verdict
+        {
+            let _ = stream.write_all(b"QUIT\r\n").await;
+            return Err(HostFailure::Refused {
+                stage: "STARTTLS",
+                reply: Reply::new(
+                    454,
+                    format!("4.7.5 Server certificate of {host} not verified: {why}"),
+                ),
+            });
+        }
+        conn.stream = Some(stream);
+        Ok(())
+    }
+}
+
+/// Addresses to try for one domain.
+pub(crate) struct Candidates {
+    pub(crate) list: Vec<(String, IpAddr)>,
+    /// A listed MX host whose address lookup failed, for the final reply.
+    pub(crate) dns_failure: Option<Reply>,
+}
+
+/// A session opened by [`Deliverer::open_route`], ready for mail commands.
+pub(crate) struct OpenRoute {
+    pub(crate) conn: Connection,
+    pub(crate) caps: crate::smtp::EhloReply,
+}
+
+/// An open connection to one MX address, plain or TLS.
+pub(crate) struct Connection {
+    /// `None` only while the TLS upgrade holds it.
+    pub(crate) stream: Option<Stream<TcpStream>>,
+    pub(crate) host: String,
+    pub(crate) addr: SocketAddr,
+    pub(crate) tls: Option<TlsInfo>,
+    pub(crate) verdict: Option<CertVerdict>,
+    pub(crate) greeted: bool,
+    pub(crate) tls_failed: bool,
+    /// Server bytes read but not yet used (for callers sending their own
+    /// commands after an opening-only session).
+    pub(crate) inbuf: Vec<u8>,
+}
+
+impl Connection {
+    /// The security level this connection reached.
+    pub(crate) fn level(&self) -> SecurityLevel {
+        level_of(self.tls.as_ref(), self.verdict.as_ref())
+    }
+}
+
+/// plaintext < encrypted < authenticated, from what the handshake showed.
+fn level_of(tls: Option<&TlsInfo>, verdict: Option<&CertVerdict>) -> SecurityLevel {
+    match (tls, verdict) {
+        (Some(_), Some(CertVerdict::Verified)) => SecurityLevel::Authenticated,
+        (Some(_), _) => SecurityLevel::Encrypted,
+        _ => SecurityLevel::Plaintext,
     }
 }
 

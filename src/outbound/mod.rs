@@ -8,15 +8,16 @@
 //! - [`memory`]: hosts whose TLS handshake failed (plaintext after a backoff);
 //! - [`deliver`]: the I/O loop around the sans-IO
 //!   [`ClientSession`](crate::smtp::client::ClientSession);
+//! - [`service`]: the LMTP/SMTP service an MTA hands messages to;
 //! - [`exit`]: how outcomes become sysexits codes for one-shot mode.
 
 pub mod deliver;
 pub mod dns;
 pub mod exit;
-pub mod lmtp;
 pub mod memory;
 pub mod policy;
 pub mod route;
+pub mod service;
 
 pub use deliver::{Deliverer, Limits, RecipientStatus, Status};
 pub use dns::MailResolver;

@@ -31,6 +31,18 @@ pub enum Step {
     StartTls,
     /// The session is over; see [`ClientSession::outcome`].
     Done,
+    /// An opening-only session ([`ClientSession::opening`]) is ready for
+    /// mail commands: greeting, EHLO and STARTTLS are done.
+    Ready,
+}
+
+/// What the session is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// Deliver the message given to [`ClientSession::new`].
+    Deliver,
+    /// Only open the session, for a caller that then sends its own commands.
+    Open,
 }
 
 /// Where a session failed before any recipient got an answer. The caller
@@ -96,6 +108,8 @@ enum State {
     Helo,
     StartTls,
     Handshake,
+    /// Opened and waiting for the caller's commands (opening-only sessions).
+    Ready,
     /// MAIL, RCPT and DATA replies still owed (several when pipelining).
     Transaction {
         owed: VecDeque<Pending>,
@@ -108,6 +122,7 @@ enum State {
 
 /// One SMTP client session. See the module docs.
 pub struct ClientSession {
+    purpose: Purpose,
     state: State,
     helo_name: String,
     starttls: StartTls,
@@ -142,6 +157,7 @@ impl ClientSession {
     ) -> Self {
         let n = envelope.recipients.len();
         ClientSession {
+            purpose: Purpose::Deliver,
             state: State::Greeting,
             helo_name: helo_name.to_string(),
             starttls,
@@ -158,6 +174,29 @@ impl ClientSession {
             injected_after_starttls: 0,
             content_refusal: None,
         }
+    }
+
+    /// A session that only opens: greeting, EHLO (HELO fallback) and STARTTLS
+    /// per `starttls`, then [`Step::Ready`]. A failure to open ends it with
+    /// [`SessionOutcome::Failed`] as for a delivering session.
+    pub fn opening(helo_name: &str, starttls: StartTls) -> Self {
+        let mut s = ClientSession::new(
+            helo_name,
+            starttls,
+            Envelope {
+                sender: String::new(),
+                recipients: Vec::new(),
+            },
+            ContentFacts::default(),
+            Vec::new(),
+        );
+        s.purpose = Purpose::Open;
+        s
+    }
+
+    /// Whether an opening-only session has reached [`Step::Ready`].
+    pub fn is_ready(&self) -> bool {
+        matches!(self.state, State::Ready)
     }
 
     /// The result, once [`Step::Done`] was returned.
@@ -182,6 +221,7 @@ impl ClientSession {
     pub fn stage(&self) -> &'static str {
         match &self.state {
             State::Greeting => "greeting",
+            State::Ready => "ready",
             State::Ehlo { .. } => "EHLO",
             State::Helo => "HELO",
             State::StartTls | State::Handshake => "STARTTLS",
@@ -205,6 +245,9 @@ impl ClientSession {
             }
             if matches!(self.state, State::Handshake) {
                 return Step::StartTls;
+            }
+            if matches!(self.state, State::Ready) {
+                return Step::Ready;
             }
             let span = match ReplyParser::next_span(&self.inbuf) {
                 Ok(Some(span)) => span,
@@ -318,12 +361,17 @@ impl ClientSession {
                     self.fail(HostFailure::TlsUnavailable { reply: Some(reply) });
                 } else {
                     // Postfix's "may": a refused STARTTLS means plaintext.
-                    self.begin_transaction();
+                    self.opened();
                 }
             }
             State::Handshake => {
                 self.state = State::Handshake;
                 return Some(Step::StartTls);
+            }
+            State::Ready => {
+                // A reply nobody asked for: not a server we can trust to
+                // stay in step with us.
+                self.fail(HostFailure::Protocol(ReplyError::BadCode));
             }
             State::Transaction { mut owed } => {
                 let Some(pending) = owed.pop_front() else {
@@ -379,7 +427,15 @@ impl ClientSession {
         } else if !self.tls_up && self.starttls == StartTls::Required {
             self.fail(HostFailure::TlsUnavailable { reply: None });
         } else {
-            self.begin_transaction();
+            self.opened();
+        }
+    }
+
+    /// The session is open: deliver, or hand over to the caller.
+    fn opened(&mut self) {
+        match self.purpose {
+            Purpose::Deliver => self.begin_transaction(),
+            Purpose::Open => self.state = State::Ready,
         }
     }
 

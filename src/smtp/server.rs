@@ -1,12 +1,16 @@
-//! The receiving side of LMTP (RFC 2033), sans-IO: how an MTA hands blackpony
-//! a message and gets one reply per recipient after the data.
+//! The receiving side of the outbound transport, sans-IO: how an MTA hands
+//! blackpony a message.
 //!
-//! Recipients are accepted when their syntax is sane; whether they are
-//! delivered is decided by the remote server, and that decision is what the
-//! per-recipient replies after the data carry. The I/O loop feeds bytes to
-//! [`LmtpSession::input`], writes [`LmtpSession::output`], and when
-//! [`LmtpSession::poll_event`] yields [`LmtpEvent::Deliver`] it delivers and
-//! calls [`LmtpSession::delivered`] with one reply per recipient.
+//! - **LMTP** (RFC 2033): recipients are accepted when their syntax is sane;
+//!   whether they are delivered is decided by the remote server, and after
+//!   the data one reply per recipient carries that decision
+//!   ([`ReceiveEvent::Deliver`], answered with [`ReceiveSession::delivered`]).
+//! - **SMTP** as a per-transaction proxy: RCPT, DATA and end-of-data are not
+//!   answered here but by the remote server, whose replies the driver passes
+//!   to [`ReceiveSession::answer`] ([`ReceiveEvent::Recipient`],
+//!   [`ReceiveEvent::Data`], [`ReceiveEvent::EndOfData`]). The session
+//!   reads no further command until the answer is in, so replies stay in
+//!   order for a pipelining client.
 
 use std::collections::VecDeque;
 
@@ -18,18 +22,45 @@ use super::{Command, DataScanner, Reply, Verb};
 /// default is 50; we accept more and say 452 beyond, RFC 5321 §4.5.3.1.8).
 pub const MAX_RECIPIENTS: usize = 1000;
 
+/// Which protocol the session speaks to the MTA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Lmtp,
+    Smtp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Lmtp => "lmtp",
+            Protocol::Smtp => "smtp",
+        }
+    }
+}
+
 /// What the I/O loop must act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LmtpEvent {
-    /// A complete message: deliver it, then call [`LmtpSession::delivered`].
+pub enum ReceiveEvent {
+    /// LMTP: a complete message; deliver it, then call
+    /// [`ReceiveSession::delivered`].
     Deliver { envelope: Envelope, wire: Vec<u8> },
+    /// SMTP: a recipient for the transaction from `sender`; answer with the
+    /// remote's RCPT reply (or a refusal) through [`ReceiveSession::answer`].
+    Recipient { sender: String, recipient: String },
+    /// SMTP: the client sent DATA; answer with the remote's reply (354 starts
+    /// the message).
+    Data,
+    /// SMTP: the message in DATA form; answer with the remote's final reply.
+    EndOfData { wire: Vec<u8> },
+    /// SMTP: the transaction was reset (RSET, or a new MAIL after one).
+    Reset,
     /// The client said QUIT (its reply is in the output) or must be dropped.
     Close,
 }
 
 #[derive(Debug)]
 enum Phase {
-    /// Waiting for LHLO.
+    /// Waiting for LHLO (LMTP) or EHLO/HELO (SMTP).
     Greeted,
     Ready,
     Mail {
@@ -51,11 +82,25 @@ enum Phase {
     Delivering {
         count: usize,
     },
+    /// SMTP: waiting for the driver's answer to RCPT.
+    AwaitingRcpt {
+        sender: String,
+        recipients: Vec<String>,
+        recipient: String,
+    },
+    /// SMTP: waiting for the answer to DATA.
+    AwaitingData {
+        sender: String,
+        recipients: Vec<String>,
+    },
+    /// SMTP: waiting for the final reply to the message.
+    AwaitingEnd,
     Closed,
 }
 
-/// One LMTP session. See the module docs.
-pub struct LmtpSession {
+/// One receiving session. See the module docs.
+pub struct ReceiveSession {
+    protocol: Protocol,
     hostname: String,
     max_message_size: u64,
     phase: Phase,
@@ -66,13 +111,14 @@ pub struct LmtpSession {
     discard: Vec<u8>,
     /// Bytes to write to the client.
     pub output: Vec<u8>,
-    events: VecDeque<LmtpEvent>,
+    events: VecDeque<ReceiveEvent>,
 }
 
-impl LmtpSession {
+impl ReceiveSession {
     /// A session whose greeting is already in the output.
-    pub fn new(hostname: &str, max_message_size: u64) -> Self {
-        let mut s = LmtpSession {
+    pub fn new(protocol: Protocol, hostname: &str, max_message_size: u64) -> Self {
+        let mut s = ReceiveSession {
+            protocol,
             hostname: hostname.to_string(),
             max_message_size,
             phase: Phase::Greeted,
@@ -82,11 +128,15 @@ impl LmtpSession {
             output: Vec::new(),
             events: VecDeque::new(),
         };
-        s.reply(220, &format!("{hostname} LMTP blackpony ready"));
+        let name = match protocol {
+            Protocol::Lmtp => "LMTP",
+            Protocol::Smtp => "ESMTP",
+        };
+        s.reply(220, &format!("{hostname} {name} blackpony ready"));
         s
     }
 
-    pub fn poll_event(&mut self) -> Option<LmtpEvent> {
+    pub fn poll_event(&mut self) -> Option<ReceiveEvent> {
         self.events.pop_front()
     }
 
@@ -109,8 +159,50 @@ impl LmtpSession {
         self.phase = Phase::Closed;
     }
 
+    /// SMTP: the answer to the pending [`ReceiveEvent::Recipient`],
+    /// [`ReceiveEvent::Data`] or [`ReceiveEvent::EndOfData`].
+    pub fn answer(&mut self, reply: &Reply) {
+        match std::mem::replace(&mut self.phase, Phase::Closed) {
+            Phase::AwaitingRcpt {
+                sender,
+                mut recipients,
+                recipient,
+            } => {
+                reply.write_to(&mut self.output);
+                if reply.is_success() {
+                    recipients.push(recipient);
+                }
+                self.phase = if recipients.is_empty() {
+                    Phase::Mail { sender }
+                } else {
+                    Phase::Rcpt { sender, recipients }
+                };
+            }
+            Phase::AwaitingData { sender, recipients } => {
+                reply.write_to(&mut self.output);
+                self.phase = if reply.code() == 354 {
+                    Phase::Data {
+                        sender,
+                        recipients,
+                        scanner: DataScanner::new(),
+                        wire: Vec::new(),
+                        too_big: false,
+                    }
+                } else {
+                    Phase::Rcpt { sender, recipients }
+                };
+            }
+            Phase::AwaitingEnd => {
+                reply.write_to(&mut self.output);
+                self.phase = Phase::Ready;
+            }
+            other => self.phase = other,
+        }
+        self.advance();
+    }
+
     /// One reply per recipient of the message handed out with
-    /// [`LmtpEvent::Deliver`], in the same order (RFC 2033 §4.2).
+    /// [`ReceiveEvent::Deliver`], in the same order (RFC 2033 §4.2).
     pub fn delivered(&mut self, replies: &[Reply]) {
         let Phase::Delivering { count } = self.phase else {
             return;
@@ -128,7 +220,11 @@ impl LmtpSession {
     fn advance(&mut self) {
         loop {
             match &mut self.phase {
-                Phase::Closed | Phase::Delivering { .. } => return,
+                Phase::Closed
+                | Phase::Delivering { .. }
+                | Phase::AwaitingRcpt { .. }
+                | Phase::AwaitingData { .. }
+                | Phase::AwaitingEnd => return,
                 Phase::Data { .. } => {
                     if !self.scan_data() {
                         return;
@@ -200,20 +296,36 @@ impl LmtpSession {
         else {
             return false;
         };
-        if too_big {
-            for _ in &recipients {
-                self.reply(552, "5.3.4 Message size exceeds fixed maximum message size");
+        let refusal = "5.3.4 Message size exceeds fixed maximum message size";
+        match (self.protocol, too_big) {
+            (Protocol::Lmtp, true) => {
+                for _ in &recipients {
+                    self.reply(552, refusal);
+                }
+                true
             }
-            return true;
+            (Protocol::Smtp, true) => {
+                // The remote already said 354: end its transaction.
+                self.events.push_back(ReceiveEvent::Reset);
+                self.reply(552, refusal);
+                true
+            }
+            (Protocol::Lmtp, false) => {
+                self.phase = Phase::Delivering {
+                    count: recipients.len(),
+                };
+                self.events.push_back(ReceiveEvent::Deliver {
+                    envelope: Envelope { sender, recipients },
+                    wire,
+                });
+                false
+            }
+            (Protocol::Smtp, false) => {
+                self.phase = Phase::AwaitingEnd;
+                self.events.push_back(ReceiveEvent::EndOfData { wire });
+                false
+            }
         }
-        self.phase = Phase::Delivering {
-            count: recipients.len(),
-        };
-        self.events.push_back(LmtpEvent::Deliver {
-            envelope: Envelope { sender, recipients },
-            wire,
-        });
-        false
     }
 
     fn command(&mut self, line: &[u8]) {
@@ -223,8 +335,19 @@ impl LmtpSession {
         };
         let lhlo =
             cmd.verb == Verb::Unknown && line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"LHLO");
+        let hello = match self.protocol {
+            Protocol::Lmtp => lhlo,
+            Protocol::Smtp => cmd.verb == Verb::Ehlo,
+        };
         match (cmd.verb, &mut self.phase) {
-            (_, _) if lhlo => {
+            (Verb::Helo, _) if self.protocol == Protocol::Smtp => {
+                self.reset_transaction();
+                let name = self.hostname.clone();
+                self.reply(250, &name);
+                self.phase = Phase::Ready;
+            }
+            (_, _) if hello => {
+                self.reset_transaction();
                 let lines = vec![
                     self.hostname.clone(),
                     "PIPELINING".into(),
@@ -239,17 +362,19 @@ impl LmtpSession {
             (Verb::Quit, _) => {
                 self.reply(221, "2.0.0 Bye");
                 self.phase = Phase::Closed;
-                self.events.push_back(LmtpEvent::Close);
+                self.events.push_back(ReceiveEvent::Close);
             }
             (Verb::Noop, _) => self.reply(250, "2.0.0 Ok"),
             (Verb::Rset, Phase::Greeted) => self.reply(250, "2.0.0 Ok"),
             (Verb::Rset, _) => {
+                self.reset_transaction();
                 self.phase = Phase::Ready;
                 self.reply(250, "2.0.0 Ok");
             }
             (Verb::Vrfy, _) => self.reply(252, "2.0.0 Cannot verify, but will try delivery"),
             (Verb::Ehlo | Verb::Helo, _) => self.reply(500, "5.5.1 Error: this is LMTP, say LHLO"),
-            (_, Phase::Greeted) => self.reply(503, "5.5.1 Error: send LHLO first"),
+            (Verb::Unknown, _) if lhlo => self.reply(500, "5.5.1 Error: this is SMTP, say EHLO"),
+            (_, Phase::Greeted) => self.reply(503, "5.5.1 Error: send EHLO/LHLO first"),
             (Verb::Mail, Phase::Ready) => match path_arg(cmd.args, "FROM:") {
                 Some(sender) if sender.is_empty() || address_is_sane(&sender) => {
                     self.phase = Phase::Mail { sender };
@@ -274,11 +399,26 @@ impl LmtpSession {
                     };
                 if recipients.len() >= MAX_RECIPIENTS {
                     self.reply(452, "4.5.3 Error: too many recipients");
+                } else if self.protocol == Protocol::Smtp {
+                    self.events.push_back(ReceiveEvent::Recipient {
+                        sender: sender.clone(),
+                        recipient: rcpt.clone(),
+                    });
+                    self.phase = Phase::AwaitingRcpt {
+                        sender,
+                        recipients,
+                        recipient: rcpt,
+                    };
+                    return;
                 } else {
                     recipients.push(rcpt);
                     self.reply(250, "2.1.5 Ok");
                 }
-                self.phase = Phase::Rcpt { sender, recipients };
+                self.phase = if recipients.is_empty() {
+                    Phase::Mail { sender }
+                } else {
+                    Phase::Rcpt { sender, recipients }
+                };
             }
             (Verb::Rcpt, _) => self.reply(503, "5.5.1 Error: need MAIL command"),
             (Verb::Data, Phase::Rcpt { .. }) => {
@@ -287,6 +427,11 @@ impl LmtpSession {
                 else {
                     return;
                 };
+                if self.protocol == Protocol::Smtp {
+                    self.events.push_back(ReceiveEvent::Data);
+                    self.phase = Phase::AwaitingData { sender, recipients };
+                    return;
+                }
                 self.reply(354, "End data with <CR><LF>.<CR><LF>");
                 self.phase = Phase::Data {
                     sender,
@@ -296,7 +441,7 @@ impl LmtpSession {
                     too_big: false,
                 };
             }
-            (Verb::Data, Phase::Mail { .. }) => self.reply(503, "5.5.1 Error: need RCPT command"),
+            (Verb::Data, Phase::Mail { .. }) => self.reply(554, "5.5.1 Error: no valid recipients"),
             (Verb::Data, _) => self.reply(503, "5.5.1 Error: need MAIL command"),
             _ => self.reply(502, "5.5.2 Error: command not recognized"),
         }
@@ -304,6 +449,18 @@ impl LmtpSession {
 }
 
 /// The address in `FROM:<a@b> PARAMS` / `TO:<a@b>`, without brackets.
+impl ReceiveSession {
+    /// In SMTP mode, tells the driver to end the remote transaction when the
+    /// client starts over (RSET, EHLO) with one open.
+    fn reset_transaction(&mut self) {
+        if self.protocol == Protocol::Smtp
+            && matches!(self.phase, Phase::Mail { .. } | Phase::Rcpt { .. })
+        {
+            self.events.push_back(ReceiveEvent::Reset);
+        }
+    }
+}
+
 fn path_arg(args: &str, prefix: &str) -> Option<String> {
     let rest = args.get(..prefix.len())?;
     if !rest.eq_ignore_ascii_case(prefix) {
@@ -319,13 +476,13 @@ fn path_arg(args: &str, prefix: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn out(s: &mut LmtpSession) -> String {
+    fn out(s: &mut ReceiveSession) -> String {
         String::from_utf8(std::mem::take(&mut s.output)).unwrap()
     }
 
     #[test]
     fn one_reply_per_recipient_after_data() {
-        let mut s = LmtpSession::new("bp.example", 1000);
+        let mut s = ReceiveSession::new(Protocol::Lmtp, "bp.example", 1000);
         assert!(out(&mut s).starts_with("220 "));
         s.input(b"LHLO mta.example\r\nMAIL FROM:<>\r\nRCPT TO:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\n");
         let o = out(&mut s);
@@ -333,7 +490,7 @@ mod tests {
         s.input(b"Subject: x\r\n\r\n..dot\r\n.\r\nQUIT\r\n");
         assert_eq!(
             s.poll_event(),
-            Some(LmtpEvent::Deliver {
+            Some(ReceiveEvent::Deliver {
                 envelope: Envelope {
                     sender: String::new(),
                     recipients: vec!["a@x.example".into(), "b@y.example".into()]
@@ -350,12 +507,12 @@ mod tests {
             out(&mut s),
             "250 2.0.0 Ok: queued as R1\r\n450 4.2.0 greylisted\r\n221 2.0.0 Bye\r\n"
         );
-        assert_eq!(s.poll_event(), Some(LmtpEvent::Close));
+        assert_eq!(s.poll_event(), Some(ReceiveEvent::Close));
     }
 
     #[test]
     fn sequence_and_syntax_errors() {
-        let mut s = LmtpSession::new("bp", 1000);
+        let mut s = ReceiveSession::new(Protocol::Lmtp, "bp", 1000);
         out(&mut s);
         s.input(b"MAIL FROM:<a@b>\r\nEHLO x\r\nLHLO x\r\nRCPT TO:<a@b>\r\nMAIL FROM:<a b>\r\nMAIL FROM:<a@b>\r\nDATA\r\nRCPT TO:<a@b>\r\nRCPT TO:<bad\r\n");
         let o = out(&mut s);
@@ -367,15 +524,72 @@ mod tests {
         assert_eq!(
             codes,
             [
-                "503", "500", "250", "503", "501", "250", "503", "250", "501"
+                "503", "500", "250", "503", "501", "250", "554", "250", "501"
             ],
             "{o}"
         );
     }
 
     #[test]
+    fn smtp_mode_waits_for_the_remote_answers() {
+        let mut s = ReceiveSession::new(Protocol::Smtp, "bp", 1000);
+        assert!(out(&mut s).contains("ESMTP"));
+        // A pipelining client: everything at once.
+        s.input(b"EHLO mta\r\nMAIL FROM:<s@x>\r\nRCPT TO:<a@y>\r\nRCPT TO:<b@y>\r\nDATA\r\nhello\r\n.\r\nQUIT\r\n");
+        let o = out(&mut s);
+        assert!(o.ends_with("250 2.1.0 Ok\r\n"), "{o}");
+        assert_eq!(
+            s.poll_event(),
+            Some(ReceiveEvent::Recipient {
+                sender: "s@x".into(),
+                recipient: "a@y".into()
+            })
+        );
+        assert_eq!(s.poll_event(), None, "nothing more until the answer");
+        s.answer(&Reply::new(550, "5.1.1 remote says no"));
+        assert_eq!(out(&mut s), "550 5.1.1 remote says no\r\n");
+        assert!(
+            matches!(s.poll_event(), Some(ReceiveEvent::Recipient { recipient, .. }) if recipient == "b@y")
+        );
+        s.answer(&Reply::new(250, "2.1.5 remote ok"));
+        assert_eq!(s.poll_event(), Some(ReceiveEvent::Data));
+        s.answer(&Reply::new(354, "remote go ahead"));
+        assert_eq!(
+            s.poll_event(),
+            Some(ReceiveEvent::EndOfData {
+                wire: b"hello\r\n.\r\n".to_vec()
+            })
+        );
+        assert_eq!(
+            out(&mut s),
+            "250 2.1.5 remote ok\r\n354 remote go ahead\r\n"
+        );
+        s.answer(&Reply::new(250, "2.0.0 remote queued"));
+        assert_eq!(out(&mut s), "250 2.0.0 remote queued\r\n221 2.0.0 Bye\r\n");
+        assert_eq!(s.poll_event(), Some(ReceiveEvent::Close));
+    }
+
+    #[test]
+    fn smtp_mode_data_refused_and_reset() {
+        let mut s = ReceiveSession::new(Protocol::Smtp, "bp", 1000);
+        s.input(b"HELO mta\r\nMAIL FROM:<s@x>\r\nRCPT TO:<a@y>\r\n");
+        s.poll_event();
+        s.answer(&Reply::new(250, "2.1.5 ok"));
+        s.input(b"DATA\r\n");
+        assert_eq!(s.poll_event(), Some(ReceiveEvent::Data));
+        s.answer(&Reply::new(451, "4.3.0 remote busy"));
+        out(&mut s);
+        s.input(b"RSET\r\nDATA\r\n");
+        assert_eq!(s.poll_event(), Some(ReceiveEvent::Reset));
+        assert_eq!(
+            out(&mut s),
+            "250 2.0.0 Ok\r\n503 5.5.1 Error: need MAIL command\r\n"
+        );
+    }
+
+    #[test]
     fn oversized_message() {
-        let mut s = LmtpSession::new("bp", 10);
+        let mut s = ReceiveSession::new(Protocol::Lmtp, "bp", 10);
         s.input(b"LHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n");
         out(&mut s);
         s.input(b"0123456789012345678901234567890\r\n.\r\n");

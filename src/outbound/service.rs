@@ -1,0 +1,305 @@
+//! The MTA-facing service of the outbound transport: the I/O loop around a
+//! [`ReceiveSession`]. One loop serves standard input/output (`blackpony
+//! lmtp`) and each connection of `blackpony outbound`.
+//!
+//! - LMTP: the whole message is received, delivered, and answered with one
+//!   reply per recipient.
+//! - SMTP: a per-transaction proxy. The first RCPT opens a session with the
+//!   recipient domain's MX and sends MAIL there; every RCPT, DATA and the
+//!   end of data are answered with the remote's own reply, so the MTA never
+//!   hears 250 before the remote said it. Recipients of a second domain get
+//!   `452 4.5.3` and come back in the MTA's next transaction.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::deliver::{Connection, OpenRoute};
+use super::{Deliverer, RecipientStatus};
+use crate::log;
+use crate::smtp::envelope::domain_of;
+use crate::smtp::server::{Protocol, ReceiveEvent, ReceiveSession};
+use crate::smtp::{EhloReply, Reply, ReplyParser};
+
+/// How long the MTA may stay silent (RFC 5321 §4.5.3.2.7).
+const IDLE: Duration = Duration::from_secs(300);
+
+/// Serves one MTA connection until it quits or goes away.
+pub async fn serve<R, W>(
+    protocol: Protocol,
+    mut reader: R,
+    mut writer: W,
+    deliverer: &Deliverer,
+    max_message_size: u64,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut session = ReceiveSession::new(protocol, &deliverer.helo_name, max_message_size);
+    let mut remote: Option<Remote> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        while let Some(event) = session.poll_event() {
+            match event {
+                ReceiveEvent::Deliver { envelope, wire } => {
+                    let results = deliverer.deliver_wire(&envelope, wire).await;
+                    let replies: Vec<_> = results.into_iter().map(|r| r.reply).collect();
+                    session.delivered(&replies);
+                }
+                ReceiveEvent::Recipient { sender, recipient } => {
+                    let reply = recipient_reply(deliverer, &mut remote, &sender, &recipient).await;
+                    session.answer(&reply);
+                }
+                ReceiveEvent::Data => {
+                    let reply = match remote.as_mut() {
+                        Some(r) => r.command(deliverer, "DATA").await,
+                        None => Reply::new(503, "5.5.1 Error: no valid recipients"),
+                    };
+                    session.answer(&reply);
+                }
+                ReceiveEvent::EndOfData { wire } => {
+                    let reply = match remote.take() {
+                        Some(mut r) => {
+                            let reply = r.send_message(deliverer, &wire).await;
+                            r.log_results(&reply);
+                            r.quit().await;
+                            reply
+                        }
+                        None => Reply::new(451, "4.3.0 Error: lost the remote session"),
+                    };
+                    session.answer(&reply);
+                }
+                ReceiveEvent::Reset | ReceiveEvent::Close => {
+                    if let Some(r) = remote.take() {
+                        r.quit().await;
+                    }
+                }
+            }
+        }
+        if !session.output.is_empty() {
+            if writer.write_all(&session.output).await.is_err() || writer.flush().await.is_err() {
+                break;
+            }
+            session.output.clear();
+        }
+        if session.is_closed() {
+            let _ = writer.shutdown().await;
+            break;
+        }
+        match tokio::time::timeout(IDLE, reader.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => session.input(&buf[..n]),
+            _ => {
+                session.eof();
+                break;
+            }
+        }
+    }
+    if let Some(r) = remote.take() {
+        r.quit().await;
+    }
+}
+
+/// The remote's reply to one RCPT of the SMTP proxy, opening the remote
+/// session (and sending MAIL) for the transaction's first recipient.
+async fn recipient_reply(
+    deliverer: &Deliverer,
+    remote: &mut Option<Remote>,
+    sender: &str,
+    recipient: &str,
+) -> Reply {
+    let Some(domain) = domain_of(recipient) else {
+        return Reply::new(501, "5.1.3 Bad recipient address syntax");
+    };
+    if let Some(r) = remote.as_mut() {
+        if r.domain != domain {
+            return Reply::new(
+                452,
+                "4.5.3 One destination domain per transaction: send the other recipients in a new transaction",
+            );
+        }
+        let reply = r
+            .command(deliverer, &format!("RCPT TO:<{recipient}>"))
+            .await;
+        r.note_recipient(recipient, &reply);
+        return reply;
+    }
+    let OpenRoute { conn, caps } = match deliverer.open_route(&domain).await {
+        Ok(open) => open,
+        Err(reply) => {
+            log_status(deliverer, recipient, &reply, None, Instant::now());
+            return reply;
+        }
+    };
+    let mut r = Remote {
+        domain,
+        conn,
+        caps,
+        started: Instant::now(),
+        accepted: Vec::new(),
+    };
+    let mut mail = format!("MAIL FROM:<{sender}>");
+    if r.caps.has("8BITMIME") {
+        mail.push_str(" BODY=8BITMIME");
+    }
+    if !sender.is_ascii() || !recipient.is_ascii() {
+        if !r.caps.has("SMTPUTF8") {
+            r.quit().await;
+            return Reply::new(
+                553,
+                "5.6.7 Non-ASCII address and the receiving server does not offer SMTPUTF8",
+            );
+        }
+        mail.push_str(" SMTPUTF8");
+    }
+    let mail_reply = r.command(deliverer, &mail).await;
+    if !mail_reply.is_success() {
+        // The remote refused the sender: that is this recipient's answer.
+        r.quit().await;
+        return mail_reply;
+    }
+    let reply = r
+        .command(deliverer, &format!("RCPT TO:<{recipient}>"))
+        .await;
+    r.note_recipient(recipient, &reply);
+    *remote = Some(r);
+    reply
+}
+
+/// An open session with a remote MX for one transaction of the SMTP proxy.
+struct Remote {
+    domain: String,
+    conn: Connection,
+    caps: EhloReply,
+    started: Instant,
+    /// Recipients the remote accepted, for the log.
+    accepted: Vec<String>,
+}
+
+impl Remote {
+    fn note_recipient(&mut self, recipient: &str, reply: &Reply) {
+        if reply.is_success() {
+            self.accepted.push(recipient.to_string());
+        }
+    }
+
+    fn relay(&self) -> (String, SocketAddr) {
+        (self.conn.host.clone(), self.conn.addr)
+    }
+
+    /// Sends one command and returns the remote's reply; a broken
+    /// connection becomes a 451 (the MTA retries).
+    async fn command(&mut self, deliverer: &Deliverer, line: &str) -> Reply {
+        let mut bytes = Vec::with_capacity(line.len() + 2);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.extend_from_slice(b"\r\n");
+        self.exchange(deliverer, &bytes, line).await
+    }
+
+    /// Sends the message (DATA form, with its terminator) and returns the
+    /// remote's final reply.
+    async fn send_message(&mut self, deliverer: &Deliverer, wire: &[u8]) -> Reply {
+        self.exchange(deliverer, wire, "end of data").await
+    }
+
+    async fn exchange(&mut self, deliverer: &Deliverer, bytes: &[u8], what: &str) -> Reply {
+        let timeout = deliverer.limits.reply_timeout;
+        let lost = |host: &str, addr: SocketAddr| {
+            Reply::new(
+                451,
+                format!(
+                    "4.4.2 Lost connection with {host}[{}] while waiting for the reply to {what}",
+                    addr.ip()
+                ),
+            )
+        };
+        let (host, addr) = self.relay();
+        let Some(stream) = self.conn.stream.as_mut() else {
+            return lost(&host, addr);
+        };
+        let sent = tokio::time::timeout(timeout, async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        })
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            self.conn.stream = None;
+            return lost(&host, addr);
+        }
+        let mut buf = [0u8; 4096];
+        loop {
+            match ReplyParser::next_span(&self.conn.inbuf) {
+                Ok(Some(span)) => {
+                    let reply = Reply::from_span(&self.conn.inbuf, span);
+                    self.conn.inbuf.drain(..span.len);
+                    return reply;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.conn.stream = None;
+                    return Reply::new(
+                        451,
+                        format!("4.5.0 {host}[{}] does not speak SMTP: {e}", addr.ip()),
+                    );
+                }
+            }
+            let Some(stream) = self.conn.stream.as_mut() else {
+                return lost(&host, addr);
+            };
+            match tokio::time::timeout(timeout, stream.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => self.conn.inbuf.extend_from_slice(&buf[..n]),
+                _ => {
+                    self.conn.stream = None;
+                    return lost(&host, addr);
+                }
+            }
+        }
+    }
+
+    fn log_results(&self, reply: &Reply) {
+        for rcpt in &self.accepted {
+            let status = RecipientStatus {
+                recipient: rcpt.clone(),
+                reply: reply.clone(),
+                relay: Some(self.relay()),
+                tls: self.conn.tls.clone(),
+                verdict: self.conn.verdict.clone(),
+                level: self.conn.level(),
+                delay: self.started.elapsed(),
+            };
+            log!("{}", status.log_line());
+        }
+    }
+
+    /// Ends the remote session politely (bounded; errors do not matter).
+    async fn quit(mut self) {
+        if let Some(stream) = self.conn.stream.as_mut() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                let _ = stream.write_all(b"QUIT\r\n").await;
+                let _ = stream.flush().await;
+                let mut buf = [0u8; 512];
+                let _ = stream.read(&mut buf).await;
+            })
+            .await;
+        }
+    }
+}
+
+fn log_status(
+    _deliverer: &Deliverer,
+    recipient: &str,
+    reply: &Reply,
+    relay: Option<(String, SocketAddr)>,
+    started: Instant,
+) {
+    let status = RecipientStatus {
+        recipient: recipient.to_string(),
+        reply: reply.clone(),
+        relay,
+        tls: None,
+        verdict: None,
+        level: super::SecurityLevel::Plaintext,
+        delay: started.elapsed(),
+    };
+    log!("{}", status.log_line());
+}
