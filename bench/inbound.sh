@@ -106,6 +106,16 @@ wait_port() {
     die "nothing listens on 127.0.0.1:$1 (see $T/*.log)"
 }
 
+cpu_busy() { # [SECONDS] : percent of CPU used by anything (the benchmark is idle meanwhile)
+    local a b
+    a=($(head -1 /proc/stat)); sleep "${1:-1}"; b=($(head -1 /proc/stat))
+    local tot=0 idle i
+    for i in 1 2 3 4 5 6 7 8; do tot=$((tot + b[i] - a[i])); done
+    idle=$(( (b[4] - a[4]) + (b[5] - a[5]) ))
+    echo $(( tot > 0 ? 100 * (tot - idle) / tot : 0 ))
+}
+BUSY=$(cpu_busy)
+[ "$BUSY" -gt 15 ] && say "WARNING: the machine was ${BUSY}% busy before the benchmark started; numbers will be noisy"
 say "building the load generator (bench/smtpload.c)"
 cc -O2 -o "$T/smtpload" "$HERE/smtpload.c" -lssl -lcrypto
 LOAD=$T/smtpload
@@ -119,8 +129,8 @@ openssl req -x509 "${keyopt[@]}" -nodes -days 2 -subj /CN=bench.test \
     -keyout "$T/key.pem" -out "$T/cert.pem" 2>/dev/null
 chmod 644 "$T/key.pem"
 
-read -r SINK BP HAP NGX NGXTLS NGXAUTH STN \
-        MSINK MBP MHAP MNGX MNGXAUTH <<<"$("$PY" "$HERE/smtpbench.py" ports 12)"
+read -r SINK BP BPN HAP NGX NGXTLS NGXAUTH STN \
+        MSINK MBP MHAP MNGX MNGXAUTH <<<"$("$PY" "$HERE/smtpbench.py" ports 13)"
 
 # One sink for all throughput runs; -c prints running counters (sessions,
 # QUITs, messages) that tell whether every message arrived.
@@ -128,6 +138,10 @@ start sink smtp-sink -u postfix -c -m 5000 "127.0.0.1:$SINK" 4096
 
 start blackpony "$BLACKPONY" inbound --listen "127.0.0.1:$BP" --backend "127.0.0.1:$SINK" \
     --identity none --hostname bench.test --tls-cert "$T/cert.pem" --tls-key "$T/key.pem"
+# the same without the Received: header, to show what the header costs
+start blackpony_nth "$BLACKPONY" inbound --listen "127.0.0.1:$BPN" --backend "127.0.0.1:$SINK" \
+    --identity none --hostname bench.test --tls-cert "$T/cert.pem" --tls-key "$T/key.pem" \
+    --no-trace-header
 
 haproxy_conf() { # FILE LISTEN BACKEND
     cat >"$1" <<EOF
@@ -219,7 +233,7 @@ key = $T/key.pem
 EOF
 start stunnel "$STUNNEL" "$T/stunnel.conf"
 
-for p in "$SINK" "$BP" "$HAP" "$NGX" "$NGXTLS" "$STN"; do wait_port "$p"; done
+for p in "$SINK" "$BP" "$BPN" "$HAP" "$NGX" "$NGXTLS" "$STN"; do wait_port "$p"; done
 sleep 0.3
 # nginx: the worker processes do the work (the master only supervises)
 # shellcheck disable=SC2154
@@ -311,22 +325,18 @@ run_load() {
     say "  $key: $rate msgs/s (sink got $((after - before)) of $msgs, client accepted $ok; server cpu $us us/msg, generator cpu $(jget gen_cpu <<<"$out") s)"
 }
 
-cpu_busy() { # percent of CPU used by anything over one second
-    local a b
-    a=($(head -1 /proc/stat)); sleep 1; b=($(head -1 /proc/stat))
-    local tot=0 idle i
-    for i in 1 2 3 4 5 6 7 8; do tot=$((tot + b[i] - a[i])); done
-    idle=$(( (b[4] - a[4]) + (b[5] - a[5]) ))
-    echo $(( tot > 0 ? 100 * (tot - idle) / tot : 0 ))
-}
-BUSY=$(cpu_busy)
-[ "$BUSY" -gt 15 ] && say "WARNING: the machine was ${BUSY}% busy before the benchmark started; numbers will be noisy"
+# between rounds: how busy is the machine while the benchmark itself rests?
+BG_BUSY=()
+bg_check() { BG_BUSY+=("$(cpu_busy 0.5)"); }
 
 # ------------------------------------------------------------------ 1. plaintext, smtp-source
 say "1. plaintext, smtp-source -d -s $SESSIONS -m $PLAIN_MSGS -l $SIZE ($REPS rounds)"
 for r in $(seq "$REPS"); do
+    bg_check
     run_source direct "$SINK" "$PID_sink"
     run_source blackpony "$BP" "$PID_blackpony"
+    # shellcheck disable=SC2154
+    run_source blackpony_nth "$BPN" "$PID_blackpony_nth"
     run_source haproxy "$HAP" "$PID_haproxy"
     run_source nginx "$NGX" "$NGX_PIDS"
 done
@@ -334,6 +344,7 @@ done
 # ------------------------------------------------------------------ 2. STARTTLS, smtpload
 say "2. STARTTLS, smtpload: $SESSIONS sessions, $TLS_MSGS messages kept / $PERCONN_MSGS one per connection ($REPS rounds)"
 for r in $(seq "$REPS"); do
+    bg_check
     run_load gen_plain "$SINK" "$PID_sink" "$TLS_MSGS"
     run_load gen_plain_bp "$BP" "$PID_blackpony" "$TLS_MSGS"
     run_load tls_bp "$BP" "$PID_blackpony" "$TLS_MSGS" -T
@@ -341,6 +352,7 @@ for r in $(seq "$REPS"); do
     run_load tls_stunnel "$STN" "$PID_stunnel" "$TLS_MSGS" -T
 done
 for r in $(seq "$REPS"); do
+    bg_check
     run_load pc_plain "$SINK" "$PID_sink" "$PERCONN_MSGS" -1
     run_load pc_bp "$BP" "$PID_blackpony" "$PERCONN_MSGS" -1 -T
     run_load pc_nginx "$NGXTLS" "$NGX_PIDS" "$PERCONN_MSGS" -1 -T
@@ -385,7 +397,7 @@ run_idle nginx "$MNGX" "$NGX_WORKERS"
 # ------------------------------------------------------------------ report
 # Did blackpony log anything that is not a normal session line?
 BP_ODD=$(grep -v -E ' (connect|disconnect|starttls) client=| shutdown: |listening|started|certificate' \
-    "$T/blackpony.log" "$T/mblackpony.log" 2>/dev/null | head -5 || true)
+    "$T/blackpony.log" "$T/blackpony_nth.log" "$T/mblackpony.log" 2>/dev/null | head -5 || true)
 
 med() { median <<<"${RATES[$1]:-}"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
@@ -411,11 +423,14 @@ echo "peers: $(haproxy -v 2>/dev/null | head -1 | awk '{print "haproxy", $3}'), 
 echo "msgs/s and cpu: medians of $REPS runs. cpu us/m = CPU time (user+system) of the server under test per message:"
 echo "  smtp-sink for 'direct' and reference rows, else the proxy alone (nginx: its workers). lost = messages sent minus"
 echo "  messages smtp-sink counted, summed over all runs; err = errors the client saw, summed over all runs"
-[ "$BUSY" -gt 15 ] && echo "WARNING: the machine was ${BUSY}% busy before the start; numbers are noisy"
+BG_MAX=$(printf '%s\n' "$BUSY" "${BG_BUSY[@]}" | sort -n | tail -1)
+echo "other load: ${BUSY}% CPU busy at the start; between rounds (benchmark idle): ${BG_BUSY[*]/%/%}"
+[ "$BG_MAX" -gt 15 ] && echo "WARNING: something else used up to ${BG_MAX}% of the CPU during the run; the figures are noisy"
 echo
 head_row "1. plaintext, smtp-source -d -s $SESSIONS -m $PLAIN_MSGS -l $SIZE"
 row "direct to smtp-sink" direct direct
 row "blackpony inbound (identity none, trace header)" blackpony direct
+row "blackpony inbound --no-trace-header" blackpony_nth direct
 row "haproxy (mode tcp)" haproxy direct
 row "nginx mail proxy (smtp_auth none, xclient off)" nginx direct
 echo
