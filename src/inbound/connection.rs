@@ -17,8 +17,35 @@ use crate::log;
 use crate::smtp::Reply;
 use crate::transport::{ServerTls, Stream, TlsInfo};
 
-/// Size of each read buffer: large reads mean few system calls per message.
-const READ_BUFFER: usize = 64 * 1024;
+/// Read buffers start small, so thousands of idle connections cost little,
+/// and grow (up to [`MAX_READ_BUFFER`]) when a read fills them, so a bulk
+/// transfer needs few system calls.
+const MIN_READ_BUFFER: usize = 2 * 1024;
+const MAX_READ_BUFFER: usize = 64 * 1024;
+
+/// A read buffer that doubles when a read fills it.
+struct ReadBuffer(Vec<u8>);
+
+impl ReadBuffer {
+    fn new() -> Self {
+        ReadBuffer(vec![0; MIN_READ_BUFFER])
+    }
+
+    fn space(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+
+    /// Called after a read of `n` bytes; returns them.
+    fn filled(&mut self, n: usize) -> &[u8] {
+        if n == self.0.len() && self.0.len() < MAX_READ_BUFFER {
+            let grown = self.0.len() * 2;
+            let mut bigger = vec![0; grown];
+            bigger[..n].copy_from_slice(&self.0[..n]);
+            self.0 = bigger;
+        }
+        &self.0[..n]
+    }
+}
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
@@ -118,8 +145,8 @@ struct Run<'a> {
 impl Run<'_> {
     async fn drive(&mut self, mut client: Stream<TcpStream>, mut backend: BackendConn) {
         let config = &self.shared.config;
-        let mut client_buf = vec![0u8; READ_BUFFER];
-        let mut backend_buf = vec![0u8; READ_BUFFER];
+        let mut client_buf = ReadBuffer::new();
+        let mut backend_buf = ReadBuffer::new();
         let sleep = tokio::time::sleep(config.client_timeout);
         tokio::pin!(sleep);
 
@@ -212,16 +239,16 @@ impl Run<'_> {
             };
             sleep.as_mut().reset(tokio::time::Instant::now() + wait);
             tokio::select! {
-                read = client.read(&mut client_buf), if self.session.wants_client_input() => {
+                read = client.read(client_buf.space()), if self.session.wants_client_input() => {
                     match read {
                         Ok(0) | Err(_) => self.session.client_eof(),
-                        Ok(n) => self.session.client_input(&client_buf[..n]),
+                        Ok(n) => self.session.client_input(client_buf.filled(n)),
                     }
                 }
-                read = backend.reader.read(&mut backend_buf) => {
+                read = backend.reader.read(backend_buf.space()) => {
                     match read {
                         Ok(0) | Err(_) => self.session.backend_eof(),
-                        Ok(n) => self.session.backend_input(&backend_buf[..n]),
+                        Ok(n) => self.session.backend_input(backend_buf.filled(n)),
                     }
                 }
                 () = &mut sleep => self.session.timeout(),

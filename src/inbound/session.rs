@@ -200,6 +200,9 @@ enum Then {
 #[derive(Debug)]
 struct Message {
     scanner: DataScanner,
+    /// The trace header is written with the first message bytes, so it
+    /// leaves in the same write as they do (not as a write of its own).
+    trace_pending: bool,
     /// Set once the message is refused; it is read to its end, not forwarded.
     refusal: Option<(Reply, Notice)>,
 }
@@ -285,16 +288,16 @@ impl Session {
             local,
             phase: Phase::Opening,
             pending,
-            client_in: Vec::with_capacity(4096),
-            backend_in: Vec::with_capacity(4096),
+            client_in: Vec::new(),
+            backend_in: Vec::new(),
             skipping_line: false,
             hello: Hello::default(),
             tls: None,
             xclient: XclientAttrs::default(),
             backend_size: None,
             actions: VecDeque::new(),
-            to_client: Vec::with_capacity(4096),
-            to_backend: Vec::with_capacity(16 * 1024),
+            to_client: Vec::new(),
+            to_backend: Vec::new(),
             discard: Vec::new(),
             stats: Stats::default(),
         }
@@ -703,18 +706,9 @@ impl Session {
 
     /// Enters the message after a 354, starting with the trace header.
     fn start_message(&mut self) {
-        if self.config.trace_header {
-            let facts = TraceFacts {
-                helo: self.hello.name.as_deref(),
-                esmtp: self.hello.esmtp,
-                client_ip: self.client.ip(),
-                by: &self.config.hostname,
-                tls: self.tls.as_ref(),
-            };
-            write_received(&facts, SystemTime::now(), &mut self.to_backend);
-        }
         self.phase = Phase::Message(Message {
             scanner: DataScanner::new(),
+            trace_pending: self.config.trace_header,
             refusal: None,
         });
     }
@@ -734,6 +728,17 @@ impl Session {
         };
         if self.client_in.is_empty() {
             return false;
+        }
+        if message.trace_pending {
+            message.trace_pending = false;
+            let facts = TraceFacts {
+                helo: self.hello.name.as_deref(),
+                esmtp: self.hello.esmtp,
+                client_ip: self.client.ip(),
+                by: &self.config.hostname,
+                tls: self.tls.as_ref(),
+            };
+            write_received(&facts, SystemTime::now(), &mut self.to_backend);
         }
         let out = if message.refusal.is_some() {
             self.discard.clear();
