@@ -152,3 +152,78 @@ def unverified_tls_context() -> ssl.SSLContext:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+class PipeLMTP:
+    """An LMTP client for a server on a child's stdin/stdout (`blackpony lmtp`): send a
+    command, read one (possibly multi-line) reply, every read bounded by timeout."""
+
+    def __init__(self, cmd: list[str], timeout: float = 60):
+        import queue
+        import threading
+        self.timeout = timeout
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        self.lines: "queue.Queue[Optional[bytes]]" = queue.Queue()
+        self.stdout_lines: list[bytes] = []   # everything the server wrote on stdout
+        self.stderr = b""
+
+        def pump_stdout():
+            for line in self.proc.stdout:
+                self.stdout_lines.append(line)
+                self.lines.put(line.rstrip(b"\r\n"))
+            self.lines.put(None)
+
+        def pump_stderr():
+            self.stderr = self.proc.stderr.read()
+        self._threads = [threading.Thread(target=pump_stdout, daemon=True),
+                         threading.Thread(target=pump_stderr, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def reply(self) -> Optional[Reply]:
+        import queue
+        lines = []
+        while True:
+            try:
+                line = self.lines.get(timeout=self.timeout)
+            except queue.Empty:
+                raise TimeoutError(f"no reply within {self.timeout}s; got so far {lines}")
+            if line is None:
+                return Reply(lines) if lines else None
+            lines.append(line)
+            if len(line) < 4 or line[3:4] != b"-":
+                return Reply(lines)
+
+    def send(self, data: bytes):
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def cmd(self, line: str) -> Optional[Reply]:
+        self.send(line.encode() + b"\r\n")
+        return self.reply()
+
+    def close(self, timeout: float = 30) -> int:
+        """Close stdin, wait for the exit status (killing the child if it hangs)."""
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(timeout=10)
+        for t in self._threads:
+            t.join(timeout=10)
+        return code
+
+
+def dot_stuff(message: bytes) -> bytes:
+    """A message (any line ends) as SMTP/LMTP DATA: CRLF lines, dot-stuffed, ending in
+    CRLF.CRLF."""
+    lines = message.replace(b"\r\n", b"\n").split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out = b"".join((b"." + l if l.startswith(b".") else l) + b"\r\n" for l in lines)
+    return out + b".\r\n"

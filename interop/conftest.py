@@ -1,5 +1,7 @@
 """Fixtures for the real-peer interop suite: private Postfix instances on loopback and
-`blackpony inbound` processes in front of them.
+`blackpony inbound` processes in front of them; for the outbound side, the fake internet,
+`blackpony outbound` on TCP and on a Unix socket, a sending Postfix and an Exim that hand
+their mail to blackpony.
 
 Every fixture stops what it started (postfix -c DIR stop + kill leftovers, SIGTERM/SIGKILL
 for blackpony), even when a test fails. A missing tool is an error, never a skip.
@@ -14,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from interop.peers import Blackpony, MissingTool, Postfix, blackpony_bin, make_temp_dir, require_tool
+from interop.peers import (Blackpony, BlackponyOutbound, Exim, FakeInternet, MissingTool,
+                           Postfix, blackpony_bin, make_temp_dir, require_tool)
 
 REQUIRED_TOOLS = ("postfix", "smtp-source", "swaks", "openssl", "script")
 
@@ -147,3 +150,136 @@ def mode_blackpony(_module_blackponies, pf_proxy, pf_xclient):
             cache[mode] = (_module_blackponies(pf, mode, name=f"bp-{mode}"), pf)
         return cache[mode]
     return get
+
+
+# --------------------------------------------------------------------------------------
+# Outbound: the fake internet, blackpony's LMTP servers, and MTAs that hand mail to them
+# --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def internet(workdir):
+    """dnsmasq + MX hosts on 127.0.10.x (interop/peers.py FakeInternet)."""
+    net = FakeInternet(workdir / "internet")
+    net.start()
+    try:
+        yield net
+    finally:
+        net.stop()
+
+
+def owned_dir(path: Path, user: str = "root") -> Path:
+    """A new directory owned by user (a state directory for blackpony run as that user)."""
+    import pwd
+    pw = pwd.getpwnam(user)
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o755)
+    os.chown(path, pw.pw_uid, pw.pw_gid)
+    return path
+
+
+@pytest.fixture(scope="module")
+def public_blackpony(workdir) -> Path:
+    """A copy of the blackpony binary, mode 755 in a 755 directory: what an MTA's
+    unprivileged delivery user (pipe(8) user=nobody, Exim's user) can execute even when the
+    build tree is not reachable for it."""
+    d = workdir / "bin"
+    d.mkdir(exist_ok=True)
+    os.chmod(d, 0o755)
+    dst = d / "blackpony"
+    shutil.copy2(blackpony_bin(), dst)
+    os.chmod(dst, 0o755)
+    return dst
+
+
+def _outbound(workdir: Path, internet, name: str, unix: bool):
+    state = owned_dir(workdir / f"state-{name}")
+    sock = None
+    if unix:
+        sock_dir = workdir / f"sock-{name}"
+        sock_dir.mkdir()
+        os.chmod(sock_dir, 0o755)
+        sock = sock_dir / "lmtp"
+    bp = BlackponyOutbound(workdir / "logs", args=internet.outbound_args(state),
+                           unix_path=sock, name=name)
+    bp.start()
+    try:
+        if sock is not None:
+            # MTAs' LMTP clients run unprivileged (Postfix lmtp as postfix, Exim as its
+            # user) and connecting needs write permission on the socket: what a service
+            # manager's SocketMode= or an admin's chmod gives.
+            os.chmod(sock, 0o666)
+        yield bp
+    finally:
+        bp.stop()
+
+
+@pytest.fixture(scope="module")
+def outbound_tcp(workdir, internet):
+    """`blackpony outbound --listen 127.0.0.1:PORT --protocol lmtp` on the fake internet."""
+    yield from _outbound(workdir, internet, "outbound-tcp", unix=False)
+
+
+@pytest.fixture(scope="module")
+def outbound_unix(workdir, internet):
+    """`blackpony outbound --listen unix:PATH --protocol lmtp` on the fake internet."""
+    yield from _outbound(workdir, internet, "outbound-unix", unix=True)
+
+
+# The sending Postfix picks blackpony's transport by envelope sender.
+SENDER_DOMAIN = "sender.test"
+SENDER_PIPE = f"pipe@{SENDER_DOMAIN}"
+SENDER_LMTP_INET = f"lmtp-inet@{SENDER_DOMAIN}"
+SENDER_LMTP_UNIX = f"lmtp-unix@{SENDER_DOMAIN}"
+
+
+@pytest.fixture(scope="module")
+def pf_sender(workdir, internet, public_blackpony, outbound_tcp, outbound_unix):
+    """A second private Postfix acting as the sending MTA, with blackpony as its transport:
+    mail from pipe@sender.test goes through pipe(8) to `blackpony deliver` (as nobody),
+    lmtp-inet@ through lmtp:inet: to `blackpony outbound` on TCP, lmtp-unix@ through
+    lmtp:unix: to `blackpony outbound` on a Unix socket. Bounces to sender.test stay local."""
+    base = workdir / "postfix-sender"
+    base.mkdir()
+    os.chmod(base, 0o755)
+    state = owned_dir(workdir / "state-pipe", "nobody")
+    maps = base / "sender_transport"
+    maps.write_text(
+        f"{SENDER_PIPE} blackpony:\n"
+        f"{SENDER_LMTP_INET} lmtp:inet:{outbound_tcp.host}:{outbound_tcp.port}\n"
+        f"{SENDER_LMTP_UNIX} lmtp:unix:{outbound_unix.unix_path}\n")
+    os.chmod(maps, 0o644)
+    argv = " ".join([str(public_blackpony), "deliver",
+                     *internet.outbound_args(state), "-f", "${sender}", "--", "${recipient}"])
+    services = (
+        "lmtp      unix  -       -       n       -       -       lmtp\n"
+        "blackpony unix  -       n       n       -       -       pipe\n"
+        f"  flags=Rq user=nobody argv={argv}\n")
+    pf = Postfix(base, domains=(SENDER_DOMAIN,), services=services, settings={
+        "myhostname": "relay.sender.test",
+        "mydomain": SENDER_DOMAIN,
+        "myorigin": SENDER_DOMAIN,
+        "sender_dependent_default_transport_maps": f"texthash:{maps}",
+        "delay_warning_time": "0",
+        "smtpd_banner": "$myhostname ESMTP Postfix (blackpony interop sender)",
+    })
+    try:
+        pf.start()
+        yield pf
+    finally:
+        pf.stop()
+
+
+@pytest.fixture(scope="module")
+def exim(workdir, internet, public_blackpony, outbound_unix):
+    """A private Exim (unpacked from the Debian package) handing mail to blackpony over
+    LMTP: from command@sender.test through the lmtp transport's `command` (`blackpony
+    lmtp` on a pipe), from socket@sender.test through its `socket` (`blackpony outbound`)."""
+    from interop.peers import EXIM_USER
+    state = owned_dir(workdir / "state-exim", EXIM_USER)
+    command = " ".join([str(public_blackpony), "lmtp", *internet.outbound_args(state)])
+    ex = Exim(workdir / "exim", command=command, socket_path=outbound_unix.unix_path)
+    res = ex.check_config()
+    if res.returncode != 0:
+        pytest.fail(f"exim -bV with {ex.conf} failed:\n{res.stdout}\n{res.stderr}",
+                    pytrace=False)
+    yield ex

@@ -1,5 +1,7 @@
 """Real peers for blackpony's interop tests and demo: a private Postfix on loopback and a
-running `blackpony inbound`.
+running `blackpony inbound`; for the outbound side, a fake internet (dnsmasq + MX hosts on
+127.0.10.x: Postfix, smtp-sink, interop/fake_mx.py), `blackpony outbound`, `blackpony
+deliver`, and an Exim unpacked from its Debian package.
 
 One implementation, used by the pytest fixtures (interop/conftest.py) and by the demo
 (`python3 -m interop.demo`, run by scripts/demo.sh).
@@ -179,11 +181,17 @@ class Postfix:
 
     proxy=True  -> smtpd_upstream_proxy_protocol = haproxy (PROXY v1 and v2)
     xclient=True -> smtpd_authorized_xclient_hosts (and _xforward_hosts) = 127.0.0.1
-    Delivery: every recipient in example.test goes to the Maildir <base>/mail/inbox/.
+    Delivery: every recipient in example.test (or in `domains`) goes to the Maildir
+    <base>/mail/inbox/. `listeners` adds smtpd services on more addresses (with `-o`
+    overrides), `settings` replaces or adds main.cf parameters, `services` adds master.cf
+    lines (an lmtp or pipe transport, tlsmgr).
     """
 
     def __init__(self, base: Path, *, proxy: bool = False, xclient: bool = False,
-                 port: Optional[int] = None, host: str = "127.0.0.1"):
+                 port: Optional[int] = None, host: str = "127.0.0.1",
+                 domains: Iterable[str] = (MAIL_DOMAIN,),
+                 listeners: Iterable[tuple[str, int, dict]] = (),
+                 settings: Optional[dict] = None, services: str = ""):
         self.postfix = require_tool("postfix")
         self.script = require_tool("script")
         self.base = Path(base)
@@ -191,6 +199,13 @@ class Postfix:
         self.port = port or free_port(host)
         self.proxy = proxy
         self.xclient = xclient
+        # Virtual mailbox domains (all land in one Maildir), more smtpd listeners
+        # (host, port, {param: value} for `-o`), main.cf parameters that replace or add to
+        # the generated ones, and more master.cf lines (transports such as lmtp or pipe).
+        self.domains = list(domains)
+        self.listeners = [(h, p, dict(o)) for h, p, o in listeners]
+        self.settings = dict(settings or {})
+        self.services = services
         self.config_dir = self.base / "etc"
         self.queue_dir = self.base / "queue"
         self.data_dir = self.base / "data"
@@ -218,12 +233,18 @@ class Postfix:
         if self.xclient:
             extra.append("smtpd_authorized_xclient_hosts = 127.0.0.1")
             extra.append("smtpd_authorized_xforward_hosts = 127.0.0.1")
-        (self.config_dir / "main.cf").write_text(MAIN_CF.format(
+        main_cf = MAIN_CF.format(
             queue=self.queue_dir, data=self.data_dir, maillog=self.maillog, base=self.base,
-            mail=self.mail_dir, domain=MAIL_DOMAIN, extra="\n".join(extra),
-        ))
-        (self.config_dir / "master.cf").write_text(
-            MASTER_CF.format(listen=f"{self.host}:{self.port}"))
+            mail=self.mail_dir, domain=", ".join(self.domains), extra="\n".join(extra),
+        )
+        (self.config_dir / "main.cf").write_text(override_settings(main_cf, self.settings))
+        master_cf = MASTER_CF.format(listen=f"{self.host}:{self.port}")
+        for host, port, opts in self.listeners:
+            master_cf += f"{host}:{port} inet  n       -       n       -       -       smtpd\n"
+            master_cf += "".join(f"  -o {k}={v}\n" for k, v in opts.items())
+        if self.services:
+            master_cf += self.services.rstrip("\n") + "\n"
+        (self.config_dir / "master.cf").write_text(master_cf)
 
     def _postfix(self, action: str, timeout: float = 60) -> subprocess.CompletedProcess:
         # postfix(1) writes its errors only to a terminal: give it one with script(1).
@@ -247,6 +268,9 @@ class Postfix:
                      if not self.proxy else self._port_open(), timeout,
                      f"postfix on {self.host}:{self.port} (start said: {res.stdout.strip()!r}; "
                      f"maillog: {self.log_tail()})")
+            for host, port, _ in self.listeners:
+                wait_for(lambda: (smtp_greeting(host, port) or b"").startswith(b"220"),
+                         timeout, f"postfix on {host}:{port} (maillog: {self.log_tail()})")
         except Exception:
             self.stop()
             raise
@@ -334,10 +358,43 @@ class Postfix:
         wait_for(lambda: not self.queue_files(), timeout,
                  f"postfix queue {self.queue_dir} to empty")
 
+    def delivery_lines(self, recipient: str) -> list[str]:
+        """maillog lines of delivery attempts to recipient (`to=<rcpt>, ... status=...`)."""
+        needle = f"to=<{recipient}>"
+        return [l for l in self.log_text().splitlines()
+                if needle in l and " status=" in l]
+
+    def wait_delivery_status(self, recipient: str, timeout: float = 30) -> tuple[str, str]:
+        """The first status= (sent, deferred, bounced, ...) logged for recipient, and the
+        whole line: (status, line)."""
+        def logged():
+            for line in self.delivery_lines(recipient):
+                m = re.search(r" status=(\w+)", line)
+                if m:
+                    return m.group(1), line
+            return None
+        return wait_for(logged, timeout, f"a status= line for {recipient} in {self.maillog}\n"
+                        f"maillog tail:\n{self.log_tail(30)}")
+
     def client_of_queue_id(self, queue_id: str) -> Optional[str]:
         """The client Postfix logged for a queue id (`QUEUEID: client=name[addr]`)."""
         m = re.search(rf"\b{re.escape(queue_id)}: client=([^,\s]+)", self.log_text())
         return m.group(1) if m else None
+
+
+def override_settings(main_cf: str, settings: dict) -> str:
+    """main.cf text with `name = value` replaced for each name in settings (in place, so
+    Postfix never sees a parameter twice), and the names it did not have appended."""
+    left = dict(settings)
+    out = []
+    for line in main_cf.splitlines():
+        m = re.match(r"^([a-z0-9_]+)\s*=", line)
+        if m and m.group(1) in left:
+            out.append(f"{m.group(1)} = {left.pop(m.group(1))}")
+        else:
+            out.append(line)
+    out.extend(f"{k} = {v}" for k, v in left.items())
+    return "\n".join(out) + "\n"
 
 
 def delivered_to(message: bytes) -> Optional[str]:
@@ -485,6 +542,494 @@ class Blackpony:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+# --------------------------------------------------------------------------------------
+# A fake internet for blackpony's outbound side: dnsmasq serving MX records for *.test and
+# MX hosts on their own 127.0.10.x addresses, all on one port chosen at run time.
+# --------------------------------------------------------------------------------------
+
+HERE = Path(__file__).resolve().parent
+
+# Every MX host of the fake internet has its own loopback address; all share one port
+# (blackpony's --smtp-port).
+NET_ADDR = {
+    "tls": "127.0.10.2",       # mx.tls.test: Postfix with STARTTLS (smtpd_tls_security_level may)
+    "plain": "127.0.10.3",     # mx.plain.test: the same Postfix, a listener without TLS
+    "tempfail": "127.0.10.4",  # mx.tempfail.test: smtp-sink -r RCPT (450 to every RCPT)
+    "brokentls": "127.0.10.5", # mx.brokentls.test: fake_mx.py broken-tls
+    "inject": "127.0.10.6",    # mx.inject.test: fake_mx.py inject (response injection)
+    "implicit": "127.0.10.7",  # implicit.test: no MX, an A record to the Postfix
+    "dead": "127.0.10.8",      # mx1.backup.test: nothing listens here
+    "backup": "127.0.10.9",    # mx2.backup.test: the Postfix
+}
+# Domains delivered into the Postfix's Maildir.
+POSTFIX_DOMAINS = ("tls.test", "plain.test", "implicit.test", "backup.test")
+
+DNS_RECORDS = """\
+mx-host=tls.test,mx.tls.test,10
+host-record=mx.tls.test,{tls}
+mx-host=plain.test,mx.plain.test,10
+host-record=mx.plain.test,{plain}
+mx-host=tempfail.test,mx.tempfail.test,10
+host-record=mx.tempfail.test,{tempfail}
+mx-host=brokentls.test,mx.brokentls.test,10
+host-record=mx.brokentls.test,{brokentls}
+mx-host=inject.test,mx.inject.test,10
+host-record=mx.inject.test,{inject}
+host-record=implicit.test,{implicit}
+mx-host=backup.test,mx1.backup.test,10
+mx-host=backup.test,mx2.backup.test,20
+host-record=mx1.backup.test,{dead}
+host-record=mx2.backup.test,{backup}
+# Null MX (RFC 7505): preference 0, exchanger "." (the root).
+dns-rr=nullmx.test,15,000000
+""".format(**NET_ADDR)
+
+
+def port_free_on(host: str, port: int, udp: bool = False) -> bool:
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        if not udp:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def common_free_port(hosts: Iterable[str], udp_too: bool = False, tries: int = 100) -> int:
+    """A port that was free (TCP, and UDP if asked) on every one of hosts a moment ago."""
+    hosts = list(hosts)
+    for _ in range(tries):
+        port = free_port(hosts[0])
+        if all(port_free_on(h, port) for h in hosts) and (
+                not udp_too or all(port_free_on(h, port, udp=True) for h in hosts)):
+            return port
+    raise PeerError(f"no port free on all of {hosts} after {tries} tries")
+
+
+def dns_query(server: str, port: int, name: str, qtype: int = 15,
+              timeout: float = 1.0) -> Optional[tuple[int, int]]:
+    """(rcode, answer count) of one UDP query, or None when nothing answered."""
+    import random
+    import struct
+    qid = random.randrange(1 << 16)
+    packet = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    packet += b"".join(bytes([len(l)]) + l.encode() for l in name.rstrip(".").split("."))
+    packet += b"\0" + struct.pack(">HH", qtype, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.sendto(packet, (server, port))
+            data, _ = s.recvfrom(4096)
+        except OSError:
+            return None
+    rid, flags, _, ancount = struct.unpack(">HHHH", data[:8])
+    return (flags & 0xF, ancount) if rid == qid else None
+
+
+def make_self_signed_cert(directory: Path, cn: str) -> tuple[Path, Path]:
+    """A self-signed certificate and key (openssl req -x509), readable by test daemons."""
+    openssl = require_tool("openssl")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / f"{cn}.crt", directory / f"{cn}.key"
+    res = subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={cn}",
+         "-addext", f"subjectAltName=DNS:{cn}"],
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    if res.returncode != 0:
+        raise PeerError(f"openssl req -x509 failed: {res.stderr}")
+    os.chmod(cert, 0o644)
+    os.chmod(key, 0o644)  # a throwaway test key; smtp daemons that drop privileges read it
+    return cert, key
+
+
+class Process:
+    """A long-running helper process, its output in a log file, stopped with SIGTERM then
+    SIGKILL (its whole process group)."""
+
+    def __init__(self, cmd: list[str], log_path: Path, name: str):
+        self.cmd = cmd
+        self.log_path = Path(log_path)
+        self.name = name
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self, ready: Callable[[], object], timeout: float = 20):
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=logf,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+        def up():
+            if self.proc.poll() is not None:
+                raise PeerError(f"{self.name} exited with {self.proc.returncode} at start: "
+                                f"{self.cmd}\n{self.log_text()}")
+            return ready()
+        try:
+            wait_for(up, timeout, f"{self.name} to be ready ({self.cmd}); log:\n"
+                     f"{self.log_text()}")
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self):
+        p = self.proc
+        if p is None or p.poll() is not None:
+            return
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except OSError:
+            p.terminate()
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except OSError:
+                p.kill()
+            p.wait(timeout=5)
+
+
+def tcp_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+class Dnsmasq(Process):
+    """dnsmasq as the only nameserver of the fake internet: authoritative for *.test from a
+    config file, no upstream, no /etc/hosts, on 127.0.0.1:<port chosen at run time>."""
+
+    def __init__(self, base: Path, records: str, host: str = "127.0.0.1",
+                 probe: str = "tls.test"):
+        self.base = Path(base)
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.host = host
+        self.port = common_free_port([host], udp_too=True)
+        self.probe = probe
+        self.conf = self.base / "dnsmasq.conf"
+        self.conf.write_text(
+            "# Generated by blackpony interop/peers.py: the fake internet's DNS.\n"
+            f"listen-address={host}\nbind-interfaces\nport={self.port}\nno-resolv\nno-hosts\n"
+            "local=/test/\nno-negcache\nlog-queries\nlog-facility=-\n"
+            f"pid-file={self.base / 'dnsmasq.pid'}\n" + records)
+        super().__init__([require_tool("dnsmasq"), "--keep-in-foreground",
+                          f"--conf-file={self.conf}"], self.base / "dnsmasq.log", "dnsmasq")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout: float = 20):
+        # Ready once it answers the probe domain's MX with a record.
+        return super().start(
+            lambda: (dns_query(self.host, self.port, self.probe) or (None, 0))[1] > 0, timeout)
+
+
+class SmtpSink(Process):
+    """Postfix's smtp-sink on host:port; reject= makes it answer 4xx to those commands."""
+
+    def __init__(self, log_dir: Path, host: str, port: int, *, reject: str = "",
+                 hostname: str = "smtp-sink.test"):
+        self.host, self.port = host, port
+        cmd = [require_tool("smtp-sink"), "-u", "postfix", "-h", hostname]
+        if reject:
+            cmd += ["-r", reject]
+        cmd += [f"{host}:{port}", "64"]
+        super().__init__(cmd, Path(log_dir) / f"smtp-sink-{host}-{port}.log", "smtp-sink")
+
+    def start(self, timeout: float = 20):
+        return super().start(lambda: tcp_open(self.host, self.port), timeout)
+
+
+class FakeMX(Process):
+    """interop/fake_mx.py in one of its modes (broken-tls, inject); what it received lands as
+    JSON files in out_dir."""
+
+    def __init__(self, base: Path, host: str, port: int, mode: str, cert: Path, key: Path):
+        self.host, self.port, self.mode = host, port, mode
+        self.out_dir = Path(base) / f"fake-{mode}"
+        super().__init__([sys.executable, str(HERE / "fake_mx.py"), "--listen", f"{host}:{port}",
+                          "--mode", mode, "--dir", str(self.out_dir), "--cert", str(cert),
+                          "--key", str(key)], Path(base) / f"fake-{mode}.log", f"fake_mx {mode}")
+
+    def start(self, timeout: float = 20):
+        return super().start(lambda: "listening on" in self.log_text()
+                             and tcp_open(self.host, self.port), timeout)
+
+    def _records(self, prefix: str) -> list[dict]:
+        import json
+        out = []
+        if self.out_dir.is_dir():
+            for p in sorted(self.out_dir.glob(f"{prefix}-*.json"),
+                            key=lambda p: int(p.stem.split("-")[1])):
+                try:
+                    out.append(json.loads(p.read_text()))
+                except (OSError, ValueError):
+                    pass
+        return out
+
+    def sessions(self) -> list[dict]:
+        return self._records("session")
+
+    def messages(self) -> list[dict]:
+        return self._records("msg")
+
+
+class FakeInternet:
+    """dnsmasq + the MX hosts of NET_ADDR, all on one SMTP port (self.smtp_port):
+    a private Postfix (STARTTLS listener for mx.tls.test, plaintext listeners for
+    mx.plain.test, implicit.test and mx2.backup.test), smtp-sink answering 450 to RCPT,
+    fake_mx.py broken-tls and inject. Nothing listens on the dead address."""
+
+    def __init__(self, base: Path):
+        self.base = Path(base)
+        self.base.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.base, 0o755)
+        self.smtp_port = common_free_port(NET_ADDR.values())
+        self.cert, self.key = make_self_signed_cert(self.base / "tls", "mx.tls.test")
+        self.dns = Dnsmasq(self.base / "dns", DNS_RECORDS)
+        pf_base = self.base / "postfix-mx"
+        pf_base.mkdir(exist_ok=True)
+        port = self.smtp_port
+        self.postfix = Postfix(
+            pf_base, host=NET_ADDR["tls"], port=port, domains=POSTFIX_DOMAINS,
+            listeners=[(NET_ADDR["plain"], port, {"smtpd_tls_security_level": "none"}),
+                       (NET_ADDR["implicit"], port, {"smtpd_tls_security_level": "none"}),
+                       (NET_ADDR["backup"], port, {"smtpd_tls_security_level": "none"})],
+            settings={"myhostname": "mx.tls.test", "mydomain": "tls.test",
+                      "myorigin": "tls.test",
+                      "smtpd_tls_security_level": "may",
+                      "smtpd_tls_cert_file": str(self.cert),
+                      "smtpd_tls_key_file": str(self.key),
+                      "smtpd_tls_received_header": "yes",
+                      "smtpd_tls_loglevel": "1",
+                      "smtpd_banner": "$myhostname ESMTP Postfix (blackpony interop MX)"},
+            # smtpd's TLS needs the TLS manager (without it: "no entropy ... disabling TLS").
+            services="tlsmgr    unix  -       -       n       1000?   1       tlsmgr")
+        self.sink = SmtpSink(self.base, NET_ADDR["tempfail"], port, reject="RCPT",
+                             hostname="mx.tempfail.test")
+        self.broken = FakeMX(self.base, NET_ADDR["brokentls"], port, "broken-tls",
+                             self.cert, self.key)
+        self.inject = FakeMX(self.base, NET_ADDR["inject"], port, "inject",
+                             self.cert, self.key)
+        self._parts = [self.dns, self.postfix, self.sink, self.broken, self.inject]
+
+    def start(self):
+        try:
+            for part in self._parts:
+                part.start()
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def stop(self):
+        errors = []
+        for part in reversed(self._parts):
+            try:
+                part.stop()
+            except Exception as e:  # keep stopping the others
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def outbound_args(self, state_dir: Path, *extra: str) -> list[str]:
+        """The flags every blackpony outbound mode gets to use this internet."""
+        return ["--dns", self.dns.address, "--smtp-port", str(self.smtp_port),
+                "--helo-name", "client.test", "--state-dir", str(state_dir), *extra]
+
+
+def run_deliver(args: list[str], message: bytes, timeout: float = 60
+                ) -> subprocess.CompletedProcess:
+    """`blackpony deliver ARGS` with message on stdin (stdout/stderr as bytes)."""
+    return subprocess.run([blackpony_bin(), "deliver", *args], input=message,
+                          capture_output=True, timeout=timeout)
+
+
+class BlackponyOutbound(Blackpony):
+    """`blackpony outbound --listen 127.0.0.1:PORT|unix:/path --protocol lmtp ARGS`."""
+
+    def __init__(self, log_dir: Path, *, args: Iterable[str] = (), unix_path: Optional[Path] = None,
+                 name: str = "blackpony-outbound", host: str = "127.0.0.1"):
+        super().__init__(log_dir, backend=None, identity=None, args=args, name=name, host=host)
+        self.unix_path = Path(unix_path) if unix_path else None
+
+    @property
+    def listen(self) -> str:
+        return f"unix:{self.unix_path}" if self.unix_path else f"{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        return [self.bin, "outbound", "--listen", self.listen, "--protocol", "lmtp", *self.args]
+
+    def _port_open(self) -> bool:
+        if not self.unix_path:
+            return super()._port_open()
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(1)
+                s.connect(str(self.unix_path))
+                return True
+        except OSError:
+            return False
+
+
+# --------------------------------------------------------------------------------------
+# Exim, unpacked from the Debian package (it conflicts with postfix as a package)
+# --------------------------------------------------------------------------------------
+
+EXIM_ROOT = Path(os.environ.get("BLACKPONY_EXIM_ROOT", "/var/cache/blackpony-interop/exim4"))
+
+EXIM_CONF = """\
+# Generated by blackpony interop/peers.py: a private Exim handing every message to blackpony
+# over LMTP, by the sender address: command@ -> `blackpony lmtp` on a pipe (lmtp transport
+# with command), socket@ -> `blackpony outbound` on a Unix socket (lmtp transport with socket).
+primary_hostname = exim.test
+exim_path = {exim}
+qualify_domain = exim.test
+spool_directory = {spool}
+log_file_path = {log}/%slog
+log_selector = +smtp_confirmation +received_recipients
+host_lookup =
+rfc1413_hosts =
+keep_environment =
+never_users = root
+tls_advertise_hosts =
+daemon_smtp_ports = {port}
+local_interfaces = 127.0.0.1
+acl_smtp_rcpt = acl_rcpt
+acl_smtp_data = acl_data
+
+begin acl
+acl_rcpt:
+  accept hosts = 127.0.0.1
+  deny
+acl_data:
+  accept
+
+begin routers
+bounces_to_senders:
+  # Bounces for the test senders end here (sender.test is nowhere on the fake internet).
+  driver = redirect
+  domains = sender.test
+  data = :blackhole:
+to_blackpony_command:
+  driver = accept
+  senders = command@sender.test
+  transport = blackpony_lmtp_command
+to_blackpony_socket:
+  driver = accept
+  senders = socket@sender.test
+  transport = blackpony_lmtp_socket
+
+begin transports
+blackpony_lmtp_command:
+  driver = lmtp
+  command = {command}
+  user = {user}
+  batch_max = 50
+  timeout = 60s
+blackpony_lmtp_socket:
+  driver = lmtp
+  socket = {socket}
+  user = {user}
+  batch_max = 50
+  timeout = 60s
+
+begin retry
+*  *  F,1h,10m
+"""
+
+
+# Exim's compiled-in user. Exim drops root for a config given with -C (unless the file is
+# in its TRUSTED_CONFIG_LIST under /etc), so its re-executed delivery processes run as this
+# user, and can only run transports as this same user.
+EXIM_USER = "Debian-exim"
+
+
+def exim_bin() -> str:
+    path = EXIM_ROOT / "usr" / "sbin" / "exim4"
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise MissingTool(f"exim4 not unpacked at {path}: run scripts/install-deps.sh as root "
+                          "(it unpacks the Debian exim4-daemon-light package there, since it "
+                          "cannot be installed next to postfix)")
+    return str(path)
+
+
+class Exim:
+    """A private Exim (config, spool and logs under base) run per message with
+    `exim -C CONF -odf`: the message is delivered in the foreground and the call returns
+    when delivery is done; results are in the mainlog (=> sent, == deferred, ** bounced)."""
+
+    def __init__(self, base: Path, *, command: str, socket_path: Path):
+        import pwd
+        self.bin = exim_bin()
+        self.base = Path(base)
+        self.spool = self.base / "spool"
+        self.log_dir = self.base / "log"
+        self.conf = self.base / "exim.conf"
+        exim_user = pwd.getpwnam(EXIM_USER)
+        for d in (self.base, self.spool, self.log_dir):
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, 0o755)
+        for d in (self.spool, self.log_dir):
+            os.chown(d, exim_user.pw_uid, exim_user.pw_gid)
+        self.conf.write_text(EXIM_CONF.format(
+            exim=self.bin, spool=self.spool, log=self.log_dir, port=free_port(), command=command,
+            socket=socket_path, user=EXIM_USER))
+        os.chmod(self.conf, 0o644)
+
+    def check_config(self) -> subprocess.CompletedProcess:
+        return subprocess.run([self.bin, "-C", str(self.conf), "-bV"], capture_output=True,
+                              text=True, timeout=30, stdin=subprocess.DEVNULL)
+
+    def submit(self, sender: str, recipients: list[str], message: bytes,
+               timeout: float = 90) -> subprocess.CompletedProcess:
+        return subprocess.run([self.bin, "-C", str(self.conf), "-odf", "-i", "-f", sender,
+                               "--", *recipients], input=message, capture_output=True,
+                              timeout=timeout)
+
+    def mainlog(self) -> str:
+        try:
+            return (self.log_dir / "mainlog").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def paniclog(self) -> str:
+        try:
+            return (self.log_dir / "paniclog").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def result(self, recipient: str) -> Optional[tuple[str, str]]:
+        """('=>'|'=='|'**', line) for the first delivery result logged for recipient."""
+        # Local transports (lmtp is one) log `=> localpart <address>`; others `=> address`.
+        r = re.escape(recipient)
+        rx = re.compile(rf" (=>|==|\*\*) (?:{r}|\S+ <{r}>) ")
+        for line in self.mainlog().splitlines():
+            m = rx.search(line)
+            if m:
+                return m.group(1), line
+        return None
 
 
 def make_temp_dir(prefix: str) -> Path:

@@ -19,11 +19,15 @@ PACKAGES=(
   ca-certificates
   gcc libc6-dev           # C compiler for the ring crate
   python3                 # the interop suite (pytest)
+  dnsmasq-base            # the outbound tests' fake internet: MX records for *.test
+  libidn12                # needed by the unpacked exim4 binary (see below)
 )
 
 missing=()
 for p in "${PACKAGES[@]}"; do
-  if ! dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed'; then
+  # No pipe into grep -q here: under pipefail, grep leaving early can SIGPIPE dpkg and make
+  # an installed package look missing.
+  if [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" != "install ok installed" ]; then
     missing+=("$p")
   fi
 done
@@ -68,6 +72,29 @@ if ! python3 -c 'import pytest' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check pytest
   fi
   python3 -c 'import pytest' || { echo "install-deps.sh: pytest still missing" >&2; exit 1; }
+fi
+
+# Exim, a second MTA that hands mail to blackpony (interop/test_outbound.py). As a package
+# it conflicts with postfix, so its binary is unpacked (dpkg -x) into a cache directory and
+# run from there with a private config; it only needs its compiled-in user to exist.
+EXIM_ROOT="${BLACKPONY_EXIM_ROOT:-/var/cache/blackpony-interop/exim4}"
+if [ ! -x "$EXIM_ROOT/usr/sbin/exim4" ] || ! getent passwd Debian-exim >/dev/null; then
+  need_root "exim4 (unpacked into $EXIM_ROOT)"
+  if ! getent passwd Debian-exim >/dev/null; then
+    adduser --system --group --home /var/spool/exim4 --no-create-home --allow-bad-names \
+      --quiet Debian-exim
+  fi
+  if [ ! -x "$EXIM_ROOT/usr/sbin/exim4" ]; then
+    dl="$(mktemp -d)"
+    if getent passwd _apt >/dev/null; then chown _apt "$dl"; fi  # apt downloads as _apt
+    ( cd "$dl" && { apt-get download exim4-daemon-light \
+        || { apt-get update && apt-get download exim4-daemon-light; }; } )
+    mkdir -p "$EXIM_ROOT"
+    dpkg -x "$dl"/exim4-daemon-light_*.deb "$EXIM_ROOT"
+    rm -rf "$dl"
+  fi
+  [ -x "$EXIM_ROOT/usr/sbin/exim4" ] || { echo "install-deps.sh: exim4 unpack failed" >&2; exit 1; }
+  echo "install-deps.sh: exim4 unpacked into $EXIM_ROOT"
 fi
 
 echo "install-deps.sh: all dependencies present"
