@@ -1,51 +1,108 @@
 //! One-line log records in the style of Postfix's maillog:
 //! `blackpony/inbound[1234]: session=1a2b connect client=unknown[192.0.2.7]:51234`.
 //!
-//! Records go to standard error. Under systemd (which sets `JOURNAL_STREAM`)
-//! the journal adds the time; elsewhere each line starts with a UTC timestamp.
+//! Where records go is chosen once per process ([`Sink`]): standard error by
+//! default (under systemd, which sets `JOURNAL_STREAM`, the journal adds the
+//! time; elsewhere each line starts with a UTC timestamp), syslog's mail
+//! facility, or a file. One-shot and stdin/stdout modes must never mix log
+//! records into what the MTA reads as the protocol or the status line, so
+//! they hold records back or move them elsewhere (see the CLI).
 
 use std::io::Write;
-use std::sync::OnceLock;
+use std::os::unix::net::UnixDatagram;
+use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 static PROGRAM: OnceLock<String> = OnceLock::new();
+static SINK: Mutex<Sink> = Mutex::new(Sink::Stderr);
 
-/// Records held back until [`flush_held`] (one-shot commands: an MTA such as
-/// Postfix's pipe(8) reads the first line of the output as the status, so
-/// log records must come after it).
-static HELD: std::sync::Mutex<Option<Vec<String>>> = std::sync::Mutex::new(None);
+/// Where log records go.
+#[derive(Debug)]
+pub enum Sink {
+    Stderr,
+    /// The local syslog socket, facility mail (as Postfix logs).
+    Syslog(UnixDatagram),
+    File(std::fs::File),
+    /// Kept in memory until [`flush_held`] writes them to standard error:
+    /// for `deliver`, whose first output line is read by the MTA.
+    Held(Vec<String>),
+    /// Nowhere: only when no other place is safe.
+    Discard,
+}
 
-/// Sets the program name shown before each record (`blackpony/inbound`).
-pub fn init(role: &str) {
+impl Sink {
+    /// The local syslog socket, if a syslog daemon listens on /dev/log.
+    pub fn syslog() -> Option<Sink> {
+        let socket = UnixDatagram::unbound().ok()?;
+        socket.connect("/dev/log").ok()?;
+        Some(Sink::Syslog(socket))
+    }
+
+    /// A file, appended to.
+    pub fn file(path: &std::path::Path) -> std::io::Result<Sink> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map(Sink::File)
+    }
+}
+
+/// Sets the program name shown before each record (`blackpony/inbound`) and
+/// where records go.
+pub fn init(role: &str, sink: Sink) {
     let _ = PROGRAM.set(format!("blackpony/{role}"));
-}
-
-/// Holds records back until [`flush_held`] is called.
-pub fn hold() {
-    if let Ok(mut held) = HELD.lock() {
-        *held = Some(Vec::new());
+    if let Ok(mut current) = SINK.lock() {
+        *current = sink;
     }
 }
 
-/// Writes the held records to standard error and stops holding.
+/// Writes held records to standard error; later records go there directly.
 pub fn flush_held() {
-    let lines = HELD
-        .lock()
-        .ok()
-        .and_then(|mut h| h.take())
-        .unwrap_or_default();
-    let mut err = std::io::stderr().lock();
-    for line in lines {
-        let _ = err.write_all(line.as_bytes());
+    let Ok(mut sink) = SINK.lock() else {
+        return;
+    };
+    if let Sink::Held(lines) = std::mem::replace(&mut *sink, Sink::Stderr) {
+        let mut err = std::io::stderr().lock();
+        for line in lines {
+            let _ = err.write_all(line.as_bytes());
+        }
     }
+}
+
+/// Whether standard error is the same open file as standard output (an MTA
+/// that gives its child one pipe for both, as Exim's pipe/lmtp `command`).
+pub fn stderr_is_stdout() -> bool {
+    use std::os::fd::AsFd;
+    let same = |a: std::io::Stdout, b: std::io::Stderr| -> Option<bool> {
+        let fa = a.as_fd().try_clone_to_owned().ok()?;
+        let fb = b.as_fd().try_clone_to_owned().ok()?;
+        let ma = std::fs::File::from(fa).metadata().ok()?;
+        let mb = std::fs::File::from(fb).metadata().ok()?;
+        use std::os::unix::fs::MetadataExt;
+        Some(ma.dev() == mb.dev() && ma.ino() == mb.ino())
+    };
+    same(std::io::stdout(), std::io::stderr()).unwrap_or(false)
 }
 
 /// Writes one record. Use the [`log!`](crate::log!) macro rather than this.
 pub fn write(args: std::fmt::Arguments<'_>) {
     let program = PROGRAM.get().map_or("blackpony", String::as_str);
     let pid = std::process::id();
+    let Ok(mut sink) = SINK.lock() else {
+        return;
+    };
+    let timestamp = match &*sink {
+        Sink::Syslog(_) | Sink::Discard => false,
+        Sink::Stderr | Sink::Held(_) => std::env::var_os("JOURNAL_STREAM").is_none(),
+        Sink::File(_) => true,
+    };
     let mut line = String::with_capacity(160);
-    if std::env::var_os("JOURNAL_STREAM").is_none() {
+    if let Sink::Syslog(_) = &*sink {
+        // RFC 3164: facility mail (2), severity info (6).
+        line.push_str("<22>");
+    }
+    if timestamp {
         line.push_str(&timestamp_utc(SystemTime::now()));
         line.push(' ');
     }
@@ -56,14 +113,24 @@ pub fn write(args: std::fmt::Arguments<'_>) {
         .chars()
         .map(|c| if c.is_control() { '?' } else { c })
         .collect();
-    line.push('\n');
-    if let Ok(mut held) = HELD.lock()
-        && let Some(lines) = held.as_mut()
-    {
-        lines.push(line);
-        return;
+    match &mut *sink {
+        Sink::Stderr => {
+            line.push('\n');
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        }
+        Sink::Syslog(socket) => {
+            let _ = socket.send(line.as_bytes());
+        }
+        Sink::File(file) => {
+            line.push('\n');
+            let _ = file.write_all(line.as_bytes());
+        }
+        Sink::Held(lines) => {
+            line.push('\n');
+            lines.push(line);
+        }
+        Sink::Discard => {}
     }
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// Logs one record: `log!("session={id} connect client={client}")`.

@@ -41,6 +41,13 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Where log records go: `stderr`, `syslog` (facility mail, /dev/log),
+    /// or a file to append to. Default: stderr; for `deliver`, stderr after
+    /// the status line; for `lmtp`, stderr unless it is the same pipe as
+    /// stdout (Exim's `command`), then syslog if there is one.
+    #[arg(long, global = true, value_name = "DEST")]
+    pub log: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -86,8 +93,21 @@ pub struct OutboundServerArgs {
     #[arg(long, value_enum, default_value = "lmtp")]
     pub protocol: ServerProtocol,
 
+    /// Permissions of a `unix:` socket, in octal. The MTA's delivery user
+    /// (Postfix's `postfix`, Exim's `Debian-exim`) must be able to connect;
+    /// restrict access with the directory's permissions or a stricter mode.
+    #[arg(long, value_name = "OCTAL", default_value = "0666", value_parser = parse_octal)]
+    pub socket_mode: u32,
+
     #[command(flatten)]
     pub outbound: OutboundArgs,
+}
+
+fn parse_octal(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal file mode such as 0660"))
 }
 
 /// `--protocol` values.
@@ -275,10 +295,39 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(exit::OSERR, &format!("cannot start the runtime: {e}")),
     };
+    let sink = |default: fn() -> log::Sink| -> Result<log::Sink, String> {
+        match cli.log.as_deref() {
+            None => Ok(default()),
+            Some("stderr") => Ok(log::Sink::Stderr),
+            Some("syslog") => log::Sink::syslog()
+                .ok_or_else(|| "--log syslog: nothing listens on /dev/log".to_string()),
+            Some(path) => log::Sink::file(std::path::Path::new(path))
+                .map_err(|e| format!("--log {path}: {e}")),
+        }
+    };
+    let role = match &cli.command {
+        Command::Deliver(_) => "deliver",
+        Command::Lmtp(_) => "lmtp",
+        Command::Outbound(_) => "outbound",
+        Command::Inbound(_) => "inbound",
+    };
+    let default_sink: fn() -> log::Sink = match &cli.command {
+        Command::Deliver(_) => || log::Sink::Held(Vec::new()),
+        Command::Lmtp(_) => || {
+            if log::stderr_is_stdout() {
+                log::Sink::syslog().unwrap_or(log::Sink::Discard)
+            } else {
+                log::Sink::Stderr
+            }
+        },
+        _ => || log::Sink::Stderr,
+    };
+    match sink(default_sink) {
+        Ok(s) => log::init(role, s),
+        Err(e) => return fail(exit::USAGE, &e),
+    }
     match cli.command {
         Command::Deliver(args) => {
-            log::init("deliver");
-            log::hold();
             let outbound =
                 match config::merge_outbound(args.outbound, file.outbound.unwrap_or_default()) {
                     Ok(o) => o,
@@ -289,7 +338,6 @@ pub fn main() -> ExitCode {
             ExitCode::from(code)
         }
         Command::Lmtp(args) => {
-            log::init("lmtp");
             let outbound =
                 match config::merge_outbound(args.outbound, file.outbound.unwrap_or_default()) {
                     Ok(o) => o,
@@ -312,7 +360,6 @@ pub fn main() -> ExitCode {
             })
         }
         Command::Outbound(args) => {
-            log::init("outbound");
             let outbound =
                 match config::merge_outbound(args.outbound, file.outbound.unwrap_or_default()) {
                     Ok(o) => o,
@@ -321,11 +368,11 @@ pub fn main() -> ExitCode {
             runtime.block_on(run_outbound_server(
                 args.listen,
                 args.protocol.into(),
+                args.socket_mode,
                 outbound,
             ))
         }
         Command::Inbound(args) => {
-            log::init("inbound");
             let settings = match config::merge_inbound(args, file.inbound.unwrap_or_default()) {
                 Ok(s) => s,
                 Err(e) => return fail(exit_for(&e), &e.to_string()),
@@ -387,6 +434,7 @@ async fn run_deliver(sender: String, recipients: Vec<String>, settings: Outbound
 async fn run_outbound_server(
     listen: String,
     protocol: crate::smtp::server::Protocol,
+    socket_mode: u32,
     settings: OutboundSettings,
 ) -> ExitCode {
     let deliverer = match settings.deliverer() {
@@ -402,6 +450,11 @@ async fn run_outbound_server(
             Ok(l) => l,
             Err(e) => return fail(exit::OSERR, &format!("cannot listen on {listen}: {e}")),
         };
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket_mode))
+        {
+            return fail(exit::OSERR, &format!("cannot set the mode of {path}: {e}"));
+        }
         log!("listening on {listen} protocol={}", protocol.as_str());
         loop {
             tokio::select! {
