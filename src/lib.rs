@@ -4,9 +4,10 @@
 //!
 //! | folder | what it holds |
 //! |---|---|
-//! | [`smtp`] | the sans-IO protocol core: commands, replies, EHLO capabilities, the DATA scanner |
-//! | [`transport`] | byte streams that may be plain TCP or TLS, and the TLS configuration |
+//! | [`smtp`] | the sans-IO protocol core: commands, replies, EHLO capabilities, the DATA scanner and dot-stuffer, the client session (delivery) and the receiving session (LMTP/SMTP from an MTA) |
+//! | [`transport`] | byte streams that may be plain TCP or TLS, and the TLS configuration (both sides) |
 //! | [`inbound`] | the sidecar on port 25: a sans-IO relay session and the thin tokio loop that drives it |
+//! | [`outbound`] | the transport an MTA hands mail to: MX resolution, route planning, TLS policy, the delivery loop and the LMTP/SMTP service |
 //! | [`cli`] | argument and config-file parsing; calls a role's `run` |
 //! | [`log`] | one-line, Postfix-style log records |
 //! | `fuzz_checks` | invariants shared by the fuzz targets in `fuzz/` and a deterministic test |
