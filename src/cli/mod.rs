@@ -430,21 +430,21 @@ async fn run_deliver(sender: String, recipients: Vec<String>, settings: Outbound
     code
 }
 
-/// `blackpony outbound`: an LMTP listener on TCP or a Unix socket.
+/// `blackpony outbound`: binds the listener (TCP or Unix socket) and runs
+/// the service until SIGTERM.
 async fn run_outbound_server(
     listen: String,
     protocol: crate::smtp::server::Protocol,
     socket_mode: u32,
     settings: OutboundSettings,
 ) -> ExitCode {
+    use crate::outbound::service::{self, Listener};
     let deliverer = match settings.deliverer() {
         Ok(d) => Arc::new(d),
         Err(e) => return fail(exit::CONFIG, &e),
     };
-    let max = settings.max_message_size;
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    if let Some(path) = listen.strip_prefix("unix:") {
+    let listener = if let Some(path) = listen.strip_prefix("unix:") {
+        // A socket left by an earlier run would make bind fail.
         let _ = std::fs::remove_file(path);
         let listener = match tokio::net::UnixListener::bind(path) {
             Ok(l) => l,
@@ -455,41 +455,24 @@ async fn run_outbound_server(
         {
             return fail(exit::OSERR, &format!("cannot set the mode of {path}: {e}"));
         }
-        log!("listening on {listen} protocol={}", protocol.as_str());
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
-                    let d = Arc::clone(&deliverer);
-                    tokio::spawn(async move {
-                        let (r, w) = stream.into_split();
-                        crate::outbound::service::serve(protocol, r, w, &d, max).await;
-                    });
-                }
-            }
-        }
-        let _ = std::fs::remove_file(path);
+        Listener::Unix(listener)
     } else {
-        let listener = match TcpListener::bind(&listen).await {
-            Ok(l) => l,
+        match TcpListener::bind(&listen).await {
+            Ok(l) => Listener::Tcp(l),
             Err(e) => return fail(exit::OSERR, &format!("cannot listen on {listen}: {e}")),
-        };
-        log!("listening on {listen} protocol={}", protocol.as_str());
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
-                    let _ = stream.set_nodelay(true);
-                    let d = Arc::clone(&deliverer);
-                    tokio::spawn(async move {
-                        let (r, w) = stream.into_split();
-                        crate::outbound::service::serve(protocol, r, w, &d, max).await;
-                    });
-                }
-            }
         }
+    };
+    log!("listening on {listen} protocol={}", protocol.as_str());
+    service::run(
+        listener,
+        protocol,
+        deliverer,
+        settings.max_message_size,
+        shutdown_signal(),
+    )
+    .await;
+    if let Some(path) = listen.strip_prefix("unix:") {
+        let _ = std::fs::remove_file(path);
     }
     ExitCode::SUCCESS
 }

@@ -10,7 +10,9 @@
 //!   hears 250 before the remote said it. Recipients of a second domain get
 //!   `452 4.5.3` and come back in the MTA's next transaction.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -24,6 +26,63 @@ use crate::smtp::{EhloReply, Reply, ReplyParser};
 
 /// How long the MTA may stay silent (RFC 5321 §4.5.3.2.7).
 const IDLE: Duration = Duration::from_secs(300);
+
+/// Where the MTA connects.
+pub enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+/// Serves MTA connections on `listener` until `shutdown` completes; each
+/// connection runs [`serve`] in its own task.
+pub async fn run(
+    listener: Listener,
+    protocol: Protocol,
+    deliverer: Arc<Deliverer>,
+    max_message_size: u64,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let accepted: std::io::Result<Halves> = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = accept(&listener) => accepted,
+        };
+        let (r, w) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: back off.
+                log!("accept-error=\"{e}\"");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let d = Arc::clone(&deliverer);
+        tokio::spawn(async move { serve(protocol, r, w, &d, max_message_size).await });
+    }
+    log!("shutdown: no longer accepting");
+}
+
+type Halves = (
+    Box<dyn AsyncRead + Send + Unpin>,
+    Box<dyn AsyncWrite + Send + Unpin>,
+);
+
+async fn accept(listener: &Listener) -> std::io::Result<Halves> {
+    match listener {
+        Listener::Tcp(l) => {
+            let (stream, _) = l.accept().await?;
+            let _ = stream.set_nodelay(true);
+            let (r, w) = stream.into_split();
+            Ok((Box::new(r), Box::new(w)))
+        }
+        Listener::Unix(l) => {
+            let (stream, _) = l.accept().await?;
+            let (r, w) = stream.into_split();
+            Ok((Box::new(r), Box::new(w)))
+        }
+    }
+}
 
 /// Serves one MTA connection until it quits or goes away.
 pub async fn serve<R, W>(
