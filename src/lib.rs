@@ -7,6 +7,7 @@
 //! | [`smtp`] | the sans-IO protocol core: commands, replies, EHLO capabilities, the DATA scanner and dot-stuffer, the client session (delivery) and the receiving session (LMTP/SMTP from an MTA) |
 //! | [`transport`] | byte streams that may be plain TCP or TLS, and the TLS configuration (both sides) |
 //! | [`inbound`] | the sidecar on port 25: a sans-IO relay session and the thin tokio loop that drives it |
+//! | [`pony`] | the blackpony extension: the Noise XX handshake and transport (framing, pins and DNS keys to come) |
 //! | [`outbound`] | the transport an MTA hands mail to: MX resolution, route planning, TLS policy, the delivery loop and the LMTP/SMTP service |
 //! | [`cli`] | argument and config-file parsing; calls a role's `run` |
 //! | [`log`] | one-line, Postfix-style log records |
@@ -21,5 +22,6 @@ pub mod fuzz_checks;
 pub mod inbound;
 pub mod log;
 pub mod outbound;
+pub mod pony;
 pub mod smtp;
 pub mod transport;

@@ -1,0 +1,7 @@
+//! The blackpony extension: opportunistic encryption between two blackpony
+//! hosts inside SMTP, with a Noise XX handshake, key pinning and DNS keys.
+//! The protocol is specified in `proto-spec/`.
+//!
+//! - [`noise`]: `Noise_XX_25519_ChaChaPoly_SHA256`, sans-IO.
+
+pub mod noise;

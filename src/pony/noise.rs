@@ -1,0 +1,633 @@
+//! `Noise_XX_25519_ChaChaPoly_SHA256` (the Noise Protocol Framework,
+//! revision 34), sans-IO, with the handshake as a chain of states that
+//! consume themselves.
+//!
+//! ```text
+//! XX:
+//!   -> e
+//!   <- e, ee, s, es
+//!   -> s, se
+//! ```
+//!
+//! XX suits SMTP between strangers: no key is needed in advance, and the
+//! initiator (the SMTP client) learns the responder's static key from
+//! message 2 and can check it against a pin or a DNS key *before* it sends
+//! its own static key in message 3 ([`InitiatorAwaitingConfirm`]).
+//!
+//! Randomness is injected: each constructor takes the ephemeral private key,
+//! so the state machine is deterministic (test vectors) and the caller owns
+//! the random source.
+//!
+//! Section numbers refer to the Noise specification, revision 34.
+
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
+use sha2::{Digest, Sha256};
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::{Zeroize, Zeroizing};
+
+/// The protocol name, hashed into the initial state (§5.2).
+pub const PROTOCOL_NAME: &str = "Noise_XX_25519_ChaChaPoly_SHA256";
+
+/// Noise messages are at most 65535 bytes (§3).
+pub const MAX_MESSAGE: usize = 65535;
+
+/// Length of an X25519 key, and of the hash output.
+pub const KEY_LEN: usize = 32;
+const TAG_LEN: usize = 16;
+
+/// Why a Noise operation failed. Every failure ends the session: Noise
+/// gives no way to recover from a bad message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NoiseError {
+    #[error("message does not authenticate (tampered, truncated, replayed or reordered)")]
+    Decrypt,
+    #[error("handshake message has the wrong length")]
+    BadLength,
+    #[error("message longer than 65535 bytes")]
+    TooLong,
+    #[error("nonce space exhausted; the session must end")]
+    NonceExhausted,
+    #[error("the peer's key gives an all-zero Diffie-Hellman result (low-order point)")]
+    WeakKey,
+}
+
+/// An X25519 key pair. The private half is zeroized on drop.
+pub struct Keypair {
+    secret: StaticSecret,
+    public: [u8; KEY_LEN],
+}
+
+impl Keypair {
+    /// The key pair for a 32-byte private key.
+    pub fn from_secret(secret: [u8; KEY_LEN]) -> Self {
+        let mut secret_bytes = Zeroizing::new(secret);
+        let secret = StaticSecret::from(*secret_bytes);
+        secret_bytes.zeroize();
+        let public = PublicKey::from(&secret).to_bytes();
+        Keypair { secret, public }
+    }
+
+    /// A fresh key pair from the operating system's random source.
+    pub fn generate() -> Result<Self, getrandom::Error> {
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        getrandom::fill(bytes.as_mut())?;
+        Ok(Self::from_secret(*bytes))
+    }
+
+    pub fn public(&self) -> [u8; KEY_LEN] {
+        self.public
+    }
+
+    /// The private key, for writing a key file.
+    pub fn secret_bytes(&self) -> Zeroizing<[u8; KEY_LEN]> {
+        Zeroizing::new(self.secret.to_bytes())
+    }
+
+    /// DH(self, their_public) (§4.1), refusing an all-zero result.
+    fn dh(&self, their_public: &[u8; KEY_LEN]) -> Result<Zeroizing<[u8; KEY_LEN]>, NoiseError> {
+        let shared = self.secret.diffie_hellman(&PublicKey::from(*their_public));
+        if !shared.was_contributory() {
+            return Err(NoiseError::WeakKey);
+        }
+        Ok(Zeroizing::new(shared.to_bytes()))
+    }
+}
+
+impl Clone for Keypair {
+    fn clone(&self) -> Self {
+        Keypair::from_secret(*self.secret_bytes())
+    }
+}
+
+impl std::fmt::Debug for Keypair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Keypair {{ public: {} }}", hex(&self.public))
+    }
+}
+
+/// A CipherState (§5.1): a key and a 64-bit nonce counter.
+pub struct CipherState {
+    key: Option<Zeroizing<[u8; KEY_LEN]>>,
+    nonce: u64,
+}
+
+impl CipherState {
+    fn empty() -> Self {
+        CipherState {
+            key: None,
+            nonce: 0,
+        }
+    }
+
+    fn with_key(key: [u8; KEY_LEN]) -> Self {
+        CipherState {
+            key: Some(Zeroizing::new(key)),
+            nonce: 0,
+        }
+    }
+
+    /// The next nonce to be used (for tests and the spec's vectors).
+    pub fn nonce(&self) -> u64 {
+        self.nonce
+    }
+
+    /// ENCRYPT(k, n, ad, plaintext) in place: `buf` holds the plaintext and
+    /// gets the tag appended. Without a key, nothing happens (§5.1).
+    fn encrypt_with_ad(&mut self, ad: &[u8], buf: &mut Vec<u8>) -> Result<(), NoiseError> {
+        let Some(key) = &self.key else {
+            return Ok(());
+        };
+        // §5.1: 2^64-1 is reserved (for rekey); a session that reaches it ends.
+        if self.nonce == u64::MAX {
+            return Err(NoiseError::NonceExhausted);
+        }
+        let cipher = ChaCha20Poly1305::new(Key::from_slice(key.as_ref()));
+        let tag = cipher
+            .encrypt_in_place_detached(&nonce(self.nonce), ad, buf)
+            .map_err(|_| NoiseError::TooLong)?;
+        buf.extend_from_slice(&tag);
+        self.nonce += 1;
+        Ok(())
+    }
+
+    /// DECRYPT(k, n, ad, ciphertext) in place. The nonce advances only when
+    /// the message authenticates, so a forged message cannot desynchronise
+    /// the session (§5.1).
+    fn decrypt_with_ad(&mut self, ad: &[u8], buf: &mut Vec<u8>) -> Result<(), NoiseError> {
+        let Some(key) = &self.key else {
+            return Ok(());
+        };
+        if self.nonce == u64::MAX {
+            return Err(NoiseError::NonceExhausted);
+        }
+        if buf.len() < TAG_LEN {
+            return Err(NoiseError::Decrypt);
+        }
+        let split = buf.len() - TAG_LEN;
+        let tag = *Tag::from_slice(&buf[split..]);
+        buf.truncate(split);
+        let cipher = ChaCha20Poly1305::new(Key::from_slice(key.as_ref()));
+        cipher
+            .decrypt_in_place_detached(&nonce(self.nonce), ad, buf, &tag)
+            .map_err(|_| NoiseError::Decrypt)?;
+        self.nonce += 1;
+        Ok(())
+    }
+
+    /// REKEY (§4.2, §11.3): the new key is the first 32 bytes of
+    /// ENCRYPT(k, 2^64-1, empty, 32 zero bytes). The nonce is unchanged.
+    pub fn rekey(&mut self) {
+        let Some(key) = &self.key else {
+            return;
+        };
+        let cipher = ChaCha20Poly1305::new(Key::from_slice(key.as_ref()));
+        let mut block = Zeroizing::new(vec![0u8; KEY_LEN]);
+        // Encrypting 32 bytes cannot fail.
+        let _ = cipher.encrypt_in_place_detached(&nonce(u64::MAX), &[], block.as_mut());
+        let mut new_key = [0u8; KEY_LEN];
+        new_key.copy_from_slice(&block[..KEY_LEN]);
+        self.key = Some(Zeroizing::new(new_key));
+        new_key.zeroize();
+    }
+}
+
+/// ChaChaPoly's nonce (§12.3): 32 zero bits, then the counter little-endian.
+fn nonce(n: u64) -> Nonce {
+    let mut bytes = [0u8; 12];
+    bytes[4..].copy_from_slice(&n.to_le_bytes());
+    *Nonce::from_slice(&bytes)
+}
+
+/// HKDF with two outputs (§4.3), which is RFC 5869 HKDF with the chaining
+/// key as salt and an empty info.
+fn hkdf2(chaining_key: &[u8; KEY_LEN], ikm: &[u8]) -> (Zeroizing<[u8; 32]>, Zeroizing<[u8; 32]>) {
+    let hk = hkdf::Hkdf::<Sha256>::new(Some(chaining_key), ikm);
+    let mut okm = Zeroizing::new([0u8; 64]);
+    // 64 bytes is far below HKDF-SHA256's limit of 8160.
+    let _ = hk.expand(&[], okm.as_mut());
+    let mut a = Zeroizing::new([0u8; 32]);
+    let mut b = Zeroizing::new([0u8; 32]);
+    a.copy_from_slice(&okm[..32]);
+    b.copy_from_slice(&okm[32..]);
+    (a, b)
+}
+
+/// The SymmetricState (§5.2): chaining key, handshake hash, cipher.
+struct SymmetricState {
+    cipher: CipherState,
+    ck: Zeroizing<[u8; KEY_LEN]>,
+    h: [u8; KEY_LEN],
+}
+
+impl SymmetricState {
+    fn initialize(prologue: &[u8]) -> Self {
+        // §5.2 InitializeSymmetric: the name is 32 bytes long, so it is
+        // used as h directly (padded, were it shorter).
+        let mut h = [0u8; KEY_LEN];
+        let name = PROTOCOL_NAME.as_bytes();
+        if name.len() <= KEY_LEN {
+            h[..name.len()].copy_from_slice(name);
+        } else {
+            h = Sha256::digest(name).into();
+        }
+        let mut s = SymmetricState {
+            cipher: CipherState::empty(),
+            ck: Zeroizing::new(h),
+            h,
+        };
+        s.mix_hash(prologue);
+        s
+    }
+
+    fn mix_hash(&mut self, data: &[u8]) {
+        let mut hasher = Sha256::new();
+        hasher.update(self.h);
+        hasher.update(data);
+        self.h = hasher.finalize().into();
+    }
+
+    fn mix_key(&mut self, ikm: &[u8]) {
+        let (ck, k) = hkdf2(&self.ck, ikm);
+        self.ck = ck;
+        self.cipher = CipherState::with_key(*k);
+    }
+
+    /// Encrypts `buf` in place (if a key is set) and mixes the result into h.
+    fn encrypt_and_hash(&mut self, buf: &mut Vec<u8>) -> Result<(), NoiseError> {
+        let h = self.h;
+        self.cipher.encrypt_with_ad(&h, buf)?;
+        self.mix_hash(buf);
+        Ok(())
+    }
+
+    fn decrypt_and_hash(&mut self, buf: &mut Vec<u8>) -> Result<(), NoiseError> {
+        let h = self.h;
+        let ciphertext = buf.clone();
+        self.cipher.decrypt_with_ad(&h, buf)?;
+        self.mix_hash(&ciphertext);
+        Ok(())
+    }
+
+    /// Split (§5.2): the two transport keys, initiator-to-responder first.
+    fn split(self) -> (CipherState, CipherState, [u8; KEY_LEN]) {
+        let (k1, k2) = hkdf2(&self.ck, &[]);
+        (
+            CipherState::with_key(*k1),
+            CipherState::with_key(*k2),
+            self.h,
+        )
+    }
+}
+
+/// Appends `key` and mixes it into h: the `e` token (§5.3), and the plain
+/// part of `s` before a key is set.
+fn write_e(sym: &mut SymmetricState, e: &Keypair, out: &mut Vec<u8>) {
+    out.extend_from_slice(&e.public);
+    sym.mix_hash(&e.public);
+}
+
+fn read_key(message: &[u8], at: &mut usize, len: usize) -> Result<Vec<u8>, NoiseError> {
+    let end = at.checked_add(len).ok_or(NoiseError::BadLength)?;
+    let bytes = message.get(*at..end).ok_or(NoiseError::BadLength)?.to_vec();
+    *at = end;
+    Ok(bytes)
+}
+
+/// A handshake message is at least `min` bytes (its keys and tags) and at
+/// most 65535.
+fn check_length(message: &[u8], min: usize) -> Result<(), NoiseError> {
+    if message.len() > MAX_MESSAGE {
+        Err(NoiseError::TooLong)
+    } else if message.len() < min {
+        Err(NoiseError::BadLength)
+    } else {
+        Ok(())
+    }
+}
+
+fn key32(bytes: &[u8]) -> Result<[u8; KEY_LEN], NoiseError> {
+    bytes.try_into().map_err(|_| NoiseError::BadLength)
+}
+
+/// The payload of a handshake message: encrypted if a key is set.
+fn write_payload(
+    sym: &mut SymmetricState,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), NoiseError> {
+    let mut buf = payload.to_vec();
+    sym.encrypt_and_hash(&mut buf)?;
+    out.extend_from_slice(&buf);
+    if out.len() > MAX_MESSAGE {
+        return Err(NoiseError::TooLong);
+    }
+    Ok(())
+}
+
+fn read_payload(sym: &mut SymmetricState, rest: &[u8]) -> Result<Vec<u8>, NoiseError> {
+    let mut buf = rest.to_vec();
+    sym.decrypt_and_hash(&mut buf)?;
+    Ok(buf)
+}
+
+/// The initiator before message 1.
+pub struct Initiator {
+    sym: SymmetricState,
+    s: Keypair,
+    e: Keypair,
+}
+
+/// The initiator after message 1, waiting for message 2.
+pub struct InitiatorAwaitingResponse {
+    sym: SymmetricState,
+    s: Keypair,
+    e: Keypair,
+}
+
+/// The initiator after message 2: it knows the responder's static key and
+/// decides (pin, DNS key) whether to go on with message 3.
+pub struct InitiatorAwaitingConfirm {
+    sym: SymmetricState,
+    s: Keypair,
+    re: [u8; KEY_LEN],
+    rs: [u8; KEY_LEN],
+}
+
+/// The responder before message 1.
+pub struct Responder {
+    sym: SymmetricState,
+    s: Keypair,
+    e: Keypair,
+}
+
+/// The responder after message 1, ready to write message 2.
+pub struct ResponderReady {
+    sym: SymmetricState,
+    s: Keypair,
+    e: Keypair,
+    re: [u8; KEY_LEN],
+}
+
+/// The responder after message 2, waiting for message 3.
+pub struct ResponderAwaitingFinish {
+    sym: SymmetricState,
+    e: Keypair,
+}
+
+impl Initiator {
+    /// `s` is our static key, `e` a fresh ephemeral key, `prologue` the
+    /// data both sides must agree on (§6).
+    pub fn new(prologue: &[u8], s: Keypair, e: Keypair) -> Self {
+        Initiator {
+            sym: SymmetricState::initialize(prologue),
+            s,
+            e,
+        }
+    }
+
+    /// Message 1: `-> e`, then the payload (in clear: no key yet).
+    pub fn write_message_1(
+        mut self,
+        payload: &[u8],
+    ) -> Result<(InitiatorAwaitingResponse, Vec<u8>), NoiseError> {
+        let mut out = Vec::with_capacity(KEY_LEN + payload.len());
+        write_e(&mut self.sym, &self.e, &mut out);
+        write_payload(&mut self.sym, payload, &mut out)?;
+        Ok((
+            InitiatorAwaitingResponse {
+                sym: self.sym,
+                s: self.s,
+                e: self.e,
+            },
+            out,
+        ))
+    }
+}
+
+impl InitiatorAwaitingResponse {
+    /// Message 2: `<- e, ee, s, es`; returns the decrypted payload.
+    pub fn read_message_2(
+        mut self,
+        message: &[u8],
+    ) -> Result<(InitiatorAwaitingConfirm, Vec<u8>), NoiseError> {
+        check_length(message, KEY_LEN + KEY_LEN + TAG_LEN + TAG_LEN)?;
+        let mut at = 0;
+        let re = key32(&read_key(message, &mut at, KEY_LEN)?)?;
+        self.sym.mix_hash(&re);
+        let ee = self.e.dh(&re)?;
+        self.sym.mix_key(ee.as_ref());
+        let mut rs = read_key(message, &mut at, KEY_LEN + TAG_LEN)?;
+        self.sym.decrypt_and_hash(&mut rs)?;
+        let rs = key32(&rs)?;
+        let es = self.e.dh(&rs)?;
+        self.sym.mix_key(es.as_ref());
+        let payload = read_payload(&mut self.sym, &message[at..])?;
+        Ok((
+            InitiatorAwaitingConfirm {
+                sym: self.sym,
+                s: self.s,
+                re,
+                rs,
+            },
+            payload,
+        ))
+    }
+}
+
+impl InitiatorAwaitingConfirm {
+    /// The responder's static key, to check before going on.
+    pub fn remote_static(&self) -> [u8; KEY_LEN] {
+        self.rs
+    }
+
+    /// The handshake hash so far (binds everything up to message 2).
+    pub fn handshake_hash(&self) -> [u8; KEY_LEN] {
+        self.sym.h
+    }
+
+    /// Message 3: `-> s, se`; the handshake is complete.
+    pub fn write_message_3(mut self, payload: &[u8]) -> Result<(Transport, Vec<u8>), NoiseError> {
+        let mut out = Vec::with_capacity(KEY_LEN + TAG_LEN + payload.len() + TAG_LEN);
+        let mut s = self.s.public.to_vec();
+        self.sym.encrypt_and_hash(&mut s)?;
+        out.extend_from_slice(&s);
+        let se = self.s.dh(&self.re)?;
+        self.sym.mix_key(se.as_ref());
+        write_payload(&mut self.sym, payload, &mut out)?;
+        let (send, recv, hash) = self.sym.split();
+        Ok((Transport::new(send, recv, hash, self.rs), out))
+    }
+}
+
+impl Responder {
+    pub fn new(prologue: &[u8], s: Keypair, e: Keypair) -> Self {
+        Responder {
+            sym: SymmetricState::initialize(prologue),
+            s,
+            e,
+        }
+    }
+
+    /// Message 1: `-> e`; returns the payload.
+    pub fn read_message_1(
+        mut self,
+        message: &[u8],
+    ) -> Result<(ResponderReady, Vec<u8>), NoiseError> {
+        check_length(message, KEY_LEN)?;
+        let mut at = 0;
+        let re = key32(&read_key(message, &mut at, KEY_LEN)?)?;
+        self.sym.mix_hash(&re);
+        let payload = read_payload(&mut self.sym, &message[at..])?;
+        Ok((
+            ResponderReady {
+                sym: self.sym,
+                s: self.s,
+                e: self.e,
+                re,
+            },
+            payload,
+        ))
+    }
+}
+
+impl ResponderReady {
+    /// Message 2: `<- e, ee, s, es`.
+    pub fn write_message_2(
+        mut self,
+        payload: &[u8],
+    ) -> Result<(ResponderAwaitingFinish, Vec<u8>), NoiseError> {
+        let mut out = Vec::with_capacity(2 * KEY_LEN + 2 * TAG_LEN + payload.len());
+        write_e(&mut self.sym, &self.e, &mut out);
+        let ee = self.e.dh(&self.re)?;
+        self.sym.mix_key(ee.as_ref());
+        let mut s = self.s.public.to_vec();
+        self.sym.encrypt_and_hash(&mut s)?;
+        out.extend_from_slice(&s);
+        let es = self.s.dh(&self.re)?;
+        self.sym.mix_key(es.as_ref());
+        write_payload(&mut self.sym, payload, &mut out)?;
+        Ok((
+            ResponderAwaitingFinish {
+                sym: self.sym,
+                e: self.e,
+            },
+            out,
+        ))
+    }
+}
+
+impl ResponderAwaitingFinish {
+    /// Message 3: `-> s, se`; returns the transport, the payload, and (in
+    /// the transport) the initiator's static key.
+    pub fn read_message_3(mut self, message: &[u8]) -> Result<(Transport, Vec<u8>), NoiseError> {
+        check_length(message, KEY_LEN + TAG_LEN + TAG_LEN)?;
+        let mut at = 0;
+        let mut rs = read_key(message, &mut at, KEY_LEN + TAG_LEN)?;
+        self.sym.decrypt_and_hash(&mut rs)?;
+        let rs = key32(&rs)?;
+        let se = self.e.dh(&rs)?;
+        self.sym.mix_key(se.as_ref());
+        let payload = read_payload(&mut self.sym, &message[at..])?;
+        let (recv, send, hash) = self.sym.split();
+        Ok((Transport::new(send, recv, hash, rs), payload))
+    }
+}
+
+/// The transport phase (§5.2 Split): one cipher each way.
+pub struct Transport {
+    send: CipherState,
+    recv: CipherState,
+    handshake_hash: [u8; KEY_LEN],
+    remote_static: [u8; KEY_LEN],
+}
+
+impl Transport {
+    fn new(
+        send: CipherState,
+        recv: CipherState,
+        handshake_hash: [u8; KEY_LEN],
+        remote_static: [u8; KEY_LEN],
+    ) -> Self {
+        Transport {
+            send,
+            recv,
+            handshake_hash,
+            remote_static,
+        }
+    }
+
+    /// The handshake hash: unique to this session (channel binding, §11.2).
+    pub fn handshake_hash(&self) -> [u8; KEY_LEN] {
+        self.handshake_hash
+    }
+
+    /// The peer's static public key.
+    pub fn remote_static(&self) -> [u8; KEY_LEN] {
+        self.remote_static
+    }
+
+    /// Encrypts `plaintext` (at most 65535 - 16 bytes) into a transport message.
+    pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, NoiseError> {
+        if plaintext.len() + TAG_LEN > MAX_MESSAGE {
+            return Err(NoiseError::TooLong);
+        }
+        let mut buf = Vec::with_capacity(plaintext.len() + TAG_LEN);
+        buf.extend_from_slice(plaintext);
+        self.send.encrypt_with_ad(&[], &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Decrypts a transport message. Tampered, truncated, replayed or
+    /// reordered messages fail, and the receive nonce does not move.
+    pub fn decrypt(&mut self, message: &[u8]) -> Result<Vec<u8>, NoiseError> {
+        if message.len() > MAX_MESSAGE {
+            return Err(NoiseError::TooLong);
+        }
+        let mut buf = message.to_vec();
+        self.recv.decrypt_with_ad(&[], &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Rekeys the sending direction (§11.3); the peer rekeys its receiving one.
+    pub fn rekey_send(&mut self) {
+        self.send.rekey();
+    }
+
+    pub fn rekey_recv(&mut self) {
+        self.recv.rekey();
+    }
+
+    pub fn send_nonce(&self) -> u64 {
+        self.send.nonce()
+    }
+
+    pub fn recv_nonce(&self) -> u64 {
+        self.recv.nonce()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_send_nonce(&mut self, n: u64) {
+        self.send.nonce = n;
+    }
+}
+
+/// Lower-case hex, for keys in logs and files.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses lower- or upper-case hex.
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim();
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
