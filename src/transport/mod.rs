@@ -1,6 +1,7 @@
 //! Byte streams that start in plaintext and may be upgraded mid-session
 //! (the STARTTLS pattern, RFC 3207), and the TLS configuration they use.
 
+pub mod pony;
 pub mod tls;
 
 use std::io;
@@ -11,7 +12,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub use tls::{CertVerdict, ClientTls, ServerTls, TlsError, TlsInfo};
 
-/// A connection that is plain TCP until it is upgraded to TLS.
+pub use pony::PonyStream;
+
+/// A connection that is plain TCP until it is upgraded to TLS or to the
+/// blackpony channel.
 ///
 /// The upgrade takes the stream by value ([`Stream::into_plain`] then
 /// `Stream::Tls`), so there is never a moment where both layers could read.
@@ -19,6 +23,7 @@ pub use tls::{CertVerdict, ClientTls, ServerTls, TlsError, TlsInfo};
 pub enum Stream<S> {
     Plain(S),
     Tls(Box<tokio_rustls::TlsStream<S>>),
+    Pony(Box<PonyStream<S>>),
 }
 
 impl<S> Stream<S> {
@@ -30,8 +35,9 @@ impl<S> Stream<S> {
         }
     }
 
-    pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::Tls(_))
+    /// Whether the stream is encrypted (TLS or the blackpony channel).
+    pub fn is_encrypted(&self) -> bool {
+        !matches!(self, Stream::Plain(_))
     }
 }
 
@@ -44,6 +50,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Stream<S> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Pony(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -57,6 +64,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Pony(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -64,6 +72,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Pony(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -71,6 +80,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Pony(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 
@@ -82,6 +92,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Stream::Pony(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -89,6 +100,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::Tls(s) => s.is_write_vectored(),
+            Stream::Pony(s) => s.is_write_vectored(),
         }
     }
 }

@@ -1,0 +1,265 @@
+//! The framed transport of the blackpony extension, sans-IO.
+//!
+//! On the wire each frame is a big-endian u16 length `L` followed by `L`
+//! bytes: one Noise transport message (ciphertext and 16-byte tag). Inside,
+//! the plaintext is `type (1) || body length (u16be) || body || padding`:
+//!
+//! | type | meaning |
+//! |---|---|
+//! | 0x00 DATA | the body is SMTP bytes, in order |
+//! | 0x01 CLOSE | the sender sends nothing more (a clean end) |
+//! | 0x02 REKEY | the sender rekeys its sending key after this frame |
+//!
+//! Padding is zero bytes and ignored. A transport EOF without CLOSE is a
+//! truncation and an error; so is any frame that does not decrypt.
+
+use super::noise::{MAX_MESSAGE, NoiseError, Transport};
+
+/// Bytes of the AEAD tag in each frame.
+const TAG: usize = 16;
+/// Type and body length inside each frame.
+const HEADER: usize = 3;
+/// The most SMTP bytes one frame carries.
+pub const MAX_BODY: usize = MAX_MESSAGE - TAG - HEADER;
+
+const DATA: u8 = 0x00;
+const CLOSE: u8 = 0x01;
+const REKEY: u8 = 0x02;
+
+/// Why the channel cannot go on. Every one of these ends the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelError {
+    #[error("frame did not decrypt: {0}")]
+    Noise(#[from] NoiseError),
+    #[error("frame shorter than its tag")]
+    ShortFrame,
+    #[error("frame body length {0} does not fit the frame")]
+    BadBodyLength(usize),
+    #[error("unknown frame type {0:#04x}")]
+    UnknownType(u8),
+    #[error("non-zero padding")]
+    BadPadding,
+    #[error("data after CLOSE")]
+    AfterClose,
+    #[error("connection ended without a CLOSE frame (truncation)")]
+    Truncated,
+}
+
+/// What [`Channel::open`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Opened {
+    /// Bytes of the input used (whole frames only).
+    pub consumed: usize,
+    /// The peer sent CLOSE: nothing more will come.
+    pub closed: bool,
+}
+
+/// An established blackpony channel: the Noise transport plus framing.
+pub struct Channel {
+    transport: Transport,
+    /// Pad each frame's plaintext to a multiple of this many bytes (0: none).
+    pad_to: usize,
+    peer_closed: bool,
+}
+
+impl Channel {
+    pub fn new(transport: Transport) -> Self {
+        Channel {
+            transport,
+            pad_to: 0,
+            peer_closed: false,
+        }
+    }
+
+    /// Pads every frame to a multiple of `block` bytes, which hides the
+    /// exact length of short commands and replies from an observer.
+    pub fn with_padding(mut self, block: usize) -> Self {
+        self.pad_to = block.min(MAX_BODY);
+        self
+    }
+
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// Seals `data` as DATA frames (as many as needed), appended to `out`.
+    pub fn seal_data(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), ChannelError> {
+        for chunk in data.chunks(MAX_BODY) {
+            self.seal(DATA, chunk, out)?;
+        }
+        Ok(())
+    }
+
+    /// Seals a CLOSE frame: the clean end of the channel.
+    pub fn seal_close(&mut self, out: &mut Vec<u8>) -> Result<(), ChannelError> {
+        self.seal(CLOSE, &[], out)
+    }
+
+    /// Seals a REKEY frame and rekeys the sending direction (Noise §11.3).
+    pub fn seal_rekey(&mut self, out: &mut Vec<u8>) -> Result<(), ChannelError> {
+        self.seal(REKEY, &[], out)?;
+        self.transport.rekey_send();
+        Ok(())
+    }
+
+    fn seal(&mut self, kind: u8, body: &[u8], out: &mut Vec<u8>) -> Result<(), ChannelError> {
+        let mut plain = Vec::with_capacity(HEADER + body.len() + self.pad_to);
+        plain.push(kind);
+        plain.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        plain.extend_from_slice(body);
+        if self.pad_to > 1 {
+            let padded = plain.len().div_ceil(self.pad_to) * self.pad_to;
+            plain.resize(padded.min(MAX_MESSAGE - TAG), 0);
+        }
+        let frame = self.transport.encrypt(&plain)?;
+        out.extend_from_slice(&(frame.len() as u16).to_be_bytes());
+        out.extend_from_slice(&frame);
+        Ok(())
+    }
+
+    /// Opens every complete frame at the start of `input`, appending DATA
+    /// bodies to `plaintext`. Stops after CLOSE.
+    pub fn open(&mut self, input: &[u8], plaintext: &mut Vec<u8>) -> Result<Opened, ChannelError> {
+        let mut opened = Opened::default();
+        while !self.peer_closed {
+            let rest = &input[opened.consumed..];
+            let [hi, lo, ..] = *rest else {
+                break;
+            };
+            let len = usize::from(u16::from_be_bytes([hi, lo]));
+            if rest.len() < 2 + len {
+                break;
+            }
+            if len < TAG + HEADER {
+                return Err(ChannelError::ShortFrame);
+            }
+            let plain = self.transport.decrypt(&rest[2..2 + len])?;
+            opened.consumed += 2 + len;
+            let body_len = usize::from(u16::from_be_bytes([plain[1], plain[2]]));
+            let body_end = HEADER + body_len;
+            if body_end > plain.len() {
+                return Err(ChannelError::BadBodyLength(body_len));
+            }
+            if plain[body_end..].iter().any(|&b| b != 0) {
+                return Err(ChannelError::BadPadding);
+            }
+            match plain[0] {
+                DATA => plaintext.extend_from_slice(&plain[HEADER..body_end]),
+                CLOSE => {
+                    self.peer_closed = true;
+                    opened.closed = true;
+                }
+                REKEY => self.transport.rekey_recv(),
+                other => return Err(ChannelError::UnknownType(other)),
+            }
+        }
+        if self.peer_closed && opened.consumed < input.len() && !opened.closed {
+            return Err(ChannelError::AfterClose);
+        }
+        Ok(opened)
+    }
+
+    /// Whether the peer has closed the channel cleanly.
+    pub fn peer_closed(&self) -> bool {
+        self.peer_closed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pony::noise::{Initiator, Keypair, Responder};
+
+    fn pair() -> (Channel, Channel) {
+        let k = || Keypair::generate().unwrap();
+        let (i, m1) = Initiator::new(b"", k(), k()).write_message_1(&[]).unwrap();
+        let (r, _) = Responder::new(b"", k(), k()).read_message_1(&m1).unwrap();
+        let (r, m2) = r.write_message_2(&[]).unwrap();
+        let (i, _) = i.read_message_2(&m2).unwrap();
+        let (i, m3) = i.write_message_3(&[]).unwrap();
+        let (r, _) = r.read_message_3(&m3).unwrap();
+        (Channel::new(i), Channel::new(r))
+    }
+
+    #[test]
+    fn data_close_and_rekey_round_trip_in_any_split() {
+        let (mut a, mut b) = pair();
+        let mut wire = Vec::new();
+        a.seal_data(b"EHLO client.example\r\n", &mut wire).unwrap();
+        a.seal_rekey(&mut wire).unwrap();
+        let big = vec![b'x'; MAX_BODY + 10];
+        a.seal_data(&big, &mut wire).unwrap();
+        a.seal_close(&mut wire).unwrap();
+
+        // Feed the wire bytes in uneven pieces, as TCP may deliver them.
+        let mut got = Vec::new();
+        let mut pending = Vec::new();
+        let mut closed = false;
+        for piece in wire.chunks(1000) {
+            pending.extend_from_slice(piece);
+            let o = b.open(&pending, &mut got).unwrap();
+            pending.drain(..o.consumed);
+            closed |= o.closed;
+        }
+        assert!(closed && pending.is_empty());
+        let mut want = b"EHLO client.example\r\n".to_vec();
+        want.extend_from_slice(&big);
+        assert_eq!(got, want);
+        assert!(b.peer_closed());
+    }
+
+    #[test]
+    fn padding_hides_lengths() {
+        let (a, mut b) = pair();
+        let mut a = a.with_padding(64);
+        let mut w1 = Vec::new();
+        let mut w2 = Vec::new();
+        a.seal_data(b"QUIT\r\n", &mut w1).unwrap();
+        a.seal_data(b"MAIL FROM:<someone@example.org>\r\n", &mut w2)
+            .unwrap();
+        assert_eq!(w1.len(), w2.len());
+        let mut got = Vec::new();
+        b.open(&w1, &mut got).unwrap();
+        b.open(&w2, &mut got).unwrap();
+        assert_eq!(got, b"QUIT\r\nMAIL FROM:<someone@example.org>\r\n");
+    }
+
+    #[test]
+    fn damaged_frames_are_fatal() {
+        let (mut a, mut b) = pair();
+        let mut wire = Vec::new();
+        a.seal_data(b"hello", &mut wire).unwrap();
+        let mut flipped = wire.clone();
+        *flipped.last_mut().unwrap() ^= 0x80;
+        assert!(matches!(
+            b.open(&flipped, &mut Vec::new()),
+            Err(ChannelError::Noise(_))
+        ));
+        // A short frame that cannot even hold a tag.
+        assert_eq!(
+            b.open(&[0, 3, 1, 2, 3], &mut Vec::new()),
+            Err(ChannelError::ShortFrame)
+        );
+        // The intact frame still opens: failures did not move the nonce.
+        let mut got = Vec::new();
+        assert_eq!(b.open(&wire, &mut got).unwrap().consumed, wire.len());
+        assert_eq!(got, b"hello");
+        // Replaying it does not.
+        assert!(b.open(&wire, &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn bytes_after_close_are_refused() {
+        let (mut a, mut b) = pair();
+        let mut wire = Vec::new();
+        a.seal_close(&mut wire).unwrap();
+        let o = b.open(&wire, &mut Vec::new()).unwrap();
+        assert!(o.closed);
+        let mut more = Vec::new();
+        a.seal_data(b"late", &mut more).unwrap();
+        assert_eq!(
+            b.open(&more, &mut Vec::new()),
+            Err(ChannelError::AfterClose)
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! The blackpony channel as an async byte stream: the I/O half of
+//! [`Channel`](crate::pony::channel::Channel), which does all the framing.
+//!
+//! Writes are sealed into frames at once and pushed out as far as the
+//! socket takes them; `flush` pushes the rest. `shutdown` sends CLOSE. A
+//! read returns 0 (EOF) only after the peer's CLOSE; a connection that ends
+//! without one is an error (truncation).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::pony::channel::{Channel, MAX_BODY};
+
+/// Ciphertext waiting to be written before new writes are refused.
+const MAX_PENDING: usize = 4 * 65537;
+
+pub struct PonyStream<S> {
+    inner: S,
+    channel: Channel,
+    /// Ciphertext read but not yet opened (at most one partial frame).
+    rx_wire: Vec<u8>,
+    /// Plaintext opened but not yet returned.
+    rx_plain: Vec<u8>,
+    rx_pos: usize,
+    /// Sealed frames not yet written.
+    tx_wire: Vec<u8>,
+    tx_pos: usize,
+    close_sent: bool,
+}
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+impl<S> std::fmt::Debug for PonyStream<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PonyStream")
+            .field("buffered_in", &self.rx_wire.len())
+            .field("pending_out", &(self.tx_wire.len() - self.tx_pos))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> PonyStream<S> {
+    /// Wraps `inner` after the handshake. `already_read` holds bytes that
+    /// came in behind the last handshake message: the first frames.
+    pub fn new(inner: S, channel: Channel, already_read: Vec<u8>) -> Self {
+        PonyStream {
+            inner,
+            channel,
+            rx_wire: already_read,
+            rx_plain: Vec::new(),
+            rx_pos: 0,
+            tx_wire: Vec::new(),
+            tx_pos: 0,
+            close_sent: false,
+        }
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: AsyncWrite + Unpin> PonyStream<S> {
+    /// Writes out sealed frames until none are left (or the socket is full).
+    fn poll_write_wire(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.tx_pos < self.tx_wire.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.tx_wire[self.tx_pos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.tx_pos += n;
+        }
+        self.tx_wire.clear();
+        self.tx_pos = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for PonyStream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.rx_pos < this.rx_plain.len() {
+                let n = buf.remaining().min(this.rx_plain.len() - this.rx_pos);
+                buf.put_slice(&this.rx_plain[this.rx_pos..this.rx_pos + n]);
+                this.rx_pos += n;
+                return Poll::Ready(Ok(()));
+            }
+            if this.channel.peer_closed() {
+                return Poll::Ready(Ok(()));
+            }
+            this.rx_plain.clear();
+            this.rx_pos = 0;
+            let opened = this
+                .channel
+                .open(&this.rx_wire, &mut this.rx_plain)
+                .map_err(invalid)?;
+            this.rx_wire.drain(..opened.consumed);
+            if !this.rx_plain.is_empty() || opened.closed {
+                continue;
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let mut read = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "blackpony channel ended without CLOSE (truncated)",
+                )));
+            }
+            this.rx_wire.extend_from_slice(read.filled());
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for PonyStream<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.tx_wire.len() - this.tx_pos >= MAX_PENDING {
+            ready!(this.poll_write_wire(cx))?;
+        }
+        let n = data.len().min(4 * MAX_BODY);
+        this.channel
+            .seal_data(&data[..n], &mut this.tx_wire)
+            .map_err(invalid)?;
+        // Push out what the socket takes now; the rest goes with flush.
+        if let Poll::Ready(Err(e)) = this.poll_write_wire(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_wire(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.close_sent {
+            this.channel
+                .seal_close(&mut this.tx_wire)
+                .map_err(invalid)?;
+            this.close_sent = true;
+        }
+        ready!(this.poll_write_wire(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pony::noise::{Initiator, Keypair, Responder};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn channels() -> (Channel, Channel) {
+        let k = || Keypair::generate().unwrap();
+        let (i, m1) = Initiator::new(b"", k(), k()).write_message_1(&[]).unwrap();
+        let (r, _) = Responder::new(b"", k(), k()).read_message_1(&m1).unwrap();
+        let (r, m2) = r.write_message_2(&[]).unwrap();
+        let (i, _) = i.read_message_2(&m2).unwrap();
+        let (i, m3) = i.write_message_3(&[]).unwrap();
+        let (r, _) = r.read_message_3(&m3).unwrap();
+        (Channel::new(i), Channel::new(r))
+    }
+
+    #[tokio::test]
+    async fn bytes_cross_a_socket_pair_and_close_is_eof() {
+        let (a, b) = tokio::io::duplex(1024);
+        let (ca, cb) = channels();
+        let mut a = PonyStream::new(a, ca, Vec::new());
+        let mut b = PonyStream::new(b, cb, Vec::new());
+        let message = vec![7u8; 300_000];
+        let sent = message.clone();
+        let writer = tokio::spawn(async move {
+            a.write_all(b"EHLO x\r\n").await.unwrap();
+            a.write_all(&sent).await.unwrap();
+            a.shutdown().await.unwrap();
+        });
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(&got[..8], b"EHLO x\r\n");
+        assert_eq!(&got[8..], &message[..]);
+    }
+
+    #[tokio::test]
+    async fn eof_without_close_is_an_error() {
+        let (a, b) = tokio::io::duplex(1024);
+        let (ca, cb) = channels();
+        let mut a = PonyStream::new(a, ca, Vec::new());
+        let mut b = PonyStream::new(b, cb, Vec::new());
+        a.write_all(b"partial").await.unwrap();
+        a.flush().await.unwrap();
+        drop(a);
+        let mut got = Vec::new();
+        let err = b.read_to_end(&mut got).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(got, b"partial");
+    }
+}
