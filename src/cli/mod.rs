@@ -68,6 +68,54 @@ pub enum Command {
     /// Serve LMTP on a socket for an MTA's transport (Postfix `lmtp:`,
     /// OpenSMTPD `relay host lmtp://`), delivering each message now.
     Outbound(OutboundServerArgs),
+    /// Make a host key for the blackpony extension (mode 0600) and print
+    /// its public key and the DNS record to publish.
+    Keygen(KeygenArgs),
+    /// Show or change the keys remembered per MX host (trust on first use).
+    Pins(PinsArgs),
+}
+
+/// `blackpony keygen`
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the key [default: /etc/blackpony/host.key].
+    #[arg(long, value_name = "FILE", default_value = "/etc/blackpony/host.key")]
+    pub out: PathBuf,
+    /// The MX host name the DNS record is for [default: the system host name].
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// Replace an existing key file (every peer that pinned the old key will
+    /// refuse this host until its operator accepts the new one).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `blackpony pins …`
+#[derive(Debug, Args)]
+pub struct PinsArgs {
+    /// The state directory holding the pins [default: $STATE_DIRECTORY or /var/lib/blackpony].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: PinsAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PinsAction {
+    /// List every pinned host with its key fingerprint and dates.
+    List,
+    /// Forget a host's key: the next contact pins whatever key it presents.
+    Forget {
+        /// The MX host name.
+        host: String,
+    },
+    /// Accept a new key for a host (after checking it out of band).
+    Accept {
+        /// The MX host name.
+        host: String,
+        /// The host's public key in base64 (as `blackpony keygen` prints it).
+        key: String,
+    },
 }
 
 /// `blackpony lmtp`
@@ -310,6 +358,8 @@ pub fn main() -> ExitCode {
         Command::Lmtp(_) => "lmtp",
         Command::Outbound(_) => "outbound",
         Command::Inbound(_) => "inbound",
+        Command::Keygen(_) => "keygen",
+        Command::Pins(_) => "pins",
     };
     let default_sink: fn() -> log::Sink = match &cli.command {
         Command::Deliver(_) => || log::Sink::Held(Vec::new()),
@@ -327,6 +377,8 @@ pub fn main() -> ExitCode {
         Err(e) => return fail(exit::USAGE, &e),
     }
     match cli.command {
+        Command::Keygen(args) => keygen(args),
+        Command::Pins(args) => pins(args),
         Command::Deliver(args) => {
             let outbound =
                 match config::merge_outbound(args.outbound, file.outbound.unwrap_or_default()) {
@@ -392,6 +444,83 @@ fn exit_for(e: &ConfigError) -> u8 {
 fn fail(code: u8, message: &str) -> ExitCode {
     eprintln!("blackpony: {message}");
     ExitCode::from(code)
+}
+
+fn keygen(args: KeygenArgs) -> ExitCode {
+    use crate::pony::keys;
+    let pair = match keys::generate_file(&args.out, args.force) {
+        Ok(p) => p,
+        Err(e) => return fail(exit::CONFIG, &e.to_string()),
+    };
+    let host = args.hostname.unwrap_or_else(system_hostname);
+    let public = pair.public();
+    println!("wrote {} (mode 0600)", args.out.display());
+    println!("public key:  {}", keys::encode_key(&public));
+    println!("fingerprint: {}", keys::fingerprint(&public));
+    println!("DNS record to publish (lets first contacts authenticate this host):");
+    println!(
+        "{}. IN TXT \"{}\"",
+        keys::dns_name(&host),
+        keys::dns_record(&public)
+    );
+    ExitCode::SUCCESS
+}
+
+fn pins(args: PinsArgs) -> ExitCode {
+    use crate::pony::keys;
+    use crate::pony::pins::{Pin, PinStore};
+    let dir = args
+        .state_dir
+        .unwrap_or_else(crate::outbound::deliver::default_state_dir);
+    let store = PinStore::new(&dir);
+    let result = match args.action {
+        PinsAction::List => store.list().map(|all| {
+            if all.is_empty() {
+                println!("no pins in {}", dir.display());
+            }
+            for (host, pin) in all {
+                println!(
+                    "{host} {} first-seen={} last-seen={} max-age={}{}",
+                    keys::fingerprint(&pin.key),
+                    log::timestamp_utc(std::time::UNIX_EPOCH + Duration::from_secs(pin.first_seen)),
+                    log::timestamp_utc(std::time::UNIX_EPOCH + Duration::from_secs(pin.last_seen)),
+                    pin.max_age,
+                    pin.successor
+                        .map(|s| format!(" successor={}", keys::fingerprint(&s)))
+                        .unwrap_or_default()
+                );
+            }
+        }),
+        PinsAction::Forget { host } => store.forget(&host).map(|had| {
+            if had {
+                println!("forgot the key of {host}; its next key is pinned on first use");
+            } else {
+                println!("{host} had no pin");
+            }
+        }),
+        PinsAction::Accept { host, key } => {
+            let Some(key) = keys::decode_key(&key) else {
+                return fail(exit::USAGE, "the key must be 32 bytes in base64");
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let pin = Pin {
+                key,
+                first_seen: now,
+                last_seen: now,
+                max_age: 0,
+                successor: None,
+            };
+            store.put(&host, &pin).map(|()| {
+                println!("{host} is now pinned to {}", keys::fingerprint(&key));
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(exit::OSERR, &e.to_string()),
+    }
 }
 
 /// Reads the message, delivers it, prints the status line; returns the exit status.

@@ -3,7 +3,11 @@
 //! The protocol is specified in `proto-spec/`.
 //!
 //! - [`noise`]: `Noise_XX_25519_ChaChaPoly_SHA256`, sans-IO;
-//! - [`channel`]: the framed transport after the handshake (DATA, CLOSE, REKEY, padding).
+//! - [`channel`]: the framed transport after the handshake (DATA, CLOSE, REKEY, padding);
+//! - [`keys`]: host key files, fingerprints, DNS key records;
+//! - [`pins`]: keys remembered per MX host, and what a key (or a missing extension) means.
 
 pub mod channel;
+pub mod keys;
 pub mod noise;
+pub mod pins;
