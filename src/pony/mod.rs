@@ -5,9 +5,11 @@
 //! - [`noise`]: `Noise_XX_25519_ChaChaPoly_SHA256`, sans-IO;
 //! - [`channel`]: the framed transport after the handshake (DATA, CLOSE, REKEY, padding);
 //! - [`keys`]: host key files, fingerprints, DNS key records;
+//! - [`negotiation`]: the EHLO keyword, the prologue, the handshake payloads;
 //! - [`pins`]: keys remembered per MX host, and what a key (or a missing extension) means.
 
 pub mod channel;
 pub mod keys;
+pub mod negotiation;
 pub mod noise;
 pub mod pins;
