@@ -1,7 +1,8 @@
 """Fixtures for the real-peer interop suite: private Postfix instances on loopback and
 `blackpony inbound` processes in front of them; for the outbound side, the fake internet,
-`blackpony outbound` on TCP and on a Unix socket, a sending Postfix and an Exim that hand
-their mail to blackpony.
+`blackpony outbound` (LMTP and SMTP) on TCP and on a Unix socket, a sending Postfix and an
+Exim that hand their mail to blackpony over LMTP, and a relay Postfix (relayhost) and an
+Exim (manualroute smarthost) that hand it to `blackpony outbound --protocol smtp`.
 
 Every fixture stops what it started (postfix -c DIR stop + kill leftovers, SIGTERM/SIGKILL
 for blackpony), even when a test fails. A missing tool is an error, never a skip.
@@ -191,16 +192,16 @@ def public_blackpony(workdir) -> Path:
     return dst
 
 
-def _outbound(workdir: Path, internet, name: str, unix: bool):
+def _outbound(workdir: Path, internet, name: str, unix: bool, protocol: str = "lmtp"):
     state = owned_dir(workdir / f"state-{name}")
     sock = None
     if unix:
         sock_dir = workdir / f"sock-{name}"
         sock_dir.mkdir()
         os.chmod(sock_dir, 0o755)
-        sock = sock_dir / "lmtp"
+        sock = sock_dir / protocol
     bp = BlackponyOutbound(workdir / "logs", args=internet.outbound_args(state),
-                           unix_path=sock, name=name)
+                           unix_path=sock, name=name, protocol=protocol)
     bp.start()
     try:
         if sock is not None:
@@ -223,6 +224,18 @@ def outbound_tcp(workdir, internet):
 def outbound_unix(workdir, internet):
     """`blackpony outbound --listen unix:PATH --protocol lmtp` on the fake internet."""
     yield from _outbound(workdir, internet, "outbound-unix", unix=True)
+
+
+@pytest.fixture(scope="module")
+def outbound_smtp_tcp(workdir, internet):
+    """`blackpony outbound --listen 127.0.0.1:PORT --protocol smtp` on the fake internet."""
+    yield from _outbound(workdir, internet, "outbound-smtp-tcp", unix=False, protocol="smtp")
+
+
+@pytest.fixture(scope="module")
+def outbound_smtp_unix(workdir, internet):
+    """`blackpony outbound --listen unix:PATH --protocol smtp` on the fake internet."""
+    yield from _outbound(workdir, internet, "outbound-smtp-unix", unix=True, protocol="smtp")
 
 
 # The sending Postfix picks blackpony's transport by envelope sender.
@@ -278,6 +291,63 @@ def exim(workdir, internet, public_blackpony, outbound_unix):
     state = owned_dir(workdir / "state-exim", EXIM_USER)
     command = " ".join([str(public_blackpony), "lmtp", *internet.outbound_args(state)])
     ex = Exim(workdir / "exim", command=command, socket_path=outbound_unix.unix_path)
+    res = ex.check_config()
+    if res.returncode != 0:
+        pytest.fail(f"exim -bV with {ex.conf} failed:\n{res.stdout}\n{res.stderr}",
+                    pytrace=False)
+    yield ex
+
+
+# Mail from this sender leaves the relay Postfix through a second smtp(8) transport,
+# `bpsingle`, with bpsingle_destination_recipient_limit = 1 (one recipient per delivery).
+SENDER_RELAY_SINGLE = f"single@{SENDER_DOMAIN}"
+
+
+@pytest.fixture(scope="module")
+def pf_relay(workdir, internet, outbound_smtp_tcp):
+    """A private Postfix whose every outgoing message goes through its smtp(8) client to
+    `relayhost = [127.0.0.1]:PORT`, blackpony outbound --protocol smtp (no TLS towards it:
+    blackpony's SMTP listener is loopback-only and offers no STARTTLS). Mail from
+    single@sender.test takes the `bpsingle` transport to the same place, one recipient per
+    delivery. Bounces to sender.test stay in its own Maildir."""
+    base = workdir / "postfix-relay"
+    base.mkdir()
+    os.chmod(base, 0o755)
+    nexthop = f"[{outbound_smtp_tcp.host}]:{outbound_smtp_tcp.port}"
+    maps = base / "sender_transport"
+    maps.write_text(f"{SENDER_RELAY_SINGLE} bpsingle:{nexthop}\n")
+    os.chmod(maps, 0o644)
+    pf = Postfix(base, domains=(SENDER_DOMAIN,),
+                 services="smtp      unix  -       -       n       -       -       smtp\n"
+                          "bpsingle  unix  -       -       n       -       -       smtp\n"
+                          "  -o syslog_name=postfix/bpsingle\n",
+                 settings={
+                     "sender_dependent_default_transport_maps": f"texthash:{maps}",
+                     "bpsingle_destination_recipient_limit": "1",
+                     "myhostname": "relay.sender.test",
+                     "mydomain": SENDER_DOMAIN,
+                     "myorigin": SENDER_DOMAIN,
+                     "relayhost": nexthop,
+                     "default_transport": "smtp",
+                     "relay_transport": "smtp",
+                     "smtp_tls_security_level": "none",
+                     "delay_warning_time": "0",
+                     "smtpd_banner": "$myhostname ESMTP Postfix (blackpony interop relay)",
+                 })
+    try:
+        pf.start()
+        yield pf
+    finally:
+        pf.stop()
+
+
+@pytest.fixture(scope="module")
+def exim_smarthost(workdir, outbound_smtp_tcp):
+    """A private Exim whose mail from smtp@sender.test goes through a manualroute router and
+    the smtp transport to `blackpony outbound --protocol smtp` on 127.0.0.1::PORT."""
+    ex = Exim(workdir / "exim-smarthost", command="/bin/false",
+              socket_path=workdir / "exim-smarthost" / "no-lmtp-socket",
+              smarthost=(outbound_smtp_tcp.host, outbound_smtp_tcp.port))
     res = ex.check_config()
     if res.returncode != 0:
         pytest.fail(f"exim -bV with {ex.conf} failed:\n{res.stdout}\n{res.stderr}",

@@ -376,6 +376,21 @@ class Postfix:
         return wait_for(logged, timeout, f"a status= line for {recipient} in {self.maillog}\n"
                         f"maillog tail:\n{self.log_tail(30)}")
 
+    def flush(self) -> subprocess.CompletedProcess:
+        """`postqueue -f`: retry the deferred mail now (what the next queue run would do)."""
+        return subprocess.run([require_tool("postqueue"), "-c", str(self.config_dir), "-f"],
+                              capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL)
+
+    def statuses(self, recipient: str) -> list[tuple[str, str]]:
+        """Every status= logged for recipient, in order: [(status, line), ...]."""
+        out = []
+        for line in self.delivery_lines(recipient):
+            m = re.search(r" status=(\w+)", line)
+            if m:
+                out.append((m.group(1), line))
+        return out
+
     def client_of_queue_id(self, queue_id: str) -> Optional[str]:
         """The client Postfix logged for a queue id (`QUEUEID: client=name[addr]`)."""
         m = re.search(rf"\b{re.escape(queue_id)}: client=([^,\s]+)", self.log_text())
@@ -563,6 +578,10 @@ NET_ADDR = {
     "dead": "127.0.10.8",      # mx1.backup.test: nothing listens here
     "backup": "127.0.10.9",    # mx2.backup.test: the Postfix
 }
+# Recipients whose local part starts with REFUSED_LOCALPART- are refused by the Postfix MX at
+# RCPT (check_recipient_access): it answers `550 5.7.1 <addr>: Recipient address rejected: …`.
+REFUSED_LOCALPART = "refuse"
+REFUSED_REPLY = "550 5.7.1 refused by the interop MX policy"
 # Domains delivered into the Postfix's Maildir.
 POSTFIX_DOMAINS = ("tls.test", "plain.test", "implicit.test", "backup.test")
 
@@ -805,6 +824,11 @@ class FakeInternet:
         pf_base = self.base / "postfix-mx"
         pf_base.mkdir(exist_ok=True)
         port = self.smtp_port
+        # Recipients the MX refuses at RCPT with its own words (to tell a reply that came
+        # from the MX from one a proxy made up).
+        self.refuse_map = self.base / "recipient_access.regexp"
+        self.refuse_map.write_text(f"/^{REFUSED_LOCALPART}-/ {REFUSED_REPLY}\n")
+        os.chmod(self.refuse_map, 0o644)
         self.postfix = Postfix(
             pf_base, host=NET_ADDR["tls"], port=port, domains=POSTFIX_DOMAINS,
             listeners=[(NET_ADDR["plain"], port, {"smtpd_tls_security_level": "none"}),
@@ -817,6 +841,8 @@ class FakeInternet:
                       "smtpd_tls_key_file": str(self.key),
                       "smtpd_tls_received_header": "yes",
                       "smtpd_tls_loglevel": "1",
+                      "smtpd_recipient_restrictions":
+                          f"check_recipient_access regexp:{self.refuse_map}",
                       "smtpd_banner": "$myhostname ESMTP Postfix (blackpony interop MX)"},
             # smtpd's TLS needs the TLS manager (without it: "no entropy ... disabling TLS").
             services="tlsmgr    unix  -       -       n       1000?   1       tlsmgr")
@@ -867,19 +893,22 @@ def run_deliver(args: list[str], message: bytes, timeout: float = 60
 
 
 class BlackponyOutbound(Blackpony):
-    """`blackpony outbound --listen 127.0.0.1:PORT|unix:/path --protocol lmtp ARGS`."""
+    """`blackpony outbound --listen 127.0.0.1:PORT|unix:/path --protocol lmtp|smtp ARGS`."""
 
     def __init__(self, log_dir: Path, *, args: Iterable[str] = (), unix_path: Optional[Path] = None,
-                 name: str = "blackpony-outbound", host: str = "127.0.0.1"):
+                 name: str = "blackpony-outbound", host: str = "127.0.0.1",
+                 protocol: str = "lmtp"):
         super().__init__(log_dir, backend=None, identity=None, args=args, name=name, host=host)
         self.unix_path = Path(unix_path) if unix_path else None
+        self.protocol = protocol
 
     @property
     def listen(self) -> str:
         return f"unix:{self.unix_path}" if self.unix_path else f"{self.host}:{self.port}"
 
     def command(self) -> list[str]:
-        return [self.bin, "outbound", "--listen", self.listen, "--protocol", "lmtp", *self.args]
+        return [self.bin, "outbound", "--listen", self.listen, "--protocol", self.protocol,
+                *self.args]
 
     def _port_open(self) -> bool:
         if not self.unix_path:
@@ -940,7 +969,7 @@ to_blackpony_socket:
   driver = accept
   senders = socket@sender.test
   transport = blackpony_lmtp_socket
-
+{smarthost_router}
 begin transports
 blackpony_lmtp_command:
   driver = lmtp
@@ -954,9 +983,33 @@ blackpony_lmtp_socket:
   user = {user}
   batch_max = 50
   timeout = 60s
-
+{smarthost_transport}
 begin retry
 *  *  F,1h,10m
+"""
+
+
+# With a smarthost: mail from smtp@sender.test goes to `blackpony outbound --protocol smtp` on
+# 127.0.0.1:PORT through Exim's smtp transport (a manualroute router; blackpony's SMTP listener
+# offers no STARTTLS, and is on an address Exim counts as its own, hence self = send).
+EXIM_SMARTHOST_ROUTER = """\
+to_blackpony_smtp:
+  driver = manualroute
+  senders = smtp@sender.test
+  route_list = * {host}::{port}
+  self = send
+  transport = blackpony_smtp
+"""
+
+EXIM_SMARTHOST_TRANSPORT = """\
+blackpony_smtp:
+  driver = smtp
+  port = {port}
+  hosts_avoid_tls = *
+  allow_localhost
+  command_timeout = 60s
+  data_timeout = 60s
+  final_timeout = 60s
 """
 
 
@@ -980,7 +1033,8 @@ class Exim:
     `exim -C CONF -odf`: the message is delivered in the foreground and the call returns
     when delivery is done; results are in the mainlog (=> sent, == deferred, ** bounced)."""
 
-    def __init__(self, base: Path, *, command: str, socket_path: Path):
+    def __init__(self, base: Path, *, command: str, socket_path: Path,
+                 smarthost: Optional[tuple[str, int]] = None):
         import pwd
         self.bin = exim_bin()
         self.base = Path(base)
@@ -995,7 +1049,11 @@ class Exim:
             os.chown(d, exim_user.pw_uid, exim_user.pw_gid)
         self.conf.write_text(EXIM_CONF.format(
             exim=self.bin, spool=self.spool, log=self.log_dir, port=free_port(), command=command,
-            socket=socket_path, user=EXIM_USER))
+            socket=socket_path, user=EXIM_USER,
+            smarthost_router=EXIM_SMARTHOST_ROUTER.format(host=smarthost[0], port=smarthost[1])
+            if smarthost else "",
+            smarthost_transport=EXIM_SMARTHOST_TRANSPORT.format(port=smarthost[1])
+            if smarthost else ""))
         os.chmod(self.conf, 0o644)
 
     def check_config(self) -> subprocess.CompletedProcess:
