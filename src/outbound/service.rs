@@ -171,17 +171,20 @@ async fn recipient_reply(
         return Reply::new(501, "5.1.3 Bad recipient address syntax");
     };
     if let Some(r) = remote.as_mut() {
-        if r.domain != domain {
+        if r.domain == domain {
+            return r.recipient(deliverer, recipient).await;
+        }
+        if !r.accepted.is_empty() {
             return Reply::new(
                 452,
                 "4.5.3 One destination domain per transaction: send the other recipients in a new transaction",
             );
         }
-        let reply = r
-            .command(deliverer, &format!("RCPT TO:<{recipient}>"))
-            .await;
-        r.note_recipient(recipient, &reply);
-        return reply;
+        // Nobody was accepted at that domain: the transaction is not bound
+        // to it yet, so move on to this recipient's domain.
+        if let Some(old) = remote.take() {
+            old.quit().await;
+        }
     }
     let OpenRoute { conn, caps } = match deliverer.open_route(&domain).await {
         Ok(open) => open,
@@ -214,13 +217,11 @@ async fn recipient_reply(
     let mail_reply = r.command(deliverer, &mail).await;
     if !mail_reply.is_success() {
         // The remote refused the sender: that is this recipient's answer.
+        log!("{}", r.status(recipient, &mail_reply).log_line());
         r.quit().await;
         return mail_reply;
     }
-    let reply = r
-        .command(deliverer, &format!("RCPT TO:<{recipient}>"))
-        .await;
-    r.note_recipient(recipient, &reply);
+    let reply = r.recipient(deliverer, recipient).await;
     *remote = Some(r);
     reply
 }
@@ -236,10 +237,18 @@ struct Remote {
 }
 
 impl Remote {
-    fn note_recipient(&mut self, recipient: &str, reply: &Reply) {
+    /// Sends RCPT and returns the remote's reply; a refusal is logged at
+    /// once (the MTA will log it deferred or bounced too).
+    async fn recipient(&mut self, deliverer: &Deliverer, recipient: &str) -> Reply {
+        let reply = self
+            .command(deliverer, &format!("RCPT TO:<{recipient}>"))
+            .await;
         if reply.is_success() {
             self.accepted.push(recipient.to_string());
+        } else {
+            log!("{}", self.status(recipient, &reply).log_line());
         }
+        reply
     }
 
     fn relay(&self) -> (String, SocketAddr) {
@@ -315,18 +324,22 @@ impl Remote {
         }
     }
 
+    fn status(&self, recipient: &str, reply: &Reply) -> RecipientStatus {
+        RecipientStatus {
+            recipient: recipient.to_string(),
+            reply: reply.clone(),
+            relay: Some(self.relay()),
+            tls: self.conn.tls.clone(),
+            verdict: self.conn.verdict.clone(),
+            level: self.conn.level(),
+            delay: self.started.elapsed(),
+        }
+    }
+
+    /// One log line per recipient the remote accepted, with its final reply.
     fn log_results(&self, reply: &Reply) {
         for rcpt in &self.accepted {
-            let status = RecipientStatus {
-                recipient: rcpt.clone(),
-                reply: reply.clone(),
-                relay: Some(self.relay()),
-                tls: self.conn.tls.clone(),
-                verdict: self.conn.verdict.clone(),
-                level: self.conn.level(),
-                delay: self.started.elapsed(),
-            };
-            log!("{}", status.log_line());
+            log!("{}", self.status(rcpt, reply).log_line());
         }
     }
 

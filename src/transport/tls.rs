@@ -282,6 +282,17 @@ fn describe_cert_error(e: &rustls::Error) -> String {
         }
         rustls::Error::InvalidCertificate(C::Expired)
         | rustls::Error::InvalidCertificate(C::ExpiredContext { .. }) => "expired".into(),
+        rustls::Error::InvalidCertificate(C::BadSignature) => "bad signature".into(),
+        rustls::Error::InvalidCertificate(C::NotValidYet)
+        | rustls::Error::InvalidCertificate(C::NotValidYetContext { .. }) => "not valid yet".into(),
+        rustls::Error::InvalidCertificate(C::Revoked) => "revoked".into(),
+        // webpki's "CA used as end entity": a self-signed certificate.
+        rustls::Error::InvalidCertificate(C::Other(other))
+            if format!("{other:?}").contains("CaUsedAsEndEntity") =>
+        {
+            "self-signed".into()
+        }
+        rustls::Error::InvalidCertificate(_) => "invalid certificate".into(),
         other => other.to_string(),
     }
 }
