@@ -207,6 +207,11 @@ pub struct OutboundArgs {
     /// in plaintext, where policy allows [default: 300].
     #[arg(long, value_name = "SECONDS")]
     pub tls_backoff: Option<u64>,
+
+    /// CA certificates (PEM) trusted in addition to the Mozilla roots when
+    /// judging MX certificates (policy verify): an internal CA.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// `blackpony deliver -f SENDER [--] RCPT...`
@@ -615,6 +620,7 @@ pub struct OutboundSettings {
     pub state_dir: Option<PathBuf>,
     pub smtp_port: u16,
     pub tls_backoff: Duration,
+    pub tls_ca_file: Option<PathBuf>,
     pub max_message_size: u64,
 }
 
@@ -626,7 +632,11 @@ impl OutboundSettings {
             None => crate::outbound::MailResolver::system(),
         }
         .map_err(|e| e.to_string())?;
-        let tls = crate::transport::ClientTls::new().map_err(|e| e.to_string())?;
+        let tls = match &self.tls_ca_file {
+            Some(path) => crate::transport::ClientTls::with_ca_file(path),
+            None => crate::transport::ClientTls::new(),
+        }
+        .map_err(|e| e.to_string())?;
         let limits = crate::outbound::Limits {
             tls_backoff: self.tls_backoff,
             ..Default::default()

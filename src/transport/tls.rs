@@ -228,6 +228,26 @@ impl ClientTls {
         Self::with_roots(roots)
     }
 
+    /// The Mozilla roots plus the CA certificates in a PEM file (an
+    /// internal CA, or a test's own).
+    pub fn with_ca_file(path: &Path) -> Result<Self, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let extra = CertificateDer::pem_file_iter(path)
+            .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+            .map_err(|source| TlsError::Certificate {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if extra.is_empty() {
+            return Err(TlsError::NoCertificate(path.to_path_buf()));
+        }
+        for cert in extra {
+            roots.add(cert)?;
+        }
+        Self::with_roots(roots)
+    }
+
     /// A client that judges chains against the given roots (tests).
     pub fn with_roots(roots: rustls::RootCertStore) -> Result<Self, TlsError> {
         let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
