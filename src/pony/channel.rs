@@ -95,6 +95,12 @@ impl Channel {
         self.seal(CLOSE, &[], out)
     }
 
+    /// Rekeys the sending direction after a REKEY record sealed by hand
+    /// (test vectors; [`Channel::seal_rekey`] does both).
+    pub(crate) fn rekey_send_after_record(&mut self) {
+        self.transport.rekey_send();
+    }
+
     /// Seals a REKEY frame and rekeys the sending direction (Noise §11.3).
     pub fn seal_rekey(&mut self, out: &mut Vec<u8>) -> Result<(), ChannelError> {
         self.seal(REKEY, &[], out)?;
@@ -103,14 +109,28 @@ impl Channel {
     }
 
     fn seal(&mut self, kind: u8, body: &[u8], out: &mut Vec<u8>) -> Result<(), ChannelError> {
-        let mut plain = Vec::with_capacity(HEADER + body.len() + self.pad_to);
+        let unpadded = HEADER + body.len();
+        let padding = if self.pad_to > 1 {
+            (unpadded.div_ceil(self.pad_to) * self.pad_to).min(MAX_MESSAGE - TAG) - unpadded
+        } else {
+            0
+        };
+        self.seal_record(kind, body, padding, out)
+    }
+
+    /// Seals one record with exactly `padding` zero bytes (test vectors).
+    pub(crate) fn seal_record(
+        &mut self,
+        kind: u8,
+        body: &[u8],
+        padding: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ChannelError> {
+        let mut plain = Vec::with_capacity(HEADER + body.len() + padding);
         plain.push(kind);
         plain.extend_from_slice(&(body.len() as u16).to_be_bytes());
         plain.extend_from_slice(body);
-        if self.pad_to > 1 {
-            let padded = plain.len().div_ceil(self.pad_to) * self.pad_to;
-            plain.resize(padded.min(MAX_MESSAGE - TAG), 0);
-        }
+        plain.resize(plain.len() + padding, 0);
         let frame = self.transport.encrypt(&plain)?;
         out.extend_from_slice(&(frame.len() as u16).to_be_bytes());
         out.extend_from_slice(&frame);

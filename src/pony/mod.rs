@@ -6,10 +6,12 @@
 //! - [`channel`]: the framed transport after the handshake (DATA, CLOSE, REKEY, padding);
 //! - [`keys`]: host key files, fingerprints, DNS key records;
 //! - [`negotiation`]: the EHLO keyword, the prologue, the handshake payloads;
-//! - [`pins`]: keys remembered per MX host, and what a key (or a missing extension) means.
+//! - [`pins`]: keys remembered per MX host, and what a key (or a missing extension) means;
+//! - [`vectors`]: the specification's test vectors, produced and checked here.
 
 pub mod channel;
 pub mod keys;
 pub mod negotiation;
 pub mod noise;
 pub mod pins;
+pub mod vectors;
