@@ -1,9 +1,26 @@
 #!/usr/bin/env python3
-"""Helpers for bench/inbound.sh (standard library only; the load generator
-is smtpload.c).
+"""Helpers for bench/inbound.sh and bench/outbound.sh (standard library
+only; the load generator is smtpload.c).
 
   smtpbench.py ports N
       Print N free TCP ports on 127.0.0.1 (all bound at once, then released).
+
+  smtpbench.py oneshot --n 200 --message FILE [--expect-stdout 2.0.0] -- CMD...
+      Run CMD N times one after the other, each with FILE on stdin; print
+      one JSON line: wall time, messages/s, the CPU time (user + system)
+      the children used (getrusage), failures (exit status other than 0,
+      or stdout not starting with the expected text) and the first few.
+
+  smtpbench.py relay --sink-log FILE --expect N [--pids P,...] -- CMD...
+      Run CMD (a load generator feeding an MTA) and wait until the
+      smtp-sink whose `-c` output goes to FILE has counted N more messages;
+      print one JSON line: seconds from the start of CMD until then, msgs/s,
+      messages smtp-sink counted, CMD's exit status and output, CPU per
+      message of PIDS and of the whole machine meanwhile.
+
+  smtpbench.py sink-count [--sessions] FILE
+      Print the message (or session) counter of an `smtp-sink -c` log.
+      smtp-sink counts a session when it ends.
 
   smtpbench.py idle --addr 127.0.0.1:PORT --n 2000 --pids PID[,PID...]
       Sum VmRSS of PIDS, open N client connections that each read the 220
@@ -13,7 +30,11 @@ is smtpload.c).
 
 import argparse
 import json
+import os
+import re
+import resource
 import socket
+import subprocess
 import sys
 import time
 
@@ -137,6 +158,145 @@ def cmd_idle(a):
     return 0 if not failed and alive == a.n else 1
 
 
+# ---------------------------------------------------------------- cpu
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def pid_ticks(pids):
+    """user + system CPU ticks of PIDS so far (all threads, dead ones too)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def machine_ticks():
+    """(busy, total) CPU ticks of the whole machine so far."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return sum(v) - v[3] - v[4], sum(v)
+
+
+# ---------------------------------------------------------------- oneshot
+
+def cmd_oneshot(a):
+    cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
+    expect = a.expect_stdout.encode() if a.expect_stdout else None
+    failures = []
+    ok = 0
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    for i in range(a.n):
+        with open(a.message, "rb") as msg:
+            try:
+                p = subprocess.run(cmd, stdin=msg, capture_output=True, timeout=a.timeout)
+                rc, out, err = p.returncode, p.stdout, p.stderr
+            except subprocess.TimeoutExpired as e:
+                rc, out, err = "timeout %gs" % a.timeout, e.stdout or b"", e.stderr or b""
+        if rc == 0 and (expect is None or out.startswith(expect)):
+            ok += 1
+        else:
+            failures.append({"n": i + 1, "exit": rc,
+                             "stdout": out[:300].decode(errors="replace"),
+                             "stderr": err[-600:].decode(errors="replace")})
+    t1 = time.monotonic()
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    print(json.dumps({
+        "n": a.n, "ok": ok, "failed": len(failures),
+        "secs": round(t1 - t0, 3),
+        "rate": round(a.n / (t1 - t0), 1),
+        "ms_per_msg": round((t1 - t0) * 1000 / a.n, 2),
+        "cpu_us_per_msg": round(cpu * 1e6 / a.n),
+        "first_failures": failures[:3],
+    }))
+    return 0 if not failures else 1
+
+
+# ---------------------------------------------------------------- relay
+
+COUNTERS_RE = re.compile(rb"sess=(\d+) quit=\d+ mesg=(\d+)")
+
+
+def sink_counters(path):
+    """The last (sessions, messages) counters smtp-sink -c wrote to path."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 400))
+            tail = f.read()
+    except OSError:
+        return 0, 0
+    found = COUNTERS_RE.findall(tail)
+    return (int(found[-1][0]), int(found[-1][1])) if found else (0, 0)
+
+
+def sink_count(path):
+    """The last `mesg=N` counter smtp-sink -c wrote to path (0 if none yet)."""
+    return sink_counters(path)[1]
+
+
+def cmd_sink_count(a):
+    sess, mesg = sink_counters(a.log)
+    print(sess if a.sessions else mesg)
+
+
+def cmd_relay(a):
+    cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
+    pids = [int(p) for p in a.pids.split(",") if p]
+    # Start from a quiet sink: its counter must not be moving.
+    before = sink_count(a.sink_log)
+    for _ in range(40):
+        time.sleep(0.05)
+        c = sink_count(a.sink_log)
+        if c == before:
+            break
+        before = c
+    c0 = pid_ticks(pids)
+    m0 = machine_ticks()
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT)
+    deadline = t0 + a.timeout
+    got = 0
+    t1 = None
+    while True:
+        got = sink_count(a.sink_log) - before
+        now = time.monotonic()
+        if got >= a.expect:
+            t1 = now
+            break
+        if now > deadline:
+            break
+        time.sleep(0.01)
+    c1 = pid_ticks(pids)
+    m1 = machine_ticks()
+    try:
+        out, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        rc = p.returncode
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, _ = p.communicate()
+        rc = "timeout"
+    secs = (t1 or time.monotonic()) - t0
+    print(json.dumps({
+        "expect": a.expect, "got": got, "complete": t1 is not None,
+        "secs": round(secs, 3),
+        "rate": round(a.expect / secs, 1) if t1 else 0,
+        "source_exit": rc, "source_output": out[-300:].decode(errors="replace"),
+        "pid_us_per_msg": round((c1 - c0) * 1e6 / CLK_TCK / a.expect),
+        "machine_us_per_msg": round((m1[0] - m0[0]) * 1e6 / CLK_TCK / a.expect),
+        "machine_busy_pct": round(100 * (m1[0] - m0[0]) / max(1, m1[1] - m0[1])),
+    }))
+    return 0 if t1 is not None and rc == 0 else 1
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -148,8 +308,24 @@ def main():
     si.add_argument("--pids", required=True)
     si.add_argument("--settle", type=float, default=1.0)
     si.add_argument("--timeout", type=float, default=60)
+    so = sub.add_parser("oneshot")
+    so.add_argument("--n", type=int, required=True)
+    so.add_argument("--message", required=True)
+    so.add_argument("--expect-stdout", default="")
+    so.add_argument("--timeout", type=float, default=30)
+    so.add_argument("command", nargs=argparse.REMAINDER)
+    sr = sub.add_parser("relay")
+    sr.add_argument("--sink-log", required=True)
+    sr.add_argument("--expect", type=int, required=True)
+    sr.add_argument("--pids", default="")
+    sr.add_argument("--timeout", type=float, default=120)
+    sr.add_argument("command", nargs=argparse.REMAINDER)
+    sc = sub.add_parser("sink-count")
+    sc.add_argument("--sessions", action="store_true")
+    sc.add_argument("log")
     a = p.parse_args()
-    return {"ports": cmd_ports, "idle": cmd_idle}[a.cmd](a)
+    return {"ports": cmd_ports, "idle": cmd_idle, "oneshot": cmd_oneshot,
+            "relay": cmd_relay, "sink-count": cmd_sink_count}[a.cmd](a)
 
 
 if __name__ == "__main__":

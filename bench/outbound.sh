@@ -1,0 +1,558 @@
+#!/usr/bin/env bash
+# Benchmark blackpony's outbound transport (`blackpony deliver`, `blackpony
+# outbound`) against peers: msmtp and dma for one-shot delivery, Postfix's
+# own smtp client for a long-running transport. Run as root:
+#
+#   bench/outbound.sh            (or: sudo bench/outbound.sh)
+#
+# It re-runs itself in a private network + mount namespace: its own loopback
+# (127.0.0.0/8 only, nothing else reachable), a dnsmasq on 127.0.0.1:53 that
+# every resolver there uses (a private /etc/resolv.conf, so dma and Postfix,
+# which use the libc resolver, do MX lookups too) and MX hosts on port 25.
+# Other ports are chosen at run time; every process started here is stopped
+# on exit; every wait is bounded. See bench/README.md for what the numbers
+# mean. Knobs (environment): BLACKPONY=path (default target/release/blackpony,
+# built if missing), REPS (3), ONESHOT_MSGS (200), TLS_MSGS (50),
+# RELAY_MSGS (1500), RELAY_SESSIONS (10), SIZE (1024), DMA_ROOT (where the
+# dma package is unpacked, default /var/cache/blackpony-bench/dma),
+# KEEP=1 keeps the temp dir (configs, logs).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+REPS=${REPS:-3}
+ONESHOT_MSGS=${ONESHOT_MSGS:-200}
+TLS_MSGS=${TLS_MSGS:-50}
+RELAY_MSGS=${RELAY_MSGS:-1500}
+RELAY_SESSIONS=${RELAY_SESSIONS:-10}
+SIZE=${SIZE:-1024}
+BLACKPONY=${BLACKPONY:-$ROOT/target/release/blackpony}
+DMA_ROOT=${DMA_ROOT:-/var/cache/blackpony-bench/dma}
+DMA=$DMA_ROOT/usr/sbin/dma
+PY=/usr/bin/python3
+BENCH=$HERE/smtpbench.py
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "outbound.sh: $*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (namespaces, port 25, smtp-sink -u postfix, Postfix): sudo $0"
+
+# ------------------------------------------------------------------ outside the namespace: tools
+if [ -z "${BLACKPONY_BENCH_NS:-}" ]; then
+    need_pkgs=()
+    command -v smtp-source >/dev/null && command -v smtp-sink >/dev/null \
+        && command -v postfix >/dev/null || need_pkgs+=(postfix)
+    command -v msmtp >/dev/null || need_pkgs+=(msmtp)
+    command -v dnsmasq >/dev/null || need_pkgs+=(dnsmasq-base)
+    command -v ip >/dev/null || need_pkgs+=(iproute2)
+    command -v unshare >/dev/null || need_pkgs+=(util-linux)
+    command -v script >/dev/null || need_pkgs+=(bsdutils)
+    command -v openssl >/dev/null || need_pkgs+=(openssl)
+    [ -x "$PY" ] || need_pkgs+=(python3)
+    if [ ${#need_pkgs[@]} -gt 0 ]; then
+        say "installing: ${need_pkgs[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2
+    fi
+    # dma conflicts with postfix as a package: unpack it and run it from there.
+    if [ ! -x "$DMA" ]; then
+        say "unpacking dma into $DMA_ROOT (apt-get download + dpkg -x)"
+        dl=$(mktemp -d)
+        chmod 777 "$dl"   # apt's _apt user downloads into it
+        (cd "$dl" && apt-get download dma >&2) || { apt-get update -qq && (cd "$dl" && apt-get download dma >&2); }
+        mkdir -p "$DMA_ROOT"
+        dpkg -x "$dl"/dma_*.deb "$DMA_ROOT"
+        rm -rf "$dl"
+        [ -x "$DMA" ] || die "no dma binary at $DMA after unpacking"
+    fi
+    if [ ! -x "$BLACKPONY" ]; then
+        say "building blackpony (cargo build --release)"
+        (cd "$ROOT" && cargo build --release) >&2
+    fi
+    export BLACKPONY_BENCH_NS=1 BLACKPONY
+    exec unshare --mount --net --propagation private "$BASH" "${BASH_SOURCE[0]}" "$@"
+fi
+
+# ------------------------------------------------------------------ inside: setup
+ip link set lo up
+BLACKPONY=$(realpath "$BLACKPONY")
+T=$(mktemp -d /tmp/blackpony-outbench.XXXXXX)
+chmod 755 "$T"
+cd "$T"
+PIDS=()
+POSTFIXES=()
+
+# postfix_env_pids DIR : processes of the Postfix instance whose config is DIR
+postfix_env_pids() {
+    local f
+    for f in /proc/[0-9]*/environ; do
+        { tr '\0' '\n' <"$f" | grep -qx "MAIL_CONFIG=$1"; } 2>/dev/null && { f=${f#/proc/}; echo "${f%/environ}"; }
+    done
+    return 0
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    local p d
+    for d in "${POSTFIXES[@]}"; do
+        timeout 30 script -qc "postfix -c $d stop" /dev/null >/dev/null 2>&1 || true
+    done
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for _ in $(seq 50); do
+        local alive=0
+        for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        for d in "${POSTFIXES[@]}"; do [ -n "$(postfix_env_pids "$d")" ] && alive=1; done
+        [ $alive = 0 ] && break
+        sleep 0.1
+    done
+    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    for d in "${POSTFIXES[@]}"; do
+        for p in $(postfix_env_pids "$d"); do kill -KILL "$p" 2>/dev/null || true; done
+    done
+    wait 2>/dev/null || true
+    if [ "${KEEP:-0}" = 1 ]; then say "kept $T"; else rm -rf "$T"; fi
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME CMD... : runs CMD in the background, stdout+stderr to $T/NAME.log
+start() {
+    local name=$1; shift
+    "$@" >"$T/$name.log" 2>&1 &
+    PIDS+=($!)
+    eval "PID_$name=$!"
+}
+
+# wait_port ADDR PORT : until something accepts there (10 s at most)
+wait_port() {
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    die "nothing listens on $1:$2 (see $T/*.log)"
+}
+
+cpu_busy() { # [SECONDS] : percent of CPU used by anything (the benchmark is idle meanwhile)
+    local a b
+    a=($(head -1 /proc/stat)); sleep "${1:-1}"; b=($(head -1 /proc/stat))
+    local tot=0 idle i
+    for i in 1 2 3 4 5 6 7 8; do tot=$((tot + b[i] - a[i])); done
+    idle=$(( (b[4] - a[4]) + (b[5] - a[5]) ))
+    echo $(( tot > 0 ? 100 * (tot - idle) / tot : 0 ))
+}
+BUSY=$(cpu_busy)
+[ "$BUSY" -gt 15 ] && say "WARNING: the machine was ${BUSY}% busy before the benchmark started; numbers will be noisy"
+
+# A private /etc for this namespace: resolv.conf -> the dnsmasq below, and
+# dma's config (dma reads only /etc/dma/dma.conf). Writes land in $T.
+mkdir -p "$T/etc-up" "$T/etc-work"
+mount -t overlay overlay -o "lowerdir=/etc,upperdir=$T/etc-up,workdir=$T/etc-work" /etc
+printf 'nameserver 127.0.0.1\noptions attempts:1 timeout:2\n' >/etc/resolv.conf
+mkdir -p /etc/dma
+ln -sf "$T/dma.conf" /etc/dma/dma.conf
+
+read -r SUBMIT BPS BPL <<<"$("$PY" "$BENCH" ports 3)"
+MX_SINK=127.0.0.2   # mx.sink.test: smtp-sink, plaintext
+MX_TLS=127.0.0.3    # mx.tls.test: a private Postfix offering STARTTLS, discarding mail
+
+# ---- DNS
+cat >"$T/dnsmasq.conf" <<EOF
+listen-address=127.0.0.1
+bind-interfaces
+port=53
+no-resolv
+no-hosts
+local=/test/
+pid-file=$T/dnsmasq.pid
+mx-host=sink.test,mx.sink.test,10
+mx-host=pf-mx.test,mx.sink.test,10
+mx-host=bp-smtp.test,mx.sink.test,10
+mx-host=bp-lmtp.test,mx.sink.test,10
+host-record=mx.sink.test,$MX_SINK
+mx-host=tls.test,mx.tls.test,10
+host-record=mx.tls.test,$MX_TLS
+EOF
+start dnsmasq dnsmasq --keep-in-foreground --log-facility=- --conf-file="$T/dnsmasq.conf"
+
+# ---- the plaintext MX
+start sink smtp-sink -u postfix -c -h mx.sink.test "$MX_SINK:25" 1024
+
+# ---- Postfix instances
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=mx.tls.test -keyout "$T/key.pem" -out "$T/cert.pem" 2>/dev/null
+chmod 644 "$T/key.pem"
+
+# postfix_instance DIR LISTEN_ADDR:PORT EXTRA_MASTER_CF : writes DIR/etc/{main,master}.cf
+# (common part; the caller appends its own main.cf settings)
+postfix_instance() {
+    local base=$1 listen=$2 extra=$3
+    mkdir -p "$base/etc" "$base/queue" "$base/data"
+    chmod 755 "$base" "$base/etc" "$base/queue" "$base/data"
+    chown postfix:postfix "$base/data"
+    cat >"$base/etc/main.cf" <<EOF
+compatibility_level = 3.6
+queue_directory = $base/queue
+data_directory = $base/data
+maillog_file = $base/maillog
+maillog_file_prefixes = $T
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+mydestination =
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+smtpd_recipient_restrictions =
+smtpd_peername_lookup = no
+biff = no
+append_dot_mydomain = no
+alias_maps =
+alias_database =
+local_recipient_maps =
+message_size_limit = 10240000
+EOF
+    cat >"$base/etc/master.cf" <<EOF
+$listen   inet  n       -       n       -       -       smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+$extra
+EOF
+}
+
+postfix_start() { # BASE ADDR PORT
+    local out
+    POSTFIXES+=("$1/etc")
+    script -qc "postfix -c $1/etc set-permissions" /dev/null >/dev/null 2>&1 || true
+    out=$(timeout 60 script -qc "postfix -c $1/etc start" /dev/null 2>&1) \
+        || die "postfix -c $1/etc start failed: $out $(tail -5 "$1/maillog" 2>/dev/null)"
+    wait_port "$2" "$3"
+}
+
+# The STARTTLS MX: accepts anything, offers STARTTLS, throws the mail away.
+PF_MX=$T/pf-mx
+postfix_instance "$PF_MX" "$MX_TLS:25" "tlsmgr    unix  -       -       n       1000?   1       tlsmgr"
+cat >>"$PF_MX/etc/main.cf" <<EOF
+myhostname = mx.tls.test
+smtpd_banner = \$myhostname ESMTP Postfix (blackpony bench MX)
+default_transport = discard:bench MX
+relay_transport = discard:bench MX
+smtpd_tls_security_level = may
+smtpd_tls_cert_file = $T/cert.pem
+smtpd_tls_key_file = $T/key.pem
+smtpd_tls_loglevel = 1
+smtp_tls_security_level = none
+EOF
+
+# The sending Postfix: smtp-source submits to it; the recipient domain picks
+# the transport (one instance, one queue, the same limits for all rows).
+PF_OUT=$T/pf-out
+postfix_instance "$PF_OUT" "127.0.0.1:$SUBMIT" "smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+lmtp      unix  -       -       n       -       -       lmtp"
+cat >"$PF_OUT/transport" <<EOF
+pf-mx.test      smtp:
+sink.test       smtp:[$MX_SINK]:25
+bp-smtp.test    smtp:[127.0.0.1]:$BPS
+bp-lmtp.test    lmtp:inet:[127.0.0.1]:$BPL
+EOF
+cat >>"$PF_OUT/etc/main.cf" <<EOF
+myhostname = sender.test
+transport_maps = texthash:$PF_OUT/transport
+default_transport = error:not a bench domain
+smtp_tls_security_level = none
+default_process_limit = 100
+smtp_destination_concurrency_limit = 20
+lmtp_destination_concurrency_limit = 20
+EOF
+
+say "starting dnsmasq, smtp-sink, two private Postfix instances, blackpony outbound (smtp and lmtp)"
+postfix_start "$PF_MX" "$MX_TLS" 25
+postfix_start "$PF_OUT" 127.0.0.1 "$SUBMIT"
+
+BP_COMMON=(--dns 127.0.0.1:53 --smtp-port 25 --helo-name bench.test)
+start bp_smtp "$BLACKPONY" outbound --listen "127.0.0.1:$BPS" --protocol smtp \
+    "${BP_COMMON[@]}" --state-dir "$T/state-smtp"
+start bp_lmtp "$BLACKPONY" outbound --listen "127.0.0.1:$BPL" --protocol lmtp \
+    "${BP_COMMON[@]}" --state-dir "$T/state-lmtp"
+mkdir -p "$T/state-smtp" "$T/state-lmtp" "$T/state-deliver"
+wait_port "$MX_SINK" 25
+wait_port 127.0.0.1 "$BPS"
+wait_port 127.0.0.1 "$BPL"
+for _ in $(seq 100); do
+    dig +short +time=1 +tries=1 @127.0.0.1 -p 53 sink.test MX 2>/dev/null | grep -q mx.sink.test && break
+    sleep 0.1
+done
+getent hosts mx.sink.test >/dev/null || die "the libc resolver in the namespace does not see dnsmasq (mx.sink.test)"
+
+# ---- dma: MX lookups through the libc resolver (-> dnsmasq), port 25
+mkdir -p "$T/dma-spool"
+chown mail:mail "$T/dma-spool"
+: >"$T/aliases"
+dma_conf() { # [extra lines]
+    {
+        echo "SPOOLDIR $T/dma-spool"
+        echo "ALIASES $T/aliases"
+        echo "MAILNAME bench.test"
+        echo "PORT 25"
+        printf '%s\n' "$@"
+    } >"$T/dma.conf"
+    chmod 644 "$T/dma.conf"
+}
+dma_conf
+
+# ---- the message: 1 KiB (SIZE), LF line ends as a local submitter gives it
+"$PY" - "$T/message" "$SIZE" <<'EOF'
+import sys
+path, size = sys.argv[1], int(sys.argv[2])
+head = ("From: <sender@bench.test>\nTo: <user@sink.test>\nSubject: outbound benchmark\n"
+        "Date: Mon, 23 Nov 2026 09:00:00 +0000\nMessage-ID: <bench@bench.test>\n\n")
+line = "The quick brown fox jumps over the lazy dog, 0123456789 abcdefghijklm\n"
+body = ""
+while len(head) + len(body) + len(line) <= size:
+    body += line
+body += "x" * max(0, size - len(head) - len(body) - 1) + "\n"
+open(path, "w").write(head + body)
+EOF
+
+# ------------------------------------------------------------------ helpers
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+jget() { "$PY" -c 'import json,sys; d=json.loads(sys.stdin.read() or "{}"); v=d.get(sys.argv[1], ""); print(json.dumps(v) if isinstance(v, (list, dict)) else v)' "$1"; }
+sink_count() { "$PY" "$BENCH" sink-count "$T/sink.log"; }
+mx_count() { grep -c ' status=sent ' "$PF_MX/maillog" 2>/dev/null || true; }
+tls_count() { grep -c 'TLS connection established from' "$PF_MX/maillog" 2>/dev/null || true; }
+# settle FUNC : wait until FUNC's number stops moving (3 s at most), print it
+settle() {
+    local a b
+    a=$($1)
+    for _ in $(seq 15); do
+        sleep 0.2
+        b=$($1)
+        [ "$a" = "$b" ] && break
+        a=$b
+    done
+    echo "${a:-0}"
+}
+
+declare -A RATES MS CPU BPCPU SESS LOST ERRS TLSINFO
+FAILURES=()
+
+# oneshot KEY COUNTER N CMD... : N sequential invocations of CMD
+oneshot() {
+    local key=$1 counter=$2 n=$3; shift 3
+    local before after out rc=0 ok failed expect=() tls0 tls1
+    [ "$key" = bp ] || [ "$key" = bp_tls ] && expect=(--expect-stdout "2.0.0 ")
+    before=$(settle "$counter")
+    tls0=$(tls_count)
+    out=$("$PY" "$BENCH" oneshot --n "$n" --message "$T/message" --timeout 30 "${expect[@]}" -- "$@") || rc=$?
+    after=$(settle "$counter")
+    tls1=$(tls_count)
+    ok=$(jget ok <<<"$out"); failed=$(jget failed <<<"$out")
+    [ -n "$ok" ] || { ok=0; failed=$n; }
+    if [ "$counter" = mx_count ]; then
+        # every session to the STARTTLS MX must have used TLS
+        TLSINFO[$key]=$(grep 'TLS connection established from' "$PF_MX/maillog" | tail -1 \
+            | sed -E 's/.*: (TLSv[0-9.]+) with cipher ([^ ]+).*key-exchange ([^ ]+).*/\1 \2 \3/')
+        if [ $((tls1 - tls0)) -lt "$n" ]; then
+            FAILURES+=("$key: only $((tls1 - tls0)) of $n sessions to the MX used TLS")
+        fi
+    fi
+    RATES[$key]="${RATES[$key]:-} $(jget rate <<<"$out")"
+    MS[$key]="${MS[$key]:-} $(jget ms_per_msg <<<"$out")"
+    CPU[$key]="${CPU[$key]:-} $(jget cpu_us_per_msg <<<"$out")"
+    LOST[$key]=$(( ${LOST[$key]:-0} + ok - (after - before) ))
+    ERRS[$key]=$(( ${ERRS[$key]:-0} + failed ))
+    if [ "$rc" != 0 ]; then
+        FAILURES+=("$key: $failed of $n invocations failed; first: $(jget first_failures <<<"$out" | head -c 1500)")
+        FAILURES+=("    command: $* <$T/message")
+    fi
+    say "  $key: $(jget rate <<<"$out") msgs/s, $(jget ms_per_msg <<<"$out") ms/msg, client cpu $(jget cpu_us_per_msg <<<"$out") us/msg, $ok ok, $failed failed, MX counted $((after - before))"
+}
+
+queue_files() { find "$PF_OUT/queue/incoming" "$PF_OUT/queue/active" "$PF_OUT/queue/deferred" \
+    "$PF_OUT/queue/maildrop" "$PF_OUT/queue/hold" -type f 2>/dev/null | wc -l; }
+
+# relay KEY DOMAIN PIDS : smtp-source -> sending Postfix -> transport -> smtp-sink
+RUN=0
+relay() {
+    local key=$1 domain=$2 pids=$3 out rc=0 rcpt got sent deferred bounced left sess0 sess1
+    RUN=$((RUN + 1))
+    sess0=$("$PY" "$BENCH" sink-count --sessions "$T/sink.log")
+    rcpt="run$RUN@$domain"
+    out=$("$PY" "$BENCH" relay --sink-log "$T/sink.log" --expect "$RELAY_MSGS" --pids "$pids" --timeout 120 -- \
+        smtp-source -s "$RELAY_SESSIONS" -m "$RELAY_MSGS" -l "$SIZE" -f sender@client.test -t "$rcpt" \
+        "127.0.0.1:$SUBMIT") || rc=$?
+    got=$(jget got <<<"$out")
+    # let the queue drain (bounded), then read what the sending Postfix logged
+    for _ in $(seq 100); do [ "$(queue_files)" = 0 ] && break; sleep 0.1; done
+    # smtp-sink counts a session when it ends, and Postfix keeps idle
+    # connections for smtp_connection_cache_time_limit (2 s): wait them out,
+    # so that this run's sessions are counted here and not in the next run
+    sleep 2.5
+    sess1=$("$PY" "$BENCH" sink-count --sessions "$T/sink.log")
+    sent=$(grep -c "to=<$rcpt>.* status=sent " "$PF_OUT/maillog" || true)
+    deferred=$(grep -c "to=<$rcpt>.* status=deferred " "$PF_OUT/maillog" || true)
+    bounced=$(grep -c "to=<$rcpt>.* status=bounced " "$PF_OUT/maillog" || true)
+    left=$(queue_files)
+    if [ "$left" != 0 ]; then
+        FAILURES+=("$key run $RUN: $left queue files left after the run; deleted (postsuper -d ALL)")
+        script -qc "postsuper -c $PF_OUT/etc -d ALL" /dev/null >/dev/null 2>&1 || true
+    fi
+    RATES[$key]="${RATES[$key]:-} $(jget rate <<<"$out")"
+    MS[$key]="${MS[$key]:-} $(jget secs <<<"$out")"
+    CPU[$key]="${CPU[$key]:-} $(jget machine_us_per_msg <<<"$out")"
+    BPCPU[$key]="${BPCPU[$key]:-} $(jget pid_us_per_msg <<<"$out")"
+    SESS[$key]="${SESS[$key]:-} $((sess1 - sess0))"
+    LOST[$key]=$(( ${LOST[$key]:-0} + RELAY_MSGS - ${got:-0} ))
+    ERRS[$key]=$(( ${ERRS[$key]:-0} + deferred + bounced + (rc != 0) ))
+    if [ "$rc" != 0 ] || [ "$deferred" != 0 ] || [ "$bounced" != 0 ]; then
+        FAILURES+=("$key run $RUN: smtp-sink got ${got:-?}/$RELAY_MSGS, Postfix logged sent=$sent deferred=$deferred bounced=$bounced, smtp-source exit $(jget source_exit <<<"$out")")
+        local first
+        first=$(grep "to=<$rcpt>" "$PF_OUT/maillog" | grep -v ' status=sent ' | head -2)
+        [ -n "$first" ] && FAILURES+=("    $first")
+    fi
+    say "  $key: $(jget rate <<<"$out") msgs/s ($(jget secs <<<"$out") s; sink got $got of $RELAY_MSGS; Postfix sent=$sent deferred=$deferred bounced=$bounced; $((sess1 - sess0)) sessions at the sink; machine cpu $(jget machine_us_per_msg <<<"$out") us/msg, blackpony $(jget pid_us_per_msg <<<"$out") us/msg)"
+}
+
+BG_BUSY=()
+bg_check() { BG_BUSY+=("$(cpu_busy 0.5)"); }
+
+# warm-up: one message each way, so that first-run effects (page cache,
+# Postfix processes, TLS session setup in tlsmgr) are not in the first round
+say "warm-up (${SECONDS}s)"
+"$BLACKPONY" deliver -f sender@bench.test "${BP_COMMON[@]}" --state-dir "$T/state-deliver" \
+    --log "$T/deliver.log" -- user@sink.test <"$T/message" >"$T/warmup.out" 2>&1 \
+    || die "warm-up blackpony deliver failed: $(cat "$T/warmup.out")"
+"$DMA" -D -f sender@bench.test user@sink.test <"$T/message" >"$T/warmup-dma.out" 2>&1 \
+    || die "warm-up dma failed: $(cat "$T/warmup-dma.out")"
+for d in sink.test pf-mx.test bp-smtp.test bp-lmtp.test; do
+    smtp-source -s 2 -m 10 -l "$SIZE" -f sender@client.test -t "warm@$d" "127.0.0.1:$SUBMIT" \
+        || die "warm-up smtp-source to warm@$d failed"
+done
+for _ in $(seq 100); do [ "$(queue_files)" = 0 ] && break; sleep 0.1; done
+sleep 0.5
+
+# ------------------------------------------------------------------ 1. one-shot delivery
+BP_DELIVER=("$BLACKPONY" deliver -f sender@bench.test "${BP_COMMON[@]}" --state-dir "$T/state-deliver"
+    --log "$T/deliver.log")
+MSMTP_PLAIN=(msmtp --host="$MX_SINK" --port=25 --tls=off --domain=bench.test -f sender@bench.test)
+MSMTP_TLS=(msmtp --host="$MX_TLS" --port=25 --tls=on --tls-starttls=on --tls-certcheck=off
+    --domain=bench.test -f sender@bench.test)
+say "1. one-shot delivery: $ONESHOT_MSGS sequential invocations (STARTTLS: $TLS_MSGS), $REPS rounds (${SECONDS}s)"
+for r in $(seq "$REPS"); do
+    bg_check
+    oneshot bp sink_count "$ONESHOT_MSGS" "${BP_DELIVER[@]}" -- user@sink.test
+    oneshot msmtp sink_count "$ONESHOT_MSGS" "${MSMTP_PLAIN[@]}" -- user@sink.test
+    dma_conf
+    oneshot dma sink_count "$ONESHOT_MSGS" "$DMA" -D -f sender@bench.test user@sink.test
+    oneshot bp_tls mx_count "$TLS_MSGS" "${BP_DELIVER[@]}" -- user@tls.test
+    oneshot msmtp_tls mx_count "$TLS_MSGS" "${MSMTP_TLS[@]}" -- user@tls.test
+    dma_conf SECURETRANSFER STARTTLS
+    oneshot dma_tls mx_count "$TLS_MSGS" "$DMA" -D -f sender@bench.test user@tls.test
+    dma_conf
+done
+
+# ------------------------------------------------------------------ 2. long-running transport
+say "2. transport: smtp-source -s $RELAY_SESSIONS -m $RELAY_MSGS -l $SIZE -> sending Postfix -> ..., $REPS rounds (${SECONDS}s)"
+# shellcheck disable=SC2154
+for r in $(seq "$REPS"); do
+    bg_check
+    relay pf_relay sink.test ""
+    relay pf_mx pf-mx.test ""
+    relay bp_smtp bp-smtp.test "$PID_bp_smtp"
+    relay bp_lmtp bp-lmtp.test "$PID_bp_lmtp"
+done
+
+say "done (${SECONDS}s)"
+# ------------------------------------------------------------------ report
+# Did blackpony log anything that is not an ordinary delivery record?
+BP_ODD=$(grep -h -v -E ' (status=sent|delivered|listening|started|connect|disconnect|shutdown)' \
+    "$T/deliver.log" "$T/bp_smtp.log" "$T/bp_lmtp.log" 2>/dev/null | head -8 || true)
+
+med() { median <<<"${RATES[$1]:-}"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+row1() { # LABEL KEY
+    local m
+    m=$(med "$2")
+    printf '%-58s %7.1f %7s %6s %6s %8s %5s %4s\n' "$1" "$m" "$(median <<<"${MS[$2]:-}")" \
+        "$(ratio "$m" "$(med "$3")")" "$(ratio "$m" "$(med "$4")")" \
+        "$(median <<<"${CPU[$2]:-}")" "${LOST[$2]:-0}" "${ERRS[$2]:-0}"
+}
+row2() { # LABEL KEY BASEKEY
+    local m bpc="-"
+    m=$(med "$2")
+    [ -n "${4:-}" ] && bpc=$(median <<<"${BPCPU[$2]:-}")
+    printf '%-58s %7.0f %7s %6s %6s %9s %8s %5s %4s\n' "$1" "$m" "$(median <<<"${MS[$2]:-}")" \
+        "$(ratio "$m" "$(med "$3")")" "$(median <<<"${SESS[$2]:-}")" "$(median <<<"${CPU[$2]:-}")" "$bpc" \
+        "${LOST[$2]:-0}" "${ERRS[$2]:-0}"
+}
+
+{
+echo
+echo "blackpony outbound benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r)"
+echo "blackpony: $BLACKPONY (built $(date -u -r "$BLACKPONY" +%Y-%m-%dT%H:%MZ); repo HEAD $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+echo "peers: $(msmtp --version | head -1), dma $(gunzip -c "$DMA_ROOT/usr/share/doc/dma/changelog.Debian.gz" 2>/dev/null | head -1 | sed 's/^dma (\([^)]*\)).*/\1/'), postfix $(postconf -d -h mail_version 2>/dev/null), $(dnsmasq --version | head -1 | awk '{print $1, $3}')"
+echo "private network namespace: dnsmasq on 127.0.0.1:53 (resolv.conf points there), MX sink.test -> smtp-sink on $MX_SINK:25,"
+echo "  MX tls.test -> Postfix on $MX_TLS:25 (smtpd_tls_security_level = may, P-256 self-signed, mail discarded)"
+echo "medians of $REPS runs; lost = messages the client had accepted minus what the MX counted, err = failed"
+echo "  invocations / deferred+bounced deliveries, both summed over all runs"
+BG_MAX=$(printf '%s\n' "$BUSY" "${BG_BUSY[@]}" | sort -n | tail -1)
+echo "other load: ${BUSY}% CPU busy at the start; between rounds (benchmark idle): ${BG_BUSY[*]/%/%}"
+[ "$BG_MAX" -gt 15 ] && echo "WARNING: something else used up to ${BG_MAX}% of the CPU during the run; the figures are noisy"
+echo
+printf '%-58s %7s %7s %6s %6s %8s %5s %4s\n' "1. one-shot, one process per 1 KiB message, sequential" \
+    "msgs/s" "ms/msg" "/msmtp" "/dma" "cpu us/m" "lost" "err"
+echo "   plaintext: $ONESHOT_MSGS messages to user@sink.test (MX smtp-sink, no STARTTLS offered)"
+row1 "blackpony deliver (MX lookup via --dns, --tls-policy may)" bp msmtp dma
+row1 "msmtp --host=$MX_SINK --tls=off (no MX lookup)" msmtp msmtp dma
+row1 "dma -D (MX lookup via libc resolver, PORT 25, foreground)" dma msmtp dma
+echo "   STARTTLS: $TLS_MSGS messages to user@tls.test (MX Postfix, STARTTLS offered, P-256 cert)"
+row1 "blackpony deliver (STARTTLS, policy may: any certificate)" bp_tls msmtp_tls dma_tls
+row1 "msmtp --tls=on --tls-starttls=on --tls-certcheck=off" msmtp_tls msmtp_tls dma_tls
+row1 "dma -D, SECURETRANSFER + STARTTLS (MX lookup)" dma_tls msmtp_tls dma_tls
+echo "   TLS the MX logged: blackpony ${TLSINFO[bp_tls]:-?}; msmtp ${TLSINFO[msmtp_tls]:-?}; dma ${TLSINFO[dma_tls]:-?}"
+echo "   cpu us/m = user+system CPU of the client processes per message (getrusage of the children),"
+echo "   process start included; dma was asked to deliver in the foreground (-D) and exit when done"
+echo
+printf '%-58s %7s %7s %6s %6s %9s %8s %5s %4s\n' "2. transport: smtp-source -s $RELAY_SESSIONS -m $RELAY_MSGS -l $SIZE -> Postfix" \
+    "msgs/s" "secs" "ratio" "MX ses" "all us/m" "bp us/m" "lost" "err"
+echo "   sending Postfix: default_process_limit 100, smtp/lmtp_destination_concurrency_limit 20,"
+echo "   initial_destination_concurrency 5, in_flow_delay 1s (defaults), connection caching on demand"
+row2 "(a) Postfix smtp -> [$MX_SINK]:25, no MX lookup" pf_relay pf_relay ""
+row2 "(a') Postfix smtp, MX lookup via dnsmasq -> smtp-sink" pf_mx pf_relay ""
+row2 "(b) Postfix smtp -> blackpony outbound --protocol smtp" bp_smtp pf_relay x
+row2 "(c) Postfix lmtp -> blackpony outbound --protocol lmtp" bp_lmtp pf_relay x
+echo "   secs = from the first submission until smtp-sink counted all $RELAY_MSGS; ratio vs (a); MX ses = SMTP"
+echo "   sessions smtp-sink saw (Postfix's smtp client reuses connections; blackpony opens one per transaction); all us/m = CPU"
+echo "   of the whole machine per message (Postfix, smtp-source, smtp-sink, dnsmasq, blackpony);"
+echo "   bp us/m = the blackpony outbound process alone (/proc/PID/stat); (b),(c) look up the MX per message"
+echo
+if [ ${#FAILURES[@]} -gt 0 ]; then
+    echo "FAILURES:"
+    printf '  %s\n' "${FAILURES[@]}"
+else
+    echo "no failures: every invocation exited 0 (blackpony with a 2.0.0 status line), no deferrals or"
+    echo "bounces, and the MX counted every message"
+fi
+if [ -n "$BP_ODD" ]; then
+    echo "blackpony logged (first lines that are not delivery records):"
+    printf '%s\n' "$BP_ODD" | sed 's/^/  /'
+fi
+}
