@@ -116,6 +116,7 @@ pub fn inbound_session(input: &[u8]) {
             BareNewlines::Normalize
         },
         trace_header: true,
+        pony: None,
     };
     let mut session = Session::new(
         Arc::new(config),

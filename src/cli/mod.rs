@@ -816,5 +816,6 @@ pub(crate) fn session_config(
         require_tls,
         bare_newlines,
         trace_header,
+        pony: None,
     }
 }

@@ -196,6 +196,10 @@ impl Run<'_> {
                             return;
                         }
                     },
+                    Action::StartPony => match self.switch_to_pony(client) {
+                        Some(pony) => client = pony,
+                        None => return,
+                    },
                     Action::RestartBackend => {
                         let facts = ClientFacts {
                             client: self.client_addr,
@@ -254,6 +258,34 @@ impl Run<'_> {
                 () = &mut sleep => self.session.timeout(),
             }
         }
+    }
+
+    /// Wraps the plaintext stream in the blackpony channel the session
+    /// established (XPONY), carrying over the bytes read behind message 3.
+    fn switch_to_pony(&mut self, client: Stream<TcpStream>) -> Option<Stream<TcpStream>> {
+        let Some((transport, already_read)) = self.session.take_pony() else {
+            self.session
+                .tls_failed("no XPONY channel to switch to".into());
+            return Some(client);
+        };
+        let tcp = match client.into_plain() {
+            Ok(tcp) => tcp,
+            Err(encrypted) => {
+                self.session
+                    .tls_failed("XPONY on an encrypted connection".into());
+                return Some(encrypted);
+            }
+        };
+        let info = TlsInfo::pony(&transport);
+        log!("session={} xpony client={} {info}", self.id, self.who);
+        let channel = crate::pony::channel::Channel::new(transport);
+        let stream = Stream::Pony(Box::new(crate::transport::PonyStream::new(
+            tcp,
+            channel,
+            already_read,
+        )));
+        self.session.pony_established(info);
+        Some(stream)
     }
 
     /// Runs the server side of the TLS handshake on the plaintext stream.

@@ -26,6 +26,8 @@ use std::time::SystemTime;
 
 use super::identity::{Identity, XclientAttrs, xclient_command};
 use super::trace::{TraceFacts, write_received};
+use crate::pony::negotiation::{self, ServerIdentity};
+use crate::pony::noise::{Keypair, ResponderAwaitingFinish, Transport};
 use crate::smtp::command::{NextLine, next_line};
 use crate::smtp::{
     BareNewlines, Command, DataScanner, EhloReply, Reply, ReplyError, ReplyParser, ReplySpan, Verb,
@@ -78,6 +80,8 @@ pub struct SessionConfig {
     pub bare_newlines: BareNewlines,
     /// Add a `Received:` header naming the TLS use.
     pub trace_header: bool,
+    /// Offer the blackpony extension (XPONY) with this host key.
+    pub pony: Option<Arc<ServerIdentity>>,
 }
 
 /// Something the I/O loop must do after writing out the buffers.
@@ -90,6 +94,10 @@ pub enum Action {
     /// new process gets the TLS facts in its environment), then call
     /// [`Session::backend_restarted`].
     RestartBackend,
+    /// Switch the client connection to the blackpony channel: take the
+    /// transport with [`Session::take_pony`], then call
+    /// [`Session::pony_established`].
+    StartPony,
     /// Write out what is buffered and close both connections.
     Close,
     /// Write one log record.
@@ -100,6 +108,8 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
     StartTlsInjection { bytes: usize },
+    XponyInjection { bytes: usize },
+    XponyFailed { stage: &'static str, error: String },
     CommandRefused { command: &'static str },
     TlsRequired { command: &'static str },
     LineTooLong,
@@ -121,6 +131,13 @@ impl fmt::Display for Notice {
                 f,
                 "refused=starttls-injection bytes={bytes} (plaintext pipelined after STARTTLS)"
             ),
+            Notice::XponyInjection { bytes } => write!(
+                f,
+                "refused=xpony-injection bytes={bytes} (plaintext pipelined after XPONY)"
+            ),
+            Notice::XponyFailed { stage, error } => {
+                write!(f, "xpony-error=\"{error}\" stage={stage}")
+            }
             Notice::CommandRefused { command } => write!(f, "refused=command command={command}"),
             Notice::TlsRequired { command } => write!(f, "refused=tls-required command={command}"),
             Notice::LineTooLong => write!(f, "refused=line-too-long"),
@@ -163,6 +180,8 @@ enum Expect {
     Own(OwnStep),
     /// A reply the sidecar gives itself, in its turn.
     Local(Reply, Then),
+    /// The XPONY handshake's message 1, answered in its turn with 334.
+    Xpony(Vec<u8>),
 }
 
 /// Commands the sidecar sends the backend on its own account.
@@ -224,6 +243,12 @@ enum Phase {
     StartTlsQueued,
     /// The handshake is running in the I/O loop.
     Handshake,
+    /// XPONY was accepted once all earlier replies are out.
+    XponyQueued,
+    /// 334 was sent; the next line is message 3 (or `*`).
+    XponyAwaitingFinish(ResponderAwaitingFinish),
+    /// Message 3 was read; the I/O loop switches to frames.
+    XponySwitch,
     /// QUIT was forwarded.
     Quitting,
     Closed,
@@ -273,6 +298,15 @@ pub struct Session {
     pub to_backend: Vec<u8>,
     /// Message bytes that are read but not forwarded (a refused message).
     discard: Vec<u8>,
+    /// The plaintext negotiation as the client saw it, for the XPONY
+    /// prologue: the greeting, the last EHLO line, our reply to it.
+    greeting_sent: Vec<u8>,
+    ehlo_line: Vec<u8>,
+    ehlo_reply_sent: Vec<u8>,
+    /// Whether the last EHLO reply offered XPONY.
+    xpony_offered: bool,
+    /// The established channel and the bytes already read behind message 3.
+    pony_ready: Option<(Transport, Vec<u8>)>,
     stats: Stats,
 }
 
@@ -299,6 +333,11 @@ impl Session {
             to_client: Vec::new(),
             to_backend: Vec::new(),
             discard: Vec::new(),
+            greeting_sent: Vec::new(),
+            ehlo_line: Vec::new(),
+            ehlo_reply_sent: Vec::new(),
+            xpony_offered: false,
+            pony_ready: None,
             stats: Stats::default(),
         }
     }
@@ -322,13 +361,17 @@ impl Session {
 
     /// Whether the I/O loop should read from the client now.
     pub fn wants_client_input(&self) -> bool {
-        !matches!(self.phase, Phase::Closed | Phase::Handshake)
-            && self.client_in.len() < MAX_CLIENT_BUFFER
+        !matches!(
+            self.phase,
+            Phase::Closed | Phase::Handshake | Phase::XponySwitch
+        ) && self.client_in.len() < MAX_CLIENT_BUFFER
     }
 
     /// Whether a reply from the backend is owed (for choosing the timeout).
     pub fn awaiting_backend(&self) -> bool {
-        self.pending.iter().any(|e| !matches!(e, Expect::Local(..)))
+        self.pending
+            .iter()
+            .any(|e| !matches!(e, Expect::Local(..) | Expect::Xpony(_)))
     }
 
     /// Bytes from the client (already decrypted if TLS is up).
@@ -405,7 +448,27 @@ impl Session {
         if !matches!(self.phase, Phase::Handshake) {
             return;
         }
+        self.encrypted(info);
+    }
+
+    /// The channel from [`Action::StartPony`]: the transport and the bytes
+    /// that came in behind message 3 (the client's first frames).
+    pub fn take_pony(&mut self) -> Option<(Transport, Vec<u8>)> {
+        self.pony_ready.take()
+    }
+
+    /// The client connection now runs over the blackpony channel.
+    pub fn pony_established(&mut self, info: TlsInfo) {
+        if !matches!(self.phase, Phase::XponySwitch) {
+            return;
+        }
+        self.encrypted(info);
+    }
+
+    /// After STARTTLS or XPONY: the session starts over (RFC 3207 §4.2).
+    fn encrypted(&mut self, info: TlsInfo) {
         self.tls = Some(info);
+        self.xpony_offered = false;
         // RFC 3207 §4.2: the client starts over with EHLO, and nothing it (or
         // a man in the middle) said before TLS may carry over.
         self.hello = Hello::default();
@@ -479,9 +542,14 @@ impl Session {
     /// Sends the local replies now at the head of the queue.
     fn flush_local_replies(&mut self) -> bool {
         let mut progressed = false;
-        while let Some(Expect::Local(..)) = self.pending.front() {
-            let Some(Expect::Local(reply, then)) = self.pending.pop_front() else {
-                break;
+        while let Some(Expect::Local(..) | Expect::Xpony(_)) = self.pending.front() {
+            let (reply, then) = match self.pending.pop_front() {
+                Some(Expect::Local(reply, then)) => (reply, then),
+                Some(Expect::Xpony(message_1)) => {
+                    self.xpony_respond(&message_1);
+                    return true;
+                }
+                _ => break,
             };
             progressed = true;
             match then {
@@ -564,16 +632,17 @@ impl Session {
             return;
         };
         match expect {
-            Expect::Local(reply, _) => {
+            Expect::Local(..) | Expect::Xpony(_) => {
                 // Cannot happen: local replies at the head are flushed before
                 // a backend reply is handled. Fail safe if it ever does.
-                self.notice(Notice::BackendUnexpected {
-                    reply: reply.to_string(),
-                });
+                let reply = Reply::from_span(&self.backend_in[start..], span).to_string();
+                self.notice(Notice::BackendUnexpected { reply });
                 self.close("internal-error");
             }
             Expect::Greeting => {
-                self.to_client.extend_from_slice(&self.backend_in[raw]);
+                self.to_client
+                    .extend_from_slice(&self.backend_in[raw.clone()]);
+                self.greeting_sent = self.backend_in[raw].to_vec();
                 if span.code == 220 && self.config.identity == Identity::Xclient {
                     let line = format!("EHLO {}\r\n", self.config.hostname);
                     self.to_backend.extend_from_slice(line.as_bytes());
@@ -699,8 +768,15 @@ impl Session {
             ehlo.capabilities
                 .push(crate::smtp::Capability::new("STARTTLS", ""));
         }
+        // Neither extension is offered once the session is encrypted.
+        self.xpony_offered = !tls_up && self.config.pony.is_some();
+        if self.xpony_offered {
+            ehlo.capabilities.push(negotiation::ehlo_capability());
+        }
         let rewritten = ehlo.to_reply();
+        let start = self.to_client.len();
         rewritten.write_to(&mut self.to_client);
+        self.ehlo_reply_sent = self.to_client[start..].to_vec();
         self.stats.last_reply = format!("250 {}", ehlo.greeting);
     }
 
@@ -717,7 +793,9 @@ impl Session {
     fn handle_client_input(&mut self) -> bool {
         match self.phase {
             Phase::Message(_) => self.handle_message_input(),
-            Phase::Commands | Phase::AuthResponse => self.handle_command_lines(),
+            Phase::Commands | Phase::AuthResponse | Phase::XponyAwaitingFinish(_) => {
+                self.handle_command_lines()
+            }
             _ => false,
         }
     }
@@ -809,8 +887,10 @@ impl Session {
         let input = std::mem::take(&mut self.client_in);
         let mut consumed = 0;
         let mut progressed = false;
-        while matches!(self.phase, Phase::Commands | Phase::AuthResponse)
-            && self.pending.len() < MAX_PENDING
+        while matches!(
+            self.phase,
+            Phase::Commands | Phase::AuthResponse | Phase::XponyAwaitingFinish(_)
+        ) && self.pending.len() < MAX_PENDING
         {
             let buf = &input[consumed..];
             if self.skipping_line {
@@ -857,11 +937,22 @@ impl Session {
         }
         self.client_in = input;
         self.client_in.drain(..consumed);
+        if matches!(self.phase, Phase::XponySwitch)
+            && let Some((_, leftover)) = self.pony_ready.as_mut()
+        {
+            // Bytes behind message 3 are the client's first frames.
+            *leftover = std::mem::take(&mut self.client_in);
+            self.actions.push_back(Action::StartPony);
+        }
         progressed
     }
 
     /// Handles one client line (without its line ending).
     fn handle_line(&mut self, line: &[u8]) {
+        if matches!(self.phase, Phase::XponyAwaitingFinish(_)) {
+            self.xpony_finish(line);
+            return;
+        }
         if matches!(self.phase, Phase::AuthResponse) {
             // RFC 4954 §4: a base64 response or `*`. Forward it verbatim if
             // it is a clean line; the backend judges its content.
@@ -895,6 +986,9 @@ impl Session {
                     name: Some(command.args.to_string()),
                     esmtp: verb == Verb::Ehlo,
                 };
+                // XPONY is only offered in (and bound to) an EHLO reply.
+                self.ehlo_line = line.to_vec();
+                self.xpony_offered = false;
                 let expect = if verb == Verb::Ehlo {
                     Expect::Ehlo
                 } else {
@@ -915,6 +1009,7 @@ impl Session {
                     self.phase = Phase::StartTlsQueued;
                 }
             }
+            Verb::Xpony => self.xpony_command(command.args),
             Verb::Data => {
                 if !command.args.is_empty() {
                     self.local(Reply::new(501, "5.5.4 Syntax: DATA"), Then::Continue);
@@ -962,6 +1057,124 @@ impl Session {
             | Verb::Expn
             | Verb::Help
             | Verb::Etrn => self.forward_line(line, Expect::Relay),
+        }
+    }
+
+    /// `XPONY <protocol> <base64 message 1>` (proto-spec §3).
+    fn xpony_command(&mut self, args: &str) {
+        let reply = |code, text: &str| (Reply::new(code, text), Then::Continue);
+        let refusal = if self.config.pony.is_none() {
+            Some(reply(502, "5.5.1 Error: command not recognized"))
+        } else if self.tls.is_some() {
+            Some(reply(503, "5.5.1 Already encrypted"))
+        } else if !self.xpony_offered {
+            Some(reply(503, "5.5.1 Send EHLO first"))
+        } else {
+            None
+        };
+        if let Some((r, then)) = refusal {
+            self.local(r, then);
+            return;
+        }
+        let mut parts = args.split(' ');
+        let (Some(name), Some(encoded), None) = (parts.next(), parts.next(), parts.next()) else {
+            self.local(
+                Reply::new(501, "5.5.4 Syntax: XPONY protocol-name base64"),
+                Then::Continue,
+            );
+            return;
+        };
+        if name != crate::pony::noise::PROTOCOL_NAME {
+            self.local(
+                Reply::new(504, "5.5.4 Unrecognized protocol name"),
+                Then::Continue,
+            );
+            return;
+        }
+        let Some(message_1) = negotiation::decode_line(encoded) else {
+            self.local(
+                Reply::new(501, "5.5.2 Cannot decode base64"),
+                Then::Continue,
+            );
+            return;
+        };
+        self.pending.push_back(Expect::Xpony(message_1));
+        self.phase = Phase::XponyQueued;
+    }
+
+    /// XPONY's turn has come: refuse injected plaintext, else answer 334
+    /// with message 2.
+    fn xpony_respond(&mut self, message_1: &[u8]) {
+        if !self.client_in.is_empty() {
+            let bytes = self.client_in.len();
+            self.client_in.clear();
+            self.notice(Notice::XponyInjection { bytes });
+            self.fail_to_client(Reply::new(
+                554,
+                "5.5.1 Error: command pipelined after XPONY, closing connection",
+            ));
+            self.close("xpony-injection");
+            return;
+        }
+        let Some(identity) = self.config.pony.clone() else {
+            self.phase = Phase::Commands;
+            return;
+        };
+        let prologue =
+            negotiation::prologue(&self.greeting_sent, &self.ehlo_line, &self.ehlo_reply_sent);
+        let step = Keypair::generate()
+            .map_err(|e| e.to_string())
+            .and_then(|e| {
+                crate::pony::noise::Responder::new(&prologue, identity.key.clone(), e)
+                    .read_message_1(message_1)
+                    .and_then(|(ready, _payload)| ready.write_message_2(&identity.hints.encode()))
+                    .map_err(|e| e.to_string())
+            });
+        match step {
+            Ok((state, message_2)) => {
+                let line = format!("334 {}\r\n", negotiation::encode_line(&message_2));
+                self.to_client.extend_from_slice(line.as_bytes());
+                self.phase = Phase::XponyAwaitingFinish(state);
+            }
+            Err(error) => {
+                self.notice(Notice::XponyFailed {
+                    stage: "message 1",
+                    error,
+                });
+                Reply::new(535, "5.7.8 Handshake failed").write_to(&mut self.to_client);
+                self.phase = Phase::Commands;
+            }
+        }
+    }
+
+    /// The line after our 334: message 3, or `*` to give up.
+    fn xpony_finish(&mut self, line: &[u8]) {
+        let Phase::XponyAwaitingFinish(state) = std::mem::replace(&mut self.phase, Phase::Commands)
+        else {
+            return;
+        };
+        if line == b"*" {
+            self.local(Reply::new(501, "5.7.0 XPONY aborted"), Then::Continue);
+            return;
+        }
+        let result = std::str::from_utf8(line)
+            .ok()
+            .and_then(negotiation::decode_line)
+            .ok_or_else(|| "message 3 is not base64".to_string())
+            .and_then(|m3| state.read_message_3(&m3).map_err(|e| e.to_string()));
+        match result {
+            Ok((transport, _payload)) => {
+                self.pony_ready = Some((transport, Vec::new()));
+                self.phase = Phase::XponySwitch;
+            }
+            Err(error) => {
+                self.notice(Notice::XponyFailed {
+                    stage: "message 3",
+                    error,
+                });
+                self.fail_to_client(Reply::new(535, "5.7.8 Handshake failed"));
+                self.close("xpony-failed");
+            }
         }
     }
 

@@ -38,6 +38,13 @@ pub fn prologue(greeting: &[u8], ehlo_line: &[u8], ehlo_reply: &[u8]) -> Vec<u8>
     out
 }
 
+/// A server's blackpony identity: its host key and what it tells clients.
+#[derive(Debug)]
+pub struct ServerIdentity {
+    pub key: super::noise::Keypair,
+    pub hints: ServerHints,
+}
+
 /// What a server tells the client in message 2's payload.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServerHints {

@@ -369,6 +369,12 @@ pub struct ResponderReady {
     re: [u8; KEY_LEN],
 }
 
+impl std::fmt::Debug for ResponderAwaitingFinish {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResponderAwaitingFinish")
+    }
+}
+
 /// The responder after message 2, waiting for message 3.
 pub struct ResponderAwaitingFinish {
     sym: SymmetricState,
@@ -531,6 +537,16 @@ impl ResponderAwaitingFinish {
         let payload = read_payload(&mut self.sym, &message[at..])?;
         let (recv, send, hash) = self.sym.split();
         Ok((Transport::new(send, recv, hash, rs), payload))
+    }
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Transport {{ remote_static: {} }}",
+            hex(&self.remote_static)
+        )
     }
 }
 

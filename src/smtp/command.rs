@@ -29,6 +29,8 @@ pub enum Verb {
     Xforward,
     /// A PROXY protocol v1 header line arriving as a command.
     Proxy,
+    /// The blackpony extension's handshake command (proto-spec/xpony.md).
+    Xpony,
     Unknown,
 }
 
@@ -53,6 +55,7 @@ impl Verb {
             (b"XCLIENT", Verb::Xclient),
             (b"XFORWARD", Verb::Xforward),
             (b"PROXY", Verb::Proxy),
+            (b"XPONY", Verb::Xpony),
         ];
         VERBS
             .iter()
@@ -81,6 +84,7 @@ impl Verb {
             Verb::Xclient => "XCLIENT",
             Verb::Xforward => "XFORWARD",
             Verb::Proxy => "PROXY",
+            Verb::Xpony => "XPONY",
             Verb::Unknown => "UNKNOWN",
         }
     }

@@ -183,6 +183,21 @@ impl TlsInfo {
     }
 }
 
+impl TlsInfo {
+    /// The blackpony channel, described like a TLS session for logs and the
+    /// trace header: `XPONY/Noise_XX_25519_ChaChaPoly_SHA256 peer=SHA256:…`.
+    pub fn pony(transport: &crate::pony::noise::Transport) -> TlsInfo {
+        TlsInfo {
+            version: "XPONY",
+            cipher: format!(
+                "{} peer={}",
+                crate::pony::noise::PROTOCOL_NAME,
+                crate::pony::keys::fingerprint(&transport.remote_static())
+            ),
+        }
+    }
+}
+
 impl std::fmt::Display for TlsInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.version, self.cipher)

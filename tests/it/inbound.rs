@@ -30,6 +30,7 @@ impl Sidecar {
             require_tls: false,
             bare_newlines: BareNewlines::Normalize,
             trace_header: true,
+            pony: None,
         };
         let mut config = InboundConfig::new(session, BackendTarget::Tcp(backend.addr.to_string()));
         // Sessions a test leaves open are cut off soon after it stops the sidecar.

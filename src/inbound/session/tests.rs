@@ -14,6 +14,7 @@ fn config(identity: Identity) -> SessionConfig {
         require_tls: false,
         bare_newlines: BareNewlines::Normalize,
         trace_header: false,
+        pony: None,
     }
 }
 
@@ -516,4 +517,148 @@ fn byte_at_a_time_client_gets_the_same_result() {
         h.take_client(),
         "250-ok\r\n250 STARTTLS\r\n250 ok\r\n250 ok\r\n354 go\r\n"
     );
+}
+
+fn pony_config() -> SessionConfig {
+    let mut c = config(Identity::ProxyV2);
+    c.pony = Some(Arc::new(crate::pony::negotiation::ServerIdentity {
+        key: crate::pony::noise::Keypair::from_secret([9; 32]),
+        hints: crate::pony::negotiation::ServerHints {
+            max_age: 3600,
+            successor: None,
+            hostname: Some("mx.example.org".into()),
+        },
+    }));
+    c
+}
+
+/// Opens a session with XPONY offered; returns the harness, the greeting
+/// and the EHLO reply as the client saw them.
+fn pony_opened() -> (Harness, String, String) {
+    let mut h = Harness::new(pony_config());
+    h.backend("220 backend.example ESMTP\r\n");
+    let greeting = h.take_client();
+    let ehlo = h.ehlo();
+    assert!(
+        ehlo.contains("250 XPONY Noise_XX_25519_ChaChaPoly_SHA256\r\n"),
+        "{ehlo}"
+    );
+    (h, greeting, ehlo)
+}
+
+#[test]
+fn xpony_handshake_switches_to_frames() {
+    use crate::pony::negotiation::{ServerHints, decode_line, encode_line, prologue};
+    use crate::pony::noise::{Initiator, Keypair};
+    let (mut h, greeting, ehlo) = pony_opened();
+    let pro = prologue(greeting.as_bytes(), b"EHLO client.example", ehlo.as_bytes());
+    let init = Initiator::new(
+        &pro,
+        Keypair::generate().unwrap(),
+        Keypair::generate().unwrap(),
+    );
+    let (init, m1) = init.write_message_1(&[]).unwrap();
+    h.client(&format!(
+        "XPONY Noise_XX_25519_ChaChaPoly_SHA256 {}\r\n",
+        encode_line(&m1)
+    ));
+    assert_eq!(h.take_backend(), "", "XPONY never reaches the backend");
+    let reply = h.take_client();
+    let m2 = decode_line(reply.strip_prefix("334 ").unwrap().trim_end()).unwrap();
+    let (init, payload) = init.read_message_2(&m2).unwrap();
+    assert_eq!(init.remote_static(), Keypair::from_secret([9; 32]).public());
+    assert_eq!(ServerHints::decode(&payload).unwrap().max_age, 3600);
+    let (client_transport, m3) = init.write_message_3(&[]).unwrap();
+    // Message 3 and the first frame arrive together.
+    let mut channel = crate::pony::channel::Channel::new(client_transport);
+    let mut frames = Vec::new();
+    channel
+        .seal_data(b"EHLO client.example\r\n", &mut frames)
+        .unwrap();
+    let mut bytes = format!("{}\r\n", encode_line(&m3)).into_bytes();
+    bytes.extend_from_slice(&frames);
+    h.session.client_input(&bytes);
+    assert_eq!(h.actions(), [Action::StartPony]);
+    let (server_transport, already_read) = h.session.take_pony().unwrap();
+    assert_eq!(
+        already_read, frames,
+        "the first frame is handed to the channel"
+    );
+    let info = crate::transport::TlsInfo::pony(&server_transport);
+    h.session.pony_established(info);
+    assert_eq!(
+        h.take_backend(),
+        "RSET\r\n",
+        "nothing from before the switch survives"
+    );
+    h.client("EHLO client.example\r\n");
+    h.backend("250 2.0.0 Ok\r\n");
+    assert_eq!(h.take_backend(), "EHLO client.example\r\n");
+    h.backend(BACKEND_EHLO);
+    let after = h.take_client();
+    assert!(
+        !after.contains("XPONY") && !after.contains("STARTTLS"),
+        "{after}"
+    );
+}
+
+#[test]
+fn xpony_refusals() {
+    // Not offered without a host key.
+    let mut h = Harness::opened(Identity::ProxyV2);
+    h.ehlo();
+    h.client("XPONY Noise_XX_25519_ChaChaPoly_SHA256 AAAA\r\n");
+    assert!(h.take_client().starts_with("502 "));
+
+    let (mut h, _, _) = pony_opened();
+    h.client("XPONY Noise_NN_25519_ChaChaPoly_SHA256 AAAA\r\n");
+    assert!(h.take_client().starts_with("504 5.5.4"));
+    h.client("XPONY Noise_XX_25519_ChaChaPoly_SHA256 !!!\r\n");
+    assert!(h.take_client().starts_with("501 5.5.2"));
+    // A message 1 that is too short: 535, and still plaintext.
+    h.client("XPONY Noise_XX_25519_ChaChaPoly_SHA256 AAAA\r\n");
+    assert!(h.take_client().starts_with("535 5.7.8"));
+    h.client("NOOP\r\n");
+    assert_eq!(h.take_backend(), "NOOP\r\n");
+
+    // Plaintext pipelined behind XPONY.
+    let (mut h, _, _) = pony_opened();
+    let m1 = crate::pony::negotiation::encode_line(&[1u8; 32]);
+    h.client(&format!(
+        "XPONY Noise_XX_25519_ChaChaPoly_SHA256 {m1}\r\nMAIL FROM:<x@y>\r\n"
+    ));
+    assert!(h.take_client().starts_with("554 5.5.1"));
+    assert!(
+        h.actions()
+            .contains(&Action::Log(Notice::XponyInjection { bytes: 17 }))
+    );
+    assert!(h.session.is_closed());
+
+    // The client gives up with `*` after our 334.
+    let (mut h, _, _) = pony_opened();
+    let m1 = crate::pony::noise::Initiator::new(
+        b"x",
+        crate::pony::noise::Keypair::generate().unwrap(),
+        crate::pony::noise::Keypair::generate().unwrap(),
+    )
+    .write_message_1(&[])
+    .unwrap()
+    .1;
+    h.client(&format!(
+        "XPONY Noise_XX_25519_ChaChaPoly_SHA256 {}\r\n",
+        crate::pony::negotiation::encode_line(&m1)
+    ));
+    assert!(h.take_client().starts_with("334 "));
+    h.client("*\r\n");
+    assert_eq!(h.take_client(), "501 5.7.0 XPONY aborted\r\n");
+    // A bad message 3 closes the connection.
+    let (mut h, _, _) = pony_opened();
+    h.client(&format!(
+        "XPONY Noise_XX_25519_ChaChaPoly_SHA256 {}\r\n",
+        crate::pony::negotiation::encode_line(&m1)
+    ));
+    h.take_client();
+    h.client("AAAA\r\n");
+    assert!(h.take_client().starts_with("535 5.7.8"));
+    assert!(h.session.is_closed());
 }

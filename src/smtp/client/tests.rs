@@ -310,6 +310,7 @@ fn client_through_the_sidecar() {
         require_tls: false,
         bare_newlines: crate::smtp::BareNewlines::Normalize,
         trace_header: true,
+        pony: None,
     };
     let mut sidecar = Session::new(
         Arc::new(sidecar_config),
