@@ -135,6 +135,8 @@ pub struct InboundFile {
     pub hostname: Option<String>,
     pub bare_newlines: Option<BareNewlinesArg>,
     pub trace_header: Option<bool>,
+    pub host_key: Option<PathBuf>,
+    pub xpony_max_age: Option<u32>,
     pub max_connections: Option<usize>,
     pub max_connections_per_client: Option<usize>,
     pub client_timeout: Option<u64>,
@@ -184,13 +186,34 @@ pub fn merge_inbound(args: InboundArgs, file: InboundFile) -> Result<InboundSett
         .bare_newlines
         .or(file.bare_newlines)
         .unwrap_or(BareNewlinesArg::Normalize);
-    let session = super::session_config(
+    let pony = match args.host_key.or(file.host_key) {
+        Some(path) => {
+            let key = crate::pony::keys::load_file(&path)
+                .map_err(|e| ConfigError::Invalid("--host-key".into(), e.to_string()))?;
+            Some(std::sync::Arc::new(
+                crate::pony::negotiation::ServerIdentity {
+                    key,
+                    hints: crate::pony::negotiation::ServerHints {
+                        max_age: args
+                            .xpony_max_age
+                            .or(file.xpony_max_age)
+                            .unwrap_or(2_592_000),
+                        successor: None,
+                        hostname: Some(hostname.clone()),
+                    },
+                },
+            ))
+        }
+        None => None,
+    };
+    let session = crate::inbound::SessionConfig {
         hostname,
         identity,
-        args.require_tls || file.require_tls.unwrap_or(false),
-        bare.into(),
-        !args.no_trace_header && file.trace_header.unwrap_or(true),
-    );
+        require_tls: args.require_tls || file.require_tls.unwrap_or(false),
+        bare_newlines: bare.into(),
+        trace_header: !args.no_trace_header && file.trace_header.unwrap_or(true),
+        pony,
+    };
     let mut config = InboundConfig::new(session, backend);
     if let Some(n) = args.max_connections.or(file.max_connections) {
         config.max_connections = n.max(1);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
-use crate::inbound::{self, BackendTarget, Identity, InboundConfig, SessionConfig};
+use crate::inbound::{self, BackendTarget, Identity, InboundConfig};
 use crate::log;
 use crate::smtp::BareNewlines;
 use crate::transport::ServerTls;
@@ -292,6 +292,17 @@ pub struct InboundArgs {
     /// Do not add the `Received:` header that records whether TLS was used.
     #[arg(long)]
     pub no_trace_header: bool,
+
+    /// Host key for the blackpony extension (from `blackpony keygen`). With
+    /// it, blackpony offers XPONY: another blackpony host then encrypts with
+    /// Noise and remembers this host's key.
+    #[arg(long, value_name = "FILE")]
+    pub host_key: Option<PathBuf>,
+
+    /// How long (seconds) peers should keep this host's key pinned; 0 asks
+    /// them not to pin [default: 2592000, 30 days].
+    #[arg(long, value_name = "SECONDS")]
+    pub xpony_max_age: Option<u32>,
 
     /// Most client connections at once; more get 421 4.7.0 [default: 1000].
     #[arg(long, value_name = "N")]
@@ -801,21 +812,4 @@ pub(crate) fn backend_target(
         Some(path) => BackendTarget::Unix(PathBuf::from(path)),
         None => BackendTarget::Tcp(backend),
     })
-}
-
-pub(crate) fn session_config(
-    hostname: String,
-    identity: Identity,
-    require_tls: bool,
-    bare_newlines: BareNewlines,
-    trace_header: bool,
-) -> SessionConfig {
-    SessionConfig {
-        hostname,
-        identity,
-        require_tls,
-        bare_newlines,
-        trace_header,
-        pony: None,
-    }
 }
