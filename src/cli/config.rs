@@ -41,6 +41,7 @@ pub struct OutboundFile {
     pub state_dir: Option<PathBuf>,
     pub tls_backoff: Option<u64>,
     pub tls_ca_file: Option<PathBuf>,
+    pub host_key: Option<PathBuf>,
     pub max_message_size: Option<u64>,
     #[serde(default)]
     pub domains: std::collections::HashMap<String, crate::outbound::TlsPolicy>,
@@ -88,6 +89,7 @@ pub fn merge_outbound(
         smtp_port: args.smtp_port.unwrap_or(25),
         tls_backoff: super::secs(args.tls_backoff.or(file.tls_backoff).unwrap_or(300)),
         tls_ca_file: args.tls_ca_file.or(file.tls_ca_file),
+        host_key: args.host_key.or(file.host_key),
         max_message_size: file.max_message_size.unwrap_or(64 * 1024 * 1024),
     })
 }

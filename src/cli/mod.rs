@@ -212,6 +212,13 @@ pub struct OutboundArgs {
     /// judging MX certificates (policy verify): an internal CA.
     #[arg(long, value_name = "FILE")]
     pub tls_ca_file: Option<PathBuf>,
+
+    /// Host key for the blackpony extension (from `blackpony keygen`). With
+    /// it, delivery uses XPONY with servers that offer it (preferred over
+    /// STARTTLS), pins their keys in the state directory, and defers when a
+    /// pinned or DNS-keyed server stops offering it or changes its key.
+    #[arg(long, value_name = "FILE")]
+    pub host_key: Option<PathBuf>,
 }
 
 /// `blackpony deliver -f SENDER [--] RCPT...`
@@ -632,6 +639,7 @@ pub struct OutboundSettings {
     pub smtp_port: u16,
     pub tls_backoff: Duration,
     pub tls_ca_file: Option<PathBuf>,
+    pub host_key: Option<PathBuf>,
     pub max_message_size: u64,
 }
 
@@ -652,6 +660,18 @@ impl OutboundSettings {
             tls_backoff: self.tls_backoff,
             ..Default::default()
         };
+        let pony = match &self.host_key {
+            Some(path) => Some(crate::outbound::deliver::PonyClient {
+                key: crate::pony::keys::load_file(path).map_err(|e| e.to_string())?,
+                pins: crate::pony::pins::PinStore::new(
+                    &self
+                        .state_dir
+                        .clone()
+                        .unwrap_or_else(crate::outbound::deliver::default_state_dir),
+                ),
+            }),
+            None => None,
+        };
         Ok(crate::outbound::Deliverer {
             resolver,
             tls,
@@ -663,6 +683,7 @@ impl OutboundSettings {
                 self.tls_backoff,
             ),
             limits,
+            pony,
         })
     }
 }

@@ -67,6 +67,28 @@ pub struct Deliverer {
     pub smtp_port: u16,
     pub memory: TlsMemory,
     pub limits: Limits,
+    /// The blackpony extension, when a host key is configured.
+    pub pony: Option<PonyClient>,
+}
+
+/// What the client side of the blackpony extension needs.
+#[derive(Debug, Clone)]
+pub struct PonyClient {
+    pub key: crate::pony::noise::Keypair,
+    pub pins: crate::pony::pins::PinStore,
+}
+
+/// What is known about one MX host's blackpony key, and what happened.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PonyContext {
+    dns_keys: Vec<crate::pony::keys::PublicKey>,
+    pin: Option<crate::pony::pins::Pin>,
+    /// The key the server presented, the verdict on it, its hints.
+    seen: Option<(
+        crate::pony::keys::PublicKey,
+        crate::pony::pins::KeyVerdict,
+        crate::pony::negotiation::ServerHints,
+    )>,
 }
 
 /// Where and how a recipient's message went (or did not).
@@ -434,8 +456,8 @@ impl Deliverer {
                     continue;
                 }
             };
-            let mut session =
-                ClientSession::opening(&self.helo_name, self.starttls_for(host, policy));
+            let session = ClientSession::opening(&self.helo_name, self.starttls_for(host, policy));
+            let mut session = self.prepare_pony(&mut conn, session).await;
             let end = self.drive(&mut conn, &mut session, policy).await;
             if conn.greeted {
                 sessions += 1;
@@ -494,7 +516,7 @@ impl Deliverer {
             sender: prepared.envelope_sender.clone(),
             recipients: rcpts.to_vec(),
         };
-        let mut session = ClientSession::new(
+        let session = ClientSession::new(
             &self.helo_name,
             starttls,
             envelope,
@@ -518,6 +540,7 @@ impl Deliverer {
                 return attempt;
             }
         };
+        let mut session = self.prepare_pony(&mut conn, session).await;
         let end = self.drive(&mut conn, &mut session, policy).await;
         attempt.tls = conn.tls.clone();
         attempt.verdict = conn.verdict.clone();
@@ -531,7 +554,92 @@ impl Deliverer {
                 }
             }
         }
+        if matches!(attempt.outcome, SessionOutcome::Replied(_)) {
+            self.update_pin(&conn);
+        }
         attempt
+    }
+
+    /// Looks up what is known about `conn`'s host (DNS key, pin) and lets
+    /// the session use the extension, required if the host is known to
+    /// speak it.
+    async fn prepare_pony(&self, conn: &mut Connection, session: ClientSession) -> ClientSession {
+        let Some(pony) = &self.pony else {
+            return session;
+        };
+        let records = self
+            .resolver
+            .txt(&crate::pony::keys::dns_name(&conn.host))
+            .await
+            .unwrap_or_default();
+        let dns_keys = crate::pony::keys::parse_dns_records(&records);
+        let now = unix_now();
+        let (pin, pins_unreadable) = match pony.pins.get(&conn.host) {
+            Ok(pin) => (pin.filter(|p| !p.expired(now)), false),
+            Err(e) => {
+                // Unreadable pins must not mean "no pin": require XPONY.
+                log!("warning: {e}; requiring XPONY from {}", conn.host);
+                (None, true)
+            }
+        };
+        let context = PonyContext {
+            dns_keys,
+            pin,
+            seen: None,
+        };
+        let required = crate::pony::pins::Evidence {
+            dns_keys: &context.dns_keys,
+            pin: context.pin.as_ref(),
+        }
+        .requires_extension()
+            || pins_unreadable;
+        conn.pony = Some(context);
+        session.with_pony(crate::smtp::client::PonyOffer {
+            key: pony.key.clone(),
+            required,
+        })
+    }
+
+    /// After a session that got as far as a transaction over the channel,
+    /// remembers the key (first contact) or refreshes the pin.
+    fn update_pin(&self, conn: &Connection) {
+        use crate::pony::pins::{KeyVerdict, Pin};
+        let (Some(pony), Some(context)) = (&self.pony, &conn.pony) else {
+            return;
+        };
+        let Some((key, verdict, hints)) = &context.seen else {
+            return;
+        };
+        let now = unix_now();
+        let max_age = u64::from(hints.max_age);
+        let result = match (verdict, &context.pin) {
+            // The server asks not to be pinned (any more).
+            (_, _) if max_age == 0 => pony.pins.forget(&conn.host).map(|_| ()),
+            (KeyVerdict::Mismatch { .. }, _) => return,
+            (_, Some(old)) => pony.pins.put(
+                &conn.host,
+                &Pin {
+                    key: *key,
+                    first_seen: if old.key == *key { old.first_seen } else { now },
+                    last_seen: now,
+                    max_age,
+                    successor: hints.successor,
+                },
+            ),
+            (_, None) => pony.pins.put(
+                &conn.host,
+                &Pin {
+                    key: *key,
+                    first_seen: now,
+                    last_seen: now,
+                    max_age,
+                    successor: hints.successor,
+                },
+            ),
+        };
+        if let Err(e) = result {
+            log!("warning: cannot update the pin of {}: {e}", conn.host);
+        }
     }
 
     /// A TCP connection to one MX address.
@@ -550,6 +658,7 @@ impl Deliverer {
                     greeted: false,
                     tls_failed: false,
                     inbuf: Vec::new(),
+                    pony: None,
                 });
             }
             Ok(Err(e)) => e.to_string(),
@@ -620,6 +729,35 @@ impl Deliverer {
                     }
                     return Ok(());
                 }
+                Step::CheckServerKey { key, hints } => {
+                    let verdict = match &conn.pony {
+                        Some(c) => crate::pony::pins::Evidence {
+                            dns_keys: &c.dns_keys,
+                            pin: c.pin.as_ref(),
+                        }
+                        .judge_key(&key),
+                        None => crate::pony::pins::KeyVerdict::FirstContact,
+                    };
+                    if let crate::pony::pins::KeyVerdict::Mismatch { expected } = &verdict {
+                        let why = format!(
+                            "{}[{}] presented key {}, expected {expected}: impostor, or a key change to accept with 'blackpony pins accept {} KEY'",
+                            conn.host,
+                            conn.addr.ip(),
+                            crate::pony::keys::fingerprint(&key),
+                            conn.host
+                        );
+                        log!("xpony: {why}");
+                        session.xpony_reject(why);
+                        continue;
+                    }
+                    if let Some(c) = conn.pony.as_mut() {
+                        c.seen = Some((key, verdict, hints));
+                    }
+                    if session.xpony_accept() == Step::SwitchToPony {
+                        self.switch_to_pony(conn, session).await?;
+                    }
+                }
+                Step::SwitchToPony => self.switch_to_pony(conn, session).await?,
                 Step::StartTls => {
                     if session.injected_after_starttls > 0 {
                         log!(
@@ -634,6 +772,45 @@ impl Deliverer {
                 }
             }
         }
+    }
+
+    /// Writes message 3 in plaintext, then wraps the connection in the
+    /// blackpony channel and lets the session start over with EHLO.
+    async fn switch_to_pony(
+        &self,
+        conn: &mut Connection,
+        session: &mut ClientSession,
+    ) -> Result<(), HostFailure> {
+        let lost = || HostFailure::Lost { stage: "XPONY" };
+        let stream = conn.stream.as_mut().ok_or_else(lost)?;
+        let written = tokio::time::timeout(self.limits.reply_timeout, async {
+            stream.write_all(&session.outgoing).await?;
+            stream.flush().await
+        })
+        .await;
+        session.outgoing.clear();
+        if !matches!(written, Ok(Ok(()))) {
+            return Err(lost());
+        }
+        let (transport, already_read) = session.take_pony().ok_or_else(lost)?;
+        let Some(Ok(tcp)) = conn.stream.take().map(Stream::into_plain) else {
+            return Err(lost());
+        };
+        let info = TlsInfo::pony(&transport);
+        let verdict = match conn.pony.as_ref().and_then(|c| c.seen.as_ref()) {
+            Some((_, crate::pony::pins::KeyVerdict::DnsMatch, _)) => CertVerdict::Verified,
+            Some((_, crate::pony::pins::KeyVerdict::PinMatch, _)) => CertVerdict::Verified,
+            _ => CertVerdict::Untrusted("first contact, key pinned now".into()),
+        };
+        conn.tls = Some(info);
+        conn.verdict = Some(verdict);
+        conn.stream = Some(Stream::Pony(Box::new(crate::transport::PonyStream::new(
+            tcp,
+            crate::pony::channel::Channel::new(transport),
+            already_read,
+        ))));
+        session.pony_established();
+        Ok(())
     }
 
     /// The TLS handshake on `conn`, and the policy check of its result.
@@ -715,6 +892,8 @@ pub(crate) struct Connection {
     /// Server bytes read but not yet used (for callers sending their own
     /// commands after an opening-only session).
     pub(crate) inbuf: Vec<u8>,
+    /// The blackpony extension's evidence and outcome for this host.
+    pub(crate) pony: Option<PonyContext>,
 }
 
 impl Connection {
@@ -793,6 +972,19 @@ fn host_failure_reply(failure: &HostFailure, host: &str, ip: IpAddr, policy: Tls
         HostFailure::Protocol(e) => {
             Reply::new(451, format!("4.5.0 {host}[{ip}] does not speak SMTP: {e}"))
         }
+        HostFailure::PonyDowngrade => Reply::new(
+            451,
+            format!(
+                "4.7.5 {host}[{ip}] is known to speak XPONY (pin or DNS key) but did not offer it: a downgrade? 'blackpony pins forget {host}' if this is intended"
+            ),
+        ),
+        HostFailure::PonyRejected { why } => {
+            Reply::new(451, format!("4.7.5 XPONY key refused: {why}"))
+        }
+        HostFailure::PonyFailed { why } => Reply::new(
+            451,
+            format!("4.7.5 XPONY handshake with {host}[{ip}] failed: {why}"),
+        ),
         HostFailure::Lost { stage } => Reply::new(
             451,
             format!(
@@ -800,6 +992,12 @@ fn host_failure_reply(failure: &HostFailure, host: &str, ip: IpAddr, policy: Tls
             ),
         ),
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn seed() -> u64 {

@@ -338,6 +338,22 @@ pub struct Initiator {
     e: Keypair,
 }
 
+impl std::fmt::Debug for InitiatorAwaitingResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InitiatorAwaitingResponse")
+    }
+}
+
+impl std::fmt::Debug for InitiatorAwaitingConfirm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "InitiatorAwaitingConfirm {{ remote_static: {} }}",
+            hex(&self.rs)
+        )
+    }
+}
+
 /// The initiator after message 1, waiting for message 2.
 pub struct InitiatorAwaitingResponse {
     sym: SymmetricState,

@@ -10,6 +10,10 @@ use std::collections::VecDeque;
 
 use super::envelope::{ContentFacts, Envelope};
 use super::{EhloReply, Reply, ReplyError, ReplyParser};
+use crate::pony::negotiation::{self, ServerHints};
+use crate::pony::noise::{
+    InitiatorAwaitingConfirm, InitiatorAwaitingResponse, KEY_LEN, Keypair, PROTOCOL_NAME, Transport,
+};
 
 /// Whether to use STARTTLS when the server offers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +38,26 @@ pub enum Step {
     /// An opening-only session ([`ClientSession::opening`]) is ready for
     /// mail commands: greeting, EHLO and STARTTLS are done.
     Ready,
+    /// XPONY message 2 arrived: judge the server's static key, then call
+    /// [`ClientSession::xpony_accept`] or [`ClientSession::xpony_reject`].
+    CheckServerKey {
+        key: [u8; KEY_LEN],
+        hints: ServerHints,
+    },
+    /// Message 3 is in the outgoing buffer: write it, switch the connection
+    /// to the channel from [`ClientSession::take_pony`], then call
+    /// [`ClientSession::pony_established`].
+    SwitchToPony,
+}
+
+/// How the session uses the blackpony extension.
+#[derive(Debug, Clone)]
+pub struct PonyOffer {
+    /// Our static key.
+    pub key: Keypair,
+    /// The server must offer XPONY (it has a pin or a DNS key): a server
+    /// that does not is being downgraded.
+    pub required: bool,
 }
 
 /// What the session is for.
@@ -57,6 +81,12 @@ pub enum HostFailure {
     Protocol(ReplyError),
     /// The connection broke or timed out in the given stage.
     Lost { stage: &'static str },
+    /// A host known to speak XPONY (pinned or DNS key) did not offer it.
+    PonyDowngrade,
+    /// The server's key was refused (impostor, or a change to accept).
+    PonyRejected { why: String },
+    /// The XPONY handshake failed.
+    PonyFailed { why: String },
 }
 
 /// The answer about one recipient.
@@ -110,6 +140,16 @@ enum State {
     Handshake,
     /// Opened and waiting for the caller's commands (opening-only sessions).
     Ready,
+    /// XPONY with message 1 was sent; the 334 with message 2 is owed.
+    XponySent(InitiatorAwaitingResponse),
+    /// Message 2 was read; the caller judges the server's key.
+    XponyConfirm(InitiatorAwaitingConfirm),
+    /// The key was refused and `*` sent; the 501 is owed.
+    XponyAborting {
+        why: String,
+    },
+    /// Message 3 was sent; the caller switches to frames.
+    XponySwitch,
     /// MAIL, RCPT and DATA replies still owed (several when pipelining).
     Transaction {
         owed: VecDeque<Pending>,
@@ -143,6 +183,13 @@ pub struct ClientSession {
     pub injected_after_starttls: usize,
     /// The content refusal, when the session ended because of one.
     pub content_refusal: Option<ContentRefusal>,
+    pony: Option<PonyOffer>,
+    /// The plaintext negotiation, for the XPONY prologue.
+    greeting_raw: Vec<u8>,
+    ehlo_line: String,
+    ehlo_raw: Vec<u8>,
+    last_raw: Vec<u8>,
+    pony_ready: Option<(Transport, Vec<u8>)>,
 }
 
 impl ClientSession {
@@ -173,6 +220,60 @@ impl ClientSession {
             outcome: None,
             injected_after_starttls: 0,
             content_refusal: None,
+            pony: None,
+            greeting_raw: Vec::new(),
+            ehlo_line: String::new(),
+            ehlo_raw: Vec::new(),
+            last_raw: Vec::new(),
+            pony_ready: None,
+        }
+    }
+
+    /// Uses the blackpony extension when the server offers it (preferred
+    /// over STARTTLS).
+    pub fn with_pony(mut self, offer: PonyOffer) -> Self {
+        self.pony = Some(offer);
+        self
+    }
+
+    /// The server's key is acceptable: send message 3 and switch.
+    pub fn xpony_accept(&mut self) -> Step {
+        let State::XponyConfirm(state) = std::mem::replace(&mut self.state, State::Done) else {
+            return Step::Continue;
+        };
+        match state.write_message_3(&[]) {
+            Ok((transport, message_3)) => {
+                let line = negotiation::encode_line(&message_3);
+                self.send_line(&line);
+                self.pony_ready = Some((transport, std::mem::take(&mut self.inbuf)));
+                self.state = State::XponySwitch;
+                Step::SwitchToPony
+            }
+            Err(e) => {
+                self.fail(HostFailure::PonyFailed { why: e.to_string() });
+                Step::Continue
+            }
+        }
+    }
+
+    /// The server's key is refused: abort with `*` (proto-spec §8.3).
+    pub fn xpony_reject(&mut self, why: String) {
+        if matches!(self.state, State::XponyConfirm(_)) {
+            self.send_line("*");
+            self.state = State::XponyAborting { why };
+        }
+    }
+
+    /// The channel after [`Step::SwitchToPony`], with any bytes read behind
+    /// the 334 (there should be none).
+    pub fn take_pony(&mut self) -> Option<(Transport, Vec<u8>)> {
+        self.pony_ready.take()
+    }
+
+    /// The connection runs over the blackpony channel: start over with EHLO.
+    pub fn pony_established(&mut self) {
+        if matches!(self.state, State::XponySwitch) {
+            self.tls_established();
         }
     }
 
@@ -222,6 +323,10 @@ impl ClientSession {
         match &self.state {
             State::Greeting => "greeting",
             State::Ready => "ready",
+            State::XponySent(_)
+            | State::XponyConfirm(_)
+            | State::XponyAborting { .. }
+            | State::XponySwitch => "XPONY",
             State::Ehlo { .. } => "EHLO",
             State::Helo => "HELO",
             State::StartTls | State::Handshake => "STARTTLS",
@@ -249,6 +354,9 @@ impl ClientSession {
             if matches!(self.state, State::Ready) {
                 return Step::Ready;
             }
+            if matches!(self.state, State::XponySwitch) {
+                return Step::SwitchToPony;
+            }
             let span = match ReplyParser::next_span(&self.inbuf) {
                 Ok(Some(span)) => span,
                 Ok(None) => return Step::Continue,
@@ -257,6 +365,10 @@ impl ClientSession {
                     return Step::Done;
                 }
             };
+            if matches!(self.state, State::Greeting | State::Ehlo { .. }) {
+                // Kept for the XPONY prologue, as the bytes that came.
+                self.last_raw = self.inbuf[..span.len].to_vec();
+            }
             let reply = Reply::from_span(&self.inbuf, span);
             self.inbuf.drain(..span.len);
             if let Some(step) = self.on_reply(reply) {
@@ -310,6 +422,8 @@ impl ClientSession {
         match std::mem::replace(&mut self.state, State::Done) {
             State::Greeting => {
                 if reply.code() == 220 {
+                    self.greeting_raw = std::mem::take(&mut self.last_raw);
+                    self.ehlo_line = format!("EHLO {}", self.helo_name);
                     self.send_line(&format!("EHLO {}", self.helo_name));
                     self.state = State::Ehlo { after_tls: false };
                 } else {
@@ -321,6 +435,7 @@ impl ClientSession {
             }
             State::Ehlo { after_tls } => {
                 if reply.code() == 250 {
+                    self.ehlo_raw = std::mem::take(&mut self.last_raw);
                     self.caps = Some(EhloReply::parse(&reply));
                     self.after_hello();
                 } else if reply.is_permanent() && !after_tls {
@@ -367,6 +482,19 @@ impl ClientSession {
             State::Handshake => {
                 self.state = State::Handshake;
                 return Some(Step::StartTls);
+            }
+            State::XponySent(state) => return self.on_xpony_reply(state, reply),
+            State::XponyConfirm(state) => {
+                // A reply while we judge the key: the server is out of step.
+                self.state = State::XponyConfirm(state);
+                self.fail(HostFailure::PonyFailed {
+                    why: format!("unexpected reply during XPONY: {reply}"),
+                });
+            }
+            State::XponyAborting { why } => self.fail(HostFailure::PonyRejected { why }),
+            State::XponySwitch => {
+                self.state = State::XponySwitch;
+                return Some(Step::SwitchToPony);
             }
             State::Ready => {
                 // A reply nobody asked for: not a server we can trust to
@@ -420,6 +548,19 @@ impl ClientSession {
 
     /// After a successful EHLO or HELO: STARTTLS or the transaction.
     fn after_hello(&mut self) {
+        if !self.tls_up
+            && let Some(offer) = &self.pony
+        {
+            let xpony = self.caps.as_ref().is_some_and(negotiation::offered);
+            if xpony {
+                self.start_xpony();
+                return;
+            }
+            if offer.required {
+                self.fail(HostFailure::PonyDowngrade);
+                return;
+            }
+        }
         let offered = self.caps.as_ref().is_some_and(|c| c.has("STARTTLS"));
         if !self.tls_up && self.starttls != StartTls::Never && offered {
             self.send_line("STARTTLS");
@@ -428,6 +569,84 @@ impl ClientSession {
             self.fail(HostFailure::TlsUnavailable { reply: None });
         } else {
             self.opened();
+        }
+    }
+
+    /// Sends XPONY with message 1 (proto-spec §3.2).
+    fn start_xpony(&mut self) {
+        let Some(offer) = &self.pony else {
+            return;
+        };
+        let prologue = negotiation::prologue(
+            &self.greeting_raw,
+            self.ehlo_line.as_bytes(),
+            &self.ehlo_raw,
+        );
+        let started = Keypair::generate()
+            .map_err(|e| e.to_string())
+            .and_then(|e| {
+                crate::pony::noise::Initiator::new(&prologue, offer.key.clone(), e)
+                    .write_message_1(&[])
+                    .map_err(|e| e.to_string())
+            });
+        match started {
+            Ok((state, message_1)) => {
+                let line = format!(
+                    "XPONY {PROTOCOL_NAME} {}",
+                    negotiation::encode_line(&message_1)
+                );
+                self.send_line(&line);
+                self.state = State::XponySent(state);
+            }
+            Err(why) => self.fail(HostFailure::PonyFailed { why }),
+        }
+    }
+
+    /// The reply to XPONY: 334 with message 2, or a refusal.
+    fn on_xpony_reply(&mut self, state: InitiatorAwaitingResponse, reply: Reply) -> Option<Step> {
+        let required = self.pony.as_ref().is_some_and(|p| p.required);
+        if reply.code() != 334 {
+            if required {
+                self.fail(HostFailure::PonyFailed {
+                    why: format!("server refused XPONY: {reply}"),
+                });
+            } else {
+                // Not this time: STARTTLS or plaintext, as without XPONY.
+                self.pony = None;
+                self.after_hello();
+            }
+            return None;
+        }
+        // Bytes behind the 334 came before message 3 in plaintext: whoever
+        // sent them is not the server we are about to trust (§3.6).
+        if !self.inbuf.is_empty() {
+            self.fail(HostFailure::PonyFailed {
+                why: format!("{} bytes after the 334 (injection)", self.inbuf.len()),
+            });
+            return None;
+        }
+        let message_2 = reply
+            .lines()
+            .first()
+            .and_then(|l| negotiation::decode_line(l))
+            .ok_or_else(|| "message 2 is not base64".to_string());
+        let step = message_2.and_then(|m2| state.read_message_2(&m2).map_err(|e| e.to_string()));
+        match step {
+            Ok((confirm, payload)) => match ServerHints::decode(&payload) {
+                Ok(hints) => {
+                    let key = confirm.remote_static();
+                    self.state = State::XponyConfirm(confirm);
+                    Some(Step::CheckServerKey { key, hints })
+                }
+                Err(e) => {
+                    self.fail(HostFailure::PonyFailed { why: e.to_string() });
+                    None
+                }
+            },
+            Err(why) => {
+                self.fail(HostFailure::PonyFailed { why });
+                None
+            }
         }
     }
 
