@@ -577,13 +577,20 @@ NET_ADDR = {
     "implicit": "127.0.10.7",  # implicit.test: no MX, an A record to the Postfix
     "dead": "127.0.10.8",      # mx1.backup.test: nothing listens here
     "backup": "127.0.10.9",    # mx2.backup.test: the Postfix
+    "verified": "127.0.10.10", # mx.verified.test: the Postfix, STARTTLS with a certificate for
+                               # mx.verified.test issued by the interop test CA (+ chain)
+    "wrongname": "127.0.10.11",# mx.wrongname.test: the Postfix, STARTTLS with a certificate
+                               # from the same CA, but for other.test
 }
 # Recipients whose local part starts with REFUSED_LOCALPART- are refused by the Postfix MX at
 # RCPT (check_recipient_access): it answers `550 5.7.1 <addr>: Recipient address rejected: …`.
 REFUSED_LOCALPART = "refuse"
 REFUSED_REPLY = "550 5.7.1 refused by the interop MX policy"
 # Domains delivered into the Postfix's Maildir.
-POSTFIX_DOMAINS = ("tls.test", "plain.test", "implicit.test", "backup.test")
+POSTFIX_DOMAINS = ("tls.test", "plain.test", "implicit.test", "backup.test", "verified.test",
+                   "wrongname.test")
+# The name the certificate served by mx.wrongname.test is issued for.
+WRONG_CERT_NAME = "other.test"
 
 DNS_RECORDS = """\
 mx-host=tls.test,mx.tls.test,10
@@ -601,6 +608,10 @@ mx-host=backup.test,mx1.backup.test,10
 mx-host=backup.test,mx2.backup.test,20
 host-record=mx1.backup.test,{dead}
 host-record=mx2.backup.test,{backup}
+mx-host=verified.test,mx.verified.test,10
+host-record=mx.verified.test,{verified}
+mx-host=wrongname.test,mx.wrongname.test,10
+host-record=mx.wrongname.test,{wrongname}
 # Null MX (RFC 7505): preference 0, exchanger "." (the root).
 dns-rr=nullmx.test,15,000000
 """.format(**NET_ADDR)
@@ -665,6 +676,59 @@ def make_self_signed_cert(directory: Path, cn: str) -> tuple[Path, Path]:
     os.chmod(cert, 0o644)
     os.chmod(key, 0o644)  # a throwaway test key; smtp daemons that drop privileges read it
     return cert, key
+
+
+def _openssl(*args: str, what: str) -> None:
+    res = subprocess.run([require_tool("openssl"), *args], capture_output=True, text=True,
+                         timeout=30, stdin=subprocess.DEVNULL)
+    if res.returncode != 0:
+        raise PeerError(f"openssl {what} failed: {res.stderr}")
+
+
+EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+
+def make_test_ca(directory: Path, name: str = "blackpony interop test CA") -> tuple[Path, Path]:
+    """A CA certificate (basicConstraints critical CA:TRUE, keyCertSign) and its key: the
+    trust anchor a test hands to `--tls-ca-file`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / "ca.pem", directory / "ca.key"
+    _openssl("req", "-x509", *EC_KEY, "-keyout", str(key), "-out", str(cert), "-days", "2",
+             "-subj", f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+             "-addext", "subjectKeyIdentifier=hash", what="req -x509 (test CA)")
+    os.chmod(cert, 0o644)
+    os.chmod(key, 0o600)  # only openssl (as root) signs with it
+    return cert, key
+
+
+def make_ca_signed_cert(directory: Path, name: str, ca: tuple[Path, Path]) -> tuple[Path, Path]:
+    """A server certificate for DNS name `name` (SAN DNS:name, CA:FALSE, serverAuth) issued
+    by the CA ca = (cert, key). Returns (chain, key): the chain file holds the leaf followed
+    by the CA certificate, the way a server is given its chain."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_cert, ca_key = ca
+    key, csr = directory / f"{name}.key", directory / f"{name}.csr"
+    leaf, chain = directory / f"{name}.crt", directory / f"{name}.chain.pem"
+    ext = directory / f"{name}.ext"
+    ext.write_text(f"subjectAltName = DNS:{name}\n"
+                   "basicConstraints = critical, CA:FALSE\n"
+                   "keyUsage = critical, digitalSignature\n"
+                   "extendedKeyUsage = serverAuth\n"
+                   "subjectKeyIdentifier = hash\n"
+                   "authorityKeyIdentifier = keyid\n")
+    _openssl("req", "-new", *EC_KEY, "-keyout", str(key), "-out", str(csr),
+             "-subj", f"/CN={name}", what=f"req -new ({name})")
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
+             "-CAcreateserial", "-days", "2", "-sha256", "-extfile", str(ext),
+             "-out", str(leaf), what=f"x509 -req ({name})")
+    chain.write_bytes(leaf.read_bytes() + ca_cert.read_bytes())
+    for f in (leaf, chain):
+        os.chmod(f, 0o644)
+    os.chmod(key, 0o644)  # a throwaway test key; smtpd reads it
+    return chain, key
 
 
 class Process:
@@ -810,9 +874,14 @@ class FakeMX(Process):
 
 class FakeInternet:
     """dnsmasq + the MX hosts of NET_ADDR, all on one SMTP port (self.smtp_port):
-    a private Postfix (STARTTLS listener for mx.tls.test, plaintext listeners for
-    mx.plain.test, implicit.test and mx2.backup.test), smtp-sink answering 450 to RCPT,
-    fake_mx.py broken-tls and inject. Nothing listens on the dead address."""
+    a private Postfix (STARTTLS listener for mx.tls.test with a self-signed certificate,
+    plaintext listeners for mx.plain.test, implicit.test and mx2.backup.test, STARTTLS
+    listeners for mx.verified.test and mx.wrongname.test with certificates issued by a test
+    CA, self.ca_cert), smtp-sink answering 450 to RCPT, fake_mx.py broken-tls and inject.
+    Nothing listens on the dead address.
+
+    The listeners with CA-issued certificates log as postfix/verified and
+    postfix/wrongname (syslog_name), so a test can tell their sessions apart."""
 
     def __init__(self, base: Path):
         self.base = Path(base)
@@ -820,6 +889,13 @@ class FakeInternet:
         os.chmod(self.base, 0o755)
         self.smtp_port = common_free_port(NET_ADDR.values())
         self.cert, self.key = make_self_signed_cert(self.base / "tls", "mx.tls.test")
+        # A test CA and two certificates it issued: one for the name blackpony connects to
+        # (mx.verified.test), one for another name (served by mx.wrongname.test).
+        self.ca_cert, self.ca_key = make_test_ca(self.base / "ca")
+        self.verified_chain, self.verified_key = make_ca_signed_cert(
+            self.base / "ca", "mx.verified.test", (self.ca_cert, self.ca_key))
+        self.wrong_chain, self.wrong_key = make_ca_signed_cert(
+            self.base / "ca", WRONG_CERT_NAME, (self.ca_cert, self.ca_key))
         self.dns = Dnsmasq(self.base / "dns", DNS_RECORDS)
         pf_base = self.base / "postfix-mx"
         pf_base.mkdir(exist_ok=True)
@@ -833,7 +909,15 @@ class FakeInternet:
             pf_base, host=NET_ADDR["tls"], port=port, domains=POSTFIX_DOMAINS,
             listeners=[(NET_ADDR["plain"], port, {"smtpd_tls_security_level": "none"}),
                        (NET_ADDR["implicit"], port, {"smtpd_tls_security_level": "none"}),
-                       (NET_ADDR["backup"], port, {"smtpd_tls_security_level": "none"})],
+                       (NET_ADDR["backup"], port, {"smtpd_tls_security_level": "none"}),
+                       (NET_ADDR["verified"], port,
+                        {"smtpd_tls_cert_file": str(self.verified_chain),
+                         "smtpd_tls_key_file": str(self.verified_key),
+                         "syslog_name": "postfix/verified"}),
+                       (NET_ADDR["wrongname"], port,
+                        {"smtpd_tls_cert_file": str(self.wrong_chain),
+                         "smtpd_tls_key_file": str(self.wrong_key),
+                         "syslog_name": "postfix/wrongname"})],
             settings={"myhostname": "mx.tls.test", "mydomain": "tls.test",
                       "myorigin": "tls.test",
                       "smtpd_tls_security_level": "may",

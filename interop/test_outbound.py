@@ -7,6 +7,8 @@ each MX host on its own 127.0.10.x address and all on one SMTP port chosen at ru
   plain.test      MX mx.plain.test    -> the same Postfix, a listener without TLS
   implicit.test   no MX, an A record  -> the same Postfix (implicit MX)
   backup.test     MX 10 mx1 (nothing listens), MX 20 mx2 -> the same Postfix
+  verified.test   MX mx.verified.test -> the same Postfix, STARTTLS, certificate from a test CA
+  wrongname.test  MX mx.wrongname.test -> the same, certificate for other.test (same CA)
   tempfail.test   MX mx.tempfail.test -> smtp-sink -r RCPT (450 to every RCPT)
   brokentls.test  MX -> fake_mx.py broken-tls (220 to STARTTLS, then garbage)
   inject.test     MX -> fake_mx.py inject (220 + injected 250 lines, then real TLS)
