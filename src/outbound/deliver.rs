@@ -364,6 +364,7 @@ impl Deliverer {
         };
         let policy = self.policy.for_domain(domain);
         let mut last = candidates.dns_failure.map(|r| (r, None));
+        let mut last_security: (Option<TlsInfo>, Option<CertVerdict>) = (None, None);
         let mut sessions = 0;
         for (host, ip) in &candidates.list {
             if sessions >= self.limits.max_sessions {
@@ -424,6 +425,9 @@ impl Deliverer {
                         self.smtp_port
                     );
                     last = Some((reply, relay.clone()));
+                    // What the last session reached (a TLS handshake that a
+                    // policy then refused is not plaintext), for the log.
+                    last_security = (attempt.tls.clone(), attempt.verdict.clone());
                 }
             }
         }
@@ -433,7 +437,17 @@ impl Deliverer {
                 None,
             )
         });
+        let (tls, verdict) = last_security;
+        let level = level_of(tls.as_ref(), verdict.as_ref());
         all(reply, relay)
+            .into_iter()
+            .map(|mut s| {
+                s.tls = tls.clone();
+                s.verdict = verdict.clone();
+                s.level = level;
+                s
+            })
+            .collect()
     }
 
     /// Opens a session with the first MX host of `domain` that works, up to
