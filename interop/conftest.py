@@ -2,7 +2,9 @@
 `blackpony inbound` processes in front of them; for the outbound side, the fake internet,
 `blackpony outbound` (LMTP and SMTP) on TCP and on a Unix socket, a sending Postfix and an
 Exim that hand their mail to blackpony over LMTP, and a relay Postfix (relayhost) and an
-Exim (manualroute smarthost) that hand it to `blackpony outbound --protocol smtp`.
+Exim (manualroute smarthost) that hand it to `blackpony outbound --protocol smtp`. For
+XPONY: host keys from `blackpony keygen` and a second fake internet whose MX hosts are
+`blackpony inbound --host-key` processes, some behind a man in the middle (xpony_mitm.py).
 
 Every fixture stops what it started (postfix -c DIR stop + kill leftovers, SIGTERM/SIGKILL
 for blackpony), even when a test fails. A missing tool is an error, never a skip.
@@ -18,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from interop.peers import (Blackpony, BlackponyOutbound, Exim, FakeInternet, MissingTool,
-                           Postfix, blackpony_bin, make_temp_dir, require_tool)
+                           Postfix, XponyInternet, blackpony_bin, keygen, make_temp_dir,
+                           require_tool)
 
 REQUIRED_TOOLS = ("postfix", "smtp-source", "swaks", "openssl", "script")
 
@@ -353,3 +356,55 @@ def exim_smarthost(workdir, outbound_smtp_tcp):
         pytest.fail(f"exim -bV with {ex.conf} failed:\n{res.stdout}\n{res.stderr}",
                     pytrace=False)
     yield ex
+
+
+# --------------------------------------------------------------------------------------
+# XPONY: host keys and the XPONY internet (blackpony inbound with a host key as MX hosts)
+# --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def xpony_keys(workdir) -> dict:
+    """Host keys from `blackpony keygen`: "server" (the inbound of mx.pony.test), "client"
+    (blackpony deliver's --host-key), "wrong" (published in DNS for mx.pony3.test, held by
+    no server)."""
+    d = workdir / "keys"
+    d.mkdir()
+    os.chmod(d, 0o755)
+    return {"server": keygen(d / "server.key", "mx.pony.test"),
+            "client": keygen(d / "client.key", "client.test"),
+            "wrong": keygen(d / "wrong.key", "mx.pony3.test")}
+
+
+@pytest.fixture(scope="module")
+def pony_net(workdir, xpony_keys):
+    """The XPONY internet (interop/peers.py XponyInternet)."""
+    net = XponyInternet(workdir / "pony-internet", xpony_keys["server"], xpony_keys["wrong"])
+    net.start()
+    try:
+        yield net
+    finally:
+        net.stop()
+
+
+@pytest.fixture
+def pony_inbounds(pony_net):
+    """pony_inbounds(where, key, name, *extra) -> a started `blackpony inbound` on
+    PONY_ADDR[where] (see XponyInternet.inbound); every one still running is stopped at the
+    end of the test."""
+    started = []
+
+    def start(where, key, name, *extra):
+        bp = pony_net.inbound(where, key, name, *extra)
+        started.append(bp)
+        return bp.start()
+    try:
+        yield start
+    finally:
+        errors = []
+        for bp in started:
+            try:
+                bp.stop()
+            except Exception as e:  # keep stopping the others
+                errors.append(e)
+        if errors:
+            raise errors[0]

@@ -464,10 +464,11 @@ class Blackpony:
     """`blackpony inbound` on a free loopback port, its stderr captured to a log file."""
 
     def __init__(self, log_dir: Path, *, backend: Optional[str], identity: Optional[str],
-                 args: Iterable[str] = (), name: str = "blackpony", host: str = "127.0.0.1"):
+                 args: Iterable[str] = (), name: str = "blackpony", host: str = "127.0.0.1",
+                 port: Optional[int] = None):
         self.bin = blackpony_bin()
         self.host = host
-        self.port = free_port(host)
+        self.port = port or free_port(host)
         self.backend = backend
         self.identity = identity
         self.args = list(args)
@@ -1004,6 +1005,188 @@ class BlackponyOutbound(Blackpony):
                 return True
         except OSError:
             return False
+
+
+# --------------------------------------------------------------------------------------
+# XPONY (the blackpony extension): host keys from `blackpony keygen`, and a second fake
+# internet whose MX hosts are `blackpony inbound` processes with host keys (in front of a
+# private Postfix that expects PROXY v2), some behind men in the middle (xpony_mitm.py).
+# --------------------------------------------------------------------------------------
+
+XPONY_PROTOCOL = "Noise_XX_25519_ChaChaPoly_SHA256"
+
+
+def key_fingerprint(public_b64: str) -> str:
+    """`SHA256:` + unpadded base64 of SHA-256 over the raw 32-octet key (proto-spec §7),
+    computed here independently of blackpony."""
+    import base64
+    import hashlib
+    raw = base64.b64decode(public_b64, validate=True)
+    if len(raw) != 32:
+        raise PeerError(f"not a 32-octet key: {public_b64!r}")
+    return "SHA256:" + base64.b64encode(hashlib.sha256(raw).digest()).decode().rstrip("=")
+
+
+class HostKey:
+    """A key file made by `blackpony keygen`, with what keygen printed about it."""
+
+    def __init__(self, path: Path, public: str, fingerprint: str, dns_record: str,
+                 output: str):
+        self.path, self.public, self.fingerprint = Path(path), public, fingerprint
+        self.dns_record, self.output = dns_record, output
+
+    def __repr__(self):
+        return f"HostKey({self.path}, {self.fingerprint})"
+
+
+def keygen(path: Path, hostname: str, force: bool = False) -> HostKey:
+    """`blackpony keygen --out PATH --hostname NAME [--force]`, its output parsed."""
+    cmd = [blackpony_bin(), "keygen", "--out", str(path), "--hostname", hostname]
+    if force:
+        cmd.append("--force")
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=30,
+                         stdin=subprocess.DEVNULL)
+    out = res.stdout + res.stderr
+    public = re.search(r"^public key:\s+(\S+)\s*$", res.stdout, re.M)
+    fp = re.search(r"^fingerprint:\s+(SHA256:\S+)\s*$", res.stdout, re.M)
+    record = re.search(r"^_xpony\._tcp\.\S+ .*TXT .*$", res.stdout, re.M)
+    if res.returncode != 0 or not (public and fp and record):
+        raise PeerError(f"{' '.join(cmd)} failed (exit {res.returncode}) or printed no "
+                        f"public key / fingerprint / DNS record:\n{out}")
+    return HostKey(Path(path), public.group(1), fp.group(1), record.group(0), out)
+
+
+class XponyMitm(Process):
+    """interop/xpony_mitm.py on host:port, relaying to upstream; its mode (pass,
+    strip-xpony, strip-starttls, inject-334, inject-xpony) is read from a file at every
+    connection, so set_mode() takes effect for the next session."""
+
+    def __init__(self, base: Path, host: str, port: int, upstream: str, mode: str = "pass"):
+        self.host, self.port, self.upstream = host, port, upstream
+        base = Path(base)
+        base.mkdir(parents=True, exist_ok=True)
+        self.mode_file = base / f"mitm-{host}.mode"
+        self.set_mode(mode)
+        super().__init__([sys.executable, str(HERE / "xpony_mitm.py"), "--listen",
+                          f"{host}:{port}", "--upstream", upstream,
+                          "--mode-file", str(self.mode_file)],
+                         base / f"mitm-{host}.log", f"xpony_mitm {host}")
+
+    def set_mode(self, mode: str):
+        self.mode_file.write_text(mode + "\n")
+
+    def start(self, timeout: float = 20):
+        # Not tcp_open(): every connection makes the proxy open one to its upstream, and
+        # the inbound would log a session. It prints the line once it is listening.
+        return super().start(lambda: "listening on" in self.log_text(), timeout)
+
+    def sessions(self) -> dict[int, list[str]]:
+        """What the proxy logged, per session number: [event, ...]."""
+        out: dict[int, list[str]] = {}
+        for line in self.log_text().splitlines():
+            m = re.match(r"session (\d+) mode=\S+: (.*)$", line)
+            if m:
+                out.setdefault(int(m.group(1)), []).append(m.group(2))
+        return out
+
+
+# Every host of the XPONY internet has its own loopback address; all share one port.
+PONY_ADDR = {
+    "pony": "127.0.20.2",     # blackpony inbound --host-key server.key: mx.pony.test, and
+                              # mx.pony2.test / mx.pony3.test (DNS keys: right / wrong)
+    "down": "127.0.20.3",     # mx.down.test: an inbound a test restarts without its key
+    "rekey": "127.0.20.4",    # mx.rekey.test: an inbound a test restarts with a new key
+    "strip": "127.0.20.10",   # mx.strip.test: xpony_mitm.py -> the pony inbound
+    "nostarttls": "127.0.20.11",  # mx.nostarttls.test: xpony_mitm.py -> the pony inbound
+    "inject334": "127.0.20.12",   # mx.inject334.test: xpony_mitm.py -> the pony inbound
+    "injectcmd": "127.0.20.13",   # mx.injectcmd.test: xpony_mitm.py -> the pony inbound
+}
+# The MX host names the men in the middle answer for, and their first mode.
+PONY_MITMS = ("strip", "nostarttls", "inject334", "injectcmd")
+# Domain -> (its MX host, the PONY_ADDR entry it resolves to).
+PONY_DOMAINS = {
+    "pony.test": ("mx.pony.test", "pony"),
+    "pony2.test": ("mx.pony2.test", "pony"),
+    "pony3.test": ("mx.pony3.test", "pony"),
+    "down.test": ("mx.down.test", "down"),
+    "rekey.test": ("mx.rekey.test", "rekey"),
+    **{f"{m}.test": (f"mx.{m}.test", m) for m in PONY_MITMS},
+}
+
+
+class XponyInternet:
+    """dnsmasq for the *.test domains of PONY_DOMAINS (plus `_xpony._tcp` TXT records:
+    mx.pony2.test publishes the server key, mx.pony3.test a wrong key), a private Postfix
+    backend expecting PROXY v2 (smtpd_upstream_proxy_protocol = haproxy) that takes mail
+    for all of them and for example.test, `blackpony inbound --identity proxy-v2 --host-key
+    SERVER` on PONY_ADDR["pony"], and xpony_mitm.py proxies on the PONY_MITMS addresses
+    relaying to that inbound. All SMTP listeners share self.port (deliver's --smtp-port).
+
+    More inbounds (on PONY_ADDR["down"], ["rekey"]) are made by inbound(); the caller
+    starts and stops them."""
+
+    def __init__(self, base: Path, server_key: HostKey, wrong_key: HostKey):
+        self.base = Path(base)
+        self.base.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.base, 0o755)
+        self.server_key = server_key
+        self.wrong_key = wrong_key
+        self.port = common_free_port(PONY_ADDR.values())
+        records = []
+        for domain, (mx, where) in PONY_DOMAINS.items():
+            records.append(f"mx-host={domain},{mx},10")
+            records.append(f"host-record={mx},{PONY_ADDR[where]}")
+        # dnsmasq: the text in double quotes is one character-string (commas, spaces and
+        # semicolons included).
+        for mx, key in (("mx.pony2.test", server_key), ("mx.pony3.test", wrong_key)):
+            records.append(f'txt-record=_xpony._tcp.{mx},"v=XPONY1; k=x25519; p={key.public}"')
+        self.dns = Dnsmasq(self.base / "dns", "\n".join(records) + "\n", probe="pony.test")
+        pf_base = self.base / "postfix-backend"
+        pf_base.mkdir(exist_ok=True)
+        self.backend = Postfix(pf_base, proxy=True,
+                               domains=(*PONY_DOMAINS, MAIL_DOMAIN))
+        self.logs = self.base / "logs"
+        self.pony = self.inbound("pony", server_key, name="inbound-pony")
+        upstream = f"{PONY_ADDR['pony']}:{self.port}"
+        self.mitm = {m: XponyMitm(self.base / "mitm", PONY_ADDR[m], self.port, upstream)
+                     for m in PONY_MITMS}
+        self._parts = [self.dns, self.backend, self.pony, *self.mitm.values()]
+
+    def inbound(self, where: str, key: Optional[HostKey], name: str,
+                *extra: str) -> Blackpony:
+        """A (not yet started) `blackpony inbound` on PONY_ADDR[where]:self.port in front
+        of the backend, with --host-key when key is given."""
+        mx = next(mx for mx, w in PONY_DOMAINS.values() if w == where)
+        args = ["--hostname", mx]
+        if key is not None:
+            args += ["--host-key", str(key.path)]
+        return Blackpony(self.logs, backend=f"{self.backend.host}:{self.backend.port}",
+                         identity="proxy-v2", args=[*args, *extra], name=name,
+                         host=PONY_ADDR[where], port=self.port)
+
+    def start(self):
+        try:
+            for part in self._parts:
+                part.start()
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def stop(self):
+        errors = []
+        for part in reversed(self._parts):
+            try:
+                part.stop()
+            except Exception as e:  # keep stopping the others
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+    def outbound_args(self, state_dir: Path, *extra: str) -> list[str]:
+        """The flags `blackpony deliver` gets to use this internet."""
+        return ["--dns", self.dns.address, "--smtp-port", str(self.port),
+                "--helo-name", "client.test", "--state-dir", str(state_dir), *extra]
 
 
 # --------------------------------------------------------------------------------------
