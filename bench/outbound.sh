@@ -12,7 +12,7 @@
 # Other ports are chosen at run time; every process started here is stopped
 # on exit; every wait is bounded. See bench/README.md for what the numbers
 # mean. Knobs (environment): BLACKPONY=path (default target/release/blackpony,
-# built if missing), REPS (3), ONESHOT_MSGS (200), TLS_MSGS (50),
+# built if missing), REPS (3), ONESHOT_MSGS (150), TLS_MSGS (50),
 # RELAY_MSGS (1500), RELAY_SESSIONS (10), SIZE (1024), DMA_ROOT (where the
 # dma package is unpacked, default /var/cache/blackpony-bench/dma),
 # KEEP=1 keeps the temp dir (configs, logs).
@@ -21,7 +21,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 REPS=${REPS:-3}
-ONESHOT_MSGS=${ONESHOT_MSGS:-200}
+ONESHOT_MSGS=${ONESHOT_MSGS:-150}
 TLS_MSGS=${TLS_MSGS:-50}
 RELAY_MSGS=${RELAY_MSGS:-1500}
 RELAY_SESSIONS=${RELAY_SESSIONS:-10}
@@ -81,6 +81,12 @@ BLACKPONY=$(realpath "$BLACKPONY")
 T=$(mktemp -d /tmp/blackpony-outbench.XXXXXX)
 chmod 755 "$T"
 cd "$T"
+# Run a snapshot: a `cargo build` during the run must not swap the binary
+# between rows.
+BP_BUILT=$(date -u -r "$BLACKPONY" +%Y-%m-%dT%H:%MZ)
+cp "$BLACKPONY" "$T/blackpony"
+BP_SRC=$BLACKPONY
+BLACKPONY=$T/blackpony
 PIDS=()
 POSTFIXES=()
 
@@ -266,10 +272,13 @@ EOF
 PF_OUT=$T/pf-out
 postfix_instance "$PF_OUT" "127.0.0.1:$SUBMIT" "smtp      unix  -       -       n       -       -       smtp
 relay     unix  -       -       n       -       -       smtp
+smtpnc    unix  -       -       n       -       -       smtp
+  -o smtp_connection_cache_on_demand=no
 lmtp      unix  -       -       n       -       -       lmtp"
 cat >"$PF_OUT/transport" <<EOF
 pf-mx.test      smtp:
 sink.test       smtp:[$MX_SINK]:25
+nocache.test    smtpnc:[$MX_SINK]:25
 bp-smtp.test    smtp:[127.0.0.1]:$BPS
 bp-lmtp.test    lmtp:inet:[127.0.0.1]:$BPL
 EOF
@@ -442,7 +451,7 @@ say "warm-up (${SECONDS}s)"
     || die "warm-up blackpony deliver failed: $(cat "$T/warmup.out")"
 "$DMA" -D -f sender@bench.test user@sink.test <"$T/message" >"$T/warmup-dma.out" 2>&1 \
     || die "warm-up dma failed: $(cat "$T/warmup-dma.out")"
-for d in sink.test pf-mx.test bp-smtp.test bp-lmtp.test; do
+for d in sink.test nocache.test pf-mx.test bp-smtp.test bp-lmtp.test; do
     smtp-source -s 2 -m 10 -l "$SIZE" -f sender@client.test -t "warm@$d" "127.0.0.1:$SUBMIT" \
         || die "warm-up smtp-source to warm@$d failed"
 done
@@ -476,6 +485,7 @@ for r in $(seq "$REPS"); do
     bg_check
     relay pf_relay sink.test ""
     relay pf_mx pf-mx.test ""
+    relay pf_nocache nocache.test ""
     relay bp_smtp bp-smtp.test "$PID_bp_smtp"
     relay bp_lmtp bp-lmtp.test "$PID_bp_lmtp"
 done
@@ -507,7 +517,7 @@ row2() { # LABEL KEY BASEKEY
 {
 echo
 echo "blackpony outbound benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r)"
-echo "blackpony: $BLACKPONY (built $(date -u -r "$BLACKPONY" +%Y-%m-%dT%H:%MZ); repo HEAD $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+echo "blackpony: $BP_SRC (built $BP_BUILT, sha256 $(sha256sum "$BLACKPONY" | cut -c1-12); repo HEAD $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && [ -n "$(git status --porcelain -- src 2>/dev/null)" ] && echo ', src/ had uncommitted changes'))"
 echo "peers: $(msmtp --version | head -1), dma $(gunzip -c "$DMA_ROOT/usr/share/doc/dma/changelog.Debian.gz" 2>/dev/null | head -1 | sed 's/^dma (\([^)]*\)).*/\1/'), postfix $(postconf -d -h mail_version 2>/dev/null), $(dnsmasq --version | head -1 | awk '{print $1, $3}')"
 echo "private network namespace: dnsmasq on 127.0.0.1:53 (resolv.conf points there), MX sink.test -> smtp-sink on $MX_SINK:25,"
 echo "  MX tls.test -> Postfix on $MX_TLS:25 (smtpd_tls_security_level = may, P-256 self-signed, mail discarded)"
@@ -537,6 +547,7 @@ echo "   sending Postfix: default_process_limit 100, smtp/lmtp_destination_concu
 echo "   initial_destination_concurrency 5, in_flow_delay 1s (defaults), connection caching on demand"
 row2 "(a) Postfix smtp -> [$MX_SINK]:25, no MX lookup" pf_relay pf_relay ""
 row2 "(a') Postfix smtp, MX lookup via dnsmasq -> smtp-sink" pf_mx pf_relay ""
+row2 "(a'') as (a), smtp_connection_cache_on_demand = no" pf_nocache pf_relay ""
 row2 "(b) Postfix smtp -> blackpony outbound --protocol smtp" bp_smtp pf_relay x
 row2 "(c) Postfix lmtp -> blackpony outbound --protocol lmtp" bp_lmtp pf_relay x
 echo "   secs = from the first submission until smtp-sink counted all $RELAY_MSGS; ratio vs (a); MX ses = SMTP"
