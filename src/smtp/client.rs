@@ -144,9 +144,10 @@ enum State {
     XponySent(InitiatorAwaitingResponse),
     /// Message 2 was read; the caller judges the server's key.
     XponyConfirm(InitiatorAwaitingConfirm),
-    /// The key was refused and `*` sent; the 501 is owed.
+    /// `*` was sent after the 334 (key refused, or message 2 bad); the
+    /// 501 is owed, then the session fails with `failure`.
     XponyAborting {
-        why: String,
+        failure: HostFailure,
     },
     /// Message 3 was sent; the caller switches to frames.
     XponySwitch,
@@ -259,9 +260,22 @@ impl ClientSession {
     /// The server's key is refused: abort with `*` (proto-spec §8.3).
     pub fn xpony_reject(&mut self, why: String) {
         if matches!(self.state, State::XponyConfirm(_)) {
-            self.send_line("*");
-            self.state = State::XponyAborting { why };
+            self.abort_xpony(HostFailure::PonyRejected { why });
         }
+    }
+
+    /// After a 334 the server reads our next line as message 3: `*` is the
+    /// only safe thing to send (proto-spec §3.4), then QUIT after its 501.
+    fn abort_xpony(&mut self, failure: HostFailure) {
+        self.send_line("*");
+        self.state = State::XponyAborting { failure };
+    }
+
+    /// Ends without writing anything more (proto-spec §3.6: after bytes
+    /// injected behind the 334, nothing may go back in plaintext).
+    fn fail_silently(&mut self, failure: HostFailure) {
+        self.outcome = Some(SessionOutcome::Failed(failure));
+        self.state = State::Done;
     }
 
     /// The channel after [`Step::SwitchToPony`], with any bytes read behind
@@ -491,7 +505,7 @@ impl ClientSession {
                     why: format!("unexpected reply during XPONY: {reply}"),
                 });
             }
-            State::XponyAborting { why } => self.fail(HostFailure::PonyRejected { why }),
+            State::XponyAborting { failure } => self.fail(failure),
             State::XponySwitch => {
                 self.state = State::XponySwitch;
                 return Some(Step::SwitchToPony);
@@ -618,9 +632,10 @@ impl ClientSession {
             return None;
         }
         // Bytes behind the 334 came before message 3 in plaintext: whoever
-        // sent them is not the server we are about to trust (§3.6).
+        // sent them is not the server we are about to trust (§3.6). Close
+        // without writing anything more.
         if !self.inbuf.is_empty() {
-            self.fail(HostFailure::PonyFailed {
+            self.fail_silently(HostFailure::PonyFailed {
                 why: format!("{} bytes after the 334 (injection)", self.inbuf.len()),
             });
             return None;
@@ -631,20 +646,20 @@ impl ClientSession {
             .and_then(|l| negotiation::decode_line(l))
             .ok_or_else(|| "message 2 is not base64".to_string());
         let step = message_2.and_then(|m2| state.read_message_2(&m2).map_err(|e| e.to_string()));
-        match step {
-            Ok((confirm, payload)) => match ServerHints::decode(&payload) {
-                Ok(hints) => {
-                    let key = confirm.remote_static();
-                    self.state = State::XponyConfirm(confirm);
-                    Some(Step::CheckServerKey { key, hints })
-                }
-                Err(e) => {
-                    self.fail(HostFailure::PonyFailed { why: e.to_string() });
-                    None
-                }
-            },
+        let read = step.and_then(|(confirm, payload)| {
+            ServerHints::decode(&payload)
+                .map(|hints| (confirm, hints))
+                .map_err(|e| e.to_string())
+        });
+        match read {
+            Ok((confirm, hints)) => {
+                let key = confirm.remote_static();
+                self.state = State::XponyConfirm(confirm);
+                Some(Step::CheckServerKey { key, hints })
+            }
+            // A tampered negotiation (prologue mismatch) fails here.
             Err(why) => {
-                self.fail(HostFailure::PonyFailed { why });
+                self.abort_xpony(HostFailure::PonyFailed { why });
                 None
             }
         }
