@@ -1,0 +1,205 @@
+//! The blackpony extension against TLS 1.3, in memory, in one run:
+//! handshakes per second and bulk throughput (`bench/pony.sh` runs this).
+//!
+//! Both sides run in this process with no sockets, so the figures are the
+//! cryptography and framing alone. TLS is rustls 0.23 with the ring provider
+//! (as blackpony's STARTTLS), TLS 1.3, X25519, ChaCha20-Poly1305 preferred so
+//! the AEADs match; a P-256 certificate signed by a throwaway CA.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blackpony::pony::channel::Channel;
+use blackpony::pony::noise::{Initiator, Keypair, Responder, Transport};
+
+fn noise_pair(client_static: &Keypair, server_static: &Keypair) -> (Transport, Transport) {
+    let prologue = b"bench";
+    let e1 = Keypair::generate().expect("random");
+    let e2 = Keypair::generate().expect("random");
+    let (i, m1) = Initiator::new(prologue, client_static.clone(), e1)
+        .write_message_1(&[])
+        .expect("m1");
+    let (r, _) = Responder::new(prologue, server_static.clone(), e2)
+        .read_message_1(&m1)
+        .expect("r1");
+    let (r, m2) = r.write_message_2(&[]).expect("m2");
+    let (i, _) = i.read_message_2(&m2).expect("r2");
+    let (i, m3) = i.write_message_3(&[]).expect("m3");
+    let (r, _) = r.read_message_3(&m3).expect("r3");
+    (i, r)
+}
+
+struct Tls {
+    client: Arc<rustls::ClientConfig>,
+    server: Arc<rustls::ServerConfig>,
+}
+
+fn tls_configs() -> Tls {
+    use rustls::crypto::ring as provider;
+    let cert = rcgen::generate_simple_self_signed(vec!["bench.test".to_string()]).expect("cert");
+    let der = cert.cert.der().clone();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(rustls_pki_types::PrivatePkcs8KeyDer::from(
+        cert.signing_key.serialize_der(),
+    ));
+    let mut suites = provider::default_provider();
+    suites.cipher_suites = vec![provider::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256];
+    let suites = Arc::new(suites);
+    let server = rustls::ServerConfig::builder_with_provider(suites.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![der.clone()], key)
+        .expect("server config");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).expect("root");
+    let mut client = rustls::ClientConfig::builder_with_provider(suites)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // Full handshakes every time, as for a new MX connection.
+    client.resumption = rustls::client::Resumption::disabled();
+    Tls {
+        client: Arc::new(client),
+        server: Arc::new(server),
+    }
+}
+
+/// Moves TLS records from one connection to the other until neither has
+/// anything to write.
+fn pump(client: &mut rustls::ClientConnection, server: &mut rustls::ServerConnection) {
+    let mut buf = Vec::new();
+    for _ in 0..20 {
+        let mut moved = false;
+        buf.clear();
+        while client.wants_write() {
+            client.write_tls(&mut buf).expect("client write");
+        }
+        if !buf.is_empty() {
+            moved = true;
+            server.read_tls(&mut &buf[..]).expect("server read");
+            server.process_new_packets().expect("server process");
+        }
+        buf.clear();
+        while server.wants_write() {
+            server.write_tls(&mut buf).expect("server write");
+        }
+        if !buf.is_empty() {
+            moved = true;
+            let mut slice = &buf[..];
+            while !slice.is_empty() {
+                client.read_tls(&mut slice).expect("client read");
+                client.process_new_packets().expect("client process");
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+fn tls_pair(tls: &Tls) -> (rustls::ClientConnection, rustls::ServerConnection) {
+    let name = rustls_pki_types::ServerName::try_from("bench.test").expect("name");
+    let mut c = rustls::ClientConnection::new(tls.client.clone(), name).expect("client");
+    let mut s = rustls::ServerConnection::new(tls.server.clone()).expect("server");
+    pump(&mut c, &mut s);
+    assert!(!c.is_handshaking() && !s.is_handshaking());
+    (c, s)
+}
+
+fn rate(n: u64, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64()
+}
+
+fn main() {
+    let seconds: f64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2.0);
+    let budget = Duration::from_secs_f64(seconds);
+    let client_static = Keypair::generate().expect("random");
+    let server_static = Keypair::generate().expect("random");
+    let tls = tls_configs();
+
+    // Handshakes per second (both sides' work, one core).
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < budget {
+        let _ = noise_pair(&client_static, &server_static);
+        n += 1;
+    }
+    let noise_hs = rate(n, start.elapsed());
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < budget {
+        let _ = tls_pair(&tls);
+        n += 1;
+    }
+    let tls_hs = rate(n, start.elapsed());
+
+    // Bulk: 16 KiB writes, sealed by one side and opened by the other.
+    let chunk = vec![0x5au8; 16 * 1024];
+    let (i, r) = noise_pair(&client_static, &server_static);
+    let (mut tx, mut rx) = (Channel::new(i), Channel::new(r));
+    let mut wire = Vec::with_capacity(64 * 1024);
+    let mut plain = Vec::with_capacity(64 * 1024);
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    while start.elapsed() < budget {
+        wire.clear();
+        plain.clear();
+        tx.seal_data(&chunk, &mut wire).expect("seal");
+        let opened = rx.open(&wire, &mut plain).expect("open");
+        assert_eq!(opened.consumed, wire.len());
+        bytes += chunk.len() as u64;
+    }
+    let noise_bulk = rate(bytes, start.elapsed()) / 1e6;
+
+    let (mut c, mut s) = tls_pair(&tls);
+    let mut tls_wire = Vec::with_capacity(64 * 1024);
+    let mut out = vec![0u8; 64 * 1024];
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    while start.elapsed() < budget {
+        use std::io::{Read, Write};
+        c.writer().write_all(&chunk).expect("write");
+        tls_wire.clear();
+        while c.wants_write() {
+            c.write_tls(&mut tls_wire).expect("write tls");
+        }
+        let mut slice = &tls_wire[..];
+        while !slice.is_empty() {
+            s.read_tls(&mut slice).expect("read tls");
+            s.process_new_packets().expect("process");
+        }
+        let mut got = 0;
+        while got < chunk.len() {
+            got += s.reader().read(&mut out).expect("read");
+        }
+        bytes += chunk.len() as u64;
+    }
+    let tls_bulk = rate(bytes, start.elapsed()) / 1e6;
+
+    println!("blackpony extension vs TLS 1.3, in memory, {seconds:.1} s per row, one core");
+    println!("{:<58}{:>12}{:>9}", "", "per second", "ratio");
+    println!(
+        "{:<58}{:>12.0}{:>9.2}",
+        "handshakes: XPONY (Noise_XX_25519_ChaChaPoly_SHA256)",
+        noise_hs,
+        noise_hs / tls_hs
+    );
+    println!(
+        "{:<58}{:>12.0}{:>9.2}",
+        "handshakes: TLS 1.3 (rustls/ring, X25519, P-256 cert)", tls_hs, 1.0
+    );
+    println!(
+        "{:<58}{:>10.0} MB{:>9.2}",
+        "bulk, 16 KiB writes: XPONY frames (ChaCha20-Poly1305)",
+        noise_bulk,
+        noise_bulk / tls_bulk
+    );
+    println!(
+        "{:<58}{:>10.0} MB{:>9.2}",
+        "bulk, 16 KiB writes: TLS 1.3 records (ChaCha20-Poly1305)", tls_bulk, 1.0
+    );
+}
