@@ -661,5 +661,23 @@ pub fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// A completed handshake between fresh keys: (initiator, responder)
+/// transports, for tests of everything built on the transport.
+#[cfg(test)]
+pub(crate) fn handshake_pair(prologue: &[u8]) -> (Transport, Transport) {
+    let k = || Keypair::generate().expect("random key");
+    let (i, m1) = Initiator::new(prologue, k(), k())
+        .write_message_1(&[])
+        .expect("m1");
+    let (r, _) = Responder::new(prologue, k(), k())
+        .read_message_1(&m1)
+        .expect("r1");
+    let (r, m2) = r.write_message_2(&[]).expect("m2");
+    let (i, _) = i.read_message_2(&m2).expect("r2");
+    let (i, m3) = i.write_message_3(&[]).expect("m3");
+    let (r, _) = r.read_message_3(&m3).expect("r3");
+    (i, r)
+}
+
 #[cfg(test)]
 mod tests;

@@ -113,23 +113,7 @@ fn noise_c_vectors() {
 }
 
 fn pair(prologue: &[u8]) -> (Transport, Transport) {
-    let init = Initiator::new(
-        prologue,
-        Keypair::generate().unwrap(),
-        Keypair::generate().unwrap(),
-    );
-    let resp = Responder::new(
-        prologue,
-        Keypair::generate().unwrap(),
-        Keypair::generate().unwrap(),
-    );
-    let (init, m1) = init.write_message_1(b"").unwrap();
-    let (resp, _) = resp.read_message_1(&m1).unwrap();
-    let (resp, m2) = resp.write_message_2(b"").unwrap();
-    let (init, _) = init.read_message_2(&m2).unwrap();
-    let (init, m3) = init.write_message_3(b"").unwrap();
-    let (resp, _) = resp.read_message_3(&m3).unwrap();
-    (init, resp)
+    handshake_pair(prologue)
 }
 
 #[test]
