@@ -619,6 +619,21 @@ impl ClientSession {
     /// The reply to XPONY: 334 with message 2, or a refusal.
     fn on_xpony_reply(&mut self, state: InitiatorAwaitingResponse, reply: Reply) -> Option<Step> {
         let required = self.pony.as_ref().is_some_and(|p| p.required);
+        // §3.4: a 421, or a 554 (R11: the server closes behind it), ends
+        // the session; going on with STARTTLS would only meet a closed
+        // connection. Any other 2xx/3xx than 334 is a protocol error.
+        if reply.code() == 421 || reply.code() == 554 || (reply.code() < 400 && reply.code() != 334)
+        {
+            let failure = HostFailure::PonyFailed {
+                why: format!("server answered XPONY with {reply}"),
+            };
+            if reply.code() < 400 {
+                self.fail(failure);
+            } else {
+                self.fail_silently(failure);
+            }
+            return None;
+        }
         if reply.code() != 334 {
             if required {
                 self.fail(HostFailure::PonyFailed {
@@ -640,11 +655,12 @@ impl ClientSession {
             });
             return None;
         }
-        let message_2 = reply
-            .lines()
-            .first()
-            .and_then(|l| negotiation::decode_line(l))
-            .ok_or_else(|| "message 2 is not base64".to_string());
+        // §3.4: a 334 with a continuation line is a protocol error too.
+        let message_2 = match reply.lines() {
+            [line] => negotiation::decode_line(line),
+            _ => None,
+        }
+        .ok_or_else(|| "message 2 is not one line of base64".to_string());
         let step = message_2.and_then(|m2| state.read_message_2(&m2).map_err(|e| e.to_string()));
         let read = step.and_then(|(confirm, payload)| {
             ServerHints::decode(&payload)

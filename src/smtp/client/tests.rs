@@ -380,3 +380,67 @@ fn client_through_the_sidecar() {
         "{got}"
     );
 }
+
+/// proto-spec §3.4: what the client does with each kind of reply to its
+/// XPONY command, required or not.
+#[test]
+fn replies_to_xpony() {
+    use crate::pony::noise::Keypair;
+    // (reply, required, what the client writes next, outcome: None = session goes on)
+    let cases: &[(&str, bool, &str, Option<&str>)] = &[
+        // Refused, not required: on to STARTTLS as without XPONY.
+        (
+            "454 4.7.0 Temporary failure\r\n",
+            false,
+            "STARTTLS\r\n",
+            None,
+        ),
+        (
+            "504 5.5.4 Unrecognized protocol name\r\n",
+            false,
+            "STARTTLS\r\n",
+            None,
+        ),
+        // Refused while required: a downgrade, QUIT.
+        (
+            "454 4.7.0 Temporary failure\r\n",
+            true,
+            "QUIT\r\n",
+            Some("refused XPONY"),
+        ),
+        // The server is closing: nothing more to write.
+        ("421 4.4.2 Bye\r\n", false, "", Some("421")),
+        (
+            "554 5.5.1 Error: command pipelined after XPONY\r\n",
+            false,
+            "",
+            Some("554"),
+        ),
+        // A success code that is not 334: protocol error.
+        ("250 2.0.0 Ok\r\n", false, "QUIT\r\n", Some("250")),
+        // 334 with a continuation line or bad base64: '*', then wait.
+        ("334-AAAA\r\n334 AAAA\r\n", false, "*\r\n", None),
+        ("334 !!!!\r\n", false, "*\r\n", None),
+        // Bytes behind the 334: close without another word.
+        ("334 AAAA\r\n250 injected\r\n", false, "", Some("injection")),
+    ];
+    for (reply, required, next, outcome) in cases {
+        let mut s = session(StartTls::IfOffered, &["a@x"], b"hi\r\n").with_pony(PonyOffer {
+            key: Keypair::generate().unwrap(),
+            required: *required,
+        });
+        s.receive(b"220 x ESMTP\r\n");
+        take(&mut s);
+        s.receive(b"250-x\r\n250-STARTTLS\r\n250 XPONY Noise_XX_25519_ChaChaPoly_SHA256\r\n");
+        assert!(take(&mut s).starts_with("XPONY Noise_XX_25519_ChaChaPoly_SHA256 "));
+        s.receive(reply.as_bytes());
+        assert_eq!(take(&mut s), *next, "after {reply:?}");
+        match (outcome, s.outcome()) {
+            (None, None) => {}
+            (Some(want), Some(SessionOutcome::Failed(HostFailure::PonyFailed { why }))) => {
+                assert!(why.contains(want), "after {reply:?}: {why}")
+            }
+            (want, got) => panic!("after {reply:?}: want {want:?}, got {got:?}"),
+        }
+    }
+}
