@@ -36,7 +36,8 @@ from interop.test_outbound import (arrived, deliver, log_line, make_message, sho
 
 XPONY_TLS = f"tls=XPONY/{XPONY_PROTOCOL}"
 FIRST_CONTACT = "verified=no (first contact, key pinned now) level=encrypted"
-AUTHENTICATED = "verified=yes level=authenticated"
+PIN_AUTHENTICATED = "verified=yes (pinned key) level=authenticated"
+DNS_AUTHENTICATED = "verified=yes (DNS key) level=authenticated"
 
 
 # --------------------------------------------------------------------------------------
@@ -201,7 +202,7 @@ def test_end_to_end_first_contact_then_pinned(pony_net, xpony_keys, workdir):
 
     # Second contact: the pin authenticates the server.
     res, rcpt2, _, body2 = send(net, state, client, "pony.test", "e2e2")
-    assert_xpony_delivery(res, net, "pony.test", rcpt2, server.fingerprint, AUTHENTICATED)
+    assert_xpony_delivery(res, net, "pony.test", rcpt2, server.fingerprint, PIN_AUTHENTICATED)
     arrived(net.backend, rcpt2, body2)
     assert pinned(state) == {"mx.pony.test": server.fingerprint}
 
@@ -313,7 +314,7 @@ def test_key_change_refused_until_accepted(pony_net, pony_inbounds, xpony_keys, 
     assert new.fingerprint in acc.stdout, acc.stdout
     assert pinned(state) == {"mx.rekey.test": new.fingerprint}
     res = resend(net, state, client, rcpt2, message2)
-    assert_xpony_delivery(res, net, "rekey.test", rcpt2, new.fingerprint, AUTHENTICATED)
+    assert_xpony_delivery(res, net, "rekey.test", rcpt2, new.fingerprint, PIN_AUTHENTICATED)
     arrived(net.backend, rcpt2, body2)
 
 
@@ -347,7 +348,24 @@ def test_dns_key_authenticates_first_contact(pony_net, xpony_keys, workdir):
     state = owned_dir(workdir / f"state-dns-{token()}")
     assert pinned(state) == {}
     res, rcpt, _, body = send(net, state, client, "pony2.test", "dns")
-    assert_xpony_delivery(res, net, "pony2.test", rcpt, server.fingerprint, AUTHENTICATED)
+    assert_xpony_delivery(res, net, "pony2.test", rcpt, server.fingerprint, DNS_AUTHENTICATED)
+    arrived(net.backend, rcpt, body)
+    # The DNS-checked key is pinned as well, and says where it came from.
+    assert pinned(state) == {"mx.pony2.test": server.fingerprint}
+    assert " source=dns " in pins(state, "list").stdout
+
+
+def test_pin_wins_over_unsigned_dns(pony_net, xpony_keys, workdir):
+    """proto-spec §8.3 P2 before P3: mx.pony3.test publishes a wrong key in (unsigned) DNS;
+    a client that has pinned the real key goes on trusting the pin, so one forged DNS answer
+    cannot turn a known host into a deferral or an impostor into a trusted one."""
+    net, server, client = pony_net, xpony_keys["server"], xpony_keys["client"]
+    state = owned_dir(workdir / f"state-pinwins-{token()}")
+    acc = pins(state, "accept", "mx.pony3.test", server.public)
+    assert acc.returncode == 0, acc.stdout + acc.stderr
+    assert " source=operator " in pins(state, "list").stdout
+    res, rcpt, _, body = send(net, state, client, "pony3.test", "pinwins")
+    assert_xpony_delivery(res, net, "pony3.test", rcpt, server.fingerprint, PIN_AUTHENTICATED)
     arrived(net.backend, rcpt, body)
 
 
@@ -357,7 +375,7 @@ def test_wrong_dns_key_refused(pony_net, xpony_keys, workdir):
     log = LogSince(net.pony)
     res, rcpt, _, _ = send(net, state, client, "pony3.test", "dnswrong")
     assert_deferred(res, rcpt, "XPONY key refused", xpony_keys["server"].fingerprint,
-                    f"a DNS key ({wrong.fingerprint})")
+                    f"the DNS key {wrong.fingerprint}")
     [disc] = inbound_sessions(log)
     assert " messages=0 " in disc, disc
     not_arrived(net.backend, rcpt)

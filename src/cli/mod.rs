@@ -490,6 +490,11 @@ fn keygen(args: KeygenArgs) -> ExitCode {
 }
 
 fn pins(args: PinsArgs) -> ExitCode {
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
     use crate::pony::keys;
     use crate::pony::pins::{Pin, PinStore};
     let dir = args
@@ -502,12 +507,18 @@ fn pins(args: PinsArgs) -> ExitCode {
                 println!("no pins in {}", dir.display());
             }
             for (host, pin) in all {
+                let at = |secs: u64| {
+                    log::timestamp_utc(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+                };
                 println!(
-                    "{host} {} first-seen={} last-seen={} max-age={}{}",
+                    "{host} {} source={} first-seen={} last-seen={} max-age={} expires={}{}{}",
                     keys::fingerprint(&pin.key),
-                    log::timestamp_utc(std::time::UNIX_EPOCH + Duration::from_secs(pin.first_seen)),
-                    log::timestamp_utc(std::time::UNIX_EPOCH + Duration::from_secs(pin.last_seen)),
+                    pin.source.as_str(),
+                    at(pin.first_seen),
+                    at(pin.last_seen),
                     pin.max_age,
+                    at(pin.last_seen.saturating_add(pin.max_age)),
+                    if pin.expired(now()) { " (expired)" } else { "" },
                     pin.successor
                         .map(|s| format!(" successor={}", keys::fingerprint(&s)))
                         .unwrap_or_default()
@@ -525,15 +536,16 @@ fn pins(args: PinsArgs) -> ExitCode {
             let Some(key) = keys::decode_key(&key) else {
                 return fail(exit::USAGE, "the key must be 32 bytes in base64");
             };
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let now = now();
+            // proto-spec §8.5: kept as long as any pin may be; the next
+            // session refreshes it with what the server asks.
             let pin = Pin {
                 key,
                 first_seen: now,
                 last_seen: now,
-                max_age: 0,
+                max_age: crate::pony::pins::MAX_PIN_AGE,
                 successor: None,
+                source: crate::pony::pins::PinSource::Operator,
             };
             store.put(&host, &pin).map(|()| {
                 println!("{host} is now pinned to {}", keys::fingerprint(&key));

@@ -18,6 +18,7 @@ use super::memory::TlsMemory;
 use super::policy::{PolicyTable, SecurityLevel, TlsPolicy};
 use super::route::{self, MxRoute};
 use crate::log;
+use crate::pony::pins::{DnsKeys, Evidence, KeyVerdict};
 use crate::smtp::client::{
     ClientSession, HostFailure, RecipientResult, SessionOutcome, StartTls, Step,
 };
@@ -81,12 +82,12 @@ pub struct PonyClient {
 /// What is known about one MX host's blackpony key, and what happened.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PonyContext {
-    dns_keys: Vec<crate::pony::keys::PublicKey>,
+    dns: crate::pony::pins::DnsKeys,
     pin: Option<crate::pony::pins::Pin>,
-    /// The key the server presented, the verdict on it, its hints.
+    /// The key the server presented, why it was accepted, its hints.
     seen: Option<(
         crate::pony::keys::PublicKey,
-        crate::pony::pins::KeyVerdict,
+        crate::pony::pins::Basis,
         crate::pony::negotiation::ServerHints,
     )>,
 }
@@ -144,6 +145,7 @@ impl RecipientStatus {
             .map_or_else(|| "none".to_string(), TlsInfo::to_string);
         let verified = match &self.verdict {
             Some(CertVerdict::Verified) => "yes".to_string(),
+            Some(CertVerdict::KeyKnown(basis)) => format!("yes ({basis})"),
             Some(CertVerdict::Untrusted(why)) => format!("no ({why})"),
             None => "no".to_string(),
         };
@@ -581,12 +583,17 @@ impl Deliverer {
         let Some(pony) = &self.pony else {
             return session;
         };
-        let records = self
+        let dns = match self
             .resolver
             .txt(&crate::pony::keys::dns_name(&conn.host))
             .await
-            .unwrap_or_default();
-        let dns_keys = crate::pony::keys::parse_dns_records(&records);
+        {
+            Ok(records) => DnsKeys::from_records(&records),
+            Err(e) => {
+                log!("warning: XPONY key lookup for {}: {e}", conn.host);
+                DnsKeys::Indeterminate
+            }
+        };
         let now = unix_now();
         let (pin, pins_unreadable) = match pony.pins.get(&conn.host) {
             Ok(pin) => (pin.filter(|p| !p.expired(now)), false),
@@ -597,12 +604,12 @@ impl Deliverer {
             }
         };
         let context = PonyContext {
-            dns_keys,
+            dns,
             pin,
             seen: None,
         };
-        let required = crate::pony::pins::Evidence {
-            dns_keys: &context.dns_keys,
+        let required = Evidence {
+            dns: &context.dns,
             pin: context.pin.as_ref(),
         }
         .requires_extension()
@@ -615,41 +622,26 @@ impl Deliverer {
     }
 
     /// After a session that got as far as a transaction over the channel,
-    /// remembers the key (first contact) or refreshes the pin.
+    /// remembers the key (first contact) or refreshes the pin (§8.4).
     fn update_pin(&self, conn: &Connection) {
-        use crate::pony::pins::{KeyVerdict, Pin};
         let (Some(pony), Some(context)) = (&self.pony, &conn.pony) else {
             return;
         };
-        let Some((key, verdict, hints)) = &context.seen else {
+        let Some((key, basis, hints)) = &context.seen else {
             return;
         };
-        let now = unix_now();
-        let max_age = u64::from(hints.max_age);
-        let result = match (verdict, &context.pin) {
+        let updated = crate::pony::pins::updated_pin(
+            context.pin.as_ref(),
+            key,
+            *basis,
+            hints,
+            &context.dns,
+            unix_now(),
+        );
+        let result = match updated {
+            Some(pin) => pony.pins.put(&conn.host, &pin),
             // The server asks not to be pinned (any more).
-            (_, _) if max_age == 0 => pony.pins.forget(&conn.host).map(|_| ()),
-            (KeyVerdict::Mismatch { .. }, _) => return,
-            (_, Some(old)) => pony.pins.put(
-                &conn.host,
-                &Pin {
-                    key: *key,
-                    first_seen: if old.key == *key { old.first_seen } else { now },
-                    last_seen: now,
-                    max_age,
-                    successor: hints.successor,
-                },
-            ),
-            (_, None) => pony.pins.put(
-                &conn.host,
-                &Pin {
-                    key: *key,
-                    first_seen: now,
-                    last_seen: now,
-                    max_age,
-                    successor: hints.successor,
-                },
-            ),
+            None => pony.pins.forget(&conn.host).map(|_| ()),
         };
         if let Err(e) = result {
             log!("warning: cannot update the pin of {}: {e}", conn.host);
@@ -744,28 +736,29 @@ impl Deliverer {
                     return Ok(());
                 }
                 Step::CheckServerKey { key, hints } => {
-                    let verdict = match &conn.pony {
-                        Some(c) => crate::pony::pins::Evidence {
-                            dns_keys: &c.dns_keys,
-                            pin: c.pin.as_ref(),
-                        }
-                        .judge_key(&key),
-                        None => crate::pony::pins::KeyVerdict::FirstContact,
+                    let no_evidence = (DnsKeys::Absent, None);
+                    let (dns, pin) = match &conn.pony {
+                        Some(c) => (&c.dns, c.pin.as_ref()),
+                        None => (&no_evidence.0, no_evidence.1),
                     };
-                    if let crate::pony::pins::KeyVerdict::Mismatch { expected } = &verdict {
-                        let why = format!(
-                            "{}[{}] presented key {}, expected {expected}: impostor, or a key change to accept with 'blackpony pins accept {} KEY'",
-                            conn.host,
-                            conn.addr.ip(),
-                            crate::pony::keys::fingerprint(&key),
-                            conn.host
-                        );
-                        log!("xpony: {why}");
-                        session.xpony_reject(why);
-                        continue;
-                    }
-                    if let Some(c) = conn.pony.as_mut() {
-                        c.seen = Some((key, verdict, hints));
+                    match (Evidence { dns, pin }).judge_key(&key) {
+                        KeyVerdict::Mismatch { expected } => {
+                            let why = format!(
+                                "{}[{}] presented key {}, expected {expected}: impostor, or a key change to accept with 'blackpony pins accept {} KEY'",
+                                conn.host,
+                                conn.addr.ip(),
+                                crate::pony::keys::fingerprint(&key),
+                                conn.host
+                            );
+                            log!("xpony: {why}");
+                            session.xpony_reject(why);
+                            continue;
+                        }
+                        KeyVerdict::Accepted(basis) => {
+                            if let Some(c) = conn.pony.as_mut() {
+                                c.seen = Some((key, basis, hints));
+                            }
+                        }
                     }
                     if session.xpony_accept() == Step::SwitchToPony {
                         self.switch_to_pony(conn, session).await?;
@@ -812,8 +805,15 @@ impl Deliverer {
         };
         let info = TlsInfo::pony(&transport);
         let verdict = match conn.pony.as_ref().and_then(|c| c.seen.as_ref()) {
-            Some((_, crate::pony::pins::KeyVerdict::DnsMatch, _)) => CertVerdict::Verified,
-            Some((_, crate::pony::pins::KeyVerdict::PinMatch, _)) => CertVerdict::Verified,
+            Some((_, basis, _)) if basis.authenticated() => CertVerdict::KeyKnown(basis.as_str()),
+            Some((_, _, hints)) if hints.max_age == 0 => {
+                CertVerdict::Untrusted("first contact, the server asks not to be pinned".into())
+            }
+            _ if conn.pony.as_ref().map(|c| &c.dns) == Some(&DnsKeys::Indeterminate) => {
+                CertVerdict::Untrusted(
+                    "first contact, not pinned: the DNS key lookup failed".into(),
+                )
+            }
             _ => CertVerdict::Untrusted("first contact, key pinned now".into()),
         };
         conn.tls = Some(info);
@@ -924,7 +924,7 @@ impl Connection {
 /// plaintext < encrypted < authenticated, from what the handshake showed.
 fn level_of(tls: Option<&TlsInfo>, verdict: Option<&CertVerdict>) -> SecurityLevel {
     match (tls, verdict) {
-        (Some(_), Some(CertVerdict::Verified)) => SecurityLevel::Authenticated,
+        (Some(_), Some(v)) if v.is_verified() => SecurityLevel::Authenticated,
         (Some(_), _) => SecurityLevel::Encrypted,
         _ => SecurityLevel::Plaintext,
     }

@@ -21,6 +21,35 @@ pub struct Pin {
     pub max_age: u64,
     /// A key the server announced it will move to.
     pub successor: Option<PublicKey>,
+    /// How the pin came about (informational, shown by `pins list`).
+    pub source: PinSource,
+}
+
+/// How a pin was created (proto-spec §8.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinSource {
+    /// Trust on first use.
+    Tofu,
+    /// The key matched a DNS key at first contact.
+    Dns,
+    /// `blackpony pins accept`.
+    Operator,
+}
+
+impl PinSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PinSource::Tofu => "tofu",
+            PinSource::Dns => "dns",
+            PinSource::Operator => "operator",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        [PinSource::Tofu, PinSource::Dns, PinSource::Operator]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
 }
 
 impl Pin {
@@ -99,13 +128,14 @@ impl PinStore {
         let path = self.dir.join(file_name(host));
         let tmp = path.with_extension("tmp");
         let mut text = format!(
-            "host: {}\nkey: {}\nfingerprint: {}\nfirst-seen: {}\nlast-seen: {}\nmax-age: {}\n",
+            "host: {}\nkey: {}\nfingerprint: {}\nfirst-seen: {}\nlast-seen: {}\nmax-age: {}\nsource: {}\n",
             host.trim_end_matches('.').to_ascii_lowercase(),
             encode_key(&pin.key),
             fingerprint(&pin.key),
             pin.first_seen,
             pin.last_seen,
-            pin.max_age
+            pin.max_age,
+            pin.source.as_str()
         );
         if let Some(s) = &pin.successor {
             text.push_str(&format!("successor: {}\n", encode_key(s)));
@@ -166,50 +196,122 @@ fn parse(text: &str) -> Option<Pin> {
             Some(s) => Some(decode_key(s)?),
             None => None,
         },
+        // Pins written before the field existed were all first-use pins.
+        source: match field("source") {
+            Some(s) => PinSource::parse(s)?,
+            None => PinSource::Tofu,
+        },
     })
 }
 
-/// What the client knows about a host before and after its EHLO.
+/// What DNS said about a host's published keys (proto-spec §8.2).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum DnsKeys {
+    /// No record (NXDOMAIN, NODATA, or no valid enforced record).
+    #[default]
+    Absent,
+    /// The valid enforced keys (at least one).
+    Published(Vec<PublicKey>),
+    /// The lookup failed (SERVFAIL, timeout): go on without a DNS key, but
+    /// create no pin from this contact (§8.4), since the key that DNS would
+    /// have named is unknown.
+    Indeterminate,
+}
+
+impl DnsKeys {
+    /// From the result of a TXT lookup.
+    pub fn from_records(records: &[String]) -> Self {
+        let keys = super::keys::parse_dns_records(records);
+        if keys.is_empty() {
+            DnsKeys::Absent
+        } else {
+            DnsKeys::Published(keys)
+        }
+    }
+
+    fn keys(&self) -> &[PublicKey] {
+        match self {
+            DnsKeys::Published(keys) => keys,
+            _ => &[],
+        }
+    }
+}
+
+/// What the client knows about a host before its EHLO.
 #[derive(Debug, Clone, Copy)]
 pub struct Evidence<'a> {
     /// Keys published in DNS for the host.
-    pub dns_keys: &'a [PublicKey],
+    pub dns: &'a DnsKeys,
     /// The pin, if any and not expired.
     pub pin: Option<&'a Pin>,
 }
 
-/// The verdict on a server's key (or on its not offering the extension).
+/// Why a server key was accepted: the basis of proto-spec §8.3, logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Basis {
+    /// P2: the pinned key or its announced successor. Authenticated.
+    Pin,
+    /// P3: a key published in DNS. Authenticated (§9 explains the trust
+    /// this rests on, the same as a certificate checked against an MX name
+    /// from the same DNS).
+    Dns,
+    /// P4: nothing known; encrypted, and pinned now if the server asks.
+    FirstContact,
+}
+
+impl Basis {
+    /// Whether the key was checked against something known beforehand.
+    pub fn authenticated(self) -> bool {
+        !matches!(self, Basis::FirstContact)
+    }
+
+    /// How the log names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Basis::Pin => "pinned key",
+            Basis::Dns => "DNS key",
+            Basis::FirstContact => "first contact",
+        }
+    }
+}
+
+/// The verdict on a server's key (proto-spec §8.3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyVerdict {
-    /// The key matches a DNS key: authenticated.
-    DnsMatch,
-    /// The key matches the pin (or its successor): authenticated.
-    PinMatch,
-    /// No DNS key, no pin: first contact; encrypted, and pinned now.
-    FirstContact,
-    /// The key matches neither DNS nor the pin: an impostor, or a key change
-    /// the operator has to accept.
-    Mismatch { expected: String },
+    Accepted(Basis),
+    /// The key matches neither the pin nor DNS: an impostor, or a key
+    /// change the operator has to accept.
+    Mismatch {
+        expected: String,
+    },
 }
 
 impl Evidence<'_> {
-    /// Judges the static key the server presented in message 2.
+    /// Judges the static key the server presented in message 2: the first
+    /// rule of §8.3 that applies decides. A valid pin comes before DNS, so
+    /// that one forged DNS answer cannot undo what earlier sessions showed;
+    /// keys move on through the successor the server announces, or an
+    /// operator's `pins accept`.
     pub fn judge_key(&self, key: &PublicKey) -> KeyVerdict {
-        if !self.dns_keys.is_empty() {
-            return if self.dns_keys.contains(key) {
-                KeyVerdict::DnsMatch
+        if let Some(pin) = self.pin {
+            return if pin.accepts(key) {
+                KeyVerdict::Accepted(Basis::Pin)
             } else {
                 KeyVerdict::Mismatch {
-                    expected: format!("a DNS key ({})", fingerprint(&self.dns_keys[0])),
+                    expected: format!("the pinned key {}", fingerprint(&pin.key)),
                 }
             };
         }
-        match self.pin {
-            Some(pin) if pin.accepts(key) => KeyVerdict::PinMatch,
-            Some(pin) => KeyVerdict::Mismatch {
-                expected: format!("the pinned key {}", fingerprint(&pin.key)),
-            },
-            None => KeyVerdict::FirstContact,
+        let dns = self.dns.keys();
+        if dns.is_empty() {
+            KeyVerdict::Accepted(Basis::FirstContact)
+        } else if dns.contains(key) {
+            KeyVerdict::Accepted(Basis::Dns)
+        } else {
+            let names: Vec<String> = dns.iter().map(fingerprint).collect();
+            KeyVerdict::Mismatch {
+                expected: format!("the DNS key {}", names.join(" or ")),
+            }
         }
     }
 
@@ -217,8 +319,51 @@ impl Evidence<'_> {
     /// or a pin that stops offering it is being downgraded (or changed, and
     /// an operator has to say so).
     pub fn requires_extension(&self) -> bool {
-        !self.dns_keys.is_empty() || self.pin.is_some()
+        !self.dns.keys().is_empty() || self.pin.is_some()
     }
+}
+
+/// The longest a client keeps a pin after the last session, whatever the
+/// server asks (proto-spec §8.4: at most 365 days).
+pub const MAX_PIN_AGE: u64 = 365 * 24 * 3600;
+
+/// The pin after a session that was accepted under `basis` and got as far as
+/// the server's first frame (§8.4); `None`: no pin (delete any).
+pub fn updated_pin(
+    old: Option<&Pin>,
+    key: &PublicKey,
+    basis: Basis,
+    hints: &super::negotiation::ServerHints,
+    dns: &DnsKeys,
+    now: u64,
+) -> Option<Pin> {
+    let max_age = u64::from(hints.max_age).min(MAX_PIN_AGE);
+    if max_age == 0 {
+        return None;
+    }
+    // A successor equal to the key itself is none.
+    let successor = hints.successor.filter(|s| s != key);
+    let first_seen = match old {
+        Some(old) if old.key == *key => old.first_seen,
+        _ => now,
+    };
+    let source = match (basis, old) {
+        (Basis::Pin, Some(old)) => old.source,
+        (Basis::Dns, _) => PinSource::Dns,
+        _ => PinSource::Tofu,
+    };
+    // Nothing to learn from a first contact whose DNS answer is unknown.
+    if basis == Basis::FirstContact && *dns == DnsKeys::Indeterminate {
+        return None;
+    }
+    Some(Pin {
+        key: *key,
+        first_seen,
+        last_seen: now,
+        max_age,
+        successor,
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -236,6 +381,7 @@ mod tests {
             last_seen: 200,
             max_age: 86400,
             successor: Some([2; 32]),
+            source: PinSource::Dns,
         };
         store.put("MX.Example.", &pin).unwrap();
         assert_eq!(store.get("mx.example").unwrap(), Some(pin.clone()));
@@ -247,41 +393,139 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    #[test]
-    fn verdicts() {
-        let pin = Pin {
-            key: [1; 32],
+    fn pin(key: u8, successor: Option<u8>) -> Pin {
+        Pin {
+            key: [key; 32],
             first_seen: 0,
             last_seen: 0,
             max_age: 10,
-            successor: Some([2; 32]),
+            successor: successor.map(|s| [s; 32]),
+            source: PinSource::Tofu,
+        }
+    }
+
+    /// proto-spec §8.3, one row per rule and outcome.
+    #[test]
+    fn verdicts() {
+        use Basis::{Dns, FirstContact};
+        const PIN: Basis = Basis::Pin;
+        let pinned = pin(1, Some(2));
+        let dns5 = DnsKeys::Published(vec![[5; 32], [6; 32]]);
+        let mismatch = None;
+        // (DNS, pin, presented key, verdict (None = mismatch), XPONY required)
+        type Case<'a> = (&'a DnsKeys, Option<&'a Pin>, u8, Option<Basis>, bool);
+        let cases: &[Case] = &[
+            (&DnsKeys::Absent, None, 9, Some(FirstContact), false),
+            (&DnsKeys::Indeterminate, None, 9, Some(FirstContact), false),
+            (&DnsKeys::Absent, Some(&pinned), 1, Some(PIN), true),
+            (&DnsKeys::Absent, Some(&pinned), 2, Some(PIN), true),
+            (&DnsKeys::Absent, Some(&pinned), 3, mismatch, true),
+            (&dns5, None, 5, Some(Dns), true),
+            (&dns5, None, 6, Some(Dns), true),
+            (&dns5, None, 1, mismatch, true),
+            // A valid pin comes first: DNS alone cannot replace it...
+            (&dns5, Some(&pinned), 5, mismatch, true),
+            // ...nor refuse what it vouches for.
+            (&dns5, Some(&pinned), 1, Some(PIN), true),
+        ];
+        for (i, (dns, pin, key, want, required)) in cases.iter().enumerate() {
+            let evidence = Evidence { dns, pin: *pin };
+            let got = evidence.judge_key(&[*key; 32]);
+            match want {
+                Some(basis) => assert_eq!(got, KeyVerdict::Accepted(*basis), "case {i}"),
+                None => assert!(matches!(got, KeyVerdict::Mismatch { .. }), "case {i}"),
+            }
+            assert_eq!(evidence.requires_extension(), *required, "case {i}");
+        }
+        assert!(pinned.expired(11) && !pinned.expired(10));
+    }
+
+    /// proto-spec §8.4.
+    #[test]
+    fn pin_updates() {
+        use crate::pony::negotiation::ServerHints;
+        let hints = |max_age: u32, successor: Option<u8>| ServerHints {
+            max_age,
+            successor: successor.map(|s| [s; 32]),
+            ..ServerHints::default()
         };
-        let none = Evidence {
-            dns_keys: &[],
-            pin: None,
-        };
-        assert_eq!(none.judge_key(&[9; 32]), KeyVerdict::FirstContact);
-        assert!(!none.requires_extension());
-        let pinned = Evidence {
-            dns_keys: &[],
-            pin: Some(&pin),
-        };
-        assert_eq!(pinned.judge_key(&[1; 32]), KeyVerdict::PinMatch);
-        assert_eq!(pinned.judge_key(&[2; 32]), KeyVerdict::PinMatch);
-        assert!(matches!(
-            pinned.judge_key(&[3; 32]),
-            KeyVerdict::Mismatch { .. }
-        ));
-        assert!(pinned.requires_extension());
-        let dns = Evidence {
-            dns_keys: &[[5; 32]],
-            pin: Some(&pin),
-        };
-        assert_eq!(dns.judge_key(&[5; 32]), KeyVerdict::DnsMatch);
-        assert!(
-            matches!(dns.judge_key(&[1; 32]), KeyVerdict::Mismatch { .. }),
-            "DNS wins over the pin"
+        let none = DnsKeys::Absent;
+        let old = pin(1, Some(2));
+        let now = 1000;
+
+        // First contact: pinned with what the server asked, capped.
+        let p = updated_pin(
+            None,
+            &[9; 32],
+            Basis::FirstContact,
+            &hints(u32::MAX, None),
+            &none,
+            now,
+        )
+        .unwrap();
+        assert_eq!((p.key, p.first_seen, p.last_seen), ([9; 32], now, now));
+        assert_eq!((p.max_age, p.source), (MAX_PIN_AGE, PinSource::Tofu));
+        // ... but not when DNS could not be asked, nor when max-age is 0.
+        let unknown = DnsKeys::Indeterminate;
+        assert_eq!(
+            updated_pin(
+                None,
+                &[9; 32],
+                Basis::FirstContact,
+                &hints(60, None),
+                &unknown,
+                now
+            ),
+            None
         );
-        assert!(pin.expired(11) && !pin.expired(10));
+        assert_eq!(
+            updated_pin(
+                Some(&old),
+                &[1; 32],
+                Basis::Pin,
+                &hints(0, None),
+                &none,
+                now
+            ),
+            None
+        );
+        // The same key again: first_seen kept, successor replaced.
+        let p = updated_pin(
+            Some(&old),
+            &[1; 32],
+            Basis::Pin,
+            &hints(60, Some(7)),
+            &none,
+            now,
+        )
+        .unwrap();
+        assert_eq!((p.first_seen, p.last_seen, p.max_age), (0, now, 60));
+        assert_eq!(p.successor, Some([7; 32]));
+        // The successor took over: it is the key now, first seen now.
+        let p = updated_pin(
+            Some(&old),
+            &[2; 32],
+            Basis::Pin,
+            &hints(60, Some(2)),
+            &none,
+            now,
+        )
+        .unwrap();
+        assert_eq!((p.key, p.first_seen, p.successor), ([2; 32], now, None));
+        // A DNS-matched first contact says so.
+        let dns = DnsKeys::Published(vec![[5; 32]]);
+        let p = updated_pin(None, &[5; 32], Basis::Dns, &hints(60, None), &dns, now).unwrap();
+        assert_eq!(p.source, PinSource::Dns);
+    }
+
+    #[test]
+    fn old_pin_files_still_read() {
+        let text = format!(
+            "host: mx.example\nkey: {}\nfirst-seen: 1\nlast-seen: 2\nmax-age: 3\n",
+            encode_key(&[4; 32])
+        );
+        let p = parse(&text).unwrap();
+        assert_eq!((p.key, p.source), ([4; 32], PinSource::Tofu));
+        assert_eq!(parse(&format!("{text}source: gossip\n")), None);
     }
 }

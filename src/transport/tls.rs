@@ -209,6 +209,9 @@ impl std::fmt::Display for TlsInfo {
 pub enum CertVerdict {
     /// Chains to a webpki root and names the host we connected to.
     Verified,
+    /// An XPONY server key that matched what the client knew beforehand
+    /// (the basis: "pinned key", "DNS key"; proto-spec §8.3).
+    KeyKnown(&'static str),
     /// Does not verify; the reason is for the log (`self-signed`, `name
     /// mismatch`, …). Opportunistic delivery goes on anyway (RFC 7435).
     Untrusted(String),
@@ -216,7 +219,7 @@ pub enum CertVerdict {
 
 impl CertVerdict {
     pub fn is_verified(&self) -> bool {
-        matches!(self, CertVerdict::Verified)
+        matches!(self, CertVerdict::Verified | CertVerdict::KeyKnown(_))
     }
 }
 
