@@ -382,6 +382,41 @@ def test_wrong_dns_key_refused(pony_net, xpony_keys, workdir):
     assert pinned(state) == {}
 
 
+def test_policy_verify_and_none(pony_net, xpony_keys, workdir):
+    """proto-spec §9: under `--tls-policy verify` a first contact (which could only be
+    `encrypted`) does not use XPONY, so the self-signed STARTTLS certificate of mx.pony.test
+    decides (deferred, nothing pinned); a host with a DNS key reaches `authenticated` by
+    XPONY and is delivered. Under `none` no encryption of any kind is used."""
+    net, server, client = pony_net, xpony_keys["server"], xpony_keys["client"]
+    state = owned_dir(workdir / f"state-verify-{token()}")
+    tok = token()
+    rcpt = f"verify-{tok}@pony.test"
+    message, _ = make_message(tok, [rcpt])
+    res = deliver(net, state, [rcpt], message, "--host-key", str(client.path),
+                  "--tls-policy", "verify")
+    assert_deferred(res, rcpt, "not verified")
+    assert XPONY_TLS not in log_line(res, rcpt), log_line(res, rcpt)
+    assert pinned(state) == {}
+    not_arrived(net.backend, rcpt)
+
+    tok = token()
+    rcpt = f"verifydns-{tok}@pony2.test"
+    message, body = make_message(tok, [rcpt])
+    res = deliver(net, state, [rcpt], message, "--host-key", str(client.path),
+                  "--tls-policy", "verify")
+    assert_xpony_delivery(res, net, "pony2.test", rcpt, server.fingerprint, DNS_AUTHENTICATED)
+    arrived(net.backend, rcpt, body)
+
+    tok = token()
+    rcpt = f"none-{tok}@pony.test"
+    message, body = make_message(tok, [rcpt])
+    res = deliver(net, state, [rcpt], message, "--host-key", str(client.path),
+                  "--tls-policy", "none")
+    assert res.returncode == 0, show(res)
+    assert " tls=none " in log_line(res, rcpt), log_line(res, rcpt)
+    arrived(net.backend, rcpt, body)
+
+
 # --------------------------------------------------------------------------------------
 # 6. A man in the middle tampering with the plaintext negotiation
 # --------------------------------------------------------------------------------------

@@ -473,7 +473,7 @@ impl Deliverer {
                 }
             };
             let session = ClientSession::opening(&self.helo_name, self.starttls_for(host, policy));
-            let mut session = self.prepare_pony(&mut conn, session).await;
+            let mut session = self.prepare_pony(&mut conn, session, policy).await;
             let end = self.drive(&mut conn, &mut session, policy).await;
             if conn.greeted {
                 sessions += 1;
@@ -556,7 +556,7 @@ impl Deliverer {
                 return attempt;
             }
         };
-        let mut session = self.prepare_pony(&mut conn, session).await;
+        let mut session = self.prepare_pony(&mut conn, session, policy).await;
         let end = self.drive(&mut conn, &mut session, policy).await;
         attempt.tls = conn.tls.clone();
         attempt.verdict = conn.verdict.clone();
@@ -579,10 +579,23 @@ impl Deliverer {
     /// Looks up what is known about `conn`'s host (DNS key, pin) and lets
     /// the session use the extension, required if the host is known to
     /// speak it.
-    async fn prepare_pony(&self, conn: &mut Connection, session: ClientSession) -> ClientSession {
+    ///
+    /// Policy `none` means no encryption of any kind for the destination.
+    /// Under `verify` a first contact could only reach `encrypted`, so the
+    /// extension is used only for hosts with a pin or a DNS key, and other
+    /// hosts must show a verified certificate (proto-spec §9).
+    async fn prepare_pony(
+        &self,
+        conn: &mut Connection,
+        session: ClientSession,
+        policy: TlsPolicy,
+    ) -> ClientSession {
         let Some(pony) = &self.pony else {
             return session;
         };
+        if policy == TlsPolicy::None {
+            return session;
+        }
         let dns = match self
             .resolver
             .txt(&crate::pony::keys::dns_name(&conn.host))
@@ -614,6 +627,9 @@ impl Deliverer {
         }
         .requires_extension()
             || pins_unreadable;
+        if policy == TlsPolicy::Verify && !required {
+            return session;
+        }
         conn.pony = Some(context);
         session.with_pony(crate::smtp::client::PonyOffer {
             key: pony.key.clone(),
@@ -749,6 +765,19 @@ impl Deliverer {
                                 conn.addr.ip(),
                                 crate::pony::keys::fingerprint(&key),
                                 conn.host
+                            );
+                            log!("xpony: {why}");
+                            session.xpony_reject(why);
+                            continue;
+                        }
+                        KeyVerdict::Accepted(basis)
+                            if policy == TlsPolicy::Verify && !basis.authenticated() =>
+                        {
+                            let why = format!(
+                                "{}[{}] presented key {} on first contact, but policy verify needs a known key or a verified certificate",
+                                conn.host,
+                                conn.addr.ip(),
+                                crate::pony::keys::fingerprint(&key),
                             );
                             log!("xpony: {why}");
                             session.xpony_reject(why);
