@@ -29,9 +29,9 @@ import pytest
 from interop.clients import RawSMTP, swaks, token, transcript
 from interop.conftest import owned_dir
 from interop.peers import (CLIENT_IP, MAIL_DOMAIN, PONY_ADDR, PONY_DOMAINS, XPONY_PROTOCOL,
-                           blackpony_bin, blackpony_received, key_fingerprint, keygen,
+                           BlackponyOutbound, blackpony_bin, blackpony_received, key_fingerprint, keygen,
                            postfix_queue_id, wait_for)
-from interop.test_outbound import (arrived, deliver, log_line, make_message, show,
+from interop.test_outbound import (arrived, crlf, deliver, log_line, make_message, show,
                                    status_line)
 
 XPONY_TLS = f"tls=XPONY/{XPONY_PROTOCOL}"
@@ -205,6 +205,39 @@ def test_end_to_end_first_contact_then_pinned(pony_net, xpony_keys, workdir):
     assert_xpony_delivery(res, net, "pony.test", rcpt2, server.fingerprint, PIN_AUTHENTICATED)
     arrived(net.backend, rcpt2, body2)
     assert pinned(state) == {"mx.pony.test": server.fingerprint}
+
+
+@pytest.mark.parametrize("protocol", ["lmtp", "smtp"])
+def test_outbound_service_first_contact_then_pinned(pony_net, xpony_keys, workdir, protocol):
+    """The long-running transport (`blackpony outbound --host-key`, LMTP for an MTA's lmtp
+    transport, SMTP for its relayhost) uses XPONY like `deliver`: first contact pins, the
+    second transaction of the same process is authenticated by the pin."""
+    import smtplib
+    net, server, client = pony_net, xpony_keys["server"], xpony_keys["client"]
+    state = owned_dir(workdir / f"state-service-{protocol}-{token()}")
+    bp = BlackponyOutbound(workdir / "logs", name=f"outbound-xpony-{protocol}",
+                           protocol=protocol,
+                           args=net.outbound_args(state, "--host-key", str(client.path)))
+    bp.start()
+    try:
+        for n, how in enumerate([FIRST_CONTACT, PIN_AUTHENTICATED]):
+            tok = token()
+            rcpt = f"svc{protocol}{n}-{tok}@pony.test"
+            message, body = make_message(tok, [rcpt])
+            cls = smtplib.LMTP if protocol == "lmtp" else smtplib.SMTP
+            with cls(bp.host, bp.port, timeout=60) as c:
+                refused = c.sendmail("sender@client.test", [rcpt], crlf(message))
+                assert refused == {}, refused
+            line = wait_for(lambda: next((l for l in bp.log_text().splitlines()
+                                          if f"to=<{rcpt}>" in l), None), 10,
+                            f"a log line for {rcpt}:\n{bp.log_text()}")
+            want = f" {XPONY_TLS} peer={server.fingerprint} {how} "
+            assert want in line and relay(net, "pony.test") in line, (want, line)
+            assert " status=sent (250 " in line, line
+            arrived(net.backend, rcpt, body)
+        assert pinned(state) == {"mx.pony.test": server.fingerprint}
+    finally:
+        bp.stop()
 
 
 # --------------------------------------------------------------------------------------

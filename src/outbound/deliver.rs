@@ -494,6 +494,9 @@ impl Deliverer {
             };
             match failure {
                 None => {
+                    // The EHLO reply came over the channel: the server's
+                    // first valid frame, where pins are committed (§8.4).
+                    self.update_pin(&conn);
                     let caps = session
                         .capabilities()
                         .cloned()
