@@ -307,6 +307,9 @@ pub struct Session {
     xpony_offered: bool,
     /// The established channel and the bytes already read behind message 3.
     pony_ready: Option<(Transport, Vec<u8>)>,
+    /// The ephemeral key of the next handshake when a test fixes it (the
+    /// spec's vectors); otherwise a fresh one is drawn each time (§4.1).
+    fixed_ephemeral: Option<Keypair>,
     stats: Stats,
 }
 
@@ -338,8 +341,16 @@ impl Session {
             ehlo_reply_sent: Vec::new(),
             xpony_offered: false,
             pony_ready: None,
+            fixed_ephemeral: None,
             stats: Stats::default(),
         }
+    }
+
+    /// Fixes the ephemeral key of the next XPONY handshake, so the spec's
+    /// test vectors can be replayed against this session.
+    #[cfg(test)]
+    pub(crate) fn fix_ephemeral(&mut self, key: Keypair) {
+        self.fixed_ephemeral = Some(key);
     }
 
     /// The next thing the I/O loop must do, after writing out the buffers.
@@ -1102,9 +1113,46 @@ impl Session {
         self.phase = Phase::XponyQueued;
     }
 
-    /// XPONY's turn has come: refuse injected plaintext, else answer 334
-    /// with message 2.
+    /// XPONY's turn has come: process message 1, refuse injected
+    /// plaintext, else answer 334 with message 2. proto-spec §3.3 orders
+    /// the checks: a failing message 1 gets R10 (and the octets behind it
+    /// are ordinary pipelined commands, Appendix B D6); the injection check
+    /// (R11) comes only when the 334 is about to go out.
     fn xpony_respond(&mut self, message_1: &[u8]) {
+        let Some(identity) = self.config.pony.clone() else {
+            self.phase = Phase::Commands;
+            return;
+        };
+        let prologue =
+            negotiation::prologue(&self.greeting_sent, &self.ehlo_line, &self.ehlo_reply_sent);
+        let ephemeral = match self.fixed_ephemeral.take() {
+            Some(key) => Ok(key),
+            None => Keypair::generate().map_err(|e| e.to_string()),
+        };
+        let step = ephemeral.and_then(|e| {
+            let ready = crate::pony::noise::Responder::new(&prologue, identity.key.clone(), e)
+                .read_message_1(message_1)
+                .map_err(|e| e.to_string())?;
+            // §4.3/§4.4: no item is defined for message 1, but a payload
+            // over 1024 octets or a broken item list fails it.
+            negotiation::check_message_1_payload(&ready.1).map_err(|e| e.to_string())?;
+            ready
+                .0
+                .write_message_2(&identity.hints.encode())
+                .map_err(|e| e.to_string())
+        });
+        let (state, message_2) = match step {
+            Ok(done) => done,
+            Err(error) => {
+                self.notice(Notice::XponyFailed {
+                    stage: "message 1",
+                    error,
+                });
+                Reply::new(535, "5.7.8 Handshake failed").write_to(&mut self.to_client);
+                self.phase = Phase::Commands;
+                return;
+            }
+        };
         if !self.client_in.is_empty() {
             let bytes = self.client_in.len();
             self.client_in.clear();
@@ -1116,35 +1164,9 @@ impl Session {
             self.close("xpony-injection");
             return;
         }
-        let Some(identity) = self.config.pony.clone() else {
-            self.phase = Phase::Commands;
-            return;
-        };
-        let prologue =
-            negotiation::prologue(&self.greeting_sent, &self.ehlo_line, &self.ehlo_reply_sent);
-        let step = Keypair::generate()
-            .map_err(|e| e.to_string())
-            .and_then(|e| {
-                crate::pony::noise::Responder::new(&prologue, identity.key.clone(), e)
-                    .read_message_1(message_1)
-                    .and_then(|(ready, _payload)| ready.write_message_2(&identity.hints.encode()))
-                    .map_err(|e| e.to_string())
-            });
-        match step {
-            Ok((state, message_2)) => {
-                let line = format!("334 {}\r\n", negotiation::encode_line(&message_2));
-                self.to_client.extend_from_slice(line.as_bytes());
-                self.phase = Phase::XponyAwaitingFinish(state);
-            }
-            Err(error) => {
-                self.notice(Notice::XponyFailed {
-                    stage: "message 1",
-                    error,
-                });
-                Reply::new(535, "5.7.8 Handshake failed").write_to(&mut self.to_client);
-                self.phase = Phase::Commands;
-            }
-        }
+        let line = format!("334 {}\r\n", negotiation::encode_line(&message_2));
+        self.to_client.extend_from_slice(line.as_bytes());
+        self.phase = Phase::XponyAwaitingFinish(state);
     }
 
     /// The line after our 334: message 3, or `*` to give up.
@@ -1157,13 +1179,32 @@ impl Session {
             self.local(Reply::new(501, "5.7.0 XPONY aborted"), Then::Continue);
             return;
         }
-        let result = std::str::from_utf8(line)
+        // R14 (proto-spec §3.3): a line that is not base64 is answered
+        // apart from a message 3 that fails (R15); both close.
+        let Some(message_3) = std::str::from_utf8(line)
             .ok()
             .and_then(negotiation::decode_line)
-            .ok_or_else(|| "message 3 is not base64".to_string())
-            .and_then(|m3| state.read_message_3(&m3).map_err(|e| e.to_string()));
+        else {
+            self.notice(Notice::XponyFailed {
+                stage: "message 3",
+                error: "message 3 is not base64".into(),
+            });
+            self.fail_to_client(Reply::new(501, "5.5.2 Cannot decode base64"));
+            self.close("xpony-failed");
+            return;
+        };
+        // §4.7: message 3 fails on Noise errors and on a payload that
+        // breaks §4.4 alike.
+        let result = state
+            .read_message_3(&message_3)
+            .map_err(|e| e.to_string())
+            .and_then(|(transport, payload)| {
+                negotiation::decode_message_3_payload(&payload)
+                    .map(|_hostname| transport)
+                    .map_err(|e| e.to_string())
+            });
         match result {
-            Ok((transport, _payload)) => {
+            Ok(transport) => {
                 self.pony_ready = Some((transport, Vec::new()));
                 self.phase = Phase::XponySwitch;
             }

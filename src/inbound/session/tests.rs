@@ -662,3 +662,79 @@ fn xpony_refusals() {
     assert!(h.take_client().starts_with("535 5.7.8"));
     assert!(h.session.is_closed());
 }
+
+/// Sends XPONY with a fresh message 1 under `prologue`; returns the
+/// initiator waiting for message 2.
+fn send_xpony(h: &mut Harness, prologue: &[u8]) -> crate::pony::noise::InitiatorAwaitingResponse {
+    use crate::pony::noise::{Initiator, Keypair};
+    let (init, m1) = Initiator::new(
+        prologue,
+        Keypair::generate().unwrap(),
+        Keypair::generate().unwrap(),
+    )
+    .write_message_1(&[])
+    .unwrap();
+    h.client(&format!(
+        "XPONY Noise_XX_25519_ChaChaPoly_SHA256 {}\r\n",
+        crate::pony::negotiation::encode_line(&m1)
+    ));
+    init
+}
+
+/// proto-spec §3.3: a failing message 1 gets R10 even with octets behind
+/// it, which are then ordinary pipelined commands (Appendix B D5, D6); a
+/// message 3 line that is not base64 gets R14, one whose payload breaks
+/// §4.4 gets R15; both close.
+#[test]
+fn xpony_check_order_and_message_3_failures() {
+    use crate::pony::negotiation::{decode_line, encode_line, prologue};
+    use crate::pony::noise::{Initiator, Keypair};
+    // The all-zero point: message 2 cannot be written (§4.1).
+    let (mut h, _, _) = pony_opened();
+    h.client(&format!(
+        "XPONY Noise_XX_25519_ChaChaPoly_SHA256 {}\r\nNOOP\r\n",
+        encode_line(&[0u8; 32])
+    ));
+    assert!(h.take_client().starts_with("535 5.7.8"));
+    assert!(!h.session.is_closed());
+    assert_eq!(h.take_backend(), "NOOP\r\n");
+
+    // A message 1 payload over 1024 octets (§4.3).
+    let (mut h, _, _) = pony_opened();
+    let mut payload = vec![0x7f, 0x03, 0xfe];
+    payload.resize(1025, 0);
+    let (_, m1) = Initiator::new(
+        b"",
+        Keypair::generate().unwrap(),
+        Keypair::generate().unwrap(),
+    )
+    .write_message_1(&payload)
+    .unwrap();
+    h.client(&format!(
+        "XPONY Noise_XX_25519_ChaChaPoly_SHA256 {}\r\n",
+        encode_line(&m1)
+    ));
+    assert!(h.take_client().starts_with("535 5.7.8"));
+
+    for line in ["AAAA=\r\n", "\r\n"] {
+        let (mut h, _, _) = pony_opened();
+        send_xpony(&mut h, b"");
+        assert!(h.take_client().starts_with("334 "));
+        h.client(line);
+        assert!(h.take_client().starts_with("501 5.5.2"), "{line:?}");
+        assert!(h.session.is_closed());
+    }
+
+    // A message 3 that authenticates but carries an empty hostname.
+    let (mut h, greeting, ehlo) = pony_opened();
+    let pro = prologue(greeting.as_bytes(), b"EHLO client.example", ehlo.as_bytes());
+    let init = send_xpony(&mut h, &pro);
+    let reply = h.take_client();
+    let m2 = decode_line(reply[4..].trim_end()).unwrap();
+    let (init, _) = init.read_message_2(&m2).unwrap();
+    let (_, m3) = init.write_message_3(&[3, 0, 0]).unwrap();
+    h.client(&format!("{}\r\n", encode_line(&m3)));
+    assert!(h.take_client().starts_with("535 5.7.8"));
+    assert!(h.session.is_closed());
+    assert!(h.session.take_pony().is_none());
+}
