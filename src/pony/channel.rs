@@ -37,6 +37,8 @@ pub enum ChannelError {
     BadBodyLength(usize),
     #[error("unknown frame type {0:#04x}")]
     UnknownType(u8),
+    #[error("frame type {0:#04x} with a body")]
+    BodyNotEmpty(u8),
     #[error("non-zero padding")]
     BadPadding,
     #[error("data after CLOSE")]
@@ -97,6 +99,7 @@ impl Channel {
 
     /// Rekeys the sending direction after a REKEY record sealed by hand
     /// (test vectors; [`Channel::seal_rekey`] does both).
+    #[cfg(test)]
     pub(crate) fn rekey_send_after_record(&mut self) {
         self.transport.rekey_send();
     }
@@ -165,6 +168,11 @@ impl Channel {
             }
             match plain[0] {
                 DATA => plaintext.extend_from_slice(&plain[HEADER..body_end]),
+                // proto-spec §5.3, §5.6: CLOSE and REKEY have empty bodies;
+                // one with a body is fatal and is not acted on.
+                kind @ (CLOSE | REKEY) if body_len != 0 => {
+                    return Err(ChannelError::BodyNotEmpty(kind));
+                }
                 CLOSE => {
                     self.peer_closed = true;
                     opened.closed = true;
@@ -259,6 +267,23 @@ mod tests {
         assert_eq!(got, b"hello");
         // Replaying it does not.
         assert!(b.open(&wire, &mut Vec::new()).is_err());
+    }
+
+    /// proto-spec §5.3: CLOSE and REKEY with a body are fatal, even with
+    /// the body's octets zero (they are not padding).
+    #[test]
+    fn close_and_rekey_with_a_body_are_fatal() {
+        for (kind, body) in [(CLOSE, &b"QUIT\r\n"[..]), (REKEY, &[0][..])] {
+            let (mut a, mut b) = pair();
+            let mut wire = Vec::new();
+            a.seal_record(kind, body, 0, &mut wire).unwrap();
+            let mut got = Vec::new();
+            assert_eq!(
+                b.open(&wire, &mut got),
+                Err(ChannelError::BodyNotEmpty(kind))
+            );
+            assert!(got.is_empty() && !b.peer_closed());
+        }
     }
 
     #[test]
