@@ -163,12 +163,7 @@ impl MailResolver {
                 .answers()
                 .iter()
                 .filter_map(|r| match &r.data {
-                    RData::TXT(txt) => Some(
-                        txt.txt_data
-                            .iter()
-                            .map(|s| String::from_utf8_lossy(s).into_owned())
-                            .collect::<String>(),
-                    ),
+                    RData::TXT(txt) => Some(join_character_strings(&txt.txt_data)),
                     _ => None,
                 })
                 .collect()),
@@ -178,6 +173,15 @@ impl MailResolver {
             },
         }
     }
+}
+
+/// One TXT record's text: its character-strings joined without a
+/// separator, as DKIM does (RFC 6376 §3.6.2.2; proto-spec §8.2).
+pub fn join_character_strings(strings: &[impl AsRef<[u8]>]) -> String {
+    strings
+        .iter()
+        .map(|s| String::from_utf8_lossy(s.as_ref()))
+        .collect()
 }
 
 fn fqdn(domain: &str) -> Result<Name, DnsFailure> {

@@ -125,37 +125,119 @@ pub fn dns_record(key: &PublicKey) -> String {
     format!("v=XPONY1; k=x25519; p={}", encode_key(key))
 }
 
-/// The keys in a set of TXT strings (records that are not XPONY1 records,
-/// or are malformed, are skipped: DNS may hold other TXT data there).
-pub fn parse_dns_records(records: &[String]) -> Vec<PublicKey> {
-    records.iter().filter_map(|r| parse_dns_record(r)).collect()
+/// What one TXT record at `_xpony._tcp.<mx-host>` says (proto-spec §8.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsRecord {
+    /// Not an XPONY record (its first tag is not `v=XPONY1`): other TXT
+    /// data may live there too, so it is ignored without a word.
+    NotXpony,
+    /// An XPONY record that breaks §8.2: ignored, and worth a log line.
+    Invalid(DnsRecordError),
+    /// A key; `testing` (flag `t=y`) keys are never enforced.
+    Key { key: PublicKey, testing: bool },
 }
 
-/// One TXT record in tag-value form (RFC 6376 §3.2): `v` must come first
-/// and be `XPONY1`; `k` defaults to and must be `x25519`; `p` is the key.
-pub fn parse_dns_record(record: &str) -> Option<PublicKey> {
-    let mut tags = record
-        .split(';')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(|t| t.split_once('=').map(|(k, v)| (k.trim(), v.trim())));
-    match tags.next()?? {
-        ("v", "XPONY1") => {}
-        _ => return None,
+/// Why an XPONY record is invalid (proto-spec §8.2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DnsRecordError {
+    #[error("not a tag list (RFC 6376 §3.2 syntax)")]
+    Syntax,
+    #[error("tag {0} appears twice")]
+    Duplicate(String),
+    #[error("unknown key type k={0}")]
+    KeyType(String),
+    #[error("no p= tag")]
+    NoKey,
+    #[error("empty p= tag")]
+    EmptyKey,
+    #[error("p= is not the base64 of 32 octets")]
+    BadKey,
+}
+
+/// The enforced keys (the set D of proto-spec §8.2) among a set of TXT
+/// records: records that are not XPONY1 records, invalid ones and testing
+/// ones (`t=y`) are left out.
+pub fn parse_dns_records(records: &[String]) -> Vec<PublicKey> {
+    records
+        .iter()
+        .filter_map(|r| match parse_dns_record(r) {
+            DnsRecord::Key {
+                key,
+                testing: false,
+            } => Some(key),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Folding white space inside a tag list (RFC 6376 §2.8, §3.2).
+fn is_fws(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\r' | '\n')
+}
+
+/// One `tag-spec`: `[FWS] tag-name [FWS] "=" [FWS] tag-value [FWS]`, with
+/// `tag-name = ALPHA *(ALPHA / DIGIT / "_")` and a value of VALCHARs
+/// (%x21-3A / %x3C-7E) and inner white space.
+fn tag_spec(spec: &str) -> Option<(&str, &str)> {
+    let (name, value) = spec.split_once('=')?;
+    let (name, value) = (name.trim_matches(is_fws), value.trim_matches(is_fws));
+    let mut chars = name.chars();
+    let name_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let value_ok = value
+        .chars()
+        .all(|c| is_fws(c) || (c.is_ascii_graphic() && c != ';'));
+    (name_ok && value_ok).then_some((name, value))
+}
+
+/// One TXT record (its character-strings already joined, proto-spec
+/// §8.2) in tag-value form (RFC 6376 §3.2): `v=XPONY1` first, `k`
+/// (default and only value `x25519`), `p` the key with white space
+/// removed, `t` flags separated by `:` (`y`: testing); other tags are
+/// ignored, a tag given twice makes the record invalid.
+pub fn parse_dns_record(record: &str) -> DnsRecord {
+    let mut specs: Vec<&str> = record.split(';').collect();
+    // `tag-list = tag-spec *(";" tag-spec) [";"]`: one trailing ";" (with
+    // white space after it) ends the list.
+    if specs.len() > 1
+        && specs
+            .last()
+            .is_some_and(|s| s.trim_matches(is_fws).is_empty())
+    {
+        specs.pop();
     }
-    let mut key = None;
-    for tag in tags {
-        match tag? {
-            ("k", kind) if !kind.eq_ignore_ascii_case("x25519") => return None,
-            // Folding white space may split base64 (RFC 6376 §3.2).
-            ("p", value) => {
-                let joined: String = value.split_whitespace().collect();
-                key = Some(decode_key(&joined)?);
-            }
-            _ => {}
+    if specs.first().and_then(|s| tag_spec(s)) != Some(("v", "XPONY1")) {
+        return DnsRecord::NotXpony;
+    }
+    let mut tags: Vec<(&str, &str)> = Vec::new();
+    for spec in specs {
+        let Some((name, value)) = tag_spec(spec) else {
+            return DnsRecord::Invalid(DnsRecordError::Syntax);
+        };
+        if tags.iter().any(|(n, _)| *n == name) {
+            return DnsRecord::Invalid(DnsRecordError::Duplicate(name.into()));
         }
+        tags.push((name, value));
     }
-    key
+    let tag = |name: &str| tags.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+    if let Some(kind) = tag("k")
+        && !kind.eq_ignore_ascii_case("x25519")
+    {
+        return DnsRecord::Invalid(DnsRecordError::KeyType(kind.into()));
+    }
+    let Some(p) = tag("p") else {
+        return DnsRecord::Invalid(DnsRecordError::NoKey);
+    };
+    // §8.2: white space inside the value is removed before decoding.
+    let joined: String = p.chars().filter(|&c| !is_fws(c)).collect();
+    if joined.is_empty() {
+        return DnsRecord::Invalid(DnsRecordError::EmptyKey);
+    }
+    let Some(key) = decode_key(&joined) else {
+        return DnsRecord::Invalid(DnsRecordError::BadKey);
+    };
+    let testing = tag("t").is_some_and(|t| t.split(':').any(|f| f.trim_matches(is_fws) == "y"));
+    DnsRecord::Key { key, testing }
 }
 
 #[cfg(test)]
@@ -189,24 +271,78 @@ mod tests {
     fn dns_records() {
         let key = [7u8; 32];
         let record = dns_record(&key);
-        assert_eq!(parse_dns_record(&record), Some(key));
+        let valid = |testing| DnsRecord::Key { key, testing };
+        assert_eq!(parse_dns_record(&record), valid(false));
         let b64 = encode_key(&key);
-        let cases: &[(String, Option<PublicKey>)] = &[
-            (format!("v=XPONY1;p={b64}"), Some(key)),
+        let invalid = DnsRecord::Invalid;
+        let cases: &[(String, DnsRecord)] = &[
+            (format!("v=XPONY1;p={b64}"), valid(false)),
             (
                 format!("v=XPONY1; k=X25519; p={} {}", &b64[..20], &b64[20..]),
-                Some(key),
+                valid(false),
             ),
-            (format!("p={b64}; v=XPONY1"), None),
-            (format!("v=XPONY2; p={b64}"), None),
-            (format!("v=XPONY1; k=ed25519; p={b64}"), None),
-            ("v=XPONY1; p=short".to_string(), None),
-            ("v=spf1 -all".to_string(), None),
-            ("".to_string(), None),
+            (format!(" v = XPONY1 ; p = {b64} ; "), valid(false)),
+            (format!("v=XPONY1; p={b64}; t=y"), valid(true)),
+            (format!("v=XPONY1; p={b64}; t=s : y"), valid(true)),
+            (format!("v=XPONY1; p={b64}; t=s"), valid(false)),
+            (format!("v=XPONY1; x_1=two words; p={b64}"), valid(false)),
+            (format!("p={b64}; v=XPONY1"), DnsRecord::NotXpony),
+            (format!("v=XPONY2; p={b64}"), DnsRecord::NotXpony),
+            (format!("v=xpony1; p={b64}"), DnsRecord::NotXpony),
+            ("v=spf1 -all".to_string(), DnsRecord::NotXpony),
+            ("".to_string(), DnsRecord::NotXpony),
+            (
+                format!("v=XPONY1; k=ed25519; p={b64}"),
+                invalid(DnsRecordError::KeyType("ed25519".into())),
+            ),
+            (
+                "v=XPONY1; p=short".to_string(),
+                invalid(DnsRecordError::BadKey),
+            ),
+            (
+                "v=XPONY1; p=".to_string(),
+                invalid(DnsRecordError::EmptyKey),
+            ),
+            (
+                "v=XPONY1; k=x25519".to_string(),
+                invalid(DnsRecordError::NoKey),
+            ),
+            (
+                format!("v=XPONY1; p={b64}; p={b64}"),
+                invalid(DnsRecordError::Duplicate("p".into())),
+            ),
+            (
+                format!("v=XPONY1; v=XPONY1; p={b64}"),
+                invalid(DnsRecordError::Duplicate("v".into())),
+            ),
+            (
+                format!("v=XPONY1;; p={b64}"),
+                invalid(DnsRecordError::Syntax),
+            ),
+            (
+                format!("v=XPONY1; p {b64}"),
+                invalid(DnsRecordError::Syntax),
+            ),
+            (
+                format!("v=XPONY1; 1p={b64}"),
+                invalid(DnsRecordError::Syntax),
+            ),
+            (
+                format!("v=XPONY1; p=\u{e9}{b64}"),
+                invalid(DnsRecordError::Syntax),
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(parse_dns_record(text), *want, "{text}");
         }
+        // Testing keys are never enforced (§8.2: D_test).
+        let other = [8u8; 32];
+        let records = [
+            format!("v=XPONY1; p={b64}"),
+            format!("v=XPONY1; p={}; t=y", encode_key(&other)),
+            "v=spf1 -all".to_string(),
+        ];
+        assert_eq!(parse_dns_records(&records), vec![key]);
         assert_eq!(dns_name("mx.example.org."), "_xpony._tcp.mx.example.org");
         assert!(fingerprint(&key).starts_with("SHA256:"));
     }
