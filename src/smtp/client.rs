@@ -191,6 +191,9 @@ pub struct ClientSession {
     ehlo_raw: Vec<u8>,
     last_raw: Vec<u8>,
     pony_ready: Option<(Transport, Vec<u8>)>,
+    /// The ephemeral key of the next handshake when a test fixes it (the
+    /// spec's vectors); otherwise a fresh one is drawn each time (§4.1).
+    fixed_ephemeral: Option<Keypair>,
 }
 
 impl ClientSession {
@@ -227,7 +230,16 @@ impl ClientSession {
             ehlo_raw: Vec::new(),
             last_raw: Vec::new(),
             pony_ready: None,
+            fixed_ephemeral: None,
         }
+    }
+
+    /// Fixes the ephemeral key of the next XPONY handshake, so the spec's
+    /// test vectors can be replayed against this session.
+    #[cfg(test)]
+    pub(crate) fn fix_ephemeral(mut self, key: Keypair) -> Self {
+        self.fixed_ephemeral = Some(key);
+        self
     }
 
     /// Uses the blackpony extension when the server offers it (preferred
@@ -596,13 +608,15 @@ impl ClientSession {
             self.ehlo_line.as_bytes(),
             &self.ehlo_raw,
         );
-        let started = Keypair::generate()
-            .map_err(|e| e.to_string())
-            .and_then(|e| {
-                crate::pony::noise::Initiator::new(&prologue, offer.key.clone(), e)
-                    .write_message_1(&[])
-                    .map_err(|e| e.to_string())
-            });
+        let ephemeral = match self.fixed_ephemeral.take() {
+            Some(key) => Ok(key),
+            None => Keypair::generate().map_err(|e| e.to_string()),
+        };
+        let started = ephemeral.and_then(|e| {
+            crate::pony::noise::Initiator::new(&prologue, offer.key.clone(), e)
+                .write_message_1(&[])
+                .map_err(|e| e.to_string())
+        });
         match started {
             Ok((state, message_1)) => {
                 let line = format!(

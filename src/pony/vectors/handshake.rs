@@ -1,31 +1,13 @@
-//! The protocol's test vectors (proto-spec §14, Appendix A): produced by
-//! this implementation from fixed keys, stored in `proto-spec/vectors/`,
-//! and checked by `cargo test`. Set `BLACKPONY_BLESS_VECTORS=1` to write
-//! the file anew after a deliberate change.
+//! The positive scenario of proto-spec Appendix A (§14 items 1–5):
+//! `proto-spec/vectors/xpony-1-handshake.json`.
 
-use sha2::{Digest, Sha256};
-
-use super::channel::Channel;
-use super::keys::{encode_key, fingerprint};
-use super::negotiation::{ServerHints, encode_line, prologue};
-use super::noise::{Initiator, KEY_LEN, Keypair, PROTOCOL_NAME, Responder, hex};
-
-/// `SHA-256("xpony-1 test vector: " || role)` as a private key.
-pub fn fixed_key(role: &str) -> Keypair {
-    let digest: [u8; KEY_LEN] = Sha256::digest(format!("xpony-1 test vector: {role}")).into();
-    Keypair::from_secret(digest)
-}
-
-const GREETING: &[u8] = b"220 mx.example.org ESMTP blackpony\r\n";
-const EHLO_LINE: &[u8] = b"EHLO client.example.net";
-const EHLO_REPLY: &[u8] = b"250-mx.example.org\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n\
-250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-STARTTLS\r\n250 XPONY Noise_XX_25519_ChaChaPoly_SHA256\r\n";
-
-fn escaped(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes)
-        .replace('\r', "\\r")
-        .replace('\n', "\\n")
-}
+use super::super::channel::Channel;
+use super::super::keys::{encode_key, fingerprint};
+use super::super::noise::{PROTOCOL_NAME, hex};
+use super::{
+    EHLO_LINE, EHLO_REPLY, GREETING, client_payload, continue_line, finish_line, fixed_key,
+    handshake, json_text, scenario_prologue, server_hints, xpony_line,
+};
 
 /// The whole scenario as JSON text (stable field order, one value per line).
 pub fn handshake_vector() -> String {
@@ -50,48 +32,25 @@ pub fn handshake_vector() -> String {
             if i + 1 < roles.len() { "," } else { "" }
         ));
     }
-    let pro = prologue(GREETING, EHLO_LINE, EHLO_REPLY);
+    let pro = scenario_prologue();
     out.push_str("  ],\n");
-    out.push_str(&format!("  \"greeting\": \"{}\",\n", escaped(GREETING)));
-    out.push_str(&format!("  \"ehlo_line\": \"{}\",\n", escaped(EHLO_LINE)));
-    out.push_str(&format!("  \"ehlo_reply\": \"{}\",\n", escaped(EHLO_REPLY)));
+    out.push_str(&format!("  \"greeting\": \"{}\",\n", json_text(GREETING)));
+    out.push_str(&format!("  \"ehlo_line\": \"{}\",\n", json_text(EHLO_LINE)));
+    out.push_str(&format!(
+        "  \"ehlo_reply\": \"{}\",\n",
+        json_text(EHLO_REPLY)
+    ));
     out.push_str(&format!("  \"prologue\": \"{}\",\n", hex(&pro)));
 
-    let hints = ServerHints {
-        max_age: 2_592_000,
-        successor: Some(fixed_key("server successor").public()),
-        hostname: Some("mx.example.org".into()),
-    };
-    let p2 = hints.encode();
-    let p3 = {
-        let name = b"client.example.net";
-        let mut v = vec![0x03, 0, name.len() as u8];
-        v.extend_from_slice(name);
-        v
-    };
-    let init = Initiator::new(
-        &pro,
-        fixed_key("client static"),
-        fixed_key("client ephemeral"),
-    );
-    let resp = Responder::new(
-        &pro,
-        fixed_key("server static"),
-        fixed_key("server ephemeral"),
-    );
-    // Every step of these fixed inputs succeeds; a failure is a test failure.
-    let (init, m1) = init.write_message_1(&[]).expect("message 1");
-    let (resp, _) = resp.read_message_1(&m1).expect("read 1");
-    let (resp, m2) = resp.write_message_2(&p2).expect("message 2");
-    let (init, _) = init.read_message_2(&m2).expect("read 2");
-    let (client, m3) = init.write_message_3(&p3).expect("message 3");
-    let (server, _) = resp.read_message_3(&m3).expect("read 3");
+    let p2 = server_hints().encode();
+    let p3 = client_payload();
+    let run = handshake(&p2, &p3);
     let lines = [
-        format!("XPONY {PROTOCOL_NAME} {}\r\n", encode_line(&m1)),
-        format!("334 {}\r\n", encode_line(&m2)),
-        format!("{}\r\n", encode_line(&m3)),
+        xpony_line(&run.m1),
+        continue_line(&run.m2),
+        finish_line(&run.m3),
     ];
-    for (i, ((m, p), line)) in [(&m1, &Vec::new()), (&m2, &p2), (&m3, &p3)]
+    for (i, ((m, p), line)) in [(&run.m1, &Vec::new()), (&run.m2, &p2), (&run.m3, &p3)]
         .into_iter()
         .zip(&lines)
         .enumerate()
@@ -101,24 +60,24 @@ pub fn handshake_vector() -> String {
             i + 1,
             hex(p),
             hex(m),
-            escaped(line.as_bytes())
+            json_text(line.as_bytes())
         ));
     }
     out.push_str(&format!(
         "  \"handshake_hash\": \"{}\",\n",
-        hex(&client.handshake_hash())
+        hex(&run.client.handshake_hash())
     ));
-    assert_eq!(client.handshake_hash(), server.handshake_hash());
+    assert_eq!(run.client.handshake_hash(), run.server.handshake_hash());
 
-    let mut c = Channel::new(client);
-    let mut s = Channel::new(server);
+    let mut c = Channel::new(run.client);
+    let mut s = Channel::new(run.server);
     let mut frames = Vec::new();
     let mut frame = |dir: &str, ch: &mut Channel, kind: u8, body: &[u8], pad: usize| {
         let mut wire = Vec::new();
-        ch.seal_record(kind, body, pad, &mut wire).expect("seal");
+        ch.seal_record(kind, body, pad, &mut wire).unwrap();
         frames.push(format!(
             "    {{\"direction\": \"{dir}\", \"type\": {kind}, \"body\": \"{}\", \"padding\": {pad}, \"frame\": \"{}\"}}",
-            escaped(body),
+            json_text(body),
             hex(&wire)
         ));
         wire
@@ -132,7 +91,8 @@ pub fn handshake_vector() -> String {
         0,
     );
     let f3 = frame("c->s", &mut c, 2, b"", 0);
-    c_rekey(&mut c);
+    // The REKEY record was sealed with the old key; the sender now rekeys.
+    c.rekey_send_after_record();
     let f4 = frame("c->s", &mut c, 0, b"QUIT\r\n", 0);
     let f5 = frame("s->c", &mut s, 0, b"221 2.0.0 Bye\r\n", 0);
     let f6 = frame("c->s", &mut c, 1, b"", 0);
@@ -140,10 +100,10 @@ pub fn handshake_vector() -> String {
     // The receiving sides open what was sent, in order.
     let (mut at_s, mut at_c) = (Vec::new(), Vec::new());
     for f in [&f1, &f3, &f4, &f6] {
-        s.open(f, &mut at_s).expect("server opens");
+        s.open(f, &mut at_s).unwrap();
     }
     for f in [&f2, &f5, &f7] {
-        c.open(f, &mut at_c).expect("client opens");
+        c.open(f, &mut at_c).unwrap();
     }
     assert_eq!(at_s, b"EHLO client.example.net\r\nQUIT\r\n");
     out.push_str("  \"frames\": [\n");
@@ -152,32 +112,13 @@ pub fn handshake_vector() -> String {
     out
 }
 
-/// The REKEY record was sealed with the old key; the sender now rekeys.
-fn c_rekey(c: &mut Channel) {
-    c.rekey_send_after_record();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const FILE: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/proto-spec/vectors/xpony-1-handshake.json"
-    );
-
     #[test]
     fn vectors_match_the_stored_file() {
-        let now = handshake_vector();
-        if std::env::var_os("BLACKPONY_BLESS_VECTORS").is_some() {
-            std::fs::write(FILE, &now).unwrap();
-        }
-        let stored =
-            std::fs::read_to_string(FILE).expect("proto-spec/vectors/xpony-1-handshake.json");
-        assert_eq!(
-            stored, now,
-            "the implementation no longer produces the stored vectors"
-        );
+        super::super::check_stored("xpony-1-handshake.json", &handshake_vector());
     }
 
     /// The worked example of proto-spec Appendix A was computed by an
