@@ -29,7 +29,7 @@ import pytest
 from interop.clients import RawSMTP, swaks, token, transcript
 from interop.conftest import owned_dir
 from interop.peers import (CLIENT_IP, MAIL_DOMAIN, PONY_ADDR, PONY_DOMAINS, XPONY_PROTOCOL,
-                           BlackponyOutbound, blackpony_bin, blackpony_received, key_fingerprint, keygen,
+                           BlackponyOutbound, SignedZone, blackpony_bin, run_deliver, blackpony_received, key_fingerprint, keygen,
                            postfix_queue_id, wait_for)
 from interop.test_outbound import (arrived, crlf, deliver, log_line, make_message, show,
                                    status_line)
@@ -448,6 +448,83 @@ def test_policy_verify_and_none(pony_net, xpony_keys, workdir):
     assert res.returncode == 0, show(res)
     assert " tls=none " in log_line(res, rcpt), log_line(res, rcpt)
     arrived(net.backend, rcpt, body)
+
+
+# --------------------------------------------------------------------------------------
+# 5b. A key in DNSSEC-signed DNS (nsd serving a zone signed with ldns-signzone)
+# --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def signed_zone(pony_net, xpony_keys, workdir):
+    """signed.test: MX mx.signed.test publishes the server key, wrong.signed.test a wrong
+    key, bogus.signed.test the right key in a TXT record changed after signing."""
+    server, wrong = xpony_keys["server"], xpony_keys["wrong"]
+    ip = PONY_ADDR["pony"]
+    records = "".join(
+        f"{label}IN MX 10 mx{sub}\nmx{sub} IN A {ip}\n"
+        f'_xpony._tcp.mx{sub} IN TXT "v=XPONY1; k=x25519; p={key.public}"\n'
+        for label, sub, key in [("@ ", "", server), ("wrong ", ".wrong", wrong),
+                                ("bogus ", ".bogus", server)])
+    zone = SignedZone(workdir / f"signed-zone-{token()}", "signed.test", records,
+                      tamper=["_xpony._tcp.mx.bogus.signed.test"])
+    zone.start()
+    try:
+        yield zone
+    finally:
+        zone.stop()
+
+
+def deliver_signed(net, zone, state: Path, client, domain: str, prefix: str, *extra: str):
+    tok = token()
+    rcpt = f"{prefix}-{tok}@{domain}"
+    message, body = make_message(tok, [rcpt])
+    args = ["--dns", zone.address, "--smtp-port", str(net.port), "--helo-name", "client.test",
+            "--state-dir", str(state), "--host-key", str(client.path), *extra,
+            "-f", "sender@client.test", "--", rcpt]
+    return run_deliver(args, message), rcpt, body
+
+
+def test_dnssec_key_overrides_a_pin(pony_net, xpony_keys, signed_zone, workdir):
+    """proto-spec §8.3 P1: with `--dnssec FILE` (the zone's DNSKEYs as trust anchors) a
+    validated key, named by a validated MX record, beats a stale pin and replaces it; the
+    same answer read without validation is only an unsigned DNS key, which does not."""
+    net, server, client, wrong = (pony_net, xpony_keys["server"], xpony_keys["client"],
+                                  xpony_keys["wrong"])
+    state = owned_dir(workdir / f"state-dnssec-{token()}")
+    acc = pins(state, "accept", "mx.signed.test", wrong.public)
+    assert acc.returncode == 0, acc.stdout + acc.stderr
+
+    res, rcpt, _ = deliver_signed(net, signed_zone, state, client, "signed.test", "unsigned")
+    assert_deferred(res, rcpt, "XPONY key refused", f"the pinned key {wrong.fingerprint}")
+    not_arrived(net.backend, rcpt)
+
+    res, rcpt, body = deliver_signed(net, signed_zone, state, client, "signed.test", "dnssec",
+                                     "--dnssec", str(signed_zone.anchors))
+    assert_xpony_delivery(res, net, "signed.test", rcpt, server.fingerprint,
+                          "verified=yes (DNSSEC key) level=authenticated")
+    arrived(net.backend, rcpt, body)
+    assert pinned(state) == {"mx.signed.test": server.fingerprint}
+
+
+def test_dnssec_wrong_key_and_bogus_answer(pony_net, xpony_keys, signed_zone, workdir):
+    """A validated key that is not the server's defers; a key record that fails validation
+    (bogus) defers without connecting to the MX at all."""
+    net, client, wrong = pony_net, xpony_keys["client"], xpony_keys["wrong"]
+    state = owned_dir(workdir / f"state-dnssec-bad-{token()}")
+    anchors = ("--dnssec", str(signed_zone.anchors))
+    res, rcpt, _ = deliver_signed(net, signed_zone, state, client, "wrong.signed.test",
+                                  "dnssecwrong", *anchors)
+    assert_deferred(res, rcpt, "XPONY key refused",
+                    f"the DNSSEC-signed DNS key {wrong.fingerprint}")
+    not_arrived(net.backend, rcpt)
+
+    log = LogSince(net.pony)
+    res, rcpt, _ = deliver_signed(net, signed_zone, state, client, "bogus.signed.test",
+                                  "dnssecbogus", *anchors)
+    assert_deferred(res, rcpt, "_xpony._tcp.mx.bogus.signed.test", "bogus")
+    assert " connect client=" not in log.text(), log.text()
+    not_arrived(net.backend, rcpt)
+    assert pinned(state) == {}
 
 
 # --------------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ PACKAGES=(
   python3                 # the interop suite (pytest)
   dnsmasq-base            # the outbound tests' fake internet: MX records for *.test
   libidn12                # needed by the unpacked exim4 binary (see below)
+  nsd ldnsutils           # a DNSSEC-signed zone for the XPONY key tests (nsd serves it,
+                          # ldns-keygen/ldns-signzone make it)
 )
 
 missing=()

@@ -36,6 +36,7 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct OutboundFile {
     pub dns: Option<std::net::SocketAddr>,
+    pub dnssec: Option<String>,
     pub tls_policy: Option<crate::outbound::TlsPolicy>,
     pub helo_name: Option<String>,
     pub state_dir: Option<PathBuf>,
@@ -81,8 +82,26 @@ pub fn merge_outbound(
         .state_dir
         .or(file.state_dir)
         .unwrap_or_else(crate::outbound::deliver::default_state_dir);
+    let dnssec = match args.dnssec.or(file.dnssec).as_deref() {
+        None | Some("off") => crate::outbound::dns::DnssecMode::Off,
+        Some("root") => crate::outbound::dns::DnssecMode::Root,
+        Some(path) => {
+            let path = PathBuf::from(path);
+            if !path.is_file() {
+                return Err(ConfigError::Invalid(
+                    "--dnssec".into(),
+                    format!(
+                        "{} is not a file of trust anchors (or root, off)",
+                        path.display()
+                    ),
+                ));
+            }
+            crate::outbound::dns::DnssecMode::Anchors(path)
+        }
+    };
     Ok(super::OutboundSettings {
         dns: args.dns.or(file.dns),
+        dnssec,
         policy,
         helo_name,
         state_dir: Some(state_dir),

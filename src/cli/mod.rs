@@ -183,6 +183,14 @@ pub struct OutboundArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     pub dns: Option<std::net::SocketAddr>,
 
+    /// Validate DNS answers with DNSSEC: `root` (the IANA root trust
+    /// anchors; the nameserver must pass DNSSEC records on), a file of
+    /// DNSKEY records to trust (a private zone), or `off` [default: off].
+    /// A validated XPONY key, named by a validated MX record, overrides pins
+    /// (proto-spec §8.3 P1); a bogus answer defers the MX host.
+    #[arg(long, value_name = "root|FILE|off")]
+    pub dnssec: Option<String>,
+
     /// TLS policy for destinations without their own: none, may (use
     /// STARTTLS when offered, any certificate), encrypt (require TLS),
     /// verify (require a certificate valid for the MX name) [default: may].
@@ -645,6 +653,7 @@ async fn run_outbound_server(
 #[derive(Debug, Clone)]
 pub struct OutboundSettings {
     pub dns: Option<std::net::SocketAddr>,
+    pub dnssec: crate::outbound::dns::DnssecMode,
     pub policy: crate::outbound::PolicyTable,
     pub helo_name: String,
     pub state_dir: Option<PathBuf>,
@@ -659,8 +668,8 @@ impl OutboundSettings {
     /// Builds the resolver, TLS client and limits once.
     pub fn deliverer(&self) -> Result<crate::outbound::Deliverer, String> {
         let resolver = match self.dns {
-            Some(addr) => crate::outbound::MailResolver::at(addr),
-            None => crate::outbound::MailResolver::system(),
+            Some(addr) => crate::outbound::MailResolver::at(addr, &self.dnssec),
+            None => crate::outbound::MailResolver::system(&self.dnssec),
         }
         .map_err(|e| e.to_string())?;
         let tls = match &self.tls_ca_file {

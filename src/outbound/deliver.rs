@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::dns::{DnsFailure, MailResolver, MxAnswer};
+use super::dns::{DnsFailure, Dnssec, MailResolver, MxAnswer};
 use super::memory::TlsMemory;
 use super::policy::{PolicyTable, SecurityLevel, TlsPolicy};
 use super::route::{self, MxRoute};
@@ -84,6 +84,8 @@ pub struct PonyClient {
 pub(crate) struct PonyContext {
     dns: crate::pony::pins::DnsKeys,
     pin: Option<crate::pony::pins::Pin>,
+    /// The host has a pin or a DNS key: it must offer XPONY.
+    required: bool,
     /// The key the server presented, why it was accepted, its hints.
     seen: Option<(
         crate::pony::keys::PublicKey,
@@ -287,9 +289,9 @@ impl Deliverer {
     /// `max_addresses`. `Err` is the answer for every recipient when there
     /// is nothing to try (null MX, no such domain, DNS failure).
     pub(crate) async fn candidates(&self, domain: &str) -> Result<Candidates, Reply> {
-        let routes = match self.resolver.mx(domain).await {
-            Ok(MxAnswer::Exchangers(mx)) => route::plan(mx, seed()),
-            Ok(MxAnswer::Implicit) => route::implicit(domain),
+        let (routes, mx_dnssec) = match self.resolver.mx(domain).await {
+            Ok(MxAnswer::Exchangers(mx, dnssec)) => (route::plan(mx, seed()), dnssec),
+            Ok(MxAnswer::Implicit) => (route::implicit(domain), Dnssec::Insecure),
             Ok(MxAnswer::NullMx) => {
                 return Err(Reply::new(
                     556,
@@ -324,7 +326,11 @@ impl Deliverer {
                 Reply::new(451, format!("4.4.4 No usable mail exchanger for {domain}"))
             }));
         }
-        Ok(Candidates { list, dns_failure })
+        Ok(Candidates {
+            list,
+            dns_failure,
+            mx_dnssec,
+        })
     }
 
     /// How to use STARTTLS with `host`: the policy's way, unless an earlier
@@ -374,9 +380,8 @@ impl Deliverer {
             }
             let addr = SocketAddr::new(*ip, self.smtp_port);
             let relay = Some((host.clone(), addr));
-            let starttls = self.starttls_for(host, policy);
             let attempt = self
-                .attempt(addr, host, starttls, policy, rcpts, prepared)
+                .attempt(addr, host, policy, candidates.mx_dnssec, rcpts, prepared)
                 .await;
             if attempt.greeted {
                 sessions += 1;
@@ -465,6 +470,13 @@ impl Deliverer {
                 break;
             }
             let addr = SocketAddr::new(*ip, self.smtp_port);
+            let pony = match self.pony_context(host, candidates.mx_dnssec, policy).await {
+                Ok(pony) => pony,
+                Err(f) => {
+                    last = Some(host_failure_reply(&f, host, *ip, policy));
+                    continue;
+                }
+            };
             let mut conn = match self.connect(addr, host).await {
                 Ok(c) => c,
                 Err(reply) => {
@@ -473,7 +485,7 @@ impl Deliverer {
                 }
             };
             let session = ClientSession::opening(&self.helo_name, self.starttls_for(host, policy));
-            let mut session = self.prepare_pony(&mut conn, session, policy).await;
+            let mut session = self.offer_pony(&mut conn, session, pony);
             let end = self.drive(&mut conn, &mut session, policy).await;
             if conn.greeted {
                 sessions += 1;
@@ -526,8 +538,8 @@ impl Deliverer {
         &self,
         addr: SocketAddr,
         host: &str,
-        starttls: StartTls,
         policy: TlsPolicy,
+        mx: Dnssec,
         rcpts: &[String],
         prepared: &Prepared,
     ) -> Attempt {
@@ -537,7 +549,7 @@ impl Deliverer {
         };
         let session = ClientSession::new(
             &self.helo_name,
-            starttls,
+            self.starttls_for(host, policy),
             envelope,
             prepared.facts,
             prepared.wire.as_ref().clone(),
@@ -549,6 +561,13 @@ impl Deliverer {
             greeted: false,
             tls_failed: false,
         };
+        let pony = match self.pony_context(host, mx, policy).await {
+            Ok(pony) => pony,
+            Err(failure) => {
+                attempt.outcome = SessionOutcome::Failed(failure);
+                return attempt;
+            }
+        };
         let mut conn = match self.connect(addr, host).await {
             Ok(conn) => conn,
             Err(reply) => {
@@ -559,7 +578,7 @@ impl Deliverer {
                 return attempt;
             }
         };
-        let mut session = self.prepare_pony(&mut conn, session, policy).await;
+        let mut session = self.offer_pony(&mut conn, session, pony);
         let end = self.drive(&mut conn, &mut session, policy).await;
         attempt.tls = conn.tls.clone();
         attempt.verdict = conn.verdict.clone();
@@ -579,65 +598,87 @@ impl Deliverer {
         attempt
     }
 
-    /// Looks up what is known about `conn`'s host (DNS key, pin) and lets
-    /// the session use the extension, required if the host is known to
-    /// speak it.
+    /// Looks up what is known about `host` (DNS key, pin) before connecting
+    /// (proto-spec §8.3 "before the session"): `None` when the extension is
+    /// not to be used with it, `Err` when the host must not be tried now (a
+    /// DNSSEC-bogus key record).
     ///
     /// Policy `none` means no encryption of any kind for the destination.
     /// Under `verify` a first contact could only reach `encrypted`, so the
     /// extension is used only for hosts with a pin or a DNS key, and other
     /// hosts must show a verified certificate (proto-spec §9).
-    async fn prepare_pony(
+    async fn pony_context(
         &self,
-        conn: &mut Connection,
-        session: ClientSession,
+        host: &str,
+        mx: Dnssec,
         policy: TlsPolicy,
-    ) -> ClientSession {
+    ) -> Result<Option<PonyContext>, HostFailure> {
         let Some(pony) = &self.pony else {
-            return session;
+            return Ok(None);
         };
         if policy == TlsPolicy::None {
-            return session;
+            return Ok(None);
         }
-        let dns = match self
-            .resolver
-            .txt(&crate::pony::keys::dns_name(&conn.host))
-            .await
-        {
-            Ok(records) => DnsKeys::from_records(&records),
+        let name = crate::pony::keys::dns_name(host);
+        let dns = match self.resolver.txt(&name).await {
+            Ok((_, Dnssec::Bogus)) => {
+                let why = format!("the DNSSEC validation of {name} failed (bogus answer)");
+                log!("xpony: {host}: {why}");
+                return Err(HostFailure::PonyRejected { why });
+            }
+            // A key counts as DNSSEC-signed only if the MX record that
+            // named its host was signed too (as for DANE, RFC 7672 §2.2.1).
+            Ok((records, status)) => {
+                DnsKeys::from_records(&records, status == Dnssec::Secure && mx == Dnssec::Secure)
+            }
             Err(e) => {
-                log!("warning: XPONY key lookup for {}: {e}", conn.host);
+                log!("warning: XPONY key lookup for {host}: {e}");
                 DnsKeys::Indeterminate
             }
         };
         let now = unix_now();
-        let (pin, pins_unreadable) = match pony.pins.get(&conn.host) {
+        let (pin, pins_unreadable) = match pony.pins.get(host) {
             Ok(pin) => (pin.filter(|p| !p.expired(now)), false),
             Err(e) => {
                 // Unreadable pins must not mean "no pin": require XPONY.
-                log!("warning: {e}; requiring XPONY from {}", conn.host);
+                log!("warning: {e}; requiring XPONY from {host}");
                 (None, true)
             }
         };
-        let context = PonyContext {
-            dns,
-            pin,
-            seen: None,
-        };
         let required = Evidence {
-            dns: &context.dns,
-            pin: context.pin.as_ref(),
+            dns: &dns,
+            pin: pin.as_ref(),
         }
         .requires_extension()
             || pins_unreadable;
         if policy == TlsPolicy::Verify && !required {
-            return session;
+            return Ok(None);
         }
-        conn.pony = Some(context);
-        session.with_pony(crate::smtp::client::PonyOffer {
-            key: pony.key.clone(),
+        Ok(Some(PonyContext {
+            dns,
+            pin,
             required,
-        })
+            seen: None,
+        }))
+    }
+
+    /// Lets `session` use the extension on `conn`, required if the host is
+    /// known to speak it.
+    fn offer_pony(
+        &self,
+        conn: &mut Connection,
+        session: ClientSession,
+        context: Option<PonyContext>,
+    ) -> ClientSession {
+        let (Some(pony), Some(context)) = (&self.pony, context) else {
+            return session;
+        };
+        let offer = crate::smtp::client::PonyOffer {
+            key: pony.key.clone(),
+            required: context.required,
+        };
+        conn.pony = Some(context);
+        session.with_pony(offer)
     }
 
     /// After a session that got as far as a transaction over the channel,
@@ -921,6 +962,8 @@ pub(crate) struct Candidates {
     pub(crate) list: Vec<(String, IpAddr)>,
     /// A listed MX host whose address lookup failed, for the final reply.
     pub(crate) dns_failure: Option<Reply>,
+    /// Whether the MX records were DNSSEC-signed (implicit MX: insecure).
+    pub(crate) mx_dnssec: Dnssec,
 }
 
 /// A session opened by [`Deliverer::open_route`], ready for mail commands.

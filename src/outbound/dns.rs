@@ -1,19 +1,27 @@
 //! DNS for delivery: MX (RFC 5321 §5.1, RFC 7505 null MX), addresses, TXT.
 //!
+//! With DNSSEC validation on ([`Dnssec`]), every answer is checked against
+//! trust anchors (RFC 4035 §5) and carries its status: the XPONY key rules
+//! (proto-spec §8.3 P1) need to know whether a key and the MX record that
+//! named its host were signed.
+//!
 //! Names are always queried fully qualified (a trailing dot), so no search
 //! domain is ever appended: `example.org` must never become
 //! `example.org.corp.internal`.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
-use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 
 /// Why a lookup gave no usable answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,11 +40,55 @@ pub enum DnsFailure {
     BadName(String),
 }
 
+/// Whether and how answers are validated with DNSSEC.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum DnssecMode {
+    /// No validation: every answer counts as `insecure` (unsigned).
+    #[default]
+    Off,
+    /// Validate from the IANA root trust anchors (needs a resolver that
+    /// passes DNSSEC records on, as any recursive resolver does).
+    Root,
+    /// Validate from the DNSKEY records in this file (zone-file syntax): a
+    /// private or test zone.
+    Anchors(PathBuf),
+}
+
+/// The DNSSEC status of an answer (RFC 4033 §5, as proto-spec §8.2 names
+/// them; failures to get an answer at all are [`DnsFailure::Temporary`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dnssec {
+    /// Validated from a trust anchor.
+    Secure,
+    /// Unsigned, or validation is off.
+    Insecure,
+    /// Should have been signed, but the signatures do not check out.
+    Bogus,
+}
+
+impl Dnssec {
+    /// The status of an RRset: secure only if every record is.
+    fn of<'a>(records: impl IntoIterator<Item = &'a Record>) -> Self {
+        let mut status = Dnssec::Secure;
+        let mut any = false;
+        for record in records {
+            any = true;
+            match record.proof {
+                Proof::Secure => {}
+                Proof::Bogus => return Dnssec::Bogus,
+                _ => status = Dnssec::Insecure,
+            }
+        }
+        if any { status } else { Dnssec::Insecure }
+    }
+}
+
 /// The MX answer for a domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MxAnswer {
-    /// (preference, exchange host) pairs, as published.
-    Exchangers(Vec<(u16, String)>),
+    /// (preference, exchange host) pairs, as published, and whether the
+    /// MX RRset was signed.
+    Exchangers(Vec<(u16, String)>, Dnssec),
     /// The domain publishes `MX 0 .`: it accepts no mail (RFC 7505).
     NullMx,
     /// No MX records: the domain itself is the implicit MX (RFC 5321 §5.1).
@@ -51,26 +103,45 @@ pub struct MailResolver {
 
 impl MailResolver {
     /// The system's nameservers (/etc/resolv.conf), without its search list.
-    pub fn system() -> Result<Self, DnsFailure> {
+    pub fn system(dnssec: &DnssecMode) -> Result<Self, DnsFailure> {
         let (config, _) = hickory_resolver::system_conf::read_system_conf()
             .map_err(|e| DnsFailure::Temporary("resolv.conf".into(), e.to_string()))?;
         let (_, _, servers) = config.into_parts();
-        Self::from_servers(servers)
+        Self::from_servers(servers, dnssec)
     }
 
     /// One nameserver at `addr` (`--dns 127.0.0.1:5353`: tests, split DNS).
-    pub fn at(addr: SocketAddr) -> Result<Self, DnsFailure> {
+    pub fn at(addr: SocketAddr, dnssec: &DnssecMode) -> Result<Self, DnsFailure> {
         let mut udp = ConnectionConfig::udp();
         udp.port = addr.port();
         let mut tcp = ConnectionConfig::tcp();
         tcp.port = addr.port();
-        Self::from_servers(vec![NameServerConfig::new(addr.ip(), true, vec![udp, tcp])])
+        Self::from_servers(
+            vec![NameServerConfig::new(addr.ip(), true, vec![udp, tcp])],
+            dnssec,
+        )
     }
 
-    fn from_servers(servers: Vec<NameServerConfig>) -> Result<Self, DnsFailure> {
+    fn from_servers(
+        servers: Vec<NameServerConfig>,
+        dnssec: &DnssecMode,
+    ) -> Result<Self, DnsFailure> {
         let config = ResolverConfig::from_parts(None, Vec::new(), servers);
         let mut builder =
             TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
+        match dnssec {
+            DnssecMode::Off => {}
+            DnssecMode::Root => builder.options_mut().validate = true,
+            DnssecMode::Anchors(path) => {
+                let anchors = TrustAnchors::from_file(path).map_err(|e| {
+                    DnsFailure::Temporary(
+                        format!("trust anchors {}", path.display()),
+                        e.to_string(),
+                    )
+                })?;
+                builder = builder.with_trust_anchor(Arc::new(anchors));
+            }
+        }
         let opts: &mut ResolverOpts = builder.options_mut();
         opts.ndots = 0;
         opts.timeout = Duration::from_secs(5);
@@ -87,6 +158,7 @@ impl MailResolver {
         let name = fqdn(domain)?;
         match self.inner.lookup(name, RecordType::MX).await {
             Ok(lookup) => {
+                let dnssec = Dnssec::of(lookup.answers());
                 let mut exchangers = Vec::new();
                 let mut null = false;
                 for record in lookup.answers() {
@@ -103,7 +175,7 @@ impl MailResolver {
                 Ok(match (exchangers.is_empty(), null) {
                     (true, true) => MxAnswer::NullMx,
                     (true, false) => MxAnswer::Implicit,
-                    (false, _) => MxAnswer::Exchangers(exchangers),
+                    (false, _) => MxAnswer::Exchangers(exchangers, dnssec),
                 })
             }
             Err(e) => match classify(domain, "MX", &e) {
@@ -155,20 +227,31 @@ impl MailResolver {
             .unwrap_or_else(|| DnsFailure::NoRecords(host.to_string(), "A/AAAA")))
     }
 
-    /// The TXT strings at `name` (each record's strings concatenated).
-    pub async fn txt(&self, name: &str) -> Result<Vec<String>, DnsFailure> {
+    /// The TXT strings at `name` (each record's strings concatenated), and
+    /// the answer's DNSSEC status. No such name or no TXT records is an
+    /// empty list; a validation failure is an empty list marked bogus.
+    pub async fn txt(&self, name: &str) -> Result<(Vec<String>, Dnssec), DnsFailure> {
         let fq = fqdn(name)?;
         match self.inner.lookup(fq, RecordType::TXT).await {
-            Ok(lookup) => Ok(lookup
-                .answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::TXT(txt) => Some(join_character_strings(&txt.txt_data)),
-                    _ => None,
-                })
-                .collect()),
+            Ok(lookup) => {
+                let txt = lookup
+                    .answers()
+                    .iter()
+                    .filter(|r| matches!(r.data, RData::TXT(_)));
+                let strings = txt
+                    .clone()
+                    .filter_map(|r| match &r.data {
+                        RData::TXT(txt) => Some(join_character_strings(&txt.txt_data)),
+                        _ => None,
+                    })
+                    .collect();
+                Ok((strings, Dnssec::of(txt)))
+            }
+            Err(e) if is_bogus(&e) => Ok((Vec::new(), Dnssec::Bogus)),
             Err(e) => match classify(name, "TXT", &e) {
-                DnsFailure::NoRecords(..) | DnsFailure::NoSuchDomain(_) => Ok(Vec::new()),
+                DnsFailure::NoRecords(..) | DnsFailure::NoSuchDomain(_) => {
+                    Ok((Vec::new(), Dnssec::Insecure))
+                }
                 other => Err(other),
             },
         }
@@ -194,6 +277,18 @@ fn fqdn(domain: &str) -> Result<Name, DnsFailure> {
 
 fn host_text(name: &Name) -> String {
     name.to_ascii().trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Whether a lookup failed DNSSEC validation (rather than the network).
+fn is_bogus(e: &NetError) -> bool {
+    matches!(
+        e,
+        NetError::Dns(DnsError::DnssecBogus)
+            | NetError::Dns(DnsError::Nsec {
+                proof: Proof::Bogus,
+                ..
+            })
+    )
 }
 
 fn classify(name: &str, kind: &'static str, e: &NetError) -> DnsFailure {

@@ -210,8 +210,9 @@ pub enum DnsKeys {
     /// No record (NXDOMAIN, NODATA, or no valid enforced record).
     #[default]
     Absent,
-    /// The valid enforced keys (at least one).
-    Published(Vec<PublicKey>),
+    /// The valid enforced keys (at least one), and whether they (and the
+    /// MX record that named the host) were DNSSEC-validated.
+    Published { keys: Vec<PublicKey>, dnssec: bool },
     /// The lookup failed (SERVFAIL, timeout): go on without a DNS key, but
     /// create no pin from this contact (§8.4), since the key that DNS would
     /// have named is unknown.
@@ -220,18 +221,18 @@ pub enum DnsKeys {
 
 impl DnsKeys {
     /// From the result of a TXT lookup.
-    pub fn from_records(records: &[String]) -> Self {
+    pub fn from_records(records: &[String], dnssec: bool) -> Self {
         let keys = super::keys::parse_dns_records(records);
         if keys.is_empty() {
             DnsKeys::Absent
         } else {
-            DnsKeys::Published(keys)
+            DnsKeys::Published { keys, dnssec }
         }
     }
 
     fn keys(&self) -> &[PublicKey] {
         match self {
-            DnsKeys::Published(keys) => keys,
+            DnsKeys::Published { keys, .. } => keys,
             _ => &[],
         }
     }
@@ -249,6 +250,8 @@ pub struct Evidence<'a> {
 /// Why a server key was accepted: the basis of proto-spec §8.3, logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Basis {
+    /// P1: a key in DNSSEC-signed DNS; overrides pins. Authenticated.
+    Dnssec,
     /// P2: the pinned key or its announced successor. Authenticated.
     Pin,
     /// P3: a key published in DNS. Authenticated (§9 explains the trust
@@ -268,6 +271,7 @@ impl Basis {
     /// How the log names it.
     pub fn as_str(self) -> &'static str {
         match self {
+            Basis::Dnssec => "DNSSEC key",
             Basis::Pin => "pinned key",
             Basis::Dns => "DNS key",
             Basis::FirstContact => "first contact",
@@ -293,6 +297,20 @@ impl Evidence<'_> {
     /// keys move on through the successor the server announces, or an
     /// operator's `pins accept`.
     pub fn judge_key(&self, key: &PublicKey) -> KeyVerdict {
+        let expected = |what: &str, keys: &[PublicKey]| {
+            let names: Vec<String> = keys.iter().map(fingerprint).collect();
+            KeyVerdict::Mismatch {
+                expected: format!("{what} {}", names.join(" or ")),
+            }
+        };
+        // P1: signed DNS is the host's own word, and beats any pin.
+        if let DnsKeys::Published { keys, dnssec: true } = self.dns {
+            return if keys.contains(key) {
+                KeyVerdict::Accepted(Basis::Dnssec)
+            } else {
+                expected("the DNSSEC-signed DNS key", keys)
+            };
+        }
         if let Some(pin) = self.pin {
             return if pin.accepts(key) {
                 KeyVerdict::Accepted(Basis::Pin)
@@ -308,10 +326,7 @@ impl Evidence<'_> {
         } else if dns.contains(key) {
             KeyVerdict::Accepted(Basis::Dns)
         } else {
-            let names: Vec<String> = dns.iter().map(fingerprint).collect();
-            KeyVerdict::Mismatch {
-                expected: format!("the DNS key {}", names.join(" or ")),
-            }
+            expected("the DNS key", dns)
         }
     }
 
@@ -349,7 +364,7 @@ pub fn updated_pin(
     };
     let source = match (basis, old) {
         (Basis::Pin, Some(old)) => old.source,
-        (Basis::Dns, _) => PinSource::Dns,
+        (Basis::Dns | Basis::Dnssec, _) => PinSource::Dns,
         _ => PinSource::Tofu,
     };
     // Nothing to learn from a first contact whose DNS answer is unknown.
@@ -407,10 +422,17 @@ mod tests {
     /// proto-spec §8.3, one row per rule and outcome.
     #[test]
     fn verdicts() {
-        use Basis::{Dns, FirstContact};
+        use Basis::{Dns, Dnssec, FirstContact};
         const PIN: Basis = Basis::Pin;
         let pinned = pin(1, Some(2));
-        let dns5 = DnsKeys::Published(vec![[5; 32], [6; 32]]);
+        let dns5 = DnsKeys::Published {
+            keys: vec![[5; 32], [6; 32]],
+            dnssec: false,
+        };
+        let signed5 = DnsKeys::Published {
+            keys: vec![[5; 32]],
+            dnssec: true,
+        };
         let mismatch = None;
         // (DNS, pin, presented key, verdict (None = mismatch), XPONY required)
         type Case<'a> = (&'a DnsKeys, Option<&'a Pin>, u8, Option<Basis>, bool);
@@ -427,6 +449,10 @@ mod tests {
             (&dns5, Some(&pinned), 5, mismatch, true),
             // ...nor refuse what it vouches for.
             (&dns5, Some(&pinned), 1, Some(PIN), true),
+            // Signed DNS beats the pin, both ways.
+            (&signed5, Some(&pinned), 5, Some(Dnssec), true),
+            (&signed5, Some(&pinned), 1, mismatch, true),
+            (&signed5, None, 6, mismatch, true),
         ];
         for (i, (dns, pin, key, want, required)) in cases.iter().enumerate() {
             let evidence = Evidence { dns, pin: *pin };
@@ -513,7 +539,10 @@ mod tests {
         .unwrap();
         assert_eq!((p.key, p.first_seen, p.successor), ([2; 32], now, None));
         // A DNS-matched first contact says so.
-        let dns = DnsKeys::Published(vec![[5; 32]]);
+        let dns = DnsKeys::Published {
+            keys: vec![[5; 32]],
+            dnssec: false,
+        };
         let p = updated_pin(None, &[5; 32], Basis::Dns, &hints(60, None), &dns, now).unwrap();
         assert_eq!(p.source, PinSource::Dns);
     }
