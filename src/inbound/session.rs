@@ -174,6 +174,10 @@ enum Expect {
     Auth,
     /// The reply to end-of-data: the backend's verdict on the message.
     EndOfData,
+    /// The reply to MAIL: 2xx opens a mail transaction.
+    Mail,
+    /// The reply to RSET or HELO: 2xx ends any mail transaction.
+    Reset,
     /// The reply to QUIT: relay it, then close.
     Quit,
     /// A reply to a command the sidecar sent on its own; not relayed.
@@ -305,6 +309,9 @@ pub struct Session {
     ehlo_reply_sent: Vec<u8>,
     /// Whether the last EHLO reply offered XPONY.
     xpony_offered: bool,
+    /// The backend accepted MAIL and the transaction has not ended yet
+    /// (XPONY is refused inside one: proto-spec §3.3 R2).
+    in_transaction: bool,
     /// The established channel and the bytes already read behind message 3.
     pony_ready: Option<(Transport, Vec<u8>)>,
     /// The ephemeral key of the next handshake when a test fixes it (the
@@ -340,6 +347,7 @@ impl Session {
             ehlo_line: Vec::new(),
             ehlo_reply_sent: Vec::new(),
             xpony_offered: false,
+            in_transaction: false,
             pony_ready: None,
             fixed_ephemeral: None,
             stats: Stats::default(),
@@ -480,6 +488,7 @@ impl Session {
     fn encrypted(&mut self, info: TlsInfo) {
         self.tls = Some(info);
         self.xpony_offered = false;
+        self.in_transaction = false;
         // RFC 3207 §4.2: the client starts over with EHLO, and nothing it (or
         // a man in the middle) said before TLS may carry over.
         self.hello = Hello::default();
@@ -686,8 +695,22 @@ impl Session {
                 }
             }
             Expect::Relay => self.relay(raw),
+            Expect::Mail => {
+                self.relay(raw);
+                if span.code / 100 == 2 {
+                    self.in_transaction = true;
+                }
+            }
+            Expect::Reset => {
+                self.relay(raw);
+                if span.code / 100 == 2 {
+                    self.in_transaction = false;
+                }
+            }
             Expect::Ehlo => {
                 if span.code == 250 {
+                    // RFC 5321 §4.1.4: EHLO ends any transaction, as RSET.
+                    self.in_transaction = false;
                     let reply = Reply::from_span(&self.backend_in[start..], span);
                     self.rewrite_ehlo(&reply);
                 } else {
@@ -711,6 +734,8 @@ impl Session {
                 };
             }
             Expect::EndOfData => {
+                // Whatever the verdict, the transaction is over.
+                self.in_transaction = false;
                 if span.code / 100 == 2 {
                     self.stats.messages += 1;
                 } else {
@@ -929,6 +954,15 @@ impl Session {
                         // The backend still waits for the response line.
                         self.phase = Phase::Commands;
                         self.forward_line(b"*", Expect::Relay);
+                    } else if matches!(self.phase, Phase::XponyAwaitingFinish(_)) {
+                        // proto-spec §3.3 R16: no message 3 is that long.
+                        self.phase = Phase::Commands;
+                        self.notice(Notice::XponyFailed {
+                            stage: "message 3",
+                            error: "line too long".into(),
+                        });
+                        self.fail_to_client(Reply::new(500, "5.5.6 Line too long"));
+                        self.close("xpony-failed");
                     } else {
                         self.local(
                             Reply::new(500, "5.5.2 Error: line too long"),
@@ -1003,7 +1037,7 @@ impl Session {
                 let expect = if verb == Verb::Ehlo {
                     Expect::Ehlo
                 } else {
-                    Expect::Relay
+                    Expect::Reset
                 };
                 self.forward_line(line, expect);
             }
@@ -1060,14 +1094,11 @@ impl Session {
                     Then::Continue,
                 );
             }
-            Verb::Mail
-            | Verb::Rcpt
-            | Verb::Rset
-            | Verb::Noop
-            | Verb::Vrfy
-            | Verb::Expn
-            | Verb::Help
-            | Verb::Etrn => self.forward_line(line, Expect::Relay),
+            Verb::Mail => self.forward_line(line, Expect::Mail),
+            Verb::Rset => self.forward_line(line, Expect::Reset),
+            Verb::Rcpt | Verb::Noop | Verb::Vrfy | Verb::Expn | Verb::Help | Verb::Etrn => {
+                self.forward_line(line, Expect::Relay)
+            }
         }
     }
 
@@ -1123,6 +1154,14 @@ impl Session {
             self.phase = Phase::Commands;
             return;
         };
+        // R2, decided in turn: only now are the replies to every command
+        // pipelined before XPONY (a MAIL among them) known.
+        if self.in_transaction {
+            Reply::new(503, "5.5.1 Not permitted during a mail transaction")
+                .write_to(&mut self.to_client);
+            self.phase = Phase::Commands;
+            return;
+        }
         let prologue =
             negotiation::prologue(&self.greeting_sent, &self.ehlo_line, &self.ehlo_reply_sent);
         let ephemeral = match self.fixed_ephemeral.take() {

@@ -212,9 +212,9 @@ pub fn encode_line(message: &[u8]) -> String {
 
 /// The message in one of those lines; `None` for anything but canonical
 /// base64 (proto-spec §3.1: the engine refuses non-zero unused bits and
-/// wrong padding), including an empty line, which carries no message.
+/// wrong padding; white space anywhere is a syntax error), including an
+/// empty line, which carries no message.
 pub fn decode_line(line: &str) -> Option<Vec<u8>> {
-    let line = line.trim();
     if line.is_empty() {
         return None;
     }

@@ -636,27 +636,13 @@ fn xpony_refusals() {
 
     // The client gives up with `*` after our 334.
     let (mut h, _, _) = pony_opened();
-    let m1 = crate::pony::noise::Initiator::new(
-        b"x",
-        crate::pony::noise::Keypair::generate().unwrap(),
-        crate::pony::noise::Keypair::generate().unwrap(),
-    )
-    .write_message_1(&[])
-    .unwrap()
-    .1;
-    h.client(&format!(
-        "XPONY Noise_XX_25519_ChaChaPoly_SHA256 {}\r\n",
-        crate::pony::negotiation::encode_line(&m1)
-    ));
+    h.client(&xpony_line());
     assert!(h.take_client().starts_with("334 "));
     h.client("*\r\n");
     assert_eq!(h.take_client(), "501 5.7.0 XPONY aborted\r\n");
     // A bad message 3 closes the connection.
     let (mut h, _, _) = pony_opened();
-    h.client(&format!(
-        "XPONY Noise_XX_25519_ChaChaPoly_SHA256 {}\r\n",
-        crate::pony::negotiation::encode_line(&m1)
-    ));
+    h.client(&xpony_line());
     h.take_client();
     h.client("AAAA\r\n");
     assert!(h.take_client().starts_with("535 5.7.8"));
@@ -737,4 +723,57 @@ fn xpony_check_order_and_message_3_failures() {
     assert!(h.take_client().starts_with("535 5.7.8"));
     assert!(h.session.is_closed());
     assert!(h.session.take_pony().is_none());
+}
+
+/// proto-spec §3.3 R2: no XPONY inside a mail transaction, decided when the
+/// backend's reply to MAIL is known; RSET (or the end of data) ends it.
+#[test]
+fn xpony_refused_during_a_mail_transaction() {
+    let (mut h, _, _) = pony_opened();
+    // Pipelined: the MAIL reply is still owed when XPONY arrives.
+    h.client(&format!("MAIL FROM:<a@b>\r\n{}", xpony_line()));
+    assert_eq!(h.take_backend(), "MAIL FROM:<a@b>\r\n");
+    h.backend("250 2.1.0 Ok\r\n");
+    assert_eq!(
+        h.take_client(),
+        "250 2.1.0 Ok\r\n503 5.5.1 Not permitted during a mail transaction\r\n"
+    );
+    // A refused MAIL opens nothing; RSET closes what was open.
+    h.client("RSET\r\n");
+    h.backend("250 2.0.0 Ok\r\n");
+    h.take_client();
+    h.client("MAIL FROM:<bad>\r\n");
+    h.backend("501 5.1.7 Bad sender address syntax\r\n");
+    h.take_client();
+    h.take_backend();
+    h.client(&xpony_line());
+    assert!(h.take_client().starts_with("334 "));
+}
+
+/// proto-spec §3.3 R16: a message 3 line over the limit is answered and the
+/// connection closed (the next line must not be taken for message 3).
+#[test]
+fn over_long_message_3_closes() {
+    let (mut h, _, _) = pony_opened();
+    h.client(&xpony_line());
+    assert!(h.take_client().starts_with("334 "));
+    h.client(&format!("{}\r\n", "A".repeat(5000)));
+    assert_eq!(h.take_client(), "500 5.5.6 Line too long\r\n");
+    assert!(h.session.is_closed());
+}
+
+/// An XPONY command with a well-formed message 1 (for a prologue the server
+/// will not share, so message 2 is all it gets to).
+fn xpony_line() -> String {
+    let (_, m1) = crate::pony::noise::Initiator::new(
+        b"x",
+        crate::pony::noise::Keypair::generate().unwrap(),
+        crate::pony::noise::Keypair::generate().unwrap(),
+    )
+    .write_message_1(&[])
+    .unwrap();
+    format!(
+        "XPONY Noise_XX_25519_ChaChaPoly_SHA256 {}\r\n",
+        crate::pony::negotiation::encode_line(&m1)
+    )
 }
