@@ -1204,6 +1204,10 @@ class XponyInternet:
         # semicolons included).
         for mx, key in (("mx.pony2.test", server_key), ("mx.pony3.test", wrong_key)):
             records.append(f'txt-record=_xpony._tcp.{mx},"v=XPONY1; k=x25519; p={key.public}"')
+        # Beside mx.pony2.test's key: an invalid record (ignored, logged) and a testing key
+        # (t=y: never enforced, a session with another key is logged).
+        records.append('txt-record=_xpony._tcp.mx.pony2.test,"v=XPONY1; p=c2hvcnQ="')
+        records.append(f'txt-record=_xpony._tcp.mx.pony2.test,"v=XPONY1; t=y; p={wrong_key.public}"')
         self.dns = Dnsmasq(self.base / "dns", "\n".join(records) + "\n", probe="pony.test")
         pf_base = self.base / "postfix-backend"
         pf_base.mkdir(exist_ok=True)

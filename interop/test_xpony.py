@@ -383,6 +383,13 @@ def test_dns_key_authenticates_first_contact(pony_net, xpony_keys, workdir):
     res, rcpt, _, body = send(net, state, client, "pony2.test", "dns")
     assert_xpony_delivery(res, net, "pony2.test", rcpt, server.fingerprint, DNS_AUTHENTICATED)
     arrived(net.backend, rcpt, body)
+    # Beside the key, mx.pony2.test publishes an invalid record and a testing key (t=y)
+    # that is not the server's: neither is enforced, both are worth a log line.
+    log = res.stderr.decode(errors="replace")
+    assert "_xpony._tcp.mx.pony2.test: invalid XPONY key record ignored (p= is not the " \
+        "base64 of 32 octets)" in log, show(res)
+    assert (f"presented key {server.fingerprint}, not the testing key published in DNS"
+            in log), show(res)
     # The DNS-checked key is pinned as well, and says where it came from.
     assert pinned(state) == {"mx.pony2.test": server.fingerprint}
     assert " source=dns " in pins(state, "list").stdout

@@ -83,6 +83,8 @@ pub struct PonyClient {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PonyContext {
     dns: crate::pony::pins::DnsKeys,
+    /// Keys published for testing (`t=y`): never enforced, only compared.
+    testing: Vec<crate::pony::keys::PublicKey>,
     pin: Option<crate::pony::pins::Pin>,
     /// The host has a pin or a DNS key: it must offer XPONY.
     required: bool,
@@ -620,6 +622,7 @@ impl Deliverer {
             return Ok(None);
         }
         let name = crate::pony::keys::dns_name(host);
+        let mut testing = Vec::new();
         let dns = match self.resolver.txt(&name).await {
             Ok((_, Dnssec::Bogus)) => {
                 let why = format!("the DNSSEC validation of {name} failed (bogus answer)");
@@ -629,6 +632,7 @@ impl Deliverer {
             // A key counts as DNSSEC-signed only if the MX record that
             // named its host was signed too (as for DANE, RFC 7672 §2.2.1).
             Ok((records, status)) => {
+                testing = note_dns_records(&name, &records);
                 DnsKeys::from_records(&records, status == Dnssec::Secure && mx == Dnssec::Secure)
             }
             Err(e) => {
@@ -656,6 +660,7 @@ impl Deliverer {
         }
         Ok(Some(PonyContext {
             dns,
+            testing,
             pin,
             required,
             seen: None,
@@ -828,6 +833,19 @@ impl Deliverer {
                             continue;
                         }
                         KeyVerdict::Accepted(basis) => {
+                            if let Some(c) = conn.pony.as_ref()
+                                && !c.testing.is_empty()
+                                && !c.testing.contains(&key)
+                            {
+                                // proto-spec §8.2: what the operator is testing
+                                // would have failed.
+                                log!(
+                                    "xpony: {}[{}] presented key {}, not the testing key published in DNS (t=y, not enforced)",
+                                    conn.host,
+                                    conn.addr.ip(),
+                                    crate::pony::keys::fingerprint(&key)
+                                );
+                            }
                             if let Some(c) = conn.pony.as_mut() {
                                 c.seen = Some((key, basis, hints));
                             }
@@ -1085,6 +1103,24 @@ fn host_failure_reply(failure: &HostFailure, host: &str, ip: IpAddr, policy: Tls
             ),
         ),
     }
+}
+
+/// Logs the XPONY records at `name` that are invalid (they are ignored, and
+/// the operator who published them should know: proto-spec §8.2), and
+/// returns the testing keys.
+fn note_dns_records(name: &str, records: &[String]) -> Vec<crate::pony::keys::PublicKey> {
+    use crate::pony::keys::{DnsRecord, parse_dns_record};
+    let mut testing = Vec::new();
+    for record in records {
+        match parse_dns_record(record) {
+            DnsRecord::Invalid(why) => {
+                log!("warning: {name}: invalid XPONY key record ignored ({why}): {record:?}")
+            }
+            DnsRecord::Key { key, testing: true } => testing.push(key),
+            _ => {}
+        }
+    }
+    testing
 }
 
 fn unix_now() -> u64 {
