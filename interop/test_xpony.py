@@ -187,7 +187,7 @@ def test_end_to_end_first_contact_then_pinned(pony_net, xpony_keys, workdir):
     stored = arrived(net.backend, rcpt, body)
     trace = blackpony_received(stored)
     assert trace is not None, stored.decode(errors="replace")
-    want = (f"(blackpony) with ESMTPS (XPONY {XPONY_PROTOCOL} "
+    want = (f"(blackpony) with ESMTP (XPONY {XPONY_PROTOCOL} "
             f"peer={client.fingerprint})").encode()
     assert want in trace, f"trace header {trace!r} should contain {want!r}"
     assert trace.startswith(b"Received: from client.test "), trace

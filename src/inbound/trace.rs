@@ -1,7 +1,7 @@
 //! The trace header that tells the backend (and the recipient) how the
 //! message reached blackpony: RFC 5321 §4.4 `Received:` with the TLS version
 //! and cipher in a comment, and the RFC 3848 protocol name (ESMTPS when TLS
-//! was used). No other front tells the backend that TLS was used
+//! was used; XPONY sessions say ESMTP and name XPONY in the comment). No other front tells the backend that TLS was used
 //! (INTEROP-NOTES.md), so this is where it is recorded.
 
 use std::io::Write;
@@ -26,7 +26,9 @@ pub struct TraceFacts<'a> {
 /// straight into the buffer: this runs once per message.
 pub fn write_received(facts: &TraceFacts<'_>, now: SystemTime, out: &mut Vec<u8>) {
     let helo = facts.helo.map(HostName).filter(|h| !h.is_empty());
-    let proto = match (facts.esmtp, facts.tls.is_some()) {
+    // RFC 3848's ESMTPS means TLS; XPONY is recorded in the comment only
+    // (proto-spec §6).
+    let proto = match (facts.esmtp, facts.tls.is_some_and(|t| !t.is_pony())) {
         (true, true) => "ESMTPS",
         (true, false) => "ESMTP",
         (false, true) => "SMTPS",
@@ -110,6 +112,26 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "Received: from client.example (unknown [127.0.0.77])\r\n\tby mx.example.org (blackpony) \
              with ESMTPS (TLSv1.3 TLS_AES_256_GCM_SHA384);\r\n\tMon, 23 Nov 2026 10:00:00 +0000\r\n"
+        );
+
+        // XPONY is not TLS: ESMTP, with the channel in the comment.
+        let pony = TlsInfo {
+            version: crate::pony::negotiation::KEYWORD,
+            cipher: "Noise_XX_25519_ChaChaPoly_SHA256 peer=SHA256:x".into(),
+        };
+        let mut out = Vec::new();
+        write_received(
+            &TraceFacts {
+                tls: Some(&pony),
+                ..facts
+            },
+            now,
+            &mut out,
+        );
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains(" with ESMTP (XPONY Noise_XX_25519_ChaChaPoly_SHA256 peer=SHA256:x);"),
         );
 
         let mut out = Vec::new();

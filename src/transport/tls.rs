@@ -184,11 +184,16 @@ impl TlsInfo {
 }
 
 impl TlsInfo {
+    /// Whether this describes the blackpony channel rather than TLS.
+    pub fn is_pony(&self) -> bool {
+        self.version == crate::pony::negotiation::KEYWORD
+    }
+
     /// The blackpony channel, described like a TLS session for logs and the
     /// trace header: `XPONY/Noise_XX_25519_ChaChaPoly_SHA256 peer=SHA256:…`.
     pub fn pony(transport: &crate::pony::noise::Transport) -> TlsInfo {
         TlsInfo {
-            version: "XPONY",
+            version: crate::pony::negotiation::KEYWORD,
             cipher: format!(
                 "{} peer={}",
                 crate::pony::noise::PROTOCOL_NAME,
