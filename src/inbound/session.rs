@@ -450,6 +450,12 @@ impl Session {
                     self.config.hostname
                 ),
             ));
+        } else if matches!(self.phase, Phase::XponyAwaitingFinish(_)) {
+            // proto-spec §3.3 R17.
+            self.notice(Notice::Timeout {
+                waiting_for: "XPONY message 3",
+            });
+            self.fail_to_client(Reply::new(421, "4.4.2 Timeout waiting for XPONY"));
         } else {
             self.notice(Notice::Timeout {
                 waiting_for: "client",

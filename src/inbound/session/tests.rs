@@ -454,6 +454,13 @@ fn timeouts_name_the_silent_side() {
     assert!(h.session.awaiting_backend());
     h.session.timeout();
     assert!(h.take_client().starts_with("421 4.4.1 "));
+    // proto-spec §3.3 R17: no message 3 after our 334.
+    let (mut h, _, _) = pony_opened();
+    h.client(&xpony_line());
+    assert!(h.take_client().starts_with("334 "));
+    h.session.timeout();
+    assert_eq!(h.take_client(), "421 4.4.2 Timeout waiting for XPONY\r\n");
+    assert!(h.session.is_closed());
 }
 
 #[test]
