@@ -262,6 +262,15 @@ struct MiniMta {
 }
 
 impl MiniMta {
+    /// Answers what the sidecar sent it.
+    fn serve(&mut self, sidecar: &mut crate::inbound::session::Session) {
+        let to_mta = std::mem::take(&mut sidecar.to_backend);
+        if !to_mta.is_empty() {
+            let replies = self.input(&to_mta);
+            sidecar.backend_input(&replies);
+        }
+    }
+
     fn input(&mut self, bytes: &[u8]) -> Vec<u8> {
         self.pending.extend_from_slice(bytes);
         let mut out = Vec::new();
@@ -350,11 +359,7 @@ fn client_through_the_sidecar() {
         if !to_sidecar.is_empty() {
             sidecar.client_input(&to_sidecar);
         }
-        let to_mta = std::mem::take(&mut sidecar.to_backend);
-        if !to_mta.is_empty() {
-            let replies = mta.input(&to_mta);
-            sidecar.backend_input(&replies);
-        }
+        mta.serve(&mut sidecar);
     }
     assert_eq!(step, Step::Done);
     assert!(client.tls_up());
@@ -443,4 +448,137 @@ fn replies_to_xpony() {
             (want, got) => panic!("after {reply:?}: want {want:?}, got {got:?}"),
         }
     }
+}
+
+/// Sends `bytes` from one end of the channel to the other as a frame and
+/// puts what arrives in their place; the number of frames sent (0 or 1).
+fn cross(
+    from: &mut crate::pony::channel::Channel,
+    to: &mut crate::pony::channel::Channel,
+    bytes: &mut Vec<u8>,
+) -> usize {
+    if bytes.is_empty() {
+        return 0;
+    }
+    let mut wire = Vec::new();
+    from.seal_data(bytes, &mut wire).unwrap();
+    bytes.clear();
+    to.open(&wire, bytes).unwrap();
+    1
+}
+
+/// The outbound client and the inbound relay session meet with XPONY, in
+/// memory: the handshake lines go through both state machines, the key
+/// check step is answered as the deliverer answers it, and after the switch
+/// every byte crosses as frames sealed and opened by two channels (what
+/// the I/O loop's `PonyStream` does on each side).
+#[test]
+fn client_through_the_sidecar_with_xpony() {
+    use crate::inbound::Identity;
+    use crate::inbound::session::{Action, Session, SessionConfig};
+    use crate::pony::channel::Channel;
+    use crate::pony::negotiation::{ServerHints, ServerIdentity};
+    use crate::pony::noise::Keypair;
+    use std::sync::Arc;
+
+    let server_key = Keypair::generate().unwrap();
+    let client_key = Keypair::generate().unwrap();
+    let config = SessionConfig {
+        hostname: "mx.example".into(),
+        identity: Identity::ProxyV2,
+        require_tls: false,
+        bare_newlines: crate::smtp::BareNewlines::Normalize,
+        trace_header: true,
+        pony: Some(Arc::new(ServerIdentity {
+            key: server_key.clone(),
+            hints: ServerHints {
+                max_age: 3600,
+                ..ServerHints::default()
+            },
+        })),
+    };
+    let mut sidecar = Session::new(
+        Arc::new(config),
+        "192.0.2.9:5000".parse().unwrap(),
+        "192.0.2.1:25".parse().unwrap(),
+    );
+    let mut mta = MiniMta::default();
+    let mut client = session(
+        StartTls::IfOffered,
+        &["a@mx.example"],
+        b"Subject: pony\r\n\r\nhi\r\n",
+    )
+    .with_pony(PonyOffer {
+        key: client_key.clone(),
+        required: false,
+    });
+    // The two ends of the channel, once the handshake has made them.
+    let mut channels: Option<(Channel, Channel)> = None;
+    let mut seen_key = None;
+    let mut frames_crossed = 0;
+
+    sidecar.backend_input(b"220 mini.example ESMTP\r\n");
+    let mut step = Step::Continue;
+    for _ in 0..200 {
+        // Sidecar -> client: plaintext before the switch, frames after.
+        let mut to_client = std::mem::take(&mut sidecar.to_client);
+        if let Some((client_end, server_end)) = channels.as_mut() {
+            frames_crossed += cross(server_end, client_end, &mut to_client);
+        }
+        if !to_client.is_empty() {
+            step = client.receive(&to_client);
+        }
+        match step {
+            Step::CheckServerKey { key, hints } => {
+                assert_eq!(hints.max_age, 3600);
+                seen_key = Some(key);
+                step = client.xpony_accept();
+            }
+            Step::StartTls => panic!("STARTTLS chosen over XPONY"),
+            _ => {}
+        }
+        if step == Step::SwitchToPony {
+            // Message 3 is the last plaintext line.
+            let line = std::mem::take(&mut client.outgoing);
+            sidecar.client_input(&line);
+            assert_eq!(sidecar.poll_action(), Some(Action::StartPony));
+            let (server_transport, behind) = sidecar.take_pony().unwrap();
+            let (client_transport, ahead) = client.take_pony().unwrap();
+            assert!(behind.is_empty() && ahead.is_empty());
+            channels = Some((
+                Channel::new(client_transport),
+                Channel::new(server_transport),
+            ));
+            let info = |peer: &Keypair| crate::transport::TlsInfo {
+                version: crate::pony::negotiation::KEYWORD,
+                cipher: format!("peer={}", crate::pony::keys::fingerprint(&peer.public())),
+            };
+            sidecar.pony_established(info(&client_key));
+            client.pony_established();
+            step = Step::Continue;
+            continue;
+        }
+        if step == Step::Done {
+            break;
+        }
+        // Client -> sidecar.
+        let mut to_sidecar = std::mem::take(&mut client.outgoing);
+        if let Some((client_end, server_end)) = channels.as_mut() {
+            frames_crossed += cross(client_end, server_end, &mut to_sidecar);
+        }
+        if !to_sidecar.is_empty() {
+            sidecar.client_input(&to_sidecar);
+        }
+        mta.serve(&mut sidecar);
+    }
+    assert_eq!(step, Step::Done);
+    assert_eq!(seen_key, Some(server_key.public()));
+    assert!(frames_crossed >= 4, "{frames_crossed} frames");
+    assert_eq!(
+        codes(client.outcome().unwrap()),
+        [("a@mx.example".to_string(), 250, "end of data")]
+    );
+    let got = String::from_utf8(mta.messages[0].clone()).unwrap();
+    assert!(got.contains(" with ESMTP (XPONY peer=SHA256:"), "{got}");
+    assert!(got.ends_with("Subject: pony\r\n\r\nhi\r\n"), "{got}");
 }
