@@ -1048,7 +1048,10 @@ impl Session {
                 self.forward_line(line, expect);
             }
             Verb::StartTls => {
-                if self.tls.is_some() {
+                if self.tls.as_ref().is_some_and(TlsInfo::is_pony) {
+                    // proto-spec §6.
+                    self.local(Reply::new(503, "5.5.1 Already encrypted"), Then::Continue);
+                } else if self.tls.is_some() {
                     self.local(
                         Reply::new(554, "5.5.1 Error: TLS already active"),
                         Then::Continue,

@@ -607,6 +607,11 @@ fn xpony_handshake_switches_to_frames() {
         !after.contains("XPONY") && !after.contains("STARTTLS"),
         "{after}"
     );
+    // §6: neither may start again.
+    h.client("STARTTLS\r\n");
+    assert_eq!(h.take_client(), "503 5.5.1 Already encrypted\r\n");
+    h.client("XPONY Noise_XX_25519_ChaChaPoly_SHA256 AAAA\r\n");
+    assert_eq!(h.take_client(), "503 5.5.1 Already encrypted\r\n");
 }
 
 #[test]
