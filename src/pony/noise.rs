@@ -95,8 +95,14 @@ impl Keypair {
 }
 
 impl Clone for Keypair {
+    /// Copies both halves: recomputing the public key would cost a
+    /// base-point multiplication, and a server clones its static key for
+    /// every connection. The copy of the secret is zeroized on drop too.
     fn clone(&self) -> Self {
-        Keypair::from_secret(*self.secret_bytes())
+        Keypair {
+            secret: self.secret.clone(),
+            public: self.public,
+        }
     }
 }
 
@@ -132,9 +138,16 @@ impl CipherState {
         self.nonce
     }
 
-    /// ENCRYPT(k, n, ad, plaintext) in place: `buf` holds the plaintext and
-    /// gets the tag appended. Without a key, nothing happens (§5.1).
-    fn encrypt_with_ad(&mut self, ad: &[u8], buf: &mut Vec<u8>) -> Result<(), NoiseError> {
+    /// ENCRYPT(k, n, ad, plaintext) in place: `buf[from..]` holds the
+    /// plaintext and the tag is appended to `buf`, so a caller can seal
+    /// straight into its output buffer behind what is already there.
+    /// Without a key, nothing happens (§5.1).
+    fn encrypt_with_ad(
+        &mut self,
+        ad: &[u8],
+        buf: &mut Vec<u8>,
+        from: usize,
+    ) -> Result<(), NoiseError> {
         let Some(key) = &self.key else {
             return Ok(());
         };
@@ -142,35 +155,44 @@ impl CipherState {
         if self.nonce == u64::MAX {
             return Err(NoiseError::NonceExhausted);
         }
+        let plaintext = buf.get_mut(from..).ok_or(NoiseError::BadLength)?;
         let cipher = ChaCha20Poly1305::new(Key::from_slice(key.as_ref()));
         let tag = cipher
-            .encrypt_in_place_detached(&nonce(self.nonce), ad, buf)
+            .encrypt_in_place_detached(&nonce(self.nonce), ad, plaintext)
             .map_err(|_| NoiseError::TooLong)?;
         buf.extend_from_slice(&tag);
         self.nonce += 1;
         Ok(())
     }
 
-    /// DECRYPT(k, n, ad, ciphertext) in place. The nonce advances only when
-    /// the message authenticates, so a forged message cannot desynchronise
-    /// the session (§5.1).
-    fn decrypt_with_ad(&mut self, ad: &[u8], buf: &mut Vec<u8>) -> Result<(), NoiseError> {
+    /// DECRYPT(k, n, ad, ciphertext) in place: `buf[from..]` holds the
+    /// ciphertext and tag; on success the tag is cut off and the plaintext
+    /// is left in its place. On failure `buf` is unchanged and the nonce
+    /// does not advance, so a forged message cannot desynchronise the
+    /// session (§5.1).
+    fn decrypt_with_ad(
+        &mut self,
+        ad: &[u8],
+        buf: &mut Vec<u8>,
+        from: usize,
+    ) -> Result<(), NoiseError> {
         let Some(key) = &self.key else {
             return Ok(());
         };
         if self.nonce == u64::MAX {
             return Err(NoiseError::NonceExhausted);
         }
-        if buf.len() < TAG_LEN {
+        let message = buf.get_mut(from..).ok_or(NoiseError::BadLength)?;
+        let Some(split) = message.len().checked_sub(TAG_LEN) else {
             return Err(NoiseError::Decrypt);
-        }
-        let split = buf.len() - TAG_LEN;
-        let tag = *Tag::from_slice(&buf[split..]);
-        buf.truncate(split);
+        };
+        let (ciphertext, tag) = message.split_at_mut(split);
+        let tag = *Tag::from_slice(tag);
         let cipher = ChaCha20Poly1305::new(Key::from_slice(key.as_ref()));
         cipher
-            .decrypt_in_place_detached(&nonce(self.nonce), ad, buf, &tag)
+            .decrypt_in_place_detached(&nonce(self.nonce), ad, ciphertext, &tag)
             .map_err(|_| NoiseError::Decrypt)?;
+        buf.truncate(from + split);
         self.nonce += 1;
         Ok(())
     }
@@ -213,6 +235,14 @@ fn hkdf2(chaining_key: &[u8; KEY_LEN], ikm: &[u8]) -> (Zeroizing<[u8; 32]>, Zero
     (a, b)
 }
 
+/// HASH(h || data), the step of MixHash (§5.2).
+fn hash2(h: &[u8; KEY_LEN], data: &[u8]) -> [u8; KEY_LEN] {
+    let mut hasher = Sha256::new();
+    hasher.update(h);
+    hasher.update(data);
+    hasher.finalize().into()
+}
+
 /// The SymmetricState (§5.2): chaining key, handshake hash, cipher.
 struct SymmetricState {
     cipher: CipherState,
@@ -241,10 +271,7 @@ impl SymmetricState {
     }
 
     fn mix_hash(&mut self, data: &[u8]) {
-        let mut hasher = Sha256::new();
-        hasher.update(self.h);
-        hasher.update(data);
-        self.h = hasher.finalize().into();
+        self.h = hash2(&self.h, data);
     }
 
     fn mix_key(&mut self, ikm: &[u8]) {
@@ -253,19 +280,22 @@ impl SymmetricState {
         self.cipher = CipherState::with_key(*k);
     }
 
-    /// Encrypts `buf` in place (if a key is set) and mixes the result into h.
-    fn encrypt_and_hash(&mut self, buf: &mut Vec<u8>) -> Result<(), NoiseError> {
+    /// Encrypts `buf[from..]` in place (if a key is set) and mixes the
+    /// result into h.
+    fn encrypt_and_hash(&mut self, buf: &mut Vec<u8>, from: usize) -> Result<(), NoiseError> {
         let h = self.h;
-        self.cipher.encrypt_with_ad(&h, buf)?;
-        self.mix_hash(buf);
+        self.cipher.encrypt_with_ad(&h, buf, from)?;
+        self.mix_hash(&buf[from..]);
         Ok(())
     }
 
+    /// Decrypts `buf` in place. h must take in the ciphertext, so it is
+    /// hashed before decryption replaces it (rather than copied).
     fn decrypt_and_hash(&mut self, buf: &mut Vec<u8>) -> Result<(), NoiseError> {
+        let next_h = hash2(&self.h, buf);
         let h = self.h;
-        let ciphertext = buf.clone();
-        self.cipher.decrypt_with_ad(&h, buf)?;
-        self.mix_hash(&ciphertext);
+        self.cipher.decrypt_with_ad(&h, buf, 0)?;
+        self.h = next_h;
         Ok(())
     }
 
@@ -316,9 +346,9 @@ fn write_payload(
     payload: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), NoiseError> {
-    let mut buf = payload.to_vec();
-    sym.encrypt_and_hash(&mut buf)?;
-    out.extend_from_slice(&buf);
+    let from = out.len();
+    out.extend_from_slice(payload);
+    sym.encrypt_and_hash(out, from)?;
     if out.len() > MAX_MESSAGE {
         return Err(NoiseError::TooLong);
     }
@@ -471,9 +501,9 @@ impl InitiatorAwaitingConfirm {
     /// Message 3: `-> s, se`; the handshake is complete.
     pub fn write_message_3(mut self, payload: &[u8]) -> Result<(Transport, Vec<u8>), NoiseError> {
         let mut out = Vec::with_capacity(KEY_LEN + TAG_LEN + payload.len() + TAG_LEN);
-        let mut s = self.s.public.to_vec();
-        self.sym.encrypt_and_hash(&mut s)?;
-        out.extend_from_slice(&s);
+        let from = out.len();
+        out.extend_from_slice(&self.s.public);
+        self.sym.encrypt_and_hash(&mut out, from)?;
         let se = self.s.dh(&self.re)?;
         self.sym.mix_key(se.as_ref());
         write_payload(&mut self.sym, payload, &mut out)?;
@@ -523,9 +553,9 @@ impl ResponderReady {
         write_e(&mut self.sym, &self.e, &mut out);
         let ee = self.e.dh(&self.re)?;
         self.sym.mix_key(ee.as_ref());
-        let mut s = self.s.public.to_vec();
-        self.sym.encrypt_and_hash(&mut s)?;
-        out.extend_from_slice(&s);
+        let from = out.len();
+        out.extend_from_slice(&self.s.public);
+        self.sym.encrypt_and_hash(&mut out, from)?;
         let es = self.s.dh(&self.re)?;
         self.sym.mix_key(es.as_ref());
         write_payload(&mut self.sym, payload, &mut out)?;
@@ -601,24 +631,40 @@ impl Transport {
 
     /// Encrypts `plaintext` (at most 65535 - 16 bytes) into a transport message.
     pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, NoiseError> {
-        if plaintext.len() + TAG_LEN > MAX_MESSAGE {
-            return Err(NoiseError::TooLong);
-        }
         let mut buf = Vec::with_capacity(plaintext.len() + TAG_LEN);
         buf.extend_from_slice(plaintext);
-        self.send.encrypt_with_ad(&[], &mut buf)?;
+        self.encrypt_in_place(&mut buf, 0)?;
         Ok(buf)
+    }
+
+    /// Encrypts the plaintext in `buf[from..]` (at most 65535 - 16 bytes)
+    /// where it lies and appends the tag: the transport message without a
+    /// copy, for framing that seals straight into its output buffer.
+    pub fn encrypt_in_place(&mut self, buf: &mut Vec<u8>, from: usize) -> Result<(), NoiseError> {
+        let len = buf.len().checked_sub(from).ok_or(NoiseError::BadLength)?;
+        if len + TAG_LEN > MAX_MESSAGE {
+            return Err(NoiseError::TooLong);
+        }
+        self.send.encrypt_with_ad(&[], buf, from)
     }
 
     /// Decrypts a transport message. Tampered, truncated, replayed or
     /// reordered messages fail, and the receive nonce does not move.
     pub fn decrypt(&mut self, message: &[u8]) -> Result<Vec<u8>, NoiseError> {
-        if message.len() > MAX_MESSAGE {
+        let mut buf = message.to_vec();
+        self.decrypt_in_place(&mut buf, 0)?;
+        Ok(buf)
+    }
+
+    /// Decrypts the transport message in `buf[from..]` where it lies: on
+    /// success the plaintext is left there and the tag cut off. A message
+    /// that fails leaves `buf` and the receive nonce as they were.
+    pub fn decrypt_in_place(&mut self, buf: &mut Vec<u8>, from: usize) -> Result<(), NoiseError> {
+        let len = buf.len().checked_sub(from).ok_or(NoiseError::BadLength)?;
+        if len > MAX_MESSAGE {
             return Err(NoiseError::TooLong);
         }
-        let mut buf = message.to_vec();
-        self.recv.decrypt_with_ad(&[], &mut buf)?;
-        Ok(buf)
+        self.recv.decrypt_with_ad(&[], buf, from)
     }
 
     /// Rekeys the sending direction (§11.3); the peer rekeys its receiving one.
