@@ -17,11 +17,19 @@ use crate::pony::channel::{Channel, MAX_BODY};
 /// Ciphertext waiting to be written before new writes are refused.
 const MAX_PENDING: usize = 4 * 65537;
 
+/// The least room a read from the socket is given.
+const READ_CHUNK: usize = 16 * 1024;
+
 pub struct PonyStream<S> {
     inner: S,
     channel: Channel,
-    /// Ciphertext read but not yet opened (at most one partial frame).
+    /// Ciphertext read from the socket: `rx_wire[rx_start..rx_end]` is not
+    /// yet opened (at most one partial frame once `open` has run). The
+    /// socket reads straight into the space behind `rx_end`, which is
+    /// zeroed once when the buffer grows, never per read.
     rx_wire: Vec<u8>,
+    rx_start: usize,
+    rx_end: usize,
     /// Plaintext opened but not yet returned.
     rx_plain: Vec<u8>,
     rx_pos: usize,
@@ -38,7 +46,7 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
 impl<S> std::fmt::Debug for PonyStream<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PonyStream")
-            .field("buffered_in", &self.rx_wire.len())
+            .field("buffered_in", &(self.rx_end - self.rx_start))
             .field("pending_out", &(self.tx_wire.len() - self.tx_pos))
             .finish_non_exhaustive()
     }
@@ -51,6 +59,8 @@ impl<S> PonyStream<S> {
         PonyStream {
             inner,
             channel,
+            rx_start: 0,
+            rx_end: already_read.len(),
             rx_wire: already_read,
             rx_plain: Vec::new(),
             rx_pos: 0,
@@ -85,6 +95,29 @@ impl<S: AsyncWrite + Unpin> PonyStream<S> {
     }
 }
 
+impl<S> PonyStream<S> {
+    /// Leaves at least [`READ_CHUNK`] bytes behind `rx_end` for the next
+    /// read: moves the unopened bytes (a partial frame) to the front, and
+    /// grows the buffer only if that is not enough.
+    fn make_read_room(&mut self) {
+        if self.rx_start == self.rx_end {
+            self.rx_start = 0;
+            self.rx_end = 0;
+        }
+        if self.rx_wire.len() - self.rx_end >= READ_CHUNK {
+            return;
+        }
+        if self.rx_start > 0 {
+            self.rx_wire.copy_within(self.rx_start..self.rx_end, 0);
+            self.rx_end -= self.rx_start;
+            self.rx_start = 0;
+        }
+        if self.rx_wire.len() - self.rx_end < READ_CHUNK {
+            self.rx_wire.resize(self.rx_end + READ_CHUNK, 0);
+        }
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for PonyStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -106,22 +139,26 @@ impl<S: AsyncRead + Unpin> AsyncRead for PonyStream<S> {
             this.rx_pos = 0;
             let opened = this
                 .channel
-                .open(&this.rx_wire, &mut this.rx_plain)
+                .open(
+                    &this.rx_wire[this.rx_start..this.rx_end],
+                    &mut this.rx_plain,
+                )
                 .map_err(invalid)?;
-            this.rx_wire.drain(..opened.consumed);
+            this.rx_start += opened.consumed;
             if !this.rx_plain.is_empty() || opened.closed {
                 continue;
             }
-            let mut chunk = [0u8; 16 * 1024];
-            let mut read = ReadBuf::new(&mut chunk);
+            this.make_read_room();
+            let mut read = ReadBuf::new(&mut this.rx_wire[this.rx_end..]);
             ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
-            if read.filled().is_empty() {
+            let n = read.filled().len();
+            if n == 0 {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "blackpony channel ended without CLOSE (truncated)",
                 )));
             }
-            this.rx_wire.extend_from_slice(read.filled());
+            this.rx_end += n;
         }
     }
 }
