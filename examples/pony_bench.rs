@@ -107,35 +107,43 @@ fn tls_pair(tls: &Tls) -> (rustls::ClientConnection, rustls::ServerConnection) {
     (c, s)
 }
 
-fn rate(n: u64, elapsed: Duration) -> f64 {
-    n as f64 / elapsed.as_secs_f64()
+/// Calls `step` until `budget` is used up; what the steps returned (a
+/// count of handshakes or bytes), per second.
+fn rate(budget: Duration, step: &mut dyn FnMut() -> u64) -> f64 {
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < budget {
+        n += step();
+    }
+    n as f64 / start.elapsed().as_secs_f64()
 }
+
+/// Each row runs in this many slices, the rows taking turns, and the best
+/// slice counts: another process on the machine (a build, a test run)
+/// then slows a slice of every row, not the whole of one row.
+const ROUNDS: u32 = 5;
 
 fn main() {
     let seconds: f64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2.0);
-    let budget = Duration::from_secs_f64(seconds);
+    let slice = Duration::from_secs_f64(seconds) / ROUNDS;
     let client_static = Keypair::generate().expect("random");
     let server_static = Keypair::generate().expect("random");
     let tls = tls_configs();
 
-    // Handshakes per second (both sides' work, one core).
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < budget {
+    // Handshakes (both sides' work, one core): each side's static key is
+    // cloned per handshake, as a server does per connection, and the
+    // ephemeral keys are fresh, as TLS's key shares are.
+    let mut noise_hs = || {
         let _ = noise_pair(&client_static, &server_static);
-        n += 1;
-    }
-    let noise_hs = rate(n, start.elapsed());
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < budget {
+        1
+    };
+    let mut tls_hs = || {
         let _ = tls_pair(&tls);
-        n += 1;
-    }
-    let tls_hs = rate(n, start.elapsed());
+        1
+    };
 
     // Bulk: 16 KiB writes, sealed by one side and opened by the other.
     let chunk = vec![0x5au8; 16 * 1024];
@@ -143,24 +151,20 @@ fn main() {
     let (mut tx, mut rx) = (Channel::new(i), Channel::new(r));
     let mut wire = Vec::with_capacity(64 * 1024);
     let mut plain = Vec::with_capacity(64 * 1024);
-    let start = Instant::now();
-    let mut bytes = 0u64;
-    while start.elapsed() < budget {
+    let mut noise_bulk = || {
         wire.clear();
         plain.clear();
         tx.seal_data(&chunk, &mut wire).expect("seal");
         let opened = rx.open(&wire, &mut plain).expect("open");
         assert_eq!(opened.consumed, wire.len());
-        bytes += chunk.len() as u64;
-    }
-    let noise_bulk = rate(bytes, start.elapsed()) / 1e6;
+        assert_eq!(plain.len(), chunk.len());
+        chunk.len() as u64
+    };
 
     let (mut c, mut s) = tls_pair(&tls);
     let mut tls_wire = Vec::with_capacity(64 * 1024);
     let mut out = vec![0u8; 64 * 1024];
-    let start = Instant::now();
-    let mut bytes = 0u64;
-    while start.elapsed() < budget {
+    let mut tls_bulk = || {
         use std::io::{Read, Write};
         c.writer().write_all(&chunk).expect("write");
         tls_wire.clear();
@@ -176,11 +180,24 @@ fn main() {
         while got < chunk.len() {
             got += s.reader().read(&mut out).expect("read");
         }
-        bytes += chunk.len() as u64;
-    }
-    let tls_bulk = rate(bytes, start.elapsed()) / 1e6;
+        chunk.len() as u64
+    };
 
-    println!("blackpony extension vs TLS 1.3, in memory, {seconds:.1} s per row, one core");
+    let mut rows: [&mut dyn FnMut() -> u64; 4] =
+        [&mut noise_hs, &mut tls_hs, &mut noise_bulk, &mut tls_bulk];
+    let mut best = [0f64; 4];
+    for _ in 0..ROUNDS {
+        for (row, best) in rows.iter_mut().zip(&mut best) {
+            *best = best.max(rate(slice, *row));
+        }
+    }
+    let [noise_hs, tls_hs, noise_bulk, tls_bulk] = best;
+    let (noise_bulk, tls_bulk) = (noise_bulk / 1e6, tls_bulk / 1e6);
+
+    println!(
+        "blackpony extension vs TLS 1.3, in memory, {seconds:.1} s per row \
+         (best of {ROUNDS} slices), one core"
+    );
     println!("{:<58}{:>12}{:>9}", "", "per second", "ratio");
     println!(
         "{:<58}{:>12.0}{:>9.2}",
