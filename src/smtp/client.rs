@@ -254,7 +254,9 @@ impl ClientSession {
         let State::XponyConfirm(state) = std::mem::replace(&mut self.state, State::Done) else {
             return Step::Continue;
         };
-        match state.write_message_3(&[]) {
+        // Our name, inside the encrypted payload (proto-spec §4.4): the
+        // server may log it; it decides nothing.
+        match state.write_message_3(&negotiation::message_3_payload(&self.helo_name)) {
             Ok((transport, message_3)) => {
                 let line = negotiation::encode_line(&message_3);
                 self.send_line(&line);
