@@ -85,11 +85,19 @@ def pinned(state: Path) -> dict[str, str]:
 
 
 class LogSince:
-    """What a process (blackpony inbound, xpony_mitm.py) logged after this point."""
+    """What a process (blackpony inbound, xpony_mitm.py) logged after this point. For an
+    inbound, the point is taken once every session it logged a connect for has logged its
+    disconnect too (they are written after the client has gone), so a session of an earlier
+    step is never counted as one of the next."""
 
-    def __init__(self, proc):
+    def __init__(self, proc, timeout: float = 10):
         self.proc = proc
-        self.start = len(proc.log_text())
+
+        def settled():
+            text = proc.log_text()
+            done = text.count(" connect client=") == text.count(" disconnect client=")
+            return (len(text),) if done else None
+        [self.start] = wait_for(settled, timeout, f"every session in {proc.log_path} to end")
 
     def text(self) -> str:
         return self.proc.log_text()[self.start:]

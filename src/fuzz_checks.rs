@@ -136,7 +136,7 @@ pub fn inbound_session(input: &[u8]) {
         match selector % 6 {
             0 | 1 => session.client_input(data),
             2 | 3 => session.backend_input(data),
-            4 => session.tls_established(crate::transport::TlsInfo {
+            4 => session.tls_established(crate::transport::Encryption::Tls {
                 version: "TLSv1.3",
                 cipher: "TLS_AES_128_GCM_SHA256".into(),
             }),

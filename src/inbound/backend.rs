@@ -11,7 +11,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::process::{Child, Command};
 
 use super::identity::{Identity, connection_preamble, ucspi_env};
-use crate::transport::TlsInfo;
+use crate::transport::Encryption;
 
 /// Where the backend MTA is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +68,7 @@ pub struct ClientFacts<'a> {
     pub local: SocketAddr,
     pub hostname: &'a str,
     pub identity: Identity,
-    pub tls: Option<&'a TlsInfo>,
+    pub tls: Option<&'a Encryption>,
 }
 
 impl BackendConn {

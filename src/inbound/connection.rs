@@ -15,7 +15,7 @@ use super::session::{Action, Session};
 use super::{InboundConfig, display_client};
 use crate::log;
 use crate::smtp::Reply;
-use crate::transport::{ServerTls, Stream, TlsInfo};
+use crate::transport::{Encryption, ServerTls, Stream};
 
 /// Read buffers start small, so thousands of idle connections cost little,
 /// and grow (up to [`MAX_READ_BUFFER`]) when a read fills them, so a bulk
@@ -116,7 +116,7 @@ pub async fn serve(tcp: TcpStream, client: SocketAddr, local: SocketAddr, shared
     let tls = run
         .session
         .tls()
-        .map_or_else(|| "none".to_string(), TlsInfo::to_string);
+        .map_or_else(|| "none".to_string(), Encryption::to_string);
     log!(
         "session={id} disconnect client={who} tls={tls} identity={} messages={} refused={} bytes={} end={} reply=\"{}\" duration={:.3}s",
         config.session.identity.as_str(),
@@ -276,7 +276,7 @@ impl Run<'_> {
                 return Some(encrypted);
             }
         };
-        let info = TlsInfo::pony(&transport);
+        let info = Encryption::pony(&transport);
         log!("session={} xpony client={} {info}", self.id, self.who);
         let channel = crate::pony::channel::Channel::new(transport);
         let stream = Stream::Pony(Box::new(crate::transport::PonyStream::new(
@@ -301,7 +301,7 @@ impl Run<'_> {
         let timeout = self.shared.config.client_timeout;
         match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => {
-                let info = TlsInfo::from_state(tls.get_ref().1);
+                let info = Encryption::from_tls(tls.get_ref().1);
                 log!(
                     "session={} starttls client={} tls={info}",
                     self.id,

@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::transport::TlsInfo;
+use crate::transport::Encryption;
 
 /// How blackpony tells the backend who the client is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -172,7 +172,7 @@ pub fn ucspi_env(
     client: SocketAddr,
     local: SocketAddr,
     hostname: &str,
-    tls: Option<&TlsInfo>,
+    tls: Option<&Encryption>,
 ) -> Vec<(String, String)> {
     let (c, l) = same_family(client, local);
     let mut env = vec![
@@ -184,8 +184,8 @@ pub fn ucspi_env(
         ("TCPLOCALHOST".into(), hostname.into()),
     ];
     if let Some(tls) = tls {
-        env.push(("SSL_PROTOCOL".into(), tls.version.into()));
-        env.push(("SSL_CIPHER".into(), tls.cipher.clone()));
+        env.push(("SSL_PROTOCOL".into(), tls.protocol().into()));
+        env.push(("SSL_CIPHER".into(), tls.details()));
         env.push(("BLACKPONY_TLS".into(), tls.to_string()));
     }
     env

@@ -32,7 +32,7 @@ use crate::smtp::command::{NextLine, next_line};
 use crate::smtp::{
     BareNewlines, Command, DataScanner, EhloReply, Reply, ReplyError, ReplyParser, ReplySpan, Verb,
 };
-use crate::transport::TlsInfo;
+use crate::transport::Encryption;
 
 /// Commands pipelined ahead of their replies before we stop reading more.
 const MAX_PENDING: usize = 1000;
@@ -292,7 +292,7 @@ pub struct Session {
     /// Skipping the rest of an over-long command line.
     skipping_line: bool,
     hello: Hello,
-    tls: Option<TlsInfo>,
+    tls: Option<Encryption>,
     xclient: XclientAttrs,
     backend_size: Option<u64>,
     actions: VecDeque<Action>,
@@ -370,7 +370,7 @@ impl Session {
         &self.stats
     }
 
-    pub fn tls(&self) -> Option<&TlsInfo> {
+    pub fn tls(&self) -> Option<&Encryption> {
         self.tls.as_ref()
     }
 
@@ -469,7 +469,7 @@ impl Session {
     }
 
     /// The TLS handshake with the client finished.
-    pub fn tls_established(&mut self, info: TlsInfo) {
+    pub fn tls_established(&mut self, info: Encryption) {
         if !matches!(self.phase, Phase::Handshake) {
             return;
         }
@@ -483,7 +483,7 @@ impl Session {
     }
 
     /// The client connection now runs over the blackpony channel.
-    pub fn pony_established(&mut self, info: TlsInfo) {
+    pub fn pony_established(&mut self, info: Encryption) {
         if !matches!(self.phase, Phase::XponySwitch) {
             return;
         }
@@ -491,7 +491,7 @@ impl Session {
     }
 
     /// After STARTTLS or XPONY: the session starts over (RFC 3207 §4.2).
-    fn encrypted(&mut self, info: TlsInfo) {
+    fn encrypted(&mut self, info: Encryption) {
         self.tls = Some(info);
         self.xpony_offered = false;
         self.in_transaction = false;
@@ -1048,7 +1048,7 @@ impl Session {
                 self.forward_line(line, expect);
             }
             Verb::StartTls => {
-                if self.tls.as_ref().is_some_and(TlsInfo::is_pony) {
+                if self.tls.as_ref().is_some_and(Encryption::is_pony) {
                     // proto-spec §6.
                     self.local(Reply::new(503, "5.5.1 Already encrypted"), Then::Continue);
                 } else if self.tls.is_some() {

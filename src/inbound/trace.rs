@@ -8,7 +8,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-use crate::transport::TlsInfo;
+use crate::transport::Encryption;
 
 /// Who sent the message, as known when DATA starts.
 #[derive(Debug, Clone, Copy)]
@@ -19,7 +19,7 @@ pub struct TraceFacts<'a> {
     pub client_ip: IpAddr,
     /// Our own host name.
     pub by: &'a str,
-    pub tls: Option<&'a TlsInfo>,
+    pub tls: Option<&'a Encryption>,
 }
 
 /// Appends the header, folded, with CRLF line ends, to `out`. Written
@@ -52,7 +52,7 @@ pub fn write_received(facts: &TraceFacts<'_>, now: SystemTime, out: &mut Vec<u8>
         HostName(facts.by)
     );
     let _ = match facts.tls {
-        Some(t) => write!(out, "({} {})", t.version, t.cipher),
+        Some(t) => write!(out, "({} {})", t.protocol(), t.details()),
         None => write!(out, "(without TLS)"),
     };
     let _ = write!(out, ";\r\n\t{}\r\n", crate::log::Rfc5322Date(now));
@@ -95,7 +95,7 @@ mod tests {
     #[test]
     fn received_header() {
         let now = UNIX_EPOCH + Duration::from_secs(1_795_428_000);
-        let tls = TlsInfo {
+        let tls = Encryption::Tls {
             version: "TLSv1.3",
             cipher: "TLS_AES_256_GCM_SHA384".into(),
         };
@@ -115,10 +115,7 @@ mod tests {
         );
 
         // XPONY is not TLS: ESMTP, with the channel in the comment.
-        let pony = TlsInfo {
-            version: crate::pony::negotiation::KEYWORD,
-            cipher: "Noise_XX_25519_ChaChaPoly_SHA256 peer=SHA256:x".into(),
-        };
+        let pony = Encryption::Pony { peer: [1; 32] };
         let mut out = Vec::new();
         write_received(
             &TraceFacts {
@@ -128,11 +125,10 @@ mod tests {
             now,
             &mut out,
         );
-        assert!(
-            String::from_utf8(out)
-                .unwrap()
-                .contains(" with ESMTP (XPONY Noise_XX_25519_ChaChaPoly_SHA256 peer=SHA256:x);"),
-        );
+        assert!(String::from_utf8(out).unwrap().contains(&format!(
+            " with ESMTP (XPONY Noise_XX_25519_ChaChaPoly_SHA256 peer={});",
+            crate::pony::keys::fingerprint(&[1; 32])
+        )),);
 
         let mut out = Vec::new();
         let facts = TraceFacts {

@@ -24,7 +24,7 @@ use crate::smtp::client::{
 };
 use crate::smtp::envelope::{ContentFacts, Envelope, address_is_sane, domain_of};
 use crate::smtp::{DotStuffer, Reply};
-use crate::transport::{CertVerdict, ClientTls, Stream, TlsInfo};
+use crate::transport::{CertVerdict, ClientTls, Encryption, Stream};
 
 /// Bounds of one delivery, after Postfix's smtp(8) defaults.
 #[derive(Debug, Clone)]
@@ -104,7 +104,7 @@ pub struct RecipientStatus {
     /// (DNS, connection), with an enhanced status code either way.
     pub reply: Reply,
     pub relay: Option<(String, SocketAddr)>,
-    pub tls: Option<TlsInfo>,
+    pub tls: Option<Encryption>,
     pub verdict: Option<CertVerdict>,
     pub level: SecurityLevel,
     pub delay: Duration,
@@ -146,7 +146,7 @@ impl RecipientStatus {
         let tls = self
             .tls
             .as_ref()
-            .map_or_else(|| "none".to_string(), TlsInfo::to_string);
+            .map_or_else(|| "none".to_string(), Encryption::to_string);
         let verified = match &self.verdict {
             Some(CertVerdict::Verified) => "yes".to_string(),
             Some(CertVerdict::KeyKnown(basis)) => format!("yes ({basis})"),
@@ -179,7 +179,7 @@ struct Prepared {
 /// What a session with one address ended with, plus what was learnt.
 struct Attempt {
     outcome: SessionOutcome,
-    tls: Option<TlsInfo>,
+    tls: Option<Encryption>,
     verdict: Option<CertVerdict>,
     greeted: bool,
     tls_failed: bool,
@@ -374,7 +374,7 @@ impl Deliverer {
         };
         let policy = self.policy.for_domain(domain);
         let mut last = candidates.dns_failure.map(|r| (r, None));
-        let mut last_security: (Option<TlsInfo>, Option<CertVerdict>) = (None, None);
+        let mut last_security: (Option<Encryption>, Option<CertVerdict>) = (None, None);
         let mut sessions = 0;
         for (host, ip) in &candidates.list {
             if sessions >= self.limits.max_sessions {
@@ -894,7 +894,7 @@ impl Deliverer {
         let Some(Ok(tcp)) = conn.stream.take().map(Stream::into_plain) else {
             return Err(lost());
         };
-        let info = TlsInfo::pony(&transport);
+        let info = Encryption::pony(&transport);
         let verdict = match conn.pony.as_ref().and_then(|c| c.seen.as_ref()) {
             Some((_, basis, _)) if basis.authenticated() => CertVerdict::KeyKnown(basis.as_str()),
             Some((_, _, hints)) if hints.max_age == 0 => {
@@ -953,7 +953,7 @@ impl Deliverer {
         // acknowledged; a delayed ACK here would cost ~40 ms per session.
         let _ = tls.get_ref().0.set_quickack(true);
         let (_, state) = tls.get_ref();
-        let info = TlsInfo::from_state(state);
+        let info = Encryption::from_tls(state);
         let verdict = self.tls.verdict(state, &host);
         conn.tls = Some(info);
         conn.verdict = Some(verdict.clone());
@@ -996,7 +996,7 @@ pub(crate) struct Connection {
     pub(crate) stream: Option<Stream<TcpStream>>,
     pub(crate) host: String,
     pub(crate) addr: SocketAddr,
-    pub(crate) tls: Option<TlsInfo>,
+    pub(crate) tls: Option<Encryption>,
     pub(crate) verdict: Option<CertVerdict>,
     pub(crate) greeted: bool,
     pub(crate) tls_failed: bool,
@@ -1015,7 +1015,7 @@ impl Connection {
 }
 
 /// plaintext < encrypted < authenticated, from what the handshake showed.
-fn level_of(tls: Option<&TlsInfo>, verdict: Option<&CertVerdict>) -> SecurityLevel {
+fn level_of(tls: Option<&Encryption>, verdict: Option<&CertVerdict>) -> SecurityLevel {
     match (tls, verdict) {
         (Some(_), Some(v)) if v.is_verified() => SecurityLevel::Authenticated,
         (Some(_), _) => SecurityLevel::Encrypted,

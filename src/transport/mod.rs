@@ -1,6 +1,7 @@
 //! Byte streams that start in plaintext and may be upgraded mid-session
 //! (the STARTTLS pattern, RFC 3207), and the TLS configuration they use.
 
+pub mod encryption;
 pub mod pony;
 pub mod tls;
 
@@ -10,7 +11,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-pub use tls::{CertVerdict, ClientTls, ServerTls, TlsError, TlsInfo};
+pub use encryption::Encryption;
+pub use tls::{CertVerdict, ClientTls, ServerTls, TlsError};
 
 pub use pony::PonyStream;
 

@@ -152,63 +152,6 @@ fn build(source: &CertSource) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
-/// What a finished handshake negotiated, for logs and trace headers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsInfo {
-    /// `TLSv1.3` or `TLSv1.2`.
-    pub version: &'static str,
-    /// The IANA cipher suite name, e.g. `TLS_AES_256_GCM_SHA384`.
-    pub cipher: String,
-}
-
-impl TlsInfo {
-    pub fn from_state(state: &rustls::CommonState) -> TlsInfo {
-        let version = match state.protocol_version() {
-            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
-            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-            _ => "TLS",
-        };
-        let cipher = state
-            .negotiated_cipher_suite()
-            .map(|s| {
-                let name = s.suite().as_str().unwrap_or("unknown");
-                // rustls spells TLS 1.3 suites `TLS13_…`; IANA says `TLS_…`.
-                match name.strip_prefix("TLS13_") {
-                    Some(rest) => format!("TLS_{rest}"),
-                    None => name.to_string(),
-                }
-            })
-            .unwrap_or_else(|| "unknown".to_string());
-        TlsInfo { version, cipher }
-    }
-}
-
-impl TlsInfo {
-    /// Whether this describes the blackpony channel rather than TLS.
-    pub fn is_pony(&self) -> bool {
-        self.version == crate::pony::negotiation::KEYWORD
-    }
-
-    /// The blackpony channel, described like a TLS session for logs and the
-    /// trace header: `XPONY/Noise_XX_25519_ChaChaPoly_SHA256 peer=SHA256:…`.
-    pub fn pony(transport: &crate::pony::noise::Transport) -> TlsInfo {
-        TlsInfo {
-            version: crate::pony::negotiation::KEYWORD,
-            cipher: format!(
-                "{} peer={}",
-                crate::pony::noise::PROTOCOL_NAME,
-                crate::pony::keys::fingerprint(&transport.remote_static())
-            ),
-        }
-    }
-}
-
-impl std::fmt::Display for TlsInfo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.version, self.cipher)
-    }
-}
-
 /// Whether the server's certificate chain would have verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CertVerdict {

@@ -70,8 +70,8 @@ impl Harness {
     }
 }
 
-fn tls13() -> TlsInfo {
-    TlsInfo {
+fn tls13() -> Encryption {
+    Encryption::Tls {
         version: "TLSv1.3",
         cipher: "TLS_AES_256_GCM_SHA384".into(),
     }
@@ -591,7 +591,7 @@ fn xpony_handshake_switches_to_frames() {
         already_read, frames,
         "the first frame is handed to the channel"
     );
-    let info = crate::transport::TlsInfo::pony(&server_transport);
+    let info = crate::transport::Encryption::pony(&server_transport);
     h.session.pony_established(info);
     assert_eq!(
         h.take_backend(),

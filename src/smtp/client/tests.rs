@@ -345,7 +345,7 @@ fn client_through_the_sidecar() {
         }
         if step == Step::StartTls {
             assert_eq!(sidecar.poll_action(), Some(Action::StartTls));
-            sidecar.tls_established(crate::transport::TlsInfo {
+            sidecar.tls_established(crate::transport::Encryption::Tls {
                 version: "TLSv1.3",
                 cipher: "TLS_AES_128_GCM_SHA256".into(),
             });
@@ -549,11 +549,9 @@ fn client_through_the_sidecar_with_xpony() {
                 Channel::new(client_transport),
                 Channel::new(server_transport),
             ));
-            let info = |peer: &Keypair| crate::transport::TlsInfo {
-                version: crate::pony::negotiation::KEYWORD,
-                cipher: format!("peer={}", crate::pony::keys::fingerprint(&peer.public())),
-            };
-            sidecar.pony_established(info(&client_key));
+            sidecar.pony_established(crate::transport::Encryption::Pony {
+                peer: client_key.public(),
+            });
             client.pony_established();
             step = Step::Continue;
             continue;
@@ -579,6 +577,10 @@ fn client_through_the_sidecar_with_xpony() {
         [("a@mx.example".to_string(), 250, "end of data")]
     );
     let got = String::from_utf8(mta.messages[0].clone()).unwrap();
-    assert!(got.contains(" with ESMTP (XPONY peer=SHA256:"), "{got}");
+    let want = format!(
+        " with ESMTP (XPONY Noise_XX_25519_ChaChaPoly_SHA256 peer={})",
+        crate::pony::keys::fingerprint(&client_key.public())
+    );
+    assert!(got.contains(&want), "{got}");
     assert!(got.ends_with("Subject: pony\r\n\r\nhi\r\n"), "{got}");
 }
