@@ -21,6 +21,8 @@ PACKAGES=(
   python3                 # the interop suite (pytest)
   dnsmasq-base            # the outbound tests' fake internet: MX records for *.test
   libidn12                # needed by the unpacked exim4 binary (see below)
+  libmariadb3 libspf2-2   # needed by the unpacked exim4-daemon-heavy binary (see below)
+  libevent-2.1-7          # needed by the unpacked OpenSMTPD (see below)
   nsd ldnsutils           # a DNSSEC-signed zone for the XPONY key tests (nsd serves it,
                           # ldns-keygen/ldns-signzone make it)
 )
@@ -76,27 +78,53 @@ if ! python3 -c 'import pytest' 2>/dev/null; then
   python3 -c 'import pytest' || { echo "install-deps.sh: pytest still missing" >&2; exit 1; }
 fi
 
+# unpack_deb PACKAGE ROOT BINARY: download a Debian package and unpack it (dpkg -x, no
+# maintainer scripts, nothing configured or started) into ROOT, unless ROOT/BINARY is there.
+# For MTAs that conflict with postfix as packages: the tests run them from ROOT.
+unpack_deb() {
+  local pkg="$1" root="$2" bin="$3" dl
+  if [ -x "$root/$bin" ]; then return 0; fi
+  need_root "$pkg (unpacked into $root)"
+  dl="$(mktemp -d)"
+  if getent passwd _apt >/dev/null; then chown _apt "$dl"; fi  # apt downloads as _apt
+  ( cd "$dl" && { apt-get download "$pkg" || { apt-get update && apt-get download "$pkg"; }; } )
+  mkdir -p "$root"
+  dpkg -x "$dl"/"$pkg"_*.deb "$root"
+  rm -rf "$dl"
+  [ -x "$root/$bin" ] || { echo "install-deps.sh: $pkg unpack failed" >&2; exit 1; }
+  echo "install-deps.sh: $pkg unpacked into $root"
+}
+
 # Exim, a second MTA that hands mail to blackpony (interop/test_outbound.py). As a package
 # it conflicts with postfix, so its binary is unpacked (dpkg -x) into a cache directory and
 # run from there with a private config; it only needs its compiled-in user to exist.
 EXIM_ROOT="${BLACKPONY_EXIM_ROOT:-/var/cache/blackpony-interop/exim4}"
-if [ ! -x "$EXIM_ROOT/usr/sbin/exim4" ] || ! getent passwd Debian-exim >/dev/null; then
-  need_root "exim4 (unpacked into $EXIM_ROOT)"
-  if ! getent passwd Debian-exim >/dev/null; then
-    adduser --system --group --home /var/spool/exim4 --no-create-home --allow-bad-names \
-      --quiet Debian-exim
-  fi
-  if [ ! -x "$EXIM_ROOT/usr/sbin/exim4" ]; then
-    dl="$(mktemp -d)"
-    if getent passwd _apt >/dev/null; then chown _apt "$dl"; fi  # apt downloads as _apt
-    ( cd "$dl" && { apt-get download exim4-daemon-light \
-        || { apt-get update && apt-get download exim4-daemon-light; }; } )
-    mkdir -p "$EXIM_ROOT"
-    dpkg -x "$dl"/exim4-daemon-light_*.deb "$EXIM_ROOT"
-    rm -rf "$dl"
-  fi
-  [ -x "$EXIM_ROOT/usr/sbin/exim4" ] || { echo "install-deps.sh: exim4 unpack failed" >&2; exit 1; }
-  echo "install-deps.sh: exim4 unpacked into $EXIM_ROOT"
+if ! getent passwd Debian-exim >/dev/null; then
+  need_root "the Debian-exim user"
+  adduser --system --group --home /var/spool/exim4 --no-create-home --allow-bad-names \
+    --quiet Debian-exim
 fi
+unpack_deb exim4-daemon-light "$EXIM_ROOT" usr/sbin/exim4
+# exim4-daemon-heavy: the Exim build with PROXY protocol support (hosts_proxy), the backend
+# of `blackpony inbound --identity proxy-v2/proxy-v1` in interop/test_inbound_mtas.py.
+# Unpacked next to -light (same version, same compiled-in user).
+EXIM_HEAVY_ROOT="${BLACKPONY_EXIM_HEAVY_ROOT:-/var/cache/blackpony-interop/exim4-heavy}"
+unpack_deb exim4-daemon-heavy "$EXIM_HEAVY_ROOT" usr/sbin/exim4
+
+# OpenSMTPD, a backend with `listen on ... proxy-v2` (interop/test_inbound_mtas.py). It
+# conflicts with postfix too: unpacked, and run in a private mount namespace where its
+# compiled-in paths (/var/spool/smtpd, /usr/libexec/opensmtpd, ...) are the test's own. Its
+# compiled-in users are Debian's opensmtpd (daemon) and opensmtpq (queue), as its postinst
+# creates them.
+OPENSMTPD_ROOT="${BLACKPONY_OPENSMTPD_ROOT:-/var/cache/blackpony-interop/opensmtpd}"
+for name in opensmtpd opensmtpq; do
+  if ! getent passwd "$name" >/dev/null; then
+    need_root "the $name user"
+    getent group "$name" >/dev/null || addgroup --system --quiet "$name"
+    adduser --system --home /var/lib/opensmtpd/empty --no-create-home --disabled-password \
+      --ingroup "$name" --quiet "$name"
+  fi
+done
+unpack_deb opensmtpd "$OPENSMTPD_ROOT" usr/sbin/smtpd
 
 echo "install-deps.sh: all dependencies present"
