@@ -248,6 +248,34 @@ def test_outbound_service_first_contact_then_pinned(pony_net, xpony_keys, workdi
         bp.stop()
 
 
+def test_anonymous_client_and_no_xpony(pony_net, xpony_keys, workdir):
+    """Without a host key of its own, `deliver` still uses XPONY, with a throwaway static key
+    (proto-spec §4.5: the server sees a key it has never seen); `--no-xpony` turns the
+    extension off, so the same MX gets STARTTLS."""
+    net, server = pony_net, xpony_keys["server"]
+    state = owned_dir(workdir / f"state-anon-{token()}")
+    inbound = LogSince(net.pony)
+    tok = token()
+    rcpt = f"anon-{tok}@pony.test"
+    message, body = make_message(tok, [rcpt])
+    res = deliver(net, state, [rcpt], message)
+    assert_xpony_delivery(res, net, "pony.test", rcpt, server.fingerprint, FIRST_CONTACT)
+    arrived(net.backend, rcpt, body)
+    m = inbound.wait(rf"xpony client=\S+ XPONY/{XPONY_PROTOCOL} peer=(SHA256:\S+)")
+    assert m.group(1) not in {k.fingerprint for k in xpony_keys.values()}, m.group(0)
+    assert pinned(state) == {"mx.pony.test": server.fingerprint}
+
+    tok = token()
+    rcpt = f"noxpony-{tok}@pony.test"
+    message, body = make_message(tok, [rcpt])
+    res = deliver(net, owned_dir(workdir / f"state-noxpony-{token()}"), [rcpt], message,
+                  "--no-xpony")
+    assert res.returncode == 0, show(res)
+    line = log_line(res, rcpt)
+    assert " tls=TLSv1.3/" in line and " level=encrypted " in line, line
+    arrived(net.backend, rcpt, body)
+
+
 # --------------------------------------------------------------------------------------
 # 2. The same client meeting MX hosts without XPONY
 # --------------------------------------------------------------------------------------

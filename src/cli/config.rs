@@ -43,6 +43,7 @@ pub struct OutboundFile {
     pub tls_backoff: Option<u64>,
     pub tls_ca_file: Option<PathBuf>,
     pub host_key: Option<PathBuf>,
+    pub xpony: Option<bool>,
     pub max_message_size: Option<u64>,
     #[serde(default)]
     pub domains: std::collections::HashMap<String, crate::outbound::TlsPolicy>,
@@ -109,6 +110,7 @@ pub fn merge_outbound(
         tls_backoff: super::secs(args.tls_backoff.or(file.tls_backoff).unwrap_or(300)),
         tls_ca_file: args.tls_ca_file.or(file.tls_ca_file),
         host_key: args.host_key.or(file.host_key),
+        xpony: !args.no_xpony && file.xpony.unwrap_or(true),
         max_message_size: file.max_message_size.unwrap_or(64 * 1024 * 1024),
     })
 }

@@ -221,12 +221,19 @@ pub struct OutboundArgs {
     #[arg(long, value_name = "FILE")]
     pub tls_ca_file: Option<PathBuf>,
 
-    /// Host key for the blackpony extension (from `blackpony keygen`). With
-    /// it, delivery uses XPONY with servers that offer it (preferred over
-    /// STARTTLS), pins their keys in the state directory, and defers when a
-    /// pinned or DNS-keyed server stops offering it or changes its key.
+    /// Host key for the blackpony extension (from `blackpony keygen`), so
+    /// servers can recognise this host. Without one, delivery still uses
+    /// XPONY (with a throwaway key per process): with servers that offer it,
+    /// preferred over STARTTLS, their keys pinned in the state directory,
+    /// deferring when a pinned or DNS-keyed server stops offering it or
+    /// changes its key.
     #[arg(long, value_name = "FILE")]
     pub host_key: Option<PathBuf>,
+
+    /// Do not use the blackpony extension (XPONY) at all; pins and DNS keys
+    /// are then ignored.
+    #[arg(long)]
+    pub no_xpony: bool,
 }
 
 /// `blackpony deliver -f SENDER [--] RCPT...`
@@ -661,6 +668,8 @@ pub struct OutboundSettings {
     pub tls_backoff: Duration,
     pub tls_ca_file: Option<PathBuf>,
     pub host_key: Option<PathBuf>,
+    /// Use XPONY where offered (`--no-xpony`, `xpony = false`: never).
+    pub xpony: bool,
     pub max_message_size: u64,
 }
 
@@ -681,17 +690,24 @@ impl OutboundSettings {
             tls_backoff: self.tls_backoff,
             ..Default::default()
         };
-        let pony = match &self.host_key {
-            Some(path) => Some(crate::outbound::deliver::PonyClient {
-                key: crate::pony::keys::load_file(path).map_err(|e| e.to_string())?,
+        let pony = if self.xpony {
+            // proto-spec §4.5: a client without a host key of its own is
+            // anonymous, with a throwaway static key.
+            let key = match &self.host_key {
+                Some(path) => crate::pony::keys::load_file(path).map_err(|e| e.to_string())?,
+                None => crate::pony::noise::Keypair::generate().map_err(|e| e.to_string())?,
+            };
+            Some(crate::outbound::deliver::PonyClient {
+                key,
                 pins: crate::pony::pins::PinStore::new(
                     &self
                         .state_dir
                         .clone()
                         .unwrap_or_else(crate::outbound::deliver::default_state_dir),
                 ),
-            }),
-            None => None,
+            })
+        } else {
+            None
         };
         Ok(crate::outbound::Deliverer {
             resolver,
