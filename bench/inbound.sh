@@ -26,8 +26,8 @@ CERT_KEY=${CERT_KEY:-ec256}
 BLACKPONY=${BLACKPONY:-$ROOT/target/release/blackpony}
 NGINX_MAIL_MODULE=/usr/lib/nginx/modules/ngx_mail_module.so
 
-say() { printf '%s\n' "$*" >&2; }
-die() { say "inbound.sh: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 
 [ "$(id -u)" = 0 ] || die "run as root (smtp-sink needs it; so does ulimit -n 65536): sudo $0"
 
@@ -68,52 +68,10 @@ T=$(mktemp -d /tmp/blackpony-bench.XXXXXX)
 chmod 755 "$T"
 BLACKPONY=$(realpath "$BLACKPONY")
 cd "$T"
-PIDS=()
 
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local p
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for _ in $(seq 50); do
-        local alive=0
-        for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-        [ $alive = 0 ] && break
-        sleep 0.1
-    done
-    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    if [ "${KEEP:-0}" = 1 ]; then say "kept $T"; else rm -rf "$T"; fi
-    exit $rc
-}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# start NAME CMD... : runs CMD in the background, stdout+stderr to $T/NAME.log
-start() {
-    local name=$1; shift
-    "$@" >"$T/$name.log" 2>&1 &
-    PIDS+=($!)
-    eval "PID_$name=$!"
-}
-
-# wait_port PORT : until something accepts on 127.0.0.1:PORT (10 s at most)
-wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "nothing listens on 127.0.0.1:$1 (see $T/*.log)"
-}
-
-cpu_busy() { # [SECONDS] : percent of CPU used by anything (the benchmark is idle meanwhile)
-    local a b
-    a=($(head -1 /proc/stat)); sleep "${1:-1}"; b=($(head -1 /proc/stat))
-    local tot=0 idle i
-    for i in 1 2 3 4 5 6 7 8; do tot=$((tot + b[i] - a[i])); done
-    idle=$(( (b[4] - a[4]) + (b[5] - a[5]) ))
-    echo $(( tot > 0 ? 100 * (tot - idle) / tot : 0 ))
-}
 BUSY=$(cpu_busy)
 [ "$BUSY" -gt 15 ] && say "WARNING: the machine was ${BUSY}% busy before the benchmark started; numbers will be noisy"
 say "building the load generator (bench/smtpload.c)"
@@ -233,7 +191,7 @@ key = $T/key.pem
 EOF
 start stunnel "$STUNNEL" "$T/stunnel.conf"
 
-for p in "$SINK" "$BP" "$BPN" "$HAP" "$NGX" "$NGXTLS" "$STN"; do wait_port "$p"; done
+for p in "$SINK" "$BP" "$BPN" "$HAP" "$NGX" "$NGXTLS" "$STN"; do wait_port 127.0.0.1 "$p"; done
 sleep 0.3
 # nginx: the worker processes do the work (the master only supervises)
 # shellcheck disable=SC2154
@@ -372,7 +330,7 @@ start mhaproxy haproxy -db -q -f "$T/mhaproxy.cfg"
 mkdir -p "$T/mnginx"
 nginx_conf "$T/mnginx" "$MNGX" "" "$MNGXAUTH" "$MSINK"
 start mnginx nginx -p "$T/mnginx" -e "$T/mnginx/error.log" -c "$T/mnginx/nginx.conf"
-for p in "$MSINK" "$MBP" "$MHAP" "$MNGX"; do wait_port "$p"; done
+for p in "$MSINK" "$MBP" "$MHAP" "$MNGX"; do wait_port 127.0.0.1 "$p"; done
 sleep 0.5
 # shellcheck disable=SC2154
 NGX_WORKERS=$(pgrep -P "$PID_mnginx" | paste -sd, -)

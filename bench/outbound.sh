@@ -32,8 +32,8 @@ DMA=$DMA_ROOT/usr/sbin/dma
 PY=/usr/bin/python3
 BENCH=$HERE/smtpbench.py
 
-say() { printf '%s\n' "$*" >&2; }
-die() { say "outbound.sh: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 
 [ "$(id -u)" = 0 ] || die "run as root (namespaces, port 25, smtp-sink -u postfix, Postfix): sudo $0"
 
@@ -87,7 +87,6 @@ BP_BUILT=$(date -u -r "$BLACKPONY" +%Y-%m-%dT%H:%MZ)
 cp "$BLACKPONY" "$T/blackpony"
 BP_SRC=$BLACKPONY
 BLACKPONY=$T/blackpony
-PIDS=()
 POSTFIXES=()
 
 # postfix_env_pids DIR : processes of the Postfix instance whose config is DIR
@@ -99,57 +98,27 @@ postfix_env_pids() {
     return 0
 }
 
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local p d
+# The private Postfix instances are stopped with `postfix stop`, then killed.
+bench_stop() {
+    local d
     for d in "${POSTFIXES[@]}"; do
         timeout 30 script -qc "postfix -c $d stop" /dev/null >/dev/null 2>&1 || true
     done
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for _ in $(seq 50); do
-        local alive=0
-        for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-        for d in "${POSTFIXES[@]}"; do [ -n "$(postfix_env_pids "$d")" ] && alive=1; done
-        [ $alive = 0 ] && break
-        sleep 0.1
-    done
-    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+}
+bench_alive() {
+    local d
+    for d in "${POSTFIXES[@]}"; do [ -n "$(postfix_env_pids "$d")" ] && return 0; done
+    return 1
+}
+bench_kill() {
+    local d p
     for d in "${POSTFIXES[@]}"; do
         for p in $(postfix_env_pids "$d"); do kill -KILL "$p" 2>/dev/null || true; done
     done
-    wait 2>/dev/null || true
-    if [ "${KEEP:-0}" = 1 ]; then say "kept $T"; else rm -rf "$T"; fi
-    exit $rc
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# start NAME CMD... : runs CMD in the background, stdout+stderr to $T/NAME.log
-start() {
-    local name=$1; shift
-    "$@" >"$T/$name.log" 2>&1 &
-    PIDS+=($!)
-    eval "PID_$name=$!"
-}
-
-# wait_port ADDR PORT : until something accepts there (10 s at most)
-wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "nothing listens on $1:$2 (see $T/*.log)"
-}
-
-cpu_busy() { # [SECONDS] : percent of CPU used by anything (the benchmark is idle meanwhile)
-    local a b
-    a=($(head -1 /proc/stat)); sleep "${1:-1}"; b=($(head -1 /proc/stat))
-    local tot=0 idle i
-    for i in 1 2 3 4 5 6 7 8; do tot=$((tot + b[i] - a[i])); done
-    idle=$(( (b[4] - a[4]) + (b[5] - a[5]) ))
-    echo $(( tot > 0 ? 100 * (tot - idle) / tot : 0 ))
-}
 BUSY=$(cpu_busy)
 [ "$BUSY" -gt 15 ] && say "WARNING: the machine was ${BUSY}% busy before the benchmark started; numbers will be noisy"
 
