@@ -201,6 +201,16 @@ impl Run<'_> {
                         None => return,
                     },
                     Action::RestartBackend => {
+                        // The old backend's last words (its QUIT), bounded:
+                        // it is dropped below however this goes.
+                        if !self.session.to_backend.is_empty() {
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(5),
+                                backend.writer.write_all(&self.session.to_backend),
+                            )
+                            .await;
+                            self.session.to_backend.clear();
+                        }
                         let facts = ClientFacts {
                             client: self.client_addr,
                             local: self.local,

@@ -90,9 +90,11 @@ pub enum Action {
     /// Run the TLS handshake with the client, then call
     /// [`Session::tls_established`] or [`Session::tls_failed`].
     StartTls,
-    /// Replace the backend by a fresh one (exec mode after STARTTLS, so the
-    /// new process gets the TLS facts in its environment), then call
-    /// [`Session::backend_restarted`].
+    /// Replace the backend by a fresh one (after STARTTLS or XPONY, except
+    /// in XCLIENT mode: in exec mode the new process gets the TLS facts in
+    /// its environment), then call [`Session::backend_restarted`]. What is
+    /// in [`Session::to_backend`] then is for the old backend, written to it
+    /// before it is replaced.
     RestartBackend,
     /// Switch the client connection to the blackpony channel: take the
     /// transport with [`Session::take_pony`], then call
@@ -499,14 +501,26 @@ impl Session {
         // a man in the middle) said before TLS may carry over.
         self.hello = Hello::default();
         self.backend_in.clear();
-        if self.config.identity == Identity::Exec {
-            self.phase = Phase::Opening;
-            self.pending.push_back(Expect::Own(OwnStep::Greeting));
-            self.actions.push_back(Action::RestartBackend);
-        } else {
+        if self.config.identity == Identity::Xclient {
+            // XCLIENT is Postfix's, and Postfix takes EHLO again after RSET;
+            // a new connection would need its EHLO and XCLIENT again.
             self.phase = Phase::Commands;
             self.to_backend.extend_from_slice(b"RSET\r\n");
             self.pending.push_back(Expect::Own(OwnStep::Rset));
+        } else {
+            // A new backend connection (a new PROXY header, a new exec
+            // program with the TLS facts), on which the client's EHLO is the
+            // first. Not RSET and the client's EHLO on the old one: RFC 5321
+            // §4.1.4 lets a server refuse a second EHLO ("if ... the EHLO
+            // command is acceptable to the SMTP server"), and OpenSMTPD does
+            // ("503 5.5.1 Invalid command: Already identified"), so a client
+            // could not go on after STARTTLS at all. The old connection is
+            // told QUIT: the I/O loop writes what the session left for it
+            // before it opens the new one.
+            self.to_backend.extend_from_slice(b"QUIT\r\n");
+            self.phase = Phase::Opening;
+            self.pending.push_back(Expect::Own(OwnStep::Greeting));
+            self.actions.push_back(Action::RestartBackend);
         }
         self.advance();
     }

@@ -120,10 +120,21 @@ async fn starttls_delivery_with_pem_certificate() {
         "{lines:?}"
     );
     assert_eq!(lines[received + 3], "Subject: hi\r\n");
-    assert!(
-        lines.contains(&"RSET\r\n".to_string()),
-        "state reset after TLS: {lines:?}"
+    // Nothing from before TLS survives: the first backend connection was told
+    // QUIT and a second one (its own PROXY header) took the client's new EHLO.
+    let count = |want: &str| lines.iter().filter(|l| l.as_str() == want).count();
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("PROXYv2 ")).count(),
+        2,
+        "a new backend connection after TLS: {lines:?}"
     );
+    assert_eq!(count("EHLO client.test\r\n"), 2, "{lines:?}");
+    assert_eq!(
+        count("QUIT\r\n"),
+        2,
+        "the old connection's and the client's: {lines:?}"
+    );
+    assert_eq!(count("RSET\r\n"), 0, "{lines:?}");
     sidecar.stop().await;
 }
 

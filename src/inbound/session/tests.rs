@@ -259,17 +259,63 @@ fn starttls_then_fresh_start() {
     assert!(!h.session.wants_client_input());
 
     h.session.tls_established(tls13());
-    // Nothing from before TLS survives at the backend.
-    assert_eq!(h.take_backend(), "RSET\r\n");
+    // Nothing from before TLS survives at the backend: the old connection is
+    // told QUIT and a new one (with a new PROXY header) replaces it.
+    assert_eq!(h.take_backend(), "QUIT\r\n");
+    assert_eq!(h.actions(), [Action::RestartBackend]);
     h.client("EHLO client.example\r\n");
+    assert_eq!(h.take_backend(), "", "waits for the new backend's greeting");
+    h.session.backend_restarted();
+    h.backend("220 backend.example ESMTP\r\n");
+    assert_eq!(h.take_client(), "", "the new greeting is not relayed");
     assert_eq!(h.take_backend(), "EHLO client.example\r\n");
-    h.backend("250 2.0.0 Ok\r\n");
-    assert_eq!(h.take_client(), "", "the RSET reply is not relayed");
     h.backend(BACKEND_EHLO);
     let ehlo = h.take_client();
+    assert!(ehlo.starts_with("250-backend.example\r\n"), "{ehlo}");
     assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
     h.client("STARTTLS\r\n");
     assert_eq!(h.take_client(), "554 5.5.1 Error: TLS already active\r\n");
+}
+
+/// A backend that refuses a second EHLO (RFC 5321 §4.1.4 allows it; OpenSMTPD
+/// answers "503 5.5.1 Invalid command: Already identified") never sees one:
+/// after STARTTLS the client's EHLO is the first on a new connection, in every
+/// mode but XCLIENT (whose backend, Postfix, takes EHLO again after RSET).
+#[test]
+fn starttls_never_sends_a_backend_a_second_ehlo() {
+    for identity in [
+        Identity::ProxyV2,
+        Identity::ProxyV1,
+        Identity::None,
+        Identity::Exec,
+        Identity::Xclient,
+    ] {
+        let mut h = Harness::opened(identity);
+        if identity == Identity::Xclient {
+            h.take_backend();
+            h.backend(BACKEND_EHLO);
+            h.take_backend();
+            h.backend("220 backend.example ESMTP\r\n");
+        }
+        h.ehlo();
+        h.client("STARTTLS\r\n");
+        h.take_client();
+        assert_eq!(h.actions(), [Action::StartTls], "{identity:?}");
+        h.session.tls_established(tls13());
+        if identity == Identity::Xclient {
+            assert_eq!(h.take_backend(), "RSET\r\n");
+            assert_eq!(h.actions(), []);
+            continue;
+        }
+        assert_eq!(h.take_backend(), "QUIT\r\n", "{identity:?}");
+        assert_eq!(h.actions(), [Action::RestartBackend], "{identity:?}");
+        h.session.backend_restarted();
+        h.backend("220 new backend\r\n");
+        h.client("EHLO client.example\r\n");
+        assert_eq!(h.take_backend(), "EHLO client.example\r\n", "{identity:?}");
+        h.backend("250 new backend\r\n");
+        assert_eq!(h.take_client(), "250 new backend\r\n", "{identity:?}");
+    }
 }
 
 #[test]
@@ -383,6 +429,7 @@ fn exec_backend_restarts_after_tls() {
     assert_eq!(h.actions(), [Action::StartTls]);
     h.session.tls_established(tls13());
     assert_eq!(h.actions(), [Action::RestartBackend]);
+    assert_eq!(h.take_backend(), "QUIT\r\n", "for the old program");
     h.client("EHLO client.example\r\n");
     assert_eq!(h.take_backend(), "", "waits for the new backend's greeting");
     h.session.backend_restarted();
@@ -593,13 +640,12 @@ fn xpony_handshake_switches_to_frames() {
     );
     let info = crate::transport::Encryption::pony(&server_transport);
     h.session.pony_established(info);
-    assert_eq!(
-        h.take_backend(),
-        "RSET\r\n",
-        "nothing from before the switch survives"
-    );
+    // Nothing from before the switch survives (§6): a new backend connection.
+    assert_eq!(h.take_backend(), "QUIT\r\n");
+    assert_eq!(h.actions(), [Action::RestartBackend]);
     h.client("EHLO client.example\r\n");
-    h.backend("250 2.0.0 Ok\r\n");
+    h.session.backend_restarted();
+    h.backend("220 backend.example ESMTP\r\n");
     assert_eq!(h.take_backend(), "EHLO client.example\r\n");
     h.backend(BACKEND_EHLO);
     let after = h.take_client();

@@ -262,6 +262,18 @@ struct MiniMta {
 }
 
 impl MiniMta {
+    /// After STARTTLS or XPONY the sidecar tells its backend connection QUIT
+    /// and opens a new one: this MTA takes the new connection and greets.
+    fn reconnect(&mut self, sidecar: &mut crate::inbound::session::Session) {
+        use crate::inbound::session::Action;
+        assert_eq!(sidecar.poll_action(), Some(Action::RestartBackend));
+        assert_eq!(std::mem::take(&mut sidecar.to_backend), b"QUIT\r\n");
+        self.pending.clear();
+        self.in_data = false;
+        sidecar.backend_restarted();
+        sidecar.backend_input(b"220 mini.example ESMTP\r\n");
+    }
+
     /// Answers what the sidecar sent it.
     fn serve(&mut self, sidecar: &mut crate::inbound::session::Session) {
         let to_mta = std::mem::take(&mut sidecar.to_backend);
@@ -349,6 +361,7 @@ fn client_through_the_sidecar() {
                 version: "TLSv1.3",
                 cipher: "TLS_AES_128_GCM_SHA256".into(),
             });
+            mta.reconnect(&mut sidecar);
             client.tls_established();
             step = Step::Continue;
         }
@@ -552,6 +565,7 @@ fn client_through_the_sidecar_with_xpony() {
             sidecar.pony_established(crate::transport::Encryption::Pony {
                 peer: client_key.public(),
             });
+            mta.reconnect(&mut sidecar);
             client.pony_established();
             step = Step::Continue;
             continue;
