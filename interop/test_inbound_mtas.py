@@ -116,7 +116,8 @@ def try_relay(bp, tok: str, tls: bool):
         s.ehlo()
         if tls:
             assert s.starttls(context=unverified_tls_context())[0] == 220
-            s.ehlo()
+            code, text = s.ehlo()
+            assert code == 250, f"EHLO after STARTTLS: {code} {text!r}"
         s.mail(f"spammer-{tok}@client.test")
         return s.rcpt(victim)
 
@@ -184,3 +185,52 @@ def test_exim_trusts_localhost_to_relay(exim_proxy):
     tok = token()
     r = relay_as_localhost(exim_proxy, tok)
     assert r.code == 250, f"{r}\n{exim_proxy.log_tail()}"
+
+
+# --------------------------------------------------------------------------------------
+# OpenSMTPD (listen on ... proxy-v2)
+# --------------------------------------------------------------------------------------
+
+def opensmtpd_session(opensmtpd, field: str, value: str) -> str:
+    """The id of the OpenSMTPD session whose log has `field=value` (e.g. msgid=...)."""
+    m = opensmtpd.wait_log(rf"^([0-9a-f]{{16}}) smtp \S+ .*\b{field}={re.escape(value)}\b")
+    return m.group(1)
+
+
+@pytest.mark.parametrize("variant", list(TLS_ARGS))
+def test_opensmtpd_delivers(opensmtpd_bp, opensmtpd, variant):
+    bp = opensmtpd_bp("proxy-v2")
+    to, marker, out = send(bp, variant, "opensmtpd")
+    m = re.search(r"<[-~] +250 2\.0\.0 ([0-9a-f]+) Message accepted for delivery", out)
+    assert m, "no OpenSMTPD message id in the DATA reply:\n" + out
+    msg_id = m.group(1)
+    msg, received, ctx = delivered(opensmtpd, bp, to, marker, variant)
+    # OpenSMTPD's own trace header: HELO name, no reverse name, the PROXY address.
+    assert re.match(rb"^Received: from client\.test \(<unknown> \[" + CLIENT_RE.encode()
+                    + rb"\]\) by opensmtpd\.test \(OpenSMTPD\) with ESMTP id "
+                    + re.escape(msg_id.encode()) + rb" ", received[0]), received[0] + ctx.encode()
+    # Its log: the session that took the message was connected from 127.0.0.77.
+    session = opensmtpd_session(opensmtpd, "msgid", msg_id)
+    opensmtpd.wait_log(rf"^{session} smtp connected address={CLIENT_RE} ")
+    opensmtpd.wait_log(rf"^[0-9a-f]{{16}} mda delivery evpid={msg_id}[0-9a-f]* .* "
+                       rf"rcpt=<{re.escape(to)}> .*result=Ok")
+
+
+@pytest.mark.parametrize("variant", list(TLS_ARGS))
+def test_opensmtpd_relay_refused(opensmtpd_bp, opensmtpd, variant):
+    bp = opensmtpd_bp("proxy-v2")
+    tok = token()
+    code, text = try_relay(bp, tok, tls=variant == "tls")
+    ctx = (f"\nrcpt reply {code} {text!r}\nopensmtpd:\n{opensmtpd.log_tail(20)}\n"
+           f"blackpony:\n{bp.log_text()[-2000:]}")
+    assert code == 550 and b"Invalid recipient" in text, ctx
+    m = opensmtpd.wait_log(rf"^([0-9a-f]{{16}}) smtp failed-command "
+                           rf"command=\"(?i:rcpt) TO:<victim-{tok}@foreign\.test>\" result=\"550 ")
+    opensmtpd.wait_log(rf"^{m.group(1)} smtp connected address={CLIENT_RE} ")
+
+
+def test_opensmtpd_trusts_localhost_to_relay(opensmtpd):
+    """The control: this OpenSMTPD relays for a client it sees as 127.0.0.1."""
+    tok = token()
+    r = relay_as_localhost(opensmtpd, tok)
+    assert r.code == 250, f"{r}\n{opensmtpd.log_tail()}"
