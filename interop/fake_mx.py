@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Misbehaving MX hosts for the outbound interop tests (interop/test_outbound.py).
 
-    fake_mx.py --listen ADDR:PORT --mode broken-tls|inject --dir OUT --cert C --key K
+    fake_mx.py --listen ADDR:PORT --mode broken-tls|inject|gated --dir OUT --cert C --key K
 
 broken-tls  EHLO offers STARTTLS; STARTTLS is answered `220` and then garbage that is not a
             TLS ServerHello, and the connection is closed. A client that does not send
@@ -11,6 +11,10 @@ inject      STARTTLS is answered by ONE write holding `220 ready` and an injecte
             real TLS handshake follows and the server goes on as an SMTP server inside TLS.
             Inside TLS, MAIL before a fresh EHLO is refused (503): a client that took the
             injected lines for its EHLO reply fails here.
+gated       An ordinary SMTP server, except that the reply to MAIL waits (10 s at most)
+            until another session sends MAIL too: sessions at MAIL pair up. The session
+            record says "gate": "opened" or "timed out": a client that delivers two domains
+            served here one after the other times out the gate.
 
 Every session is recorded in OUT/session-<n>.json (commands received, whether TLS was up
 for each, how it ended); every accepted message in OUT/msg-<n>.json (envelope, TLS, the
@@ -32,6 +36,9 @@ import threading
 
 COUNTER = itertools.count(1)
 LOCK = threading.Lock()
+# gated mode: the session waiting at MAIL for a partner, if any.
+GATE = threading.Condition()
+GATE_STATE: dict = {"waiter": None}
 
 
 def write_json(path: str, obj) -> None:
@@ -81,6 +88,23 @@ class Session(socketserver.StreamRequestHandler):
             self.record["end"] = f"error: {e}"
         finally:
             self.save()
+
+    def wait_at_gate(self):
+        """Pairs this session with another one at MAIL (or gives up after 10 s)."""
+        with GATE:
+            waiter = GATE_STATE["waiter"]
+            if waiter is not None:
+                waiter["released"] = True
+                GATE_STATE["waiter"] = None
+                GATE.notify_all()
+                self.record["gate"] = "opened"
+                return
+            me = {"released": False}
+            GATE_STATE["waiter"] = me
+            ok = GATE.wait_for(lambda: me["released"], timeout=10)
+            if not ok:
+                GATE_STATE["waiter"] = None
+        self.record["gate"] = "opened" if ok else "timed out"
 
     def smtp(self):
         host = "fake-" + self.opts.mode + ".test"
@@ -133,6 +157,8 @@ class Session(socketserver.StreamRequestHandler):
                 if not ehlo_seen:
                     self.reply("503 5.5.1 Error: send EHLO first")
                     continue
+                if self.opts.mode == "gated" and "gate" not in self.record:
+                    self.wait_at_gate()
                 mail_from, rcpts = path_of(line), []
                 self.reply("250 2.1.0 Ok")
             elif verb == "RCPT":
@@ -185,7 +211,7 @@ class Server(socketserver.ThreadingTCPServer):
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--listen", required=True)
-    ap.add_argument("--mode", choices=("broken-tls", "inject"), required=True)
+    ap.add_argument("--mode", choices=("broken-tls", "inject", "gated"), required=True)
     ap.add_argument("--dir", required=True)
     ap.add_argument("--cert", required=True)
     ap.add_argument("--key", required=True)

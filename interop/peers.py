@@ -582,6 +582,8 @@ NET_ADDR = {
                                # mx.verified.test issued by the interop test CA (+ chain)
     "wrongname": "127.0.10.11",# mx.wrongname.test: the Postfix, STARTTLS with a certificate
                                # from the same CA, but for other.test
+    "gated": "127.0.10.12",    # mx.gate1.test, mx.gate2.test: fake_mx.py gated (the first
+                               # greeting waits for a second session at the same time)
 }
 # Recipients whose local part starts with REFUSED_LOCALPART- are refused by the Postfix MX at
 # RCPT (check_recipient_access): it answers `550 5.7.1 <addr>: Recipient address rejected: …`.
@@ -613,6 +615,10 @@ mx-host=verified.test,mx.verified.test,10
 host-record=mx.verified.test,{verified}
 mx-host=wrongname.test,mx.wrongname.test,10
 host-record=mx.wrongname.test,{wrongname}
+mx-host=gate1.test,mx.gate1.test,10
+host-record=mx.gate1.test,{gated}
+mx-host=gate2.test,mx.gate2.test,10
+host-record=mx.gate2.test,{gated}
 # Null MX (RFC 7505): preference 0, exchanger "." (the root).
 dns-rr=nullmx.test,15,000000
 """.format(**NET_ADDR)
@@ -938,7 +944,8 @@ class FakeInternet:
     a private Postfix (STARTTLS listener for mx.tls.test with a self-signed certificate,
     plaintext listeners for mx.plain.test, implicit.test and mx2.backup.test, STARTTLS
     listeners for mx.verified.test and mx.wrongname.test with certificates issued by a test
-    CA, self.ca_cert), smtp-sink answering 450 to RCPT, fake_mx.py broken-tls and inject.
+    CA, self.ca_cert), smtp-sink answering 450 to RCPT, fake_mx.py broken-tls, inject and
+    gated.
     Nothing listens on the dead address.
 
     The listeners with CA-issued certificates log as postfix/verified and
@@ -997,7 +1004,9 @@ class FakeInternet:
                              self.cert, self.key)
         self.inject = FakeMX(self.base, NET_ADDR["inject"], port, "inject",
                              self.cert, self.key)
-        self._parts = [self.dns, self.postfix, self.sink, self.broken, self.inject]
+        self.gated = FakeMX(self.base, NET_ADDR["gated"], port, "gated", self.cert, self.key)
+        self._parts = [self.dns, self.postfix, self.sink, self.broken, self.inject,
+                       self.gated]
 
     def start(self):
         try:

@@ -209,6 +209,26 @@ def test_deliver_two_domains_one_message(internet, workdir):
         arrived(internet.postfix, r, body)
 
 
+def test_deliver_domains_side_by_side(internet, workdir):
+    """The domains of one message are delivered at the same time, not one after another:
+    gate1.test and gate2.test share fake_mx.py gated, which answers MAIL only once a second
+    session has sent MAIL too (10 s at most). Delivered one after the other, the gate would
+    time out; side by side, both sessions pass it."""
+    tok = token()
+    rcpts = [f"a-{tok}@gate1.test", f"b-{tok}@gate2.test"]
+    message, _ = make_message(tok, rcpts)
+    res = deliver(internet, owned_dir(workdir / f"state-{tok}"), rcpts, message)
+    assert res.returncode == 0, show(res)
+    assert status_line(res) == "2.0.0 delivered to 2 recipients", show(res)
+
+    def gated_sessions():
+        mine = [s for s in internet.gated.sessions()
+                if any(tok in c["line"] for c in s["commands"])]
+        return mine if len(mine) == 2 else None
+    sessions = wait_for(gated_sessions, 10, "two sessions recorded by the gated fake MX")
+    assert [s.get("gate") for s in sessions] == ["opened", "opened"], sessions
+
+
 def test_deliver_partial_tempfail_exits_75(internet, workdir):
     """One recipient delivered, one deferred: the MTA must retry (75), and the status line
     names the deferred one."""

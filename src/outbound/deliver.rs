@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -41,6 +42,8 @@ pub struct Limits {
     pub deadline: Duration,
     /// After a failed TLS handshake, how long before plaintext is tried.
     pub tls_backoff: Duration,
+    /// Recipient domains of one message delivered at the same time.
+    pub parallel_domains: usize,
 }
 
 impl Default for Limits {
@@ -52,6 +55,7 @@ impl Default for Limits {
             reply_timeout: Duration::from_secs(300),
             deadline: Duration::from_secs(900),
             tls_backoff: Duration::from_secs(300),
+            parallel_domains: 4,
         }
     }
 }
@@ -240,26 +244,37 @@ impl Deliverer {
                 })
                 .collect();
         }
-        for (domain, rcpts) in by_domain {
-            let budget = self.limits.deadline.saturating_sub(started.elapsed());
+        // Domains are delivered side by side (a few at a time), so one slow
+        // or unreachable domain does not hold up the others' deadline.
+        let budget = self.limits.deadline.saturating_sub(started.elapsed());
+        let prepared = &prepared;
+        let per_domain = by_domain.into_iter().map(|(domain, rcpts)| async move {
             let delivered = tokio::time::timeout(
                 budget,
-                self.deliver_domain(&domain, &rcpts, &prepared, started),
+                self.deliver_domain(&domain, &rcpts, prepared, started),
             )
             .await;
             match delivered {
-                Ok(statuses) => results.extend(statuses),
-                Err(_) => results.extend(rcpts.iter().map(|r| {
-                    self.failed(
-                        r,
-                        Reply::new(
-                            451,
-                            "4.4.7 Delivery time limit exceeded; the MTA will retry",
-                        ),
-                        started,
-                    )
-                })),
+                Ok(statuses) => statuses,
+                Err(_) => rcpts
+                    .iter()
+                    .map(|r| {
+                        self.failed(
+                            r,
+                            Reply::new(
+                                451,
+                                "4.4.7 Delivery time limit exceeded; the MTA will retry",
+                            ),
+                            started,
+                        )
+                    })
+                    .collect(),
             }
+        });
+        let mut domains = futures_util::stream::iter(per_domain)
+            .buffer_unordered(self.limits.parallel_domains.max(1));
+        while let Some(statuses) = domains.next().await {
+            results.extend(statuses);
         }
         // Report in the order the MTA gave the recipients.
         results.sort_by_key(|s| {
