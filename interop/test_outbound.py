@@ -229,6 +229,24 @@ def test_deliver_domains_side_by_side(internet, workdir):
     assert [s.get("gate") for s in sessions] == ["opened", "opened"], sessions
 
 
+def test_deliver_folds_over_long_lines(internet, workdir):
+    """A body line over 998 octets (RFC 5321 §4.5.3.1.6) is broken with CRLF + space, as
+    Postfix's smtp_line_length_limit does: the MX stores no line over the limit and
+    nothing but the inserted line breaks differs."""
+    tok = token()
+    rcpt = f"long-{tok}@tls.test"
+    long_line = b"".join(b"%04d " % i for i in range(600))  # 3000 octets
+    message = (f"From: <{SENDER}>\nTo: <{rcpt}>\nSubject: long {tok}\n\n").encode() \
+        + b"before\n" + long_line + b"\nafter\n"
+    res = deliver(internet, owned_dir(workdir / f"state-{tok}"), [rcpt], message)
+    assert res.returncode == 0, show(res)
+    internet.postfix.wait_messages(rcpt, timeout=30)
+    [(_, stored)] = internet.postfix.messages(rcpt)
+    stored = body_of(stored)
+    assert max(len(l) for l in stored.split(b"\n")) <= 998, [len(l) for l in stored.split(b"\n")]
+    assert stored.replace(b"\n ", b"") == b"before\n" + long_line + b"\nafter\n", stored[:200]
+
+
 def test_deliver_partial_tempfail_exits_75(internet, workdir):
     """One recipient delivered, one deferred: the MTA must retry (75), and the status line
     names the deferred one."""

@@ -204,6 +204,7 @@ impl Deliverer {
     /// ending with CRLF.CRLF), as an SMTP or LMTP server received it.
     pub async fn deliver_wire(&self, envelope: &Envelope, wire: Vec<u8>) -> Vec<RecipientStatus> {
         let started = Instant::now();
+        let wire = crate::smtp::data::fold_long_lines(&wire).unwrap_or(wire);
         // The size the server sees, without the terminating ".\r\n" (RFC 1870).
         let facts = ContentFacts {
             size: wire.len().saturating_sub(3) as u64,

@@ -260,6 +260,51 @@ impl DotStuffer {
     }
 }
 
+/// The longest line SMTP carries: 998 octets before the CRLF (RFC 5321
+/// §4.5.3.1.6; RFC 5322 §2.1.1).
+pub const MAX_LINE_OCTETS: usize = 998;
+
+/// Breaks lines of a message in DATA form (CRLF line ends, dot-stuffed)
+/// that are longer than [`MAX_LINE_OCTETS`], by inserting CRLF and a space,
+/// as Postfix's `smtp_line_length_limit` does: a server may refuse or cut
+/// longer lines, and a continuation starting with a space can never be read
+/// as a dot line or end of data. `None` when no line is too long (the usual
+/// case: nothing is copied).
+pub fn fold_long_lines(wire: &[u8]) -> Option<Vec<u8>> {
+    let too_long = wire
+        .split(|&b| b == b'\n')
+        .any(|line| line.strip_suffix(b"\r").unwrap_or(line).len() > MAX_LINE_OCTETS);
+    if !too_long {
+        return None;
+    }
+    let mut out = Vec::with_capacity(wire.len() + wire.len() / MAX_LINE_OCTETS * 3 + 3);
+    let mut rest = wire;
+    while !rest.is_empty() {
+        let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+        let (line, after) = rest.split_at(end);
+        rest = after;
+        let body_len = line.len()
+            - line
+                .iter()
+                .rev()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
+        let (mut text, ending) = line.split_at(body_len);
+        // The first piece keeps the whole limit; each continuation starts
+        // with the space, so carries one octet less.
+        let mut room = MAX_LINE_OCTETS;
+        while text.len() > room {
+            out.extend_from_slice(&text[..room]);
+            out.extend_from_slice(b"\r\n ");
+            text = &text[room..];
+            room = MAX_LINE_OCTETS - 1;
+        }
+        out.extend_from_slice(text);
+        out.extend_from_slice(ending);
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,5 +451,26 @@ mod tests {
         assert_eq!(end, Some(wire.len()));
         assert_eq!(out, wire);
         assert_eq!(bare, 0);
+    }
+
+    #[test]
+    fn long_lines_are_folded() {
+        assert_eq!(fold_long_lines(b"short\r\n.\r\n"), None);
+        let exact = [b"x".repeat(998), b"\r\n.\r\n".to_vec()].concat();
+        assert_eq!(fold_long_lines(&exact), None);
+        let long = [b"a".repeat(2500), b"\r\nnext\r\n.\r\n".to_vec()].concat();
+        let folded = fold_long_lines(&long).unwrap();
+        let lines: Vec<&[u8]> = folded.split(|&b| b == b'\n').collect();
+        assert_eq!(lines[0].len(), 998 + 1, "998 octets and the CR");
+        assert!(lines[1].starts_with(b" ") && lines[1].len() == 998 + 1);
+        assert!(lines[2].starts_with(b" ") && lines[2].len() == 1 + (2500 - 998 - 997) + 1);
+        assert_eq!(&lines[3..], [&b"next\r"[..], b".\r", b""]);
+        // Nothing is lost but the inserted CRLF+space pairs.
+        let unfolded: Vec<u8> = String::from_utf8(folded.clone())
+            .unwrap()
+            .replace("\r\n ", "")
+            .into_bytes();
+        assert_eq!(unfolded, long);
+        assert!(folded.split(|&b| b == b'\n').all(|l| l.len() <= 999));
     }
 }
