@@ -889,6 +889,35 @@ class SignedZone(Process):
             timeout)
 
 
+class UnixSmtpd(Process):
+    """interop/unix_smtpd.py: aiosmtpd (Debian's python3-aiosmtpd, run by /usr/bin/python3)
+    on a Unix socket; what it accepts lands in out_dir/msg-<n>.eml."""
+
+    def __init__(self, base: Path):
+        self.base = Path(base)
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.socket = self.base / "smtpd.sock"
+        self.out_dir = self.base / "messages"
+        python = "/usr/bin/python3"
+        check = subprocess.run([python, "-c", "import aiosmtpd.controller"],
+                               capture_output=True, timeout=30)
+        if check.returncode != 0:
+            raise MissingTool("python3-aiosmtpd is not installed for /usr/bin/python3: "
+                              "run scripts/install-deps.sh as root")
+        super().__init__([python, str(HERE / "unix_smtpd.py"), "--socket", str(self.socket),
+                          "--dir", str(self.out_dir)], self.base / "unix_smtpd.log",
+                         "unix_smtpd")
+
+    def start(self, timeout: float = 20):
+        return super().start(lambda: "listening on" in self.log_text()
+                             and self.socket.exists(), timeout)
+
+    def messages(self) -> list[bytes]:
+        if not self.out_dir.is_dir():
+            return []
+        return [p.read_bytes() for p in sorted(self.out_dir.glob("msg-*.eml"))]
+
+
 class SmtpSink(Process):
     """Postfix's smtp-sink on host:port; reject= makes it answer 4xx to those commands."""
 

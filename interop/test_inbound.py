@@ -19,7 +19,7 @@ import pytest
 from interop.clients import (RawSMTP, rcpt, run, swaks, token, transcript,
                              unverified_tls_context)
 from interop.conftest import HOSTNAME
-from interop.peers import (CLIENT_IP, PeerError, blackpony_received, free_port,
+from interop.peers import (CLIENT_IP, PeerError, UnixSmtpd, blackpony_received, free_port,
                            postfix_queue_id, require_tool, unfolded_headers, wait_for)
 
 HERE = Path(__file__).resolve().parent
@@ -462,6 +462,30 @@ def test_require_tls(start_blackpony, pf_proxy):
 # --------------------------------------------------------------------------------------
 # Failure handling and limits
 # --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "starttls"])
+def test_unix_socket_backend(start_blackpony, workdir, tls):
+    """`--backend unix:PATH`: an SMTP server on a Unix socket (aiosmtpd) gets the dialogue
+    and the message, with blackpony's trace header, plain and after STARTTLS (which opens a
+    new backend connection on the socket)."""
+    smtpd = UnixSmtpd(workdir / f"unix-smtpd-{'tls' if tls else 'plain'}").start()
+    try:
+        bp = start_blackpony(f"unix:{smtpd.socket}", "none", name=f"bp-unix-{tls}")
+        tok = f"unix-{token()}"
+        res = swaks(bp.port, "someone@example.test", *(["--tls"] if tls else []),
+                    "--header", f"Subject: {tok}", host=bp.host)
+        assert res.returncode == 0, transcript(res)
+        assert "queued as UNIX" in res.stdout.decode(errors="replace"), transcript(res)
+        got = wait_for(lambda: [m for m in smtpd.messages() if tok.encode() in m], 10,
+                       f"the message in {smtpd.out_dir}")
+        assert len(got) == 1, got
+        trace = blackpony_received(got[0])
+        assert trace is not None, got[0][:500]
+        want = b"with ESMTPS (TLSv1.3 " if tls else b"with ESMTP (without TLS)"
+        assert want in trace, trace
+    finally:
+        smtpd.stop()
+
 
 def test_backend_down_gives_421(start_blackpony):
     dead = free_port()  # nothing listens here

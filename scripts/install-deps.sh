@@ -23,6 +23,7 @@ PACKAGES=(
   libidn12                # needed by the unpacked exim4 binary (see below)
   libmariadb3 libspf2-2   # needed by the unpacked exim4-daemon-heavy binary (see below)
   libevent-2.1-7          # needed by the unpacked OpenSMTPD (see below)
+  python3-aiosmtpd        # an SMTP server on a Unix socket (inbound --backend unix:)
   nsd ldnsutils           # a DNSSEC-signed zone for the XPONY key tests (nsd serves it,
                           # ldns-keygen/ldns-signzone make it)
 )

@@ -80,40 +80,16 @@ impl BackendConn {
         let preamble = connection_preamble(facts.identity, facts.client, facts.local);
         match target {
             BackendTarget::Tcp(addr) => {
-                let connect = TcpStream::connect(addr.as_str());
-                let tcp = tokio::time::timeout(connect_timeout, connect)
-                    .await
-                    .map_err(|_| BackendError::Timeout(addr.clone()))?
-                    .map_err(|source| BackendError::Connect {
-                        target: addr.clone(),
-                        source,
-                    })?;
+                let tcp = connect(TcpStream::connect(addr.as_str()), addr, connect_timeout).await?;
                 let _ = tcp.set_nodelay(true);
-                let (reader, mut writer) = tcp.into_split();
-                write_preamble(&mut writer, &preamble, addr).await?;
-                Ok(BackendConn {
-                    reader: Box::new(reader),
-                    writer: Box::new(writer),
-                    _child: None,
-                })
+                let (reader, writer) = tcp.into_split();
+                with_preamble(reader, writer, &preamble, addr).await
             }
             BackendTarget::Unix(path) => {
                 let name = target.to_string();
-                let connect = UnixStream::connect(path);
-                let unix = tokio::time::timeout(connect_timeout, connect)
-                    .await
-                    .map_err(|_| BackendError::Timeout(name.clone()))?
-                    .map_err(|source| BackendError::Connect {
-                        target: name.clone(),
-                        source,
-                    })?;
-                let (reader, mut writer) = unix.into_split();
-                write_preamble(&mut writer, &preamble, &name).await?;
-                Ok(BackendConn {
-                    reader: Box::new(reader),
-                    writer: Box::new(writer),
-                    _child: None,
-                })
+                let unix = connect(UnixStream::connect(path), &name, connect_timeout).await?;
+                let (reader, writer) = unix.into_split();
+                with_preamble(reader, writer, &preamble, &name).await
             }
             BackendTarget::Exec(argv) => {
                 let (program, args) = argv.split_first().ok_or(BackendError::EmptyCommand)?;
@@ -148,6 +124,41 @@ impl BackendConn {
             }
         }
     }
+}
+
+/// Waits for a connection attempt, at most `timeout`.
+async fn connect<S>(
+    attempt: impl std::future::Future<Output = std::io::Result<S>>,
+    name: &str,
+    timeout: Duration,
+) -> Result<S, BackendError> {
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| BackendError::Timeout(name.to_string()))?
+        .map_err(|source| BackendError::Connect {
+            target: name.to_string(),
+            source,
+        })
+}
+
+/// A socket's halves as a backend connection, once the PROXY header (if
+/// any) is written.
+async fn with_preamble<R, W>(
+    reader: R,
+    mut writer: W,
+    preamble: &[u8],
+    name: &str,
+) -> Result<BackendConn, BackendError>
+where
+    R: AsyncRead + Send + Unpin + 'static,
+    W: AsyncWrite + Send + Unpin + 'static,
+{
+    write_preamble(&mut writer, preamble, name).await?;
+    Ok(BackendConn {
+        reader: Box::new(reader),
+        writer: Box::new(writer),
+        _child: None,
+    })
 }
 
 async fn write_preamble<W: AsyncWrite + Unpin>(
