@@ -239,6 +239,23 @@ pub fn pony_payloads(input: &[u8]) {
     }
 }
 
+/// The 8BITMIME downgrade (RFC 6152 §3) never panics, and the message
+/// keeps its DATA form: one end of data, at the end.
+pub fn mime_downgrade(input: &[u8]) {
+    let mut wire = Vec::new();
+    let mut stuffer = DotStuffer::new();
+    stuffer.push(input, &mut wire);
+    stuffer.finish(&mut wire);
+    if let Some(out) = crate::smtp::mime::downgrade_8bit(&wire) {
+        assert!(out.ends_with(b"\r\n.\r\n") || out == b".\r\n");
+        let body = &out[..out.len() - 3];
+        assert!(
+            !body.windows(5).any(|w| w == b"\r\n.\r\n"),
+            "end of data inside"
+        );
+    }
+}
+
 /// A small deterministic generator for running the checks in `cargo test`.
 #[cfg(test)]
 pub(crate) fn pseudo_random_inputs(seed: u64, count: usize, alphabet: &[u8]) -> Vec<Vec<u8>> {
@@ -273,6 +290,7 @@ mod tests {
             data_scanner(&input);
             inbound_session(&input);
             pony_payloads(&input);
+            mime_downgrade(&input);
         }
         for input in pseudo_random_inputs(0xf4a3e, 100, &[0, 1, 2, 3, 19, 20, 0xff, 0x42]) {
             pony_frames(&input);

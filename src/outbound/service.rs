@@ -267,6 +267,12 @@ impl Remote {
     /// Sends the message (DATA form, with its terminator) and returns the
     /// remote's final reply.
     async fn send_message(&mut self, deliverer: &Deliverer, wire: &[u8]) -> Reply {
+        // RFC 6152 §3: no 8-bit octets to a server without 8BITMIME.
+        if !self.caps.has("8BITMIME")
+            && let Some(converted) = crate::smtp::mime::downgrade_8bit(wire)
+        {
+            return self.exchange(deliverer, &converted, "end of data").await;
+        }
         self.exchange(deliverer, wire, "end of data").await
     }
 

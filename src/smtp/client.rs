@@ -730,6 +730,19 @@ impl ClientSession {
             ));
             return;
         }
+        if self.content.eight_bit && !caps.has("8BITMIME") {
+            // RFC 6152 §3: no 8-bit octets to a server without 8BITMIME;
+            // MIME parts are re-encoded as quoted-printable.
+            if let Some(converted) = self
+                .wire_message
+                .as_deref()
+                .and_then(crate::smtp::mime::downgrade_8bit)
+            {
+                self.content.size = converted.len().saturating_sub(3) as u64;
+                self.wire_message = Some(converted);
+            }
+            self.content.eight_bit = false;
+        }
         let mut mail = format!("MAIL FROM:<{}>", self.envelope.sender);
         if caps.has("SIZE") {
             mail.push_str(&format!(" SIZE={}", self.content.size));

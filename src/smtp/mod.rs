@@ -8,6 +8,7 @@ pub mod data;
 pub mod ehlo;
 pub mod envelope;
 pub mod limits;
+pub mod mime;
 pub mod reply;
 pub mod server;
 

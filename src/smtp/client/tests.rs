@@ -598,3 +598,35 @@ fn client_through_the_sidecar_with_xpony() {
     assert!(got.contains(&want), "{got}");
     assert!(got.ends_with("Subject: pony\r\n\r\nhi\r\n"), "{got}");
 }
+
+/// RFC 6152 §3: an 8-bit message to a server without 8BITMIME goes out
+/// converted to quoted-printable (and without BODY=8BITMIME); to one with
+/// it, unchanged.
+#[test]
+fn eight_bit_message_downgraded_without_8bitmime() {
+    let message = "Subject: s\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\
+                   Content-Transfer-Encoding: 8bit\r\n\r\ncaf\u{e9}\r\n"
+        .as_bytes();
+    for (ehlo, body_param, sent) in [
+        ("250-mx\r\n250 PIPELINING\r\n", false, "caf=C3=A9\r\n.\r\n"),
+        (
+            "250-mx\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
+            true,
+            "caf\u{e9}\r\n.\r\n",
+        ),
+    ] {
+        let mut s = session(StartTls::Never, &["a@mx.example"], message);
+        s.receive(b"220 mx ESMTP\r\n");
+        take(&mut s);
+        s.receive(ehlo.as_bytes());
+        let commands = take(&mut s);
+        assert_eq!(commands.contains("BODY=8BITMIME"), body_param, "{commands}");
+        s.receive(b"250 ok\r\n250 ok\r\n354 go\r\n");
+        let data = take(&mut s);
+        assert!(data.ends_with(sent), "{data}");
+        assert_eq!(
+            data.contains("Content-Transfer-Encoding: quoted-printable"),
+            !body_param
+        );
+    }
+}
