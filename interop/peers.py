@@ -584,6 +584,8 @@ NET_ADDR = {
                                # from the same CA, but for other.test
     "gated": "127.0.10.12",    # mx.gate1.test, mx.gate2.test: fake_mx.py gated (the first
                                # greeting waits for a second session at the same time)
+    "seven": "127.0.10.13",    # mx.seven.test: the Postfix, a listener that does not offer
+                               # 8BITMIME (smtpd_discard_ehlo_keywords)
 }
 # Recipients whose local part starts with REFUSED_LOCALPART- are refused by the Postfix MX at
 # RCPT (check_recipient_access): it answers `550 5.7.1 <addr>: Recipient address rejected: …`.
@@ -591,7 +593,7 @@ REFUSED_LOCALPART = "refuse"
 REFUSED_REPLY = "550 5.7.1 refused by the interop MX policy"
 # Domains delivered into the Postfix's Maildir.
 POSTFIX_DOMAINS = ("tls.test", "plain.test", "implicit.test", "backup.test", "verified.test",
-                   "wrongname.test")
+                   "wrongname.test", "seven.test")
 # The name the certificate served by mx.wrongname.test is issued for.
 WRONG_CERT_NAME = "other.test"
 
@@ -615,6 +617,8 @@ mx-host=verified.test,mx.verified.test,10
 host-record=mx.verified.test,{verified}
 mx-host=wrongname.test,mx.wrongname.test,10
 host-record=mx.wrongname.test,{wrongname}
+mx-host=seven.test,mx.seven.test,10
+host-record=mx.seven.test,{seven}
 mx-host=gate1.test,mx.gate1.test,10
 host-record=mx.gate1.test,{gated}
 mx-host=gate2.test,mx.gate2.test,10
@@ -1007,6 +1011,8 @@ class FakeInternet:
             listeners=[(NET_ADDR["plain"], port, {"smtpd_tls_security_level": "none"}),
                        (NET_ADDR["implicit"], port, {"smtpd_tls_security_level": "none"}),
                        (NET_ADDR["backup"], port, {"smtpd_tls_security_level": "none"}),
+                       (NET_ADDR["seven"], port, {"smtpd_tls_security_level": "none",
+                                                  "smtpd_discard_ehlo_keywords": "8bitmime"}),
                        (NET_ADDR["verified"], port,
                         {"smtpd_tls_cert_file": str(self.verified_chain),
                          "smtpd_tls_key_file": str(self.verified_key),

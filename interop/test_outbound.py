@@ -247,6 +247,27 @@ def test_deliver_folds_over_long_lines(internet, workdir):
     assert stored.replace(b"\n ", b"") == b"before\n" + long_line + b"\nafter\n", stored[:200]
 
 
+def test_deliver_downgrades_8bit_without_8bitmime(internet, workdir):
+    """RFC 6152 §3: mx.seven.test (the Postfix, 8BITMIME not offered) gets an 8-bit MIME
+    message as quoted-printable, without BODY=8BITMIME; decoded, the text is unchanged."""
+    import email
+    import email.policy
+    tok = token()
+    rcpt = f"seven-{tok}@seven.test"
+    text = f"Token {tok}: caf\u00e9, na\u00efve, \u00fcber \u2014 8-bit text\n"
+    message = (f"From: <{SENDER}>\nTo: <{rcpt}>\nSubject: 8bit {tok}\nMIME-Version: 1.0\n"
+               "Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n"
+               + text).encode()
+    res = deliver(internet, owned_dir(workdir / f"state-{tok}"), [rcpt], message)
+    assert res.returncode == 0, show(res)
+    internet.postfix.wait_messages(rcpt, timeout=30)
+    [(_, stored)] = internet.postfix.messages(rcpt)
+    assert all(b < 0x80 for b in body_of(stored)), body_of(stored)
+    parsed = email.message_from_bytes(stored, policy=email.policy.default)
+    assert parsed["Content-Transfer-Encoding"] == "quoted-printable", stored[:600]
+    assert parsed.get_content() == text, parsed.get_content()
+
+
 def test_deliver_partial_tempfail_exits_75(internet, workdir):
     """One recipient delivered, one deferred: the MTA must retry (75), and the status line
     names the deferred one."""
