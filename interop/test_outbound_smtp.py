@@ -15,6 +15,7 @@ import re
 import smtplib
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -185,6 +186,41 @@ def test_smtplib_transactions(internet, outbound_smtp_tcp):
                     f"250 {final2}")
     for r in (refused, later, null, none):
         not_delivered(internet, bp, r)
+
+
+def test_mx_session_reused_between_transactions(internet, outbound_smtp_tcp):
+    """Like Postfix's connection cache: transactions to one domain in quick succession share
+    one MX session (RSET between them), even from different MTA connections; the MX's log
+    shows one connect for three messages, each delivered with its own queue id."""
+    bp = outbound_smtp_tcp
+    tok = token()
+    rcpts = [f"reuse{i}-{tok}@plain.test" for i in range(3)]
+    time.sleep(2.5)  # idle sessions of earlier tests have expired
+    before = internet.postfix.log_text().count(": connect from ")
+    ids = []
+    for i, rcpt in enumerate(rcpts):
+        message, _ = make_message(f"{tok}{i}", [rcpt])
+        # A new MTA connection for the last one: the cache is the process's, not the
+        # connection's.
+        with smtplib.SMTP(bp.host, bp.port, local_hostname="client.test", timeout=60) as s:
+            s.ehlo()
+            assert s.mail(SENDER)[0] == 250
+            reply = s.rcpt(rcpt)
+            assert reply[0] == 250, (reply, bp.log_text()[-2000:])
+            code, final = s.data(crlf(message))
+            assert code == 250, (code, final, bp.log_text()[-2000:])
+            ids.append(queue_id_of(final.decode()))
+    for i, rcpt in enumerate(rcpts):
+        internet.postfix.wait_messages(rcpt, timeout=30)
+    assert len(set(ids)) == 3, ids
+    log = internet.postfix.log_text()
+    assert log.count(": connect from ") - before == 1, log[-3000:]
+    # The idle session is closed with QUIT after 2 s: then smtpd logs its commands.
+    disconnect = wait_for(
+        lambda: re.search(r"disconnect from .* rset=2 .*quit=1",
+                          internet.postfix.log_text().split(": connect from ")[-1]),
+        15, "the MX session's disconnect line with two RSETs and a QUIT")
+    assert " mail=3 " in disconnect.group(0), disconnect.group(0)
 
 
 def test_raw_pipelined_replies_in_order(internet, outbound_smtp_tcp):

@@ -721,6 +721,7 @@ impl OutboundSettings {
             ),
             limits,
             pony,
+            idle: Default::default(),
         })
     }
 }

@@ -72,8 +72,10 @@ pub struct Deliverer {
     pub smtp_port: u16,
     pub memory: TlsMemory,
     pub limits: Limits,
-    /// The blackpony extension, when a host key is configured.
+    /// The blackpony extension (None: `--no-xpony`).
     pub pony: Option<PonyClient>,
+    /// MX sessions between the SMTP proxy's transactions.
+    pub idle: super::cache::IdleSessions,
 }
 
 /// What the client side of the blackpony extension needs.

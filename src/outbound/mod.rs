@@ -11,6 +11,7 @@
 //! - [`service`]: the LMTP/SMTP service an MTA hands messages to;
 //! - [`exit`]: how outcomes become sysexits codes for one-shot mode.
 
+pub mod cache;
 pub mod deliver;
 pub mod dns;
 pub mod exit;

@@ -122,7 +122,7 @@ pub async fn serve<R, W>(
                         Some(mut r) => {
                             let reply = r.send_message(deliverer, &wire).await;
                             r.log_results(&reply);
-                            r.quit().await;
+                            r.release(deliverer, &reply).await;
                             reply
                         }
                         None => Reply::new(451, "4.3.0 Error: lost the remote session"),
@@ -186,19 +186,25 @@ async fn recipient_reply(
             old.quit().await;
         }
     }
-    let OpenRoute { conn, caps } = match deliverer.open_route(&domain).await {
-        Ok(open) => open,
-        Err(reply) => {
-            log_status(deliverer, recipient, &reply, None, Instant::now());
-            return reply;
+    let mut r = match reuse(deliverer, &domain).await {
+        Some(r) => r,
+        None => {
+            let OpenRoute { conn, caps } = match deliverer.open_route(&domain).await {
+                Ok(open) => open,
+                Err(reply) => {
+                    log_status(deliverer, recipient, &reply, None, Instant::now());
+                    return reply;
+                }
+            };
+            Remote {
+                domain,
+                conn,
+                caps,
+                started: Instant::now(),
+                accepted: Vec::new(),
+                uses: 0,
+            }
         }
-    };
-    let mut r = Remote {
-        domain,
-        conn,
-        caps,
-        started: Instant::now(),
-        accepted: Vec::new(),
     };
     let mut mail = format!("MAIL FROM:<{sender}>");
     if r.caps.has("8BITMIME") {
@@ -226,6 +232,27 @@ async fn recipient_reply(
     reply
 }
 
+/// An idle session to `domain` from an earlier transaction, if one is
+/// still open and answers RSET (RFC 5321 §4.1.1.5): a server may have
+/// closed it meanwhile.
+async fn reuse(deliverer: &Deliverer, domain: &str) -> Option<Remote> {
+    while let Some(idle) = deliverer.idle.take(domain) {
+        let mut r = Remote {
+            domain: domain.to_string(),
+            conn: idle.conn,
+            caps: idle.caps,
+            started: Instant::now(),
+            accepted: Vec::new(),
+            uses: idle.uses,
+        };
+        if r.command(deliverer, "RSET").await.code() == 250 {
+            return Some(r);
+        }
+        r.quit().await;
+    }
+    None
+}
+
 /// An open session with a remote MX for one transaction of the SMTP proxy.
 struct Remote {
     domain: String,
@@ -234,9 +261,25 @@ struct Remote {
     started: Instant,
     /// Recipients the remote accepted, for the log.
     accepted: Vec<String>,
+    /// Transactions this session carried before this one.
+    uses: u32,
 }
 
 impl Remote {
+    /// After a transaction that got its final reply: kept for the next one
+    /// to the same domain (or closed, when the connection is gone).
+    async fn release(self, deliverer: &Deliverer, reply: &Reply) {
+        // A 421 means the server is closing; a lost connection was made a
+        // 451 by `exchange` and has no stream left.
+        if reply.code() == 421 || self.conn.stream.is_none() {
+            self.quit().await;
+            return;
+        }
+        deliverer
+            .idle
+            .put(&self.domain, self.conn, self.caps, self.uses + 1);
+    }
+
     /// Sends RCPT and returns the remote's reply; a refusal is logged at
     /// once (the MTA will log it deferred or bounced too).
     async fn recipient(&mut self, deliverer: &Deliverer, recipient: &str) -> Reply {
@@ -350,16 +393,8 @@ impl Remote {
     }
 
     /// Ends the remote session politely (bounded; errors do not matter).
-    async fn quit(mut self) {
-        if let Some(stream) = self.conn.stream.as_mut() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), async {
-                let _ = stream.write_all(b"QUIT\r\n").await;
-                let _ = stream.flush().await;
-                let mut buf = [0u8; 512];
-                let _ = stream.read(&mut buf).await;
-            })
-            .await;
-        }
+    async fn quit(self) {
+        super::cache::quit(self.conn).await;
     }
 }
 
