@@ -520,7 +520,7 @@ row2 "(a'') as (a), smtp_connection_cache_on_demand = no" pf_nocache pf_relay ""
 row2 "(b) Postfix smtp -> blackpony outbound --protocol smtp" bp_smtp pf_relay x
 row2 "(c) Postfix lmtp -> blackpony outbound --protocol lmtp" bp_lmtp pf_relay x
 echo "   secs = from the first submission until smtp-sink counted all $RELAY_MSGS; ratio vs (a); MX ses = SMTP"
-echo "   sessions smtp-sink saw (Postfix's smtp client reuses connections; blackpony opens one per transaction); all us/m = CPU"
+echo "   sessions smtp-sink saw (Postfix's smtp client and blackpony's SMTP proxy reuse idle connections; the LMTP mode opens one per message); all us/m = CPU"
 echo "   of the whole machine per message (Postfix, smtp-source, smtp-sink, dnsmasq, blackpony);"
 echo "   bp us/m = the blackpony outbound process alone (/proc/PID/stat); (b),(c) look up the MX per message"
 echo
