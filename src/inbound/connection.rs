@@ -169,7 +169,7 @@ impl Run<'_> {
                 let ok = write_flush(&mut client, &self.session.to_client).await;
                 self.session.to_client.clear();
                 if !ok {
-                    self.session.client_eof();
+                    self.session.client_lost();
                 }
             }
             let mut acted = false;
@@ -255,7 +255,14 @@ impl Run<'_> {
             tokio::select! {
                 read = client.read(client_buf.space()), if self.session.wants_client_input() => {
                     match read {
-                        Ok(0) | Err(_) => self.session.client_eof(),
+                        Ok(0) => self.session.client_eof(),
+                        // A reset is an ordinary way to go; a broken record
+                        // or frame is worth its own log line.
+                        Err(e) if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                        ) => self.session.client_lost(),
+                        Err(e) => self.session.client_error(e.to_string()),
                         Ok(n) => self.session.client_input(client_buf.filled(n)),
                     }
                 }

@@ -109,21 +109,50 @@ pub enum Action {
 /// A log-worthy event: something refused, or a peer misbehaving.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
-    StartTlsInjection { bytes: usize },
-    XponyInjection { bytes: usize },
-    XponyFailed { stage: &'static str, error: String },
-    CommandRefused { command: &'static str },
-    TlsRequired { command: &'static str },
+    StartTlsInjection {
+        bytes: usize,
+    },
+    XponyInjection {
+        bytes: usize,
+    },
+    XponyFailed {
+        stage: &'static str,
+        error: String,
+    },
+    CommandRefused {
+        command: &'static str,
+    },
+    TlsRequired {
+        command: &'static str,
+    },
     LineTooLong,
     BadSyntax,
-    BareNewline { count: u64 },
-    MessageTooLarge { limit: u64 },
+    BareNewline {
+        count: u64,
+    },
+    MessageTooLarge {
+        limit: u64,
+    },
     BackendProtocol(ReplyError),
-    BackendUnexpected { reply: String },
-    BackendRefused { step: &'static str, reply: String },
+    BackendUnexpected {
+        reply: String,
+    },
+    BackendRefused {
+        step: &'static str,
+        reply: String,
+    },
     BackendClosed,
-    Timeout { waiting_for: &'static str },
-    TlsFailed { error: String },
+    Timeout {
+        waiting_for: &'static str,
+    },
+    TlsFailed {
+        error: String,
+    },
+    /// Reading from the client failed (a broken TLS record or XPONY frame,
+    /// a truncated channel, a reset).
+    ClientError {
+        error: String,
+    },
 }
 
 impl fmt::Display for Notice {
@@ -137,6 +166,7 @@ impl fmt::Display for Notice {
                 f,
                 "refused=xpony-injection bytes={bytes} (plaintext pipelined after XPONY)"
             ),
+            Notice::ClientError { error } => write!(f, "client-error=\"{error}\""),
             Notice::XponyFailed { stage, error } => {
                 write!(f, "xpony-error=\"{error}\" stage={stage}")
             }
@@ -311,6 +341,9 @@ pub struct Session {
     ehlo_reply_sent: Vec<u8>,
     /// Whether the last EHLO reply offered XPONY.
     xpony_offered: bool,
+    /// The client has finished sending (EOF, or an XPONY CLOSE): what it
+    /// sent before is still answered, then the session closes.
+    client_done: bool,
     /// The backend accepted MAIL and the transaction has not ended yet
     /// (XPONY is refused inside one: proto-spec §3.3 R2).
     in_transaction: bool,
@@ -350,6 +383,7 @@ impl Session {
             ehlo_reply_sent: Vec::new(),
             xpony_offered: false,
             in_transaction: false,
+            client_done: false,
             pony_ready: None,
             fixed_ephemeral: None,
             stats: Stats::default(),
@@ -382,10 +416,12 @@ impl Session {
 
     /// Whether the I/O loop should read from the client now.
     pub fn wants_client_input(&self) -> bool {
-        !matches!(
-            self.phase,
-            Phase::Closed | Phase::Handshake | Phase::XponySwitch
-        ) && self.client_in.len() < MAX_CLIENT_BUFFER
+        !self.client_done
+            && !matches!(
+                self.phase,
+                Phase::Closed | Phase::Handshake | Phase::XponySwitch
+            )
+            && self.client_in.len() < MAX_CLIENT_BUFFER
     }
 
     /// Whether a reply from the backend is owed (for choosing the timeout).
@@ -413,9 +449,44 @@ impl Session {
         self.advance();
     }
 
-    /// The client closed its side.
+    /// The client finished sending (EOF, or an XPONY CLOSE frame, which
+    /// "processes the data received before it", proto-spec §5.3). Replies
+    /// the backend still owes for commands already passed on are relayed
+    /// before the session closes: a client may pipeline the end of a
+    /// message, QUIT and its close, and must still learn that the message
+    /// was accepted (else it sends it again). A message cut off before its
+    /// end of data is dropped with the backend connection.
     pub fn client_eof(&mut self) {
+        if matches!(self.phase, Phase::Closed) {
+            return;
+        }
+        self.client_done = true;
+        self.advance();
+        self.close_if_client_done();
+    }
+
+    /// Reading from the client failed: nothing more will come, and nothing
+    /// more can be trusted.
+    pub fn client_error(&mut self, error: String) {
+        if matches!(self.phase, Phase::Closed) {
+            return;
+        }
+        self.notice(Notice::ClientError { error });
+        self.close("client-error");
+    }
+
+    /// Writing to the client failed: it is gone.
+    pub fn client_lost(&mut self) {
         if !matches!(self.phase, Phase::Closed) {
+            self.close("client-closed");
+        }
+    }
+
+    fn close_if_client_done(&mut self) {
+        if self.client_done
+            && !matches!(self.phase, Phase::Closed)
+            && (matches!(self.phase, Phase::Message(_)) || !self.awaiting_backend())
+        {
             self.close("client-closed");
         }
     }
@@ -574,6 +645,7 @@ impl Session {
             progressed |= self.handle_backend_replies();
             progressed |= self.handle_client_input();
             if !progressed {
+                self.close_if_client_done();
                 return;
             }
         }
@@ -1116,6 +1188,14 @@ impl Session {
                     Reply::new(502, "5.5.2 Error: command not recognized"),
                     Then::Continue,
                 );
+            }
+            // proto-spec §6: after XPONY the client must start over with
+            // EHLO; the backend may not insist (Postfix does not by default).
+            Verb::Mail
+                if self.hello.name.is_none()
+                    && self.tls.as_ref().is_some_and(Encryption::is_pony) =>
+            {
+                self.local(Reply::new(503, "5.5.1 Send EHLO first"), Then::Continue);
             }
             Verb::Mail => self.forward_line(line, Expect::Mail),
             Verb::Rset => self.forward_line(line, Expect::Reset),

@@ -653,6 +653,15 @@ fn xpony_handshake_switches_to_frames() {
         !after.contains("XPONY") && !after.contains("STARTTLS"),
         "{after}"
     );
+    // §6: MAIL before the new EHLO is refused here, whatever the backend
+    // would say.
+    let (mut h2, _, _) = pony_opened();
+    h2.session.phase = Phase::Commands;
+    h2.session.tls = Some(crate::transport::Encryption::Pony { peer: [3; 32] });
+    h2.session.hello = Hello::default();
+    h2.client("MAIL FROM:<a@b>\r\n");
+    assert_eq!(h2.take_client(), "503 5.5.1 Send EHLO first\r\n");
+    assert!(!h2.take_backend().contains("MAIL"));
     // §6: neither may start again.
     h.client("STARTTLS\r\n");
     assert_eq!(h.take_client(), "503 5.5.1 Already encrypted\r\n");
@@ -834,4 +843,48 @@ fn xpony_line() -> String {
         "XPONY Noise_XX_25519_ChaChaPoly_SHA256 {}\r\n",
         crate::pony::negotiation::encode_line(&m1)
     )
+}
+
+/// A client that pipelines the end of its message and QUIT and then
+/// closes (EOF, or an XPONY CLOSE) still gets the backend's verdict: the
+/// replies owed for what it sent are relayed before the session closes.
+/// A message cut off before its end of data is not finished for it.
+#[test]
+fn replies_owed_at_client_eof_are_still_relayed() {
+    let mut h = Harness::opened(Identity::ProxyV2);
+    h.ehlo();
+    h.client("MAIL FROM:<a@b>\r\n");
+    h.backend("250 2.1.0 Ok\r\n");
+    h.client("RCPT TO:<c@d>\r\n");
+    h.backend("250 2.1.5 Ok\r\n");
+    h.client("DATA\r\n");
+    h.backend("354 go\r\n");
+    h.take_client();
+    h.take_backend();
+    h.client("Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n");
+    h.session.client_eof();
+    assert!(!h.session.is_closed(), "the backend still owes two replies");
+    assert!(!h.session.wants_client_input());
+    assert!(h.take_backend().ends_with(".\r\nQUIT\r\n"));
+    h.backend("250 2.0.0 Ok: queued as X\r\n221 2.0.0 Bye\r\n");
+    assert_eq!(
+        h.take_client(),
+        "250 2.0.0 Ok: queued as X\r\n221 2.0.0 Bye\r\n"
+    );
+    assert!(h.session.is_closed());
+
+    // Cut off in the middle of a message: closed at once, no end of data.
+    let mut h = Harness::opened(Identity::ProxyV2);
+    h.ehlo();
+    h.client("MAIL FROM:<a@b>\r\n");
+    h.backend("250 2.1.0 Ok\r\n");
+    h.client("RCPT TO:<c@d>\r\n");
+    h.backend("250 2.1.5 Ok\r\n");
+    h.client("DATA\r\n");
+    h.backend("354 go\r\n");
+    h.take_backend();
+    h.client("Subject: x\r\n\r\nhalf a bo");
+    h.session.client_eof();
+    assert!(h.session.is_closed());
+    assert!(!h.take_backend().contains("\r\n.\r\n"));
 }
