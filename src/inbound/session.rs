@@ -1149,7 +1149,7 @@ impl Session {
                     self.phase = Phase::StartTlsQueued;
                 }
             }
-            Verb::Xpony => self.xpony_command(command.args),
+            Verb::Xpony => self.xpony_command(line, command.args),
             Verb::Data => {
                 if !command.args.is_empty() {
                     self.local(Reply::new(501, "5.5.4 Syntax: DATA"), Then::Continue);
@@ -1206,7 +1206,7 @@ impl Session {
     }
 
     /// `XPONY <protocol> <base64 message 1>` (proto-spec §3).
-    fn xpony_command(&mut self, args: &str) {
+    fn xpony_command(&mut self, line: &[u8], args: &str) {
         let reply = |code, text: &str| (Reply::new(code, text), Then::Continue);
         let refusal = if self.config.pony.is_none() {
             Some(reply(502, "5.5.1 Error: command not recognized"))
@@ -1221,8 +1221,22 @@ impl Session {
             self.local(r, then);
             return;
         }
+        // §3.1: `XPONY SP protocol-name SP base64`, exactly one SP each, no
+        // other white space; §2: the name's characters.
+        let name_ok = |n: &str| {
+            (1..=255).contains(&n.len())
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_+/".contains(c))
+        };
+        let exact = line.get(5) == Some(&b' ') && line.get(6..) == Some(args.as_bytes());
         let mut parts = args.split(' ');
-        let (Some(name), Some(encoded), None) = (parts.next(), parts.next(), parts.next()) else {
+        let parsed = match (parts.next(), parts.next(), parts.next()) {
+            (Some(name), Some(encoded), None) if exact && name_ok(name) && !encoded.is_empty() => {
+                Some((name, encoded))
+            }
+            _ => None,
+        };
+        let Some((name, encoded)) = parsed else {
             self.local(
                 Reply::new(501, "5.5.4 Syntax: XPONY protocol-name base64"),
                 Then::Continue,

@@ -888,3 +888,31 @@ fn replies_owed_at_client_eof_are_still_relayed() {
     assert!(h.session.is_closed());
     assert!(!h.take_backend().contains("\r\n.\r\n"));
 }
+
+/// proto-spec §3.1: exactly one SP between the fields, a protocol name of
+/// its characters, a message 1 that is there: anything else is R6.
+#[test]
+fn xpony_syntax_is_strict() {
+    let name = "Noise_XX_25519_ChaChaPoly_SHA256";
+    for line in [
+        format!("XPONY  {name} AAAA\r\n"),
+        format!("XPONY\t{name} AAAA\r\n"),
+        format!("XPONY {name}  AAAA\r\n"),
+        format!("XPONY {name} \r\n"),
+        format!("XPONY {name} AAAA \r\n"),
+        "XPONY Noise-XX AAAA\r\n".to_string(),
+        format!("XPONY {name}\r\n"),
+    ] {
+        let (mut h, _, _) = pony_opened();
+        h.client(&line);
+        assert_eq!(
+            h.take_client(),
+            "501 5.5.4 Syntax: XPONY protocol-name base64\r\n",
+            "{line:?}"
+        );
+    }
+    // The verb's case does not matter (RFC 5321 §2.4); the name's does.
+    let (mut h, _, _) = pony_opened();
+    h.client("xpony noise_xx_25519_chachapoly_sha256 AAAA\r\n");
+    assert!(h.take_client().starts_with("504 5.5.4"));
+}
