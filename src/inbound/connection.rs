@@ -149,6 +149,7 @@ impl Run<'_> {
         let mut backend_buf = ReadBuffer::new();
         let sleep = tokio::time::sleep(config.client_timeout);
         tokio::pin!(sleep);
+        let mut message_3_deadline: Option<tokio::time::Instant> = None;
 
         loop {
             // Write out everything the session produced, then act.
@@ -251,7 +252,16 @@ impl Run<'_> {
             } else {
                 config.client_timeout
             };
-            sleep.as_mut().reset(tokio::time::Instant::now() + wait);
+            let now = tokio::time::Instant::now();
+            // Message 3 has one deadline from the 334 on: a byte now and
+            // then must not hold a handshake open for ever.
+            let deadline = if self.session.awaiting_message_3() {
+                *message_3_deadline.get_or_insert(now + config.client_timeout)
+            } else {
+                message_3_deadline = None;
+                now + wait
+            };
+            sleep.as_mut().reset(deadline);
             tokio::select! {
                 read = client.read(client_buf.space()), if self.session.wants_client_input() => {
                     match read {

@@ -424,6 +424,12 @@ impl Session {
             && self.client_in.len() < MAX_CLIENT_BUFFER
     }
 
+    /// Whether the session waits for XPONY message 3 (its timeout runs
+    /// from the 334 as a whole, not from the last byte: proto-spec §3.8).
+    pub fn awaiting_message_3(&self) -> bool {
+        matches!(self.phase, Phase::XponyAwaitingFinish(_))
+    }
+
     /// Whether a reply from the backend is owed (for choosing the timeout).
     pub fn awaiting_backend(&self) -> bool {
         self.pending

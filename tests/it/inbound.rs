@@ -259,3 +259,62 @@ async fn pipelined_burst_keeps_reply_order() {
     assert!(!backend.lines().iter().any(|l| l.contains("XFORWARD")));
     sidecar.stop().await;
 }
+
+/// proto-spec §3.8: the wait for XPONY message 3 has one deadline from the
+/// 334 on; a byte now and then does not extend it (slowloris).
+#[tokio::test]
+async fn message_3_deadline_is_not_extended_by_trickling_bytes() {
+    use blackpony::pony::negotiation::{ServerHints, ServerIdentity, encode_line};
+    use blackpony::pony::noise::{Initiator, Keypair};
+    let backend = Backend::start().await;
+    let tls = Arc::new(ServerTls::self_signed("mx.test").expect("self-signed"));
+    let sidecar = Sidecar::start(&backend, tls, |c| {
+        c.client_timeout = Duration::from_millis(1500);
+        let mut session = (*c.session).clone();
+        session.pony = Some(Arc::new(ServerIdentity {
+            key: Keypair::generate().expect("key"),
+            hints: ServerHints::default(),
+        }));
+        c.session = Arc::new(session);
+    })
+    .await;
+    let mut c = sidecar.connect().await;
+    assert!(read_reply(&mut c).await.starts_with("220"));
+    let ehlo = command(&mut c, "EHLO client.test\r\n").await;
+    assert!(ehlo.contains("XPONY"), "{ehlo}");
+    let k = || Keypair::generate().expect("key");
+    let (_, m1) = Initiator::new(b"x", k(), k())
+        .write_message_1(&[])
+        .expect("message 1");
+    let reply = command(
+        &mut c,
+        &format!(
+            "XPONY Noise_XX_25519_ChaChaPoly_SHA256 {}\r\n",
+            encode_line(&m1)
+        ),
+    )
+    .await;
+    assert!(reply.starts_with("334 "), "{reply}");
+    let started = std::time::Instant::now();
+    // One byte every 300 ms: without one deadline this would never end.
+    let mut answer = String::new();
+    for _ in 0..20 {
+        if c.get_mut().write_all(b"A").await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 256];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(300), c.read(&mut buf)).await
+        {
+            answer.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if n == 0 || answer.contains("\r\n") {
+                break;
+            }
+        }
+    }
+    assert!(
+        answer.starts_with("421 4.4.2 Timeout waiting for XPONY"),
+        "{answer:?} after {:?}",
+        started.elapsed()
+    );
+    sidecar.stop().await;
+}
