@@ -10,23 +10,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blackpony::pony::channel::Channel;
-use blackpony::pony::noise::{Initiator, Keypair, Responder, Transport};
+use blackpony::pony::noise::{Keypair, Transport, handshake_in_memory};
 
 fn noise_pair(client_static: &Keypair, server_static: &Keypair) -> (Transport, Transport) {
-    let prologue = b"bench";
-    let e1 = Keypair::generate().expect("random");
-    let e2 = Keypair::generate().expect("random");
-    let (i, m1) = Initiator::new(prologue, client_static.clone(), e1)
-        .write_message_1(&[])
-        .expect("m1");
-    let (r, _) = Responder::new(prologue, server_static.clone(), e2)
-        .read_message_1(&m1)
-        .expect("r1");
-    let (r, m2) = r.write_message_2(&[]).expect("m2");
-    let (i, _) = i.read_message_2(&m2).expect("r2");
-    let (i, m3) = i.write_message_3(&[]).expect("m3");
-    let (r, _) = r.read_message_3(&m3).expect("r3");
-    (i, r)
+    let e = || Keypair::generate().expect("random");
+    handshake_in_memory(
+        b"bench",
+        (client_static.clone(), e()),
+        (server_static.clone(), e()),
+    )
+    .expect("handshake")
 }
 
 struct Tls {

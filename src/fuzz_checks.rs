@@ -154,18 +154,10 @@ pub fn inbound_session(input: &[u8]) {
 /// Two ends of an XPONY channel from fixed keys (the fuzzer wants the same
 /// input to do the same thing every time).
 fn fixed_channel_pair() -> (crate::pony::channel::Channel, crate::pony::channel::Channel) {
-    use crate::pony::noise::{Initiator, Keypair, Responder};
+    use crate::pony::noise::{Keypair, handshake_in_memory};
     let key = |n: u8| Keypair::from_secret([n; 32]);
-    let pair = || -> Result<_, crate::pony::noise::NoiseError> {
-        let (i, m1) = Initiator::new(b"fuzz", key(1), key(2)).write_message_1(&[])?;
-        let (r, _) = Responder::new(b"fuzz", key(3), key(4)).read_message_1(&m1)?;
-        let (r, m2) = r.write_message_2(&[])?;
-        let (i, _) = i.read_message_2(&m2)?;
-        let (i, m3) = i.write_message_3(&[])?;
-        let (r, _) = r.read_message_3(&m3)?;
-        Ok((i, r))
-    };
-    let (i, r) = pair().expect("a handshake between fixed keys");
+    let (i, r) = handshake_in_memory(b"fuzz", (key(1), key(2)), (key(3), key(4)))
+        .expect("a handshake between fixed keys");
     (
         crate::pony::channel::Channel::new(i),
         crate::pony::channel::Channel::new(r),
