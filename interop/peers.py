@@ -972,7 +972,42 @@ class FakeMX(Process):
         return self._records("msg")
 
 
-class FakeInternet:
+class Internet:
+    """A fake internet on loopback: its parts (self._parts: a nameserver as self.dns, MX
+    hosts) start in order and stop in reverse; self.smtp_port is where every MX listens."""
+
+    def start(self):
+        try:
+            for part in self._parts:
+                part.start()
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def stop(self):
+        errors = []
+        for part in reversed(self._parts):
+            try:
+                part.stop()
+            except Exception as e:  # keep stopping the others
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def outbound_args(self, state_dir: Path, *extra: str) -> list[str]:
+        """The flags every blackpony outbound mode gets to use this internet."""
+        return ["--dns", self.dns.address, "--smtp-port", str(self.smtp_port),
+                "--helo-name", "client.test", "--state-dir", str(state_dir), *extra]
+
+
+class FakeInternet(Internet):
     """dnsmasq + the MX hosts of NET_ADDR, all on one SMTP port (self.smtp_port):
     a private Postfix (STARTTLS listener for mx.tls.test with a self-signed certificate,
     plaintext listeners for mx.plain.test, implicit.test and mx2.backup.test, STARTTLS
@@ -1043,35 +1078,6 @@ class FakeInternet:
         self._parts = [self.dns, self.postfix, self.sink, self.broken, self.inject,
                        self.gated]
 
-    def start(self):
-        try:
-            for part in self._parts:
-                part.start()
-        except Exception:
-            self.stop()
-            raise
-        return self
-
-    def stop(self):
-        errors = []
-        for part in reversed(self._parts):
-            try:
-                part.stop()
-            except Exception as e:  # keep stopping the others
-                errors.append(e)
-        if errors:
-            raise errors[0]
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
-    def outbound_args(self, state_dir: Path, *extra: str) -> list[str]:
-        """The flags every blackpony outbound mode gets to use this internet."""
-        return ["--dns", self.dns.address, "--smtp-port", str(self.smtp_port),
-                "--helo-name", "client.test", "--state-dir", str(state_dir), *extra]
 
 
 def run_deliver(args: list[str], message: bytes, timeout: float = 60
@@ -1222,7 +1228,7 @@ PONY_DOMAINS = {
 }
 
 
-class XponyInternet:
+class XponyInternet(Internet):
     """dnsmasq for the *.test domains of PONY_DOMAINS (plus `_xpony._tcp` TXT records:
     mx.pony2.test publishes the server key, mx.pony3.test a wrong key), a private Postfix
     backend expecting PROXY v2 (smtpd_upstream_proxy_protocol = haproxy) that takes mail
@@ -1276,29 +1282,9 @@ class XponyInternet:
                          identity="proxy-v2", args=[*args, *extra], name=name,
                          host=PONY_ADDR[where], port=self.port)
 
-    def start(self):
-        try:
-            for part in self._parts:
-                part.start()
-        except Exception:
-            self.stop()
-            raise
-        return self
-
-    def stop(self):
-        errors = []
-        for part in reversed(self._parts):
-            try:
-                part.stop()
-            except Exception as e:  # keep stopping the others
-                errors.append(e)
-        if errors:
-            raise errors[0]
-
-    def outbound_args(self, state_dir: Path, *extra: str) -> list[str]:
-        """The flags `blackpony deliver` gets to use this internet."""
-        return ["--dns", self.dns.address, "--smtp-port", str(self.port),
-                "--helo-name", "client.test", "--state-dir", str(state_dir), *extra]
+    @property
+    def smtp_port(self) -> int:
+        return self.port
 
 
 # --------------------------------------------------------------------------------------
