@@ -2,14 +2,19 @@
 //!
 //! # Layout
 //!
+//! Lower layers never import higher ones: `smtp` and `pony` import no role
+//! and not `cli`; no role imports another role or `cli`. The reasons, and
+//! the three sans-IO state machines and how they are driven, are in
+//! `docs/ARCHITECTURE.md`.
+//!
 //! | folder | what it holds |
 //! |---|---|
-//! | [`smtp`] | the sans-IO protocol core: commands, replies, EHLO capabilities, the DATA scanner and dot-stuffer, the client session (delivery) and the receiving session (LMTP/SMTP from an MTA) |
-//! | [`transport`] | byte streams that may be plain TCP or TLS, and the TLS configuration (both sides) |
+//! | [`smtp`] | the sans-IO protocol core: commands, replies, EHLO capabilities, the DATA scanner and dot-stuffer, MIME downgrade, the client session (delivery) and the receiving session (LMTP/SMTP from an MTA) |
+//! | [`pony`] | the blackpony extension (XPONY): Noise XX, the framed channel, host keys and DNS key records, pins, the negotiation data, the spec's vectors |
+//! | [`transport`] | byte streams that may be plain TCP, TLS or the XPONY channel, and the TLS configuration (both sides, ring provider only) |
 //! | [`inbound`] | the sidecar on port 25: a sans-IO relay session and the thin tokio loop that drives it |
-//! | [`pony`] | the blackpony extension: the Noise XX handshake and transport (framing, pins and DNS keys to come) |
-//! | [`outbound`] | the transport an MTA hands mail to: MX resolution, route planning, TLS policy, the delivery loop and the LMTP/SMTP service |
-//! | [`cli`] | argument and config-file parsing; calls a role's `run` |
+//! | [`outbound`] | the transport an MTA hands mail to: MX resolution, route planning, TLS policy, the delivery loop, kept MX sessions and the LMTP/SMTP service |
+//! | [`cli`] | flags and config file, builds a role's settings and calls its `run` |
 //! | [`log`] | one-line, Postfix-style log records |
 //! | `fuzz_checks` | invariants shared by the fuzz targets in `fuzz/` and a deterministic test |
 //!

@@ -2,7 +2,7 @@
 //!
 //! A sidecar that connects to the MTA from localhost must not hand the client
 //! localhost's trust: an MTA that relays for 127.0.0.1 would become an open
-//! relay (INTEROP-NOTES.md, "Front proxies"). Each mode carries the client's
+//! relay (docs/INTEROP-NOTES.md, "Front proxies"). Each mode carries the client's
 //! address in a way one family of MTAs understands.
 
 use std::net::{IpAddr, SocketAddr};

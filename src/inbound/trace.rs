@@ -2,7 +2,7 @@
 //! message reached blackpony: RFC 5321 §4.4 `Received:` with the TLS version
 //! and cipher in a comment, and the RFC 3848 protocol name (ESMTPS when TLS
 //! was used; XPONY sessions say ESMTP and name XPONY in the comment). No other front tells the backend that TLS was used
-//! (INTEROP-NOTES.md), so this is where it is recorded.
+//! (docs/INTEROP-NOTES.md, "Front proxies"), so this is where it is recorded.
 
 use std::io::Write;
 use std::net::IpAddr;

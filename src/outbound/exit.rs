@@ -1,6 +1,7 @@
 //! One exit status for a one-shot delivery, as MTAs read it
-//! (INTEROP-NOTES.md): Postfix's pipe(8) defers only on 75 (EX_TEMPFAIL) and
-//! 71, and bounces on every other non-zero status; sendmail also queues 74.
+//! (docs/INTEROP-NOTES.md, "How MTAs read a mailer's exit status"):
+//! Postfix's pipe(8) defers only on 75 (EX_TEMPFAIL) and 71, and bounces on
+//! every other non-zero status; sendmail also queues 74.
 //! So any temporary failure must be 75, never 69 or 74.
 //!
 //! One status for several recipients is lossy: when some were delivered and

@@ -8,6 +8,7 @@
 //! - [`memory`]: hosts whose TLS handshake failed (plaintext after a backoff);
 //! - [`deliver`]: the I/O loop around the sans-IO
 //!   [`ClientSession`](crate::smtp::client::ClientSession);
+//! - [`cache`]: MX sessions the SMTP proxy keeps open between transactions;
 //! - [`service`]: the LMTP/SMTP service an MTA hands messages to;
 //! - [`exit`]: how outcomes become sysexits codes for one-shot mode.
 

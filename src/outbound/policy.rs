@@ -1,6 +1,6 @@
 //! Outbound security policy: what a delivery must reach, per destination.
 //!
-//! One ordered level covers TLS and (later) the blackpony extension:
+//! One ordered level covers TLS and the blackpony extension (XPONY):
 //! plaintext < encrypted < authenticated. A policy names the level a
 //! delivery requires; every delivery logs the level it reached.
 
@@ -16,7 +16,8 @@ pub enum SecurityLevel {
     /// Encrypted, but the peer's identity was not checked.
     Encrypted,
     /// Encrypted to a peer whose identity was checked (a certificate that
-    /// verifies for the MX name; later also pinned or DNS-published keys).
+    /// verifies for the MX name, or an XPONY key that was pinned or
+    /// published in DNS, proto-spec §8.3).
     Authenticated,
 }
 
@@ -63,7 +64,8 @@ impl TlsPolicy {
         }
     }
 
-    /// Whether a failed handshake may be followed by plaintext (later).
+    /// Whether a failed handshake may be followed by plaintext, once the
+    /// TLS backoff has passed (`memory.rs`).
     pub fn allows_plaintext(self) -> bool {
         self.required() == SecurityLevel::Plaintext
     }

@@ -2,7 +2,7 @@
 //! inbound sidecar, and the opportunistic client side for outbound delivery.
 //!
 //! Every config is built with the ring provider explicitly
-//! (`builder_with_provider`), never the process default (DESIGN.md).
+//! (`builder_with_provider`), never the process default (docs/ARCHITECTURE.md, "TLS").
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
