@@ -586,6 +586,8 @@ NET_ADDR = {
                                # greeting waits for a second session at the same time)
     "seven": "127.0.10.13",    # mx.seven.test: the Postfix, a listener that does not offer
                                # 8BITMIME (smtpd_discard_ehlo_keywords)
+    "literal": "127.0.10.14",  # no name: tests of address literals (bob@[127.0.10.14]) start
+                               # an smtp-sink here (on the same port)
 }
 # Recipients whose local part starts with REFUSED_LOCALPART- are refused by the Postfix MX at
 # RCPT (check_recipient_access): it answers `550 5.7.1 <addr>: Recipient address rejected: …`.
@@ -926,16 +928,28 @@ class SmtpSink(Process):
     """Postfix's smtp-sink on host:port; reject= makes it answer 4xx to those commands."""
 
     def __init__(self, log_dir: Path, host: str, port: int, *, reject: str = "",
-                 hostname: str = "smtp-sink.test"):
+                 hostname: str = "smtp-sink.test", dump_dir: Optional[Path] = None):
         self.host, self.port = host, port
+        self.dump_dir = Path(dump_dir) if dump_dir else None
         cmd = [require_tool("smtp-sink"), "-u", "postfix", "-h", hostname]
         if reject:
             cmd += ["-r", reject]
+        if self.dump_dir:
+            # One file per transaction, its envelope in X-Mail-Args / X-Rcpt-Args headers
+            # (the directory must be writable by the postfix user).
+            cmd += ["-d", f"{self.dump_dir}/%H%M%S."]
         cmd += [f"{host}:{port}", "64"]
         super().__init__(cmd, Path(log_dir) / f"smtp-sink-{host}-{port}.log", "smtp-sink")
 
     def start(self, timeout: float = 20):
         return super().start(lambda: tcp_open(self.host, self.port), timeout)
+
+    def dumps(self) -> list[bytes]:
+        """The transactions dumped with dump_dir, oldest first."""
+        if not self.dump_dir or not self.dump_dir.is_dir():
+            return []
+        files = sorted(self.dump_dir.iterdir(), key=lambda p: p.stat().st_mtime_ns)
+        return [p.read_bytes() for p in files if p.is_file()]
 
 
 class FakeMX(Process):

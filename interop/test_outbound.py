@@ -176,6 +176,10 @@ FAILED = {
     "tempfail.test": (75, "4.", "450", "deferred"),
     "nullmx.test": (68, "5.1.10 ", "556", "bounced"),
     "nosuch.test": (68, "5.1.2 ", "550", "bounced"),
+    # Malformed address literals (RFC 5321 §4.1.3): a syntax error, not a host to look up.
+    "[999.1.1.1]": (67, "5.1.3 ", "501", "bounced"),
+    "[IPv6:zz]": (67, "5.1.3 ", "501", "bounced"),
+    "[X-Foo:bar]": (67, "5.1.3 ", "501", "bounced"),
 }
 
 
@@ -559,3 +563,89 @@ def test_exim_hands_mail_to_blackpony(exim, internet, via):
         assert code in line, f"{rcpt}: expected {code!r} in {line}" + context
     ok = next(r for r, (w, _, _) in expected.items() if w == "sent")
     arrived(internet.postfix, ok, body)
+
+
+# --------------------------------------------------------------------------------------
+# 8. Address literals (RFC 5321 §4.1.3): delivered to the address itself, no MX lookup
+# --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def literal_sink(internet, workdir):
+    """Postfix's smtp-sink on NET_ADDR["literal"] (no DNS name points there), on the fake
+    internet's SMTP port, dumping every transaction with its envelope."""
+    from interop.peers import SmtpSink
+    dumps = owned_dir(workdir / "literal-sink", "postfix")
+    sink = SmtpSink(workdir, NET_ADDR["literal"], internet.smtp_port,
+                    hostname="literal-sink.test", dump_dir=dumps)
+    sink.start()
+    try:
+        yield sink
+    finally:
+        sink.stop()
+
+
+def sink_got(sink, rcpt: str, before: int) -> bytes:
+    """The one transaction for rcpt the sink dumped after `before` earlier ones."""
+    def found():
+        got = [d for d in sink.dumps()[before:]
+               if f"X-Rcpt-Args: <{rcpt}>".encode() in d]
+        return got or None
+    got = wait_for(found, 10, f"a transaction to {rcpt} in {sink.dump_dir}")
+    assert len(got) == 1, got
+    return got[0]
+
+
+@pytest.mark.parametrize("literal", [NET_ADDR["literal"], f"IPv6:::ffff:{NET_ADDR['literal']}"])
+def test_deliver_to_address_literal(internet, workdir, literal_sink, literal):
+    tok = token()
+    rcpt = f"bob-{tok}@[{literal}]"
+    message, body = make_message(tok, [rcpt])
+    before = len(literal_sink.dumps())
+    res = deliver(internet, owned_dir(workdir / f"state-{tok}"), [rcpt], message)
+    assert res.returncode == 0, show(res)
+    assert status_line(res) == "2.0.0 delivered to 1 recipient", show(res)
+    line = log_line(res, rcpt)
+    ip = literal.removeprefix("IPv6:")
+    relay = f" relay={ip}[{ip}]:{internet.smtp_port} "
+    assert relay in line and " dsn=2.0.0 status=sent (250 " in line, line
+    dump = sink_got(literal_sink, rcpt, before)
+    assert f"Subject: blackpony outbound {tok}".encode() in dump, dump[:2000]
+    # No DNS was asked about the literal (an MX or TXT query for it would be a bug).
+    assert "[" + literal not in internet.dns.log_text(), internet.dns.log_text()
+
+
+@pytest.mark.parametrize("mode", ["lmtp", "smtp"])
+def test_outbound_modes_deliver_to_address_literal(request, internet, workdir, literal_sink, mode):
+    """The LMTP server and the SMTP proxy route a literal the same way as deliver."""
+    bp = request.getfixturevalue("outbound_tcp" if mode == "lmtp" else "outbound_smtp_tcp")
+    tok = token()
+    rcpt = f"bob-{tok}@[{NET_ADDR['literal']}]"
+    message, body = make_message(tok, [rcpt])
+    before = len(literal_sink.dumps())
+    cls = smtplib.LMTP if mode == "lmtp" else smtplib.SMTP
+    with cls(bp.host, bp.port, timeout=60) as c:
+        refused = c.sendmail(SENDER, [rcpt], crlf(message))
+    assert refused == {}, refused
+    sink_got(literal_sink, rcpt, before)
+    addr = NET_ADDR["literal"]
+    wait_for(lambda: f"to=<{rcpt}> relay={addr}[{addr}]:{internet.smtp_port} " in bp.log_text(),
+             10, f"the sent line for {rcpt} in\n{bp.log_text()}")
+
+
+@pytest.mark.parametrize("how", ["flag", "config"])
+def test_deliver_refuses_address_literals_when_told(internet, workdir, literal_sink, how):
+    tok = token()
+    rcpt = f"bob-{tok}@[{NET_ADDR['literal']}]"
+    message, _ = make_message(tok, [rcpt])
+    before = len(literal_sink.dumps())
+    if how == "flag":
+        extra = ["--refuse-address-literals"]
+    else:
+        conf = workdir / f"refuse-{tok}.toml"
+        conf.write_text("[outbound]\nrefuse_address_literals = true\n")
+        extra = ["--config", str(conf)]
+    res = deliver(internet, owned_dir(workdir / f"state-{tok}"), [rcpt], message, *extra)
+    assert res.returncode == 69, show(res)
+    line = status_line(res)
+    assert line.startswith("5.7.1 ") and ": 550 5.7.1 Delivery to address literal" in line, line
+    assert len(literal_sink.dumps()) == before, "the refused literal was delivered to"

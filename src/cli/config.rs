@@ -45,6 +45,7 @@ pub struct OutboundFile {
     pub host_key: Option<PathBuf>,
     pub xpony: Option<bool>,
     pub max_message_size: Option<u64>,
+    pub refuse_address_literals: Option<bool>,
     #[serde(default)]
     pub domains: std::collections::HashMap<String, crate::outbound::TlsPolicy>,
 }
@@ -112,6 +113,8 @@ pub fn merge_outbound(
         host_key: args.host_key.or(file.host_key),
         xpony: !args.no_xpony && file.xpony.unwrap_or(true),
         max_message_size: file.max_message_size.unwrap_or(64 * 1024 * 1024),
+        refuse_address_literals: args.refuse_address_literals
+            || file.refuse_address_literals.unwrap_or(false),
     })
 }
 

@@ -234,6 +234,12 @@ pub struct OutboundArgs {
     /// are then ignored.
     #[arg(long)]
     pub no_xpony: bool,
+
+    /// Refuse recipients at address literals (`bob@[192.0.2.8]`,
+    /// `bob@[IPv6:2001:db8::8]`) with `550 5.7.1` instead of delivering to
+    /// that address (RFC 5321 §4.1.3).
+    #[arg(long)]
+    pub refuse_address_literals: bool,
 }
 
 /// `blackpony deliver -f SENDER [--] RCPT...`
@@ -671,6 +677,8 @@ pub struct OutboundSettings {
     /// Use XPONY where offered (`--no-xpony`, `xpony = false`: never).
     pub xpony: bool,
     pub max_message_size: u64,
+    /// Refuse address-literal recipients (`--refuse-address-literals`).
+    pub refuse_address_literals: bool,
 }
 
 impl OutboundSettings {
@@ -722,6 +730,7 @@ impl OutboundSettings {
             limits,
             pony,
             idle: Default::default(),
+            refuse_address_literals: self.refuse_address_literals,
         })
     }
 }

@@ -23,7 +23,9 @@ use crate::pony::pins::{DnsKeys, Evidence, KeyVerdict};
 use crate::smtp::client::{
     ClientSession, HostFailure, RecipientResult, SessionOutcome, StartTls, Step,
 };
-use crate::smtp::envelope::{ContentFacts, Envelope, address_is_sane, domain_of};
+use crate::smtp::envelope::{
+    ContentFacts, Envelope, LiteralError, address_is_sane, address_literal, domain_of, literal_name,
+};
 use crate::smtp::{DotStuffer, Reply};
 use crate::transport::{CertVerdict, ClientTls, Encryption, Stream};
 
@@ -76,6 +78,9 @@ pub struct Deliverer {
     pub pony: Option<PonyClient>,
     /// MX sessions between the SMTP proxy's transactions.
     pub idle: super::cache::IdleSessions,
+    /// Refuse recipients whose domain is an address literal
+    /// (`--refuse-address-literals`) instead of delivering to the address.
+    pub refuse_address_literals: bool,
 }
 
 /// What the client side of the blackpony extension needs.
@@ -146,6 +151,10 @@ impl RecipientStatus {
     /// delay=0.21 dsn=2.0.0 status=sent (250 2.0.0 Ok)`.
     pub fn log_line(&self) -> String {
         let relay = match &self.relay {
+            // An address literal shows as Postfix shows it: 192.0.2.8[192.0.2.8]:25.
+            Some((host, addr)) if host.starts_with('[') => {
+                format!("{}[{}]:{}", addr.ip(), addr.ip(), addr.port())
+            }
             Some((host, addr)) => format!("{host}[{}]:{}", addr.ip(), addr.port()),
             None => "none".to_string(),
         };
@@ -309,6 +318,9 @@ impl Deliverer {
     /// `max_addresses`. `Err` is the answer for every recipient when there
     /// is nothing to try (null MX, no such domain, DNS failure).
     pub(crate) async fn candidates(&self, domain: &str) -> Result<Candidates, Reply> {
+        if let Some(literal) = address_literal(domain) {
+            return self.literal_candidate(literal);
+        }
         let (routes, mx_dnssec) = match self.resolver.mx(domain).await {
             Ok(MxAnswer::Exchangers(mx, dnssec)) => (route::plan(mx, seed()), dnssec),
             Ok(MxAnswer::Implicit) => (route::implicit(domain), Dnssec::Insecure),
@@ -350,6 +362,31 @@ impl Deliverer {
             list,
             dns_failure,
             mx_dnssec,
+        })
+    }
+
+    /// An address literal (RFC 5321 §4.1.3) is its own and only address: no
+    /// MX lookup. Its canonical text stands for the host (pins, TLS-failure
+    /// memory, logs), and the TLS rules are those of any host.
+    fn literal_candidate(
+        &self,
+        literal: Result<IpAddr, LiteralError>,
+    ) -> Result<Candidates, Reply> {
+        let ip = literal
+            .map_err(|e| Reply::new(501, format!("5.1.3 Bad recipient address syntax: {e}")))?;
+        let name = literal_name(ip);
+        if self.refuse_address_literals {
+            return Err(Reply::new(
+                550,
+                format!(
+                    "5.7.1 Delivery to address literal {name} refused by local policy (refuse_address_literals)"
+                ),
+            ));
+        }
+        Ok(Candidates {
+            list: vec![(name, ip)],
+            dns_failure: None,
+            mx_dnssec: Dnssec::Insecure,
         })
     }
 
@@ -641,7 +678,14 @@ impl Deliverer {
         }
         let name = crate::pony::keys::dns_name(host);
         let mut testing = Vec::new();
-        let dns = match self.resolver.txt(&name).await {
+        // An address literal has no name to publish a key under (§8.2):
+        // only a pin can be known about it.
+        let txt = if address_literal(host).is_some() {
+            Ok((Vec::new(), Dnssec::Insecure))
+        } else {
+            self.resolver.txt(&name).await
+        };
+        let dns = match txt {
             Ok((_, Dnssec::Bogus)) => {
                 let why = format!("the DNSSEC validation of {name} failed (bogus answer)");
                 log!("xpony: {host}: {why}");
@@ -950,8 +994,7 @@ impl Deliverer {
         let Some(Ok(tcp)) = conn.stream.take().map(Stream::into_plain) else {
             return Err(failed("not a plaintext connection".into()));
         };
-        let name = rustls_pki_types::ServerName::try_from(host.trim_end_matches('.').to_string())
-            .map_err(|e| failed(e.to_string()))?;
+        let name = crate::transport::tls::server_name(&host).map_err(failed)?;
         let connector = tokio_rustls::TlsConnector::from(self.tls.config());
         let handshake =
             tokio::time::timeout(self.limits.connect_timeout, connector.connect(name, tcp)).await;

@@ -245,7 +245,7 @@ impl ClientTls {
         else {
             return CertVerdict::Untrusted("no certificate".into());
         };
-        let Ok(name) = ServerName::try_from(host.trim_end_matches('.').to_string()) else {
+        let Ok(name) = server_name(host) else {
             return CertVerdict::Untrusted(format!("{host:?} is not a valid TLS name"));
         };
         match self
@@ -256,6 +256,18 @@ impl ClientTls {
             Err(e) => CertVerdict::Untrusted(describe_cert_error(&e)),
         }
     }
+}
+
+/// The name a certificate must carry for `host`: its DNS name, or for an
+/// address literal (`[192.0.2.8]`, `[IPv6:2001:db8::8]`) its IP address
+/// (an iPAddress subjectAltName, RFC 5280 §4.2.1.6; no SNI is sent for it,
+/// RFC 6066 §3).
+pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+    if let Some(literal) = crate::smtp::envelope::address_literal(host) {
+        let ip = literal.map_err(|e| e.to_string())?;
+        return Ok(ServerName::IpAddress(ip.into()));
+    }
+    ServerName::try_from(host.trim_end_matches('.').to_string()).map_err(|e| e.to_string())
 }
 
 fn describe_cert_error(e: &rustls::Error) -> String {
@@ -322,5 +334,23 @@ impl ServerCertVerifier for AcceptAnyChain {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.webpki.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_names_of_hosts_and_literals() {
+        let ip = |s: &str| ServerName::IpAddress(s.parse::<std::net::IpAddr>().unwrap().into());
+        assert_eq!(server_name("[192.0.2.8]"), Ok(ip("192.0.2.8")));
+        assert_eq!(server_name("[IPv6:2001:db8::8]"), Ok(ip("2001:db8::8")));
+        assert_eq!(
+            server_name("mx.example.org."),
+            Ok(ServerName::try_from("mx.example.org").unwrap())
+        );
+        assert!(server_name("[999.1.1.1]").is_err());
+        assert!(server_name("bad name").is_err());
     }
 }
