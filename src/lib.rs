@@ -13,8 +13,9 @@
 //! | [`pony`] | the blackpony extension (XPONY): Noise XX, the framed channel, host keys and DNS key records, pins, the negotiation data, the spec's vectors |
 //! | [`transport`] | byte streams that may be plain TCP, TLS or the XPONY channel, and the TLS configuration (both sides, ring provider only) |
 //! | [`inbound`] | the sidecar on port 25: a sans-IO relay session and the thin tokio loop that drives it |
-//! | [`relay`] | the sealed relay: the fetch protocol (XFETCH) between the relay and the home machine |
 //! | [`outbound`] | the transport an MTA hands mail to: MX resolution, route planning, TLS policy, the delivery loop, kept MX sessions and the LMTP/SMTP service |
+//! | [`relay`] | the sealed relay: the format inside each sealed file, sealing with age, the receiving MX (`seal`), the fetch protocol (XFETCH) between the relay and the home machine |
+//! | [`state`] | the state-store seam: the sealed spool (atomic publish, listing, removal) with its fsync rules in one place |
 //! | [`cli`] | flags and config file, builds a role's settings and calls its `run` |
 //! | [`log`] | one-line, Postfix-style log records |
 //! | `fuzz_checks` | invariants shared by the fuzz targets in `fuzz/` and a deterministic test |
@@ -31,4 +32,5 @@ pub mod outbound;
 pub mod pony;
 pub mod relay;
 pub mod smtp;
+pub mod state;
 pub mod transport;

@@ -1,6 +1,12 @@
 //! The sealed relay (issue 10): `seal` on the always-on MX, `fetch` at home.
+//! The relay keeps only ciphertext: each accepted message is sealed with age
+//! to its owner's offline keys the moment it arrives and published to a
+//! spool ([`crate::state::spool`]); the home machine fetches and decrypts.
 //!
+//! - [`sealed`]: the plaintext format inside each sealed file
+//!   (`proto-spec/sealed-relay.md` §1);
 //! - [`xfetch`]: the fetch protocol inside the XPONY channel
 //!   (`proto-spec/fetch.md`), sans-IO, both sides.
 
+pub mod sealed;
 pub mod xfetch;
