@@ -26,6 +26,9 @@ PACKAGES=(
   python3-aiosmtpd        # an SMTP server on a Unix socket (inbound --backend unix:)
   nsd ldnsutils           # a DNSSEC-signed zone for the XPONY key tests (nsd serves it,
                           # ldns-keygen/ldns-signzone make it)
+  groff-base man-db       # the generated man pages are rendered in cargo test (groff) and
+                          # by the package test (man)
+  lintian                 # the Debian package is checked with it (interop/test_package.py)
 )
 
 missing=()

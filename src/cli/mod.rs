@@ -2,6 +2,7 @@
 //! calls a role's `run`. Flags given on the command line win over the file.
 
 pub mod config;
+pub mod docs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,6 +74,12 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Show or change the keys remembered per MX host (trust on first use).
     Pins(PinsArgs),
+    /// Write the man pages (a build step; hidden).
+    #[command(hide = true)]
+    Man(docs::ManArgs),
+    /// Write the bash, zsh and fish completions (a build step; hidden).
+    #[command(hide = true)]
+    Completions(docs::CompletionsArgs),
 }
 
 /// `blackpony keygen`
@@ -404,6 +411,7 @@ pub fn main() -> ExitCode {
         Command::Inbound(_) => "inbound",
         Command::Keygen(_) => "keygen",
         Command::Pins(_) => "pins",
+        Command::Man(_) | Command::Completions(_) => "docs",
     };
     let default_sink: fn() -> log::Sink = match &cli.command {
         Command::Deliver(_) => || log::Sink::Held(Vec::new()),
@@ -423,6 +431,8 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Keygen(args) => keygen(args),
         Command::Pins(args) => pins(args),
+        Command::Man(args) => docs::run_man(args),
+        Command::Completions(args) => docs::run_completions(args),
         Command::Deliver(args) => {
             let outbound =
                 match config::merge_outbound(args.outbound, file.outbound.unwrap_or_default()) {
