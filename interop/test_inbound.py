@@ -325,6 +325,15 @@ SMUGGLE_VARIANTS = {
 }
 
 
+def send_and_quit(c, to: str, tok: str, marker: str):
+    """MAIL, RCPT, DATA, a small message and QUIT on a session past its EHLO; each accepted."""
+    assert c.cmd("MAIL FROM:<a@client.test>").code == 250
+    assert c.cmd(f"RCPT TO:<{to}>").code == 250
+    assert c.cmd("DATA").code == 354
+    assert c.cmd(f"Subject: {tok}\r\n\r\n{marker}\r\n.").code == 250
+    assert c.cmd("QUIT").code == 221
+
+
 def smuggle_payload(tok: str, to: str, smuggled: str, variant: bytes) -> bytes:
     """One message whose body hides a second transaction behind a non-CRLF end-of-data.
     The smuggled message's own CRLF.CRLF is the only real end of data."""
@@ -386,25 +395,65 @@ def bp_reject(_module_blackponies, pf_proxy):
                                name="bp-reject")
 
 
-@pytest.mark.parametrize("variant", list(SMUGGLE_VARIANTS))
-def test_smuggling_rejected(bp_reject, pf_proxy, variant):
-    bp, pf = bp_reject, pf_proxy
+def refused_without_end_of_data(bp, pf, prefix: str, variant: bytes, code: bytes,
+                                log: str) -> tuple[str, str]:
+    """Sends a smuggling message that blackpony must refuse with `code` (e.g. b"550 5.6.11"):
+    the connection closes with no reply to a smuggled command, Postfix loses its connection
+    in DATA (it never got an end of data), and nothing is delivered. Returns (token, rcpt)."""
     tok = token()
-    to = rcpt("reject-target", tok)
-    smuggled = rcpt("reject-smuggled", tok)
+    to = rcpt(f"{prefix}-target", tok)
+    smuggled = rcpt(f"{prefix}-smuggled", tok)
+    lost = "lost connection after DATA"
+    lost_before = pf.log_text().count(lost)
     before = pf.log_text().count(" disconnect from ")
-    r, c = smuggle_session(bp, to, smuggle_payload(tok, to, smuggled, SMUGGLE_VARIANTS[variant]))
+    r, c = smuggle_session(bp, to, smuggle_payload(tok, to, smuggled, variant))
     with c:
-        assert r is not None and r.code == 550 and r.lines[-1].startswith(b"550 5.6.11"), (
+        assert r is not None and r.code == 550 and r.lines[-1].startswith(code), (
             f"{r}\n{bp.log_text()[-2000:]}")
         rest = c.read_to_eof()
-        assert c.eof, "connection still open after 550 5.6.11"
+        assert c.eof, f"connection still open after {code!r}"
         assert b"250" not in rest, rest  # no reply to a smuggled command
-    bp.wait_log(r"refused=bare-newline")
+    bp.wait_log(log)
+    wait_for(lambda: pf.log_text().count(lost) > lost_before, 15,
+             f"Postfix to lose the connection in DATA (no end of data)\n{pf.log_tail(20)}")
     settle(pf, before)
     assert pf.messages(to) == [], "message delivered although blackpony refused it"
     assert pf.messages(smuggled) == [], "smuggled message delivered"
     assert "from=<evil@x>" not in pf.log_text()
+    return tok, to
+
+
+@pytest.mark.parametrize("variant", list(SMUGGLE_VARIANTS))
+def test_smuggling_rejected(bp_reject, pf_proxy, variant):
+    refused_without_end_of_data(bp_reject, pf_proxy, "reject", SMUGGLE_VARIANTS[variant],
+                                b"550 5.6.11", r"refused=bare-newline")
+
+
+# A NUL next to a line end: an MTA that drops NULs sees CRLF.CRLF where blackpony saw none.
+NUL_VARIANTS = {
+    "crlf-nul-dot-crlf": b"\r\n\0.\r\n",
+    "crlf-dot-nul-crlf": b"\r\n.\0\r\n",
+    "crlf-nul-dot-cr": b"\r\n\0.\r",
+    "crlf-nul-dot-lf": b"\r\n\0.\n",
+    "mid-line": b" \0 \r\n",
+}
+
+
+@pytest.mark.parametrize("policy", ["normalize", "reject"])
+@pytest.mark.parametrize("variant", list(NUL_VARIANTS))
+def test_nul_in_message_refused(mode_blackpony, bp_reject, pf_proxy, policy, variant):
+    """A message with a NUL is refused with 550 5.6.0 in every --bare-newlines mode, Postfix
+    never gets an end of data; the next message, on a new connection, is delivered."""
+    bp = mode_blackpony("proxy-v2")[0] if policy == "normalize" else bp_reject
+    pf = pf_proxy
+    tok, to = refused_without_end_of_data(bp, pf, "nul", NUL_VARIANTS[variant], b"550 5.6.0",
+                                          r"refused=nul count=1 ")
+    marker = f"after-nul-{tok}"
+    with RawSMTP(bp.host, bp.port) as c:
+        assert c.reply().code == 220
+        assert c.cmd("EHLO client.test").code == 250
+        send_and_quit(c, to, tok, marker)
+    check_delivered(pf, bp, to, marker, tls=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -450,11 +499,7 @@ def test_require_tls(start_blackpony, pf_proxy):
         assert c.cmd("STARTTLS").code == 220
         c.starttls()
         assert c.cmd("EHLO client.test").code == 250
-        assert c.cmd("MAIL FROM:<a@client.test>").code == 250
-        assert c.cmd(f"RCPT TO:<{to}>").code == 250
-        assert c.cmd("DATA").code == 354
-        assert c.cmd(f"Subject: {tok}\r\n\r\n{marker}\r\n.").code == 250
-        assert c.cmd("QUIT").code == 221
+        send_and_quit(c, to, tok, marker)
     check_delivered(pf, bp, to, marker, tls=True)
     assert "refused=tls-required" in bp.log_text()
 

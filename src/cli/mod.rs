@@ -320,7 +320,8 @@ pub struct InboundArgs {
 
     /// What to do with a bare CR or LF in a message: `normalize` rewrites it
     /// to CRLF, `reject` refuses the message with 550 5.6.11. Either way only
-    /// CRLF.CRLF ends a message (SMTP smuggling defence).
+    /// CRLF.CRLF ends a message (SMTP smuggling defence), and a message with
+    /// a NUL is refused with 550 5.6.0.
     #[arg(long, value_enum, value_name = "POLICY")]
     pub bare_newlines: Option<BareNewlinesArg>,
 

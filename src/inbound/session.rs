@@ -130,6 +130,10 @@ pub enum Notice {
     BareNewline {
         count: u64,
     },
+    /// NUL octets in a message (refused in every `--bare-newlines` mode).
+    Nul {
+        count: u64,
+    },
     MessageTooLarge {
         limit: u64,
     },
@@ -175,6 +179,7 @@ impl fmt::Display for Notice {
             Notice::LineTooLong => write!(f, "refused=line-too-long"),
             Notice::BadSyntax => write!(f, "refused=bad-syntax"),
             Notice::BareNewline { count } => write!(f, "refused=bare-newline count={count}"),
+            Notice::Nul { count } => write!(f, "refused=nul count={count}"),
             Notice::MessageTooLarge { limit } => write!(f, "refused=message-size limit={limit}"),
             Notice::BackendProtocol(e) => write!(f, "backend-error=protocol ({e})"),
             Notice::BackendUnexpected { reply } => {
@@ -964,25 +969,11 @@ impl Session {
         self.client_in.drain(..scan.consumed);
 
         if message.refusal.is_none() {
-            let bare = message.scanner.bare_newlines();
-            let too_big = self
-                .backend_size
-                .is_some_and(|limit| message.scanner.written() > limit + SIZE_SLACK);
-            if bare > 0 && self.config.bare_newlines == BareNewlines::Reject {
-                message.refusal = Some((
-                    Reply::new(
-                        550,
-                        "5.6.11 Message refused: bare CR or LF in message content (RFC 5321 section 2.3.8)",
-                    ),
-                    Notice::BareNewline { count: bare },
-                ));
-            } else if too_big {
-                let limit = self.backend_size.unwrap_or_default();
-                message.refusal = Some((
-                    Reply::new(552, "5.3.4 Message size exceeds fixed maximum message size"),
-                    Notice::MessageTooLarge { limit },
-                ));
-            }
+            message.refusal = content_refusal(
+                &message.scanner,
+                self.config.bare_newlines,
+                self.backend_size,
+            );
             if message.refusal.is_some() {
                 // Nothing of this chunk goes out; the backend never gets an
                 // end-of-data for this message (its connection is closed).
@@ -998,8 +989,11 @@ impl Session {
             };
             match message.refusal {
                 Some((reply, mut notice)) => {
-                    if let Notice::BareNewline { count } = &mut notice {
-                        *count = message.scanner.bare_newlines();
+                    // The counts as of the end of the message.
+                    match &mut notice {
+                        Notice::BareNewline { count } => *count = message.scanner.bare_newlines(),
+                        Notice::Nul { count } => *count = message.scanner.nuls(),
+                        _ => {}
                     }
                     self.stats.refused += 1;
                     self.notice(notice);
@@ -1386,6 +1380,53 @@ impl Session {
         self.to_backend.extend_from_slice(b"\r\n");
         self.pending.push_back(expect);
     }
+}
+
+/// Why a message must be refused, judged on what the scanner has read so
+/// far; checked after every chunk, so the chunk that brings the offence is
+/// never forwarded. The backend then gets no end of data for the message:
+/// the session reads the message to its end, answers, and closes the
+/// backend connection mid-DATA, which makes the backend discard it.
+///
+/// - NUL, in every `--bare-newlines` mode: a next hop that drops NULs would
+///   see an end of data where this one saw none (see [`crate::smtp::data`]
+///   for RFC 5321 §4.1.1.4, RFC 5322 §3.5 and RFC 6152 §3). `5.6.0` (RFC 3463:
+///   other or undefined media error), as no more specific code exists.
+/// - a bare CR or LF under `--bare-newlines reject` (RFC 5321 §2.3.8).
+/// - a message running [`SIZE_SLACK`] past the backend's SIZE.
+fn content_refusal(
+    scanner: &DataScanner,
+    bare_newlines: BareNewlines,
+    size_limit: Option<u64>,
+) -> Option<(Reply, Notice)> {
+    if scanner.nuls() > 0 {
+        return Some((
+            Reply::new(
+                550,
+                "5.6.0 Message refused: message contains NUL characters (RFC 5322 section 3.5)",
+            ),
+            Notice::Nul {
+                count: scanner.nuls(),
+            },
+        ));
+    }
+    let bare = scanner.bare_newlines();
+    if bare > 0 && bare_newlines == BareNewlines::Reject {
+        return Some((
+            Reply::new(
+                550,
+                "5.6.11 Message refused: bare CR or LF in message content (RFC 5321 section 2.3.8)",
+            ),
+            Notice::BareNewline { count: bare },
+        ));
+    }
+    let limit = size_limit?;
+    (scanner.written() > limit + SIZE_SLACK).then(|| {
+        (
+            Reply::new(552, "5.3.4 Message size exceeds fixed maximum message size"),
+            Notice::MessageTooLarge { limit },
+        )
+    })
 }
 
 /// RFC 3207 §4 and Postfix's `smtpd_tls_security_level = encrypt`: before

@@ -15,7 +15,18 @@
 //!   the message (`BareNewlines::Reject`);
 //! - a line that is a single dot but does not end the message (because a bare
 //!   LF or CR touches it) is written out dot-stuffed as `..`, so that after
-//!   normalisation it cannot become an end-of-data on the next hop.
+//!   normalisation it cannot become an end-of-data on the next hop;
+//! - a NUL octet is counted (see [`DataScanner::nuls`]) so the caller can
+//!   refuse the message. It is neither rewritten nor dropped here. NUL has
+//!   no place in DATA as the sidecar offers it: RFC 5321 §4.1.1.4 says
+//!   control characters other than SP, HT, CR and LF SHOULD be avoided,
+//!   RFC 5322 §3.5 `text` excludes %d0 (only the obsolete syntax of §4.1,
+//!   which must not be generated, has it), and the 8-bit data of RFC 6152
+//!   §3 is 8bit data in the sense of RFC 2045 §2.8, which has no NULs (only
+//!   BINARYMIME, which is not offered, carries them). And a next hop that
+//!   drops NULs would read `CRLF NUL "." CRLF` as an end of data this
+//!   scanner did not see (SMTP smuggling); refusing is the only answer that
+//!   leaves both hops agreeing where the message ends.
 //!
 //! [`DotStuffer`] is the sending side: it turns a message into DATA form.
 
@@ -61,6 +72,8 @@ pub struct DataScanner {
     pos: Pos,
     /// Bare CRs and LFs seen in this message.
     bare_newlines: u64,
+    /// NUL octets seen in this message.
+    nuls: u64,
     /// Bytes written out, terminator included.
     written: u64,
 }
@@ -77,6 +90,7 @@ impl DataScanner {
         DataScanner {
             pos: Pos::LineStart { after_crlf: true },
             bare_newlines: 0,
+            nuls: 0,
             written: 0,
         }
     }
@@ -84,6 +98,13 @@ impl DataScanner {
     /// How many bare CRs and LFs the message had so far.
     pub fn bare_newlines(&self) -> u64 {
         self.bare_newlines
+    }
+
+    /// How many NUL octets the message had so far. It counts every NUL the
+    /// last [`DataScanner::scan`] consumed, so a caller that refuses on it
+    /// can hold back that very chunk.
+    pub fn nuls(&self) -> u64 {
+        self.nuls
     }
 
     /// How many bytes the scanner has written out so far.
@@ -98,8 +119,8 @@ impl DataScanner {
         let mut i = 0;
         while i < input.len() {
             if self.pos == Pos::Middle {
-                // Fast path: copy everything up to the next CR or LF.
-                match memchr::memchr2(b'\r', b'\n', &input[i..]) {
+                // Fast path: copy everything up to the next CR, LF or NUL.
+                match memchr::memchr3(b'\r', b'\n', 0, &input[i..]) {
                     None => {
                         out.extend_from_slice(&input[i..]);
                         i = input.len();
@@ -113,6 +134,10 @@ impl DataScanner {
             }
             let b = input[i];
             i += 1;
+            if b == 0 {
+                // Framed like any other octet; the caller refuses the message.
+                self.nuls += 1;
+            }
             if self.step(b, out) {
                 self.written += (out.len() - start_len) as u64;
                 return Scan {
@@ -310,7 +335,8 @@ mod tests {
     use super::*;
 
     /// Scans `input` in one piece and byte by byte; both must agree.
-    fn scan_all(input: &[u8]) -> (Vec<u8>, Option<usize>, u64) {
+    /// Returns the output, where the end is, the bare newlines and the NULs.
+    fn scan_all(input: &[u8]) -> (Vec<u8>, Option<usize>, u64, u64) {
         let mut whole = DataScanner::new();
         let mut out = Vec::new();
         let scan = whole.scan(input, &mut out);
@@ -319,8 +345,14 @@ mod tests {
         let mut bytewise = DataScanner::new();
         let mut out2 = Vec::new();
         let mut end2 = None;
+        let mut nuls_so_far = 0;
         for (i, b) in input.iter().enumerate() {
-            if bytewise.scan(std::slice::from_ref(b), &mut out2).end {
+            let scan = bytewise.scan(std::slice::from_ref(b), &mut out2);
+            // A NUL is counted by the scan that consumed it: the session
+            // refuses on the chunk that carries it, never a chunk later.
+            nuls_so_far += u64::from(*b == 0);
+            assert_eq!(bytewise.nuls(), nuls_so_far, "{input:?} at {i}");
+            if scan.end {
                 end2 = Some(i + 1);
                 break;
             }
@@ -328,7 +360,8 @@ mod tests {
         assert_eq!(out, out2, "chunking changed the output for {input:?}");
         assert_eq!(end, end2, "chunking changed the end for {input:?}");
         assert_eq!(whole.written(), out.len() as u64);
-        (out, end, whole.bare_newlines())
+        assert_eq!(whole.nuls(), bytewise.nuls(), "{input:?}");
+        (out, end, whole.bare_newlines(), whole.nuls())
     }
 
     #[test]
@@ -353,7 +386,7 @@ mod tests {
             (b"x\ny\rz\r\n", b"x\r\ny\r\nz\r\n", None, 2),
         ];
         for &(input, want, want_end, want_bare) in cases {
-            let (out, end, bare) = scan_all(input);
+            let (out, end, bare, _) = scan_all(input);
             assert_eq!(
                 String::from_utf8_lossy(&out),
                 String::from_utf8_lossy(want),
@@ -375,29 +408,49 @@ mod tests {
         }
     }
 
+    /// Where CR LF "." CR LF occurs in `out`, counting the CR LF that ended
+    /// DATA before it.
+    fn terminators(out: &[u8]) -> Vec<usize> {
+        let mut framed = b"\r\n".to_vec();
+        framed.extend_from_slice(out);
+        framed
+            .windows(5)
+            .enumerate()
+            .filter(|(_, w)| w == b"\r\n.\r\n")
+            .map(|(i, _)| i)
+            .collect()
+    }
+
     #[test]
     fn output_never_contains_a_premature_terminator() {
-        // Every string of up to 6 bytes over the interesting alphabet: the
-        // output has CRLF.CRLF (with the implied CRLF before the start) only
-        // at its very end, and only when the scanner reported the end.
-        let alphabet = [b'\r', b'\n', b'.', b'a'];
+        // Every string of up to 6 bytes over the interesting alphabet, NUL
+        // included: the output has CRLF.CRLF (with the implied CRLF before
+        // the start) only at its very end, and only when the scanner
+        // reported the end. And where a next hop that drops NULs would see
+        // an earlier end, the scanner counted a NUL, so the session refuses
+        // the message before that hop gets its end of data.
+        let alphabet = [b'\r', b'\n', b'.', b'a', 0];
+        let k = alphabet.len();
         for len in 1..=6u32 {
-            for n in 0..4usize.pow(len) {
-                let input: Vec<u8> = (0..len)
-                    .map(|k| alphabet[(n / 4usize.pow(k)) % 4])
-                    .collect();
-                let (out, end, _) = scan_all(&input);
-                let mut framed = b"\r\n".to_vec();
-                framed.extend_from_slice(&out);
-                let hits: Vec<_> = framed
-                    .windows(5)
-                    .enumerate()
-                    .filter(|(_, w)| w == b"\r\n.\r\n")
-                    .map(|(i, _)| i)
-                    .collect();
+            for n in 0..k.pow(len) {
+                let input: Vec<u8> = (0..len).map(|i| alphabet[(n / k.pow(i)) % k]).collect();
+                let (out, end, _, nuls) = scan_all(&input);
+                let hits = terminators(&out);
+                let framed_len = out.len() + 2;
                 match end {
-                    Some(_) => assert_eq!(hits, [framed.len() - 5], "{input:?}"),
+                    Some(_) => assert_eq!(hits, [framed_len - 5], "{input:?}"),
                     None => assert!(hits.is_empty(), "{input:?} gave {out:?}"),
+                }
+                let consumed = end.unwrap_or(input.len());
+                assert_eq!(
+                    nuls,
+                    input[..consumed].iter().filter(|&&b| b == 0).count() as u64,
+                    "{input:?}"
+                );
+                let stripped: Vec<u8> = out.iter().copied().filter(|&b| b != 0).collect();
+                let stripped_hits = terminators(&stripped);
+                if stripped_hits != hits {
+                    assert!(nuls > 0, "{input:?}: hidden end of data, no NUL counted");
                 }
                 // No bare CR or LF survives normalisation.
                 for (i, &b) in out.iter().enumerate() {
@@ -409,6 +462,40 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// NUL: framed as an ordinary octet, counted in the very scan that
+    /// consumes it. The first four are the probes: an MTA that drops
+    /// NULs would see an end of data in each.
+    #[test]
+    fn nul_octets_are_counted_not_framed() {
+        // (input, where the end is, NULs counted up to there)
+        let cases: &[(&[u8], Option<usize>, u64)] = &[
+            (b"a\r\n\0.\r\nMAIL", None, 1),
+            (b"a\r\n.\0\r\nMAIL", None, 1),
+            (b"a\r\n\0.\rMAIL", None, 1),
+            (b"a\r\n\0.\nMAIL", None, 1),
+            (b"\0.\r\n", None, 1),
+            (b".\0\r\n", None, 1),
+            (b"a\0\r\n.\r\nMAIL", Some(7), 1),
+            (b"a\r\0\n.\r\n", None, 1),
+            (b"a\r\n\0\r\n.\r\n", Some(9), 1),
+            (b"\0\0\0", None, 3),
+            (b"a\r\n.\r\n\0", Some(6), 0),
+            (b"no nul\r\n.\r\n", Some(11), 0),
+        ];
+        for &(input, want_end, want_nuls) in cases {
+            let (out, end, _, nuls) = scan_all(input);
+            assert_eq!(end, want_end, "end for {input:?}");
+            assert_eq!(nuls, want_nuls, "NULs in {input:?}");
+            let consumed = end.unwrap_or(input.len());
+            let nuls_in = input[..consumed].iter().filter(|&&b| b == 0).count();
+            assert_eq!(
+                out.iter().filter(|&&b| b == 0).count(),
+                nuls_in,
+                "{input:?} gave {out:?}"
+            );
         }
     }
 
@@ -447,7 +534,7 @@ mod tests {
         let mut s = DotStuffer::new();
         s.push(message, &mut wire);
         s.finish(&mut wire);
-        let (out, end, bare) = scan_all(&wire);
+        let (out, end, bare, _) = scan_all(&wire);
         assert_eq!(end, Some(wire.len()));
         assert_eq!(out, wire);
         assert_eq!(bare, 0);

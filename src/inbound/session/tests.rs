@@ -61,6 +61,19 @@ impl Harness {
         std::iter::from_fn(|| self.session.poll_action()).collect()
     }
 
+    /// A session inside a message: greeting, MAIL, RCPT, DATA and 354 done,
+    /// the buffers emptied.
+    fn in_message(config: SessionConfig) -> Self {
+        let mut h = Harness::new(config);
+        h.backend("220 ok\r\n");
+        h.take_client();
+        h.client("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n");
+        h.backend("250 Ok\r\n250 Ok\r\n354 go\r\n");
+        h.take_backend();
+        h.take_client();
+        h
+    }
+
     /// EHLO from the client, answered by the backend; returns what the client saw.
     fn ehlo(&mut self) -> String {
         self.client("EHLO client.example\r\n");
@@ -216,13 +229,7 @@ fn smuggled_end_of_data_is_neutralised() {
 fn bare_newline_reject_closes_without_end_of_data() {
     let mut c = config(Identity::ProxyV2);
     c.bare_newlines = BareNewlines::Reject;
-    let mut h = Harness::new(c);
-    h.backend("220 ok\r\n");
-    h.take_client();
-    h.client("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n");
-    h.backend("250 Ok\r\n250 Ok\r\n354 go\r\n");
-    h.take_backend();
-    h.take_client();
+    let mut h = Harness::in_message(c);
     h.client("line one\r\nsneaky\n.\nMAIL FROM:<x@y>\r\n");
     let partial = h.take_backend();
     assert!(!partial.contains("sneaky"), "{partial:?}");
@@ -240,6 +247,98 @@ fn bare_newline_reject_closes_without_end_of_data() {
         "{actions:?}"
     );
     assert_eq!(actions.last(), Some(&Action::Close));
+}
+
+/// A NUL in a message is refused in every `--bare-newlines` mode, on the
+/// path of a bare newline under `reject`: the chunk with the NUL is not
+/// forwarded, the backend never gets an end of data, the client gets
+/// `550 5.6.0` once the message has ended, and the session closes.
+#[test]
+fn nul_in_a_message_is_refused_without_end_of_data() {
+    // (what follows "body" in the message, NULs in it)
+    let cases: &[(&str, u64)] = &[
+        // The issue's probes: an MTA that drops NULs sees CRLF.CRLF in each.
+        ("\r\n\0.\r\n", 1),
+        ("\r\n.\0\r\n", 1),
+        ("\r\n\0.\r", 1),
+        ("\r\n\0.\n", 1),
+        // NUL away from any line end, several, at the very start of a line.
+        ("\0", 1),
+        (" x\0y\0z\r\n\0\0", 4),
+        ("\r\n\0\r\n.\0", 2),
+    ];
+    for policy in [BareNewlines::Normalize, BareNewlines::Reject] {
+        for &(tail, nuls) in cases {
+            let mut c = config(Identity::ProxyV2);
+            c.bare_newlines = policy;
+            let mut h = Harness::in_message(c);
+            // A clean first chunk goes out as usual.
+            h.client("Subject: x\r\n\r\n");
+            assert_eq!(h.take_backend(), "Subject: x\r\n\r\n");
+            h.client(&format!(
+                "body{tail}MAIL FROM:<evil@x>\r\nRCPT TO:<smuggled@y>\r\nDATA\r\n"
+            ));
+            let what = format!("{tail:?} with {policy:?}");
+            assert_eq!(h.take_backend(), "", "{what}: the NUL chunk was forwarded");
+            assert_eq!(h.take_client(), "", "{what}: answered before the end");
+            h.client("evil\r\n.\r\n");
+            assert_eq!(
+                h.take_backend(),
+                "",
+                "{what}: the backend got an end of data"
+            );
+            assert_eq!(
+                h.take_client(),
+                "550 5.6.0 Message refused: message contains NUL characters (RFC 5322 section 3.5)\r\n",
+                "{what}"
+            );
+            let actions = h.actions();
+            assert!(
+                actions.contains(&Action::Log(Notice::Nul { count: nuls })),
+                "{what}: {actions:?}"
+            );
+            assert_eq!(actions.last(), Some(&Action::Close), "{what}");
+            assert_eq!(h.session.stats().end, "message-refused", "{what}");
+            assert_eq!(h.session.stats().refused, 1, "{what}");
+        }
+    }
+}
+
+/// NUL in a chunk that also ends the message: refused in the same turn.
+#[test]
+fn nul_in_the_last_chunk_is_refused() {
+    let mut h = Harness::in_message(config(Identity::ProxyV2));
+    h.client("a\0b\r\n.\r\nQUIT\r\n");
+    assert_eq!(h.take_backend(), "");
+    assert!(h.take_client().starts_with("550 5.6.0 "));
+    assert_eq!(h.actions().last(), Some(&Action::Close));
+}
+
+/// NUL in a command line: `500 5.5.2`, never forwarded, wherever it is.
+#[test]
+fn nul_in_a_command_line_is_a_syntax_error() {
+    for line in [
+        "\0\r\n",
+        "\0EHLO x\r\n",
+        "EHLO x\0\r\n",
+        "EHLO x\0.example\r\n",
+        "MAIL FROM:<a@b>\0\r\n",
+        "MAIL\0FROM:<a@b>\r\n",
+        "RCPT TO:<b@c>\0RCPT TO:<d@e>\r\n",
+        "NOOP\0\n",
+        "QUIT\0\r\n",
+    ] {
+        let mut h = Harness::opened(Identity::ProxyV2);
+        h.ehlo();
+        h.client(line);
+        assert_eq!(h.take_backend(), "", "{line:?} was forwarded");
+        assert_eq!(
+            h.take_client(),
+            "500 5.5.2 Error: bad syntax\r\n",
+            "{line:?}"
+        );
+        assert!(!h.session.is_closed(), "{line:?}");
+    }
 }
 
 #[test]
