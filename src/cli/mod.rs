@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod docs;
+mod notify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -659,6 +660,7 @@ async fn run_outbound_server(
         }
     };
     log!("listening on {listen} protocol={}", protocol.as_str());
+    notify::ready(&notify::address(&listener, &listen));
     service::run(
         listener,
         protocol,
@@ -771,6 +773,11 @@ async fn run_inbound(settings: InboundSettings) -> ExitCode {
 
     // SIGHUP reloads the certificate; SIGTERM and SIGINT stop gracefully.
     spawn_reload_on_hup(Arc::clone(&tls));
+    notify::ready(
+        &listener
+            .local_addr()
+            .map_or(settings.listen, |a| a.to_string()),
+    );
     inbound::run(listener, settings.config, tls, shutdown_signal()).await;
     ExitCode::SUCCESS
 }
@@ -846,6 +853,7 @@ async fn shutdown_signal() {
         _ = term.recv() => log!("shutdown: SIGTERM"),
         _ = int.recv() => log!("shutdown: SIGINT"),
     }
+    notify::stopping();
 }
 
 /// The system host name, for `--hostname`'s default.

@@ -3,4 +3,5 @@
 //! `interop/`.
 
 mod inbound;
+mod notify;
 mod support;

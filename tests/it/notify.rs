@@ -1,0 +1,101 @@
+//! `Type=notify` readiness: the server roles tell systemd `READY=1` (with
+//! the address they listen on) once the listener is bound, and `STOPPING=1`
+//! when SIGTERM arrives; then they exit 0. The test plays systemd's part:
+//! a datagram socket named in `NOTIFY_SOCKET`, as sd_notify(3) describes.
+
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Reads one notification (bounded wait).
+fn next_notice(socket: &UnixDatagram) -> String {
+    let mut buf = [0u8; 4096];
+    let n = socket
+        .recv(&mut buf)
+        .expect("a notification within the read timeout");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// Runs `blackpony ARGS` as systemd would, checks READY=1 arrives with a
+/// listening address that accepts connections, then SIGTERM -> STOPPING=1
+/// and exit status 0.
+fn ready_then_stopping(args: &[&str]) {
+    let dir = std::env::temp_dir().join(format!(
+        "blackpony-notify-{}-{}",
+        std::process::id(),
+        args[0]
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blackpony"))
+        .args(args)
+        .env("NOTIFY_SOCKET", &path)
+        .env("STATE_DIRECTORY", &dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = next_notice(&socket);
+    let result = std::panic::catch_unwind(|| {
+        assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+        let addr = ready
+            .lines()
+            .find_map(|l| l.strip_prefix("STATUS=listening on "))
+            .unwrap_or_else(|| panic!("no listening address in {ready:?}"));
+        // Ready means bound: a connection is accepted at once.
+        std::net::TcpStream::connect(addr).unwrap();
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let stopping = next_notice(&socket);
+        assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+    });
+    if result.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn inbound_notifies_ready_and_stopping() {
+    ready_then_stopping(&[
+        "inbound",
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        "127.0.0.1:9",
+        "--identity",
+        "proxy-v2",
+        "--hostname",
+        "mx.test",
+        "--shutdown-timeout",
+        "1",
+    ]);
+}
+
+#[test]
+fn outbound_notifies_ready_and_stopping() {
+    ready_then_stopping(&[
+        "outbound",
+        "--listen",
+        "127.0.0.1:0",
+        "--protocol",
+        "lmtp",
+        "--helo-name",
+        "mx.test",
+        "--no-xpony",
+    ]);
+}
