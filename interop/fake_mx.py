@@ -15,6 +15,12 @@ gated       An ordinary SMTP server, except that the reply to MAIL waits (10 s a
             until another session sends MAIL too: sessions at MAIL pair up. The session
             record says "gate": "opened" or "timed out": a client that delivers two domains
             served here one after the other times out the gate.
+record      An ordinary plaintext SMTP server (no STARTTLS) offering PIPELINING, 8BITMIME and
+            SIZE 10240000, recording every command line and message as it came: what a
+            client sent (MAIL parameters, folded lines) can be checked.
+slow        As record, but the reply to the end of data comes --final-delay seconds late
+            (the message record is written when the data is complete, with "replied": false,
+            and rewritten with true once the 250 went out).
 
 Every session is recorded in OUT/session-<n>.json (commands received, whether TLS was up
 for each, how it ended); every accepted message in OUT/msg-<n>.json (envelope, TLS, the
@@ -33,6 +39,7 @@ import socketserver
 import ssl
 import sys
 import threading
+import time
 
 COUNTER = itertools.count(1)
 LOCK = threading.Lock()
@@ -63,6 +70,7 @@ class Session(socketserver.StreamRequestHandler):
         with LOCK:
             self.n = next(COUNTER)
         self.tls = False
+        self.mail_line = None
         self.record = {"n": self.n, "mode": self.opts.mode, "commands": [], "end": None}
 
     # -- I/O -------------------------------------------------------------------------------
@@ -127,7 +135,7 @@ class Session(socketserver.StreamRequestHandler):
                     self.reply(f"250 {host}")
                     continue
                 caps = ["PIPELINING", "8BITMIME", "SIZE 10240000"]
-                if not self.tls:
+                if not self.tls and self.opts.mode not in ("record", "slow"):
                     caps.append("STARTTLS")
                 lines = [host] + caps
                 self.send(b"".join(
@@ -160,6 +168,7 @@ class Session(socketserver.StreamRequestHandler):
                 if self.opts.mode == "gated" and "gate" not in self.record:
                     self.wait_at_gate()
                 mail_from, rcpts = path_of(line), []
+                self.mail_line = line
                 self.reply("250 2.1.0 Ok")
             elif verb == "RCPT":
                 if mail_from is None:
@@ -185,9 +194,14 @@ class Session(socketserver.StreamRequestHandler):
                     data += chunk
                 with LOCK:
                     m = next(COUNTER)
-                write_json(os.path.join(self.opts.dir, f"msg-{m}.json"), {
-                    "session": self.n, "tls": self.tls, "from": mail_from, "rcpts": rcpts,
-                    "data": data.decode("latin-1")})
+                msg = {"session": self.n, "tls": self.tls, "from": mail_from, "rcpts": rcpts,
+                       "mail": self.mail_line, "data": data.decode("latin-1")}
+                path = os.path.join(self.opts.dir, f"msg-{m}.json")
+                if self.opts.mode == "slow":
+                    write_json(path, {**msg, "replied": False})
+                    time.sleep(self.opts.final_delay)
+                    msg["replied"] = True
+                write_json(path, msg)
                 self.reply(f"250 2.0.0 Ok: queued as FAKE{m}")
                 mail_from, rcpts = None, []
             elif verb == "RSET":
@@ -211,7 +225,10 @@ class Server(socketserver.ThreadingTCPServer):
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--listen", required=True)
-    ap.add_argument("--mode", choices=("broken-tls", "inject", "gated"), required=True)
+    ap.add_argument("--mode", choices=("broken-tls", "inject", "gated", "record", "slow"),
+                    required=True)
+    ap.add_argument("--final-delay", type=float, default=5.0,
+                    help="slow mode: seconds before the reply to the end of data")
     ap.add_argument("--dir", required=True)
     ap.add_argument("--cert", required=True)
     ap.add_argument("--key", required=True)

@@ -588,7 +588,13 @@ NET_ADDR = {
                                # 8BITMIME (smtpd_discard_ehlo_keywords)
     "literal": "127.0.10.14",  # no name: tests of address literals (bob@[127.0.10.14]) start
                                # an smtp-sink here (on the same port)
+    "record": "127.0.10.15",   # mx.record.test: fake_mx.py record (plaintext, records every
+                               # command line and message as it came)
+    "slow": "127.0.10.16",     # mx.slow.test: fake_mx.py slow (its 250 to the end of data
+                               # comes SLOW_MX_DELAY seconds late)
 }
+# How late mx.slow.test answers the end of data.
+SLOW_MX_DELAY = 6.0
 # Recipients whose local part starts with REFUSED_LOCALPART- are refused by the Postfix MX at
 # RCPT (check_recipient_access): it answers `550 5.7.1 <addr>: Recipient address rejected: …`.
 REFUSED_LOCALPART = "refuse"
@@ -621,6 +627,10 @@ mx-host=wrongname.test,mx.wrongname.test,10
 host-record=mx.wrongname.test,{wrongname}
 mx-host=seven.test,mx.seven.test,10
 host-record=mx.seven.test,{seven}
+mx-host=record.test,mx.record.test,10
+host-record=mx.record.test,{record}
+mx-host=slow.test,mx.slow.test,10
+host-record=mx.slow.test,{slow}
 mx-host=gate1.test,mx.gate1.test,10
 host-record=mx.gate1.test,{gated}
 mx-host=gate2.test,mx.gate2.test,10
@@ -956,12 +966,14 @@ class FakeMX(Process):
     """interop/fake_mx.py in one of its modes (broken-tls, inject); what it received lands as
     JSON files in out_dir."""
 
-    def __init__(self, base: Path, host: str, port: int, mode: str, cert: Path, key: Path):
+    def __init__(self, base: Path, host: str, port: int, mode: str, cert: Path, key: Path,
+                 *extra: str):
         self.host, self.port, self.mode = host, port, mode
         self.out_dir = Path(base) / f"fake-{mode}"
         super().__init__([sys.executable, str(HERE / "fake_mx.py"), "--listen", f"{host}:{port}",
                           "--mode", mode, "--dir", str(self.out_dir), "--cert", str(cert),
-                          "--key", str(key)], Path(base) / f"fake-{mode}.log", f"fake_mx {mode}")
+                          "--key", str(key), *extra], Path(base) / f"fake-{mode}.log",
+                         f"fake_mx {mode}")
 
     def start(self, timeout: float = 20):
         return super().start(lambda: "listening on" in self.log_text()
@@ -1026,8 +1038,8 @@ class FakeInternet(Internet):
     a private Postfix (STARTTLS listener for mx.tls.test with a self-signed certificate,
     plaintext listeners for mx.plain.test, implicit.test and mx2.backup.test, STARTTLS
     listeners for mx.verified.test and mx.wrongname.test with certificates issued by a test
-    CA, self.ca_cert), smtp-sink answering 450 to RCPT, fake_mx.py broken-tls, inject and
-    gated.
+    CA, self.ca_cert), smtp-sink answering 450 to RCPT, fake_mx.py broken-tls, inject,
+    gated, record and slow.
     Nothing listens on the dead address.
 
     The listeners with CA-issued certificates log as postfix/verified and
@@ -1089,8 +1101,11 @@ class FakeInternet(Internet):
         self.inject = FakeMX(self.base, NET_ADDR["inject"], port, "inject",
                              self.cert, self.key)
         self.gated = FakeMX(self.base, NET_ADDR["gated"], port, "gated", self.cert, self.key)
+        self.record = FakeMX(self.base, NET_ADDR["record"], port, "record", self.cert, self.key)
+        self.slow = FakeMX(self.base, NET_ADDR["slow"], port, "slow", self.cert, self.key,
+                           "--final-delay", str(SLOW_MX_DELAY))
         self._parts = [self.dns, self.postfix, self.sink, self.broken, self.inject,
-                       self.gated]
+                       self.gated, self.record, self.slow]
 
 
 

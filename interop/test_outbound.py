@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 import smtplib
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -649,3 +650,50 @@ def test_deliver_refuses_address_literals_when_told(internet, workdir, literal_s
     line = status_line(res)
     assert line.startswith("5.7.1 ") and ": 550 5.7.1 Delivery to address literal" in line, line
     assert len(literal_sink.dumps()) == before, "the refused literal was delivered to"
+
+
+# --------------------------------------------------------------------------------------
+# 9. A message with NUL octets is never sent (a next hop that drops NULs would read
+#    "\r\n\0.\r\n" as an end of data: SMTP smuggling)
+# --------------------------------------------------------------------------------------
+
+NUL_BODIES = {
+    "before-dot": b"line\r\n\0.\r\nMAIL FROM:<smuggled@evil.test>\r\n",
+    "after-dot": b"line\r\n.\0\r\nRCPT TO:<x@evil.test>\r\n",
+    "lone": b"a NUL \0 in the middle of a line\r\n",
+}
+
+
+def nul_message(tok: str, rcpt: str, body: bytes) -> bytes:
+    return (f"From: <{SENDER}>\r\nTo: <{rcpt}>\r\nSubject: nul {tok}\r\n\r\n").encode() + body
+
+
+@pytest.mark.parametrize("where", list(NUL_BODIES))
+def test_deliver_refuses_nul(internet, workdir, where):
+    tok = token()
+    rcpt = f"nul-{tok}@record.test"
+    sessions = len(internet.record.sessions())
+    res = deliver(internet, owned_dir(workdir / f"state-{tok}"), [rcpt],
+                  nul_message(tok, rcpt, NUL_BODIES[where]))
+    assert res.returncode == 65, show(res)
+    line = status_line(res)
+    assert line == f"5.6.0 {rcpt}: 554 5.6.0 Message contains NUL characters", line
+    assert " relay=none " in log_line(res, rcpt) and " status=bounced " in log_line(res, rcpt)
+    # Refused before any connection: the MX never heard of it.
+    time.sleep(0.5)
+    assert len(internet.record.sessions()) == sessions, internet.record.sessions()[sessions:]
+
+
+def test_outbound_lmtp_refuses_nul(internet, outbound_tcp):
+    bp = outbound_tcp
+    tok = token()
+    ok, nul = f"ok-{tok}@record.test", f"nul-{tok}@record.test"
+    before = len(internet.record.messages())
+    with smtplib.LMTP(bp.host, bp.port, timeout=60) as c:
+        assert c.sendmail(SENDER, [ok], nul_message(tok, ok, b"clean\r\n")) == {}
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            c.sendmail(SENDER, [nul], nul_message(tok, nul, NUL_BODIES["before-dot"]))
+    assert refused.value.smtp_code == 554, refused.value
+    assert refused.value.smtp_error == b"5.6.0 Message contains NUL characters", refused.value
+    got = [m for m in internet.record.messages()[before:]]
+    assert [m["rcpts"] for m in got] == [[f"<{ok}>"]], got

@@ -579,3 +579,31 @@ def test_unix_socket_swaks(internet, outbound_smtp_unix):
     assert f"token {tok}".encode() in body_of(stored)
     check_sent_line(bp, internet, ok, "mx.tls.test", NET_ADDR["tls"], True,
                     f"250 {m.group(1)}")
+
+
+# --------------------------------------------------------------------------------------
+# NUL octets: the proxy never lets a message with NUL reach the end of data at the MX
+# --------------------------------------------------------------------------------------
+
+def test_proxy_refuses_nul_without_end_of_data(internet, outbound_smtp_tcp):
+    from interop.test_outbound import NUL_BODIES, nul_message
+    bp = outbound_smtp_tcp
+    mx = internet.record
+    tok = token()
+    rcpt = f"nul-{tok}@record.test"
+    sessions, messages = len(mx.sessions()), len(mx.messages())
+    with smtplib.SMTP(bp.host, bp.port, timeout=60) as c:
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            c.sendmail(RELAY_SENDER, [rcpt], nul_message(tok, rcpt, NUL_BODIES["before-dot"]))
+        assert refused.value.smtp_code == 554, refused.value
+        assert refused.value.smtp_error == b"5.6.0 Message contains NUL characters"
+        # The MTA's session goes on.
+        assert c.noop()[0] == 250
+    # The MX said 354 and then lost the connection: no message, no end of data.
+    new = wait_for(lambda: [s for s in mx.sessions()[sessions:] if s["end"]] or None, 10,
+                   f"the MX session of {rcpt} to end")
+    assert new[0]["end"] == "client closed during DATA", new
+    assert [c["line"].split(" ")[0] for c in new[0]["commands"]][-1] == "DATA", new
+    assert len(mx.messages()) == messages, mx.messages()[messages:]
+    line = bp_line(bp, rcpt)
+    assert " status=bounced (554 5.6.0 Message contains NUL characters)" in line, line

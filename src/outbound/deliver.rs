@@ -219,8 +219,21 @@ impl Deliverer {
         // The size the server sees, without the terminating ".\r\n" (RFC 1870).
         let facts = ContentFacts {
             size: wire.len().saturating_sub(3) as u64,
-            eight_bit: wire.iter().any(|&b| b >= 0x80),
+            ..ContentFacts::of(&wire)
         };
+        // A message no server may get is refused before any connection.
+        if let Some(refusal) = crate::smtp::client::refuse_message(&facts) {
+            let reply = refusal.reply();
+            let results: Vec<_> = envelope
+                .recipients
+                .iter()
+                .map(|r| self.failed(r, reply.clone(), started))
+                .collect();
+            for s in &results {
+                log!("{}", s.log_line());
+            }
+            return results;
+        }
         let prepared = Prepared {
             envelope_sender: envelope.sender.clone(),
             wire: Arc::new(wire),

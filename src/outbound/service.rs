@@ -118,14 +118,28 @@ pub async fn serve<R, W>(
                     session.answer(&reply);
                 }
                 ReceiveEvent::EndOfData { wire } => {
-                    let reply = match remote.take() {
-                        Some(mut r) => {
+                    let refusal = crate::smtp::client::refuse_message(
+                        &crate::smtp::envelope::ContentFacts::of(&wire),
+                    );
+                    let reply = match (remote.take(), refusal) {
+                        // The remote said 354 and waits for the message: a
+                        // lone end of data would deliver an empty one, so
+                        // the connection is dropped instead (a server
+                        // discards a transaction cut before its end, RFC
+                        // 5321 §4.1.1.4).
+                        (Some(r), Some(refusal)) => {
+                            let reply = refusal.reply();
+                            r.log_results(&reply);
+                            drop(r);
+                            reply
+                        }
+                        (Some(mut r), None) => {
                             let reply = r.send_message(deliverer, &wire).await;
                             r.log_results(&reply);
                             r.release(deliverer, &reply).await;
                             reply
                         }
-                        None => Reply::new(451, "4.3.0 Error: lost the remote session"),
+                        (None, _) => Reply::new(451, "4.3.0 Error: lost the remote session"),
                     };
                     session.answer(&reply);
                 }

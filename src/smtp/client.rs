@@ -120,6 +120,40 @@ pub enum ContentRefusal {
     TooBig { limit: u64 },
     /// Non-ASCII addresses and no SMTPUTF8 (RFC 6531 §3.4).
     NeedsSmtpUtf8,
+    /// NUL octets in the message (see [`refuse_message`]).
+    ContainsNul,
+}
+
+impl ContentRefusal {
+    /// The reply that stands for the refusal, for every recipient.
+    pub fn reply(&self) -> Reply {
+        match self {
+            ContentRefusal::TooBig { limit } => Reply::new(
+                552,
+                format!(
+                    "5.3.4 Message size exceeds fixed limit of the receiving server ({limit} octets)"
+                ),
+            ),
+            ContentRefusal::NeedsSmtpUtf8 => Reply::new(
+                553,
+                "5.6.7 Non-ASCII address and the receiving server does not offer SMTPUTF8",
+            ),
+            ContentRefusal::ContainsNul => Reply::new(554, "5.6.0 Message contains NUL characters"),
+        }
+    }
+}
+
+/// What no server may be sent, whatever it offers: a message with NUL
+/// octets. RFC 5322 §3.5 excludes NUL from a message, RFC 2045 §2.7-2.8
+/// from 7bit and 8bit data (what 8BITMIME carries), and RFC 5321 §4.1.1.4
+/// says control characters other than SP, HT, CR and LF SHOULD be avoided. A next hop that
+/// drops NULs (many do) would see `\r\n.\r\n` where blackpony sent
+/// `\r\n\0.\r\n`: an end of data blackpony did not send, the rest of the
+/// message read as commands (the SMTP smuggling class). Stripping them
+/// would change a signed message; Postfix's own answer is
+/// `message_reject_characters = \0`. So it is refused, permanently.
+pub fn refuse_message(content: &ContentFacts) -> Option<ContentRefusal> {
+    content.nul.then_some(ContentRefusal::ContainsNul)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -711,23 +745,15 @@ impl ClientSession {
             greeting: String::new(),
             capabilities: Vec::new(),
         });
-        if let Some(limit) = caps.size_limit()
-            && self.content.size > limit
-        {
-            self.content_refusal = Some(ContentRefusal::TooBig { limit });
-            self.finish_with_refusal(Reply::new(
-                552,
-                format!("5.3.4 Message size exceeds fixed limit of the receiving server ({limit} octets)"),
-            ));
-            return;
-        }
         let utf8 = self.envelope.needs_smtputf8();
-        if utf8 && !caps.has("SMTPUTF8") {
-            self.content_refusal = Some(ContentRefusal::NeedsSmtpUtf8);
-            self.finish_with_refusal(Reply::new(
-                553,
-                "5.6.7 Non-ASCII address and the receiving server does not offer SMTPUTF8",
-            ));
+        let refusal = refuse_message(&self.content).or_else(|| match caps.size_limit() {
+            Some(limit) if self.content.size > limit => Some(ContentRefusal::TooBig { limit }),
+            _ if utf8 && !caps.has("SMTPUTF8") => Some(ContentRefusal::NeedsSmtpUtf8),
+            _ => None,
+        });
+        if let Some(refusal) = refusal {
+            self.finish_with_refusal(refusal.reply());
+            self.content_refusal = Some(refusal);
             return;
         }
         if self.content.eight_bit && !caps.has("8BITMIME") {

@@ -136,6 +136,8 @@ pub struct ContentFacts {
     pub size: u64,
     /// Any octet above 127 (needs 8BITMIME, RFC 6152).
     pub eight_bit: bool,
+    /// Any NUL octet: never sent (see `smtp::client::refuse_message`).
+    pub nul: bool,
 }
 
 impl ContentFacts {
@@ -143,6 +145,7 @@ impl ContentFacts {
         ContentFacts {
             size: message.len() as u64,
             eight_bit: message.iter().any(|&b| b >= 0x80),
+            nul: memchr::memchr(0, message).is_some(),
         }
     }
 }

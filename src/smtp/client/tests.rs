@@ -222,6 +222,40 @@ fn content_checks() {
 }
 
 #[test]
+fn messages_with_nul_are_never_sent() {
+    // NUL next to a line end (what a NUL-dropping next hop reads as an end
+    // of data), alone, and at the very start or end.
+    for message in [
+        &b"a\r\n\0.\r\nMAIL FROM:<x@y>\r\n"[..],
+        b"a\r\n.\0\r\n",
+        b"a\r\n\0.\r",
+        b"a\r\n\0.\n",
+        b"\0",
+        b"body\0",
+    ] {
+        let facts = ContentFacts::of(message);
+        assert_eq!(refuse_message(&facts), Some(ContentRefusal::ContainsNul));
+        let mut s = session(StartTls::Never, &["a@x", "b@x"], message);
+        s.receive(b"220 x\r\n250-x\r\n250-PIPELINING\r\n250 8BITMIME\r\n");
+        // EHLO, then QUIT: no MAIL, no byte of the message.
+        assert_eq!(
+            take(&mut s),
+            "EHLO client.example\r\nQUIT\r\n",
+            "{message:?}"
+        );
+        assert_eq!(s.content_refusal, Some(ContentRefusal::ContainsNul));
+        assert_eq!(
+            codes(s.outcome().unwrap()),
+            [
+                ("a@x".to_string(), 554, "content check"),
+                ("b@x".to_string(), 554, "content check")
+            ]
+        );
+    }
+    assert_eq!(refuse_message(&ContentFacts::of(b"a\r\n.\r\n\x01")), None);
+}
+
+#[test]
 fn lost_connection_outcomes() {
     let mut s = session(StartTls::Never, &["a@x"], b"hi\r\n");
     s.receive(b"220 x\r\n");
