@@ -660,13 +660,14 @@ async fn run_outbound_server(
         }
     };
     log!("listening on {listen} protocol={}", protocol.as_str());
+    let shutdown = shutdown_signal();
     notify::ready(&notify::address(&listener, &listen));
     service::run(
         listener,
         protocol,
         deliverer,
         settings.max_message_size,
-        shutdown_signal(),
+        shutdown,
     )
     .await;
     if let Some(path) = listen.strip_prefix("unix:") {
@@ -773,12 +774,13 @@ async fn run_inbound(settings: InboundSettings) -> ExitCode {
 
     // SIGHUP reloads the certificate; SIGTERM and SIGINT stop gracefully.
     spawn_reload_on_hup(Arc::clone(&tls));
+    let shutdown = shutdown_signal();
     notify::ready(
         &listener
             .local_addr()
             .map_or(settings.listen, |a| a.to_string()),
     );
-    inbound::run(listener, settings.config, tls, shutdown_signal()).await;
+    inbound::run(listener, settings.config, tls, shutdown).await;
     ExitCode::SUCCESS
 }
 
@@ -839,21 +841,28 @@ fn spawn_reload_on_hup(tls: Arc<ServerTls>) {
     });
 }
 
-async fn shutdown_signal() {
+/// Completes at SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when the future is first polled: a SIGTERM right after
+/// READY=1 (systemd's stop, a test) must start the drain, not kill the
+/// process with the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let signals = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handling, run until killed.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => log!("shutdown: SIGTERM"),
-        _ = int.recv() => log!("shutdown: SIGINT"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = signals else {
+            // Without signal handling, run until killed.
+            std::future::pending::<()>().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => log!("shutdown: SIGTERM"),
+            _ = int.recv() => log!("shutdown: SIGINT"),
+        }
+        notify::stopping();
     }
-    notify::stopping();
 }
 
 /// The system host name, for `--hostname`'s default.
