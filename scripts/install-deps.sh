@@ -29,6 +29,8 @@ PACKAGES=(
   groff-base man-db       # the generated man pages are rendered in cargo test (groff) and
                           # by the package test (man)
   lintian                 # the Debian package is checked with it (interop/test_package.py)
+  m4                      # sendmail's .cf generator (interop/sendmail_mta.py)
+  libwrap0 liblockfile1   # needed by the unpacked sendmail and its mail.local (see below)
 )
 
 missing=()
@@ -130,5 +132,13 @@ for name in opensmtpd opensmtpq; do
   fi
 done
 unpack_deb opensmtpd "$OPENSMTPD_ROOT" usr/sbin/smtpd
+
+# sendmail 8.17 (interop/test_sendmail.py): sendmail-bin conflicts with postfix, so it is
+# unpacked, with sendmail-cf (the m4 files its .cf is generated from) in the same tree, and
+# run with a .cf whose every path is the test's own, in a private mount and UTS namespace
+# (its own host name and /var/mail; interop/sendmail_mta.py).
+SENDMAIL_ROOT="${BLACKPONY_SENDMAIL_ROOT:-/var/cache/blackpony-interop/sendmail}"
+unpack_deb sendmail-bin "$SENDMAIL_ROOT" usr/libexec/sendmail/sendmail
+unpack_deb sendmail-cf "$SENDMAIL_ROOT" usr/share/sendmail/cf/sh/makeinfo.sh
 
 echo "install-deps.sh: all dependencies present"

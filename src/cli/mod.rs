@@ -4,6 +4,7 @@
 pub mod config;
 pub mod docs;
 mod notify;
+mod privileges;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -382,6 +383,10 @@ impl From<BareNewlinesArg> for BareNewlines {
 /// Entry point of the `blackpony` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let dropped = match privileges::drop_real_ids() {
+        Ok(d) => d,
+        Err(e) => return fail(exit::OSERR, &format!("cannot drop the real user id: {e}")),
+    };
     let file = match &cli.config {
         Some(path) => match FileConfig::load(path) {
             Ok(f) => f,
@@ -429,6 +434,15 @@ pub fn main() -> ExitCode {
     match sink(default_sink) {
         Ok(s) => log::init(role, s),
         Err(e) => return fail(exit::USAGE, &e),
+    }
+    if let Some(d) = dropped {
+        log!(
+            "started with real uid {} gid {}: now uid {} gid {} only",
+            d.real_uid,
+            d.real_gid,
+            d.uid,
+            d.gid
+        );
     }
     match cli.command {
         Command::Keygen(args) => keygen(args),
