@@ -413,9 +413,16 @@ impl Deliverer {
         }
     }
 
+    /// A failure that cannot be recorded (state directory not writable)
+    /// changes nothing now: this attempt is deferred either way. Without
+    /// the record no plaintext retry ever comes due, so the host keeps
+    /// being deferred until its TLS works (the safe side), which the log
+    /// says.
     fn remember_tls_failure(&self, host: &str) {
         if let Err(e) = self.memory.record_failure(host) {
-            log!("warning: cannot record TLS failure for {host}: {e}");
+            log!(
+                "warning: {host}: tls-failure=not-stored error=\"{e}\" (no plaintext retry will come due after --tls-backoff; the state directory must be writable by the user blackpony runs as)"
+            );
         }
     }
 
@@ -578,7 +585,7 @@ impl Deliverer {
                 None => {
                     // The EHLO reply came over the channel: the server's
                     // first valid frame, where pins are committed (§8.4).
-                    self.update_pin(&conn);
+                    self.update_pin(&mut conn);
                     let caps = session
                         .capabilities()
                         .cloned()
@@ -650,10 +657,6 @@ impl Deliverer {
         };
         let mut session = self.offer_pony(&mut conn, session, pony);
         let end = self.drive(&mut conn, &mut session, policy).await;
-        attempt.tls = conn.tls.clone();
-        attempt.verdict = conn.verdict.clone();
-        attempt.greeted = conn.greeted;
-        attempt.tls_failed = conn.tls_failed;
         match end {
             Err(failure) => attempt.outcome = SessionOutcome::Failed(failure),
             Ok(()) => {
@@ -663,8 +666,12 @@ impl Deliverer {
             }
         }
         if matches!(attempt.outcome, SessionOutcome::Replied(_)) {
-            self.update_pin(&conn);
+            self.update_pin(&mut conn);
         }
+        attempt.tls = conn.tls.clone();
+        attempt.verdict = conn.verdict.clone();
+        attempt.greeted = conn.greeted;
+        attempt.tls_failed = conn.tls_failed;
         attempt
     }
 
@@ -763,7 +770,12 @@ impl Deliverer {
 
     /// After a session that got as far as a transaction over the channel,
     /// remembers the key (first contact) or refreshes the pin (§8.4).
-    fn update_pin(&self, conn: &Connection) {
+    ///
+    /// A pin that cannot be stored (a state directory the mailer's user may
+    /// not write) does not defer: the session was encrypted all the same,
+    /// only the next contact will not recognise the key. It is logged
+    /// loudly, and the verdict says `pin=not-stored`, never "pinned now".
+    fn update_pin(&self, conn: &mut Connection) {
         let (Some(pony), Some(context)) = (&self.pony, &conn.pony) else {
             return;
         };
@@ -783,8 +795,27 @@ impl Deliverer {
             // The server asks not to be pinned (any more).
             None => pony.pins.forget(&conn.host).map(|_| ()),
         };
-        if let Err(e) = result {
-            log!("warning: cannot update the pin of {}: {e}", conn.host);
+        let first_contact =
+            matches!(&conn.verdict, Some(CertVerdict::Untrusted(why)) if why == FIRST_CONTACT);
+        match result {
+            Ok(()) if first_contact => {
+                conn.verdict = Some(CertVerdict::Untrusted(format!(
+                    "{FIRST_CONTACT}, key pinned now"
+                )));
+            }
+            Ok(()) => {}
+            Err(e) => {
+                log!(
+                    "warning: xpony: {}[{}] pin=not-stored error=\"{e}\" (delivering anyway: the session is encrypted; the state directory must be writable by the user blackpony runs as, or this key is not recognised next time)",
+                    conn.host,
+                    conn.addr.ip()
+                );
+                if first_contact {
+                    conn.verdict = Some(CertVerdict::Untrusted(format!(
+                        "{FIRST_CONTACT}, pin=not-stored"
+                    )));
+                }
+            }
         }
     }
 
@@ -980,7 +1011,8 @@ impl Deliverer {
                     "first contact, not pinned: the DNS key lookup failed".into(),
                 )
             }
-            _ => CertVerdict::Untrusted("first contact, key pinned now".into()),
+            // Said "pinned now" only once the pin is stored (update_pin).
+            _ => CertVerdict::Untrusted(FIRST_CONTACT.into()),
         };
         conn.tls = Some(info);
         conn.verdict = Some(verdict);
@@ -1048,6 +1080,9 @@ impl Deliverer {
         Ok(())
     }
 }
+
+/// The verdict of an XPONY first contact before its pin is stored.
+const FIRST_CONTACT: &str = "first contact";
 
 /// Addresses to try for one domain.
 pub(crate) struct Candidates {
