@@ -726,6 +726,83 @@ def test_mitm_injects_command_after_xpony(pony_net, xpony_keys, workdir):
 
 
 # --------------------------------------------------------------------------------------
+# 6b. The channel as a man in the middle sees it: padding and the end of a session
+# --------------------------------------------------------------------------------------
+
+def channel_frames(events: list[str]) -> tuple[list[tuple[int, int]], list[int]]:
+    """The proxy's `frames` line: the client's frames as (L, server frames relayed before
+    it arrived), the server's frame lengths."""
+    [line] = [e for e in events if e.startswith("frames ")]
+    m = re.match(r"frames c->s=(\S*) s->c=(\S*)$", line)
+    assert m, line
+    c2s = [tuple(int(x) for x in f.split("@")) for f in m.group(1).split(",") if f]
+    s2c = [int(x) for x in m.group(2).split(",") if x]
+    return c2s, s2c
+
+
+def assert_padded_and_closed_after_221(events: list[str]):
+    """proto-spec §5.4: every frame of both sides has L a multiple of 256 (or 65535);
+    §5.6: the server's last two frames are its 221 and its CLOSE, and the client's last
+    frame (its CLOSE) came only after the 221 had been relayed to it."""
+    c2s, s2c = channel_frames(events)
+    assert len(c2s) >= 3 and len(s2c) >= 3, events
+    unpadded = [n for n, _ in c2s if n % 256 and n != 65535] + \
+        [n for n in s2c if n % 256 and n != 65535]
+    assert not unpadded, f"frames not padded to multiples of 256 (§5.4): {unpadded}; {events}"
+    last, after = c2s[-1]
+    assert after >= len(s2c) - 1, (
+        f"the client's last frame arrived after {after} of the server's {len(s2c)} frames: "
+        f"it sent nothing after the 221 (no CLOSE, §5.6); {events}")
+    assert last == 256, f"the client's last frame (CLOSE) should be 256 octets: {events}"
+
+
+def test_deliver_pads_and_sends_close_after_221(pony_net, xpony_keys, workdir):
+    """Through the man in the middle in `pass` mode (it reads the frame lengths, it cannot
+    decrypt): `deliver` and the inbound pad every frame (§5.4), the inbound sends 221 and
+    CLOSE, and deliver sends its CLOSE after the 221 (§5.6), so the inbound's session ends
+    as end=quit, not as a truncation."""
+    net, server, client = pony_net, xpony_keys["server"], xpony_keys["client"]
+    mitm = net.mitm["strip"]
+    mitm.set_mode("pass")
+    state = owned_dir(workdir / f"state-close-{token()}")
+    log = LogSince(net.pony)
+    before = set(mitm.sessions())
+    res, rcpt, _, body = send(net, state, client, "strip.test", "close")
+    assert_xpony_delivery(res, net, "strip.test", rcpt, server.fingerprint, FIRST_CONTACT)
+    arrived(net.backend, rcpt, body)
+    assert_padded_and_closed_after_221(mitm_session(mitm, before))
+    [disc] = inbound_sessions(log)
+    assert " messages=1 " in disc and " end=quit " in disc, disc
+    assert "client-error=" not in log.text(), log.text()
+
+
+def test_outbound_smtp_proxy_closes_its_cached_session_with_close(pony_net, xpony_keys,
+                                                                    workdir):
+    """The SMTP proxy keeps an MX session open for 2 s after a transaction (outbound/
+    cache.rs); when it ends it, QUIT, the 221, then CLOSE (§5.6), padded (§5.4)."""
+    import smtplib
+    net, server, client = pony_net, xpony_keys["server"], xpony_keys["client"]
+    mitm = net.mitm["strip"]
+    mitm.set_mode("pass")
+    state = owned_dir(workdir / f"state-close-proxy-{token()}")
+    bp = BlackponyOutbound(workdir / "logs", name="outbound-xpony-close", protocol="smtp",
+                           args=net.outbound_args(state, "--host-key", str(client.path)))
+    bp.start()
+    try:
+        before = set(mitm.sessions())
+        tok = token()
+        rcpt = f"closeproxy-{tok}@strip.test"
+        message, body = make_message(tok, [rcpt])
+        with smtplib.SMTP(bp.host, bp.port, timeout=60) as c:
+            assert c.sendmail("sender@client.test", [rcpt], crlf(message)) == {}
+        arrived(net.backend, rcpt, body)
+        # The cached session is closed 2 s after its transaction.
+        assert_padded_and_closed_after_221(mitm_session(mitm, before))
+    finally:
+        bp.stop()
+
+
+# --------------------------------------------------------------------------------------
 # 7. Ordinary clients of an inbound with a host key
 # --------------------------------------------------------------------------------------
 

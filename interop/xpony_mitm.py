@@ -19,7 +19,11 @@ inject-xpony     append `MAIL FROM:<evil@x>\\r\\n` to the client's XPONY line, i
                  write (command injection towards the server)
 
 Every action is logged on stdout as `session N mode=M: …` (flushed at once), so a test can
-check that the attack really happened. Prints `listening on ADDR:PORT` when ready.
+check that the attack really happened. After an XPONY switch the proxy also reads the frame
+lengths (proto-spec §5.1: u16be L, then L octets; it cannot decrypt them) and logs, when the
+session ends, `frames c->s=L@K,… s->c=L,…`: each client frame's length L and the number K of
+server frames relayed before it had arrived (a client's CLOSE after the server's 221 arrives
+after the server's last-but-one frame). Prints `listening on ADDR:PORT` when ready.
 """
 
 from __future__ import annotations
@@ -100,13 +104,35 @@ def strip_keyword(reply: bytes, keyword: bytes) -> tuple[bytes, list[bytes]]:
     return out, removed
 
 
-def pump(src: socket.socket, dst: socket.socket) -> None:
+class Frames:
+    """Frame lengths of one direction of an XPONY channel, as octets pass."""
+
+    def __init__(self):
+        self.buf = b""
+        self.lengths: list[int] = []
+        self.after: list[int] = []   # for each frame: the other direction's count then
+
+    def feed(self, data: bytes, other: "Frames | None" = None) -> None:
+        self.buf += data
+        while len(self.buf) >= 2:
+            n = int.from_bytes(self.buf[:2], "big")
+            if len(self.buf) < 2 + n:
+                break
+            self.buf = self.buf[2 + n:]
+            with LOCK:
+                self.lengths.append(n)
+                self.after.append(len(other.lengths) if other else 0)
+
+
+def pump(src: socket.socket, dst: socket.socket, seen=None) -> None:
     try:
         while True:
             data = src.recv(65536)
             if not data:
                 break
             dst.sendall(data)
+            if seen:
+                seen(data)
     except OSError:
         pass
     try:
@@ -136,6 +162,8 @@ class Session(socketserver.BaseRequestHandler):
             self.log(f"cannot reach upstream: {e}")
             return
         client, server = Side(self.request), Side(up)
+        self.c2s, self.s2c = Frames(), Frames()
+        self.xpony = False
         try:
             raw = self.negotiate(client, server)
             if raw:
@@ -143,10 +171,22 @@ class Session(socketserver.BaseRequestHandler):
                 leftover = server.take_buffer()
                 if leftover:
                     client.send(leftover)
-                t = threading.Thread(target=pump, args=(server.sock, client.sock), daemon=True)
+                c2s = s2c = None
+                if self.xpony:
+                    self.s2c.feed(leftover)
+                    c2s = lambda d: self.c2s.feed(d, self.s2c)  # noqa: E731
+                    s2c = self.s2c.feed
+                t = threading.Thread(target=pump, args=(server.sock, client.sock, s2c),
+                                     daemon=True)
                 t.start()
-                pump(client.sock, server.sock)
+                pump(client.sock, server.sock, c2s)
                 t.join(60)
+                if self.xpony:
+                    with LOCK:
+                        c = ",".join(f"{n}@{k}" for n, k in zip(self.c2s.lengths,
+                                                                 self.c2s.after))
+                        s = ",".join(str(n) for n in self.s2c.lengths)
+                    self.log(f"frames c->s={c} s->c={s}")
         except OSError as e:
             self.log(f"error: {e}")
         finally:
@@ -207,7 +247,11 @@ class Session(socketserver.BaseRequestHandler):
                          f"({len(m3.strip())} octets)")
                 # Message 3 and whatever followed it in the client's write (its first
                 # frame) go on together, as they came.
-                server.send(m3 + client.take_buffer())
+                first = client.take_buffer()
+                server.send(m3 + first)
+                if m3.strip() != b"*":
+                    self.xpony = True
+                    self.c2s.feed(first, self.s2c)
                 if m3.strip() == b"*":
                     self.log("client aborted XPONY")
                     reply = server.reply()

@@ -264,17 +264,7 @@ impl Run<'_> {
             sleep.as_mut().reset(deadline);
             tokio::select! {
                 read = client.read(client_buf.space()), if self.session.wants_client_input() => {
-                    match read {
-                        Ok(0) => self.session.client_eof(),
-                        // A reset is an ordinary way to go; a broken record
-                        // or frame is worth its own log line.
-                        Err(e) if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-                        ) => self.session.client_lost(),
-                        Err(e) => self.session.client_error(e.to_string()),
-                        Ok(n) => self.session.client_input(client_buf.filled(n)),
-                    }
+                    self.session.client_read(read.map(|n| client_buf.filled(n)));
                 }
                 read = backend.reader.read(backend_buf.space()) => {
                     match read {

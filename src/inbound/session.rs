@@ -349,6 +349,9 @@ pub struct Session {
     /// The client has finished sending (EOF, or an XPONY CLOSE): what it
     /// sent before is still answered, then the session closes.
     client_done: bool,
+    /// How its connection ended without its clean end (an XPONY channel
+    /// without CLOSE, TLS without close_notify), unless it had sent QUIT.
+    client_truncated: Option<String>,
     /// The backend accepted MAIL and the transaction has not ended yet
     /// (XPONY is refused inside one: proto-spec §3.3 R2).
     in_transaction: bool,
@@ -389,6 +392,7 @@ impl Session {
             xpony_offered: false,
             in_transaction: false,
             client_done: false,
+            client_truncated: None,
             pony_ready: None,
             fixed_ephemeral: None,
             stats: Stats::default(),
@@ -476,6 +480,38 @@ impl Session {
         self.close_if_client_done();
     }
 
+    /// The outcome of one read from the client connection, as the I/O loop
+    /// got it: bytes, EOF (`Ok` of nothing), or an error.
+    pub fn client_read(&mut self, read: std::io::Result<&[u8]>) {
+        use std::io::ErrorKind;
+        match read {
+            Ok([]) => self.client_eof(),
+            Ok(data) => self.client_input(data),
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => self.client_truncated(e.to_string()),
+            // A reset is an ordinary way to go; a broken record or frame is
+            // worth its own log line.
+            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
+                self.client_lost()
+            }
+            Err(e) => self.client_error(e.to_string()),
+        }
+    }
+
+    /// The client's connection ended without its clean end: an XPONY
+    /// channel without CLOSE, or TLS without close_notify. Everything
+    /// before it was authenticated and is handled as before an EOF (an
+    /// open message is dropped, replies owed are still sent). It is a
+    /// truncation unless the client's commands included QUIT; the verdict
+    /// depends on the bytes received, not on how the reads split them
+    /// (proto-spec §5.6).
+    pub fn client_truncated(&mut self, error: String) {
+        if matches!(self.phase, Phase::Closed) {
+            return;
+        }
+        self.client_truncated = Some(error);
+        self.client_eof();
+    }
+
     /// Reading from the client failed: nothing more will come, and nothing
     /// more can be trusted.
     pub fn client_error(&mut self, error: String) {
@@ -498,7 +534,13 @@ impl Session {
             && !matches!(self.phase, Phase::Closed)
             && (matches!(self.phase, Phase::Message(_)) || !self.awaiting_backend())
         {
-            self.close("client-closed");
+            match self.client_truncated.take() {
+                Some(error) if !matches!(self.phase, Phase::Quitting) => {
+                    self.notice(Notice::ClientError { error });
+                    self.close("truncated");
+                }
+                _ => self.close("client-closed"),
+            }
         }
     }
 

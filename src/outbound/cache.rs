@@ -93,7 +93,9 @@ impl IdleSessions {
     }
 }
 
-/// Ends a session politely (bounded; errors do not matter).
+/// Ends a session politely (bounded; errors do not matter): QUIT, its
+/// reply, then the end of the connection (an XPONY channel's CLOSE after
+/// the 221, proto-spec §5.6; TLS's close_notify).
 pub(crate) async fn quit(mut conn: Connection) {
     if let Some(stream) = conn.stream.as_mut() {
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
@@ -101,6 +103,7 @@ pub(crate) async fn quit(mut conn: Connection) {
             let _ = stream.flush().await;
             let mut buf = [0u8; 512];
             let _ = stream.read(&mut buf).await;
+            let _ = stream.shutdown().await;
         })
         .await;
     }

@@ -896,14 +896,17 @@ impl Deliverer {
                 Step::Continue => {}
                 Step::Ready => return Ok(()),
                 Step::Done => {
-                    // Send the QUIT (if any) and stop; its reply does not matter.
-                    if !session.outgoing.is_empty() {
-                        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                    // Send the QUIT (if any), then end the connection: an
+                    // XPONY channel with CLOSE after the 221 (proto-spec
+                    // §5.6), TLS with close_notify; the replies to both do
+                    // not matter.
+                    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                        if !session.outgoing.is_empty() {
                             let _ = stream.write_all(&session.outgoing).await;
-                            let _ = stream.flush().await;
-                        })
-                        .await;
-                    }
+                        }
+                        let _ = stream.shutdown().await;
+                    })
+                    .await;
                     return Ok(());
                 }
                 Step::CheckServerKey { key, hints } => {

@@ -10,8 +10,11 @@
 //! | 0x01 CLOSE | the sender sends nothing more (a clean end) |
 //! | 0x02 REKEY | the sender rekeys its sending key after this frame |
 //!
-//! Padding is zero bytes and ignored. A transport EOF without CLOSE is a
-//! truncation and an error; so is any frame that does not decrypt.
+//! Padding is zero bytes; every frame is padded so that its length `L` is a
+//! multiple of 256 (proto-spec §5.4). A frame that does not decrypt or
+//! breaks the record rules is fatal; the frames before it are still given
+//! out first, so the outcome never depends on how the bytes were split into
+//! reads (proto-spec §5.6).
 
 use super::noise::{MAX_MESSAGE, NoiseError, Transport};
 
@@ -19,6 +22,11 @@ use super::noise::{MAX_MESSAGE, NoiseError, Transport};
 const TAG: usize = 16;
 /// Type and body length inside each frame.
 const HEADER: usize = 3;
+/// The shortest frame: a tag and an empty record (proto-spec §5.1).
+pub const MIN_FRAME: usize = TAG + HEADER;
+/// proto-spec §5.4: frames are padded so that `L` is the smallest multiple
+/// of this that holds the record (or 65535).
+pub const PAD_BLOCK: usize = 256;
 /// The most SMTP bytes one frame carries.
 pub const MAX_BODY: usize = MAX_MESSAGE - TAG - HEADER;
 
@@ -31,8 +39,8 @@ const REKEY: u8 = 0x02;
 pub enum ChannelError {
     #[error("frame did not decrypt: {0}")]
     Noise(#[from] NoiseError),
-    #[error("frame shorter than its tag")]
-    ShortFrame,
+    #[error("frame length {0} is below 19 (16-octet tag and 3-octet record header)")]
+    ShortFrame(usize),
     #[error("frame body length {0} does not fit the frame")]
     BadBodyLength(usize),
     #[error("unknown frame type {0:#04x}")]
@@ -59,24 +67,32 @@ pub struct Opened {
 /// An established blackpony channel: the Noise transport plus framing.
 pub struct Channel {
     transport: Transport,
-    /// Pad each frame's plaintext to a multiple of this many bytes (0: none).
+    /// Pad each frame so that its length `L` is a multiple of this many
+    /// bytes (0: no padding).
     pad_to: usize,
     peer_closed: bool,
+    /// A fatal error found behind frames that were opened in the same call:
+    /// those are given out first, the error on the next call.
+    broken: Option<ChannelError>,
 }
 
 impl Channel {
+    /// A channel that pads as proto-spec §5.4 recommends ([`PAD_BLOCK`]),
+    /// which hides the exact length of commands and replies from an
+    /// observer of the frame sizes.
     pub fn new(transport: Transport) -> Self {
         Channel {
             transport,
-            pad_to: 0,
+            pad_to: PAD_BLOCK,
             peer_closed: false,
+            broken: None,
         }
     }
 
-    /// Pads every frame to a multiple of `block` bytes, which hides the
-    /// exact length of short commands and replies from an observer.
+    /// Pads every frame so that `L` is a multiple of `block` bytes (0 or 1:
+    /// no padding, for the benchmark's baseline).
     pub fn with_padding(mut self, block: usize) -> Self {
-        self.pad_to = block.min(MAX_BODY);
+        self.pad_to = block;
         self
     }
 
@@ -112,12 +128,7 @@ impl Channel {
     }
 
     fn seal(&mut self, kind: u8, body: &[u8], out: &mut Vec<u8>) -> Result<(), ChannelError> {
-        let unpadded = HEADER + body.len();
-        let padding = if self.pad_to > 1 {
-            (unpadded.div_ceil(self.pad_to) * self.pad_to).min(MAX_MESSAGE - TAG) - unpadded
-        } else {
-            0
-        };
+        let padding = padding_for(body.len(), self.pad_to);
         self.seal_record(kind, body, padding, out)
     }
 
@@ -152,9 +163,34 @@ impl Channel {
     }
 
     /// Opens every complete frame at the start of `input`, appending DATA
-    /// bodies to `plaintext`. Stops after CLOSE.
+    /// bodies to `plaintext`. Stops after CLOSE. A fatal frame behind frames
+    /// opened in this call stops it too: they are returned, and the error
+    /// comes on the next call (proto-spec §5.6: the records before a bad
+    /// one count whether or not they came in the same read).
     pub fn open(&mut self, input: &[u8], plaintext: &mut Vec<u8>) -> Result<Opened, ChannelError> {
+        if let Some(e) = &self.broken {
+            return Err(e.clone());
+        }
         let mut opened = Opened::default();
+        match self.open_frames(input, plaintext, &mut opened) {
+            Ok(()) => Ok(opened),
+            Err(e) if opened.consumed > 0 => {
+                self.broken = Some(e);
+                Ok(opened)
+            }
+            Err(e) => {
+                self.broken = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    fn open_frames(
+        &mut self,
+        input: &[u8],
+        plaintext: &mut Vec<u8>,
+        opened: &mut Opened,
+    ) -> Result<(), ChannelError> {
         while !self.peer_closed {
             let rest = &input[opened.consumed..];
             let [hi, lo, ..] = *rest else {
@@ -164,8 +200,8 @@ impl Channel {
             if rest.len() < 2 + len {
                 break;
             }
-            if len < TAG + HEADER {
-                return Err(ChannelError::ShortFrame);
+            if len < MIN_FRAME {
+                return Err(ChannelError::ShortFrame(len));
             }
             // The ciphertext is copied once, to where its plaintext is to
             // end up, and decrypted there.
@@ -192,7 +228,7 @@ impl Channel {
         if self.peer_closed && opened.consumed < input.len() && !opened.closed {
             return Err(ChannelError::AfterClose);
         }
-        Ok(opened)
+        Ok(())
     }
 
     /// Decrypts the frame in `buf[start..]` in place and checks its record;
@@ -201,9 +237,9 @@ impl Channel {
     fn open_record(&mut self, buf: &mut Vec<u8>, start: usize) -> Result<u8, ChannelError> {
         self.transport.decrypt_in_place(buf, start)?;
         let record = &buf[start..];
-        // The frame was at least TAG + HEADER bytes, so this always matches.
+        // The frame was at least MIN_FRAME bytes, so this always matches.
         let [kind, hi, lo, ..] = *record else {
-            return Err(ChannelError::ShortFrame);
+            return Err(ChannelError::ShortFrame(record.len() + TAG));
         };
         let body_len = usize::from(u16::from_be_bytes([hi, lo]));
         let body_end = HEADER + body_len;
@@ -232,6 +268,17 @@ impl Channel {
     pub fn peer_closed(&self) -> bool {
         self.peer_closed
     }
+}
+
+/// The padding of a record with a body of `body_len` octets when frames are
+/// padded to multiples of `block` (proto-spec §5.4: the smallest multiple
+/// of `block` that holds the record and its tag, or 65535).
+pub fn padding_for(body_len: usize, block: usize) -> usize {
+    let unpadded = MIN_FRAME + body_len;
+    if block <= 1 || unpadded >= MAX_MESSAGE {
+        return 0;
+    }
+    (unpadded.div_ceil(block) * block).min(MAX_MESSAGE) - unpadded
 }
 
 #[cfg(test)]
@@ -297,17 +344,108 @@ mod tests {
             b.open(&flipped, &mut Vec::new()),
             Err(ChannelError::Noise(_))
         ));
-        // A short frame that cannot even hold a tag.
+        // Fatal means for good: the intact frame is not opened after it.
+        assert!(b.open(&wire, &mut Vec::new()).is_err());
+
+        // A frame too short to hold a tag and a record header; the error
+        // names its length (18 is the longest such frame, §5.1).
+        let (_, mut b) = pair();
+        let short = [&[0u8, 18][..], &[0; 18]].concat();
         assert_eq!(
-            b.open(&[0, 3, 1, 2, 3], &mut Vec::new()),
-            Err(ChannelError::ShortFrame)
+            b.open(&short, &mut Vec::new()),
+            Err(ChannelError::ShortFrame(18))
         );
-        // The intact frame still opens: failures did not move the nonce.
+        assert_eq!(
+            ChannelError::ShortFrame(18).to_string(),
+            "frame length 18 is below 19 (16-octet tag and 3-octet record header)"
+        );
+        // A failure did not move the nonce: a fresh receiver opens the frame
+        // (and replaying it to that receiver fails).
+        let (mut a, mut b) = pair();
+        let mut wire = Vec::new();
+        a.seal_data(b"hello", &mut wire).unwrap();
         let mut got = Vec::new();
         assert_eq!(b.open(&wire, &mut got).unwrap().consumed, wire.len());
         assert_eq!(got, b"hello");
-        // Replaying it does not.
         assert!(b.open(&wire, &mut Vec::new()).is_err());
+    }
+
+    /// proto-spec §5.6: the frames in front of a fatal one are given out,
+    /// the error comes next, whether the bytes came in one read or many.
+    #[test]
+    fn frames_before_a_fatal_one_count_however_the_bytes_are_split() {
+        for split in [usize::MAX, 0, 1] {
+            let (mut a, mut b) = pair();
+            let mut wire = Vec::new();
+            a.seal_data(b"EHLO x\r\n", &mut wire).unwrap();
+            let good = wire.len();
+            a.seal_data(b"NOOP\r\n", &mut wire).unwrap();
+            *wire.last_mut().unwrap() ^= 1;
+            // All at once, the good frame alone then the bad one, a byte at a time.
+            let split = match split {
+                0 => good,
+                n => n.min(wire.len()),
+            };
+            let mut got = Vec::new();
+            let mut pending = Vec::new();
+            let mut error = None;
+            for piece in wire.chunks(split) {
+                pending.extend_from_slice(piece);
+                match b.open(&pending, &mut got) {
+                    Ok(o) => {
+                        pending.drain(..o.consumed);
+                    }
+                    Err(e) => {
+                        error = Some(e);
+                        break;
+                    }
+                }
+            }
+            if error.is_none() {
+                error = b.open(&pending, &mut got).err();
+            }
+            assert_eq!(got, b"EHLO x\r\n", "split {split}");
+            assert_eq!(
+                error,
+                Some(ChannelError::Noise(NoiseError::Decrypt)),
+                "split {split}"
+            );
+        }
+    }
+
+    /// proto-spec §5.4: `L` is the smallest multiple of 256 that holds the
+    /// record, or 65535.
+    #[test]
+    fn frames_are_padded_to_multiples_of_256() {
+        let (mut a, mut b) = pair();
+        let cases: &[(usize, usize)] = &[
+            (0, 237),
+            (6, 231),
+            (237, 0),
+            (238, 255),
+            (16 * 1024, 237),
+            (65_000, 5),
+            (65_017, 244),
+            (65_261, 0),
+            (65_262, 254),
+            (65_497, 19),
+            (MAX_BODY, 0),
+        ];
+        for &(body, padding) in cases {
+            assert_eq!(padding_for(body, PAD_BLOCK), padding, "body {body}");
+            let mut wire = Vec::new();
+            a.seal(DATA, &vec![b'x'; body], &mut wire).unwrap();
+            let l = usize::from(u16::from_be_bytes([wire[0], wire[1]]));
+            assert_eq!(l, MIN_FRAME + body + padding, "body {body}");
+            assert!(l % PAD_BLOCK == 0 || l == MAX_MESSAGE, "body {body}: L {l}");
+            let mut got = Vec::new();
+            b.open(&wire, &mut got).unwrap();
+            assert_eq!(got.len(), body);
+        }
+        let mut wire = Vec::new();
+        a.seal_close(&mut wire).unwrap();
+        assert_eq!(wire.len(), 2 + 256);
+        assert_eq!(padding_for(6, 0), 0);
     }
 
     /// Frames are decrypted in place behind what `plaintext` already
@@ -321,16 +459,19 @@ mod tests {
         let good = wire.len();
         a.seal_data(b"second", &mut wire).unwrap();
         *wire.last_mut().unwrap() ^= 1;
+        // An incomplete frame waits for more bytes.
+        let mut got = Vec::new();
+        let o = b.open(&wire[..good - 1], &mut got).unwrap();
+        assert_eq!((o.consumed, got.len()), (0, 0));
         let mut got = b"before:".to_vec();
+        // The good frame first (§5.6), then the error.
+        assert_eq!(b.open(&wire, &mut got).unwrap().consumed, good);
+        assert_eq!(got, b"before:first");
         assert!(matches!(
-            b.open(&wire, &mut got),
+            b.open(&wire[good..], &mut got),
             Err(ChannelError::Noise(NoiseError::Decrypt))
         ));
         assert_eq!(got, b"before:first");
-        // Truncated: the frame is incomplete and waits for more bytes.
-        let mut got = Vec::new();
-        let o = b.open(&wire[good..wire.len() - 1], &mut got).unwrap();
-        assert_eq!((o.consumed, got.len()), (0, 0));
     }
 
     /// proto-spec §5.3: CLOSE and REKEY with a body are fatal, even with

@@ -1,7 +1,7 @@
 //! The positive scenario of proto-spec Appendix A (§14 items 1–5):
 //! `proto-spec/vectors/xpony-1-handshake.json`.
 
-use super::super::channel::Channel;
+use super::super::channel::{Channel, MAX_BODY, MIN_FRAME, PAD_BLOCK, padding_for};
 use super::super::keys::{encode_key, fingerprint};
 use super::super::noise::{PROTOCOL_NAME, hex};
 use super::{
@@ -108,6 +108,23 @@ pub fn handshake_vector() -> String {
     assert_eq!(at_s, b"EHLO client.example.net\r\nQUIT\r\n");
     out.push_str("  \"frames\": [\n");
     out.push_str(&frames.join(",\n"));
+    out.push_str("\n  ],\n");
+    // proto-spec §5.4: the recommended padding, by body length (the frames
+    // above use less, to stay short).
+    let padded: Vec<String> = [
+        0, 6, 15, 25, 237, 238, 493, 494, 16_384, 65_261, 65_262, MAX_BODY,
+    ]
+    .iter()
+    .map(|&body| {
+        let padding = padding_for(body, PAD_BLOCK);
+        format!(
+            "    {{\"body_length\": {body}, \"padding\": {padding}, \"frame_length\": {}}}",
+            MIN_FRAME + body + padding
+        )
+    })
+    .collect();
+    out.push_str("  \"recommended_padding\": [\n");
+    out.push_str(&padded.join(",\n"));
     out.push_str("\n  ]\n}\n");
     out
 }

@@ -73,6 +73,9 @@ enum Reaction {
     Fatal,
     /// The session was truncated: an error, handled as a lost connection.
     Truncated,
+    /// Not refused: a normal end of the session (the boundary of the
+    /// truncation rule, proto-spec §5.6).
+    End,
 }
 
 impl Reaction {
@@ -88,6 +91,7 @@ impl Reaction {
             Reaction::Close => "{\"kind\": \"close\", \"send\": \"\", \"then\": \"close\"}".into(),
             Reaction::Fatal => "{\"kind\": \"fatal\", \"then\": \"close\"}".into(),
             Reaction::Truncated => "{\"kind\": \"truncated\", \"then\": \"close\"}".into(),
+            Reaction::End => "{\"kind\": \"end\", \"then\": \"close\"}".into(),
         }
     }
 }
@@ -401,21 +405,45 @@ fn cases() -> Vec<Case> {
         reaction: Reaction::Fatal,
     });
 
+    // The client->server frames of xpony-1-handshake.json, without CLOSE.
     let mut c = Channel::new(scenario().client);
-    let mut input = Vec::new();
-    c.seal_record(0x00, b"EHLO client.example.net\r\n", 4, &mut input)
+    let mut ehlo_rekey = Vec::new();
+    c.seal_record(0x00, b"EHLO client.example.net\r\n", 4, &mut ehlo_rekey)
         .unwrap();
-    c.seal_record(0x02, b"", 0, &mut input).unwrap();
+    c.seal_record(0x02, b"", 0, &mut ehlo_rekey).unwrap();
     c.rekey_send_after_record();
-    c.seal_record(0x00, b"QUIT\r\n", 0, &mut input).unwrap();
+    let mut with_quit = ehlo_rekey.clone();
+    c.seal_record(0x00, b"QUIT\r\n", 0, &mut with_quit).unwrap();
+    let mut close = Vec::new();
+    c.seal_record(0x01, b"", 0, &mut close).unwrap();
     cases.push(Case {
         name: "eof-without-close",
         spec: "§5.6 (truncation)",
         at: At::ServerChannel,
         facts: Vec::new(),
-        input,
-        failure: "the client->server frames of xpony-1-handshake.json (EHLO, REKEY, QUIT) without the final CLOSE, then the connection ends: the session is truncated although the SMTP dialogue looks complete",
+        input: ehlo_rekey,
+        failure: "the first two client->server frames of xpony-1-handshake.json (EHLO, REKEY), then the connection ends without CLOSE and without QUIT: the session is truncated (the EHLO is still answered)",
         reaction: Reaction::Truncated,
+    });
+    cases.push(Case {
+        name: "eof-after-quit-without-close",
+        spec: "§5.6 (truncation), §10.1",
+        at: At::ServerChannel,
+        facts: Vec::new(),
+        input: with_quit.clone(),
+        failure: "the client->server frames of xpony-1-handshake.json (EHLO, REKEY, QUIT) without the final CLOSE, then the connection ends, all in one read: not a truncation, because the SMTP session ended with QUIT; the EHLO and the QUIT are answered",
+        reaction: Reaction::End,
+    });
+    let mut input = with_quit;
+    input.extend_from_slice(&close[..10]);
+    cases.push(Case {
+        name: "partial-frame-after-quit",
+        spec: "§5.6 (truncation)",
+        at: At::ServerChannel,
+        facts: Vec::new(),
+        input,
+        failure: "as eof-after-quit-without-close, then the first 10 octets of the CLOSE frame: the connection ends in the middle of a frame, but after QUIT, so the session ended normally",
+        reaction: Reaction::End,
     });
     cases
 }
@@ -618,19 +646,199 @@ mod tests {
         }
     }
 
-    /// The server's side of the channel, read as the connection reads it.
-    async fn channel_reaction(input: &[u8]) -> Seen {
-        let channel = Channel::new(scenario().server);
-        let mut stream = PonyStream::new(input, channel, Vec::new());
-        let mut got = Vec::new();
-        match stream.read_to_end(&mut got).await {
-            Ok(_) => Seen::Accepted,
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Seen::Did(Reaction::Fatal),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                Seen::Did(Reaction::Truncated)
-            }
-            Err(e) => Seen::Other(e.to_string()),
+    /// A client connection that hands out `step` octets per read, then EOF.
+    struct Trickle {
+        data: Vec<u8>,
+        pos: usize,
+        step: usize,
+    }
+
+    impl tokio::io::AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = self
+                .step
+                .min(self.data.len() - self.pos)
+                .min(buf.remaining());
+            let pos = self.pos;
+            buf.put_slice(&self.data[pos..pos + n]);
+            self.pos += n;
+            std::task::Poll::Ready(Ok(()))
         }
+    }
+
+    /// What the server session did with what came over the channel.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Served {
+        /// The session's end (its log line's `end=`).
+        end: &'static str,
+        /// The replies it wrote to the client after the switch.
+        replies: String,
+        /// Whether it logged a client error (a fatal frame, a truncation).
+        client_error: bool,
+    }
+
+    /// The relay session after the scenario's message 3, reading `input`
+    /// from the client through the channel `step` octets per read, as the
+    /// connection's I/O loop does. The backend answers at once, or (`slow`)
+    /// only once the client has nothing more to read: the end of the
+    /// connection then comes before the replies.
+    async fn serve_channel(input: &[u8], step: usize, slow: bool) -> Served {
+        let run = scenario();
+        let mut s = server_after_ehlo();
+        s.client_input(xpony_line(&run.m1).as_bytes());
+        s.to_client.clear();
+        s.client_input(finish_line(&run.m3).as_bytes());
+        assert_eq!(s.poll_action(), Some(Action::StartPony));
+        let (transport, leftover) = s.take_pony().unwrap();
+        let info = crate::transport::Encryption::pony(&transport);
+        let mut client = PonyStream::new(
+            Trickle {
+                data: input.to_vec(),
+                pos: 0,
+                step,
+            },
+            Channel::new(transport),
+            leftover,
+        );
+        s.pony_established(info);
+        let mut client_error = false;
+        let mut buf = vec![0u8; 4096];
+        for _ in 0..100_000 {
+            while let Some(action) = s.poll_action() {
+                match action {
+                    Action::RestartBackend => {
+                        // The old backend's QUIT; the new one greets.
+                        s.to_backend.clear();
+                        s.backend_restarted();
+                        s.backend_input(GREETING);
+                    }
+                    Action::Log(crate::inbound::session::Notice::ClientError { .. }) => {
+                        client_error = true
+                    }
+                    Action::Close => {
+                        return Served {
+                            end: s.stats().end,
+                            replies: String::from_utf8_lossy(&s.to_client).into_owned(),
+                            client_error,
+                        };
+                    }
+                    _ => {}
+                }
+            }
+            if slow && s.wants_client_input() {
+                let read = client.read(&mut buf).await;
+                s.client_read(
+                    read.as_ref()
+                        .map(|&n| &buf[..n])
+                        .map_err(|e| std::io::Error::new(e.kind(), e.to_string())),
+                );
+                continue;
+            }
+            let to_backend = String::from_utf8(std::mem::take(&mut s.to_backend)).unwrap();
+            for line in to_backend.lines() {
+                let reply: &[u8] = if line.starts_with("EHLO") {
+                    BACKEND_EHLO
+                } else if line == "QUIT" {
+                    b"221 2.0.0 Bye\r\n"
+                } else {
+                    b"250 2.0.0 Ok\r\n"
+                };
+                s.backend_input(reply);
+            }
+            if s.wants_client_input() {
+                let read = client.read(&mut buf).await;
+                s.client_read(
+                    read.as_ref()
+                        .map(|&n| &buf[..n])
+                        .map_err(|e| std::io::Error::new(e.kind(), e.to_string())),
+                );
+            } else if s.to_backend.is_empty() && !s.is_closed() {
+                panic!("the session is stuck: {:?}", s.stats());
+            }
+        }
+        panic!("the session did not end");
+    }
+
+    /// The server's side of the channel: the relay session reading what
+    /// came after message 3, all in one read and a byte per read, which
+    /// must come out alike (proto-spec §5.6: the verdict does not depend
+    /// on how the octets were split).
+    async fn channel_reaction(input: &[u8]) -> Seen {
+        let served = serve_channel(input, usize::MAX, false).await;
+        for (step, slow) in [(usize::MAX, true), (1, false), (1, true)] {
+            let other = serve_channel(input, step, slow).await;
+            if other != served {
+                return Seen::Other(format!(
+                    "one read: {served:?}; {step} octets per read, slow backend {slow}: {other:?}"
+                ));
+            }
+        }
+        match served {
+            Served {
+                end: "client-error",
+                client_error: true,
+                ..
+            } => Seen::Did(Reaction::Fatal),
+            Served {
+                end: "truncated",
+                client_error: true,
+                ..
+            } => Seen::Did(Reaction::Truncated),
+            Served {
+                end: "quit",
+                client_error: false,
+                ref replies,
+            } if replies.ends_with("221 2.0.0 Bye\r\n") => Seen::Did(Reaction::End),
+            Served {
+                end: "client-closed",
+                client_error: false,
+                ..
+            } => Seen::Accepted,
+            other => Seen::Other(format!("{other:?}")),
+        }
+    }
+
+    /// The case: EHLO, REKEY, QUIT and the end of the connection
+    /// in one read get their replies, and the session ends normally (not
+    /// truncated), as when each came in a read of its own.
+    #[tokio::test]
+    async fn ehlo_rekey_quit_and_eof_in_one_read_are_answered() {
+        let case = cases()
+            .into_iter()
+            .find(|c| c.name == "eof-after-quit-without-close")
+            .unwrap();
+        for (step, slow) in [
+            (usize::MAX, true),
+            (usize::MAX, false),
+            (1, true),
+            (7, false),
+        ] {
+            let served = serve_channel(&case.input, step, slow).await;
+            assert_eq!(served.end, "quit", "step {step}: {served:?}");
+            assert!(!served.client_error, "step {step}: {served:?}");
+            assert!(
+                served.replies.starts_with("250-mx.example.org\r\n")
+                    && served
+                        .replies
+                        .ends_with("250 ENHANCEDSTATUSCODES\r\n221 2.0.0 Bye\r\n"),
+                "step {step}: {served:?}"
+            );
+        }
+        // Without the QUIT it is a truncation, still with the EHLO answered.
+        let case = cases()
+            .into_iter()
+            .find(|c| c.name == "eof-without-close")
+            .unwrap();
+        let served = serve_channel(&case.input, usize::MAX, true).await;
+        assert_eq!((served.end, served.client_error), ("truncated", true));
+        assert!(
+            served.replies.ends_with("250 ENHANCEDSTATUSCODES\r\n"),
+            "{served:?}"
+        );
     }
 
     fn reaction_of(json: &serde_json::Value) -> Reaction {
@@ -644,6 +852,7 @@ mod tests {
             ("close", None) => Reaction::Close,
             ("fatal", None) => Reaction::Fatal,
             ("truncated", None) => Reaction::Truncated,
+            ("end", None) => Reaction::End,
             other => panic!("unknown reaction {other:?}"),
         }
     }
