@@ -28,6 +28,7 @@ pub enum ConfigError {
 pub struct FileConfig {
     pub inbound: Option<InboundFile>,
     pub outbound: Option<OutboundFile>,
+    pub fetch: Option<super::fetch::FetchFile>,
 }
 
 /// The `[outbound]` section, and `[outbound.domains]` with a TLS policy per

@@ -5,6 +5,7 @@ pub mod config;
 pub mod docs;
 mod notify;
 mod privileges;
+pub mod fetch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -82,6 +83,10 @@ pub enum Command {
     /// Write the bash, zsh and fish completions (a build step; hidden).
     #[command(hide = true)]
     Completions(docs::CompletionsArgs),
+    /// At home: pull the sealed messages from a `blackpony seal` relay over
+    /// XPONY, decrypt them with the age identity and hand them to the local
+    /// MTA (or a Maildir); one run, exit 0 when all was fetched, 75 to retry.
+    Fetch(fetch::FetchArgs),
 }
 
 /// `blackpony keygen`
@@ -419,6 +424,7 @@ pub fn main() -> ExitCode {
         Command::Keygen(_) => "keygen",
         Command::Pins(_) => "pins",
         Command::Man(_) | Command::Completions(_) => "docs",
+        Command::Fetch(_) => "fetch",
     };
     let default_sink: fn() -> log::Sink = match &cli.command {
         Command::Deliver(_) => || log::Sink::Held(Vec::new()),
@@ -449,6 +455,7 @@ pub fn main() -> ExitCode {
         Command::Pins(args) => pins(args),
         Command::Man(args) => docs::run_man(args),
         Command::Completions(args) => docs::run_completions(args),
+        Command::Fetch(args) => fetch::run(args, file.fetch.unwrap_or_default(), &runtime),
         Command::Deliver(args) => {
             let outbound =
                 match config::merge_outbound(args.outbound, file.outbound.unwrap_or_default()) {

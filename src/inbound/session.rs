@@ -29,6 +29,7 @@ use super::trace::{TraceFacts, write_received};
 use crate::pony::negotiation::{self, ServerIdentity};
 use crate::pony::noise::{Keypair, ResponderAwaitingFinish, Transport};
 use crate::smtp::command::{NextLine, next_line};
+use crate::smtp::xpony_server::Finish;
 use crate::smtp::{
     BareNewlines, Command, DataScanner, EhloReply, Reply, ReplyError, ReplyParser, ReplySpan, Verb,
 };
@@ -1191,7 +1192,7 @@ impl Session {
                     self.phase = Phase::StartTlsQueued;
                 }
             }
-            Verb::Xpony => self.xpony_command(line, command.args),
+            Verb::Xpony => self.xpony_command(line),
             Verb::Data => {
                 if !command.args.is_empty() {
                     self.local(Reply::new(501, "5.5.4 Syntax: DATA"), Then::Continue);
@@ -1248,7 +1249,7 @@ impl Session {
     }
 
     /// `XPONY <protocol> <base64 message 1>` (proto-spec §3).
-    fn xpony_command(&mut self, line: &[u8], args: &str) {
+    fn xpony_command(&mut self, line: &[u8]) {
         let reply = |code, text: &str| (Reply::new(code, text), Then::Continue);
         let refusal = if self.config.pony.is_none() {
             Some(reply(502, "5.5.1 Error: command not recognized"))
@@ -1263,41 +1264,13 @@ impl Session {
             self.local(r, then);
             return;
         }
-        // §3.1: `XPONY SP protocol-name SP base64`, exactly one SP each, no
-        // other white space; §2: the name's characters.
-        let name_ok = |n: &str| {
-            (1..=255).contains(&n.len())
-                && n.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_+/".contains(c))
-        };
-        let exact = line.get(5) == Some(&b' ') && line.get(6..) == Some(args.as_bytes());
-        let mut parts = args.split(' ');
-        let parsed = match (parts.next(), parts.next(), parts.next()) {
-            (Some(name), Some(encoded), None) if exact && name_ok(name) && !encoded.is_empty() => {
-                Some((name, encoded))
+        // R6–R8: syntax, protocol name, base64 (proto-spec §3.1, §3.3).
+        let message_1 = match crate::smtp::xpony_server::parse_command(line) {
+            Ok(m) => m,
+            Err(reply) => {
+                self.local(reply, Then::Continue);
+                return;
             }
-            _ => None,
-        };
-        let Some((name, encoded)) = parsed else {
-            self.local(
-                Reply::new(501, "5.5.4 Syntax: XPONY protocol-name base64"),
-                Then::Continue,
-            );
-            return;
-        };
-        if name != crate::pony::noise::PROTOCOL_NAME {
-            self.local(
-                Reply::new(504, "5.5.4 Unrecognized protocol name"),
-                Then::Continue,
-            );
-            return;
-        }
-        let Some(message_1) = negotiation::decode_line(encoded) else {
-            self.local(
-                Reply::new(501, "5.5.2 Cannot decode base64"),
-                Then::Continue,
-            );
-            return;
         };
         self.pending.push_back(Expect::Xpony(message_1));
         self.phase = Phase::XponyQueued;
@@ -1323,30 +1296,20 @@ impl Session {
         }
         let prologue =
             negotiation::prologue(&self.greeting_sent, &self.ehlo_line, &self.ehlo_reply_sent);
-        let ephemeral = match self.fixed_ephemeral.take() {
-            Some(key) => Ok(key),
-            None => Keypair::generate().map_err(|e| e.to_string()),
-        };
-        let step = ephemeral.and_then(|e| {
-            let ready = crate::pony::noise::Responder::new(&prologue, identity.key.clone(), e)
-                .read_message_1(message_1)
-                .map_err(|e| e.to_string())?;
-            // §4.3/§4.4: no item is defined for message 1, but a payload
-            // over 1024 octets or a broken item list fails it.
-            negotiation::check_message_1_payload(&ready.1).map_err(|e| e.to_string())?;
-            ready
-                .0
-                .write_message_2(&identity.hints.encode())
-                .map_err(|e| e.to_string())
-        });
-        let (state, message_2) = match step {
+        let responded = crate::smtp::xpony_server::respond(
+            &identity,
+            &prologue,
+            message_1,
+            self.fixed_ephemeral.take(),
+        );
+        let (state, line) = match responded {
             Ok(done) => done,
-            Err(error) => {
+            Err(failed) => {
                 self.notice(Notice::XponyFailed {
                     stage: "message 1",
-                    error,
+                    error: failed.error,
                 });
-                Reply::new(535, "5.7.8 Handshake failed").write_to(&mut self.to_client);
+                failed.reply.write_to(&mut self.to_client);
                 self.phase = Phase::Commands;
                 return;
             }
@@ -1362,8 +1325,7 @@ impl Session {
             self.close("xpony-injection");
             return;
         }
-        let line = format!("334 {}\r\n", negotiation::encode_line(&message_2));
-        self.to_client.extend_from_slice(line.as_bytes());
+        self.to_client.extend_from_slice(&line);
         self.phase = Phase::XponyAwaitingFinish(state);
     }
 
@@ -1373,45 +1335,18 @@ impl Session {
         else {
             return;
         };
-        if line == b"*" {
-            self.local(Reply::new(501, "5.7.0 XPONY aborted"), Then::Continue);
-            return;
-        }
-        // R14 (proto-spec §3.3): a line that is not base64 is answered
-        // apart from a message 3 that fails (R15); both close.
-        let Some(message_3) = std::str::from_utf8(line)
-            .ok()
-            .and_then(negotiation::decode_line)
-        else {
-            self.notice(Notice::XponyFailed {
-                stage: "message 3",
-                error: "message 3 is not base64".into(),
-            });
-            self.fail_to_client(Reply::new(501, "5.5.2 Cannot decode base64"));
-            self.close("xpony-failed");
-            return;
-        };
-        // §4.7: message 3 fails on Noise errors and on a payload that
-        // breaks §4.4 alike.
-        let result = state
-            .read_message_3(&message_3)
-            .map_err(|e| e.to_string())
-            .and_then(|(transport, payload)| {
-                negotiation::decode_message_3_payload(&payload)
-                    .map(|_hostname| transport)
-                    .map_err(|e| e.to_string())
-            });
-        match result {
-            Ok(transport) => {
+        match crate::smtp::xpony_server::finish(state, line) {
+            Finish::Aborted(reply) => self.local(reply, Then::Continue),
+            Finish::Established(transport) => {
                 self.pony_ready = Some((transport, Vec::new()));
                 self.phase = Phase::XponySwitch;
             }
-            Err(error) => {
+            Finish::Failed { reply, error } => {
                 self.notice(Notice::XponyFailed {
                     stage: "message 3",
                     error,
                 });
-                self.fail_to_client(Reply::new(535, "5.7.8 Handshake failed"));
+                self.fail_to_client(reply);
                 self.close("xpony-failed");
             }
         }

@@ -68,7 +68,7 @@ pub fn generate_file(path: &Path, force: bool) -> Result<Keypair, KeyError> {
     let pair = Keypair::generate().map_err(|e| KeyError::Random(e.to_string()))?;
     let text = Zeroizing::new(format!(
         "{HEADER}\nprivate-key: {}\n",
-        B64.encode(pair.secret_bytes().as_ref())
+        B64.encode(&pair.secret_bytes()[..])
     ));
     let io = |source| KeyError::Io {
         path: shown.clone(),

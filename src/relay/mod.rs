@@ -6,7 +6,15 @@
 //! - [`sealed`]: the plaintext format inside each sealed file
 //!   (`proto-spec/sealed-relay.md` §1);
 //! - [`xfetch`]: the fetch protocol inside the XPONY channel
-//!   (`proto-spec/fetch.md`), sans-IO, both sides.
+//!   (`proto-spec/fetch.md`), sans-IO, both sides;
+//! - [`fetch_server`]: the relay's side of XFETCH over the spool;
+//! - [`fetch`]: `blackpony fetch`, the home side: pull, decrypt, deliver
+//!   (SMTP or [`maildir`]), then delete, with a [`journal`] of deliveries
+//!   the relay has not confirmed yet.
 
+pub mod fetch;
+pub mod fetch_server;
+pub mod journal;
+pub mod maildir;
 pub mod sealed;
 pub mod xfetch;

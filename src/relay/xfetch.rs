@@ -23,13 +23,14 @@ pub const MAX_ID: usize = 128;
 pub const DEFAULT_MAX_SIZE: u64 = 256 * 1024 * 1024;
 
 /// Whether `id` is a spool id (§4): 1 to 128 octets of letters, digits,
-/// `-`, `_` and `.`, beginning with a letter or digit; so it can name a file
-/// in one directory and never leave it.
+/// `-`, `_` and `.`, beginning with a letter or digit, without `..`; so it
+/// can name a file in one directory and never leave it.
 pub fn valid_id(id: &str) -> bool {
     let b = id.as_bytes();
     !b.is_empty()
         && b.len() <= MAX_ID
         && b[0].is_ascii_alphanumeric()
+        && !id.contains("..")
         && b.iter()
             .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }

@@ -11,6 +11,7 @@ pub mod limits;
 pub mod mime;
 pub mod reply;
 pub mod server;
+pub mod xpony_server;
 
 pub use command::{Command, CommandError, NextLine, Verb};
 pub use data::{BareNewlines, DataScanner, DotStuffer};

@@ -2,6 +2,7 @@
 //! driven over real sockets. Tests against third-party mail software live in
 //! `interop/`.
 
+mod fetch;
 mod inbound;
 mod notify;
 mod support;
