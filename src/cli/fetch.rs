@@ -59,13 +59,30 @@ pub enum PermanentArg {
     Delete,
 }
 
+/// A file name, or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<PathBuf> {
+        match self {
+            OneOrMany::One(p) => vec![p],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
 /// The `[fetch]` section.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FetchFile {
     pub from: Option<String>,
     pub host_key: Option<PathBuf>,
-    pub age_identity: Option<Vec<PathBuf>>,
+    pub age_identity: Option<OneOrMany>,
     pub deliver_to: Option<String>,
     pub maildir: Option<PathBuf>,
     pub relay_key: Option<String>,
@@ -114,7 +131,9 @@ pub fn settings(args: FetchArgs, file: FetchFile) -> Result<FetchSettings, Confi
     let host_key = crate::pony::keys::load_file(&key_path)
         .map_err(|e| invalid("--host-key", e.to_string()))?;
     let identity_files = if args.age_identity.is_empty() {
-        file.age_identity.unwrap_or_default()
+        file.age_identity
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default()
     } else {
         args.age_identity
     };
@@ -217,6 +236,31 @@ pub fn run(args: FetchArgs, file: FetchFile, runtime: &tokio::runtime::Runtime) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fetch_section() {
+        let one: FetchFile = toml::from_str("age_identity = \"/k\"\nfrom = \"r\"").unwrap();
+        assert_eq!(
+            one.age_identity.map(OneOrMany::into_vec),
+            Some(vec![PathBuf::from("/k")])
+        );
+        let many: FetchFile = toml::from_str("age_identity = [\"/a\", \"/b\"]").unwrap();
+        assert_eq!(
+            many.age_identity.map(OneOrMany::into_vec).map(|v| v.len()),
+            Some(2)
+        );
+        assert!(toml::from_str::<FetchFile>("typo = 1").is_err());
+        let example = include_str!("../../packaging/etc/blackpony.toml");
+        let section: String = example
+            .lines()
+            .skip_while(|l| !l.starts_with("# [fetch]"))
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .filter(|l| l.contains(" = ") && !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let parsed: FetchFile = toml::from_str(&section).unwrap();
+        assert_eq!(parsed.from.as_deref(), Some("relay.example.org"));
+    }
 
     #[test]
     fn relay_addresses() {

@@ -3,9 +3,9 @@
 
 pub mod config;
 pub mod docs;
+pub mod fetch;
 mod notify;
 mod privileges;
-pub mod fetch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

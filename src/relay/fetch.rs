@@ -676,9 +676,10 @@ async fn deliver_smtp(
     let mut stuffer = DotStuffer::new();
     stuffer.push(message, &mut wire);
     stuffer.finish(&mut wire);
+    // The size the server sees, without the terminating ".\r\n" (RFC 1870).
     let facts = ContentFacts {
         size: wire.len().saturating_sub(3) as u64,
-        eight_bit: wire.iter().any(|&b| b >= 0x80),
+        ..ContentFacts::of(&wire)
     };
     let envelope = Envelope {
         sender: sender.to_string(),
