@@ -31,8 +31,8 @@ import pytest
 
 from interop.clients import swaks, token, transcript, unverified_tls_context
 from interop.conftest import HOSTNAME
-from interop.peers import (CLIENT_IP, REFUSED_LOCALPART, Blackpony, FakeInternet,
-                           blackpony_bin, blackpony_received, free_port, keygen,
+from interop.peers import (CLIENT_IP, REFUSED_LOCALPART, Blackpony, blackpony_bin,
+                           blackpony_received, free_port, keygen,
                            unfolded_headers, wait_for)
 from interop.sendmail_mta import (HOSTNAME as SENDMAIL_HOST, LOCAL_DOMAIN, MAILBOX_USER,
                                   Sendmail, recipe_block, replace_checked)
@@ -45,16 +45,6 @@ TRACE_PLAIN = TRACE + r"ESMTP \(without TLS\); "
 TLS_ARGS = {"plain": [], "tls": ["--tls"]}
 SENDER = f"{MAILBOX_USER}@{LOCAL_DOMAIN}"
 MAILER_DEFAULT_USER = "mail"  # Debian's confDEF_USER_ID mail:mail: who runs the mailer
-
-
-@pytest.fixture(scope="module")
-def internet(workdir):
-    net = FakeInternet(workdir / "internet")
-    net.start()
-    try:
-        yield net
-    finally:
-        net.stop()
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ PACKAGES=(
                           # by the package test (man)
   lintian                 # the Debian package is checked with it (interop/test_package.py)
   m4                      # sendmail's .cf generator (interop/sendmail_mta.py)
+  chromium                # renders `blackpony stats --html` headless (interop/test_stats.py)
   libwrap0 liblockfile1   # needed by the unpacked sendmail and its mail.local (see below)
 )
 

@@ -16,6 +16,7 @@
 //! | [`outbound`] | the transport an MTA hands mail to: MX resolution, route planning, TLS policy, the delivery loop, kept MX sessions and the LMTP/SMTP service |
 //! | [`relay`] | the sealed relay: the format inside each sealed file, sealing with age, the receiving MX (`seal`), the fetch protocol (XFETCH) between the relay and the home machine |
 //! | [`state`] | the state-store seam: the sealed spool (atomic publish, listing, removal) with its fsync rules in one place |
+//! | [`stats`] | `blackpony stats`: counts blackpony's own log lines (encrypted share per day and peer, refusals) and renders text, JSON or an HTML page |
 //! | [`cli`] | flags and config file, builds a role's settings and calls its `run` |
 //! | [`log`] | one-line, Postfix-style log records |
 //! | `fuzz_checks` | invariants shared by the fuzz targets in `fuzz/` and a deterministic test |
@@ -33,4 +34,5 @@ pub mod pony;
 pub mod relay;
 pub mod smtp;
 pub mod state;
+pub mod stats;
 pub mod transport;

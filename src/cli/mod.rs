@@ -6,6 +6,7 @@ pub mod docs;
 pub mod fetch;
 mod notify;
 mod privileges;
+pub mod stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -77,6 +78,9 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Show or change the keys remembered per MX host (trust on first use).
     Pins(PinsArgs),
+    /// Count from blackpony's logs how much mail was encrypted: per day and
+    /// per peer, plaintext / TLS / XPONY / authenticated; refusals by reason.
+    Stats(stats::StatsArgs),
     /// Write the man pages (a build step; hidden).
     #[command(hide = true)]
     Man(docs::ManArgs),
@@ -423,6 +427,7 @@ pub fn main() -> ExitCode {
         Command::Inbound(_) => "inbound",
         Command::Keygen(_) => "keygen",
         Command::Pins(_) => "pins",
+        Command::Stats(_) => "stats",
         Command::Man(_) | Command::Completions(_) => "docs",
         Command::Fetch(_) => "fetch",
     };
@@ -453,6 +458,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Keygen(args) => keygen(args),
         Command::Pins(args) => pins(args),
+        Command::Stats(args) => stats::run(args),
         Command::Man(args) => docs::run_man(args),
         Command::Completions(args) => docs::run_completions(args),
         Command::Fetch(args) => fetch::run(args, file.fetch.unwrap_or_default(), &runtime),
