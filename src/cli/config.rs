@@ -47,6 +47,8 @@ pub struct OutboundFile {
     pub xpony: Option<bool>,
     pub max_message_size: Option<u64>,
     pub refuse_address_literals: Option<bool>,
+    /// `blackpony outbound` only (`--max-connections`).
+    pub max_connections: Option<usize>,
     #[serde(default)]
     pub domains: std::collections::HashMap<String, crate::outbound::TlsPolicy>,
 }
@@ -116,6 +118,7 @@ pub fn merge_outbound(
         max_message_size: file.max_message_size.unwrap_or(64 * 1024 * 1024),
         refuse_address_literals: args.refuse_address_literals
             || file.refuse_address_literals.unwrap_or(false),
+        max_connections: file.max_connections.unwrap_or(20),
     })
 }
 

@@ -165,6 +165,12 @@ pub struct OutboundServerArgs {
     #[arg(long, value_name = "OCTAL", default_value = "0666", value_parser = parse_octal)]
     pub socket_mode: u32,
 
+    /// MTA connections served at once; more are answered `421 4.3.2` and
+    /// closed. With max_message_size it bounds the message bytes in flight
+    /// [default: 20].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
     #[command(flatten)]
     pub outbound: OutboundArgs,
 }
@@ -489,6 +495,7 @@ pub fn main() -> ExitCode {
                     tokio::io::stdout(),
                     &deliverer,
                     outbound.max_message_size,
+                    crate::outbound::service::never_stopping(),
                 )
                 .await;
                 ExitCode::SUCCESS
@@ -504,6 +511,7 @@ pub fn main() -> ExitCode {
                 args.listen,
                 args.protocol.into(),
                 args.socket_mode,
+                args.max_connections,
                 outbound,
             ))
         }
@@ -660,6 +668,7 @@ async fn run_outbound_server(
     listen: String,
     protocol: crate::smtp::server::Protocol,
     socket_mode: u32,
+    max_connections: Option<usize>,
     settings: OutboundSettings,
 ) -> ExitCode {
     use crate::outbound::service::{self, Listener};
@@ -689,14 +698,11 @@ async fn run_outbound_server(
     log!("listening on {listen} protocol={}", protocol.as_str());
     let shutdown = shutdown_signal();
     notify::ready(&notify::address(&listener, &listen));
-    service::run(
-        listener,
-        protocol,
-        deliverer,
-        settings.max_message_size,
-        shutdown,
-    )
-    .await;
+    let limits = service::ServerLimits {
+        max_connections: max_connections.unwrap_or(settings.max_connections).max(1),
+        max_message_size: settings.max_message_size,
+    };
+    service::run(listener, protocol, deliverer, limits, shutdown).await;
     if let Some(path) = listen.strip_prefix("unix:") {
         let _ = std::fs::remove_file(path);
     }
@@ -720,6 +726,9 @@ pub struct OutboundSettings {
     pub max_message_size: u64,
     /// Refuse address-literal recipients (`--refuse-address-literals`).
     pub refuse_address_literals: bool,
+    /// `blackpony outbound`: MTA connections at once (from the file; the
+    /// flag wins).
+    pub max_connections: usize,
 }
 
 impl OutboundSettings {

@@ -159,6 +159,18 @@ impl ReceiveSession {
         self.phase = Phase::Closed;
     }
 
+    /// The server is shutting down: `421 4.3.2` (RFC 5321 §3.8) and the
+    /// session ends, whatever the client was sending (a message not yet
+    /// complete is not delivered; the client tries again later).
+    pub fn shutting_down(&mut self) {
+        if matches!(self.phase, Phase::Closed) {
+            return;
+        }
+        self.reply(421, "4.3.2 Service shutting down, try again later");
+        self.phase = Phase::Closed;
+        self.events.push_back(ReceiveEvent::Close);
+    }
+
     /// SMTP: the answer to the pending [`ReceiveEvent::Recipient`],
     /// [`ReceiveEvent::Data`] or [`ReceiveEvent::EndOfData`].
     pub fn answer(&mut self, reply: &Reply) {
