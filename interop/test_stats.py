@@ -196,3 +196,46 @@ def test_stats_match_the_sessions_made(inbound, internet, workdir, tmp_path):
                       ("outbound", (0x1f, 0x5f, 0xa8)), ("plaintext rest", (0xd9, 0xd9, 0xd9))):
         assert colours.get(rgb, 0) > 16 * 50, (name, sorted(colours.items(),
                                                             key=lambda kv: -kv[1])[:8])
+
+
+def settled_offset(proc, timeout: float = 20) -> int:
+    """The length of proc's log once every session it logged has ended (fixtures' port
+    probes are sessions too): what comes after is the test's own."""
+    def settled():
+        text = proc.log_text()
+        starts = len(re.findall(r" connect client=", text))
+        ends = len(re.findall(r" disconnect client=", text))
+        return len(text) if starts == ends else None
+    return wait_for(settled, timeout, f"the sessions in {proc.log_path} to end")
+
+
+def test_stats_count_xpony_and_authenticated(pony_net, xpony_keys, workdir, tmp_path):
+    """Two deliveries over XPONY to a blackpony inbound: the first is a first contact
+    (level=encrypted, the key is pinned), the second authenticated by the pin; both
+    sides' logs, counted by `blackpony stats`, say XPONY, and one authenticated."""
+    net, client = pony_net, xpony_keys["client"]
+    offset = settled_offset(net.pony)
+    state = workdir / "stats-pony-state"
+    state.mkdir(exist_ok=True)
+    out_lines = []
+    for i in range(2):
+        rcpt = f"stats{i}-{token()}@pony.test"
+        res = run_deliver([*net.outbound_args(state), "--host-key", str(client.path),
+                           "-f", "s@client.test", "--", rcpt], b"Subject: x\r\n\r\nhi\r\n")
+        assert res.returncode == 0, res
+        out_lines += [l for l in res.stderr.decode().splitlines() if "blackpony/deliver[" in l]
+    assert len(out_lines) == 2 and "level=authenticated" in out_lines[1], out_lines
+
+    def two_sessions():
+        text = net.pony.log_text()[offset:]
+        return text if len(DISCONNECT.findall(text)) >= 2 else None
+    logs = tmp_path / "pony.log"
+    logs.write_text(wait_for(two_sessions, 30, "two inbound sessions") + "\n".join(out_lines))
+    res = subprocess.run([blackpony_bin(), "stats", "--json", str(logs)], capture_output=True,
+                         timeout=60)
+    assert res.returncode == 0, res
+    [day] = json.loads(res.stdout)["days"].values()
+    assert day["inbound_sessions"]["xpony"] == 2 and day["inbound_sessions"]["total"] == 2, day
+    assert day["inbound_messages"]["xpony"] == 2, day
+    assert day["outbound_delivered"] == {"total": 2, "plaintext": 0, "tls": 0, "xpony": 2,
+                                         "encrypted": 2, "authenticated": 1}, day
