@@ -24,6 +24,7 @@ PACKAGES=(
   libmariadb3 libspf2-2   # needed by the unpacked exim4-daemon-heavy binary (see below)
   libevent-2.1-7          # needed by the unpacked OpenSMTPD (see below)
   python3-aiosmtpd        # an SMTP server on a Unix socket (inbound --backend unix:)
+  age                     # the reference age CLI: sealed spool files must decrypt with it
   nsd ldnsutils           # a DNSSEC-signed zone for the XPONY key tests (nsd serves it,
                           # ldns-keygen/ldns-signzone make it)
   groff-base man-db       # the generated man pages are rendered in cargo test (groff) and
