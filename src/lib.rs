@@ -17,6 +17,7 @@
 //! | [`relay`] | the sealed relay: the format inside each sealed file, sealing with age, the receiving MX (`seal`), the fetch protocol (XFETCH) between the relay and the home machine |
 //! | [`state`] | the state-store seam: the sealed spool (atomic publish, listing, removal) with its fsync rules in one place |
 //! | [`stats`] | `blackpony stats`: counts blackpony's own log lines (encrypted share per day and peer, refusals) and renders text, JSON or an HTML page |
+//! | [`server`] | the listener harness every server role runs on: limits per client, per network and in all, stress, eviction, client deadlines, the accept queue, the drain at shutdown |
 //! | [`cli`] | flags and config file, builds a role's settings and calls its `run` |
 //! | [`log`] | one-line, Postfix-style log records |
 //! | `fuzz_checks` | invariants shared by the fuzz targets in `fuzz/` and a deterministic test |
@@ -32,6 +33,7 @@ pub mod log;
 pub mod outbound;
 pub mod pony;
 pub mod relay;
+pub mod server;
 pub mod smtp;
 pub mod state;
 pub mod stats;

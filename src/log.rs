@@ -7,14 +7,28 @@
 //! facility, or a file. One-shot and stdin/stdout modes must never mix log
 //! records into what the MTA reads as the protocol or the status line, so
 //! they hold records back or move them elsewhere (see the CLI).
+//!
+//! Logging never holds up a session: a record is formatted by the caller
+//! and put on a bounded queue without waiting; one thread writes the queue
+//! out. When the queue is full (standard error is a pipe nobody reads, a
+//! slow journal) records are dropped and counted, and `log: dropped N
+//! records` is written as soon as writing works again.
 
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
-use std::sync::{Mutex, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 static PROGRAM: OnceLock<String> = OnceLock::new();
-static SINK: Mutex<Sink> = Mutex::new(Sink::Stderr);
+static STATE: Mutex<State> = Mutex::new(State::Unset);
+
+/// Records waiting for the writer thread, at most (about 1 MiB).
+pub const QUEUE_RECORDS: usize = 4096;
+
+/// How long [`flush`] waits for the writer at exit.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// Where log records go.
 #[derive(Debug)]
@@ -48,25 +62,185 @@ impl Sink {
     }
 }
 
+/// How a record is framed for its sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// One line, a UTC timestamp first.
+    Stamped,
+    /// One line; the journal adds the time.
+    Plain,
+    /// An RFC 3164 datagram: facility mail (2), severity info (6).
+    Syslog,
+}
+
+enum Message {
+    Record(String),
+    /// Answered once everything before it is written.
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// The queue to the writer thread.
+struct Queue {
+    tx: SyncSender<Message>,
+    dropped: Arc<AtomicU64>,
+    framing: Framing,
+}
+
+enum State {
+    /// No `init` yet (tests, early errors): standard error, started on
+    /// the first record.
+    Unset,
+    Queue(Queue),
+    Held(Vec<String>, Framing),
+    Discard,
+}
+
+fn stderr_framing() -> Framing {
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        Framing::Plain
+    } else {
+        Framing::Stamped
+    }
+}
+
+/// Starts a writer thread for `sink` (not Held or Discard).
+fn start(sink: Sink) -> State {
+    let framing = match &sink {
+        Sink::Syslog(_) => Framing::Syslog,
+        Sink::File(_) => Framing::Stamped,
+        Sink::Stderr | Sink::Held(_) | Sink::Discard => stderr_framing(),
+    };
+    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_RECORDS);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&dropped);
+    let spawned = std::thread::Builder::new()
+        .name("log".into())
+        .spawn(move || write_out(sink, framing, &rx, &counter));
+    match spawned {
+        Ok(_) => State::Queue(Queue {
+            tx,
+            dropped,
+            framing,
+        }),
+        Err(_) => State::Discard,
+    }
+}
+
+/// The writer thread: writes records as they come, in batches, and says
+/// how many were dropped once it can write again.
+fn write_out(mut sink: Sink, framing: Framing, rx: &Receiver<Message>, dropped: &AtomicU64) {
+    let mut batch = Vec::with_capacity(64 * 1024);
+    while let Ok(first) = rx.recv() {
+        let mut acks = Vec::new();
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Message::Record(line) => {
+                    if let Sink::Syslog(socket) = &sink {
+                        let _ = socket.send(line.as_bytes());
+                    } else {
+                        batch.extend_from_slice(line.as_bytes());
+                        batch.push(b'\n');
+                    }
+                }
+                Message::Flush(ack) => acks.push(ack),
+            }
+            if batch.len() < 64 * 1024 {
+                next = rx.try_recv().ok();
+            }
+        }
+        emit(&mut sink, &mut batch);
+        let lost = dropped.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            let line = frame(
+                framing,
+                format_args!("log: dropped {lost} records (the log was not read fast enough)"),
+            );
+            if let Sink::Syslog(socket) = &sink {
+                let _ = socket.send(line.as_bytes());
+            } else {
+                batch.extend_from_slice(line.as_bytes());
+                batch.push(b'\n');
+                emit(&mut sink, &mut batch);
+            }
+        }
+        for ack in acks {
+            let _ = ack.send(());
+        }
+    }
+}
+
+fn emit(sink: &mut Sink, batch: &mut Vec<u8>) {
+    if batch.is_empty() {
+        return;
+    }
+    match sink {
+        Sink::Stderr => {
+            let _ = std::io::stderr().lock().write_all(batch);
+        }
+        Sink::File(file) => {
+            let _ = file.write_all(batch);
+        }
+        Sink::Syslog(_) | Sink::Held(_) | Sink::Discard => {}
+    }
+    batch.clear();
+}
+
+fn lock() -> std::sync::MutexGuard<'static, State> {
+    STATE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Sets the program name shown before each record (`blackpony/inbound`) and
 /// where records go.
 pub fn init(role: &str, sink: Sink) {
     let _ = PROGRAM.set(format!("blackpony/{role}"));
-    if let Ok(mut current) = SINK.lock() {
-        *current = sink;
-    }
+    let state = match sink {
+        Sink::Held(lines) => State::Held(lines, stderr_framing()),
+        Sink::Discard => State::Discard,
+        sink => start(sink),
+    };
+    *lock() = state;
 }
 
 /// Writes held records to standard error; later records go there directly.
 pub fn flush_held() {
-    let Ok(mut sink) = SINK.lock() else {
-        return;
-    };
-    if let Sink::Held(lines) = std::mem::replace(&mut *sink, Sink::Stderr) {
-        let mut err = std::io::stderr().lock();
-        for line in lines {
-            let _ = err.write_all(line.as_bytes());
+    let mut state = lock();
+    if let State::Held(lines, _) = std::mem::replace(&mut *state, State::Unset) {
+        *state = start(Sink::Stderr);
+        if let State::Queue(q) = &*state {
+            for line in lines {
+                enqueue(q, line);
+            }
         }
+    }
+}
+
+/// Waits (a little, bounded) until the records logged so far are written:
+/// before the process exits.
+pub fn flush() {
+    let deadline = Instant::now() + FLUSH_WAIT;
+    let (ack, done) = std::sync::mpsc::channel();
+    let mut message = Message::Flush(ack);
+    loop {
+        let sent = match &*lock() {
+            State::Queue(q) => q.tx.try_send(message),
+            _ => return,
+        };
+        match sent {
+            Ok(()) => break,
+            Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                message = m;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = done.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+}
+
+fn enqueue(q: &Queue, line: String) {
+    if let Err(TrySendError::Full(_)) = q.tx.try_send(Message::Record(line)) {
+        q.dropped.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -85,52 +259,57 @@ pub fn stderr_is_stdout() -> bool {
     same(std::io::stdout(), std::io::stderr()).unwrap_or(false)
 }
 
-/// Writes one record. Use the [`log!`](crate::log!) macro rather than this.
-pub fn write(args: std::fmt::Arguments<'_>) {
+/// One record as its sink wants it (without the line end).
+fn frame(framing: Framing, args: std::fmt::Arguments<'_>) -> String {
     let program = PROGRAM.get().map_or("blackpony", String::as_str);
     let pid = std::process::id();
-    let Ok(mut sink) = SINK.lock() else {
-        return;
-    };
-    let timestamp = match &*sink {
-        Sink::Syslog(_) | Sink::Discard => false,
-        Sink::Stderr | Sink::Held(_) => std::env::var_os("JOURNAL_STREAM").is_none(),
-        Sink::File(_) => true,
-    };
     let mut line = String::with_capacity(160);
-    if let Sink::Syslog(_) = &*sink {
+    match framing {
         // RFC 3164: facility mail (2), severity info (6).
-        line.push_str("<22>");
-    }
-    if timestamp {
-        line.push_str(&timestamp_utc(SystemTime::now()));
-        line.push(' ');
+        Framing::Syslog => line.push_str("<22>"),
+        Framing::Stamped => {
+            line.push_str(&timestamp_utc(SystemTime::now()));
+            line.push(' ');
+        }
+        Framing::Plain => {}
     }
     use std::fmt::Write as _;
     let _ = write!(line, "{program}[{pid}]: {args}");
     // Keep one record on one line whatever a peer put in it.
-    let mut line: String = line
-        .chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
-    match &mut *sink {
-        Sink::Stderr => {
-            line.push('\n');
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
-        }
-        Sink::Syslog(socket) => {
-            let _ = socket.send(line.as_bytes());
-        }
-        Sink::File(file) => {
-            line.push('\n');
-            let _ = file.write_all(line.as_bytes());
-        }
-        Sink::Held(lines) => {
-            line.push('\n');
-            lines.push(line);
-        }
-        Sink::Discard => {}
+    if line.chars().any(char::is_control) {
+        line = line
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
     }
+    line
+}
+
+/// Writes one record. Use the [`log!`](crate::log!) macro rather than this.
+pub fn write(args: std::fmt::Arguments<'_>) {
+    // Format outside the lock: the lock only guards taking the queue.
+    let queue = {
+        let mut state = lock();
+        if let State::Unset = &*state {
+            *state = start(Sink::Stderr);
+        }
+        match &mut *state {
+            State::Queue(q) => Queue {
+                tx: q.tx.clone(),
+                dropped: Arc::clone(&q.dropped),
+                framing: q.framing,
+            },
+            State::Held(lines, framing) => {
+                let mut line = frame(*framing, args);
+                line.push('\n');
+                lines.push(line);
+                return;
+            }
+            State::Discard | State::Unset => return,
+        }
+    };
+    let line = frame(queue.framing, args);
+    enqueue(&queue, line);
 }
 
 /// Logs one record: `log!("session={id} connect client={client}")`.

@@ -172,10 +172,16 @@ pub struct InboundFile {
     pub client_timeout: Option<u64>,
     pub backend_timeout: Option<u64>,
     pub shutdown_timeout: Option<u64>,
+    pub listen_backlog: Option<u32>,
+    pub max_connections_per_network: Option<usize>,
+    pub stress_client_timeout: Option<u64>,
+    pub min_data_rate: Option<u64>,
+    pub evict_idle: Option<u64>,
 }
 
 /// Flags win over the file; the file wins over the defaults.
 pub fn merge_inbound(args: InboundArgs, file: InboundFile) -> Result<InboundSettings, ConfigError> {
+    let file_load = super::load::LoadArgs::from_file(&file);
     let identity = args.identity.or(file.identity).ok_or(ConfigError::Missing(
         "--identity is required: how the MTA learns the real client address \
          (proxy-v2, proxy-v1, xclient, exec, or none; see --help)",
@@ -263,7 +269,9 @@ pub fn merge_inbound(args: InboundArgs, file: InboundFile) -> Result<InboundSett
     if let Some(s) = args.shutdown_timeout.or(file.shutdown_timeout) {
         config.shutdown_grace = super::secs(s);
     }
+    let listen_backlog = super::load::merge(args.load, file_load, &mut config);
     Ok(InboundSettings {
+        listen_backlog,
         listen: args
             .listen
             .or(file.listen)

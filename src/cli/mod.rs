@@ -4,6 +4,7 @@
 pub mod config;
 pub mod docs;
 pub mod fetch;
+pub mod load;
 mod notify;
 mod privileges;
 pub mod stats;
@@ -365,7 +366,9 @@ pub struct InboundArgs {
     #[arg(long, value_name = "N")]
     pub max_connections_per_client: Option<usize>,
 
-    /// Seconds a client may stay silent before 421 [default: 300, RFC 5321 §4.5.3.2].
+    /// Seconds a client may take for one command line, and the base time of
+    /// a message, before 421 4.4.2; bytes trickling in do not extend it
+    /// [default: 300, RFC 5321 §4.5.3.2].
     #[arg(long, value_name = "SECONDS")]
     pub client_timeout: Option<u64>,
 
@@ -373,9 +376,13 @@ pub struct InboundArgs {
     #[arg(long, value_name = "SECONDS")]
     pub backend_timeout: Option<u64>,
 
-    /// After SIGTERM, seconds running sessions may take to finish [default: 30].
+    /// After SIGTERM, seconds running sessions may take to finish; then each
+    /// gets 421 4.3.2 [default: 30].
     #[arg(long, value_name = "SECONDS")]
     pub shutdown_timeout: Option<u64>,
+
+    #[command(flatten)]
+    pub load: load::LoadArgs,
 }
 
 /// `--bare-newlines` values.
@@ -397,6 +404,13 @@ impl From<BareNewlinesArg> for BareNewlines {
 
 /// Entry point of the `blackpony` binary.
 pub fn main() -> ExitCode {
+    let code = run();
+    // The log is written by its own thread: let it finish (bounded).
+    log::flush();
+    code
+}
+
+fn run() -> ExitCode {
     let cli = Cli::parse();
     let dropped = match privileges::drop_real_ids() {
         Ok(d) => d,
@@ -789,6 +803,8 @@ impl OutboundSettings {
 #[derive(Debug)]
 pub struct InboundSettings {
     pub listen: String,
+    /// The accept queue (None: the system's maximum).
+    pub listen_backlog: Option<u32>,
     pub tls_cert: Option<(PathBuf, PathBuf)>,
     pub config: InboundConfig,
 }
@@ -803,7 +819,8 @@ async fn run_inbound(settings: InboundSettings) -> ExitCode {
         Ok(t) => Arc::new(t),
         Err(e) => return fail(exit::CONFIG, &e.to_string()),
     };
-    let listener = match listener(&settings.listen).await {
+    load::prepare(&settings.config);
+    let listener = match listener(&settings.listen, settings.listen_backlog).await {
         Ok(l) => l,
         Err(e) => return fail(exit::OSERR, &e),
     };
@@ -822,7 +839,7 @@ async fn run_inbound(settings: InboundSettings) -> ExitCode {
 
 /// The listening socket: from systemd (socket activation, `LISTEN_FDS`), or
 /// bound here.
-async fn listener(listen: &str) -> Result<TcpListener, String> {
+async fn listener(listen: &str, backlog: Option<u32>) -> Result<TcpListener, String> {
     if let Some(std_listener) = systemd_listener() {
         std_listener
             .set_nonblocking(true)
@@ -830,7 +847,7 @@ async fn listener(listen: &str) -> Result<TcpListener, String> {
         return TcpListener::from_std(std_listener)
             .map_err(|e| format!("socket from systemd: {e}"));
     }
-    TcpListener::bind(listen)
+    crate::server::listener::bind(listen, backlog)
         .await
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::PermissionDenied => format!(

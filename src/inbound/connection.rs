@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -14,6 +14,7 @@ use super::backend::{BackendConn, ClientFacts};
 use super::session::{Action, Session};
 use super::{InboundConfig, display_client};
 use crate::log;
+use crate::server::{Activity, ClientClock, Control, Order, Timeouts};
 use crate::smtp::Reply;
 use crate::transport::{Encryption, ServerTls, Stream};
 
@@ -49,14 +50,75 @@ impl ReadBuffer {
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
+/// How long the last reply (a 221, a 421) may take to go out before the
+/// connection is closed anyway.
+const LAST_WRITE: Duration = Duration::from_secs(5);
+
 /// Everything one connection needs, shared by all of them.
 pub struct Shared {
     pub config: InboundConfig,
     pub tls: Arc<ServerTls>,
 }
 
+/// How a bounded write went.
+enum Wrote {
+    Done,
+    Failed,
+    /// The deadline passed: the peer stopped reading.
+    Late,
+    /// The harness ordered the session to end.
+    Told(Order),
+}
+
+/// Writes all of `bytes` (and flushes: TLS buffers records until flushed)
+/// before `deadline`, unless the harness orders the session to end first.
+async fn write_within<W: AsyncWrite + Unpin + ?Sized>(
+    writer: &mut W,
+    bytes: &[u8],
+    deadline: Instant,
+    control: &mut Control,
+) -> Wrote {
+    if bytes.is_empty() {
+        return Wrote::Done;
+    }
+    let write = async {
+        writer.write_all(bytes).await?;
+        writer.flush().await
+    };
+    tokio::pin!(write);
+    let late = tokio::time::sleep_until(deadline.into());
+    tokio::pin!(late);
+    loop {
+        tokio::select! {
+            done = &mut write => return if done.is_ok() { Wrote::Done } else { Wrote::Failed },
+            () = &mut late => return Wrote::Late,
+            order = control.order() => match order {
+                Order::Recheck => {}
+                order => return Wrote::Told(order),
+            },
+        }
+    }
+}
+
+/// Waits until the harness orders the session to end (ignoring stress
+/// changes): for waits that are not the client's, such as connecting.
+async fn told_to_end(control: &mut Control) -> Order {
+    loop {
+        match control.order().await {
+            Order::Recheck => {}
+            order => return order,
+        }
+    }
+}
+
 /// Serves one client from accept to close.
-pub async fn serve(tcp: TcpStream, client: SocketAddr, local: SocketAddr, shared: Arc<Shared>) {
+pub async fn serve(
+    tcp: TcpStream,
+    client: SocketAddr,
+    local: SocketAddr,
+    shared: Arc<Shared>,
+    mut control: Control,
+) {
     let id = format!("{:08X}", NEXT_SESSION.fetch_add(1, Ordering::Relaxed));
     let started = Instant::now();
     let config = &shared.config;
@@ -73,9 +135,14 @@ pub async fn serve(tcp: TcpStream, client: SocketAddr, local: SocketAddr, shared
         identity: config.session.identity,
         tls: None,
     };
-    let backend = match BackendConn::open(&config.backend, facts, config.backend_connect_timeout)
-        .await
-    {
+    control.set_activity(Activity::Busy);
+    let opened = tokio::select! {
+        opened = BackendConn::open(&config.backend, facts, config.backend_connect_timeout) => {
+            opened.map_err(|e| e.to_string())
+        }
+        _ = told_to_end(&mut control) => Err("shutting down".to_string()),
+    };
+    let backend = match opened {
         Ok(b) => b,
         Err(e) => {
             log!("session={id} backend-error=unreachable client={who} ({e})");
@@ -87,7 +154,7 @@ pub async fn serve(tcp: TcpStream, client: SocketAddr, local: SocketAddr, shared
                 ),
             );
             let mut tcp = tcp;
-            let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            let _ = tokio::time::timeout(LAST_WRITE, async {
                 let _ = tcp.write_all(&reply.to_bytes()).await;
                 let _ = tcp.shutdown().await;
             })
@@ -109,6 +176,8 @@ pub async fn serve(tcp: TcpStream, client: SocketAddr, local: SocketAddr, shared
         client_addr: client,
         local,
         session,
+        clock: ClientClock::new(Instant::now()),
+        control,
     };
     run.drive(Stream::Plain(tcp), backend).await;
 
@@ -140,37 +209,126 @@ struct Run<'a> {
     client_addr: SocketAddr,
     local: SocketAddr,
     session: Session,
+    /// The client's deadline: per command line, per message.
+    clock: ClientClock,
+    control: Control,
 }
 
 impl Run<'_> {
+    fn timeouts(&self) -> Timeouts {
+        self.shared.config.timeouts()
+    }
+
+    /// The time for a line, and for a write to the client, now.
+    fn line_time(&self) -> Duration {
+        self.timeouts().line(self.control.stressed())
+    }
+
+    /// Carries out an order from the harness. `replying` is whether a reply
+    /// to the client is half written (then no 421 can follow it).
+    fn obey(&mut self, order: Order, replying: bool) {
+        let hostname = &self.shared.config.session.hostname;
+        let (reply, why) = match order {
+            Order::Recheck => return,
+            Order::Evict { idle } => {
+                log!(
+                    "session={} evicted idle={:.1}s client={} (all slots taken)",
+                    self.id,
+                    idle.as_secs_f64(),
+                    self.who
+                );
+                (
+                    Reply::new(
+                        421,
+                        format!(
+                            "4.7.0 {hostname} Error: too many connections, closing idle session"
+                        ),
+                    ),
+                    "evicted",
+                )
+            }
+            Order::Close => (
+                Reply::new(421, format!("4.3.2 {hostname} Service shutting down")),
+                "shutdown",
+            ),
+        };
+        self.session.to_client.clear();
+        self.session.end((!replying).then_some(reply), why);
+    }
+
     async fn drive(&mut self, mut client: Stream<TcpStream>, mut backend: BackendConn) {
         let config = &self.shared.config;
         let mut client_buf = ReadBuffer::new();
         let mut backend_buf = ReadBuffer::new();
         let sleep = tokio::time::sleep(config.client_timeout);
         tokio::pin!(sleep);
-        let mut message_3_deadline: Option<tokio::time::Instant> = None;
+        let mut message_3_deadline: Option<Instant> = None;
 
         loop {
-            // Write out everything the session produced, then act.
+            // Write out everything the session produced, each write with
+            // its deadline, then act.
             if !self.session.to_backend.is_empty() {
-                if backend
-                    .writer
-                    .write_all(&self.session.to_backend)
-                    .await
-                    .is_err()
-                {
-                    self.session.to_backend.clear();
-                    self.session.backend_eof();
-                } else {
-                    self.session.to_backend.clear();
+                let deadline = Instant::now() + config.backend_timeout;
+                let wrote = write_within(
+                    &mut backend.writer,
+                    &self.session.to_backend,
+                    deadline,
+                    &mut self.control,
+                )
+                .await;
+                self.session.to_backend.clear();
+                match wrote {
+                    Wrote::Done => {}
+                    Wrote::Failed => self.session.backend_eof(),
+                    Wrote::Late => {
+                        log!(
+                            "session={} timeout waiting_for=backend-write client={}",
+                            self.id,
+                            self.who
+                        );
+                        let reply = Reply::new(
+                            421,
+                            format!(
+                                "4.4.1 {} Error: mail system timed out",
+                                config.session.hostname
+                            ),
+                        );
+                        self.session.end(Some(reply), "backend-write-timeout");
+                    }
+                    Wrote::Told(order) => self.obey(order, false),
                 }
             }
             if !self.session.to_client.is_empty() {
-                let ok = write_flush(&mut client, &self.session.to_client).await;
+                // Something was answered: the client's next line (or the
+                // message, after a 354) has its own time from now.
+                let now = Instant::now();
+                if self.session.receiving_message() {
+                    self.clock.message(now);
+                } else {
+                    self.clock.next_line(now);
+                }
+                self.control.progress();
+                let deadline = now + self.line_time();
+                let wrote = write_within(
+                    &mut client,
+                    &self.session.to_client,
+                    deadline,
+                    &mut self.control,
+                )
+                .await;
                 self.session.to_client.clear();
-                if !ok {
-                    self.session.client_lost();
+                match wrote {
+                    Wrote::Done => {}
+                    Wrote::Failed => self.session.client_lost(),
+                    Wrote::Late => {
+                        log!(
+                            "session={} timeout waiting_for=client-write client={}",
+                            self.id,
+                            self.who
+                        );
+                        self.session.end(None, "client-write-timeout");
+                    }
+                    Wrote::Told(order) => self.obey(order, true),
                 }
             }
             let mut acted = false;
@@ -181,9 +339,14 @@ impl Run<'_> {
                         log!("session={} {notice} client={}", self.id, self.who)
                     }
                     Action::Close => {
-                        let _ = write_flush(&mut client, &self.session.to_client).await;
-                        let _ =
-                            tokio::time::timeout(Duration::from_secs(5), client.shutdown()).await;
+                        let deadline = Instant::now() + LAST_WRITE.min(self.line_time());
+                        let bytes = std::mem::take(&mut self.session.to_client);
+                        if let Wrote::Done =
+                            write_within(&mut client, &bytes, deadline, &mut self.control).await
+                        {
+                            let _ =
+                                tokio::time::timeout_at(deadline.into(), client.shutdown()).await;
+                        }
                         return;
                     }
                     Action::StartTls => match self.handshake(client).await {
@@ -206,7 +369,7 @@ impl Run<'_> {
                         // it is dropped below however this goes.
                         if !self.session.to_backend.is_empty() {
                             let _ = tokio::time::timeout(
-                                Duration::from_secs(5),
+                                LAST_WRITE,
                                 backend.writer.write_all(&self.session.to_backend),
                             )
                             .await;
@@ -220,13 +383,18 @@ impl Run<'_> {
                             tls: self.session.tls(),
                         };
                         // Dropping the old connection kills the old program.
-                        match BackendConn::open(
-                            &config.backend,
-                            facts,
-                            config.backend_connect_timeout,
-                        )
-                        .await
-                        {
+                        let opened = tokio::select! {
+                            opened = BackendConn::open(
+                                &config.backend,
+                                facts,
+                                config.backend_connect_timeout,
+                            ) => opened,
+                            order = told_to_end(&mut self.control) => {
+                                self.obey(order, false);
+                                continue;
+                            }
+                        };
+                        match opened {
                             Ok(new) => {
                                 backend = new;
                                 self.session.backend_restarted();
@@ -247,23 +415,39 @@ impl Run<'_> {
                 continue;
             }
 
-            let wait = if self.session.awaiting_backend() {
-                config.backend_timeout
-            } else {
-                config.client_timeout
-            };
-            let now = tokio::time::Instant::now();
-            // Message 3 has one deadline from the 334 on: a byte now and
-            // then must not hold a handshake open for ever.
+            let now = Instant::now();
+            let receiving = self.session.receiving_message();
+            if receiving {
+                self.clock.message(now);
+            }
+            // Message 3 has one deadline from the 334 on; a line has one
+            // from the last reply, a message one that grows at the minimum
+            // rate: a byte now and then extends none of them.
             let deadline = if self.session.awaiting_message_3() {
                 *message_3_deadline.get_or_insert(now + config.client_timeout)
+            } else if self.session.awaiting_backend() {
+                message_3_deadline = None;
+                self.control.set_activity(Activity::Busy);
+                now + config.backend_timeout
             } else {
                 message_3_deadline = None;
-                now + wait
+                self.control.set_activity(if receiving {
+                    Activity::Message
+                } else {
+                    Activity::Client
+                });
+                self.clock
+                    .deadline(&self.timeouts(), self.control.stressed())
             };
-            sleep.as_mut().reset(deadline);
+            sleep.as_mut().reset(deadline.into());
             tokio::select! {
                 read = client.read(client_buf.space()), if self.session.wants_client_input() => {
+                    if let Ok(n) = read
+                        && self.clock.in_message()
+                    {
+                        self.clock.received(n);
+                        self.control.progress();
+                    }
                     self.session.client_read(read.map(|n| client_buf.filled(n)));
                 }
                 read = backend.reader.read(backend_buf.space()) => {
@@ -273,6 +457,7 @@ impl Run<'_> {
                     }
                 }
                 () = &mut sleep => self.session.timeout(),
+                order = self.control.order() => self.obey(order, false),
             }
         }
     }
@@ -315,8 +500,16 @@ impl Run<'_> {
             }
         };
         let acceptor = TlsAcceptor::from(self.shared.tls.config());
-        let timeout = self.shared.config.client_timeout;
-        match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        // One deadline for the whole handshake, as for a line.
+        let timeout = self.line_time();
+        let accepted = tokio::select! {
+            accepted = tokio::time::timeout(timeout, acceptor.accept(tcp)) => accepted,
+            order = told_to_end(&mut self.control) => {
+                self.obey(order, true);
+                return None;
+            }
+        };
+        match accepted {
             Ok(Ok(tls)) => {
                 let info = Encryption::from_tls(tls.get_ref().1);
                 log!(
@@ -337,15 +530,4 @@ impl Run<'_> {
             }
         }
     }
-}
-
-/// Writes all of `bytes` and flushes (TLS buffers records until flushed).
-async fn write_flush<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut Stream<S>,
-    bytes: &[u8],
-) -> bool {
-    if bytes.is_empty() {
-        return true;
-    }
-    stream.write_all(bytes).await.is_ok() && stream.flush().await.is_ok()
 }

@@ -440,6 +440,12 @@ impl Session {
         matches!(self.phase, Phase::XponyAwaitingFinish(_))
     }
 
+    /// Whether the client is sending a message (after the backend's 354),
+    /// for the message's deadline (a minimum rate, not a line's time).
+    pub fn receiving_message(&self) -> bool {
+        matches!(self.phase, Phase::Message(_))
+    }
+
     /// Whether a reply from the backend is owed (for choosing the timeout).
     pub fn awaiting_backend(&self) -> bool {
         self.pending
@@ -654,6 +660,20 @@ impl Session {
     pub fn tls_failed(&mut self, error: String) {
         self.notice(Notice::TlsFailed { error });
         self.close("tls-failed");
+    }
+
+    /// The server ends the session on its own (eviction, shutdown, a write
+    /// deadline): `reply`, if any, is the last thing the client gets; a
+    /// `421` may answer any command (RFC 5321 §3.8). A message cut off
+    /// before its end of data is dropped with the backend connection.
+    pub fn end(&mut self, reply: Option<Reply>, why: &'static str) {
+        if matches!(self.phase, Phase::Closed) {
+            return;
+        }
+        if let Some(reply) = reply {
+            self.fail_to_client(reply);
+        }
+        self.close(why);
     }
 
     /// The backend was replaced after [`Action::RestartBackend`].

@@ -12,14 +12,14 @@ use tokio::sync::oneshot;
 
 use crate::support::{Backend, TestCert, WAIT, command, read_reply};
 
-struct Sidecar {
-    addr: std::net::SocketAddr,
+pub(crate) struct Sidecar {
+    pub(crate) addr: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Sidecar {
-    async fn start(
+    pub(crate) async fn start(
         backend: &Backend,
         tls: Arc<ServerTls>,
         tune: impl FnOnce(&mut InboundConfig),
@@ -49,11 +49,11 @@ impl Sidecar {
         }
     }
 
-    async fn connect(&self) -> BufReader<TcpStream> {
+    pub(crate) async fn connect(&self) -> BufReader<TcpStream> {
         BufReader::new(TcpStream::connect(self.addr).await.expect("connect"))
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -2,7 +2,9 @@
 //! driven over real sockets. Tests against third-party mail software live in
 //! `interop/`.
 
+mod daemon;
 mod fetch;
 mod inbound;
+mod load;
 mod notify;
 mod support;

@@ -1,0 +1,100 @@
+//! Flags for serving under load (`blackpony inbound`): the accept queue,
+//! per-network limits, stress timeouts, the minimum data rate and
+//! eviction; and the start-up steps that go with them.
+
+use clap::Args;
+
+use super::config::InboundFile;
+use crate::inbound::InboundConfig;
+use crate::log;
+use crate::server::listener;
+
+/// Flags of `blackpony inbound` for hostile load. Each can also be set in
+/// the config file's `[inbound]` section, spelled with underscores.
+#[derive(Debug, Args, Default, Clone)]
+pub struct LoadArgs {
+    /// Length of the listening socket's accept queue [default: the system's
+    /// maximum, /proc/sys/net/core/somaxconn]. A socket from systemd keeps
+    /// the queue systemd gave it (Backlog= in the .socket unit).
+    #[arg(long, value_name = "N")]
+    pub listen_backlog: Option<u32>,
+
+    /// Most connections at once from one network, an IPv4 /24 or an IPv6
+    /// /64 [default: 100].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_network: Option<usize>,
+
+    /// Seconds for a command line (and the base time of a message) when
+    /// over 80% of the connection slots are taken [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    pub stress_client_timeout: Option<u64>,
+
+    /// Octets per second a message must arrive at, at least: it gets the
+    /// client timeout plus one second per this many octets [default: 500].
+    #[arg(long, value_name = "OCTETS")]
+    pub min_data_rate: Option<u64>,
+
+    /// When every slot is taken, a newcomer displaces a session that has
+    /// waited this many seconds for its client without anything done
+    /// (421 4.7.0), from the network holding the most slots [default: 5].
+    #[arg(long, value_name = "SECONDS")]
+    pub evict_idle: Option<u64>,
+}
+
+impl LoadArgs {
+    /// The same settings from the config file's `[inbound]` section.
+    pub fn from_file(file: &InboundFile) -> LoadArgs {
+        LoadArgs {
+            listen_backlog: file.listen_backlog,
+            max_connections_per_network: file.max_connections_per_network,
+            stress_client_timeout: file.stress_client_timeout,
+            min_data_rate: file.min_data_rate,
+            evict_idle: file.evict_idle,
+        }
+    }
+}
+
+/// Flags win over the file; the file wins over the defaults. Returns the
+/// accept queue asked for.
+pub fn merge(args: LoadArgs, file: LoadArgs, config: &mut InboundConfig) -> Option<u32> {
+    if let Some(n) = args
+        .max_connections_per_network
+        .or(file.max_connections_per_network)
+    {
+        config.max_connections_per_network = n.max(1);
+    }
+    if let Some(s) = args.stress_client_timeout.or(file.stress_client_timeout) {
+        config.stress_client_timeout = super::secs(s.max(1));
+    }
+    if let Some(n) = args.min_data_rate.or(file.min_data_rate) {
+        config.min_data_rate = n.max(1);
+    }
+    if let Some(s) = args.evict_idle.or(file.evict_idle) {
+        config.evict_idle = super::secs(s);
+    }
+    args.listen_backlog
+        .or(file.listen_backlog)
+        .map(|n| n.max(1))
+}
+
+/// Raises the open-file limit and says in the log whether the sessions fit.
+pub fn prepare(config: &InboundConfig) {
+    let files = listener::raise_open_files();
+    let needed = listener::descriptors_needed(config.max_connections);
+    if !files.holds(needed) {
+        log!(
+            "warning: open-file limit {files} cannot hold {} sessions (2 descriptors each: {needed} needed); raise LimitNOFILE or lower --max-connections",
+            config.max_connections
+        );
+    }
+    log!(
+        "limits: max_connections={} per_client={} per_network={} open_files={files} client_timeout={}s stress_client_timeout={}s min_data_rate={} evict_idle={}s",
+        config.max_connections,
+        config.max_connections_per_client,
+        config.max_connections_per_network,
+        config.client_timeout.as_secs(),
+        config.stress_client_timeout.as_secs(),
+        config.min_data_rate,
+        config.evict_idle.as_secs()
+    );
+}

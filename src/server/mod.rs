@@ -1,0 +1,352 @@
+//! The listener harness every server role runs on (`inbound`, and next the
+//! outbound server and the sealed relay): the accept loop, connection
+//! limits per client address, per network and in all, stress, eviction of
+//! idle sessions for newcomers, a bounded refusal path, and the drain at
+//! shutdown. A role gives it a bound listener, its limits, a shutdown
+//! future and a function serving one connection; tests bind port 0.
+//!
+//! - [`table`]: who holds a slot, stress, and whom to evict (sans-IO);
+//! - [`deadline`]: per-line and per-message client deadlines (sans-IO);
+//! - [`listener`]: binding with the system's accept queue, the open-file
+//!   limit;
+//! - this module: the accept loop and each session's [`Control`].
+//!
+//! At shutdown the listener closes, sessions get `shutdown_grace` to end on
+//! their own, then each is told [`Order::Close`] (the inbound answers
+//! `421 4.3.2` and logs its end), and whatever still runs a few seconds
+//! later is cut.
+
+pub mod deadline;
+pub mod listener;
+pub mod table;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use deadline::{ClientClock, Timeouts};
+pub use table::{Activity, Limits, Refused, canonical_ip};
+
+use crate::log;
+use crate::smtp::Reply;
+use table::{Admission, Entry, Table};
+
+/// After the grace period, how long sessions told to close may take to
+/// write their last reply before they are cut.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// `unknown[192.0.2.7]:51234`, as Postfix names a client without a PTR name.
+pub fn display_client(addr: SocketAddr) -> String {
+    let ip = canonical_ip(addr.ip());
+    format!("unknown[{ip}]:{}", addr.port())
+}
+
+fn display_peer(peer: Option<SocketAddr>) -> String {
+    peer.map_or_else(|| "local".to_string(), display_client)
+}
+
+/// A listening socket the harness can accept from.
+pub trait Listen: Send + Sync {
+    type Conn: Send + 'static;
+    /// The next connection and its peer's address (None for a Unix socket).
+    fn accept(
+        &self,
+    ) -> impl Future<Output = std::io::Result<(Self::Conn, Option<SocketAddr>)>> + Send;
+    /// Writes `reply` without waiting and closes: a fresh connection's
+    /// send buffer is empty, so a short reply always fits, and the refusal
+    /// path holds no task and no descriptor however many arrive.
+    fn refuse(conn: Self::Conn, reply: &[u8]);
+}
+
+impl Listen for TcpListener {
+    type Conn = TcpStream;
+
+    async fn accept(&self) -> std::io::Result<(TcpStream, Option<SocketAddr>)> {
+        let (tcp, peer) = TcpListener::accept(self).await?;
+        let _ = tcp.set_nodelay(true);
+        Ok((tcp, Some(peer)))
+    }
+
+    fn refuse(conn: TcpStream, reply: &[u8]) {
+        use std::io::Write;
+        if let Ok(std) = conn.into_std() {
+            let _ = (&std).write(reply);
+            let _ = std.shutdown(std::net::Shutdown::Write);
+        }
+    }
+}
+
+impl Listen for UnixListener {
+    type Conn = UnixStream;
+
+    async fn accept(&self) -> std::io::Result<(UnixStream, Option<SocketAddr>)> {
+        let (stream, _) = UnixListener::accept(self).await?;
+        Ok((stream, None))
+    }
+
+    fn refuse(conn: UnixStream, reply: &[u8]) {
+        use std::io::Write;
+        if let Ok(std) = conn.into_std() {
+            let _ = (&std).write(reply);
+            let _ = std.shutdown(std::net::Shutdown::Write);
+        }
+    }
+}
+
+/// Where the server is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Running,
+    /// No longer accepting; sessions finish on their own.
+    Draining,
+    /// The grace period is over: sessions must end now.
+    Closing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Weather {
+    stage: Stage,
+    stressed: bool,
+}
+
+struct Inner {
+    table: Table,
+    /// Each session's eviction order, by table id.
+    evict: HashMap<u64, watch::Sender<Option<Duration>>>,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    weather: watch::Sender<Weather>,
+    epoch: Instant,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish_stress(&self, stressed: bool) {
+        self.weather.send_if_modified(|w| {
+            let changed = w.stressed != stressed;
+            w.stressed = stressed;
+            changed
+        });
+    }
+}
+
+/// What a session must do, from [`Control::order`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Leave for a newcomer (`421 4.7.0`): the table is full and this
+    /// session did nothing for `idle`.
+    Evict { idle: Duration },
+    /// The server is shutting down and the grace period is over.
+    Close,
+    /// The stress level changed: compute the deadlines again.
+    Recheck,
+}
+
+/// One session's link to the harness: its slot (released when this is
+/// dropped), what it reports for eviction, and the orders it gets.
+pub struct Control {
+    id: u64,
+    entry: Arc<Entry>,
+    shared: Arc<Shared>,
+    weather: watch::Receiver<Weather>,
+    evict: watch::Receiver<Option<Duration>>,
+}
+
+impl Control {
+    /// Whether slots run short: use the shorter timeouts.
+    pub fn stressed(&self) -> bool {
+        self.weather.borrow().stressed
+    }
+
+    /// The session got something done (a command answered, a piece of a
+    /// message received): it is not idle.
+    pub fn progress(&self) {
+        self.entry.progress(self.shared.now_ms());
+    }
+
+    pub fn set_activity(&self, activity: Activity) {
+        self.entry.set_activity(activity);
+    }
+
+    /// Waits for the next order. Cancel-safe: use it in `select!`.
+    pub async fn order(&mut self) -> Order {
+        tokio::select! {
+            changed = self.evict.changed() => {
+                if changed.is_ok()
+                    && let Some(idle) = *self.evict.borrow_and_update()
+                {
+                    return Order::Evict { idle };
+                }
+            }
+            changed = self.weather.changed() => {
+                if changed.is_ok() {
+                    let w = *self.weather.borrow_and_update();
+                    return if w.stage == Stage::Closing {
+                        Order::Close
+                    } else {
+                        Order::Recheck
+                    };
+                }
+            }
+        }
+        // The harness is gone (cannot happen while this exists).
+        std::future::pending().await
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let mut inner = self.shared.lock();
+        inner.table.release(self.id);
+        inner.evict.remove(&self.id);
+        let stressed = inner.table.stressed();
+        drop(inner);
+        self.shared.publish_stress(stressed);
+    }
+}
+
+/// The harness settings of one listener.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub limits: Limits,
+    /// After shutdown, how long sessions may take to finish on their own.
+    pub shutdown_grace: Duration,
+    /// Our host name, for refusals.
+    pub hostname: String,
+}
+
+/// Accepts connections on `listener` until `shutdown` completes, each
+/// served by `serve` in its own task, then drains (see the module docs).
+pub async fn run<L, S, F>(
+    listener: L,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+    serve: S,
+) where
+    L: Listen,
+    S: Fn(L::Conn, Option<SocketAddr>, Control) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let (weather, _) = watch::channel(Weather {
+        stage: Stage::Running,
+        stressed: false,
+    });
+    let shared = Arc::new(Shared {
+        inner: Mutex::new(Inner {
+            table: Table::new(settings.limits.clone()),
+            evict: HashMap::new(),
+        }),
+        weather,
+        epoch: Instant::now(),
+    });
+    let mut sessions = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            accepted = listener.accept() => {
+                let (conn, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off
+                        // instead of spinning.
+                        log!("accept-error=\"{e}\"");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                match admit(&shared, peer) {
+                    Ok(control) => {
+                        sessions.spawn(serve(conn, peer, control));
+                    }
+                    Err(why) => {
+                        log!(
+                            "refused=connection-limit client={} ({})",
+                            display_peer(peer),
+                            why.as_str()
+                        );
+                        let reply = Reply::new(
+                            421,
+                            format!("4.7.0 {} Error: {}", settings.hostname, why.as_str()),
+                        );
+                        L::refuse(conn, &reply.to_bytes());
+                    }
+                }
+            }
+        }
+    }
+    drop(listener);
+    shared.weather.send_modify(|w| w.stage = Stage::Draining);
+    log!(
+        "shutdown: no longer accepting; waiting up to {}s for {} session(s)",
+        settings.shutdown_grace.as_secs(),
+        sessions.len()
+    );
+    if drain(&mut sessions, settings.shutdown_grace).await.is_err() {
+        log!(
+            "shutdown: closing {} session(s) still running",
+            sessions.len()
+        );
+        shared.weather.send_modify(|w| w.stage = Stage::Closing);
+        if drain(&mut sessions, CLOSE_GRACE).await.is_err() {
+            log!("shutdown: cutting {} session(s)", sessions.len());
+            sessions.shutdown().await;
+        }
+    }
+    log!("shutdown: done");
+}
+
+/// Waits up to `within` for every session to end; Err if some still run.
+async fn drain(sessions: &mut JoinSet<()>, within: Duration) -> Result<(), ()> {
+    tokio::time::timeout(within, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await
+    .map_err(|_| ())
+}
+
+/// Takes a slot for a client at `peer`, telling the session that must make
+/// room (if any) to leave.
+fn admit(shared: &Arc<Shared>, peer: Option<SocketAddr>) -> Result<Control, Refused> {
+    let now = shared.now_ms();
+    let mut inner = shared.lock();
+    let (id, entry) = match inner.table.admit(peer.map(|p| p.ip()), now) {
+        Admission::Refused(why) => return Err(why),
+        Admission::Admitted { id, entry, evict } => {
+            if let Some((victim, idle)) = evict
+                && let Some(order) = inner.evict.get(&victim)
+            {
+                order.send_replace(Some(idle));
+            }
+            (id, entry)
+        }
+    };
+    let (order, evict) = watch::channel(None);
+    inner.evict.insert(id, order);
+    let stressed = inner.table.stressed();
+    drop(inner);
+    shared.publish_stress(stressed);
+    Ok(Control {
+        id,
+        entry,
+        shared: Arc::clone(shared),
+        weather: shared.weather.subscribe(),
+        evict,
+    })
+}
