@@ -306,3 +306,44 @@ def test_sigkill_mid_transfer_loses_nothing(setup, postfix):
         print(f"\n{kills} SIGKILLs, {total} messages, {dups} duplicate deliveries")
     finally:
         relay.stop()
+
+
+def test_local_failures_keep_the_file(setup, workdir):
+    base, spool, keys, age_key = prepare(setup, "failures-run")
+    home = Home(base, keys, age_key)
+    refused = f"refused@{DOMAIN}"
+    pf_base = base / "postfix"
+    pf_base.mkdir()
+    postfix = Postfix(pf_base, settings={
+        "smtpd_recipient_restrictions":
+            f"check_recipient_access inline:{{{refused}=REJECT}}, permit_mynetworks, "
+            "reject_unauth_destination"})
+    postfix.start()
+    relay = serve(base, spool, keys)
+    try:
+        # The local MTA is down: a temporary failure, the file stays (exit 75).
+        spool.publish("sender@example.net", [ALICE], b"Subject: later\r\n\r\nlater\r\n")
+        closed = free_port()
+        res = home.fetch(relay.port, "--deliver-to", f"127.0.0.1:{closed}")
+        assert res.returncode == 75, res.stderr
+        assert "status=deferred" in res.stderr, res.stderr
+        assert len(spool.ids()) == 1
+        res = home.fetch(relay.port, "--deliver-to", f"127.0.0.1:{postfix.port}")
+        assert res.returncode == 0, res.stderr
+        assert spool.ids() == []
+        # Postfix refuses the recipient for good (554): kept and logged (exit 65) at
+        # every run, until the operator says delete.
+        spool.publish("sender@example.net", [refused], b"Subject: refused\r\n\r\nrefused\r\n")
+        for _ in range(2):
+            res = home.fetch(relay.port, "--deliver-to", f"127.0.0.1:{postfix.port}")
+            assert res.returncode == 65, res.stderr
+            assert "status=kept-permanent" in res.stderr, res.stderr
+            assert len(spool.ids()) == 1
+        res = home.fetch(relay.port, "--deliver-to", f"127.0.0.1:{postfix.port}",
+                         extra=["--on-permanent-failure", "delete"])
+        assert res.returncode == 0, res.stderr
+        assert "status=dropped" in res.stderr, res.stderr
+        assert spool.ids() == []
+    finally:
+        relay.stop()
+        postfix.stop()
