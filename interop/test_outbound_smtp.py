@@ -607,3 +607,55 @@ def test_proxy_refuses_nul_without_end_of_data(internet, outbound_smtp_tcp):
     assert len(mx.messages()) == messages, mx.messages()[messages:]
     line = bp_line(bp, rcpt)
     assert " status=bounced (554 5.6.0 Message contains NUL characters)" in line, line
+
+
+# --------------------------------------------------------------------------------------
+# The proxy applies the rules of every mode (README "What every mode does"): lines over
+# 998 octets folded, the MTA's SIZE= passed on (and checked against the MX's limit)
+# --------------------------------------------------------------------------------------
+
+def test_proxy_folds_long_lines_and_sends_size(internet, outbound_smtp_tcp):
+    bp = outbound_smtp_tcp
+    mx = internet.record
+    tok = token()
+    rcpt = f"long-{tok}@record.test"
+    long_line = ("W" * 1500 + " " + "x" * 1500).encode()
+    message = (f"From: <{RELAY_SENDER}>\r\nTo: <{rcpt}>\r\nSubject: long {tok}\r\n\r\n"
+               ).encode() + long_line + b"\r\nlast line\r\n"
+    before = len(mx.messages())
+    with smtplib.SMTP(bp.host, bp.port, timeout=60) as c:
+        c.ehlo("mta.test")
+        assert c.has_extn("size"), c.esmtp_features
+        # smtplib declares the size itself when the server offers SIZE.
+        assert c.sendmail(RELAY_SENDER, [rcpt], message) == {}
+    [got] = [m for m in mx.messages()[before:] if f"<{rcpt}>" in m["rcpts"]]
+    assert re.search(rf"^MAIL FROM:<{re.escape(RELAY_SENDER)}> SIZE={len(message)}( |$)",
+                     got["mail"], re.I), got["mail"]
+    data = got["data"].encode("latin-1")
+    lines = data.split(b"\r\n")
+    assert max(len(l) for l in lines) <= 998, [len(l) for l in lines]
+    # Folded with CRLF + space: unfolding gives the line back.
+    assert long_line in data.replace(b"\r\n ", b""), data[:200]
+
+
+def test_proxy_refuses_a_declared_size_over_the_mx_limit(internet, outbound_smtp_tcp):
+    """mx.record.test offers SIZE 10240000: a bigger declared size is refused before MAIL
+    reaches it, with the limit in the text."""
+    bp = outbound_smtp_tcp
+    mx = internet.record
+    tok = token()
+    rcpt = f"big-{tok}@record.test"
+    sessions = len(mx.sessions())
+    c = RawSMTP(bp.host, bp.port, source=None, timeout=30)
+    try:
+        assert c.reply().code == 220
+        assert c.cmd("EHLO mta.test").code == 250
+        assert c.cmd(f"MAIL FROM:<{RELAY_SENDER}> SIZE=20000000").code == 250
+        reply = c.cmd(f"RCPT TO:<{rcpt}>")
+        assert reply.code == 552 and b"5.3.4 " in reply.lines[-1] and b"10240000" in reply.lines[-1], reply
+        c.cmd("QUIT")
+    finally:
+        c.sock.close()
+    mails = [cmd for s in mx.sessions()[sessions:] for cmd in s["commands"]
+             if cmd["line"].upper().startswith("MAIL")]
+    assert not mails, mails

@@ -172,7 +172,9 @@ pub async fn serve<R, W>(
                     session.delivered(&replies);
                 }
                 ReceiveEvent::Recipient { sender, recipient } => {
-                    let reply = recipient_reply(deliverer, &mut remote, &sender, &recipient).await;
+                    let size = session.declared_size();
+                    let reply =
+                        recipient_reply(deliverer, &mut remote, &sender, &recipient, size).await;
                     session.answer(&reply);
                 }
                 ReceiveEvent::Data => {
@@ -201,6 +203,9 @@ pub async fn serve<R, W>(
                             reply
                         }
                         (Some(mut r), None) => {
+                            // As in every mode: lines over 998 octets are
+                            // broken (RFC 5321 §4.5.3.1.6).
+                            let wire = crate::smtp::data::fold_long_lines(&wire).unwrap_or(wire);
                             let reply = r.send_message(deliverer, &wire).await;
                             r.log_results(&reply);
                             r.release(deliverer, &reply).await;
@@ -276,6 +281,7 @@ async fn recipient_reply(
     remote: &mut Option<Remote>,
     sender: &str,
     recipient: &str,
+    size: Option<u64>,
 ) -> Reply {
     let Some(domain) = domain_of(recipient) else {
         return Reply::new(501, "5.1.3 Bad recipient address syntax");
@@ -316,20 +322,23 @@ async fn recipient_reply(
             }
         }
     };
-    let mut mail = format!("MAIL FROM:<{sender}>");
-    if r.caps.has("8BITMIME") {
-        mail.push_str(" BODY=8BITMIME");
+    use crate::smtp::client::{ContentRefusal, mail_command};
+    let utf8 = !sender.is_ascii() || !recipient.is_ascii();
+    // The content is not known yet: the MTA's declared SIZE= stands for it
+    // (RFC 1870 §4), and 8-bit content is assumed (converted at the end of
+    // data for a server without 8BITMIME).
+    let refusal = match r.caps.size_limit() {
+        Some(limit) if size.is_some_and(|n| n > limit) => Some(ContentRefusal::TooBig { limit }),
+        _ if utf8 && !r.caps.has("SMTPUTF8") => Some(ContentRefusal::NeedsSmtpUtf8),
+        _ => None,
+    };
+    if let Some(refusal) = refusal {
+        let reply = refusal.reply();
+        log!("{}", r.status(recipient, &reply).log_line());
+        release_unused(deliverer, r).await;
+        return reply;
     }
-    if !sender.is_ascii() || !recipient.is_ascii() {
-        if !r.caps.has("SMTPUTF8") {
-            r.quit().await;
-            return Reply::new(
-                553,
-                "5.6.7 Non-ASCII address and the receiving server does not offer SMTPUTF8",
-            );
-        }
-        mail.push_str(" SMTPUTF8");
-    }
+    let mail = mail_command(sender, size, true, utf8, &r.caps);
     let mail_reply = r.command(deliverer, &mail).await;
     if !mail_reply.is_success() {
         // The remote refused the sender: that is this recipient's answer.
@@ -340,6 +349,15 @@ async fn recipient_reply(
     let reply = r.recipient(deliverer, recipient).await;
     *remote = Some(r);
     reply
+}
+
+/// A session that carried no transaction (refused before MAIL): kept for
+/// the next transaction like any other.
+async fn release_unused(deliverer: &Deliverer, r: Remote) {
+    if r.conn.stream.is_none() {
+        return r.quit().await;
+    }
+    deliverer.idle.put(&r.domain, r.conn, r.caps, r.uses);
 }
 
 /// An idle session to `domain` from an earlier transaction, if one is

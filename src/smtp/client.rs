@@ -143,6 +143,30 @@ impl ContentRefusal {
     }
 }
 
+/// The MAIL command with the parameters `caps` allows: `SIZE=` (RFC 1870
+/// §4) when the size is known, `BODY=8BITMIME` (RFC 6152) for 8-bit
+/// content, `SMTPUTF8` (RFC 6531) for non-ASCII addresses (the caller has
+/// checked the server offers it). Every outbound mode builds it here.
+pub fn mail_command(
+    sender: &str,
+    size: Option<u64>,
+    eight_bit: bool,
+    smtputf8: bool,
+    caps: &EhloReply,
+) -> String {
+    let mut mail = format!("MAIL FROM:<{sender}>");
+    if let Some(size) = size.filter(|_| caps.has("SIZE")) {
+        mail.push_str(&format!(" SIZE={size}"));
+    }
+    if eight_bit && caps.has("8BITMIME") {
+        mail.push_str(" BODY=8BITMIME");
+    }
+    if smtputf8 {
+        mail.push_str(" SMTPUTF8");
+    }
+    mail
+}
+
 /// What no server may be sent, whatever it offers: a message with NUL
 /// octets. RFC 5322 §3.5 excludes NUL from a message, RFC 2045 §2.7-2.8
 /// from 7bit and 8bit data (what 8BITMIME carries), and RFC 5321 §4.1.1.4
@@ -769,16 +793,13 @@ impl ClientSession {
             }
             self.content.eight_bit = false;
         }
-        let mut mail = format!("MAIL FROM:<{}>", self.envelope.sender);
-        if caps.has("SIZE") {
-            mail.push_str(&format!(" SIZE={}", self.content.size));
-        }
-        if self.content.eight_bit && caps.has("8BITMIME") {
-            mail.push_str(" BODY=8BITMIME");
-        }
-        if utf8 {
-            mail.push_str(" SMTPUTF8");
-        }
+        let mail = mail_command(
+            &self.envelope.sender,
+            Some(self.content.size),
+            self.content.eight_bit,
+            utf8,
+            &caps,
+        );
         self.send_line(&mail);
         let mut owed = VecDeque::from([Pending::Mail]);
         if caps.has("PIPELINING") {

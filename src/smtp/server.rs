@@ -109,6 +109,9 @@ pub struct ReceiveSession {
     skipping_line: bool,
     /// Message bytes read but not kept (a message over the size limit).
     discard: Vec<u8>,
+    /// The `SIZE=` of the current transaction's MAIL (RFC 1870), for the
+    /// SMTP proxy to pass on.
+    declared_size: Option<u64>,
     /// Bytes to write to the client.
     pub output: Vec<u8>,
     events: VecDeque<ReceiveEvent>,
@@ -125,6 +128,7 @@ impl ReceiveSession {
             input: Vec::new(),
             skipping_line: false,
             discard: Vec::new(),
+            declared_size: None,
             output: Vec::new(),
             events: VecDeque::new(),
         };
@@ -138,6 +142,11 @@ impl ReceiveSession {
 
     pub fn poll_event(&mut self) -> Option<ReceiveEvent> {
         self.events.pop_front()
+    }
+
+    /// The `SIZE=` the client declared in the current transaction's MAIL.
+    pub fn declared_size(&self) -> Option<u64> {
+        self.declared_size
     }
 
     pub fn is_closed(&self) -> bool {
@@ -389,6 +398,14 @@ impl ReceiveSession {
             (_, Phase::Greeted) => self.reply(503, "5.5.1 Error: send EHLO/LHLO first"),
             (Verb::Mail, Phase::Ready) => match path_arg(cmd.args, "FROM:") {
                 Some(sender) if sender.is_empty() || address_is_sane(&sender) => {
+                    // RFC 1870 §6: a declared size over the limit is
+                    // refused at once; a declared size is passed on.
+                    let size = size_param(cmd.args);
+                    if size.is_some_and(|n| n > self.max_message_size) {
+                        self.reply(552, "5.3.4 Message size exceeds fixed maximum message size");
+                        return;
+                    }
+                    self.declared_size = size;
                     self.phase = Phase::Mail { sender };
                     self.reply(250, "2.1.0 Ok");
                 }
@@ -473,6 +490,18 @@ impl ReceiveSession {
     }
 }
 
+/// The `SIZE=` parameter of `FROM:<a@b> SIZE=123 BODY=8BITMIME` (RFC
+/// 1870 §3; keywords are case-insensitive), if present and a number.
+fn size_param(args: &str) -> Option<u64> {
+    let params = &args[args.find('>')? + 1..];
+    params.split_ascii_whitespace().find_map(|p| {
+        let (key, value) = p.split_once('=')?;
+        key.eq_ignore_ascii_case("SIZE")
+            .then(|| value.parse().ok())
+            .flatten()
+    })
+}
+
 fn path_arg(args: &str, prefix: &str) -> Option<String> {
     let rest = args.get(..prefix.len())?;
     if !rest.eq_ignore_ascii_case(prefix) {
@@ -490,6 +519,30 @@ mod tests {
 
     fn out(s: &mut ReceiveSession) -> String {
         String::from_utf8(std::mem::take(&mut s.output)).unwrap()
+    }
+
+    #[test]
+    fn size_parameter() {
+        for (args, want) in [
+            ("FROM:<a@b>", None),
+            ("FROM:<a@b> SIZE=1234", Some(1234)),
+            ("FROM:<a@b> BODY=8BITMIME size=99", Some(99)),
+            ("FROM:<a@b> SIZE=x", None),
+            ("FROM:<a=SIZE=5@b>", None),
+        ] {
+            assert_eq!(size_param(args), want, "{args}");
+        }
+        let mut s = ReceiveSession::new(Protocol::Smtp, "bp.example", 1000);
+        out(&mut s);
+        s.input(b"EHLO mta.example\r\nMAIL FROM:<a@b> SIZE=1001\r\nMAIL FROM:<a@b> SIZE=1000\r\n");
+        let o = out(&mut s);
+        assert!(
+            o.ends_with(
+                "552 5.3.4 Message size exceeds fixed maximum message size\r\n250 2.1.0 Ok\r\n"
+            ),
+            "{o}"
+        );
+        assert_eq!(s.declared_size(), Some(1000));
     }
 
     #[test]
