@@ -186,6 +186,38 @@ def test_keygen_output(xpony_keys, workdir):
     assert xpony_keys["server"].path.read_bytes() == before
 
 
+def test_key_file_forms(pony_net, xpony_keys, workdir):
+    """proto-spec §7: keygen writes a `#` comment and the base64 of the private key with LF;
+    `--host-key` reads that, a bare §7 file (base64 + LF, written here), and the
+    `private-key: …` form of earlier versions. The inbound sees the key each file holds
+    (its fingerprint computed here from the private key with python3-cryptography)."""
+    import base64
+    import os
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    lines = xpony_keys["client"].path.read_text().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("# "), lines
+    assert len(base64.b64decode(lines[1], validate=True)) == 32, lines
+    net = pony_net
+    for n, form in enumerate(["{k}\n", "# made by hand\n\n{k}\n", "private-key: {k}\n"]):
+        secret = os.urandom(32)
+        public = X25519PrivateKey.from_private_bytes(secret).public_key().public_bytes(
+            Encoding.Raw, PublicFormat.Raw)
+        path = workdir / f"handmade-{n}-{token()}.key"
+        path.write_text(form.format(k=base64.b64encode(secret).decode()))
+        os.chmod(path, 0o600)
+        state = owned_dir(workdir / f"state-keyform-{n}-{token()}")
+        log = LogSince(net.pony)
+        tok = token()
+        rcpt = f"keyform{n}-{tok}@pony.test"
+        message, body = make_message(tok, [rcpt])
+        res = deliver(net, state, [rcpt], message, "--host-key", str(path))
+        assert res.returncode == 0, f"{form!r}: " + show(res)
+        fp = key_fingerprint(base64.b64encode(public).decode())
+        log.wait(rf" xpony client=\S+ XPONY/{XPONY_PROTOCOL} peer={re.escape(fp)}(\s|$)")
+        arrived(net.backend, rcpt, body)
+
+
 def test_end_to_end_first_contact_then_pinned(pony_net, xpony_keys, workdir):
     net, server, client = pony_net, xpony_keys["server"], xpony_keys["client"]
     state = owned_dir(workdir / f"state-e2e-{token()}")

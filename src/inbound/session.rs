@@ -329,6 +329,9 @@ pub struct Session {
     backend_in: Vec<u8>,
     /// Skipping the rest of an over-long command line.
     skipping_line: bool,
+    /// Whether the line being handled ended in CR LF (XPONY's lines must,
+    /// proto-spec §3.1; other commands may end in a bare LF).
+    line_crlf: bool,
     hello: Hello,
     tls: Option<Encryption>,
     xclient: XclientAttrs,
@@ -379,6 +382,7 @@ impl Session {
             client_in: Vec::new(),
             backend_in: Vec::new(),
             skipping_line: false,
+            line_crlf: true,
             hello: Hello::default(),
             tls: None,
             xclient: XclientAttrs::default(),
@@ -1118,6 +1122,12 @@ impl Session {
                         });
                         self.fail_to_client(Reply::new(500, "5.5.6 Line too long"));
                         self.close("xpony-failed");
+                    } else if buf
+                        .get(..6)
+                        .is_some_and(|v| v.eq_ignore_ascii_case(b"XPONY "))
+                    {
+                        // proto-spec §3.3 R5: as AUTH's (RFC 4954 §4).
+                        self.local(Reply::new(500, "5.5.6 Line too long"), Then::Continue);
                     } else {
                         self.local(
                             Reply::new(500, "5.5.2 Error: line too long"),
@@ -1130,6 +1140,7 @@ impl Session {
                     consumed: n,
                 } => {
                     progressed = true;
+                    self.line_crlf = n == line_len + 2;
                     self.handle_line(&buf[..line_len]);
                     consumed += n;
                 }
@@ -1285,7 +1296,7 @@ impl Session {
             return;
         }
         // R6–R8: syntax, protocol name, base64 (proto-spec §3.1, §3.3).
-        let message_1 = match crate::smtp::xpony_server::parse_command(line) {
+        let message_1 = match crate::smtp::xpony_server::parse_command(line, self.line_crlf) {
             Ok(m) => m,
             Err(reply) => {
                 self.local(reply, Then::Continue);
@@ -1355,7 +1366,7 @@ impl Session {
         else {
             return;
         };
-        match crate::smtp::xpony_server::finish(state, line) {
+        match crate::smtp::xpony_server::finish(state, line, self.line_crlf) {
             Finish::Aborted(reply) => self.local(reply, Then::Continue),
             Finish::Established(transport) => {
                 self.pony_ready = Some((transport, Vec::new()));

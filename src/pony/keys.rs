@@ -38,7 +38,13 @@ pub enum KeyError {
     Random(String),
 }
 
+/// The comment `keygen` writes above the key (proto-spec §7 allows `#`
+/// comment lines in a key file).
 const HEADER: &str = "# blackpony host key (X25519). Private: keep it readable only by blackpony.";
+
+/// The prefix of the key line in files written before proto-spec draft 2,
+/// still read.
+const OLD_PREFIX: &str = "private-key:";
 
 /// Base64 of a public key.
 pub fn encode_key(key: &PublicKey) -> String {
@@ -66,8 +72,9 @@ pub fn generate_file(path: &Path, force: bool) -> Result<Keypair, KeyError> {
         return Err(KeyError::Exists(shown));
     }
     let pair = Keypair::generate().map_err(|e| KeyError::Random(e.to_string()))?;
+    // proto-spec §7: the base64 of the private key and LF, below a comment.
     let text = Zeroizing::new(format!(
-        "{HEADER}\nprivate-key: {}\n",
+        "{HEADER}\n{}\n",
         B64.encode(&pair.secret_bytes()[..])
     ));
     let io = |source| KeyError::Io {
@@ -100,19 +107,26 @@ pub fn load_file(path: &Path) -> Result<Keypair, KeyError> {
             source,
         })?,
     );
-    let encoded = text
+    parse_key_file(&text).ok_or(KeyError::Format(shown))
+}
+
+/// The private key in a key file's text (proto-spec §7): lines beginning
+/// with `#` and empty lines are ignored; exactly one other line holds the
+/// canonical base64 of the 32-octet key, alone or (files written before
+/// draft 2) after `private-key:`. White space around it is ignored.
+pub fn parse_key_file(text: &str) -> Option<Keypair> {
+    let mut keys = text
         .lines()
-        .find_map(|l| l.strip_prefix("private-key:"))
-        .ok_or_else(|| KeyError::Format(shown.clone()))?;
-    let bytes = Zeroizing::new(
-        B64.decode(encoded.trim())
-            .map_err(|_| KeyError::Format(shown.clone()))?,
-    );
-    let secret: [u8; KEY_LEN] = bytes
-        .as_slice()
-        .try_into()
-        .map_err(|_| KeyError::Format(shown))?;
-    Ok(Keypair::from_secret(secret))
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let line = keys.next()?;
+    if keys.next().is_some() {
+        return None;
+    }
+    let encoded = line.strip_prefix(OLD_PREFIX).map_or(line, str::trim_start);
+    let bytes = Zeroizing::new(B64.decode(encoded).ok()?);
+    let secret: [u8; KEY_LEN] = bytes.as_slice().try_into().ok()?;
+    Some(Keypair::from_secret(secret))
 }
 
 /// The DNS name of the key record for an MX host.
@@ -152,6 +166,8 @@ pub enum DnsRecordError {
     EmptyKey,
     #[error("p= is not the base64 of 32 octets")]
     BadKey,
+    #[error("t= is not a list of flags separated by ':'")]
+    BadFlags,
 }
 
 /// The enforced keys (the set D of proto-spec §8.2) among a set of TXT
@@ -236,7 +252,17 @@ pub fn parse_dns_record(record: &str) -> DnsRecord {
     let Some(key) = decode_key(&joined) else {
         return DnsRecord::Invalid(DnsRecordError::BadKey);
     };
-    let testing = tag("t").is_some_and(|t| t.split(':').any(|f| f.trim_matches(is_fws) == "y"));
+    // §8.2: `t = flag *([FWS] ":" [FWS] flag)`, a flag of letters, digits
+    // and hyphens (white space around the colons only).
+    let mut testing = false;
+    if let Some(t) = tag("t") {
+        for flag in t.split(':').map(|f| f.trim_matches(is_fws)) {
+            if flag.is_empty() || !flag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                return DnsRecord::Invalid(DnsRecordError::BadFlags);
+            }
+            testing |= flag == "y";
+        }
+    }
     DnsRecord::Key { key, testing }
 }
 
@@ -259,12 +285,55 @@ mod tests {
         ));
         let loaded = load_file(&path).unwrap();
         assert_eq!(loaded.public(), pair.public());
+        // What keygen writes: the §7 form (base64 and LF) below a comment.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].starts_with("# ") && text.ends_with("=\n"),
+            "{text}"
+        );
+        assert_eq!(B64.decode(lines[1]).unwrap().len(), 32);
         std::fs::write(dir.join("bad.key"), "private-key: not base64!\n").unwrap();
         assert!(matches!(
             load_file(&dir.join("bad.key")),
             Err(KeyError::Format(_))
         ));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// proto-spec §7: the base64 of the key and LF, with `#` comments and
+    /// empty lines around it, and the `private-key:` form of earlier files.
+    #[test]
+    fn key_file_forms() {
+        let secret = [0x42u8; 32];
+        let b64 = B64.encode(secret);
+        let public = Keypair::from_secret(secret).public();
+        let read = |text: &str| parse_key_file(text).map(|k| k.public());
+        for text in [
+            format!("{b64}\n"),
+            b64.clone(),
+            format!("# blackpony host key\n{b64}\n"),
+            format!("\n# one\n# two\n\n  {b64}  \r\n\n"),
+            format!("# blackpony host key (X25519).\nprivate-key: {b64}\n"),
+            format!("private-key:{b64}"),
+        ] {
+            assert_eq!(read(&text), Some(public), "{text:?}");
+        }
+        let mut non_canonical = b64.clone();
+        non_canonical.replace_range(42..43, "J");
+        for text in [
+            String::new(),
+            "# only a comment\n".to_string(),
+            format!("{b64}\n{b64}\n"),
+            format!("{}\n", &b64[..43]),
+            format!("{non_canonical}\n"),
+            format!("{}\n", B64.encode([1u8; 31])),
+            format!("secret: {b64}\n"),
+            format!("{b64} # comment\n"),
+        ] {
+            assert_eq!(read(&text), None, "{text:?}");
+        }
     }
 
     #[test]

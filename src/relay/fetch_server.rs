@@ -195,6 +195,8 @@ pub struct FetchSession {
     pony_ready: Option<(Transport, Vec<u8>)>,
     /// Skip the rest of an over-long line.
     skipping: bool,
+    /// Whether the line being handled ended in CR LF.
+    line_crlf: bool,
 }
 
 impl FetchSession {
@@ -213,6 +215,7 @@ impl FetchSession {
             protection: Protection::Plain,
             pony_ready: None,
             skipping: false,
+            line_crlf: true,
         }
     }
 
@@ -272,6 +275,8 @@ impl FetchSession {
                 NextLine::Line { line_len, consumed } => (line_len, consumed),
             };
             let line: Vec<u8> = self.inbuf[..line_len].to_vec();
+            // XPONY's lines end in CR LF (proto-spec xpony.md §3.1).
+            self.line_crlf = consumed == line_len + 2;
             self.inbuf.drain(..consumed);
             if std::mem::take(&mut self.skipping) {
                 continue;
@@ -282,7 +287,7 @@ impl FetchSession {
                 else {
                     continue;
                 };
-                match xpony_server::finish(state, &line) {
+                match xpony_server::finish(state, &line, self.line_crlf) {
                     Finish::Aborted(reply) => reply.write_to(&mut self.out),
                     Finish::Established(transport) => {
                         self.pony_ready = Some((transport, std::mem::take(&mut self.inbuf)));
@@ -365,7 +370,7 @@ impl FetchSession {
 
     /// XPONY with message 1 (xpony.md §3.2, checks in the order of §3.3).
     fn xpony(&mut self, line: &[u8]) -> Option<SessionAction> {
-        let message_1 = match xpony_server::parse_command(line) {
+        let message_1 = match xpony_server::parse_command(line, self.line_crlf) {
             Ok(m) => m,
             Err(reply) => {
                 reply.write_to(&mut self.out);

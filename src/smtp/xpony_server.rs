@@ -12,15 +12,17 @@ use super::Reply;
 use crate::pony::negotiation::{self, ServerIdentity};
 use crate::pony::noise::{Keypair, PROTOCOL_NAME, Responder, ResponderAwaitingFinish, Transport};
 
-/// R6–R8 (§3.1, §3.3) on an XPONY command line without its line ending:
-/// `XPONY SP protocol-name SP base64`, exactly one SP each, the name one we
-/// offer, canonical base64. Returns message 1.
-pub fn parse_command(line: &[u8]) -> Result<Vec<u8>, Reply> {
+/// R6–R8 (§3.1, §3.3) on an XPONY command line without its line ending
+/// (`crlf`: it ended in CR LF, not a bare LF, as every line of the exchange
+/// must): `XPONY SP protocol-name SP b64-field`, exactly one SP each, the
+/// name one we offer, the field visible ASCII (else R6) and canonical
+/// base64 (else R8, "cannot decode"). Returns message 1.
+pub fn parse_command(line: &[u8], crlf: bool) -> Result<Vec<u8>, Reply> {
     let syntax = || Reply::new(501, "5.5.4 Syntax: XPONY protocol-name base64");
     let verb_ok = line
         .get(..5)
         .is_some_and(|v| v.eq_ignore_ascii_case(negotiation::KEYWORD.as_bytes()));
-    if !verb_ok || line.get(5) != Some(&b' ') {
+    if !crlf || !verb_ok || line.get(5) != Some(&b' ') {
         return Err(syntax());
     }
     let args = std::str::from_utf8(&line[6..]).map_err(|_| syntax())?;
@@ -30,11 +32,10 @@ pub fn parse_command(line: &[u8]) -> Result<Vec<u8>, Reply> {
             && n.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "_+/".contains(c))
     };
+    let field_ok = |f: &str| !f.is_empty() && f.bytes().all(|b| b.is_ascii_graphic());
     let mut parts = args.split(' ');
     let (name, encoded) = match (parts.next(), parts.next(), parts.next()) {
-        (Some(name), Some(encoded), None) if name_ok(name) && !encoded.is_empty() => {
-            (name, encoded)
-        }
+        (Some(name), Some(encoded), None) if name_ok(name) && field_ok(encoded) => (name, encoded),
         _ => return Err(syntax()),
     };
     if name != PROTOCOL_NAME {
@@ -97,15 +98,17 @@ pub enum Finish {
     Failed { reply: Reply, error: String },
 }
 
-/// The line after our 334 (without its line ending): `*`, or message 3.
-pub fn finish(state: ResponderAwaitingFinish, line: &[u8]) -> Finish {
-    if line == b"*" {
+/// The line after our 334 (without its line ending; `crlf`: it ended in
+/// CR LF): `*`, or message 3.
+pub fn finish(state: ResponderAwaitingFinish, line: &[u8], crlf: bool) -> Finish {
+    if line == b"*" && crlf {
         return Finish::Aborted(Reply::new(501, "5.7.0 XPONY aborted"));
     }
-    // R14: a line that is not base64 is answered apart from a message 3
-    // that fails (R15); both close.
+    // R14: a line that is neither `*` nor base64, each ended by CR LF, is
+    // answered apart from a message 3 that fails (R15); both close.
     let Some(message_3) = std::str::from_utf8(line)
         .ok()
+        .filter(|_| crlf)
         .and_then(negotiation::decode_line)
     else {
         return Finish::Failed {
@@ -139,9 +142,9 @@ mod tests {
     #[test]
     fn command_syntax() {
         let ok = format!("XPONY {PROTOCOL_NAME} AAAA");
-        assert_eq!(parse_command(ok.as_bytes()), Ok(vec![0, 0, 0]));
+        assert_eq!(parse_command(ok.as_bytes(), true), Ok(vec![0, 0, 0]));
         let lower = format!("xpony {PROTOCOL_NAME} AAAA");
-        assert!(parse_command(lower.as_bytes()).is_ok());
+        assert!(parse_command(lower.as_bytes(), true).is_ok());
         for (line, code) in [
             (format!("XPONY  {PROTOCOL_NAME} AAAA"), 501),
             (format!("XPONY {PROTOCOL_NAME}  AAAA"), 501),
@@ -156,7 +159,7 @@ mod tests {
             (format!("XPONY {PROTOCOL_NAME} AB=="), 501),
         ] {
             assert_eq!(
-                parse_command(line.as_bytes()).map_err(|r| r.code()),
+                parse_command(line.as_bytes(), true).map_err(|r| r.code()),
                 Err(code),
                 "{line}"
             );
@@ -183,7 +186,7 @@ mod tests {
         assert_eq!(confirm.remote_static(), identity.key.public());
         let (_, m3) = confirm.write_message_3(&[]).unwrap();
         let m3 = negotiation::encode_line(&m3);
-        match finish(state, m3.as_bytes()) {
+        match finish(state, m3.as_bytes(), true) {
             Finish::Established(t) => {
                 assert_eq!(t.remote_static(), Keypair::from_secret([1; 32]).public())
             }
@@ -206,14 +209,14 @@ mod tests {
         .write_message_1(&[])
         .unwrap();
         let (state, _) = respond(&identity, b"p", &m1, None).unwrap();
-        assert!(matches!(finish(state, b"*"), Finish::Aborted(r) if r.code() == 501));
+        assert!(matches!(finish(state, b"*", true), Finish::Aborted(r) if r.code() == 501));
         let (state, _) = respond(&identity, b"p", &m1, None).unwrap();
         assert!(
-            matches!(finish(state, b"QUIT"), Finish::Failed { reply, .. } if reply.code() == 535)
+            matches!(finish(state, b"QUIT", true), Finish::Failed { reply, .. } if reply.code() == 535)
         );
         let (state, _) = respond(&identity, b"p", &m1, None).unwrap();
         assert!(
-            matches!(finish(state, b"not base64!"), Finish::Failed { reply, .. } if reply.code() == 501)
+            matches!(finish(state, b"not base64!", true), Finish::Failed { reply, .. } if reply.code() == 501)
         );
     }
 }

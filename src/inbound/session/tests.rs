@@ -1015,3 +1015,66 @@ fn xpony_syntax_is_strict() {
     h.client("xpony noise_xx_25519_chachapoly_sha256 AAAA\r\n");
     assert!(h.take_client().starts_with("504 5.5.4"));
 }
+
+/// proto-spec §3.1, §3.3: the line ends in CR LF (a bare LF is R6), the
+/// message field is visible ASCII (a control character is R6); visible
+/// characters that are not base64 are R8 (5.5.2); an over-long XPONY line
+/// is R5 (5.5.6, as AUTH's). After the 334 a line ended by a bare LF,
+/// `*` included, is R14 and closes.
+#[test]
+fn xpony_line_ends_and_characters() {
+    let name = "Noise_XX_25519_ChaChaPoly_SHA256";
+    let good = xpony_line();
+    let bare_lf = good.replace("\r\n", "\n");
+    let syntax = "501 5.5.4 Syntax: XPONY protocol-name base64\r\n";
+    let cases: Vec<(String, &str)> = vec![
+        (bare_lf, syntax),
+        (format!("XPONY {name} AAAA\t\r\n"), syntax),
+        // Not a command at all: the generic reply, before XPONY's (§3.3 R6).
+        (
+            format!("XPONY {name} AA\x01A\r\n"),
+            "500 5.5.2 Error: bad syntax\r\n",
+        ),
+        (
+            format!("XPONY {name} AA!A\r\n"),
+            "501 5.5.2 Cannot decode base64\r\n",
+        ),
+        (
+            format!("XPONY {name} AAA\r\n"),
+            "501 5.5.2 Cannot decode base64\r\n",
+        ),
+        (
+            format!("XPONY {name} {}\r\n", "A".repeat(4100)),
+            "500 5.5.6 Line too long\r\n",
+        ),
+        (
+            format!("xpony {name} {}", "A".repeat(4100)),
+            "500 5.5.6 Line too long\r\n",
+        ),
+        (
+            format!("NOOP {}\r\n", "A".repeat(4100)),
+            "500 5.5.2 Error: line too long\r\n",
+        ),
+    ];
+    for (line, want) in cases {
+        let (mut h, _, _) = pony_opened();
+        h.client(&line);
+        assert_eq!(h.take_client(), want, "{line:?}");
+        assert!(!h.session.is_closed(), "{line:?}");
+    }
+    for (line, want) in [
+        ("*\n", "501 5.5.2 Cannot decode base64\r\n"),
+        ("AAAA\n", "501 5.5.2 Cannot decode base64\r\n"),
+        ("*\r\n", "501 5.7.0 XPONY aborted\r\n"),
+    ] {
+        let (mut h, _, _) = pony_opened();
+        h.client(&xpony_line());
+        assert!(h.take_client().starts_with("334 "));
+        h.client(line);
+        assert_eq!(h.take_client(), want, "{line:?}");
+        assert_eq!(
+            h.session.is_closed(),
+            line.ends_with("\n") && !line.ends_with("\r\n")
+        );
+    }
+}

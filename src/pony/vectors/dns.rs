@@ -6,7 +6,7 @@
 //! gives each one.
 
 use super::super::keys::{DnsRecord, DnsRecordError, encode_key};
-use super::{fixed_key, json_text};
+use super::{fixed_key, json_text, non_canonical};
 
 /// One TXT record and what it must mean.
 struct Record {
@@ -133,6 +133,59 @@ fn records() -> Vec<Record> {
             name: "p-not-base64",
             strings: one(format!("v=XPONY1; p={}!", &k[..43])),
             want: invalid(DnsRecordError::BadKey),
+        },
+        Record {
+            name: "testing-flag-with-white-space-around-colons",
+            strings: one(format!("v=XPONY1; p={n}; t = s : y ")),
+            want: DnsRecord::Key {
+                key: next,
+                testing: true,
+            },
+        },
+        Record {
+            name: "white-space-inside-a-flag",
+            strings: one(format!("v=XPONY1; p={n}; t=y s")),
+            want: invalid(DnsRecordError::BadFlags),
+        },
+        Record {
+            name: "empty-t",
+            strings: one(format!("v=XPONY1; p={n}; t=")),
+            want: invalid(DnsRecordError::BadFlags),
+        },
+        Record {
+            name: "empty-flag",
+            strings: one(format!("v=XPONY1; p={n}; t=y::s")),
+            want: invalid(DnsRecordError::BadFlags),
+        },
+        Record {
+            name: "p-without-padding",
+            strings: one(format!("v=XPONY1; p={}", &k[..43])),
+            want: invalid(DnsRecordError::BadKey),
+        },
+        Record {
+            name: "p-non-canonical",
+            strings: one(format!("v=XPONY1; p={}", non_canonical(&k))),
+            want: invalid(DnsRecordError::BadKey),
+        },
+        Record {
+            name: "key-type-in-upper-case",
+            strings: one(format!("v=XPONY1; k=X25519; p={k}")),
+            want: valid(false),
+        },
+        Record {
+            name: "first-tag-well-formed-rest-not",
+            strings: one(format!("v=XPONY1 ; p={k}; =x")),
+            want: invalid(DnsRecordError::Syntax),
+        },
+        Record {
+            name: "no-semicolon-after-v",
+            strings: one(format!("v=XPONY1 p={k}")),
+            want: DnsRecord::NotXpony,
+        },
+        Record {
+            name: "first-tag-not-a-tag-spec",
+            strings: one(format!("XPONY1; v=XPONY1; p={k}")),
+            want: DnsRecord::NotXpony,
         },
         Record {
             name: "unknown-key-type",

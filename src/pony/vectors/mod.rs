@@ -112,6 +112,22 @@ fn finish_line(m3: &[u8]) -> String {
     format!("{}\r\n", encode_line(m3))
 }
 
+/// The same base64 with the unused low bits of its last character set:
+/// the same octets to a lenient decoder, refused by a strict one
+/// (RFC 4648 §3.5; proto-spec §3.1).
+pub(super) fn non_canonical(b64: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let data = b64.trim_end_matches('=');
+    assert!(data.len() < b64.len(), "{b64} has no unused bits");
+    let last = data.as_bytes()[data.len() - 1];
+    let value = ALPHABET.iter().position(|&c| c == last).unwrap();
+    assert_eq!(value & 1, 0, "{b64} is not canonical already");
+    let mut out = data[..data.len() - 1].to_string();
+    out.push(char::from(ALPHABET[value | 1]));
+    out.push_str(&b64[data.len()..]);
+    out
+}
+
 /// `bytes` as the inside of a JSON string: CR, LF and the like as
 /// escapes, so the text shows the exact octets.
 fn json_text(bytes: &[u8]) -> String {

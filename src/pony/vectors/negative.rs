@@ -11,7 +11,7 @@ use super::super::negotiation::encode_line;
 use super::super::noise::{PROTOCOL_NAME, hex};
 use super::{
     EHLO_REPLY, client_payload, continue_line, finish_line, fixed_key, initiator, json_text,
-    responder, scenario, server_hints, xpony_line,
+    non_canonical, responder, scenario, server_hints, xpony_line,
 };
 
 /// Where the receiver stands when a case's input arrives.
@@ -63,7 +63,11 @@ impl At {
 enum Reaction {
     /// The server replies with `code`; the session then stays in
     /// plaintext, as before the XPONY command, or the server closes.
-    Reply { code: u16, close: bool },
+    Reply {
+        code: u16,
+        enhanced: &'static str,
+        close: bool,
+    },
     /// The client sends `*`, waits for the reply, sends QUIT, and reports
     /// a temporary failure.
     Cancel,
@@ -81,8 +85,12 @@ enum Reaction {
 impl Reaction {
     fn json(self) -> String {
         match self {
-            Reaction::Reply { code, close } => format!(
-                "{{\"kind\": \"reply\", \"code\": {code}, \"then\": \"{}\"}}",
+            Reaction::Reply {
+                code,
+                enhanced,
+                close,
+            } => format!(
+                "{{\"kind\": \"reply\", \"code\": {code}, \"enhanced\": \"{enhanced}\", \"then\": \"{}\"}}",
                 if close { "close" } else { "plaintext" }
             ),
             Reaction::Cancel => {
@@ -95,6 +103,9 @@ impl Reaction {
         }
     }
 }
+
+/// The enhanced status codes the cases' replies carry (proto-spec §3.3).
+const ENHANCED: &[&str] = &["5.5.1", "5.5.2", "5.5.4", "5.5.6", "5.7.8"];
 
 /// One negative vector.
 struct Case {
@@ -119,22 +130,6 @@ fn hex_value(bytes: &[u8]) -> String {
 /// An order-8 point of Curve25519 (RFC 7748 §5 lists such inputs): every
 /// DH with it is all zero.
 const LOW_ORDER_POINT: &str = "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800";
-
-/// The same base64 with the unused low bits of its last character set:
-/// the same octets to a lenient decoder, refused by a strict one
-/// (RFC 4648 §3.5; proto-spec §3.1).
-fn non_canonical(b64: &str) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let data = b64.trim_end_matches('=');
-    assert!(data.len() < b64.len(), "{b64} has no unused bits");
-    let last = data.as_bytes()[data.len() - 1];
-    let value = ALPHABET.iter().position(|&c| c == last).unwrap();
-    assert_eq!(value & 1, 0, "{b64} is not canonical already");
-    let mut out = data[..data.len() - 1].to_string();
-    out.push(char::from(ALPHABET[value | 1]));
-    out.push_str(&b64[data.len()..]);
-    out
-}
 
 /// An item list: type, u16be length, value.
 fn items(list: &[(u8, &[u8])]) -> Vec<u8> {
@@ -196,6 +191,7 @@ fn cases() -> Vec<Case> {
         failure: "message 1: the client's ephemeral key is a point of order 8, so DH(server ephemeral, e) is all zero and message 2 cannot be written",
         reaction: Reaction::Reply {
             code: 535,
+            enhanced: "5.7.8",
             close: false,
         },
     });
@@ -233,6 +229,7 @@ fn cases() -> Vec<Case> {
         failure: "message 3's payload (which decrypts) is a hostname item whose length says 18 octets where 14 follow",
         reaction: Reaction::Reply {
             code: 535,
+            enhanced: "5.7.8",
             close: true,
         },
     });
@@ -259,6 +256,7 @@ fn cases() -> Vec<Case> {
         failure: "message 1's payload is 1025 octets, over the limit of 1024; it is one well-formed item of the undefined type 0x00, which alone would be ignored",
         reaction: Reaction::Reply {
             code: 535,
+            enhanced: "5.7.8",
             close: false,
         },
     });
@@ -276,6 +274,7 @@ fn cases() -> Vec<Case> {
         failure: "the base64 of message 1 has non-zero unused bits in its last character (it would decode to the positive message 1)",
         reaction: Reaction::Reply {
             code: 501,
+            enhanced: "5.5.2",
             close: false,
         },
     });
@@ -297,6 +296,7 @@ fn cases() -> Vec<Case> {
         failure: "the base64 of message 3 has non-zero unused bits in its last character (it would decode to the positive message 3)",
         reaction: Reaction::Reply {
             code: 501,
+            enhanced: "5.5.2",
             close: true,
         },
     });
@@ -312,6 +312,7 @@ fn cases() -> Vec<Case> {
         failure: "octets after the LF of a valid XPONY line, found when the 334 is about to be sent",
         reaction: Reaction::Reply {
             code: 554,
+            enhanced: "5.5.1",
             close: true,
         },
     });
@@ -327,6 +328,79 @@ fn cases() -> Vec<Case> {
         failure: "message 1 fails (the low-order key of low-order-ephemeral-key) before the injection check is reached; the NOOP behind it is an ordinary pipelined command, answered after the 535",
         reaction: Reaction::Reply {
             code: 535,
+            enhanced: "5.7.8",
+            close: false,
+        },
+    });
+
+    let long = format!("XPONY {PROTOCOL_NAME} {}\r\n", "A".repeat(4056));
+    assert_eq!(long.len(), 4097);
+    cases.push(Case {
+        name: "xpony-line-of-4097-octets",
+        spec: "§3.5, §3.3 R5",
+        at: At::ServerAfterEhlo,
+        facts: Vec::new(),
+        input: long.into_bytes(),
+        failure: "the XPONY line is 4097 octets with its CRLF, one over the limit (its base64 is well-formed)",
+        reaction: Reaction::Reply {
+            code: 500,
+            enhanced: "5.5.6",
+            close: false,
+        },
+    });
+    cases.push(Case {
+        name: "bare-lf-after-the-xpony-line",
+        spec: "§3.1, §3.3 R6",
+        at: At::ServerAfterEhlo,
+        facts: Vec::new(),
+        input: xpony_line(&run.m1).replace("\r\n", "\n").into_bytes(),
+        failure: "the positive XPONY line ended by LF without CR",
+        reaction: Reaction::Reply {
+            code: 501,
+            enhanced: "5.5.4",
+            close: false,
+        },
+    });
+    let mut b64 = encode_line(&run.m1);
+    b64.replace_range(10..11, "!");
+    cases.push(Case {
+        name: "non-alphabet-character-in-message-1",
+        spec: "§3.1, §3.3 R8",
+        at: At::ServerAfterEhlo,
+        facts: Vec::new(),
+        input: format!("XPONY {PROTOCOL_NAME} {b64}\r\n").into_bytes(),
+        failure: "the base64 of message 1 with its 11th character replaced by '!' (visible ASCII outside the alphabet: cannot decode, not a syntax error)",
+        reaction: Reaction::Reply {
+            code: 501,
+            enhanced: "5.5.2",
+            close: false,
+        },
+    });
+    cases.push(Case {
+        name: "bare-lf-after-message-3",
+        spec: "§3.1, §3.3 R14",
+        at: At::ServerAfter334,
+        facts: Vec::new(),
+        input: finish_line(&run.m3).replace("\r\n", "\n").into_bytes(),
+        failure: "the positive message 3 line ended by LF without CR",
+        reaction: Reaction::Reply {
+            code: 501,
+            enhanced: "5.5.2",
+            close: true,
+        },
+    });
+    let payload = [0x00, 0x00];
+    let (_, m1) = initiator().write_message_1(&payload).unwrap();
+    cases.push(Case {
+        name: "malformed-item-in-message-1",
+        spec: "§4.4 rule 1, §4.7, §3.3 R10",
+        at: At::ServerAfterEhlo,
+        facts: vec![("payload", hex_value(&payload))],
+        input: xpony_line(&m1).into_bytes(),
+        failure: "message 1's payload is 2 octets, shorter than an item header: no item is defined for message 1, but a malformed item list still fails it",
+        reaction: Reaction::Reply {
+            code: 535,
+            enhanced: "5.7.8",
             close: false,
         },
     });
@@ -583,7 +657,18 @@ mod tests {
                 return Seen::Other(format!("{out} and then NOOP was not relayed"));
             }
         }
-        Seen::Did(Reaction::Reply { code, close })
+        let Some(enhanced) = out
+            .get(4..)
+            .and_then(|t| t.split(' ').next())
+            .and_then(|e| ENHANCED.iter().find(|k| **k == e))
+        else {
+            return Seen::Other(out);
+        };
+        Seen::Did(Reaction::Reply {
+            code,
+            enhanced,
+            close,
+        })
     }
 
     fn client_after_xpony(ehlo_reply: &[u8]) -> ClientSession {
@@ -846,6 +931,10 @@ mod tests {
         match (json["kind"].as_str().unwrap(), code) {
             ("reply", Some(code)) => Reaction::Reply {
                 code,
+                enhanced: ENHANCED
+                    .iter()
+                    .find(|e| json["enhanced"] == **e)
+                    .unwrap_or_else(|| panic!("enhanced code of {json}")),
                 close: json["then"] == "close",
             },
             ("cancel", None) => Reaction::Cancel,
