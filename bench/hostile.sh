@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# Hostile load against `blackpony inbound`, haproxy and nginx's mail proxy in
+# front of the same backend, in one run on loopback. Run as root:
+#
+#   bench/hostile.sh            (or: sudo bench/hostile.sh)
+#
+# For each server: a normal client's 200 messages (one connection each)
+# alone (its baseline), then again under each attack: a slowloris (1,000
+# tricklers from 200 addresses of 127.1.0.0/16, one byte every 10 s), a burst
+# of 5,000 connections, and 200 clients sending random bytes. Prints, per
+# attack, the normal client's served count out of 200, its p50/p99 latency
+# and their ratio to its own baseline, the server's RSS, and the log volume.
+# Knobs (environment): BLACKPONY=path (default target/release/blackpony),
+# MSGS (200), TRICKLERS (1000), ADDRS (200), EVERY (10), BURST (5000),
+# JUNK (200), MAXCONN (1000), RAMP (15 s for the tricklers to connect),
+# SERVERS ("blackpony haproxy nginx"), BP_ARGS (more blackpony flags),
+# KEEP=1 keeps the temp dir. See bench/README.md.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+MSGS=${MSGS:-200}
+TRICKLERS=${TRICKLERS:-1000}
+ADDRS=${ADDRS:-200}
+EVERY=${EVERY:-10}
+BURST=${BURST:-5000}
+JUNK=${JUNK:-200}
+MAXCONN=${MAXCONN:-1000}
+RAMP=${RAMP:-15}
+SERVERS=${SERVERS:-blackpony haproxy nginx}
+read -r -a BP_ARGS <<<"${BP_ARGS:-}"
+BLACKPONY=${BLACKPONY:-$ROOT/target/release/blackpony}
+NGINX_MAIL_MODULE=/usr/lib/nginx/modules/ngx_mail_module.so
+
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
+
+[ "$(id -u)" = 0 ] || die "run as root (smtp-sink -u postfix, ulimit -n 65536): sudo $0"
+
+need_pkgs=()
+command -v smtp-sink >/dev/null || need_pkgs+=(postfix)
+command -v haproxy >/dev/null || need_pkgs+=(haproxy)
+command -v nginx >/dev/null || need_pkgs+=(nginx-light)
+[ -e "$NGINX_MAIL_MODULE" ] || need_pkgs+=(libnginx-mod-mail)
+[ -x /usr/bin/python3 ] || need_pkgs+=(python3)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    say "installing: ${need_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2
+fi
+PY=/usr/bin/python3
+if [ ! -x "$BLACKPONY" ]; then
+    say "building blackpony (cargo build --release)"
+    (cd "$ROOT" && cargo build --release) >&2
+fi
+
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+NOFILE=$(ulimit -n)
+[ "$NOFILE" -ge $((2 * BURST + 4 * MAXCONN)) ] || die "open-file limit $NOFILE is too low"
+T=$(mktemp -d /tmp/blackpony-hostile.XXXXXX)
+chmod 755 "$T"
+BLACKPONY=$(realpath "$BLACKPONY")
+cd "$T"
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+BUSY=$(cpu_busy)
+[ "$BUSY" -gt 15 ] && say "WARNING: the machine was ${BUSY}% busy before the benchmark started; numbers will be noisy"
+
+read -r SINK BP HAP NGX NGXAUTH <<<"$("$PY" "$HERE/smtpbench.py" ports 5)"
+
+# One backend for all three: smtp-sink takes thousands of connections in
+# one process, so the backend is never what runs out (see bench/README.md).
+start sink smtp-sink -u postfix -c "127.0.0.1:$SINK" 8192
+start blackpony "$BLACKPONY" inbound --listen "127.0.0.1:$BP" --backend "127.0.0.1:$SINK" \
+    --identity none --hostname bench.test --max-connections "$MAXCONN" ${BP_ARGS[@]+"${BP_ARGS[@]}"}
+
+cat >"$T/haproxy.cfg" <<EOF
+global
+    maxconn $MAXCONN
+defaults
+    mode tcp
+    maxconn $MAXCONN
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+frontend smtp
+    bind 127.0.0.1:$HAP
+    default_backend sink
+backend sink
+    server sink 127.0.0.1:$SINK
+EOF
+start haproxy haproxy -db -q -f "$T/haproxy.cfg"
+
+mkdir -p "$T/nginx/tmp"
+cat >"$T/nginx/nginx.conf" <<EOF
+load_module $NGINX_MAIL_MODULE;
+worker_processes 2;
+worker_rlimit_nofile $NOFILE;
+pid $T/nginx/nginx.pid;
+daemon off;
+error_log $T/nginx/error.log info;
+events { worker_connections $MAXCONN; }
+http {
+    access_log off;
+    client_body_temp_path $T/nginx/tmp;
+    proxy_temp_path $T/nginx/tmp;
+    fastcgi_temp_path $T/nginx/tmp;
+    uwsgi_temp_path $T/nginx/tmp;
+    scgi_temp_path $T/nginx/tmp;
+    server {
+        listen 127.0.0.1:$NGXAUTH;
+        location / {
+            add_header Auth-Status OK;
+            add_header Auth-Server 127.0.0.1;
+            add_header Auth-Port $SINK;
+            return 204;
+        }
+    }
+}
+mail {
+    server_name bench.test;
+    auth_http 127.0.0.1:$NGXAUTH/auth;
+    xclient off;
+    smtp_auth none;
+    proxy_pass_error_message on;
+    server {
+        listen 127.0.0.1:$NGX;
+        protocol smtp;
+    }
+}
+EOF
+start nginx nginx -p "$T/nginx" -e "$T/nginx/error.log" -c "$T/nginx/nginx.conf"
+
+for p in "$SINK" "$BP" "$HAP" "$NGX"; do wait_port 127.0.0.1 "$p"; done
+sleep 0.3
+# shellcheck disable=SC2154
+NGX_PIDS=$(pgrep -P "$PID_nginx" | paste -sd' ' -)
+
+rss_kib() { # PIDS... : summed VmRSS
+    local p s=0 v
+    for p in "$@"; do
+        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+        s=$((s + ${v:-0}))
+    done
+    echo "$s"
+}
+size_of() { stat -c %s "$1" 2>/dev/null || echo 0; }
+field() { "$PY" -c 'import json,sys; d=json.loads(sys.argv[1]); v=d.get(sys.argv[2]); print("-" if v is None else v)' "$1" "$2"; }
+ratio() { "$PY" -c 'import sys
+a, b = sys.argv[1], sys.argv[2]
+print("-" if "-" in (a, b) or float(b) == 0 else "%.2f" % (float(a) / float(b)))' "$1" "$2"; }
+
+# A client run's time budget: beyond it the rest count as not served.
+client() { # PORT
+    timeout 300 "$PY" "$HERE/hostile.py" client 127.0.0.1 "$1" "$MSGS" 5 \
+        || echo '{"served": 0, "of": '"$MSGS"', "p50_ms": null, "p99_ms": null, "errors": {"client": 1}}'
+}
+
+printf '%-10s %-10s %8s %8s %8s %7s %7s %9s %10s  %s\n' \
+    server attack served p50_ms p99_ms "p50×" "p99×" rss_kib log_bytes attacker
+row() { # SERVER ATTACK CLIENT_JSON BASE_JSON RSS LOG ATTACKER_JSON
+    local p50 p99
+    p50=$(field "$3" p50_ms); p99=$(field "$3" p99_ms)
+    printf '%-10s %-10s %4s/%-3s %8s %8s %7s %7s %9s %10s  %s\n' "$1" "$2" \
+        "$(field "$3" served)" "$MSGS" "$p50" "$p99" \
+        "$(ratio "$p50" "$(field "$4" p50_ms)")" "$(ratio "$p99" "$(field "$4" p99_ms)")" \
+        "$5" "$6" "$7"
+}
+
+# attack NAME PORT : runs one attack in the background, its summary to $T/attack.json
+attack() {
+    case $1 in
+        slowloris) "$PY" "$HERE/hostile.py" trickle 127.0.0.1 "$2" "$TRICKLERS" "$ADDRS" "$EVERY" 600 ;;
+        burst) "$PY" "$HERE/hostile.py" burst 127.0.0.1 "$2" "$BURST" 20 ;;
+        junk) "$PY" "$HERE/hostile.py" junk 127.0.0.1 "$2" "$JUNK" 600 ;;
+    esac >"$T/attack.json" 2>"$T/attack.err" &
+    ATTACK=$!
+}
+
+# bench_one SERVER PORT LOGFILE PIDS...
+bench_one() {
+    local server=$1 port=$2 logf=$3; shift 3
+    local base out rss log0 a
+    base=$(client "$port")
+    row "$server" none "$base" "$base" "$(rss_kib "$@")" 0 "-"
+    for a in slowloris burst junk; do
+        log0=$(size_of "$logf")
+        attack "$a" "$port"
+        case $a in
+            slowloris) sleep "$RAMP" ;;
+            burst) sleep 0.5 ;;
+            junk) sleep 2 ;;
+        esac
+        out=$(client "$port")
+        rss=$(rss_kib "$@")
+        # The burst ends on its own (every connection waits 20 s at most);
+        # the others run until stopped.
+        if [ "$a" = burst ]; then
+            for _ in $(seq 600); do kill -0 "$ATTACK" 2>/dev/null || break; sleep 0.1; done
+        fi
+        kill -INT "$ATTACK" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$ATTACK" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$ATTACK" 2>/dev/null || true
+        wait "$ATTACK" 2>/dev/null || true
+        row "$server" "$a" "$out" "$base" "$rss" $(( $(size_of "$logf") - log0 )) \
+            "$(tr -d '\n' <"$T/attack.json")"
+        # Let the server settle (sessions cut, slots freed) before the next.
+        sleep 5
+    done
+}
+
+say "blackpony $("$BLACKPONY" --version 2>/dev/null | awk '{print $2}'), $(haproxy -v | head -1 | awk '{print $1, $3}'), $(nginx -v 2>&1 | sed 's/.*: //')"
+for server in $SERVERS; do
+    case $server in
+        # shellcheck disable=SC2154
+        blackpony) bench_one blackpony "$BP" "$T/blackpony.log" "$PID_blackpony" ;;
+        # shellcheck disable=SC2154
+        haproxy) bench_one haproxy "$HAP" /dev/null "$PID_haproxy" ;;
+        # shellcheck disable=SC2086
+        nginx) bench_one nginx "$NGX" "$T/nginx/error.log" $NGX_PIDS ;;
+    esac
+done
+say "blackpony log lines by kind: $(grep -o ' \(refused\|end\|timeout waiting_for\|evicted\)=\?[a-z-]*' "$T/blackpony.log" | sort | uniq -c | sort -rn | head -8 | tr -s ' ' | paste -sd, -)"
