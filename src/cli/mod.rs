@@ -8,6 +8,8 @@ pub mod load;
 mod notify;
 mod privileges;
 pub mod stats;
+#[cfg(test)]
+mod shipped_config;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
