@@ -15,6 +15,7 @@ use serde::de::{self, DeserializeOwned, Visitor};
 
 use super::Cli;
 use super::config::{FileConfig, InboundFile, OutboundFile};
+use super::fetch::FetchFile;
 
 const SHIPPED: &str = include_str!("../../packaging/etc/blackpony.toml");
 
@@ -48,6 +49,14 @@ fn sections() -> Vec<Section> {
             // max_message_size: per installation, not per call; domains: the
             // [outbound.domains] table.
             file_only: &["max_message_size", "domains"],
+        },
+        Section {
+            name: "fetch",
+            keys: fields::<FetchFile>(),
+            subcommand: "fetch",
+            flag_only: &[],
+            // max_size: per installation, like max_message_size.
+            file_only: &["max_size"],
         },
     ]
 }
