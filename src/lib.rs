@@ -19,12 +19,14 @@
 //! | [`stats`] | `blackpony stats`: counts blackpony's own log lines (encrypted share per day and peer, refusals) and renders text, JSON or an HTML page |
 //! | [`server`] | the listener harness every server role runs on: limits per client, per network and in all, stress, eviction, client deadlines, the accept queue, the drain at shutdown |
 //! | [`cli`] | flags and config file, builds a role's settings and calls its `run` |
+//! | [`check`] | `blackpony check`: files, permissions, addresses, and the backend MTA probed (identity mode, relaying) |
 //! | [`log`] | one-line, Postfix-style log records |
 //! | `fuzz_checks` | invariants shared by the fuzz targets in `fuzz/` and a deterministic test |
 //!
 //! Each role's `run` takes its listener, its TLS configuration and a shutdown
 //! future, so tests drive it on port 0.
 
+pub mod check;
 pub mod cli;
 #[doc(hidden)]
 pub mod fuzz_checks;

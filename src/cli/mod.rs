@@ -1,15 +1,16 @@
 //! The command line: a thin shell that merges flags with the config file and
 //! calls a role's `run`. Flags given on the command line win over the file.
 
+pub mod check;
 pub mod config;
 pub mod docs;
 pub mod fetch;
 pub mod load;
 mod notify;
 mod privileges;
-pub mod stats;
 #[cfg(test)]
 mod shipped_config;
+pub mod stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,6 +85,10 @@ pub enum Command {
     /// Count from blackpony's logs how much mail was encrypted: per day and
     /// per peer, plaintext / TLS / XPONY / authenticated; refusals by reason.
     Stats(stats::StatsArgs),
+    /// Check the config file and the environment before the first message:
+    /// key permissions, listen addresses, and the backend MTA probed as the
+    /// sidecar will talk to it (identity mode, relaying). Exit 0 when fine.
+    Check(check::CheckArgs),
     /// Write the man pages (a build step; hidden).
     #[command(hide = true)]
     Man(docs::ManArgs),
@@ -451,6 +456,7 @@ fn run() -> ExitCode {
         Command::Pins(_) => "pins",
         Command::Stats(_) => "stats",
         Command::Man(_) | Command::Completions(_) => "docs",
+        Command::Check(_) => "check",
         Command::Fetch(_) => "fetch",
     };
     let default_sink: fn() -> log::Sink = match &cli.command {
@@ -482,6 +488,7 @@ fn run() -> ExitCode {
         Command::Pins(args) => pins(args),
         Command::Stats(args) => stats::run(args),
         Command::Man(args) => docs::run_man(args),
+        Command::Check(args) => check::run(args, cli.config.as_deref()),
         Command::Completions(args) => docs::run_completions(args),
         Command::Fetch(args) => fetch::run(args, file.fetch.unwrap_or_default(), &runtime),
         Command::Deliver(args) => {

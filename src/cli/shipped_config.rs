@@ -48,7 +48,8 @@ fn sections() -> Vec<Section> {
             flag_only: &[],
             // max_message_size: per installation, not per call; domains: the
             // [outbound.domains] table.
-            file_only: &["max_message_size", "domains"],
+            // max_connections: a flag of `blackpony outbound` (the server) only.
+            file_only: &["max_message_size", "domains", "max_connections"],
         },
         Section {
             name: "fetch",
