@@ -475,6 +475,59 @@ def test_starttls_injection_refused(mode_blackpony):
     bp.wait_log(r"refused=starttls-injection")
 
 
+def postfix_sessions(pf, before: int, count: int) -> list[str]:
+    """The command counts Postfix logs at the end of `count` sessions of the client
+    (127.0.0.77) after the first `before` disconnects of any client (`ehlo=1 mail=1
+    rcpt=0/1 ... commands=3/4`: a / marks refusals)."""
+    def ended():
+        lines = [l for l in pf.log_text().splitlines() if " disconnect from " in l][before:]
+        mine = [l for l in lines if f" disconnect from unknown[{CLIENT_IP}] " in l]
+        return mine if len(mine) >= count else None
+    lines = wait_for(ended, 15, f"{count} Postfix session(s) to end\n{pf.log_tail(20)}")
+    return [l.split(" disconnect from ", 1)[1].split(" ", 1)[1] for l in lines]
+
+
+@pytest.mark.parametrize("mode", ["proxy-v2", "xclient"])
+def test_starttls_state_is_the_sidecars(mode_blackpony, mode):
+    """RFC 3207 §4.2 kept by blackpony, whatever Postfix would take: STARTTLS inside a mail
+    transaction is refused (503 5.5.1, still plaintext); after STARTTLS, RCPT/MAIL/DATA
+    before a new EHLO get blackpony's 503 5.5.1 Send EHLO first and never reach Postfix
+    (its own session counts show no refused and no extra command); after EHLO the message
+    is delivered."""
+    bp, pf = mode_blackpony(mode)
+    tok = token()
+    to = rcpt("tls-state", tok)
+    marker = f"tls-state-{tok}"
+    before = pf.log_text().count(" disconnect from ")
+    with RawSMTP(bp.host, bp.port) as c:
+        assert c.reply().code == 220
+        assert c.cmd("EHLO client.test").code == 250
+        assert c.cmd("MAIL FROM:<before-tls@client.test>").code == 250
+        r = c.cmd("STARTTLS")
+        assert r.code == 503 and r.lines[-1].startswith(
+            b"503 5.5.1 Error: MAIL transaction in progress"), r
+        # Still plaintext and serving.
+        assert c.cmd("RSET").code == 250
+        assert c.cmd("STARTTLS").code == 220
+        c.starttls()
+        for cmd in (f"RCPT TO:<{to}>", "MAIL FROM:<a@client.test>", "DATA"):
+            r = c.cmd(cmd)
+            assert r.code == 503 and r.lines[-1] == b"503 5.5.1 Send EHLO first", (cmd, r)
+        assert c.cmd("EHLO client.test").code == 250
+        send_and_quit(c, to, tok, marker)
+    check_delivered(pf, bp, to, marker, tls=True)
+    # proxy-v2: a new backend connection after TLS; xclient: RSET on the same one.
+    counts = postfix_sessions(pf, before, 2 if mode == "proxy-v2" else 1)
+    ctx = f"Postfix session counts: {counts}\n{pf.log_tail(20)}"
+    # (Postfix counts its own XCLIENT, answered with a new greeting, as 0/1.)
+    refused = re.findall(r"\b(?:ehlo|mail|rcpt|data|rset|noop|quit)=\d+/\d+", " ".join(counts))
+    assert not refused, f"Postfix refused {refused}: " + ctx
+    def total(command: str) -> int:
+        return sum(int(n) for n in re.findall(rf"\b{command}=(\d+)\b", " ".join(counts)))
+    assert (total("rcpt"), total("data")) == (1, 1), ctx
+    assert total("mail") == 2, ctx  # before TLS, and after the new EHLO
+
+
 def test_require_tls(start_blackpony, pf_proxy):
     bp = start_blackpony(pf_proxy, "proxy-v2", "--require-tls", name="bp-require-tls")
     pf = pf_proxy

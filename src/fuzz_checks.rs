@@ -123,6 +123,7 @@ pub fn inbound_session(input: &[u8]) {
                 hints: crate::pony::negotiation::ServerHints::default(),
             })
         }),
+        error_limits: Default::default(),
     };
     let mut session = Session::new(
         Arc::new(config),
@@ -142,7 +143,11 @@ pub fn inbound_session(input: &[u8]) {
             }),
             _ => session.timeout(),
         }
-        while session.poll_action().is_some() {}
+        while let Some(action) = session.poll_action() {
+            if let crate::inbound::session::Action::Delay(_) = action {
+                session.delay_over();
+            }
+        }
         session.to_client.clear();
         session.to_backend.clear();
         if session.is_closed() {

@@ -177,11 +177,14 @@ pub struct InboundFile {
     pub stress_client_timeout: Option<u64>,
     pub min_data_rate: Option<u64>,
     pub evict_idle: Option<u64>,
+    pub soft_error_limit: Option<u32>,
+    pub hard_error_limit: Option<u32>,
 }
 
 /// Flags win over the file; the file wins over the defaults.
 pub fn merge_inbound(args: InboundArgs, file: InboundFile) -> Result<InboundSettings, ConfigError> {
     let file_load = super::load::LoadArgs::from_file(&file);
+    let error_limits = args.error_limits.merge(&file)?;
     let identity = args.identity.or(file.identity).ok_or(ConfigError::Missing(
         "--identity is required: how the MTA learns the real client address \
          (proxy-v2, proxy-v1, xclient, exec, or none; see --help)",
@@ -249,6 +252,7 @@ pub fn merge_inbound(args: InboundArgs, file: InboundFile) -> Result<InboundSett
         bare_newlines: bare.into(),
         trace_header: !args.no_trace_header && file.trace_header.unwrap_or(true),
         pony,
+        error_limits,
     };
     let mut config = InboundConfig::new(session, backend);
     if let Some(n) = args.max_connections.or(file.max_connections) {

@@ -4,6 +4,7 @@
 pub mod check;
 pub mod config;
 pub mod docs;
+pub mod error_limits;
 pub mod fetch;
 pub mod load;
 mod notify;
@@ -390,6 +391,9 @@ pub struct InboundArgs {
 
     #[command(flatten)]
     pub load: load::LoadArgs,
+
+    #[command(flatten)]
+    pub error_limits: error_limits::ErrorLimitArgs,
 }
 
 /// `--bare-newlines` values.

@@ -349,6 +349,14 @@ impl Run<'_> {
                         }
                         return;
                     }
+                    Action::Delay(pause) => {
+                        // The error limit slows this client down; only this
+                        // session's task sleeps. What the delay held back is
+                        // written before any further action.
+                        tokio::time::sleep(pause).await;
+                        self.session.delay_over();
+                        break;
+                    }
                     Action::StartTls => match self.handshake(client).await {
                         Some(tls) => client = tls,
                         None => {

@@ -22,8 +22,11 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
+use self::dialogue::{Dialogue, Hello, NoTransaction};
+pub use self::errors::ErrorLimits;
+use self::errors::{ErrorCount, Repeats, Verdict};
 use super::identity::{Identity, XclientAttrs, xclient_command};
 use super::trace::{TraceFacts, write_received};
 use crate::pony::negotiation::{self, ServerIdentity};
@@ -83,6 +86,8 @@ pub struct SessionConfig {
     pub trace_header: bool,
     /// Offer the blackpony extension (XPONY) with this host key.
     pub pony: Option<Arc<ServerIdentity>>,
+    /// Postfix's soft and hard error limits.
+    pub error_limits: ErrorLimits,
 }
 
 /// Something the I/O loop must do after writing out the buffers.
@@ -103,6 +108,9 @@ pub enum Action {
     StartPony,
     /// Write out what is buffered and close both connections.
     Close,
+    /// Wait this long, then call [`Session::delay_over`]: the error limit
+    /// slows this client down. Only this session's task waits.
+    Delay(Duration),
     /// Write one log record.
     Log(Notice),
 }
@@ -158,6 +166,16 @@ pub enum Notice {
     ClientError {
         error: String,
     },
+    /// The hard error limit was reached.
+    TooManyErrors {
+        errors: u32,
+    },
+    /// A refusal that happened `count` times in the session, logged at its
+    /// end (the first one was logged when it happened).
+    Repeated {
+        first: Box<Notice>,
+        count: u64,
+    },
 }
 
 impl fmt::Display for Notice {
@@ -192,6 +210,10 @@ impl fmt::Display for Notice {
             Notice::BackendClosed => write!(f, "backend-error=closed"),
             Notice::Timeout { waiting_for } => write!(f, "timeout waiting_for={waiting_for}"),
             Notice::TlsFailed { error } => write!(f, "tls-error=\"{error}\""),
+            Notice::TooManyErrors { errors } => {
+                write!(f, "refused=too-many-errors errors={errors}")
+            }
+            Notice::Repeated { first, count } => write!(f, "{first} count={count}"),
         }
     }
 }
@@ -224,6 +246,9 @@ enum Expect {
     Local(Reply, Then),
     /// The XPONY handshake's message 1, answered in its turn with 334.
     Xpony(Vec<u8>),
+    /// The error limit's wait before the next reply; `started` once the I/O
+    /// loop was asked to wait ([`Action::Delay`]).
+    Pause { started: bool },
 }
 
 /// Commands the sidecar sends the backend on its own account.
@@ -255,6 +280,8 @@ impl OwnStep {
 enum Then {
     Continue,
     StartTls,
+    /// The hard error limit's 421: log it, send it, close.
+    TooManyErrors,
 }
 
 /// A message being received after 354.
@@ -283,8 +310,9 @@ enum Phase {
     AuthResponse,
     /// STARTTLS was accepted once all earlier replies are out.
     StartTlsQueued,
-    /// The handshake is running in the I/O loop.
-    Handshake,
+    /// The handshake is running in the I/O loop; it started outside a mail
+    /// transaction.
+    Handshake(NoTransaction),
     /// XPONY was accepted once all earlier replies are out.
     XponyQueued,
     /// 334 was sent; the next line is message 3 (or `*`).
@@ -293,14 +321,10 @@ enum Phase {
     XponySwitch,
     /// QUIT was forwarded.
     Quitting,
+    /// The hard error limit was reached: 421 is queued behind the replies
+    /// still owed, and nothing more is read.
+    TooManyErrors,
     Closed,
-}
-
-/// What the client said in EHLO/HELO.
-#[derive(Debug, Default)]
-struct Hello {
-    name: Option<String>,
-    esmtp: bool,
 }
 
 /// Per-session counters for the closing log line.
@@ -332,7 +356,8 @@ pub struct Session {
     /// Whether the line being handled ended in CR LF (XPONY's lines must,
     /// proto-spec §3.1; other commands may end in a bare LF).
     line_crlf: bool,
-    hello: Hello,
+    /// EHLO, the mail transaction, and what encryption discarded.
+    dialogue: Dialogue,
     tls: Option<Encryption>,
     xclient: XclientAttrs,
     backend_size: Option<u64>,
@@ -356,9 +381,8 @@ pub struct Session {
     /// How its connection ended without its clean end (an XPONY channel
     /// without CLOSE, TLS without close_notify), unless it had sent QUIT.
     client_truncated: Option<String>,
-    /// The backend accepted MAIL and the transaction has not ended yet
-    /// (XPONY is refused inside one: proto-spec §3.3 R2).
-    in_transaction: bool,
+    errors: ErrorCount,
+    repeats: Repeats,
     /// The established channel and the bytes already read behind message 3.
     pony_ready: Option<(Transport, Vec<u8>)>,
     /// The ephemeral key of the next handshake when a test fixes it (the
@@ -383,7 +407,7 @@ impl Session {
             backend_in: Vec::new(),
             skipping_line: false,
             line_crlf: true,
-            hello: Hello::default(),
+            dialogue: Dialogue::Opened,
             tls: None,
             xclient: XclientAttrs::default(),
             backend_size: None,
@@ -395,7 +419,8 @@ impl Session {
             ehlo_line: Vec::new(),
             ehlo_reply_sent: Vec::new(),
             xpony_offered: false,
-            in_transaction: false,
+            errors: ErrorCount::default(),
+            repeats: Repeats::default(),
             client_done: false,
             client_truncated: None,
             pony_ready: None,
@@ -433,7 +458,7 @@ impl Session {
         !self.client_done
             && !matches!(
                 self.phase,
-                Phase::Closed | Phase::Handshake | Phase::XponySwitch
+                Phase::Closed | Phase::Handshake(_) | Phase::XponySwitch | Phase::TooManyErrors
             )
             && self.client_in.len() < MAX_CLIENT_BUFFER
     }
@@ -452,9 +477,12 @@ impl Session {
 
     /// Whether a reply from the backend is owed (for choosing the timeout).
     pub fn awaiting_backend(&self) -> bool {
-        self.pending
-            .iter()
-            .any(|e| !matches!(e, Expect::Local(..) | Expect::Xpony(_)))
+        self.pending.iter().any(|e| {
+            !matches!(
+                e,
+                Expect::Local(..) | Expect::Xpony(_) | Expect::Pause { .. }
+            )
+        })
     }
 
     /// Bytes from the client (already decrypted if TLS is up).
@@ -607,10 +635,10 @@ impl Session {
 
     /// The TLS handshake with the client finished.
     pub fn tls_established(&mut self, info: Encryption) {
-        if !matches!(self.phase, Phase::Handshake) {
+        let Phase::Handshake(outside) = std::mem::replace(&mut self.phase, Phase::Commands) else {
             return;
-        }
-        self.encrypted(info);
+        };
+        self.encrypted(info, outside);
     }
 
     /// The channel from [`Action::StartPony`]: the transport and the bytes
@@ -624,17 +652,22 @@ impl Session {
         if !matches!(self.phase, Phase::XponySwitch) {
             return;
         }
-        self.encrypted(info);
+        // XPONY was refused inside a transaction (R2) and nothing was read
+        // since, so none can be open here.
+        let Some(outside) = self.dialogue.no_transaction() else {
+            self.tls_failed("XPONY inside a mail transaction".into());
+            return;
+        };
+        self.encrypted(info, outside);
     }
 
     /// After STARTTLS or XPONY: the session starts over (RFC 3207 §4.2).
-    fn encrypted(&mut self, info: Encryption) {
+    fn encrypted(&mut self, info: Encryption, outside: NoTransaction) {
         self.tls = Some(info);
         self.xpony_offered = false;
-        self.in_transaction = false;
         // RFC 3207 §4.2: the client starts over with EHLO, and nothing it (or
         // a man in the middle) said before TLS may carry over.
-        self.hello = Hello::default();
+        self.step_dialogue(|d| d.encrypted(outside));
         self.backend_in.clear();
         if self.config.identity == Identity::Xclient {
             // XCLIENT is Postfix's, and Postfix takes EHLO again after RSET;
@@ -687,10 +720,29 @@ impl Session {
     }
 
     fn notice(&mut self, notice: Notice) {
-        self.actions.push_back(Action::Log(notice));
+        if self.repeats.first(&notice) {
+            self.actions.push_back(Action::Log(notice));
+        }
+    }
+
+    /// Moves the dialogue on (the transitions consume the old state).
+    fn step_dialogue(&mut self, step: impl FnOnce(Dialogue) -> Dialogue) {
+        let old = std::mem::replace(&mut self.dialogue, Dialogue::Opened);
+        self.dialogue = step(old);
+    }
+
+    /// The error limit's wait was served (see [`Action::Delay`]).
+    pub fn delay_over(&mut self) {
+        if let Some(Expect::Pause { started: true }) = self.pending.front() {
+            self.pending.pop_front();
+            self.advance();
+        }
     }
 
     fn close(&mut self, why: &'static str) {
+        for repeated in self.repeats.summary() {
+            self.actions.push_back(Action::Log(repeated));
+        }
         self.stats.end = why;
         self.phase = Phase::Closed;
         self.pending.clear();
@@ -704,9 +756,30 @@ impl Session {
         self.stats.last_reply = reply.to_string();
     }
 
-    /// Queues a reply of our own behind the backend replies still owed.
+    /// Queues a reply of our own behind the backend replies still owed. A
+    /// 4xx/5xx counts as the client's error; at the hard limit the session
+    /// ends with 421 (after the replies still owed) and reads no more.
     fn local(&mut self, reply: Reply, then: Then) {
+        let error = reply.code() >= 400;
+        self.pace();
         self.pending.push_back(Expect::Local(reply, then));
+        if error && self.errors.record(&self.config.error_limits) == Verdict::TooMany {
+            let bye = Reply::new(
+                421,
+                format!("4.7.0 {} Error: too many errors", self.config.hostname),
+            );
+            self.pace();
+            self.pending
+                .push_back(Expect::Local(bye, Then::TooManyErrors));
+            self.phase = Phase::TooManyErrors;
+        }
+    }
+
+    /// Past the soft error limit, the reply about to be queued waits first.
+    fn pace(&mut self) {
+        if self.errors.slow(&self.config.error_limits) {
+            self.pending.push_back(Expect::Pause { started: false });
+        }
     }
 
     /// Runs the session as far as the buffered input allows.
@@ -732,7 +805,19 @@ impl Session {
     /// Sends the local replies now at the head of the queue.
     fn flush_local_replies(&mut self) -> bool {
         let mut progressed = false;
-        while let Some(Expect::Local(..) | Expect::Xpony(_)) = self.pending.front() {
+        while let Some(Expect::Local(..) | Expect::Xpony(_) | Expect::Pause { .. }) =
+            self.pending.front_mut()
+        {
+            if let Some(Expect::Pause { started }) = self.pending.front_mut() {
+                if !*started {
+                    *started = true;
+                    self.actions
+                        .push_back(Action::Delay(self.config.error_limits.sleep));
+                    return true;
+                }
+                // Waiting for `delay_over`.
+                return progressed;
+            }
             let (reply, then) = match self.pending.pop_front() {
                 Some(Expect::Local(reply, then)) => (reply, then),
                 Some(Expect::Xpony(message_1)) => {
@@ -744,7 +829,28 @@ impl Session {
             progressed = true;
             match then {
                 Then::Continue => reply.write_to(&mut self.to_client),
+                Then::TooManyErrors => {
+                    self.notice(Notice::TooManyErrors {
+                        errors: self.errors.count(),
+                    });
+                    self.fail_to_client(reply);
+                    self.close("too-many-errors");
+                    return true;
+                }
                 Then::StartTls => {
+                    // Decided in turn, when the replies to every command
+                    // pipelined before STARTTLS (a MAIL among them) are
+                    // known. RFC 3207 §4.2 discards the session's state at
+                    // TLS; a transaction opened before it must not survive
+                    // at a backend that would let the client go on with it.
+                    let Some(outside) = self.dialogue.no_transaction() else {
+                        self.phase = Phase::Commands;
+                        self.local(
+                            Reply::new(503, "5.5.1 Error: MAIL transaction in progress"),
+                            Then::Continue,
+                        );
+                        continue;
+                    };
                     // CVE-2011-0411 class: anything the client sent after
                     // STARTTLS and before our 220 was sent in plaintext and
                     // must not be executed inside TLS.
@@ -760,7 +866,7 @@ impl Session {
                         return true;
                     }
                     reply.write_to(&mut self.to_client);
-                    self.phase = Phase::Handshake;
+                    self.phase = Phase::Handshake(outside);
                     self.actions.push_back(Action::StartTls);
                     return true;
                 }
@@ -787,14 +893,17 @@ impl Session {
                     return true;
                 }
             };
+            // Local replies queued before this one go out first.
+            progressed |= self.flush_local_replies();
+            if matches!(self.phase, Phase::Closed)
+                || matches!(self.pending.front(), Some(Expect::Pause { .. }))
+            {
+                // Closed, or this reply waits for the error limit's pause.
+                break;
+            }
             progressed = true;
             let start = consumed;
             consumed += span.len;
-            // Local replies queued before this one go out first.
-            self.flush_local_replies();
-            if matches!(self.phase, Phase::Closed) {
-                break;
-            }
             self.handle_reply(start, span);
         }
         self.backend_in.drain(..consumed);
@@ -822,7 +931,7 @@ impl Session {
             return;
         };
         match expect {
-            Expect::Local(..) | Expect::Xpony(_) => {
+            Expect::Local(..) | Expect::Xpony(_) | Expect::Pause { .. } => {
                 // Cannot happen: local replies at the head are flushed before
                 // a backend reply is handled. Fail safe if it ever does.
                 let reply = Reply::from_span(&self.backend_in[start..], span).to_string();
@@ -868,19 +977,19 @@ impl Session {
             Expect::Mail => {
                 self.relay(raw);
                 if span.code / 100 == 2 {
-                    self.in_transaction = true;
+                    self.step_dialogue(Dialogue::mail_accepted);
                 }
             }
             Expect::Reset => {
                 self.relay(raw);
                 if span.code / 100 == 2 {
-                    self.in_transaction = false;
+                    self.step_dialogue(Dialogue::transaction_ended);
                 }
             }
             Expect::Ehlo => {
                 if span.code == 250 {
                     // RFC 5321 §4.1.4: EHLO ends any transaction, as RSET.
-                    self.in_transaction = false;
+                    self.step_dialogue(Dialogue::transaction_ended);
                     let reply = Reply::from_span(&self.backend_in[start..], span);
                     self.rewrite_ehlo(&reply);
                 } else {
@@ -905,9 +1014,11 @@ impl Session {
             }
             Expect::EndOfData => {
                 // Whatever the verdict, the transaction is over.
-                self.in_transaction = false;
+                self.step_dialogue(Dialogue::transaction_ended);
                 if span.code / 100 == 2 {
                     self.stats.messages += 1;
+                    // As Postfix: errors count "without delivering mail".
+                    self.errors.forgive();
                 } else {
                     self.stats.refused += 1;
                 }
@@ -1015,9 +1126,10 @@ impl Session {
         }
         if message.trace_pending {
             message.trace_pending = false;
+            let hello = self.dialogue.hello();
             let facts = TraceFacts {
-                helo: self.hello.name.as_deref(),
-                esmtp: self.hello.esmtp,
+                helo: hello.map(|h| h.name.as_str()),
+                esmtp: hello.is_some_and(|h| h.esmtp),
                 client_ip: self.client.ip(),
                 by: &self.config.hostname,
                 tls: self.tls.as_ref(),
@@ -1069,7 +1181,10 @@ impl Session {
                     self.fail_to_client(reply);
                     self.close("message-refused");
                 }
-                None => self.pending.push_back(Expect::EndOfData),
+                None => {
+                    self.pace();
+                    self.pending.push_back(Expect::EndOfData);
+                }
             }
         }
         true
@@ -1191,12 +1306,20 @@ impl Session {
             );
             return;
         }
+        if self.dialogue.needs_ehlo() && needs_identity(verb) {
+            // RFC 3207 §4.2 (proto-spec §6 for XPONY): after encryption the
+            // client starts over with EHLO; the backend is not asked, as it
+            // may not insist (Postfix does not by default).
+            self.local(Reply::new(503, "5.5.1 Send EHLO first"), Then::Continue);
+            return;
+        }
         match verb {
             Verb::Ehlo | Verb::Helo => {
-                self.hello = Hello {
-                    name: Some(command.args.to_string()),
+                let hello = Hello {
+                    name: command.args.to_string(),
                     esmtp: verb == Verb::Ehlo,
                 };
+                self.step_dialogue(|d| d.greeted(hello));
                 // XPONY is only offered in (and bound to) an EHLO reply.
                 self.ehlo_line = line.to_vec();
                 self.xpony_offered = false;
@@ -1263,14 +1386,6 @@ impl Session {
                     Then::Continue,
                 );
             }
-            // proto-spec §6: after XPONY the client must start over with
-            // EHLO; the backend may not insist (Postfix does not by default).
-            Verb::Mail
-                if self.hello.name.is_none()
-                    && self.tls.as_ref().is_some_and(Encryption::is_pony) =>
-            {
-                self.local(Reply::new(503, "5.5.1 Send EHLO first"), Then::Continue);
-            }
             Verb::Mail => self.forward_line(line, Expect::Mail),
             Verb::Rset => self.forward_line(line, Expect::Reset),
             Verb::Rcpt | Verb::Noop | Verb::Vrfy | Verb::Expn | Verb::Help | Verb::Etrn => {
@@ -1319,7 +1434,7 @@ impl Session {
         };
         // R2, decided in turn: only now are the replies to every command
         // pipelined before XPONY (a MAIL among them) known.
-        if self.in_transaction {
+        if self.dialogue.in_transaction() {
             Reply::new(503, "5.5.1 Not permitted during a mail transaction")
                 .write_to(&mut self.to_client);
             self.phase = Phase::Commands;
@@ -1384,6 +1499,7 @@ impl Session {
     }
 
     fn forward_line(&mut self, line: &[u8], expect: Expect) {
+        self.pace();
         self.to_backend.extend_from_slice(line);
         self.to_backend.extend_from_slice(b"\r\n");
         self.pending.push_back(expect);
@@ -1437,6 +1553,16 @@ fn content_refusal(
     })
 }
 
+/// Commands that act on the session's identity (the EHLO/HELO the client
+/// gave, a transaction): after encryption they wait for a new EHLO/HELO.
+/// Postfix answers MAIL, AUTH and ETRN before HELO with 503 as well.
+fn needs_identity(verb: Verb) -> bool {
+    matches!(
+        verb,
+        Verb::Mail | Verb::Rcpt | Verb::Data | Verb::Bdat | Verb::Auth | Verb::Etrn
+    )
+}
+
 /// RFC 3207 §4 and Postfix's `smtpd_tls_security_level = encrypt`: before
 /// TLS only these commands work.
 fn allowed_before_tls(verb: Verb) -> bool {
@@ -1446,5 +1572,7 @@ fn allowed_before_tls(verb: Verb) -> bool {
     )
 }
 
+mod dialogue;
+mod errors;
 #[cfg(test)]
 mod tests;

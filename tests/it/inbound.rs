@@ -31,6 +31,7 @@ impl Sidecar {
             bare_newlines: BareNewlines::Normalize,
             trace_header: true,
             pony: None,
+            error_limits: Default::default(),
         };
         let mut config = InboundConfig::new(session, BackendTarget::Tcp(backend.addr.to_string()));
         // Sessions a test leaves open are cut off soon after it stops the sidecar.
@@ -234,7 +235,15 @@ async fn shutdown_lets_a_session_finish() {
 async fn pipelined_burst_keeps_reply_order() {
     let backend = Backend::start().await;
     let tls = Arc::new(ServerTls::self_signed("mx.test").expect("self-signed"));
-    let sidecar = Sidecar::start(&backend, tls, |_| {}).await;
+    // 200 refused XFORWARDs are 200 errors: above the error limits, whose
+    // pauses and 421 are tested on their own (error_limits.rs).
+    let sidecar = Sidecar::start(&backend, tls, |c| {
+        let mut session = (*c.session).clone();
+        session.error_limits.soft = 1000;
+        session.error_limits.hard = 1000;
+        c.session = Arc::new(session);
+    })
+    .await;
     let mut c = sidecar.connect().await;
     read_reply(&mut c).await;
     command(&mut c, "EHLO client.test\r\n").await;

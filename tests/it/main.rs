@@ -3,6 +3,7 @@
 //! `interop/`.
 
 mod daemon;
+mod error_limits;
 mod fetch;
 mod inbound;
 mod load;

@@ -15,6 +15,7 @@ fn config(identity: Identity) -> SessionConfig {
         bare_newlines: BareNewlines::Normalize,
         trace_header: false,
         pony: None,
+        error_limits: ErrorLimits::default(),
     }
 }
 
@@ -74,6 +75,19 @@ impl Harness {
         h
     }
 
+    /// A session past the greeting and, in XCLIENT mode, the identity
+    /// handshake (EHLO, XCLIENT, the new greeting).
+    fn identified(identity: Identity) -> Self {
+        let mut h = Harness::opened(identity);
+        if identity == Identity::Xclient {
+            h.take_backend();
+            h.backend(BACKEND_EHLO);
+            h.take_backend();
+            h.backend("220 backend.example ESMTP\r\n");
+        }
+        h
+    }
+
     /// EHLO from the client, answered by the backend; returns what the client saw.
     fn ehlo(&mut self) -> String {
         self.client("EHLO client.example\r\n");
@@ -82,6 +96,14 @@ impl Harness {
         self.take_client()
     }
 }
+
+const IDENTITIES: [Identity; 5] = [
+    Identity::ProxyV2,
+    Identity::ProxyV1,
+    Identity::None,
+    Identity::Exec,
+    Identity::Xclient,
+];
 
 fn tls13() -> Encryption {
     Encryption::Tls {
@@ -348,11 +370,20 @@ fn starttls_then_fresh_start() {
     h.client("MAIL FROM:<before@tls>\r\n");
     h.take_backend();
     h.client("STARTTLS\r\n");
-    assert_eq!(h.take_client(), "", "220 waits for the MAIL reply");
+    assert_eq!(h.take_client(), "", "the answer waits for the MAIL reply");
     h.backend("250 2.1.0 Ok\r\n");
+    // Not inside the transaction MAIL opened (as Postfix).
     assert_eq!(
         h.take_client(),
-        "250 2.1.0 Ok\r\n220 2.0.0 Ready to start TLS\r\n"
+        "250 2.1.0 Ok\r\n503 5.5.1 Error: MAIL transaction in progress\r\n"
+    );
+    assert_eq!(h.actions(), []);
+    h.client("RSET\r\nSTARTTLS\r\n");
+    assert_eq!(h.take_backend(), "RSET\r\n");
+    h.backend("250 2.0.0 Ok\r\n");
+    assert_eq!(
+        h.take_client(),
+        "250 2.0.0 Ok\r\n220 2.0.0 Ready to start TLS\r\n"
     );
     assert_eq!(h.actions(), [Action::StartTls]);
     assert!(!h.session.wants_client_input());
@@ -382,20 +413,8 @@ fn starttls_then_fresh_start() {
 /// mode but XCLIENT (whose backend, Postfix, takes EHLO again after RSET).
 #[test]
 fn starttls_never_sends_a_backend_a_second_ehlo() {
-    for identity in [
-        Identity::ProxyV2,
-        Identity::ProxyV1,
-        Identity::None,
-        Identity::Exec,
-        Identity::Xclient,
-    ] {
-        let mut h = Harness::opened(identity);
-        if identity == Identity::Xclient {
-            h.take_backend();
-            h.backend(BACKEND_EHLO);
-            h.take_backend();
-            h.backend("220 backend.example ESMTP\r\n");
-        }
+    for identity in IDENTITIES {
+        let mut h = Harness::identified(identity);
         h.ehlo();
         h.client("STARTTLS\r\n");
         h.take_client();
@@ -757,7 +776,7 @@ fn xpony_handshake_switches_to_frames() {
     let (mut h2, _, _) = pony_opened();
     h2.session.phase = Phase::Commands;
     h2.session.tls = Some(crate::transport::Encryption::Pony { peer: [3; 32] });
-    h2.session.hello = Hello::default();
+    h2.session.dialogue = Dialogue::Restarted;
     h2.client("MAIL FROM:<a@b>\r\n");
     assert_eq!(h2.take_client(), "503 5.5.1 Send EHLO first\r\n");
     assert!(!h2.take_backend().contains("MAIL"));
@@ -1077,4 +1096,304 @@ fn xpony_line_ends_and_characters() {
             line.ends_with("\n") && !line.ends_with("\r\n")
         );
     }
+}
+
+/// Brings a session through STARTTLS (in any identity mode) to the point
+/// where the client speaks inside TLS; the backend's buffers are emptied.
+fn through_starttls(identity: Identity) -> Harness {
+    let mut h = Harness::identified(identity);
+    h.ehlo();
+    h.client("STARTTLS\r\n");
+    assert_eq!(h.take_client(), "220 2.0.0 Ready to start TLS\r\n");
+    assert_eq!(h.actions(), [Action::StartTls], "{identity:?}");
+    h.session.tls_established(tls13());
+    if identity == Identity::Xclient {
+        assert_eq!(h.take_backend(), "RSET\r\n");
+        h.backend("250 2.0.0 Ok\r\n");
+    } else {
+        assert_eq!(h.take_backend(), "QUIT\r\n");
+        assert_eq!(h.actions(), [Action::RestartBackend]);
+        h.session.backend_restarted();
+        h.backend("220 new backend\r\n");
+    }
+    assert_eq!(h.take_client(), "", "{identity:?}");
+    h
+}
+
+/// RFC 3207 §4.2: STARTTLS inside a transaction is refused (as Postfix), so
+/// no transaction opened before TLS can be carried on inside it; decided in
+/// turn, when the replies to what was pipelined before it are known.
+#[test]
+fn starttls_inside_a_transaction_is_refused() {
+    // (what comes before STARTTLS, the backend's replies to it, TLS starts)
+    let cases: &[(&str, &str, bool)] = &[
+        ("MAIL FROM:<a@x>\r\n", "250 2.1.0 Ok\r\n", false),
+        (
+            "MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\n",
+            "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n",
+            false,
+        ),
+        // A refused MAIL opens nothing.
+        ("MAIL FROM:<a@x>\r\n", "550 5.1.0 no\r\n", true),
+        // RSET, EHLO and HELO end a transaction once accepted.
+        ("MAIL FROM:<a@x>\r\nRSET\r\n", "250 Ok\r\n250 Ok\r\n", true),
+        (
+            "MAIL FROM:<a@x>\r\nEHLO again\r\n",
+            "250 Ok\r\n250 backend.example\r\n",
+            true,
+        ),
+        (
+            "MAIL FROM:<a@x>\r\nHELO again\r\n",
+            "250 Ok\r\n250 backend.example\r\n",
+            true,
+        ),
+        // A refused RSET does not.
+        (
+            "MAIL FROM:<a@x>\r\nRSET\r\n",
+            "250 Ok\r\n421 4.3.0 no\r\n",
+            false,
+        ),
+        // A failed DATA leaves the transaction open (RFC 5321 §4.1.1.4).
+        (
+            "MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n",
+            "250 Ok\r\n250 Ok\r\n554 5.5.1 no valid recipients\r\n",
+            false,
+        ),
+    ];
+    for &(before, replies, starts) in cases {
+        let mut h = Harness::opened(Identity::ProxyV2);
+        h.ehlo();
+        h.client(before);
+        h.client("STARTTLS\r\n");
+        h.backend(replies);
+        let out = h.take_client();
+        if starts {
+            assert!(
+                out.ends_with("220 2.0.0 Ready to start TLS\r\n"),
+                "{before:?}: {out}"
+            );
+            assert_eq!(h.actions(), [Action::StartTls], "{before:?}");
+        } else {
+            assert!(
+                out.ends_with("503 5.5.1 Error: MAIL transaction in progress\r\n"),
+                "{before:?}: {out}"
+            );
+            assert!(!h.actions().contains(&Action::StartTls), "{before:?}");
+            // Still plaintext, still serving: commands after it are read.
+            h.take_backend();
+            h.client("NOOP\r\n");
+            assert_eq!(h.take_backend(), "NOOP\r\n", "{before:?}");
+        }
+    }
+}
+
+/// A message ends the transaction, so STARTTLS works after it.
+#[test]
+fn starttls_after_a_message() {
+    let mut h = Harness::opened(Identity::ProxyV2);
+    h.ehlo();
+    h.client("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n");
+    h.backend("250 Ok\r\n250 Ok\r\n354 go\r\n");
+    h.client("x\r\n.\r\nSTARTTLS\r\n");
+    assert!(!h.take_client().contains("220 2.0.0"));
+    h.backend("250 2.0.0 queued\r\n");
+    assert!(
+        h.take_client()
+            .ends_with("220 2.0.0 Ready to start TLS\r\n")
+    );
+    assert_eq!(h.actions(), [Action::StartTls]);
+}
+
+/// After STARTTLS the client starts over with EHLO (RFC 3207 §4.2): in every
+/// identity mode, commands that need the session's identity are answered
+/// 503 by the sidecar, the backend is not asked; others still go through.
+#[test]
+fn mail_commands_after_starttls_need_a_new_ehlo() {
+    for identity in IDENTITIES {
+        let mut h = through_starttls(identity);
+        for line in [
+            "MAIL FROM:<a@x>\r\n",
+            "RCPT TO:<victim@y>\r\n",
+            "DATA\r\n",
+            "AUTH PLAIN AGFhAGI=\r\n",
+            "ETRN example.org\r\n",
+        ] {
+            h.client(line);
+            assert_eq!(
+                h.take_client(),
+                "503 5.5.1 Send EHLO first\r\n",
+                "{identity:?} {line:?}"
+            );
+            assert_eq!(h.take_backend(), "", "{identity:?} {line:?} was forwarded");
+        }
+        h.client("NOOP\r\n");
+        assert_eq!(h.take_backend(), "NOOP\r\n", "{identity:?}");
+        h.backend("250 2.0.0 Ok\r\n");
+        assert_eq!(h.take_client(), "250 2.0.0 Ok\r\n", "{identity:?}");
+        // EHLO pipelined with MAIL: the MAIL is the new session's.
+        h.client("EHLO client.example\r\nMAIL FROM:<a@x>\r\n");
+        assert_eq!(
+            h.take_backend(),
+            "EHLO client.example\r\nMAIL FROM:<a@x>\r\n",
+            "{identity:?}"
+        );
+        h.backend("250 backend.example\r\n250 2.1.0 Ok\r\n");
+        assert_eq!(
+            h.take_client(),
+            "250 backend.example\r\n250 2.1.0 Ok\r\n",
+            "{identity:?}"
+        );
+        assert!(h.session.dialogue.in_transaction(), "{identity:?}");
+    }
+}
+
+/// The trace header names the HELO given inside TLS, never the one before.
+#[test]
+fn trace_header_after_starttls_has_the_new_hello() {
+    let mut c = config(Identity::ProxyV2);
+    c.trace_header = true;
+    let mut h = Harness::new(c);
+    h.backend("220 ok\r\n");
+    h.client("EHLO before.example\r\n");
+    h.backend(BACKEND_EHLO);
+    h.client("STARTTLS\r\n");
+    h.actions();
+    h.session.tls_established(tls13());
+    h.session.backend_restarted();
+    h.backend("220 new\r\n");
+    h.client("HELO after.example\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n");
+    h.backend("250 ok\r\n250 Ok\r\n250 Ok\r\n354 go\r\n");
+    h.take_backend();
+    h.client("x\r\n.\r\n");
+    let message = h.take_backend();
+    assert!(
+        message.starts_with("Received: from after.example ") && message.contains(" with SMTPS "),
+        "{message}"
+    );
+    assert!(!message.contains("before.example"), "{message}");
+}
+
+fn limits(soft: u32, hard: u32) -> SessionConfig {
+    let mut c = config(Identity::ProxyV2);
+    c.error_limits = ErrorLimits {
+        soft,
+        hard,
+        sleep: std::time::Duration::from_millis(1500),
+    };
+    c
+}
+
+/// Postfix's error limits: from the soft limit on, every reply waits (an
+/// action for the I/O loop, so no other session waits); at the hard limit
+/// 421 and close, with a few log lines however much garbage came.
+#[test]
+fn error_limits_slow_down_then_close() {
+    let mut h = Harness::new(config(Identity::ProxyV2));
+    h.backend("220 ok\r\n");
+    h.take_client();
+    let garbage = "\u{1}junk\r\n".repeat(200);
+    h.client(&garbage);
+    let bad = "500 5.5.2 Error: bad syntax\r\n";
+    assert_eq!(h.take_client(), bad.repeat(10), "the first 10 at once");
+    let pause = Action::Delay(std::time::Duration::from_secs(1));
+    assert_eq!(h.actions(), [Action::Log(Notice::BadSyntax), pause.clone()]);
+    assert!(!h.session.wants_client_input(), "reads no more");
+    for n in 11..=20 {
+        assert_eq!(h.take_client(), "", "error {n} waits");
+        h.session.delay_over();
+        assert_eq!(h.take_client(), bad, "error {n}");
+        assert_eq!(h.actions(), std::slice::from_ref(&pause), "error {n}");
+    }
+    h.session.delay_over();
+    assert_eq!(
+        h.take_client(),
+        "421 4.7.0 mx.example.org Error: too many errors\r\n"
+    );
+    assert_eq!(
+        h.actions(),
+        [
+            Action::Log(Notice::TooManyErrors { errors: 20 }),
+            Action::Log(Notice::Repeated {
+                first: Box::new(Notice::BadSyntax),
+                count: 20
+            }),
+            Action::Close
+        ]
+    );
+    assert_eq!(h.session.stats().end, "too-many-errors");
+    assert_eq!(h.take_backend(), "", "nothing reached the backend");
+}
+
+/// Every kind of error of the sidecar's own counts, and the limit logs
+/// its own notice; lines already parsed when the limit hits are not read.
+#[test]
+fn error_limit_counts_every_refusal() {
+    let mut h = Harness::new(limits(100, 6));
+    h.backend("220 ok\r\n");
+    h.take_client();
+    h.client(
+        "FOO\r\nXCLIENT ADDR=1.2.3.4\r\nBDAT 1 LAST\r\nDATA x\r\nSTARTTLS x\r\n\0\r\nNOOP\r\n",
+    );
+    let out = h.take_client();
+    let codes: Vec<&str> = out.lines().map(|l| &l[..3]).collect();
+    assert_eq!(
+        codes,
+        ["502", "550", "502", "501", "501", "500", "421"],
+        "{out}"
+    );
+    let actions = h.actions();
+    assert!(
+        actions.contains(&Action::Log(Notice::TooManyErrors { errors: 6 })),
+        "{actions:?}"
+    );
+    assert_eq!(actions.last(), Some(&Action::Close));
+    assert_eq!(
+        h.take_backend(),
+        "",
+        "the NOOP behind the limit is not read"
+    );
+}
+
+/// Past the soft limit the backend's replies wait too; a delivered message
+/// forgives the errors before it (Postfix: "without delivering mail").
+#[test]
+fn error_pause_holds_backend_replies_and_delivery_forgives() {
+    let mut h = Harness::new(limits(2, 5));
+    h.backend("220 ok\r\n");
+    h.take_client();
+    h.client("FOO\r\nFOO\r\nNOOP\r\n");
+    assert_eq!(h.take_backend(), "NOOP\r\n");
+    h.backend("250 2.0.0 Ok\r\n");
+    assert_eq!(
+        h.take_client(),
+        "502 5.5.2 Error: command not recognized\r\n".repeat(2)
+    );
+    assert_eq!(
+        h.actions(),
+        [Action::Delay(std::time::Duration::from_millis(1500))]
+    );
+    h.session.delay_over();
+    assert_eq!(h.take_client(), "250 2.0.0 Ok\r\n", "after the pause");
+    // A message accepted: the count starts again. Until then each reply
+    // waits its pause.
+    h.client("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n");
+    for reply in ["250 Ok\r\n", "250 Ok\r\n", "354 go\r\n"] {
+        h.backend(reply);
+        assert_eq!(h.take_client(), "", "{reply:?} waits");
+        h.session.delay_over();
+        assert_eq!(h.take_client(), reply);
+    }
+    h.client("x\r\n.\r\n");
+    h.backend("250 2.0.0 queued\r\n");
+    assert_eq!(h.take_client(), "", "the verdict waits too");
+    h.session.delay_over();
+    assert_eq!(h.take_client(), "250 2.0.0 queued\r\n");
+    h.actions();
+    h.client("FOO\r\nFOO\r\n");
+    assert_eq!(
+        h.take_client(),
+        "502 5.5.2 Error: command not recognized\r\n".repeat(2),
+        "forgiven: no pause"
+    );
+    assert_eq!(h.actions(), []);
 }

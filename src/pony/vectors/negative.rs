@@ -615,6 +615,7 @@ mod tests {
                 key: fixed_key("server static"),
                 hints: server_hints(),
             })),
+            error_limits: Default::default(),
         };
         let mut s = Session::new(
             Arc::new(config),

@@ -366,6 +366,7 @@ fn client_through_the_sidecar() {
         bare_newlines: crate::smtp::BareNewlines::Normalize,
         trace_header: true,
         pony: None,
+        error_limits: Default::default(),
     };
     let mut sidecar = Session::new(
         Arc::new(sidecar_config),
@@ -543,6 +544,7 @@ fn client_through_the_sidecar_with_xpony() {
                 ..ServerHints::default()
             },
         })),
+        error_limits: Default::default(),
     };
     let mut sidecar = Session::new(
         Arc::new(config),
