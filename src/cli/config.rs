@@ -29,6 +29,7 @@ pub struct FileConfig {
     pub inbound: Option<InboundFile>,
     pub outbound: Option<OutboundFile>,
     pub fetch: Option<super::fetch::FetchFile>,
+    pub seal: Option<super::seal::SealFile>,
 }
 
 /// The `[outbound]` section, and `[outbound.domains]` with a TLS policy per

@@ -9,6 +9,7 @@ pub mod fetch;
 pub mod load;
 mod notify;
 mod privileges;
+pub mod seal;
 #[cfg(test)]
 mod shipped_config;
 pub mod stats;
@@ -100,14 +101,27 @@ pub enum Command {
     /// XPONY, decrypt them with the age identity and hand them to the local
     /// MTA (or a Maildir); one run, exit 0 when all was fetched, 75 to retry.
     Fetch(fetch::FetchArgs),
+    /// The sealed relay: accept mail for your domains (SMTP on port 25, or
+    /// LMTP behind an MTA) and seal each message with age to its owner's
+    /// keys before answering 250; the disk holds only ciphertext.
+    Seal(seal::SealArgs),
+    /// Decrypt sealed messages (a file, a spool or a Maildir) with an age
+    /// identity and print them.
+    Open(seal::OpenArgs),
 }
 
 /// `blackpony keygen`
 #[derive(Debug, Args)]
 pub struct KeygenArgs {
-    /// Where to write the key [default: /etc/blackpony/host.key].
-    #[arg(long, value_name = "FILE", default_value = "/etc/blackpony/host.key")]
-    pub out: PathBuf,
+    /// Where to write the key [default: /etc/blackpony/host.key, with
+    /// --age /etc/blackpony/mail.age.key].
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Make an age identity for sealed mail instead (X25519, age-keygen's
+    /// file format) and print its recipient (age1…) for `seal`. Keep it at
+    /// home: the relay needs only the recipient.
+    #[arg(long)]
+    pub age: bool,
     /// The MX host name the DNS record is for [default: the system host name].
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
@@ -462,6 +476,8 @@ fn run() -> ExitCode {
         Command::Man(_) | Command::Completions(_) => "docs",
         Command::Check(_) => "check",
         Command::Fetch(_) => "fetch",
+        Command::Seal(_) => "seal",
+        Command::Open(_) => "open",
     };
     let default_sink: fn() -> log::Sink = match &cli.command {
         Command::Deliver(_) => || log::Sink::Held(Vec::new()),
@@ -495,6 +511,8 @@ fn run() -> ExitCode {
         Command::Check(args) => check::run(args, cli.config.as_deref()),
         Command::Completions(args) => docs::run_completions(args),
         Command::Fetch(args) => fetch::run(args, file.fetch.unwrap_or_default(), &runtime),
+        Command::Seal(args) => seal::run(args, file.seal.unwrap_or_default(), &runtime),
+        Command::Open(args) => seal::open(args),
         Command::Deliver(args) => {
             let outbound =
                 match config::merge_outbound(args.outbound, file.outbound.unwrap_or_default()) {
@@ -566,13 +584,22 @@ fn fail(code: u8, message: &str) -> ExitCode {
 
 fn keygen(args: KeygenArgs) -> ExitCode {
     use crate::pony::keys;
-    let pair = match keys::generate_file(&args.out, args.force) {
+    if args.age {
+        let out = args
+            .out
+            .unwrap_or_else(|| PathBuf::from("/etc/blackpony/mail.age.key"));
+        return seal::keygen_age(&out, args.force);
+    }
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from("/etc/blackpony/host.key"));
+    let pair = match keys::generate_file(&out, args.force) {
         Ok(p) => p,
         Err(e) => return fail(exit::CONFIG, &e.to_string()),
     };
     let host = args.hostname.unwrap_or_else(system_hostname);
     let public = pair.public();
-    println!("wrote {} (mode 0600)", args.out.display());
+    println!("wrote {} (mode 0600)", out.display());
     println!("public key:  {}", keys::encode_key(&public));
     println!("fingerprint: {}", keys::fingerprint(&public));
     println!("DNS record to publish (lets first contacts authenticate this host):");

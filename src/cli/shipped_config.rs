@@ -16,6 +16,7 @@ use serde::de::{self, DeserializeOwned, Visitor};
 use super::Cli;
 use super::config::{FileConfig, InboundFile, OutboundFile};
 use super::fetch::FetchFile;
+use super::seal::SealFile;
 
 const SHIPPED: &str = include_str!("../../packaging/etc/blackpony.toml");
 
@@ -50,6 +51,14 @@ fn sections() -> Vec<Section> {
             // [outbound.domains] table.
             // max_connections: a flag of `blackpony outbound` (the server) only.
             file_only: &["max_message_size", "domains", "max_connections"],
+        },
+        Section {
+            name: "seal",
+            keys: fields::<SealFile>(),
+            subcommand: "seal",
+            // The repeatable flags are singular, their lists plural.
+            flag_only: &["domain", "recipient-key", "mailbox-key"],
+            file_only: &["domains", "recipient_keys", "mailbox_keys"],
         },
         Section {
             name: "fetch",

@@ -185,7 +185,7 @@ pub async fn serve<R, W>(
                     remote_in_data = reply.code() == 354;
                     session.answer(&reply);
                 }
-                ReceiveEvent::EndOfData { wire } => {
+                ReceiveEvent::EndOfData { wire, .. } => {
                     remote_in_data = false;
                     let refusal = crate::smtp::client::refuse_message(
                         &crate::smtp::envelope::ContentFacts::of(&wire),
@@ -215,6 +215,8 @@ pub async fn serve<R, W>(
                     };
                     session.answer(&reply);
                 }
+                // Not offered to an MTA (ReceiveOptions::default()).
+                ReceiveEvent::StartTls => session.eof(),
                 ReceiveEvent::Reset | ReceiveEvent::Close => {
                     if let Some(r) = remote.take() {
                         if std::mem::take(&mut remote_in_data) {

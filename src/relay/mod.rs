@@ -5,6 +5,9 @@
 //!
 //! - [`sealed`]: the plaintext format inside each sealed file
 //!   (`proto-spec/sealed-relay.md` §1);
+//! - [`seal`]: whose keys a message is sealed to, sealing and opening;
+//! - [`server`]: `blackpony seal`, the receiving MX (SMTP) and the LMTP
+//!   service that seal each accepted message before answering 250;
 //! - [`xfetch`]: the fetch protocol inside the XPONY channel
 //!   (`proto-spec/fetch.md`), sans-IO, both sides;
 //! - [`fetch_server`]: the relay's side of XFETCH over the spool;
@@ -16,5 +19,7 @@ pub mod fetch;
 pub mod fetch_server;
 pub mod journal;
 pub mod maildir;
+pub mod seal;
 pub mod sealed;
+pub mod server;
 pub mod xfetch;

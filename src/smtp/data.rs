@@ -30,6 +30,26 @@
 //!
 //! [`DotStuffer`] is the sending side: it turns a message into DATA form.
 
+/// The message text of a DATA-form message (as [`DataScanner`] writes it:
+/// CRLF lines, ending `.` CRLF): the final `.` line removed and leading
+/// dots unstuffed (RFC 5321 §4.5.2).
+pub fn unstuff(wire: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(wire.len());
+    // Writing into a Vec cannot fail.
+    let _ = unstuff_to(wire, &mut out);
+    out
+}
+
+/// [`unstuff`] into a writer, line by line (the sealed relay streams the
+/// message through its encryptor this way, with no second plaintext copy).
+pub fn unstuff_to(wire: &[u8], out: &mut impl std::io::Write) -> std::io::Result<()> {
+    let body = wire.strip_suffix(b".\r\n").unwrap_or(wire);
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        out.write_all(line.strip_prefix(b".").unwrap_or(line))?;
+    }
+    Ok(())
+}
+
 /// What to do with a bare CR or LF inside a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BareNewlines {

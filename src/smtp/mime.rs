@@ -14,6 +14,7 @@
 //! message in DATA form out.
 
 use super::DotStuffer;
+use super::data::unstuff;
 
 /// Quoted-printable lines are at most 76 characters (RFC 2045 §6.7 rule 5).
 const QP_LINE: usize = 76;
@@ -36,17 +37,6 @@ pub fn downgrade_8bit(wire: &[u8]) -> Option<Vec<u8>> {
     stuffer.push(&converted, &mut out);
     stuffer.finish(&mut out);
     Some(out)
-}
-
-/// The message text of a DATA-form message: the final `.` line removed and
-/// leading dots unstuffed (RFC 5321 §4.5.2).
-fn unstuff(wire: &[u8]) -> Vec<u8> {
-    let body = wire.strip_suffix(b".\r\n").unwrap_or(wire);
-    let mut out = Vec::with_capacity(body.len());
-    for line in body.split_inclusive(|&b| b == b'\n') {
-        out.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
-    }
-    out
 }
 
 /// One entity: headers, the empty line, the body.

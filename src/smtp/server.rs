@@ -11,12 +11,17 @@
 //!   [`ReceiveEvent::Data`], [`ReceiveEvent::EndOfData`]). The session
 //!   reads no further command until the answer is in, so replies stay in
 //!   order for a pipelining client.
+//! - **SMTP as a receiving MX** (the sealed relay): the same answered
+//!   events, the answers decided by the driver itself (its domains, its
+//!   spool), with [`ReceiveOptions`] turning on what a server facing the
+//!   internet needs: STARTTLS with the injection rule (RFC 3207 §4.2,
+//!   CVE-2011-0411), refusal of bare CR/LF and NUL in content.
 
 use std::collections::VecDeque;
 
 use super::command::{NextLine, next_line};
 use super::envelope::{Envelope, address_is_sane};
-use super::{Command, DataScanner, Reply, Verb};
+use super::{BareNewlines, Command, DataScanner, Reply, Verb};
 
 /// Most recipients in one transaction (Postfix's `lmtp_destination_recipient_limit`
 /// default is 50; we accept more and say 452 beyond, RFC 5321 §4.5.3.1.8).
@@ -38,6 +43,22 @@ impl Protocol {
     }
 }
 
+/// What a receiving session offers and refuses beyond plain LMTP/SMTP.
+/// The default is what an MTA on the same host needs (the outbound
+/// transport's service); the sealed relay, facing the internet, turns on
+/// more.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReceiveOptions {
+    /// Offer STARTTLS (RFC 3207) until TLS is up.
+    pub starttls: bool,
+    /// Refuse a message with a bare CR or LF (RFC 5321 §2.3.8) instead of
+    /// normalising it to CRLF.
+    pub bare_newlines: BareNewlines,
+    /// Refuse a message with a NUL octet (RFC 5322 §2.3 and RFC 6152 §3:
+    /// neither 7bit nor 8bit content may hold one).
+    pub refuse_nul: bool,
+}
+
 /// What the I/O loop must act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReceiveEvent {
@@ -51,7 +72,11 @@ pub enum ReceiveEvent {
     /// the message).
     Data,
     /// SMTP: the message in DATA form; answer with the remote's final reply.
-    EndOfData { wire: Vec<u8> },
+    /// `envelope` holds the sender and the recipients that were accepted.
+    EndOfData { envelope: Envelope, wire: Vec<u8> },
+    /// SMTP: the client asked for TLS and got 220; run the handshake, then
+    /// call [`ReceiveSession::tls_established`] (or drop the connection).
+    StartTls,
     /// SMTP: the transaction was reset (RSET, or a new MAIL after one).
     Reset,
     /// The client said QUIT (its reply is in the output) or must be dropped.
@@ -95,6 +120,8 @@ enum Phase {
     },
     /// SMTP: waiting for the final reply to the message.
     AwaitingEnd,
+    /// STARTTLS was answered 220; the I/O loop runs the handshake.
+    Handshake,
     Closed,
 }
 
@@ -103,6 +130,9 @@ pub struct ReceiveSession {
     protocol: Protocol,
     hostname: String,
     max_message_size: u64,
+    options: ReceiveOptions,
+    /// TLS is up (STARTTLS is no longer offered).
+    tls: bool,
     phase: Phase,
     input: Vec<u8>,
     /// Skipping the rest of an over-long command line.
@@ -124,6 +154,8 @@ impl ReceiveSession {
             protocol,
             hostname: hostname.to_string(),
             max_message_size,
+            options: ReceiveOptions::default(),
+            tls: false,
             phase: Phase::Greeted,
             input: Vec::new(),
             skipping_line: false,
@@ -138,6 +170,25 @@ impl ReceiveSession {
         };
         s.reply(220, &format!("{hostname} {name} blackpony ready"));
         s
+    }
+
+    /// The same session with `options` (set before any input).
+    pub fn with_options(mut self, options: ReceiveOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The TLS handshake after [`ReceiveEvent::StartTls`] succeeded: the
+    /// client starts over with EHLO and nothing said before counts
+    /// (RFC 3207 §4.2).
+    pub fn tls_established(&mut self) {
+        if !matches!(self.phase, Phase::Handshake) {
+            return;
+        }
+        self.tls = true;
+        self.input.clear();
+        self.skipping_line = false;
+        self.phase = Phase::Greeted;
     }
 
     pub fn poll_event(&mut self) -> Option<ReceiveEvent> {
@@ -245,7 +296,8 @@ impl ReceiveSession {
                 | Phase::Delivering { .. }
                 | Phase::AwaitingRcpt { .. }
                 | Phase::AwaitingData { .. }
-                | Phase::AwaitingEnd => return,
+                | Phase::AwaitingEnd
+                | Phase::Handshake => return,
                 Phase::Data { .. } => {
                     if !self.scan_data() {
                         return;
@@ -312,26 +364,33 @@ impl ReceiveSession {
             recipients,
             wire,
             too_big,
-            ..
+            scanner,
         } = std::mem::replace(&mut self.phase, Phase::Ready)
         else {
             return false;
         };
-        let refusal = "5.3.4 Message size exceeds fixed maximum message size";
-        match (self.protocol, too_big) {
-            (Protocol::Lmtp, true) => {
+        let refusal = if too_big {
+            Some(Reply::new(
+                552,
+                "5.3.4 Message size exceeds fixed maximum message size",
+            ))
+        } else {
+            self.content_refusal(&scanner, &wire)
+        };
+        match (self.protocol, refusal) {
+            (Protocol::Lmtp, Some(refusal)) => {
                 for _ in &recipients {
-                    self.reply(552, refusal);
+                    refusal.write_to(&mut self.output);
                 }
                 true
             }
-            (Protocol::Smtp, true) => {
+            (Protocol::Smtp, Some(refusal)) => {
                 // The remote already said 354: end its transaction.
                 self.events.push_back(ReceiveEvent::Reset);
-                self.reply(552, refusal);
+                refusal.write_to(&mut self.output);
                 true
             }
-            (Protocol::Lmtp, false) => {
+            (Protocol::Lmtp, None) => {
                 self.phase = Phase::Delivering {
                     count: recipients.len(),
                 };
@@ -341,12 +400,33 @@ impl ReceiveSession {
                 });
                 false
             }
-            (Protocol::Smtp, false) => {
+            (Protocol::Smtp, None) => {
                 self.phase = Phase::AwaitingEnd;
-                self.events.push_back(ReceiveEvent::EndOfData { wire });
+                self.events.push_back(ReceiveEvent::EndOfData {
+                    envelope: Envelope { sender, recipients },
+                    wire,
+                });
                 false
             }
         }
+    }
+
+    /// A refusal of a complete message for what it contains, per the
+    /// options (the size is checked while it arrives).
+    fn content_refusal(&self, scanner: &DataScanner, wire: &[u8]) -> Option<Reply> {
+        if self.options.bare_newlines == BareNewlines::Reject && scanner.bare_newlines() > 0 {
+            return Some(Reply::new(
+                550,
+                "5.6.11 Message refused: bare CR or LF in message content (RFC 5321 section 2.3.8)",
+            ));
+        }
+        if self.options.refuse_nul && memchr::memchr(0, wire).is_some() {
+            return Some(Reply::new(
+                550,
+                "5.6.0 Message refused: message contains NUL characters (RFC 5322 section 3.5)",
+            ));
+        }
+        None
     }
 
     fn command(&mut self, line: &[u8]) {
@@ -360,6 +440,7 @@ impl ReceiveSession {
             Protocol::Lmtp => lhlo,
             Protocol::Smtp => cmd.verb == Verb::Ehlo,
         };
+        let starttls = self.offers_starttls();
         match (cmd.verb, &mut self.phase) {
             (Verb::Helo, _) if self.protocol == Protocol::Smtp => {
                 self.reset_transaction();
@@ -369,7 +450,7 @@ impl ReceiveSession {
             }
             (_, _) if hello => {
                 self.reset_transaction();
-                let lines = vec![
+                let mut lines = vec![
                     self.hostname.clone(),
                     "PIPELINING".into(),
                     format!("SIZE {}", self.max_message_size),
@@ -377,6 +458,9 @@ impl ReceiveSession {
                     "SMTPUTF8".into(),
                     "ENHANCEDSTATUSCODES".into(),
                 ];
+                if self.offers_starttls() {
+                    lines.push("STARTTLS".into());
+                }
                 Reply::multiline(250, lines).write_to(&mut self.output);
                 self.phase = Phase::Ready;
             }
@@ -393,6 +477,29 @@ impl ReceiveSession {
                 self.reply(250, "2.0.0 Ok");
             }
             (Verb::Vrfy, _) => self.reply(252, "2.0.0 Cannot verify, but will try delivery"),
+            (Verb::StartTls, _) if !starttls => {
+                self.reply(502, "5.5.1 Error: command not implemented");
+            }
+            (Verb::StartTls, Phase::Greeted) => self.reply(503, "5.5.1 Error: send EHLO first"),
+            (Verb::StartTls, _) => {
+                // RFC 3207 §4.2 and CVE-2011-0411: whatever the client
+                // pipelined behind STARTTLS was sent in plaintext and must
+                // not run inside TLS.
+                if !self.input.is_empty() {
+                    self.input.clear();
+                    self.reply(
+                        554,
+                        "5.5.1 Error: command pipelined after STARTTLS, closing connection",
+                    );
+                    self.phase = Phase::Closed;
+                    self.events.push_back(ReceiveEvent::Close);
+                    return;
+                }
+                self.reset_transaction();
+                self.reply(220, "2.0.0 Ready to start TLS");
+                self.phase = Phase::Handshake;
+                self.events.push_back(ReceiveEvent::StartTls);
+            }
             (Verb::Ehlo | Verb::Helo, _) => self.reply(500, "5.5.1 Error: this is LMTP, say LHLO"),
             (Verb::Unknown, _) if lhlo => self.reply(500, "5.5.1 Error: this is SMTP, say EHLO"),
             (_, Phase::Greeted) => self.reply(503, "5.5.1 Error: send EHLO/LHLO first"),
@@ -500,6 +607,12 @@ fn size_param(args: &str) -> Option<u64> {
             .then(|| value.parse().ok())
             .flatten()
     })
+}
+
+impl ReceiveSession {
+    fn offers_starttls(&self) -> bool {
+        self.options.starttls && !self.tls && self.protocol == Protocol::Smtp
+    }
 }
 
 fn path_arg(args: &str, prefix: &str) -> Option<String> {
@@ -622,6 +735,10 @@ mod tests {
         assert_eq!(
             s.poll_event(),
             Some(ReceiveEvent::EndOfData {
+                envelope: Envelope {
+                    sender: "s@x".into(),
+                    recipients: vec!["b@y".into()]
+                },
                 wire: b"hello\r\n.\r\n".to_vec()
             })
         );
@@ -663,5 +780,132 @@ mod tests {
             "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
         );
         assert_eq!(s.poll_event(), None);
+    }
+
+    fn mx(options: ReceiveOptions) -> ReceiveSession {
+        let mut s = ReceiveSession::new(Protocol::Smtp, "mx", 1000).with_options(options);
+        out(&mut s);
+        s
+    }
+
+    const STARTTLS: ReceiveOptions = ReceiveOptions {
+        starttls: true,
+        bare_newlines: BareNewlines::Normalize,
+        refuse_nul: false,
+    };
+
+    #[test]
+    fn starttls_then_the_session_starts_over() {
+        let mut s = mx(STARTTLS);
+        s.input(b"EHLO c\r\nMAIL FROM:<a@b>\r\n");
+        assert!(out(&mut s).contains("250 STARTTLS\r\n"));
+        s.input(b"STARTTLS\r\n");
+        assert_eq!(out(&mut s), "220 2.0.0 Ready to start TLS\r\n");
+        // The open transaction ends (RFC 3207 §4.2), then the handshake.
+        assert_eq!(s.poll_event(), Some(ReceiveEvent::Reset));
+        assert_eq!(s.poll_event(), Some(ReceiveEvent::StartTls));
+        s.tls_established();
+        // Nothing from before TLS counts: MAIL needs EHLO again, and EHLO
+        // no longer offers STARTTLS.
+        s.input(b"MAIL FROM:<a@b>\r\nEHLO c\r\nSTARTTLS\r\n");
+        let o = out(&mut s);
+        assert!(
+            o.starts_with("503 5.5.1 Error: send EHLO/LHLO first\r\n"),
+            "{o}"
+        );
+        assert!(!o.contains("STARTTLS"), "{o}");
+        assert!(
+            o.ends_with("502 5.5.1 Error: command not implemented\r\n"),
+            "{o}"
+        );
+    }
+
+    #[test]
+    fn starttls_offer_and_refusals() {
+        // (options, input, expected output tail, closed)
+        let cases: &[(ReceiveOptions, &[u8], &str, bool)] = &[
+            (
+                STARTTLS,
+                b"EHLO c\r\n",
+                "250-ENHANCEDSTATUSCODES\r\n250 STARTTLS\r\n",
+                false,
+            ),
+            (
+                ReceiveOptions::default(),
+                b"EHLO c\r\n",
+                "250 ENHANCEDSTATUSCODES\r\n",
+                false,
+            ),
+            (
+                ReceiveOptions::default(),
+                b"EHLO c\r\nSTARTTLS\r\n",
+                "502 5.5.1 Error: command not implemented\r\n",
+                false,
+            ),
+            (
+                STARTTLS,
+                b"STARTTLS\r\n",
+                "503 5.5.1 Error: send EHLO first\r\n",
+                false,
+            ),
+            // CVE-2011-0411: a command pipelined behind STARTTLS.
+            (
+                STARTTLS,
+                b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<evil@x>\r\n",
+                "554 5.5.1 Error: command pipelined after STARTTLS, closing connection\r\n",
+                true,
+            ),
+        ];
+        for (options, input, tail, closed) in cases {
+            let mut s = mx(*options);
+            s.input(input);
+            let o = out(&mut s);
+            assert!(
+                o.ends_with(tail),
+                "{:?}: {o}",
+                String::from_utf8_lossy(input)
+            );
+            assert_eq!(s.is_closed(), *closed);
+            assert_ne!(s.poll_event(), Some(ReceiveEvent::StartTls));
+        }
+    }
+
+    #[test]
+    fn content_refusals() {
+        let strict = ReceiveOptions {
+            starttls: false,
+            bare_newlines: BareNewlines::Reject,
+            refuse_nul: true,
+        };
+        let cases: &[(ReceiveOptions, &[u8], Option<&str>)] = &[
+            (strict, b"ok\r\n.\r\n", None),
+            (strict, b"bare\nlf\r\n.\r\n", Some("550 5.6.11 ")),
+            (strict, b"bare\rcr\r\n.\r\n", Some("550 5.6.11 ")),
+            (strict, b"nul\0here\r\n.\r\n", Some("550 5.6.0 ")),
+            (ReceiveOptions::default(), b"nul\0here\r\n.\r\n", None),
+            (ReceiveOptions::default(), b"bare\nlf\r\n.\r\n", None),
+        ];
+        for (options, message, refusal) in cases {
+            let mut s = mx(*options);
+            s.input(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n");
+            s.poll_event();
+            s.answer(&Reply::new(250, "2.1.5 Ok"));
+            s.input(b"DATA\r\n");
+            assert_eq!(s.poll_event(), Some(ReceiveEvent::Data));
+            s.answer(&Reply::new(354, "go"));
+            out(&mut s);
+            s.input(message);
+            match refusal {
+                Some(code) => {
+                    assert_eq!(s.poll_event(), Some(ReceiveEvent::Reset));
+                    let o = out(&mut s);
+                    assert!(o.starts_with(code), "{o}");
+                }
+                None => assert!(matches!(
+                    s.poll_event(),
+                    Some(ReceiveEvent::EndOfData { .. })
+                )),
+            }
+        }
     }
 }

@@ -1,0 +1,477 @@
+//! `blackpony seal` (the sealed relay's receiving side), `blackpony open`
+//! (decryption by a mailbox owner) and `blackpony keygen --age`: flags,
+//! the `[seal]` section of the config file, start-up checks.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Args;
+use serde::Deserialize;
+
+use super::{BareNewlinesArg, exit, fail};
+use crate::log;
+use crate::relay::seal::{SealKeys, open as open_sealed, parse_identities};
+use crate::relay::server::{self, MaildirRoot, SealConfig, Store};
+use crate::smtp::server::Protocol;
+use crate::state::FileSpool;
+use crate::transport::ServerTls;
+
+/// Flags of `blackpony seal`. Each can also be set in the config file's
+/// `[seal]` section, spelled with underscores (lists for the repeatable ones).
+#[derive(Debug, Args, Default)]
+pub struct SealArgs {
+    /// Address to accept SMTP clients on (the MX) [default: 0.0.0.0:25].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+
+    /// Serve LMTP instead, for an MTA that has done its spam filtering
+    /// (Postfix `mailbox_transport = lmtp:unix:PATH`): `unix:PATH` or
+    /// `host:port`. One reply per recipient.
+    #[arg(long, value_name = "unix:PATH|HOST:PORT")]
+    pub lmtp: Option<String>,
+
+    /// Permissions of an LMTP `unix:` socket, in octal [default: 0666].
+    #[arg(long, value_name = "OCTAL", value_parser = super::parse_octal)]
+    pub socket_mode: Option<u32>,
+
+    /// A domain this relay accepts mail for (repeatable). Mail for any
+    /// other domain is refused (550 5.7.1): never an open relay.
+    #[arg(long = "domain", value_name = "DOMAIN")]
+    pub domains: Vec<String>,
+
+    /// The age recipient (age1…) mail is sealed to when its mailbox has no
+    /// key of its own (repeatable: a second one for a backup key).
+    #[arg(long = "recipient-key", value_name = "AGE1…")]
+    pub recipient_keys: Vec<String>,
+
+    /// A mailbox's own age recipient, `alice@example.org=age1…`
+    /// (repeatable). Mail to that mailbox is sealed to its keys only, not
+    /// the domain's.
+    #[arg(long = "mailbox-key", value_name = "ADDRESS=AGE1…")]
+    pub mailbox_keys: Vec<String>,
+
+    /// The spool directory (must exist, writable): sealed files are
+    /// published into its new/ subdirectory.
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+
+    /// With --lmtp: write each recipient's mail into its own Maildir,
+    /// DIR/<address>/new/<file>.age, sealed to its own keys.
+    #[arg(long, value_name = "DIR")]
+    pub maildir_root: Option<PathBuf>,
+
+    /// The name this host gives in its greeting [default: the system host name].
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+
+    /// PEM certificate chain for STARTTLS. Without one a self-signed
+    /// certificate for --hostname is made at start.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// A bare CR or LF in a message: `normalize` to CRLF or `reject`
+    /// (550 5.6.11) [default: normalize]. Only CRLF.CRLF ends a message.
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub bare_newlines: Option<BareNewlinesArg>,
+
+    /// Largest message accepted, in octets (offered as SIZE) [default: 52428800].
+    #[arg(long, value_name = "OCTETS")]
+    pub max_message_size: Option<u64>,
+
+    /// Most client connections at once; more get 421 4.7.0 [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Seconds a client may stay silent before 421 [default: 300].
+    #[arg(long, value_name = "SECONDS")]
+    pub client_timeout: Option<u64>,
+
+    /// After SIGTERM, seconds running sessions may take to finish [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    pub shutdown_timeout: Option<u64>,
+}
+
+/// The `[seal]` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealFile {
+    pub listen: Option<String>,
+    pub lmtp: Option<String>,
+    pub socket_mode: Option<u32>,
+    #[serde(default)]
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub recipient_keys: Vec<String>,
+    #[serde(default)]
+    pub mailbox_keys: Vec<String>,
+    pub spool: Option<PathBuf>,
+    pub maildir_root: Option<PathBuf>,
+    pub hostname: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub bare_newlines: Option<BareNewlinesArg>,
+    pub max_message_size: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub client_timeout: Option<u64>,
+    pub shutdown_timeout: Option<u64>,
+}
+
+/// A repeatable flag given on the command line replaces the file's list.
+fn list(flag: Vec<String>, file: Vec<String>) -> Vec<String> {
+    if flag.is_empty() { file } else { flag }
+}
+
+/// `blackpony seal`: every setting checked before the listener opens;
+/// a bad one is EX_CONFIG (78).
+pub fn run(args: SealArgs, file: SealFile, runtime: &tokio::runtime::Runtime) -> ExitCode {
+    let keys = match SealKeys::new(
+        &list(args.domains, file.domains),
+        &list(args.recipient_keys, file.recipient_keys),
+        &list(args.mailbox_keys, file.mailbox_keys),
+    ) {
+        Ok(k) => Arc::new(k),
+        Err(e) => return fail(exit::CONFIG, &e.to_string()),
+    };
+    let hostname = args
+        .hostname
+        .or(file.hostname)
+        .unwrap_or_else(super::system_hostname);
+    let config = Arc::new(SealConfig {
+        hostname: hostname.clone(),
+        keys,
+        max_message_size: args
+            .max_message_size
+            .or(file.max_message_size)
+            .unwrap_or(50 * 1024 * 1024),
+        bare_newlines: args
+            .bare_newlines
+            .or(file.bare_newlines)
+            .unwrap_or(BareNewlinesArg::Normalize)
+            .into(),
+        max_connections: args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(1000),
+        client_timeout: super::secs(args.client_timeout.or(file.client_timeout).unwrap_or(300)),
+        shutdown_grace: super::secs(
+            args.shutdown_timeout
+                .or(file.shutdown_timeout)
+                .unwrap_or(30),
+        ),
+    });
+    let lmtp = args.lmtp.or(file.lmtp);
+    let maildir_root = args.maildir_root.or(file.maildir_root);
+    let spool_dir = args.spool.or(file.spool);
+    let tls_files = match (
+        args.tls_cert.or(file.tls_cert),
+        args.tls_key.or(file.tls_key),
+    ) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            return fail(
+                exit::CONFIG,
+                "tls_cert and tls_key go together: give both or neither",
+            );
+        }
+    };
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| "0.0.0.0:25".to_string());
+    let socket_mode = args.socket_mode.or(file.socket_mode).unwrap_or(0o666);
+
+    runtime.block_on(async move {
+        let store = match (&lmtp, maildir_root, spool_dir) {
+            (Some(_), Some(root), _) => match MaildirRoot::open(root).await {
+                Ok(r) => Store::Maildirs(Arc::new(r)),
+                Err(e) => return fail(exit::CONFIG, &format!("--maildir-root {e}")),
+            },
+            (None, Some(_), _) => {
+                return fail(
+                    exit::CONFIG,
+                    "--maildir-root needs --lmtp (SMTP mode seals into --spool)",
+                );
+            }
+            (_, None, Some(dir)) => match FileSpool::open(&dir).await {
+                Ok(s) => Store::Spool(s),
+                Err(e) => return fail(exit::CONFIG, &format!("--spool {e}")),
+            },
+            (_, None, None) => {
+                return fail(
+                    exit::CONFIG,
+                    "--spool DIR is required (where sealed messages are kept)",
+                );
+            }
+        };
+        match lmtp {
+            Some(target) => match target.strip_prefix("unix:") {
+                Some(path) => {
+                    let _ = std::fs::remove_file(path);
+                    let listener = match tokio::net::UnixListener::bind(path) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            return fail(exit::OSERR, &format!("cannot listen on {target}: {e}"));
+                        }
+                    };
+                    use std::os::unix::fs::PermissionsExt;
+                    let mode = std::fs::Permissions::from_mode(socket_mode);
+                    if let Err(e) = std::fs::set_permissions(path, mode) {
+                        return fail(exit::OSERR, &format!("cannot set the mode of {path}: {e}"));
+                    }
+                    serve_on(
+                        listener,
+                        target.clone(),
+                        Protocol::Lmtp,
+                        config,
+                        store,
+                        None,
+                    )
+                    .await;
+                    let _ = std::fs::remove_file(path);
+                }
+                None => {
+                    let listener = match tokio::net::TcpListener::bind(&target).await {
+                        Ok(l) => l,
+                        Err(e) => {
+                            return fail(exit::OSERR, &format!("cannot listen on {target}: {e}"));
+                        }
+                    };
+                    let at = listener.local_addr().map_or(target, |a| a.to_string());
+                    serve_on(listener, at, Protocol::Lmtp, config, store, None).await;
+                }
+            },
+            None => {
+                let tls = match &tls_files {
+                    Some((cert, key)) => ServerTls::from_pem_files(cert, key),
+                    None => ServerTls::self_signed(&hostname),
+                };
+                let tls = match tls {
+                    Ok(t) => Arc::new(t),
+                    Err(e) => return fail(exit::CONFIG, &e.to_string()),
+                };
+                let listener = match super::listener(&listen, None).await {
+                    Ok(l) => l,
+                    Err(e) => return fail(exit::OSERR, &e),
+                };
+                let at = listener.local_addr().map_or(listen, |a| a.to_string());
+                // SIGHUP re-reads the certificate, as for inbound.
+                super::spawn_reload_on_hup(Arc::clone(&tls));
+                serve_on(listener, at, Protocol::Smtp, config, store, Some(tls)).await;
+            }
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+/// Logs where `seal` listens, tells systemd it is ready, serves until
+/// SIGTERM (the signal handlers exist before READY=1).
+async fn serve_on<L>(
+    listener: L,
+    at: String,
+    protocol: Protocol,
+    config: Arc<SealConfig>,
+    store: Store,
+    tls: Option<Arc<ServerTls>>,
+) where
+    L: crate::server::Listen,
+    L::Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    log!(
+        "listening on {at} protocol={} domains={} {}{}",
+        protocol.as_str(),
+        config.keys.domains().join(","),
+        describe(&store),
+        tls.as_ref()
+            .map(|t| format!(" {}", t.describe()))
+            .unwrap_or_default()
+    );
+    let shutdown = super::shutdown_signal();
+    super::notify::ready(&at);
+    server::run(listener, protocol, config, store, tls, shutdown).await;
+}
+
+fn describe(store: &Store) -> String {
+    match store {
+        Store::Spool(s) => format!("spool={}", s.dir().display()),
+        Store::Maildirs(_) => "store=maildirs".into(),
+    }
+}
+
+/// `blackpony open FILE|DIR --identity KEYFILE`
+#[derive(Debug, Args)]
+pub struct OpenArgs {
+    /// A sealed file, or a directory of them (a spool or a Maildir: its
+    /// new/ and cur/ are read when present).
+    #[arg(value_name = "FILE|DIR")]
+    pub path: PathBuf,
+
+    /// The age identity file (AGE-SECRET-KEY-1… lines, as from
+    /// `blackpony keygen --age` or age-keygen).
+    #[arg(long, short = 'i', value_name = "KEYFILE")]
+    pub identity: PathBuf,
+
+    /// Print the envelope (MAIL FROM, RCPT TO lines and an empty line)
+    /// before each message.
+    #[arg(long)]
+    pub envelope: bool,
+}
+
+/// Decrypts and prints. One file: the message alone, byte for byte. A
+/// directory: each message after a `==> path <==` line. Exit 1 when any
+/// file could not be opened (said on stderr).
+pub fn open(args: OpenArgs) -> ExitCode {
+    use std::io::Write;
+    let text = match std::fs::read_to_string(&args.identity) {
+        Ok(t) => zeroize::Zeroizing::new(t),
+        Err(e) => return fail(exit::CONFIG, &format!("{}: {e}", args.identity.display())),
+    };
+    let identities = match parse_identities(&text) {
+        Ok(ids) => ids,
+        Err(e) => return fail(exit::CONFIG, &format!("{}: {e}", args.identity.display())),
+    };
+    let (files, many) = match sealed_files(&args.path) {
+        Ok(f) => f,
+        Err(e) => return fail(exit::USAGE, &format!("{}: {e}", args.path.display())),
+    };
+    let mut stdout = std::io::stdout().lock();
+    let mut failed = false;
+    for file in files {
+        let opened = std::fs::read(&file)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| open_sealed(&identities, &bytes).map_err(|e| e.to_string()));
+        let (envelope, message) = match opened {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("blackpony: {}: {e}", file.display());
+                failed = true;
+                continue;
+            }
+        };
+        let mut out = Vec::with_capacity(message.len() + 256);
+        if many {
+            out.extend_from_slice(format!("==> {} <==\n", file.display()).as_bytes());
+        }
+        if args.envelope {
+            out.extend_from_slice(format!("MAIL FROM:<{}>\r\n", envelope.mail_from).as_bytes());
+            for r in &envelope.rcpt_to {
+                out.extend_from_slice(format!("RCPT TO:<{r}>\r\n").as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(&message);
+        if stdout.write_all(&out).is_err() {
+            return ExitCode::from(exit::OSERR);
+        }
+    }
+    let _ = stdout.flush();
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The files to open, and whether there may be several.
+fn sealed_files(path: &Path) -> std::io::Result<(Vec<PathBuf>, bool)> {
+    if !path.is_dir() {
+        return Ok((vec![path.to_path_buf()], false));
+    }
+    let subdirs: Vec<PathBuf> = ["new", "cur"]
+        .iter()
+        .map(|s| path.join(s))
+        .filter(|p| p.is_dir())
+        .collect();
+    let dirs = if subdirs.is_empty() {
+        vec![path.to_path_buf()]
+    } else {
+        subdirs
+    };
+    let mut files = Vec::new();
+    for dir in dirs {
+        for entry in std::fs::read_dir(&dir)? {
+            let p = entry?.path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if p.is_file() && !name.starts_with('.') {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    Ok((files, true))
+}
+
+/// `blackpony keygen --age`: an age X25519 identity file (mode 0600, in
+/// age-keygen's format) and its recipient on standard output.
+pub fn keygen_age(out: &Path, force: bool) -> ExitCode {
+    use age::secrecy::ExposeSecret;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let identity = age::x25519::Identity::generate();
+    let public = identity.to_public().to_string();
+    let text = zeroize::Zeroizing::new(format!(
+        "# created: {}\n# public key: {public}\n{}\n",
+        log::timestamp_utc(std::time::SystemTime::now()),
+        identity.to_string().expose_secret()
+    ));
+    if out.exists() && !force {
+        return fail(
+            exit::CONFIG,
+            &format!(
+                "{} exists; --force replaces it (mail sealed to the old key then needs the old file)",
+                out.display()
+            ),
+        );
+    }
+    let tmp = out.with_extension("tmp-keygen");
+    let _ = std::fs::remove_file(&tmp);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, out));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return fail(
+            exit::CONFIG,
+            &format!("cannot write {}: {e}", out.display()),
+        );
+    }
+    println!("wrote {} (mode 0600)", out.display());
+    println!("public key: {public}");
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seal_section_of_the_example_config_parses() {
+        let example = include_str!("../../packaging/etc/blackpony.toml");
+        let section: String = example
+            .lines()
+            .skip_while(|l| !l.starts_with("# [seal]"))
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .filter(|l| l.contains(" = ") && !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let parsed: SealFile = toml::from_str(&section).unwrap();
+        assert_eq!(parsed.domains, ["example.org"]);
+        assert_eq!(parsed.socket_mode, Some(0o660));
+        assert_eq!(parsed.mailbox_keys.len(), 1);
+        assert!(toml::from_str::<SealFile>("typo = 1").is_err());
+    }
+}

@@ -1,0 +1,508 @@
+//! `blackpony seal`: the I/O around the receiving session
+//! ([`ReceiveSession`]) for the sealed relay. No SMTP logic here: the
+//! session parses, this loop decides what only the relay knows (its
+//! domains, its keys, its spool) and moves bytes.
+//!
+//! - **SMTP** (the MX, port 25): RCPT is answered here (our domains only:
+//!   never an open relay), STARTTLS is offered, and the final 250 is given
+//!   only after the sealed file is published (fsynced and renamed into the
+//!   spool).
+//! - **LMTP** (behind an MTA that filtered spam, `mailbox_transport =
+//!   lmtp:…`): one reply per recipient; with a Maildir root each recipient
+//!   gets its own file, sealed to its own keys, in its own Maildir.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_rustls::TlsAcceptor;
+
+use super::seal::{SealKeys, seal};
+use super::sealed::SealedEnvelope;
+use crate::log;
+use crate::server::{Control, Limits, Listen, Order};
+use crate::smtp::server::{Protocol, ReceiveEvent, ReceiveOptions, ReceiveSession};
+use crate::smtp::{BareNewlines, Envelope, Reply};
+use crate::state::{FileSpool, SpoolId, StoreError};
+use crate::transport::{Encryption, ServerTls, Stream};
+
+/// Everything `seal` is configured with, after flags and file are merged.
+#[derive(Debug, Clone)]
+pub struct SealConfig {
+    /// Our host name, in the greeting and the EHLO reply.
+    pub hostname: String,
+    pub keys: Arc<SealKeys>,
+    pub max_message_size: u64,
+    pub bare_newlines: BareNewlines,
+    /// Most client connections at once; more get 421 4.7.0.
+    pub max_connections: usize,
+    /// How long a client may stay silent (RFC 5321 §4.5.3.2.7).
+    pub client_timeout: Duration,
+    /// After SIGTERM, how long running sessions may take to finish.
+    pub shutdown_grace: Duration,
+}
+
+/// Where sealed messages go.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// One file per message, sealed to the keys of all its recipients.
+    Spool(FileSpool),
+    /// LMTP only: one file per recipient in `<root>/<address>/new/`.
+    Maildirs(Arc<MaildirRoot>),
+}
+
+/// Per-mailbox Maildirs under one root, opened on first use.
+#[derive(Debug)]
+pub struct MaildirRoot {
+    root: PathBuf,
+    open: Mutex<HashMap<String, FileSpool>>,
+}
+
+impl MaildirRoot {
+    /// The root must exist; mailbox directories are made as mail comes.
+    pub async fn open(root: PathBuf) -> Result<MaildirRoot, StoreError> {
+        match tokio::fs::metadata(&root).await {
+            Ok(m) if m.is_dir() => Ok(MaildirRoot {
+                root,
+                open: Mutex::new(HashMap::new()),
+            }),
+            _ => Err(StoreError::Unusable {
+                path: root.display().to_string(),
+                what: "is not an existing directory".into(),
+            }),
+        }
+    }
+
+    async fn spool_for(&self, address: &str) -> Result<FileSpool, StoreError> {
+        let name = mailbox_dir_name(address).ok_or_else(|| StoreError::BadId(address.into()))?;
+        if let Some(s) = self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&name)
+        {
+            return Ok(s.clone());
+        }
+        let dir = self.root.join(&name);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| StoreError::io("create mailbox", &dir, e))?;
+        let spool = FileSpool::open(&dir).await?;
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, spool.clone());
+        Ok(spool)
+    }
+}
+
+/// The directory name of a mailbox: the address in lower case, when it is
+/// safe as one path component.
+fn mailbox_dir_name(address: &str) -> Option<String> {
+    let name = address.to_lowercase();
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && !name.contains("..")
+        && !name.chars().any(|c| c == '/' || c.is_control());
+    ok.then_some(name)
+}
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// Serves clients on `listener` with the shared listener harness
+/// ([`crate::server`]: connection limits in all, per client and per
+/// network, the refusal path, the drain at shutdown) until `shutdown`.
+/// `tls` makes STARTTLS offered (the MX); LMTP runs without it.
+pub async fn run<L>(
+    listener: L,
+    protocol: Protocol,
+    config: Arc<SealConfig>,
+    store: Store,
+    tls: Option<Arc<ServerTls>>,
+    shutdown: impl Future<Output = ()>,
+) where
+    L: Listen,
+    L::Conn: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let settings = crate::server::Settings {
+        limits: Limits {
+            max_connections: config.max_connections,
+            ..Limits::default()
+        },
+        shutdown_grace: config.shutdown_grace,
+        hostname: config.hostname.clone(),
+    };
+    crate::server::run(listener, settings, shutdown, move |io, client, control| {
+        let (config, store, tls) = (Arc::clone(&config), store.clone(), tls.clone());
+        async move { serve(io, client, protocol, &config, &store, tls, control).await }
+    })
+    .await;
+}
+
+/// Counters for the closing log line.
+#[derive(Default)]
+struct Stats {
+    sealed: u64,
+    refused: u64,
+}
+
+/// Serves one client from greeting to close.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    io: S,
+    client: Option<SocketAddr>,
+    protocol: Protocol,
+    config: &SealConfig,
+    store: &Store,
+    tls: Option<Arc<ServerTls>>,
+    mut control: Control,
+) {
+    let id = format!("{:08X}", NEXT_SESSION.fetch_add(1, Ordering::Relaxed));
+    let who = client.map_or_else(|| "local".to_string(), crate::server::display_client);
+    let started = Instant::now();
+    log!(
+        "session={id} connect client={who} protocol={}",
+        protocol.as_str()
+    );
+    let options = ReceiveOptions {
+        starttls: tls.is_some(),
+        bare_newlines: config.bare_newlines,
+        refuse_nul: true,
+    };
+    let mut session = ReceiveSession::new(protocol, &config.hostname, config.max_message_size)
+        .with_options(options);
+    let mut stream = Stream::Plain(io);
+    let mut encryption: Option<Encryption> = None;
+    let mut stats = Stats::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    let ctx = Ctx {
+        id: &id,
+        who: &who,
+        config,
+        store,
+    };
+    let end = loop {
+        let mut start_tls = false;
+        while let Some(event) = session.poll_event() {
+            match event {
+                ReceiveEvent::Recipient { recipient, .. } => {
+                    let reply = ctx.recipient_reply(&recipient);
+                    if !reply.is_success() {
+                        stats.refused += 1;
+                    }
+                    session.answer(&reply);
+                }
+                ReceiveEvent::Data => {
+                    session.answer(&Reply::new(354, "End data with <CR><LF>.<CR><LF>"));
+                }
+                ReceiveEvent::EndOfData { envelope, wire } => {
+                    let reply = ctx.seal_one(envelope, wire).await;
+                    if reply.is_success() {
+                        stats.sealed += 1;
+                    }
+                    session.answer(&reply);
+                }
+                ReceiveEvent::Deliver { envelope, wire } => {
+                    let replies = ctx.deliver_lmtp(envelope, wire).await;
+                    stats.sealed += replies.iter().filter(|r| r.is_success()).count() as u64;
+                    session.delivered(&replies);
+                }
+                ReceiveEvent::StartTls => start_tls = true,
+                ReceiveEvent::Reset | ReceiveEvent::Close => {}
+            }
+        }
+        if !session.output.is_empty() {
+            let written = tokio::time::timeout(config.client_timeout, async {
+                stream.write_all(&session.output).await?;
+                stream.flush().await
+            })
+            .await;
+            session.output.clear();
+            if !matches!(written, Ok(Ok(()))) {
+                break "client-lost";
+            }
+        }
+        if session.is_closed() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), stream.shutdown()).await;
+            break "quit";
+        }
+        if start_tls {
+            let (Some(tls), Ok(plain)) = (tls.as_ref(), stream.into_plain()) else {
+                break "tls-failed";
+            };
+            let acceptor = TlsAcceptor::from(tls.config());
+            match tokio::time::timeout(config.client_timeout, acceptor.accept(plain)).await {
+                Ok(Ok(t)) => {
+                    let info = Encryption::from_tls(t.get_ref().1);
+                    log!("session={id} starttls client={who} tls={info}");
+                    encryption = Some(info);
+                    stream = Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(t)));
+                    session.tls_established();
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    log!("session={id} tls-error=\"{e}\" client={who}");
+                    break "tls-failed";
+                }
+                Err(_) => {
+                    log!("session={id} tls-error=\"handshake timed out\" client={who}");
+                    break "tls-failed";
+                }
+            }
+        }
+        let read = tokio::select! {
+            read = tokio::time::timeout(config.client_timeout, stream.read(&mut buf)) => Some(read),
+            // Shutdown or eviction, only ever between commands: a message
+            // being sealed is finished and answered first.
+            order = control.order() => match order {
+                Order::Recheck => continue,
+                Order::Close | Order::Evict { .. } => None,
+            },
+        };
+        match read {
+            Some(Ok(Ok(n))) if n > 0 => {
+                control.progress();
+                session.input(&buf[..n]);
+            }
+            Some(Ok(_)) => {
+                session.eof();
+                break "client-closed";
+            }
+            None => {
+                let reply = Reply::new(
+                    421,
+                    format!(
+                        "4.3.2 {} Service shutting down, closing connection",
+                        config.hostname
+                    ),
+                );
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    let _ = stream.write_all(&reply.to_bytes()).await;
+                    let _ = stream.flush().await;
+                })
+                .await;
+                break "shutdown";
+            }
+            Some(Err(_)) => {
+                let reply = Reply::new(
+                    421,
+                    format!("4.4.2 {} Error: timeout exceeded", config.hostname),
+                );
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    let _ = stream.write_all(&reply.to_bytes()).await;
+                    let _ = stream.flush().await;
+                })
+                .await;
+                break "timeout";
+            }
+        }
+    };
+    let tls = encryption.map_or_else(|| "none".to_string(), |e| e.to_string());
+    log!(
+        "session={id} disconnect client={who} tls={tls} sealed={} refused={} end={end} duration={:.3}s",
+        stats.sealed,
+        stats.refused,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// What one session's decisions need.
+struct Ctx<'a> {
+    id: &'a str,
+    who: &'a str,
+    config: &'a SealConfig,
+    store: &'a Store,
+}
+
+impl Ctx<'_> {
+    /// RCPT: our domains only, and only mailboxes we have a key for.
+    fn recipient_reply(&self, recipient: &str) -> Reply {
+        match self.refusal(recipient) {
+            Some(reply) => {
+                log!(
+                    "session={} refused=rcpt client={} to=<{recipient}> reply=\"{reply}\"",
+                    self.id,
+                    self.who
+                );
+                reply
+            }
+            None => Reply::new(250, "2.1.5 Ok"),
+        }
+    }
+
+    fn refusal(&self, recipient: &str) -> Option<Reply> {
+        let keys = &self.config.keys;
+        if !keys.serves(recipient) {
+            // Never an open relay: mail for other domains is not ours.
+            return Some(Reply::new(
+                550,
+                format!("5.7.1 <{recipient}>: Relay access denied"),
+            ));
+        }
+        if keys.keys_of(recipient).is_empty() {
+            return Some(Reply::new(
+                550,
+                format!("5.1.1 <{recipient}>: Recipient address rejected: no such mailbox here"),
+            ));
+        }
+        None
+    }
+
+    /// SMTP end of data: seal to every recipient's keys, publish, then 250.
+    async fn seal_one(&self, envelope: Envelope, wire: Vec<u8>) -> Reply {
+        let Store::Spool(spool) = self.store else {
+            return Reply::new(451, "4.3.0 Error: no spool configured");
+        };
+        match self
+            .seal_publish(spool, envelope.sender, envelope.recipients, wire)
+            .await
+        {
+            Ok(id) => Reply::new(250, format!("2.0.0 Ok: sealed as {id}")),
+            Err(reply) => reply,
+        }
+    }
+
+    /// LMTP: one reply per recipient (RFC 2033 §4.2).
+    async fn deliver_lmtp(&self, envelope: Envelope, wire: Vec<u8>) -> Vec<Reply> {
+        let refusals: Vec<Option<Reply>> = envelope
+            .recipients
+            .iter()
+            .map(|r| self.refusal(r))
+            .collect();
+        let accepted: Vec<String> = envelope
+            .recipients
+            .iter()
+            .zip(&refusals)
+            .filter(|(_, refusal)| refusal.is_none())
+            .map(|(r, _)| r.clone())
+            .collect();
+        let mut results: HashMap<String, Reply> = HashMap::new();
+        match self.store {
+            Store::Spool(spool) if !accepted.is_empty() => {
+                let reply = match self
+                    .seal_publish(spool, envelope.sender.clone(), accepted.clone(), wire)
+                    .await
+                {
+                    Ok(id) => Reply::new(250, format!("2.0.0 Ok: sealed as {id}")),
+                    Err(reply) => reply,
+                };
+                for r in accepted {
+                    results.insert(r, reply.clone());
+                }
+            }
+            Store::Spool(_) => {}
+            Store::Maildirs(root) => {
+                // Each mailbox its own file, sealed to its own keys, with
+                // only its own address in the envelope (no Bcc leaks).
+                for r in accepted {
+                    let reply = match root.spool_for(&r).await {
+                        Ok(spool) => match self
+                            .seal_publish(
+                                &spool,
+                                envelope.sender.clone(),
+                                vec![r.clone()],
+                                wire.clone(),
+                            )
+                            .await
+                        {
+                            Ok(id) => Reply::new(250, format!("2.0.0 <{r}> Ok: sealed as {id}")),
+                            Err(reply) => reply,
+                        },
+                        Err(e) => {
+                            log!("session={} store-error=\"{e}\" to=<{r}>", self.id);
+                            Reply::new(451, "4.3.0 Error: cannot store the message now")
+                        }
+                    };
+                    results.insert(r, reply);
+                }
+            }
+        }
+        envelope
+            .recipients
+            .iter()
+            .zip(refusals)
+            .map(|(r, refusal)| {
+                refusal
+                    .or_else(|| results.get(r).cloned())
+                    .unwrap_or_else(|| Reply::new(451, "4.3.0 Error: no result for this recipient"))
+            })
+            .collect()
+    }
+
+    /// Seals off the runtime threads, publishes, logs; the error is the
+    /// reply to give (4xx: the client keeps the message and retries).
+    async fn seal_publish(
+        &self,
+        spool: &FileSpool,
+        sender: String,
+        recipients: Vec<String>,
+        wire: Vec<u8>,
+    ) -> Result<SpoolId, Reply> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            log!(
+                "session={} seal-error=\"{what}: {e}\" client={}",
+                self.id,
+                self.who
+            );
+            Reply::new(
+                451,
+                "4.3.0 Error: cannot store the message now, try again later",
+            )
+        };
+        let keys = self
+            .config
+            .keys
+            .keys_for(&recipients)
+            .map_err(|e| fail("keys", &e))?;
+        let nkeys = keys.len();
+        let size = wire.len();
+        let envelope = SealedEnvelope {
+            mail_from: sender,
+            rcpt_to: recipients,
+        };
+        let (envelope, sealed) = tokio::task::spawn_blocking(move || {
+            let sealed = seal(&keys, &envelope, &wire);
+            (envelope, sealed)
+        })
+        .await
+        .map_err(|e| fail("task", &e))?;
+        let sealed = sealed.map_err(|e| fail("seal", &e))?;
+        let id = spool
+            .publish(&sealed)
+            .await
+            .map_err(|e| fail("spool", &e))?;
+        log!(
+            "seal: session={} client={} from=<{}> nrcpt={} size={size} sealed={id} recipients={} keys={nkeys}",
+            self.id,
+            self.who,
+            envelope.mail_from,
+            envelope.rcpt_to.len(),
+            envelope.rcpt_to.join(",")
+        );
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mailbox_directory_names() {
+        for (address, want) in [
+            ("Alice@Example.org", Some("alice@example.org")),
+            ("../etc@x", None),
+            (".hidden@x", None),
+            ("a/b@x", None),
+            ("a\nb@x", None),
+            ("", None),
+        ] {
+            assert_eq!(mailbox_dir_name(address).as_deref(), want, "{address:?}");
+        }
+    }
+}
