@@ -377,7 +377,7 @@ def test_postfix_lmtp_writes_sealed_per_mailbox_maildirs(workdir, keys):
 
 
 def test_sigkill_during_load_loses_no_acknowledged_message(workdir, keys):
-    """1,000 messages, `seal` SIGKILLed every 0.2–0.5 s and restarted on the same port.
+    """1,000 messages, `seal` SIGKILLed every 0.1–0.4 s and restarted on the same port.
     Every message that got 250 is in the spool and decrypts; nothing partial is visible."""
     total = 1000
     spool = workdir / "spool-crash"
@@ -393,7 +393,7 @@ def test_sigkill_during_load_loses_no_acknowledged_message(workdir, keys):
         nonlocal relay, kills
         deadline = time.monotonic() + 240
         while not stop.is_set() and time.monotonic() < deadline:
-            time.sleep(0.2 + (kills % 4) * 0.1)
+            time.sleep(0.1 + (kills % 4) * 0.1)
             if stop.is_set():
                 break
             with lock:
