@@ -273,7 +273,7 @@ async fn open_relay(
     let stream = stream.ok_or_else(|| temporary("connection lost".into()))?;
     if !session.is_ready() || !stream.is_encrypted() {
         let why = match session.take_outcome() {
-            Some(SessionOutcome::Failed(f)) => format!("{f:?}"),
+            Some(SessionOutcome::Failed(f)) => f.to_string(),
             _ => "session ended before the channel was open".into(),
         };
         log!("xpony: {why}");
@@ -707,10 +707,9 @@ async fn deliver_smtp(
             .into_iter()
             .map(|r| (r.recipient, r.reply))
             .collect(),
-        Some(SessionOutcome::Failed(f)) => all(Reply::new(
-            451,
-            format!("4.4.2 local delivery failed: {f:?}"),
-        )),
+        Some(SessionOutcome::Failed(f)) => {
+            all(Reply::new(451, format!("4.4.2 local delivery failed: {f}")))
+        }
         Some(SessionOutcome::Uncertain { .. }) | None => all(Reply::new(
             451,
             "4.4.2 connection to the local MTA lost after the message was sent (delivery uncertain)",

@@ -89,6 +89,25 @@ pub enum HostFailure {
     PonyFailed { why: String },
 }
 
+/// For logs: what went wrong with the host, in words (never `Debug`).
+impl std::fmt::Display for HostFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused { stage, reply } => write!(f, "refused at {stage}: {reply}"),
+            Self::TlsUnavailable { reply: Some(reply) } => {
+                write!(f, "TLS required but unavailable: {reply}")
+            }
+            Self::TlsUnavailable { reply: None } => {
+                write!(f, "TLS required but STARTTLS not offered")
+            }
+            Self::Protocol(e) => write!(f, "protocol error: {e}"),
+            Self::Lost { stage } => write!(f, "connection lost at {stage}"),
+            Self::PonyDowngrade => write!(f, "XPONY expected but not offered (downgrade?)"),
+            Self::PonyRejected { why } | Self::PonyFailed { why } => write!(f, "{why}"),
+        }
+    }
+}
+
 /// The answer about one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecipientResult {
