@@ -65,8 +65,22 @@ class MxSessions:
         self.since = len(pf.log_text())
 
     def lines(self) -> list[str]:
+        """This listener's lines of the sessions that connected after `since`: a session of
+        an earlier test may log its disconnect late (the smtpd process id tells them apart)."""
         tag = f" {self.service}/smtpd["
-        return [l for l in self.pf.log_text()[self.since:].splitlines() if tag in l]
+        opened: set[str] = set()
+        kept = []
+        for l in self.pf.log_text()[self.since:].splitlines():
+            if tag not in l:
+                continue
+            pid = l.split(tag, 1)[1].split("]", 1)[0]
+            if " connect from " in l:
+                opened.add(pid)
+            if pid in opened:
+                kept.append(l)
+            if " disconnect from " in l:
+                opened.discard(pid)
+        return kept
 
     def wait_done(self, count: int = 1, timeout: float = 15) -> list[str]:
         """The new lines, once count sessions have ended (`disconnect from`)."""
