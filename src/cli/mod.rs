@@ -835,6 +835,7 @@ impl OutboundSettings {
             pony,
             idle: Default::default(),
             refuse_address_literals: self.refuse_address_literals,
+            outcomes: None,
         })
     }
 }

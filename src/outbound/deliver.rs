@@ -81,6 +81,9 @@ pub struct Deliverer {
     /// Refuse recipients whose domain is an address literal
     /// (`--refuse-address-literals`) instead of delivering to the address.
     pub refuse_address_literals: bool,
+    /// Where each MX session's policy outcome goes (TLS reporting, RFC
+    /// 8460); `None`: not recorded.
+    pub outcomes: Option<Arc<dyn super::outcome::OutcomeSink>>,
 }
 
 /// What the client side of the blackpony extension needs.
@@ -313,6 +316,13 @@ impl Deliverer {
             log!("{}", s.log_line());
         }
         results
+    }
+
+    /// Hands `outcome` to the TLS reporting store, if there is one.
+    pub fn record_outcome(&self, outcome: &super::outcome::PolicyOutcome) {
+        if let Some(sink) = &self.outcomes {
+            sink.record(outcome);
+        }
     }
 
     fn failed(&self, rcpt: &str, reply: Reply, started: Instant) -> RecipientStatus {

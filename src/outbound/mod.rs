@@ -6,6 +6,8 @@
 //! - [`route`]: MX ordering (RFC 5321 §5.1);
 //! - [`policy`]: TLS policy per destination and the security level reached;
 //! - [`memory`]: hosts whose TLS handshake failed (plaintext after a backoff);
+//! - [`outcome`]: what a TLS policy decided per MX host, for TLS reporting
+//!   (RFC 8460);
 //! - [`deliver`]: the I/O loop around the sans-IO
 //!   [`ClientSession`](crate::smtp::client::ClientSession);
 //! - [`cache`]: MX sessions the SMTP proxy keeps open between transactions;
@@ -17,10 +19,12 @@ pub mod deliver;
 pub mod dns;
 pub mod exit;
 pub mod memory;
+pub mod outcome;
 pub mod policy;
 pub mod route;
 pub mod service;
 
 pub use deliver::{Deliverer, Limits, RecipientStatus, Status};
 pub use dns::MailResolver;
+pub use outcome::{OutcomeSink, PolicyOutcome, PolicyType, TlsFailure};
 pub use policy::{PolicyTable, SecurityLevel, TlsPolicy};
