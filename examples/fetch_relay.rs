@@ -9,6 +9,8 @@
 //!
 //! Prints `listening on ADDR` when ready; stops on SIGTERM.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -6,6 +6,8 @@
 //! (as blackpony's STARTTLS), TLS 1.3, X25519, ChaCha20-Poly1305 preferred so
 //! the AEADs match; a P-256 certificate signed by a throwaway CA.
 
+#![forbid(unsafe_code)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -26,6 +26,8 @@
 //! Each role's `run` takes its listener, its TLS configuration and a shutdown
 //! future, so tests drive it on port 0.
 
+#![forbid(unsafe_code)]
+
 pub mod check;
 pub mod cli;
 #[doc(hidden)]

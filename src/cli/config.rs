@@ -62,7 +62,7 @@ pub fn merge_outbound(
     let helo_name = args
         .helo_name
         .or(file.helo_name)
-        .unwrap_or_else(super::system_hostname);
+        .unwrap_or_else(super::sys::system_hostname);
     if helo_name.is_empty()
         || helo_name
             .bytes()
@@ -211,7 +211,7 @@ pub fn merge_inbound(args: InboundArgs, file: InboundFile) -> Result<InboundSett
     let hostname = args
         .hostname
         .or(file.hostname)
-        .unwrap_or_else(super::system_hostname);
+        .unwrap_or_else(super::sys::system_hostname);
     if hostname.is_empty()
         || hostname
             .bytes()

@@ -194,7 +194,7 @@ pub fn settings(args: FetchArgs, file: FetchFile) -> Result<FetchSettings, Confi
     let helo_name = args
         .helo_name
         .or(file.helo_name)
-        .unwrap_or_else(super::system_hostname);
+        .unwrap_or_else(super::sys::system_hostname);
     let on_permanent_failure = match args.on_permanent_failure.or(file.on_permanent_failure) {
         Some(PermanentArg::Delete) => OnPermanentFailure::Delete,
         _ => OnPermanentFailure::Keep,

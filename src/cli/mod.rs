@@ -13,6 +13,7 @@ pub mod seal;
 #[cfg(test)]
 mod shipped_config;
 pub mod stats;
+mod sys;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -441,6 +442,8 @@ fn run() -> ExitCode {
         Ok(d) => d,
         Err(e) => return fail(exit::OSERR, &format!("cannot drop the real user id: {e}")),
     };
+    // Before any thread starts: this edits the environment.
+    sys::take_passed_sockets();
     let file = match &cli.config {
         Some(path) => match FileConfig::load(path) {
             Ok(f) => f,
@@ -597,7 +600,7 @@ fn keygen(args: KeygenArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(exit::CONFIG, &e.to_string()),
     };
-    let host = args.hostname.unwrap_or_else(system_hostname);
+    let host = args.hostname.unwrap_or_else(sys::system_hostname);
     let public = pair.public();
     println!("wrote {} (mode 0600)", out.display());
     println!("public key:  {}", keys::encode_key(&public));
@@ -861,7 +864,7 @@ async fn run_inbound(settings: InboundSettings) -> ExitCode {
         Err(e) => return fail(exit::CONFIG, &e.to_string()),
     };
     load::prepare(&settings.config);
-    let listener = match listener(&settings.listen, settings.listen_backlog).await {
+    let listener = match sys::listener(&settings.listen, settings.listen_backlog).await {
         Ok(l) => l,
         Err(e) => return fail(exit::OSERR, &e),
     };
@@ -876,46 +879,6 @@ async fn run_inbound(settings: InboundSettings) -> ExitCode {
     );
     inbound::run(listener, settings.config, tls, shutdown).await;
     ExitCode::SUCCESS
-}
-
-/// The listening socket: from systemd (socket activation, `LISTEN_FDS`), or
-/// bound here.
-async fn listener(listen: &str, backlog: Option<u32>) -> Result<TcpListener, String> {
-    if let Some(std_listener) = systemd_listener() {
-        std_listener
-            .set_nonblocking(true)
-            .map_err(|e| format!("socket from systemd: {e}"))?;
-        return TcpListener::from_std(std_listener)
-            .map_err(|e| format!("socket from systemd: {e}"));
-    }
-    crate::server::listener::bind(listen, backlog)
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::PermissionDenied => format!(
-                "cannot listen on {listen}: {e} (ports below 1024 need CAP_NET_BIND_SERVICE or systemd socket activation; see README)"
-            ),
-            _ => format!("cannot listen on {listen}: {e}"),
-        })
-}
-
-/// The first socket systemd passed us (sd_listen_fds(3): fds from 3 on,
-/// when `LISTEN_PID` is our pid).
-fn systemd_listener() -> Option<std::net::TcpListener> {
-    let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
-    let fds: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
-    if pid != std::process::id() || fds < 1 {
-        return None;
-    }
-    // SAFETY: systemd hands us fd 3 as a listening socket that nothing else
-    // in this process owns; we take ownership exactly once.
-    let listener = unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(3) };
-    // SAFETY: unsetenv before any other thread reads the environment (the
-    // runtime's workers do not).
-    unsafe {
-        std::env::remove_var("LISTEN_PID");
-        std::env::remove_var("LISTEN_FDS");
-    }
-    Some(listener)
 }
 
 fn spawn_reload_on_hup(tls: Arc<ServerTls>) {
@@ -957,18 +920,6 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         }
         notify::stopping();
     }
-}
-
-/// The system host name, for `--hostname`'s default.
-pub fn system_hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most `len` bytes into our buffer.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "localhost".to_string();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 pub(crate) fn secs(s: u64) -> Duration {

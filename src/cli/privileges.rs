@@ -17,35 +17,34 @@ pub struct Dropped {
 
 /// Sets the real and saved user and group ids to the effective ones (group first,
 /// while the process may still change it). `Ok(None)`: they already were.
+///
+/// Linux keeps credentials per thread, and the system calls change only the
+/// calling thread's (glibc's `setresuid` signals every thread to follow; the
+/// raw call does not). So this runs before any other thread exists, and checks
+/// that none does: a thread left with the old real uid could switch back.
 pub fn drop_real_ids() -> std::io::Result<Option<Dropped>> {
-    // SAFETY: these calls take and return plain integers; no memory is shared.
-    let (ruid, euid, rgid, egid) = unsafe {
-        (
-            libc::getuid(),
-            libc::geteuid(),
-            libc::getgid(),
-            libc::getegid(),
-        )
-    };
+    use rustix::process::{getegid, geteuid, getgid, getuid};
+    let (ruid, euid, rgid, egid) = (getuid(), geteuid(), getgid(), getegid());
     if ruid == euid && rgid == egid {
         return Ok(None);
     }
-    // SAFETY: as above.
-    if unsafe { libc::setresgid(egid, egid, egid) } != 0
-        || unsafe { libc::setresuid(euid, euid, euid) } != 0
-    {
-        return Err(std::io::Error::last_os_error());
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads != 1 {
+        return Err(std::io::Error::other(format!(
+            "{threads} threads already running; the ids must be dropped before any starts"
+        )));
     }
-    // SAFETY: as above. Check that the real uid cannot come back.
-    let (ruid_now, rgid_now) = unsafe { (libc::getuid(), libc::getgid()) };
-    if ruid_now != euid || rgid_now != egid {
+    rustix::thread::set_thread_res_gid(egid, egid, egid)?;
+    rustix::thread::set_thread_res_uid(euid, euid, euid)?;
+    // Check that the real ids cannot come back.
+    if getuid() != euid || getgid() != egid {
         return Err(std::io::Error::other("real ids unchanged after setresuid"));
     }
     Ok(Some(Dropped {
-        real_uid: ruid,
-        real_gid: rgid,
-        uid: euid,
-        gid: egid,
+        real_uid: ruid.as_raw(),
+        real_gid: rgid.as_raw(),
+        uid: euid.as_raw(),
+        gid: egid.as_raw(),
     }))
 }
 

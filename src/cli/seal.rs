@@ -140,7 +140,7 @@ pub fn run(args: SealArgs, file: SealFile, runtime: &tokio::runtime::Runtime) ->
     let hostname = args
         .hostname
         .or(file.hostname)
-        .unwrap_or_else(super::system_hostname);
+        .unwrap_or_else(super::sys::system_hostname);
     let config = Arc::new(SealConfig {
         hostname: hostname.clone(),
         keys,
@@ -255,7 +255,7 @@ pub fn run(args: SealArgs, file: SealFile, runtime: &tokio::runtime::Runtime) ->
                     Ok(t) => Arc::new(t),
                     Err(e) => return fail(exit::CONFIG, &e.to_string()),
                 };
-                let listener = match super::listener(&listen, None).await {
+                let listener = match super::sys::listener(&listen, None).await {
                     Ok(l) => l,
                     Err(e) => return fail(exit::OSERR, &e),
                 };

@@ -31,6 +31,12 @@ pub struct Start<'a> {
 
 impl Daemon {
     pub fn start(start: Start<'_>) -> Daemon {
+        Daemon::start_with_stdin(start, None)
+    }
+
+    /// Standard input is `stdin` (else /dev/null); `start.shell` may move it
+    /// to another fd.
+    pub fn start_with_stdin(start: Start<'_>, stdin: Option<std::os::fd::OwnedFd>) -> Daemon {
         // BLACKPONY_BIN: another build (to check a test fails without a fix).
         let bin = std::env::var("BLACKPONY_BIN")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_blackpony").to_string());
@@ -45,7 +51,7 @@ impl Daemon {
             .arg(&script)
             .arg(&bin)
             .args(start.args)
-            .stdin(Stdio::null())
+            .stdin(stdin.map_or_else(Stdio::null, Stdio::from))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -89,6 +95,10 @@ impl Daemon {
             let sink = Arc::clone(&self.log);
             std::thread::spawn(move || collect(stderr, &sink));
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn log(&self) -> Vec<String> {

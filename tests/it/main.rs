@@ -2,6 +2,9 @@
 //! driven over real sockets. Tests against third-party mail software live in
 //! `interop/`.
 
+#![forbid(unsafe_code)]
+
+mod activation;
 mod daemon;
 mod error_limits;
 mod fetch;
