@@ -20,6 +20,8 @@ import stat
 import subprocess
 from pathlib import Path
 
+from interop.peers import free_port
+
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -183,3 +185,38 @@ def test_install_upgrade_purge(debs, clean_machine):
         raise AssertionError("group blackpony left behind")
     except KeyError:
         pass
+
+
+def test_check_passes_on_the_installed_config(debs, clean_machine, pf_proxy, pf_xclient):
+    """`blackpony check` run as the service user on the shipped config (only the two
+    addresses changed to ones this test owns): passes in front of a Postfix set up as the
+    inbound recipe says, and fails with the fix in front of one that was not told about the
+    PROXY header."""
+    first, _ = debs
+    installed = run("dpkg", "-i", str(first), timeout=300)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    shipped = Path("/etc/blackpony/blackpony.toml").read_text()
+    user = pwd.getpwnam("blackpony")
+
+    def check_against(backend) -> subprocess.CompletedProcess:
+        config = shipped.replace('listen = "0.0.0.0:25"', f'listen = "127.0.0.1:{free_port()}"')
+        config = config.replace('backend = "127.0.0.1:10025"',
+                                f'backend = "{backend.host}:{backend.port}"')
+        assert config.count("127.0.0.1:") >= 2, "the shipped config's addresses moved"
+        path = Path("/etc/blackpony/check-test.toml")
+        path.write_text(config)
+        os.chown(path, 0, user.pw_gid)
+        os.chmod(path, 0o640)
+        result = run("runuser", "-u", "blackpony", "--", "/usr/bin/blackpony", "--config",
+                     str(path), "check", "--timeout", "5", timeout=60)
+        print(result.stdout, result.stderr)
+        return result
+
+    good = check_against(pf_proxy)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "error" not in good.stdout
+    assert "[outbound] state_dir = /var/lib/blackpony" in good.stdout
+    broken = check_against(pf_xclient)
+    assert broken.returncode == 1, broken.stdout
+    assert "answers the PROXY header as an SMTP command" in broken.stdout
+    assert "smtpd_upstream_proxy_protocol=haproxy" in broken.stdout

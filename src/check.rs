@@ -95,6 +95,63 @@ pub fn private_key_file(setting: &str, path: &Path) -> Finding {
     Finding::ok(format!("{setting} = {shown} (mode {mode:04o})"))
 }
 
+/// A directory a service keeps its state or spool in: it must be a
+/// directory this process can write (probed by creating and removing a
+/// file), and not writable by everyone. A missing one is a warning when
+/// the role creates it at start (`created_at_start`), else an error.
+pub fn writable_dir(setting: &str, path: &Path, created_at_start: bool) -> Finding {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !created_at_start => {
+            return Finding::error(
+                format!("{setting} = {shown} does not exist"),
+                format!("install -d -o blackpony -g blackpony -m 0750 {shown}"),
+            );
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Finding::warning(
+                format!("{setting} = {shown} does not exist yet"),
+                format!(
+                    "it is created at start if the parent is writable; or: \
+                     install -d -o blackpony -g blackpony -m 0750 {shown}"
+                ),
+            );
+        }
+        Err(e) => {
+            return Finding::error(
+                format!("{setting} = {shown}: {e}"),
+                format!("correct {setting}"),
+            );
+        }
+    };
+    if !meta.is_dir() {
+        return Finding::error(
+            format!("{setting} = {shown} is not a directory"),
+            format!("correct {setting}"),
+        );
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o002 != 0 {
+        return Finding::error(
+            format!("{setting} = {shown} is writable by everyone (mode {mode:04o})"),
+            format!("chmod 0750 {shown}"),
+        );
+    }
+    let probe = path.join(format!(".blackpony-check.{}", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Finding::ok(format!("{setting} = {shown} (mode {mode:04o})"))
+        }
+        Err(e) => Finding::error(
+            format!("{setting} = {shown} cannot be written: {e}"),
+            format!("chown blackpony:blackpony {shown} (the user the service runs as)"),
+        ),
+    }
+}
+
 /// A file that must only be readable (a certificate, CA file).
 pub fn readable_file(setting: &str, path: &Path) -> Finding {
     match std::fs::File::open(path) {
@@ -550,6 +607,40 @@ mod tests {
             Level::Error
         );
         assert_eq!(private_key_file("host_key", &dir).level, Level::Error);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn state_directories_must_be_writable_and_not_by_everyone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("blackpony-check-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            writable_dir("d", &dir, true).level,
+            Level::Warning,
+            "missing"
+        );
+        assert_eq!(
+            writable_dir("d", &dir, false).level,
+            Level::Error,
+            "missing spool"
+        );
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+        assert_eq!(writable_dir("d", &dir, true).level, Level::Ok);
+        assert!(
+            std::fs::read_dir(&dir).unwrap().next().is_none(),
+            "probe removed"
+        );
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(
+            writable_dir("d", &dir, true).level,
+            Level::Error,
+            "world-writable"
+        );
+        let file = dir.join("f");
+        std::fs::write(&file, b"").unwrap();
+        assert_eq!(writable_dir("d", &file, true).level, Level::Error, "a file");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -103,9 +103,36 @@ async fn check_file(file: FileConfig, args: &CheckArgs, out: &mut Vec<Finding>) 
         if let Some(p) = &outbound.tls_ca_file {
             out.push(check::readable_file("[outbound] tls_ca_file", p));
         }
+        // Pins and the TLS-failure memory live here: a directory the
+        // mailer's user cannot write makes every first contact unpinned.
+        let state_dir = outbound
+            .state_dir
+            .clone()
+            .unwrap_or_else(crate::outbound::deliver::default_state_dir);
+        out.push(check::writable_dir(
+            "[outbound] state_dir",
+            &state_dir,
+            true,
+        ));
     }
-    if let Some(p) = file.fetch.as_ref().and_then(|f| f.host_key.as_ref()) {
-        out.push(check::private_key_file("[fetch] host_key", p));
+    if let Some(fetch) = &file.fetch {
+        if let Some(p) = &fetch.host_key {
+            out.push(check::private_key_file("[fetch] host_key", p));
+        }
+        for p in fetch.age_identities() {
+            out.push(check::private_key_file("[fetch] age_identity", &p));
+        }
+        if let Some(p) = &fetch.state_dir {
+            out.push(check::writable_dir("[fetch] state_dir", p, true));
+        }
+    }
+    if let Some(seal) = &file.seal {
+        if let Some(p) = &seal.spool {
+            out.push(check::writable_dir("[seal] spool", p, false));
+        }
+        if let Some(p) = &seal.tls_key {
+            out.push(check::private_key_file("[seal] tls_key", p));
+        }
     }
 }
 

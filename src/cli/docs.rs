@@ -113,6 +113,9 @@ fn render(
     if cmd.get_subcommands().any(|s| !s.is_hide_set()) {
         man.render_subcommands_section(out)?;
     }
+    if let Some(manual) = super::roff::manual_for(name) {
+        out.write_all(super::roff::markdown_to_roff(manual).as_bytes())?;
+    }
     out.write_all(FILES.as_bytes())?;
     // SEE ALSO: the other pages of the suite, the README and the spec.
     let others: Vec<String> = all

@@ -67,6 +67,17 @@ pub enum OneOrMany {
     Many(Vec<PathBuf>),
 }
 
+impl FetchFile {
+    /// The age identity files the section names (one or a list).
+    pub fn age_identities(&self) -> Vec<PathBuf> {
+        match &self.age_identity {
+            Some(OneOrMany::One(p)) => vec![p.clone()],
+            Some(OneOrMany::Many(v)) => v.clone(),
+            None => Vec::new(),
+        }
+    }
+}
+
 impl OneOrMany {
     fn into_vec(self) -> Vec<PathBuf> {
         match self {

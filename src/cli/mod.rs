@@ -9,6 +9,7 @@ pub mod fetch;
 pub mod load;
 mod notify;
 mod privileges;
+mod roff;
 pub mod seal;
 #[cfg(test)]
 mod shipped_config;
