@@ -6,7 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -18,34 +22,34 @@ use crate::server::{Activity, ClientClock, Control, Order, Timeouts};
 use crate::smtp::Reply;
 use crate::transport::{Encryption, ServerTls, Stream};
 
-/// Read buffers start small, so thousands of idle connections cost little,
-/// and grow (up to [`MAX_READ_BUFFER`]) when a read fills them, so a bulk
-/// transfer needs few system calls.
-const MIN_READ_BUFFER: usize = 2 * 1024;
-const MAX_READ_BUFFER: usize = 64 * 1024;
+/// Every read (client or backend) goes into one buffer per thread and is
+/// handed to the session before the task yields: the session copies what it
+/// keeps (a partial line, message bytes on their way out), so a connection
+/// owns no read buffer, and thousands of idle ones cost little. 64 KiB lets
+/// a bulk transfer take what the socket holds in one system call.
+const READ_BUFFER: usize = 64 * 1024;
 
-/// A read buffer that doubles when a read fills it.
-struct ReadBuffer(Vec<u8>);
+thread_local! {
+    static READ_BUF: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; READ_BUFFER].into_boxed_slice());
+}
 
-impl ReadBuffer {
-    fn new() -> Self {
-        ReadBuffer(vec![0; MIN_READ_BUFFER])
-    }
-
-    fn space(&mut self) -> &mut [u8] {
-        &mut self.0
-    }
-
-    /// Called after a read of `n` bytes; returns them.
-    fn filled(&mut self, n: usize) -> &[u8] {
-        if n == self.0.len() && self.0.len() < MAX_READ_BUFFER {
-            let grown = self.0.len() * 2;
-            let mut bigger = vec![0; grown];
-            bigger[..n].copy_from_slice(&self.0[..n]);
-            self.0 = bigger;
+/// Polls one read from `reader` into the thread's read buffer and, if it
+/// completed, hands the outcome to `take` (bytes; `Ok(&[])` at EOF).
+fn poll_read_into<R: AsyncRead + Unpin + ?Sized, T>(
+    reader: &mut R,
+    cx: &mut Context<'_>,
+    take: impl FnOnce(std::io::Result<&[u8]>) -> T,
+) -> Poll<T> {
+    READ_BUF.with(|cell| {
+        let mut space = cell.borrow_mut();
+        let mut buf = ReadBuf::new(&mut space[..]);
+        match Pin::new(reader).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => Poll::Ready(take(Ok(buf.filled()))),
+            Poll::Ready(Err(e)) => Poll::Ready(take(Err(e))),
+            Poll::Pending => Poll::Pending,
         }
-        &self.0[..n]
-    }
+    })
 }
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
@@ -81,8 +85,26 @@ async fn write_within<W: AsyncWrite + Unpin + ?Sized>(
     if bytes.is_empty() {
         return Wrote::Done;
     }
+    // Most writes fit the socket's buffer at once: try that first, without
+    // arming the deadline or waiting for orders.
+    let mut written = 0;
+    let now = std::future::poll_fn(|cx| {
+        Poll::Ready(try_write_now(
+            Pin::new(&mut *writer),
+            cx,
+            bytes,
+            &mut written,
+        ))
+    })
+    .await;
+    match now {
+        Some(Ok(())) => return Wrote::Done,
+        Some(Err(_)) => return Wrote::Failed,
+        None => {}
+    }
+    let rest = &bytes[written..];
     let write = async {
-        writer.write_all(bytes).await?;
+        writer.write_all(rest).await?;
         writer.flush().await
     };
     tokio::pin!(write);
@@ -97,6 +119,29 @@ async fn write_within<W: AsyncWrite + Unpin + ?Sized>(
                 order => return Wrote::Told(order),
             },
         }
+    }
+}
+
+/// Writes and flushes as much of `bytes` (from `written` on) as goes
+/// without waiting: `Some` when done or failed, `None` when the rest must
+/// wait (`written` then says how far it got).
+fn try_write_now<W: AsyncWrite + ?Sized>(
+    mut writer: Pin<&mut W>,
+    cx: &mut Context<'_>,
+    bytes: &[u8],
+    written: &mut usize,
+) -> Option<std::io::Result<()>> {
+    while *written < bytes.len() {
+        match writer.as_mut().poll_write(cx, &bytes[*written..]) {
+            Poll::Ready(Ok(0)) => return Some(Err(std::io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => *written += n,
+            Poll::Ready(Err(e)) => return Some(Err(e)),
+            Poll::Pending => return None,
+        }
+    }
+    match writer.poll_flush(cx) {
+        Poll::Ready(r) => Some(r),
+        Poll::Pending => None,
     }
 }
 
@@ -258,8 +303,11 @@ impl Run<'_> {
 
     async fn drive(&mut self, mut client: Stream<TcpStream>, mut backend: BackendConn) {
         let config = &self.shared.config;
-        let mut client_buf = ReadBuffer::new();
-        let mut backend_buf = ReadBuffer::new();
+        // One timer for the session, armed lazily: it is moved only when
+        // the deadline comes earlier than it is set for; when it fires
+        // early (the deadline moved later meanwhile, as it does with every
+        // reply) it is set again. Re-arming it at every read would cost a
+        // timer-wheel removal and insertion per read.
         let sleep = tokio::time::sleep(config.client_timeout);
         tokio::pin!(sleep);
         let mut message_3_deadline: Option<Instant> = None;
@@ -447,26 +495,66 @@ impl Run<'_> {
                 self.clock
                     .deadline(&self.timeouts(), self.control.stressed())
             };
-            sleep.as_mut().reset(deadline.into());
-            tokio::select! {
-                read = client.read(client_buf.space()), if self.session.wants_client_input() => {
-                    if let Ok(n) = read
-                        && self.clock.in_message()
-                    {
-                        self.clock.received(n);
-                        self.control.progress();
-                    }
-                    self.session.client_read(read.map(|n| client_buf.filled(n)));
-                }
-                read = backend.reader.read(backend_buf.space()) => {
-                    match read {
-                        Ok(0) | Err(_) => self.session.backend_eof(),
-                        Ok(n) => self.session.backend_input(backend_buf.filled(n)),
-                    }
-                }
-                () = &mut sleep => self.session.timeout(),
-                order = self.control.order() => self.obey(order, false),
+            if deadline < sleep.deadline().into_std() {
+                sleep.as_mut().reset(deadline.into());
             }
+            let wants_client = self.session.wants_client_input();
+            std::future::poll_fn(|cx| {
+                // Orders first: an evicted or closing session reads no more.
+                if let Poll::Ready(order) = self.control.poll_order(cx) {
+                    self.obey(order, false);
+                    return Poll::Ready(());
+                }
+                let mut ready = false;
+                if wants_client
+                    && let Poll::Ready(()) = poll_read_into(&mut client, cx, |read| {
+                        if let Ok(data) = &read
+                            && self.clock.in_message()
+                        {
+                            self.clock.received(data.len());
+                            self.control.progress();
+                        }
+                        self.session.client_read(read);
+                    })
+                {
+                    ready = true;
+                }
+                // The backend is read even when the client was: a reply
+                // and the client's next command may both be waiting.
+                if !self.session.is_closed()
+                    && let Poll::Ready(()) =
+                        poll_read_into(&mut *backend.reader, cx, |read| match read {
+                            Ok([]) | Err(_) => self.session.backend_eof(),
+                            Ok(data) => self.session.backend_input(data),
+                        })
+                {
+                    ready = true;
+                }
+                // The timer is polled even after a read: a client that
+                // keeps the socket full must still meet its deadline.
+                // It never fires later than the deadline (it is moved
+                // earlier when the deadline is); when it fires early, it
+                // is set again.
+                if sleep.as_mut().poll(cx).is_ready() {
+                    if Instant::now() >= deadline {
+                        if !self.session.is_closed() {
+                            self.session.timeout();
+                        }
+                        return Poll::Ready(());
+                    }
+                    sleep.as_mut().reset(deadline.into());
+                    if sleep.as_mut().poll(cx).is_ready() && !self.session.is_closed() {
+                        self.session.timeout();
+                        return Poll::Ready(());
+                    }
+                }
+                if ready {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
         }
     }
 

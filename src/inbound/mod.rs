@@ -130,13 +130,21 @@ pub async fn run(
             shared.tls.describe()
         );
     }
-    server::run(listener, harness, shutdown, |tcp, peer, control| {
-        let shared = Arc::clone(&shared);
-        async move {
-            let Some(client) = peer else { return };
-            let local = tcp.local_addr().unwrap_or(client);
-            connection::serve(tcp, client, local, shared, control).await;
-        }
-    })
+    // One single-threaded runtime per core (see `server::run_threads`).
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    server::run_threads(
+        listener,
+        threads,
+        harness,
+        shutdown,
+        move |tcp, peer, control| {
+            let shared = Arc::clone(&shared);
+            async move {
+                let Some(client) = peer else { return };
+                let local = tcp.local_addr().unwrap_or(client);
+                connection::serve(tcp, client, local, shared, control).await;
+            }
+        },
+    )
     .await;
 }

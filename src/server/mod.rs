@@ -107,6 +107,8 @@ pub enum Stage {
     Draining,
     /// The grace period is over: sessions must end now.
     Closing,
+    /// Sessions that did not end after [`Order::Close`] are cut.
+    Cut,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,8 +165,50 @@ pub struct Control {
     id: u64,
     entry: Arc<Entry>,
     shared: Arc<Shared>,
+    /// For reading the stress level; the orders come from [`Orders`].
     weather: watch::Receiver<Weather>,
-    evict: watch::Receiver<Option<Duration>>,
+    orders: Orders,
+}
+
+/// The orders of one session, as one stream that lives as long as the
+/// session: waiting for the next order registers its wake-up once, not
+/// once per wait (a session waits for its next order at every read and
+/// write, and the weather's wake-up list is shared by all sessions).
+type Orders = std::pin::Pin<Box<dyn futures_util::Stream<Item = Order> + Send>>;
+
+fn orders(weather: watch::Receiver<Weather>, evict: watch::Receiver<Option<Duration>>) -> Orders {
+    Box::pin(futures_util::stream::unfold(
+        (weather, evict),
+        |(mut weather, mut evict)| async move {
+            loop {
+                tokio::select! {
+                    changed = evict.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let idle = *evict.borrow_and_update();
+                        if let Some(idle) = idle {
+                            return Some((Order::Evict { idle }, (weather, evict)));
+                        }
+                    }
+                    changed = weather.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let w = *weather.borrow_and_update();
+                        let order = if matches!(w.stage, Stage::Closing | Stage::Cut) {
+                            Order::Close
+                        } else {
+                            Order::Recheck
+                        };
+                        return Some((order, (weather, evict)));
+                    }
+                }
+            }
+            // The harness is gone (cannot happen while the session runs).
+            std::future::pending().await
+        },
+    ))
 }
 
 impl Control {
@@ -183,29 +227,18 @@ impl Control {
         self.entry.set_activity(activity);
     }
 
+    /// The next order, if one came; else the task is woken when one does.
+    pub fn poll_order(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Order> {
+        use futures_util::StreamExt;
+        match self.orders.poll_next_unpin(cx) {
+            std::task::Poll::Ready(Some(order)) => std::task::Poll::Ready(order),
+            _ => std::task::Poll::Pending,
+        }
+    }
+
     /// Waits for the next order. Cancel-safe: use it in `select!`.
     pub async fn order(&mut self) -> Order {
-        tokio::select! {
-            changed = self.evict.changed() => {
-                if changed.is_ok()
-                    && let Some(idle) = *self.evict.borrow_and_update()
-                {
-                    return Order::Evict { idle };
-                }
-            }
-            changed = self.weather.changed() => {
-                if changed.is_ok() {
-                    let w = *self.weather.borrow_and_update();
-                    return if w.stage == Stage::Closing {
-                        Order::Close
-                    } else {
-                        Order::Recheck
-                    };
-                }
-            }
-        }
-        // The harness is gone (cannot happen while this exists).
-        std::future::pending().await
+        std::future::poll_fn(|cx| self.poll_order(cx)).await
     }
 }
 
@@ -242,23 +275,185 @@ pub async fn run<L, S, F>(
     S: Fn(L::Conn, Option<SocketAddr>, Control) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
-    let (weather, _) = watch::channel(Weather {
-        stage: Stage::Running,
-        stressed: false,
-    });
-    let shared = Arc::new(Shared {
-        inner: Mutex::new(Inner {
-            table: Table::new(settings.limits.clone()),
-            evict: HashMap::new(),
-        }),
-        weather,
-        epoch: Instant::now(),
-    });
+    let shared = Shared::new(&settings);
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let accepting = async {
+        accept_loop(
+            listener,
+            Arc::clone(&shared),
+            settings.hostname.clone(),
+            serve,
+        )
+        .await;
+        let _ = done.send(());
+    };
+    tokio::join!(
+        accepting,
+        supervise(&shared, &settings, shutdown, vec![finished])
+    );
+}
+
+/// As [`run`], on `threads` threads of their own, each with a
+/// single-threaded runtime that accepts from the same listening socket and
+/// serves the connections it accepted: a session's reads, writes and timers
+/// are woken on the thread that polls them, with no wake-ups across threads
+/// and no task moving between them. Limits, stress and eviction are shared
+/// by all. With fewer than two threads this is [`run`].
+pub async fn run_threads<S, F>(
+    listener: TcpListener,
+    threads: usize,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+    serve: S,
+) where
+    S: Fn(TcpStream, Option<SocketAddr>, Control) -> F + Clone + Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    if threads < 2 {
+        return run(listener, settings, shutdown, serve).await;
+    }
+    let listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => {
+            log!("warning: cannot share the listening socket ({e}); serving on one runtime");
+            return;
+        }
+    };
+    let shared = Shared::new(&settings);
+    let mut finished = Vec::new();
+    for n in 0..threads {
+        // Each thread's runtime polls its own copy of the descriptor; the
+        // kernel hands each connection to one of them.
+        let copy = match listener.try_clone() {
+            Ok(c) => c,
+            Err(e) => {
+                log!("warning: cannot start serving thread {n}: {e}");
+                continue;
+            }
+        };
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let harness = Arc::clone(&shared);
+        let hostname = settings.hostname.clone();
+        let serve = serve.clone();
+        let started = std::thread::Builder::new()
+            .name(format!("serve-{n}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        log!("warning: serving thread {n}: cannot start its runtime: {e}");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match TcpListener::from_std(copy) {
+                        Ok(listener) => accept_loop(listener, harness, hostname, serve).await,
+                        Err(e) => log!("warning: serving thread {n}: {e}"),
+                    }
+                });
+                drop(runtime);
+                let _ = done.send(());
+            });
+        match started {
+            Ok(_) => finished.push(wait),
+            Err(e) => log!("warning: cannot start serving thread {n}: {e}"),
+        }
+    }
+    drop(listener);
+    supervise(&shared, &settings, shutdown, finished).await;
+}
+
+impl Shared {
+    fn new(settings: &Settings) -> Arc<Shared> {
+        let (weather, _) = watch::channel(Weather {
+            stage: Stage::Running,
+            stressed: false,
+        });
+        Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                table: Table::new(settings.limits.clone()),
+                evict: HashMap::new(),
+            }),
+            weather,
+            epoch: Instant::now(),
+        })
+    }
+
+    /// Sessions running now.
+    fn sessions(&self) -> usize {
+        self.lock().evict.len()
+    }
+}
+
+/// Waits for `shutdown`, then for the accept loops (whose ends `finished`
+/// reports) to drain their sessions: `shutdown_grace` for them to end on
+/// their own, then [`Order::Close`], then the cut.
+async fn supervise(
+    shared: &Shared,
+    settings: &Settings,
+    shutdown: impl Future<Output = ()>,
+    finished: Vec<tokio::sync::oneshot::Receiver<()>>,
+) {
+    let all_finished = async {
+        for f in finished {
+            let _ = f.await;
+        }
+    };
+    tokio::pin!(all_finished);
+    tokio::select! {
+        () = shutdown => {}
+        // Every accept loop ended on its own (cannot happen while the
+        // listener is open).
+        () = &mut all_finished => return,
+    }
+    shared.weather.send_modify(|w| w.stage = Stage::Draining);
+    log!(
+        "shutdown: no longer accepting; waiting up to {}s for {} session(s)",
+        settings.shutdown_grace.as_secs(),
+        shared.sessions()
+    );
+    if tokio::time::timeout(settings.shutdown_grace, &mut all_finished)
+        .await
+        .is_err()
+    {
+        log!(
+            "shutdown: closing {} session(s) still running",
+            shared.sessions()
+        );
+        shared.weather.send_modify(|w| w.stage = Stage::Closing);
+        if tokio::time::timeout(CLOSE_GRACE, &mut all_finished)
+            .await
+            .is_err()
+        {
+            log!("shutdown: cutting {} session(s)", shared.sessions());
+            shared.weather.send_modify(|w| w.stage = Stage::Cut);
+            all_finished.await;
+        }
+    }
+    log!("shutdown: done");
+}
+
+/// Accepts on `listener`, each connection served in a task of its own on
+/// this runtime, until the server stops running; then waits for those
+/// sessions to end, cutting them if told to.
+async fn accept_loop<L, S, F>(listener: L, shared: Arc<Shared>, hostname: String, serve: S)
+where
+    L: Listen,
+    S: Fn(L::Conn, Option<SocketAddr>, Control) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
     let mut sessions = JoinSet::new();
-    tokio::pin!(shutdown);
+    let mut weather = shared.weather.subscribe();
     loop {
         tokio::select! {
-            () = &mut shutdown => break,
+            changed = weather.changed() => {
+                if changed.is_err() || weather.borrow_and_update().stage != Stage::Running {
+                    break;
+                }
+            }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             accepted = listener.accept() => {
                 let (conn, peer) = match accepted {
@@ -283,7 +478,7 @@ pub async fn run<L, S, F>(
                         );
                         let reply = Reply::new(
                             421,
-                            format!("4.7.0 {} Error: {}", settings.hostname, why.as_str()),
+                            format!("4.7.0 {} Error: {}", hostname, why.as_str()),
                         );
                         L::refuse(conn, &reply.to_bytes());
                     }
@@ -292,33 +487,19 @@ pub async fn run<L, S, F>(
         }
     }
     drop(listener);
-    shared.weather.send_modify(|w| w.stage = Stage::Draining);
-    log!(
-        "shutdown: no longer accepting; waiting up to {}s for {} session(s)",
-        settings.shutdown_grace.as_secs(),
-        sessions.len()
-    );
-    if drain(&mut sessions, settings.shutdown_grace).await.is_err() {
-        log!(
-            "shutdown: closing {} session(s) still running",
-            sessions.len()
-        );
-        shared.weather.send_modify(|w| w.stage = Stage::Closing);
-        if drain(&mut sessions, CLOSE_GRACE).await.is_err() {
-            log!("shutdown: cutting {} session(s)", sessions.len());
+    loop {
+        if weather.borrow_and_update().stage == Stage::Cut {
             sessions.shutdown().await;
+            return;
+        }
+        tokio::select! {
+            joined = sessions.join_next() => if joined.is_none() { return },
+            changed = weather.changed() => if changed.is_err() {
+                sessions.shutdown().await;
+                return;
+            },
         }
     }
-    log!("shutdown: done");
-}
-
-/// Waits up to `within` for every session to end; Err if some still run.
-async fn drain(sessions: &mut JoinSet<()>, within: Duration) -> Result<(), ()> {
-    tokio::time::timeout(within, async {
-        while sessions.join_next().await.is_some() {}
-    })
-    .await
-    .map_err(|_| ())
 }
 
 /// Takes a slot for a client at `peer`, telling the session that must make
@@ -342,11 +523,12 @@ fn admit(shared: &Arc<Shared>, peer: Option<SocketAddr>) -> Result<Control, Refu
     let stressed = inner.table.stressed();
     drop(inner);
     shared.publish_stress(stressed);
+    let weather = shared.weather.subscribe();
     Ok(Control {
         id,
         entry,
         shared: Arc::clone(shared),
-        weather: shared.weather.subscribe(),
-        evict,
+        orders: orders(weather.clone(), evict),
+        weather,
     })
 }
