@@ -7,8 +7,8 @@
 # Everything runs on 127.0.0.1 with ports chosen at run time; every process
 # started here is stopped on exit. See bench/README.md for what the numbers
 # mean. Knobs (environment): BLACKPONY=path (default target/release/blackpony,
-# built if missing), REPS (3), PLAIN_MSGS (4000), TLS_MSGS (4000),
-# PERCONN_MSGS (600), IDLE_CONNS (2000), SESSIONS (20), SIZE (1024),
+# built if missing), REPS (3), PLAIN_MSGS ("4000 20000 60000"), TLS_MSGS (4000),
+# PERCONN_MSGS (600), IDLE_CONNS (2000), TLS_IDLE_CONNS (5000), SESSIONS (20), SIZE (1024),
 # CERT_KEY (ec256|rsa2048, default ec256), KEEP=1 keeps the temp dir (logs).
 # Raises the open-file limit to 65536 (or the hard limit, if lower).
 set -euo pipefail
@@ -18,10 +18,12 @@ ROOT=$(dirname "$HERE")
 REPS=${REPS:-3}
 SESSIONS=${SESSIONS:-20}
 SIZE=${SIZE:-1024}
-PLAIN_MSGS=${PLAIN_MSGS:-4000}
+PLAIN_MSGS=${PLAIN_MSGS:-4000 20000 60000}
+read -ra PLAIN_RUNS <<<"$PLAIN_MSGS"
 TLS_MSGS=${TLS_MSGS:-4000}
 PERCONN_MSGS=${PERCONN_MSGS:-600}
 IDLE_CONNS=${IDLE_CONNS:-2000}
+TLS_IDLE_CONNS=${TLS_IDLE_CONNS:-5000}
 CERT_KEY=${CERT_KEY:-ec256}
 BLACKPONY=${BLACKPONY:-$ROOT/target/release/blackpony}
 NGINX_MAIL_MODULE=/usr/lib/nginx/modules/ngx_mail_module.so
@@ -62,8 +64,9 @@ fi
 # ------------------------------------------------------------------ setup
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"   # a container may cap the hard limit
 NOFILE=$(ulimit -n)
-[ "$NOFILE" -ge $((3 * IDLE_CONNS + 1000)) ] || die "open-file limit $NOFILE is too low for IDLE_CONNS=$IDLE_CONNS"
-MAXCONN=$((IDLE_CONNS + 1000))
+BIGGEST=$(( IDLE_CONNS > TLS_IDLE_CONNS ? IDLE_CONNS : TLS_IDLE_CONNS ))
+[ "$NOFILE" -ge $((3 * BIGGEST + 1000)) ] || die "open-file limit $NOFILE is too low for $BIGGEST idle connections"
+MAXCONN=$((BIGGEST + 1000))
 T=$(mktemp -d /tmp/blackpony-bench.XXXXXX)
 chmod 755 "$T"
 BLACKPONY=$(realpath "$BLACKPONY")
@@ -72,6 +75,7 @@ cd "$T"
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 BUSY=$(cpu_busy)
 [ "$BUSY" -gt 15 ] && say "WARNING: the machine was ${BUSY}% busy before the benchmark started; numbers will be noisy"
 say "building the load generator (bench/smtpload.c)"
@@ -88,7 +92,7 @@ openssl req -x509 "${keyopt[@]}" -nodes -days 2 -subj /CN=bench.test \
 chmod 644 "$T/key.pem"
 
 read -r SINK BP BPN HAP NGX NGXTLS NGXAUTH STN \
-        MSINK MBP MHAP MNGX MNGXAUTH <<<"$("$PY" "$HERE/smtpbench.py" ports 13)"
+        MSINK MBP MHAP MNGX MNGXAUTH TBP TNGX TNGXTLS TNGXAUTH <<<"$("$PY" "$HERE/smtpbench.py" ports 17)"
 
 # One sink for all throughput runs; -c prints running counters (sessions,
 # QUITs, messages) that tell whether every message arrived.
@@ -241,26 +245,26 @@ record() {
     ERRS[$key]=$(( ${ERRS[$key]:-0} + errs ))
 }
 
-# run_source KEY PORT PIDS : one smtp-source run, wall time around the
+# run_source KEY PORT PIDS MSGS : one smtp-source run, wall time around the
 # command; PIDS = the server processes whose CPU time is counted
 run_source() {
-    local key=$1 port=$2 pids=$3 before after t0 t1 rc=0 rate c0 c1 us
+    local key=$1 port=$2 pids=$3 msgs=$4 before after t0 t1 rc=0 rate c0 c1 us
     before=$(sink_settle)
     c0=$(cpu_ticks "$pids")
     t0=$EPOCHREALTIME
-    timeout 120 smtp-source -d -s "$SESSIONS" -m "$PLAIN_MSGS" -l "$SIZE" \
+    timeout 300 smtp-source -d -s "$SESSIONS" -m "$msgs" -l "$SIZE" \
         -f a@client.test -t b@sink.test "127.0.0.1:$port" >"$T/source.out" 2>&1 || rc=$?
     t1=$EPOCHREALTIME
     c1=$(cpu_ticks "$pids")
     after=$(sink_settle)
-    us=$(us_per_msg $((c1 - c0)) "$PLAIN_MSGS")
-    rate=$(awk -v n="$PLAIN_MSGS" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", n / (b - a)}')
+    us=$(us_per_msg $((c1 - c0)) "$msgs")
+    rate=$(awk -v n="$msgs" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", n / (b - a)}')
     if [ $rc != 0 ]; then
         FAILURES+=("$key: smtp-source exit $rc: $(head -c 300 "$T/source.out")")
         rate=0
     fi
-    record "$key" "$rate" "$PLAIN_MSGS" $((after - before)) $((rc != 0)) "$us"
-    say "  $key: $rate msgs/s (sink got $((after - before)) of $PLAIN_MSGS; server cpu $us us/msg)"
+    record "$key" "$rate" "$msgs" $((after - before)) $((rc != 0)) "$us"
+    say "  $key: $rate msgs/s (sink got $((after - before)) of $msgs; server cpu $us us/msg)"
 }
 
 # run_load KEY PORT PIDS MSGS ARGS... : one smtpload run
@@ -288,15 +292,21 @@ BG_BUSY=()
 bg_check() { BG_BUSY+=("$(cpu_busy 0.5)"); }
 
 # ------------------------------------------------------------------ 1. plaintext, smtp-source
-say "1. plaintext, smtp-source -d -s $SESSIONS -m $PLAIN_MSGS -l $SIZE ($REPS rounds)"
-for r in $(seq "$REPS"); do
-    bg_check
-    run_source direct "$SINK" "$PID_sink"
-    run_source blackpony "$BP" "$PID_blackpony"
-    # shellcheck disable=SC2154
-    run_source blackpony_nth "$BPN" "$PID_blackpony_nth"
-    run_source haproxy "$HAP" "$PID_haproxy"
-    run_source nginx "$NGX" "$NGX_PIDS"
+# One block per message count (the aim holds at each); the header cost
+# (--no-trace-header) is shown at the first count only.
+for m in "${PLAIN_RUNS[@]}"; do
+    say "1. plaintext, smtp-source -d -s $SESSIONS -m $m -l $SIZE ($REPS rounds)"
+    for r in $(seq "$REPS"); do
+        bg_check
+        run_source "direct@$m" "$SINK" "$PID_sink" "$m"
+        run_source "blackpony@$m" "$BP" "$PID_blackpony" "$m"
+        if [ "$m" = "${PLAIN_RUNS[0]}" ]; then
+            # shellcheck disable=SC2154
+            run_source "blackpony_nth@$m" "$BPN" "$PID_blackpony_nth" "$m"
+        fi
+        run_source "haproxy@$m" "$HAP" "$PID_haproxy" "$m"
+        run_source "nginx@$m" "$NGX" "$NGX_PIDS" "$m"
+    done
 done
 
 # ------------------------------------------------------------------ 2. STARTTLS, smtpload
@@ -322,24 +332,38 @@ done
 # does not hide what idle connections cost.
 say "3. memory: $IDLE_CONNS idle connections (greeting read, then silence)"
 start msink smtp-sink -u postfix -m $MAXCONN "127.0.0.1:$MSINK" 4096
+MBP_LIMITS=(--max-connections $MAXCONN --max-connections-per-client $MAXCONN
+    --max-connections-per-network $MAXCONN)
 start mblackpony "$BLACKPONY" inbound --listen "127.0.0.1:$MBP" --backend "127.0.0.1:$MSINK" \
     --identity none --hostname bench.test --tls-cert "$T/cert.pem" --tls-key "$T/key.pem" \
-    --max-connections $MAXCONN --max-connections-per-client $MAXCONN
+    "${MBP_LIMITS[@]}"
+# after STARTTLS: fresh instances again (memory freed by the first test
+# would otherwise be reused and hide the cost)
+start tblackpony "$BLACKPONY" inbound --listen "127.0.0.1:$TBP" --backend "127.0.0.1:$MSINK" \
+    --identity none --hostname bench.test --tls-cert "$T/cert.pem" --tls-key "$T/key.pem" \
+    "${MBP_LIMITS[@]}"
 haproxy_conf "$T/mhaproxy.cfg" "$MHAP" "$MSINK"
 start mhaproxy haproxy -db -q -f "$T/mhaproxy.cfg"
 mkdir -p "$T/mnginx"
 nginx_conf "$T/mnginx" "$MNGX" "" "$MNGXAUTH" "$MSINK"
 start mnginx nginx -p "$T/mnginx" -e "$T/mnginx/error.log" -c "$T/mnginx/nginx.conf"
-for p in "$MSINK" "$MBP" "$MHAP" "$MNGX"; do wait_port 127.0.0.1 "$p"; done
+mkdir -p "$T/tnginx"
+nginx_conf "$T/tnginx" "$TNGX" "$TNGXTLS" "$TNGXAUTH" "$MSINK"
+start tnginx nginx -p "$T/tnginx" -e "$T/tnginx/error.log" -c "$T/tnginx/nginx.conf"
+for p in "$MSINK" "$MBP" "$MHAP" "$MNGX" "$TBP" "$TNGXTLS"; do wait_port 127.0.0.1 "$p"; done
 sleep 0.5
 # shellcheck disable=SC2154
 NGX_WORKERS=$(pgrep -P "$PID_mnginx" | paste -sd, -)
 [ -n "$NGX_WORKERS" ] || die "no nginx worker processes found"
+# shellcheck disable=SC2154
+TNGX_WORKERS=$(pgrep -P "$PID_tnginx" | paste -sd, -)
+[ -n "$TNGX_WORKERS" ] || die "no nginx worker processes found"
 
 declare -A MEM
-run_idle() { # KEY PORT PIDS
+run_idle() { # KEY PORT PIDS [N --starttls]
     local out rc=0
-    out=$("$PY" "$HERE/smtpbench.py" idle --addr "127.0.0.1:$2" --n "$IDLE_CONNS" --pids "$3") || rc=$?
+    out=$("$PY" "$HERE/smtpbench.py" idle --addr "127.0.0.1:$2" --n "${4:-$IDLE_CONNS}" --pids "$3" \
+        --timeout 180 ${5:-}) || rc=$?
     MEM[$1]=$out
     if [ $rc != 0 ]; then FAILURES+=("memory $1: $out"); fi
     say "  $1: $out"
@@ -351,11 +375,17 @@ sleep 0.5
 run_idle haproxy "$MHAP" "$PID_mhaproxy"
 sleep 0.5
 run_idle nginx "$MNGX" "$NGX_WORKERS"
+say "3b. memory: $TLS_IDLE_CONNS idle connections after STARTTLS (EHLO, STARTTLS, handshake, EHLO, then silence)"
+sleep 0.5
+# shellcheck disable=SC2154
+run_idle tls_blackpony "$TBP" "$PID_tblackpony" "$TLS_IDLE_CONNS" --starttls
+sleep 0.5
+run_idle tls_nginx "$TNGXTLS" "$TNGX_WORKERS" "$TLS_IDLE_CONNS" --starttls
 
 # ------------------------------------------------------------------ report
 # Did blackpony log anything that is not a normal session line?
 BP_ODD=$(grep -v -E ' (connect|disconnect|starttls) client=| shutdown: |listening|started|certificate' \
-    "$T/blackpony.log" "$T/blackpony_nth.log" "$T/mblackpony.log" 2>/dev/null | head -5 || true)
+    "$T/blackpony.log" "$T/blackpony_nth.log" "$T/mblackpony.log" "$T/tblackpony.log" 2>/dev/null | head -5 || true)
 
 med() { median <<<"${RATES[$1]:-}"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
@@ -366,11 +396,11 @@ row() { # LABEL KEY BASEKEY
         "$(median <<<"${SRVCPU[$2]:-}")" "${LOST[$2]:-0}" "${ERRS[$2]:-0}"
 }
 head_row() { printf '%-52s %8s   %5s   %8s   %5s %4s\n' "$1" "msgs/s" "ratio" "cpu us/m" "lost" "err"; }
-memrow() { # LABEL KEY
-    local o=${MEM[$1]}
+memrow() { # KEY LABEL [N]
+    local o=${MEM[$1]:-}
     printf '%-36s %9s %9s %10s %7s/%s\n' "$2" \
         "$(jget rss_before_kib <<<"$o")" "$(jget rss_after_kib <<<"$o")" \
-        "$(jget kib_per_conn <<<"$o")" "$(jget alive <<<"$o")" "$IDLE_CONNS"
+        "$(jget kib_per_conn <<<"$o")" "$(jget alive <<<"$o")" "${3:-$IDLE_CONNS}"
 }
 
 {
@@ -383,14 +413,20 @@ echo "  smtp-sink for 'direct' and reference rows, else the proxy alone (nginx: 
 echo "  messages smtp-sink counted, summed over all runs; err = errors the client saw, summed over all runs"
 BG_MAX=$(printf '%s\n' "$BUSY" "${BG_BUSY[@]}" | sort -n | tail -1)
 echo "other load: ${BUSY}% CPU busy at the start; between rounds (benchmark idle): ${BG_BUSY[*]/%/%}"
+echo "load average (1, 5, 15 min): $LOAD_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
 [ "$BG_MAX" -gt 15 ] && echo "WARNING: something else used up to ${BG_MAX}% of the CPU during the run; the figures are noisy"
 echo
-head_row "1. plaintext, smtp-source -d -s $SESSIONS -m $PLAIN_MSGS -l $SIZE"
-row "direct to smtp-sink" direct direct
-row "blackpony inbound (identity none, trace header)" blackpony direct
-row "blackpony inbound --no-trace-header" blackpony_nth direct
-row "haproxy (mode tcp)" haproxy direct
-row "nginx mail proxy (smtp_auth none, xclient off)" nginx direct
+for m in "${PLAIN_RUNS[@]}"; do
+    head_row "1. plaintext, smtp-source -d -s $SESSIONS -m $m -l $SIZE"
+    row "direct to smtp-sink" "direct@$m" "direct@$m"
+    row "blackpony inbound (identity none, trace header)" "blackpony@$m" "direct@$m"
+    if [ "$m" = "${PLAIN_RUNS[0]}" ]; then
+        row "blackpony inbound --no-trace-header" "blackpony_nth@$m" "direct@$m"
+    fi
+    row "haproxy (mode tcp)" "haproxy@$m" "direct@$m"
+    row "nginx mail proxy (smtp_auth none, xclient off)" "nginx@$m" "direct@$m"
+    [ "$m" = "${PLAIN_RUNS[-1]}" ] || echo
+done
 echo
 head_row "2a. STARTTLS, smtpload -s $SESSIONS -m $TLS_MSGS -l $SIZE -T"
 echo "    kept sessions: one STARTTLS, then $((TLS_MSGS / SESSIONS)) messages each; ratio vs nginx"
@@ -415,6 +451,36 @@ memrow blackpony "blackpony inbound (1 process)"
 memrow haproxy "haproxy (1 process)"
 memrow nginx "nginx mail proxy (sum of 2 workers)"
 echo "    blackpony and haproxy hold a backend connection per client; nginx's mail proxy connects to the backend only at MAIL FROM"
+printf '%-36s %9s %9s %10s %9s\n' "3b. memory, $TLS_IDLE_CONNS after STARTTLS" "RSS KiB" "after" "KiB/conn" "alive"
+memrow tls_blackpony "blackpony inbound (1 process)" "$TLS_IDLE_CONNS"
+memrow tls_nginx "nginx mail proxy (sum of 2 workers)" "$TLS_IDLE_CONNS"
+echo
+
+# The inbound rows of issue 13, each against its aim, from the figures above.
+aim() { # LABEL VALUE AIM-TEXT OK(0/1)
+    printf '  %-62s %8s   %-9s %s\n' "$1" "$2" "$3" "$([ "$4" = 1 ] && echo met || echo 'NOT met')"
+}
+cmp_ok() { awk -v a="$1" -v op="$2" -v b="$3" 'BEGIN { if (a == "-" || a == "" || a == "nan") { print 0; exit } if (op == ">=") print (a >= b) ? 1 : 0; else print (a <= b) ? 1 : 0 }'; }
+echo "issue 13, inbound rows (value, aim):"
+for m in "${PLAIN_RUNS[@]}"; do
+    bp=$(med "blackpony@$m"); hp=$(med "haproxy@$m"); ng=$(med "nginx@$m")
+    best=$(awk -v a="$hp" -v b="$ng" 'BEGIN {print (a > b) ? a : b}')
+    r=$(ratio "$bp" "$best")
+    aim "plaintext, $m msgs: blackpony / best peer, msgs/s" "$r" ">= 1.10" "$(cmp_ok "$r" ">=" 1.10)"
+done
+for m in "${PLAIN_RUNS[@]}"; do
+    bpc=$(median <<<"${SRVCPU[blackpony@$m]:-}"); hpc=$(median <<<"${SRVCPU[haproxy@$m]:-}")
+    r=$(ratio "$bpc" "$hpc")
+    aim "CPU per message, $m msgs: blackpony / haproxy ($bpc / $hpc us)" "$r" "<= 0.70" "$(cmp_ok "$r" "<=" 0.70)"
+done
+r=$(ratio "$(med tls_bp)" "$(med tls_nginx)")
+aim "STARTTLS, kept sessions: blackpony / nginx" "$r" ">= 1.20" "$(cmp_ok "$r" ">=" 1.20)"
+r=$(ratio "$(med pc_bp)" "$(med pc_nginx)")
+aim "STARTTLS, one message per connection: blackpony / nginx" "$r" ">= 2.00" "$(cmp_ok "$r" ">=" 2.00)"
+k=$(jget kib_per_conn <<<"${MEM[blackpony]:-}")
+aim "RSS per idle plain connection, KiB ($IDLE_CONNS connections)" "$k" "<= 4" "$(cmp_ok "$k" "<=" 4)"
+k=$(jget kib_per_conn <<<"${MEM[tls_blackpony]:-}")
+aim "RSS per connection after STARTTLS, KiB ($TLS_IDLE_CONNS connections)" "$k" "<= 32" "$(cmp_ok "$k" "<=" 32)"
 echo
 if [ ${#FAILURES[@]} -gt 0 ]; then
     echo "FAILURES:"

@@ -22,10 +22,12 @@ only; the load generator is smtpload.c).
       Print the message (or session) counter of an `smtp-sink -c` log.
       smtp-sink counts a session when it ends.
 
-  smtpbench.py idle --addr 127.0.0.1:PORT --n 2000 --pids PID[,PID...]
+  smtpbench.py idle --addr 127.0.0.1:PORT --n 2000 --pids PID[,PID...] [--starttls]
       Sum VmRSS of PIDS, open N client connections that each read the 220
       greeting and then stay idle, wait, sum VmRSS again, check the
-      connections are still open, print one JSON line, close them.
+      connections are still open, print one JSON line, close them. With
+      --starttls each connection first says EHLO, STARTTLS, completes the
+      TLS handshake (no certificate check) and says EHLO again.
 """
 
 import argparse
@@ -34,6 +36,7 @@ import os
 import re
 import resource
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -103,7 +106,31 @@ def rss_kib(pids):
     return total
 
 
+def starttls(c, tls):
+    """EHLO, STARTTLS, the handshake, EHLO again; returns the TLS socket."""
+    c.s.sendall(b"EHLO idle.test\r\n")
+    code, lines = c.reply()
+    if code != 250 or not any(l[4:].upper().startswith(b"STARTTLS") for l in lines):
+        raise SmtpError("EHLO without STARTTLS: %r" % lines[:1])
+    c.s.sendall(b"STARTTLS\r\n")
+    code, lines = c.reply()
+    if code != 220:
+        raise SmtpError("STARTTLS %r" % lines[:1])
+    s = tls.wrap_socket(c.s, server_hostname="bench.test")
+    t = Conn(s)
+    s.sendall(b"EHLO idle.test\r\n")
+    code, lines = t.reply()
+    if code != 250:
+        raise SmtpError("EHLO after STARTTLS %r" % lines[:1])
+    return s
+
+
 def cmd_idle(a):
+    tls = None
+    if a.starttls:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
     host, _, port = a.addr.rpartition(":")
     addr = (host, int(port))
     pids = [int(p) for p in a.pids.split(",") if p]
@@ -124,8 +151,10 @@ def cmd_idle(a):
                 failed.append("greeting %r" % lines[:1])
                 s.close()
                 continue
+            if tls is not None:
+                s = starttls(c, tls)
             conns.append(s)
-        except (OSError, SmtpError) as e:
+        except (OSError, SmtpError, ssl.SSLError) as e:
             failed.append("%s: %s" % (type(e).__name__, e))
             if len(failed) > 20:
                 break
@@ -136,7 +165,13 @@ def cmd_idle(a):
     for s in conns:
         s.setblocking(False)
         try:
-            d = s.recv(200, socket.MSG_PEEK)
+            # (a TLS socket cannot peek: peek at the TCP socket under it)
+            raw = socket.socket(fileno=os.dup(s.fileno())) if tls else s
+            try:
+                d = raw.recv(200, socket.MSG_PEEK)
+            finally:
+                if tls:
+                    raw.close()
             if d and len(failed) < 20:
                 failed.append("idle connection got %r" % d[:60])
         except BlockingIOError:
@@ -308,6 +343,7 @@ def main():
     si.add_argument("--pids", required=True)
     si.add_argument("--settle", type=float, default=1.0)
     si.add_argument("--timeout", type=float, default=60)
+    si.add_argument("--starttls", action="store_true")
     so = sub.add_parser("oneshot")
     so.add_argument("--n", type=int, required=True)
     so.add_argument("--message", required=True)
