@@ -50,8 +50,13 @@ pub struct OutboundFile {
     pub refuse_address_literals: Option<bool>,
     /// `blackpony outbound` only (`--max-connections`).
     pub max_connections: Option<usize>,
+    /// MTA-STS lookups (`--no-mta-sts`: false).
+    pub mta_sts: Option<bool>,
     #[serde(default)]
     pub domains: std::collections::HashMap<String, crate::outbound::TlsPolicy>,
+    /// `[outbound.mta_sts_domains]`: MTA-STS on or off per domain.
+    #[serde(default)]
+    pub mta_sts_domains: std::collections::HashMap<String, bool>,
 }
 
 /// Flags win over the file; the file wins over the defaults.
@@ -120,6 +125,7 @@ pub fn merge_outbound(
         refuse_address_literals: args.refuse_address_literals
             || file.refuse_address_literals.unwrap_or(false),
         max_connections: file.max_connections.unwrap_or(20),
+        sts: super::sts::settings(&args.sts, file.mta_sts, file.mta_sts_domains),
     })
 }
 

@@ -15,6 +15,7 @@ pub mod seal;
 mod shipped_config;
 pub mod stats;
 mod sys;
+pub mod sts;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -289,6 +290,9 @@ pub struct OutboundArgs {
     /// that address (RFC 5321 §4.1.3).
     #[arg(long)]
     pub refuse_address_literals: bool,
+
+    #[command(flatten)]
+    pub sts: sts::StsArgs,
 }
 
 /// `blackpony deliver -f SENDER [--] RCPT...`
@@ -787,6 +791,8 @@ pub struct OutboundSettings {
     /// `blackpony outbound`: MTA connections at once (from the file; the
     /// flag wins).
     pub max_connections: usize,
+    /// MTA-STS (RFC 8461): where it applies.
+    pub sts: crate::outbound::sts_fetch::StsSettings,
 }
 
 impl OutboundSettings {
@@ -825,6 +831,22 @@ impl OutboundSettings {
         } else {
             None
         };
+        // MTA-STS policies are fetched with the same resolver and roots as
+        // MX hosts are judged by, and cached beside the pins.
+        let sts = if self.sts.enabled || self.sts.domains.values().any(|on| *on) {
+            let state_dir = self
+                .state_dir
+                .clone()
+                .unwrap_or_else(crate::outbound::deliver::default_state_dir);
+            Some(crate::outbound::sts_fetch::MtaSts::new(
+                self.sts.clone(),
+                resolver.clone(),
+                &tls,
+                crate::state::sts_cache::StsCache::new(&state_dir),
+            )?)
+        } else {
+            None
+        };
         Ok(crate::outbound::Deliverer {
             resolver,
             tls,
@@ -840,6 +862,7 @@ impl OutboundSettings {
             idle: Default::default(),
             refuse_address_literals: self.refuse_address_literals,
             outcomes: None,
+            sts,
         })
     }
 }

@@ -50,7 +50,13 @@ fn sections() -> Vec<Section> {
             // max_message_size: per installation, not per call; domains: the
             // [outbound.domains] table.
             // max_connections: a flag of `blackpony outbound` (the server) only.
-            file_only: &["max_message_size", "domains", "max_connections"],
+            // mta_sts_domains: the [outbound.mta_sts_domains] table.
+            file_only: &[
+                "max_message_size",
+                "domains",
+                "max_connections",
+                "mta_sts_domains",
+            ],
         },
         Section {
             name: "seal",

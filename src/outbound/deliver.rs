@@ -18,6 +18,8 @@ use super::dns::{DnsFailure, Dnssec, MailResolver, MxAnswer};
 use super::memory::TlsMemory;
 use super::policy::{PolicyTable, SecurityLevel, TlsPolicy};
 use super::route::{self, MxRoute};
+use super::sts::{self, Mode as StsMode, MxFailure, TlsSeen};
+use super::sts_fetch::ActivePolicy;
 use crate::log;
 use crate::pony::pins::{DnsKeys, Evidence, KeyVerdict};
 use crate::smtp::client::{
@@ -84,6 +86,8 @@ pub struct Deliverer {
     /// Where each MX session's policy outcome goes (TLS reporting, RFC
     /// 8460); `None`: not recorded.
     pub outcomes: Option<Arc<dyn super::outcome::OutcomeSink>>,
+    /// MTA-STS (RFC 8461); None: off everywhere (`--no-mta-sts`).
+    pub sts: Option<super::sts_fetch::MtaSts>,
 }
 
 /// What the client side of the blackpony extension needs.
@@ -340,7 +344,11 @@ impl Deliverer {
     /// The addresses to try for `domain`, in order (RFC 5321 §5.1), at most
     /// `max_addresses`. `Err` is the answer for every recipient when there
     /// is nothing to try (null MX, no such domain, DNS failure).
-    pub(crate) async fn candidates(&self, domain: &str) -> Result<Candidates, Reply> {
+    pub(crate) async fn candidates(
+        &self,
+        domain: &str,
+        sts: Option<&ActivePolicy>,
+    ) -> Result<Candidates, Reply> {
         if let Some(literal) = address_literal(domain) {
             return self.literal_candidate(literal);
         }
@@ -355,6 +363,7 @@ impl Deliverer {
             }
             Err(failure) => return Err(dns_reply(&failure)),
         };
+        let routes = sts_filter(domain, sts, routes)?;
         let mut list = Vec::new();
         let mut dns_failure = None;
         for MxRoute { host, implicit, .. } in &routes {
@@ -453,11 +462,12 @@ impl Deliverer {
                 })
                 .collect()
         };
-        let candidates = match self.candidates(domain).await {
+        let policy = self.policy.for_domain(domain);
+        let sts = self.sts_policy(domain, policy).await;
+        let candidates = match self.candidates(domain, sts.as_ref()).await {
             Ok(c) => c,
             Err(reply) => return all(reply, None),
         };
-        let policy = self.policy.for_domain(domain);
         let mut last = candidates.dns_failure.map(|r| (r, None));
         let mut last_security: (Option<Encryption>, Option<CertVerdict>) = (None, None);
         let mut sessions = 0;
@@ -467,9 +477,33 @@ impl Deliverer {
             }
             let addr = SocketAddr::new(*ip, self.smtp_port);
             let relay = Some((host.clone(), addr));
+            let sts_here = self.sts_for_host(sts.as_ref(), host);
+            let host_policy = sts_host_policy(policy, sts_here);
             let attempt = self
-                .attempt(addr, host, policy, candidates.mx_dnssec, rcpts, prepared)
+                .attempt(
+                    addr,
+                    host,
+                    host_policy,
+                    candidates.mx_dnssec,
+                    rcpts,
+                    prepared,
+                )
                 .await;
+            if let Some(active) = sts_here {
+                let seen = match &attempt.outcome {
+                    _ if attempt.tls.is_some() => TlsSeen::Established(attempt.verdict.as_ref()),
+                    _ if attempt.tls_failed => TlsSeen::HandshakeFailed,
+                    SessionOutcome::Failed(HostFailure::TlsUnavailable { .. }) => {
+                        TlsSeen::NoStartTls
+                    }
+                    SessionOutcome::Failed(_) => TlsSeen::NotReached,
+                    SessionOutcome::Replied(_) | SessionOutcome::Uncertain { .. } => {
+                        TlsSeen::NoStartTls
+                    }
+                };
+                let level = level_of(attempt.tls.as_ref(), attempt.verdict.as_ref());
+                note_sts_session(domain, active, host, *ip, level, seen);
+            }
             if attempt.greeted {
                 sessions += 1;
             }
@@ -513,7 +547,12 @@ impl Deliverer {
                     if attempt.tls_failed {
                         self.remember_tls_failure(host);
                     }
-                    let reply = host_failure_reply(failure, host, *ip, policy);
+                    let reply = sts_reply(
+                        host_failure_reply(failure, host, *ip, host_policy),
+                        domain,
+                        sts_here,
+                        policy != host_policy,
+                    );
                     log!(
                         "host {host}[{ip}]:{} failed: {reply}; trying the next one",
                         self.smtp_port
@@ -548,8 +587,9 @@ impl Deliverer {
     /// the point where mail commands can be sent (greeting, EHLO, STARTTLS
     /// as policy says). `Err` is the reply that stands for the failure.
     pub(crate) async fn open_route(&self, domain: &str) -> Result<OpenRoute, Reply> {
-        let candidates = self.candidates(domain).await?;
-        let policy = self.policy.for_domain(domain);
+        let configured = self.policy.for_domain(domain);
+        let sts = self.sts_policy(domain, configured).await;
+        let candidates = self.candidates(domain, sts.as_ref()).await?;
         let mut last = candidates.dns_failure;
         let mut sessions = 0;
         for (host, ip) in &candidates.list {
@@ -557,6 +597,8 @@ impl Deliverer {
                 break;
             }
             let addr = SocketAddr::new(*ip, self.smtp_port);
+            let sts_here = self.sts_for_host(sts.as_ref(), host);
+            let policy = sts_host_policy(configured, sts_here);
             let pony = match self.pony_context(host, candidates.mx_dnssec, policy).await {
                 Ok(pony) => pony,
                 Err(f) => {
@@ -591,6 +633,15 @@ impl Deliverer {
                     _ => HostFailure::Lost { stage: "greeting" },
                 }),
             };
+            if let Some(active) = sts_here {
+                let seen = match &failure {
+                    _ if conn.tls.is_some() => TlsSeen::Established(conn.verdict.as_ref()),
+                    _ if conn.tls_failed => TlsSeen::HandshakeFailed,
+                    Some(HostFailure::TlsUnavailable { .. }) | None => TlsSeen::NoStartTls,
+                    Some(_) => TlsSeen::NotReached,
+                };
+                note_sts_session(domain, active, host, *ip, conn.level(), seen);
+            }
             match failure {
                 None => {
                     // The EHLO reply came over the channel: the server's
@@ -606,7 +657,12 @@ impl Deliverer {
                     return Ok(OpenRoute { conn, caps });
                 }
                 Some(f) => {
-                    let reply = host_failure_reply(&f, host, *ip, policy);
+                    let reply = sts_reply(
+                        host_failure_reply(&f, host, *ip, policy),
+                        domain,
+                        sts_here,
+                        policy != configured,
+                    );
                     log!(
                         "host {host}[{ip}]:{} failed: {reply}; trying the next one",
                         self.smtp_port
@@ -618,6 +674,33 @@ impl Deliverer {
         Err(last.unwrap_or_else(|| {
             Reply::new(451, format!("4.4.4 No usable mail exchanger for {domain}"))
         }))
+    }
+
+    /// The MTA-STS policy in force for `domain` (RFC 8461 §5.1), if it is
+    /// to be applied: not for address literals, nor where the operator's
+    /// TLS policy is `none` (no TLS at all), nor where MTA-STS is switched
+    /// off for the domain. Mode `none` is as no policy.
+    async fn sts_policy(&self, domain: &str, policy: TlsPolicy) -> Option<ActivePolicy> {
+        let sts = self.sts.as_ref()?;
+        if address_literal(domain).is_some()
+            || policy == TlsPolicy::None
+            || !sts.settings.applies_to(domain)
+        {
+            return None;
+        }
+        sts.lookup(domain).await.active
+    }
+
+    /// The MTA-STS policy that governs `host`: the domain's, unless DANE
+    /// does. RFC 8461 §2: where an MX host has usable DANE TLSA records
+    /// (RFC 7672), DANE governs it and the MTA-STS policy does not; this is
+    /// the one place where that check goes once DANE is in.
+    fn sts_for_host<'a>(
+        &self,
+        sts: Option<&'a ActivePolicy>,
+        _host: &str,
+    ) -> Option<&'a ActivePolicy> {
+        sts
     }
 
     /// One SMTP session with one address, delivering the whole transaction.
@@ -1142,6 +1225,115 @@ fn level_of(tls: Option<&Encryption>, verdict: Option<&CertVerdict>) -> Security
         (Some(_), Some(v)) if v.is_verified() => SecurityLevel::Authenticated,
         (Some(_), _) => SecurityLevel::Encrypted,
         _ => SecurityLevel::Plaintext,
+    }
+}
+
+/// The TLS policy for one MX host under an MTA-STS policy: `enforce`
+/// requires TLS with a certificate valid for the MX name (RFC 8461 §4.2),
+/// which is what `verify` means; `testing` changes nothing.
+fn sts_host_policy(policy: TlsPolicy, sts: Option<&ActivePolicy>) -> TlsPolicy {
+    match sts {
+        Some(active) if active.policy.mode == StsMode::Enforce => TlsPolicy::Verify,
+        _ => policy,
+    }
+}
+
+/// Under `enforce`, only MX hosts the policy lists are tried (RFC 8461
+/// §4.1); none at all is a temporary failure, never plaintext elsewhere.
+/// Under `testing` every host stays, and those that would have been skipped
+/// are logged.
+fn sts_filter(
+    domain: &str,
+    sts: Option<&ActivePolicy>,
+    routes: Vec<MxRoute>,
+) -> Result<Vec<MxRoute>, Reply> {
+    let Some(active) = sts else {
+        return Ok(routes);
+    };
+    let (matching, other): (Vec<MxRoute>, Vec<MxRoute>) = routes
+        .into_iter()
+        .partition(|r| active.policy.mx_matches(&r.host));
+    let mode = active.policy.mode;
+    for route in &other {
+        let what = match mode {
+            StsMode::Enforce => "skipped",
+            _ => "delivering as without a policy (testing)",
+        };
+        log!(
+            "mta-sts: domain={domain} sts={mode} id={} mx={} mx_match=no result={} (not in the policy's mx: {}); {what}",
+            active.id,
+            route.host,
+            MxFailure::ValidationFailure.as_str(),
+            active.policy.mx_list()
+        );
+    }
+    if mode != StsMode::Enforce {
+        let mut all = matching;
+        all.extend(other);
+        return Ok(all);
+    }
+    if matching.is_empty() {
+        let hosts: Vec<&str> = other.iter().map(|r| r.host.as_str()).collect();
+        return Err(Reply::new(
+            451,
+            format!(
+                "4.7.5 MTA-STS policy of {domain} (mode enforce, id {}) lists none of its MX hosts ({}; the policy allows {})",
+                active.id,
+                hosts.join(", "),
+                active.policy.mx_list()
+            ),
+        ));
+    }
+    Ok(matching)
+}
+
+/// Logs how one MX session fared under an MTA-STS policy (one line per
+/// session, with the RFC 8460 result type).
+fn note_sts_session(
+    domain: &str,
+    active: &ActivePolicy,
+    host: &str,
+    ip: IpAddr,
+    level: SecurityLevel,
+    seen: TlsSeen<'_>,
+) {
+    let mode = active.policy.mode;
+    let mx_match = if active.policy.mx_matches(host) {
+        "yes"
+    } else {
+        "no"
+    };
+    let prefix = format!(
+        "mta-sts: domain={domain} sts={mode} id={} mx={host}[{ip}] mx_match={mx_match} level={level}",
+        active.id
+    );
+    match sts::judge_session(seen) {
+        None => {}
+        Some(Ok(())) if mx_match == "yes" => log!("{prefix} result=success"),
+        Some(Ok(())) => {}
+        Some(Err((failure, why))) => {
+            let then = match mode {
+                StsMode::Enforce => "not delivered to this host",
+                _ => "testing: delivering as without a policy",
+            };
+            log!("{prefix} result={} ({why}); {then}", failure.as_str());
+        }
+    }
+}
+
+/// Under an `enforce` policy that raised the TLS requirement, a deferral
+/// says which policy required it.
+fn sts_reply(reply: Reply, domain: &str, sts: Option<&ActivePolicy>, raised: bool) -> Reply {
+    match sts {
+        Some(active) if raised && reply.class() == 4 => Reply::new(
+            reply.code(),
+            format!(
+                "{} (MTA-STS policy of {domain}: mode enforce, id {})",
+                reply.text(),
+                active.id
+            ),
+        ),
+        _ => reply,
     }
 }
 

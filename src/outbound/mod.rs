@@ -5,6 +5,8 @@
 //! - [`dns`]: MX, address and TXT lookups (hickory-resolver);
 //! - [`route`]: MX ordering (RFC 5321 §5.1);
 //! - [`policy`]: TLS policy per destination and the security level reached;
+//! - [`sts`], [`sts_fetch`]: MTA-STS (RFC 8461): the policy parser and
+//!   cache rules (sans-IO), the TXT lookup and HTTPS fetch;
 //! - [`memory`]: hosts whose TLS handshake failed (plaintext after a backoff);
 //! - [`outcome`]: what a TLS policy decided per MX host, for TLS reporting
 //!   (RFC 8460);
@@ -23,6 +25,8 @@ pub mod outcome;
 pub mod policy;
 pub mod route;
 pub mod service;
+pub mod sts;
+pub mod sts_fetch;
 
 pub use deliver::{Deliverer, Limits, RecipientStatus, Status};
 pub use dns::MailResolver;

@@ -31,6 +31,11 @@
 //! 3. **Open** removes everything in `tmp/`: no writer of a previous
 //!    process can still be running (one process per spool).
 //!
+//! # The MTA-STS policy cache ([`sts_cache`])
+//!
+//! One small file per policy domain under `<state_dir>/mta-sts/`, replaced
+//! by the same write-fsync-rename-fsync rule as a publish (rule 1 above).
+//!
 //! # Room to grow
 //!
 //! Callers use only [`spool::Spool`]'s operations (publish, list, read,
@@ -40,6 +45,7 @@
 //! idempotent. Nothing outside `state/` knows about `tmp/` or `new/`.
 
 pub mod spool;
+pub mod sts_cache;
 
 pub use spool::{FileSpool, Spool, SpoolId};
 

@@ -237,6 +237,17 @@ impl ClientTls {
         Arc::clone(&self.config)
     }
 
+    /// A client configuration that refuses, in the handshake, any chain
+    /// that does not verify against the same roots (Mozilla's plus
+    /// `--tls-ca-file`): for HTTPS, where there is no opportunistic mode
+    /// (the MTA-STS policy fetch, RFC 8461 §3.3).
+    pub fn verifying_config(&self) -> Result<ClientConfig, TlsError> {
+        Ok(ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_webpki_verifier(Arc::clone(&self.webpki))
+            .with_no_client_auth())
+    }
+
     /// Judges the chain a finished handshake presented, for `host`.
     pub fn verdict(&self, state: &rustls::CommonState, host: &str) -> CertVerdict {
         let Some((end_entity, intermediates)) = state

@@ -1,0 +1,195 @@
+//! The MTA-STS policy cache (RFC 8461 §5.1): one file per policy domain
+//! under `<state_dir>/mta-sts/`, so a policy outlives the process that
+//! fetched it (`blackpony deliver` is one process per message) and an
+//! `enforce` policy still applies when its host cannot be reached.
+//!
+//! ```text
+//! <dir>/<domain>        id: <id>\nfetched: <unix time>\n\n<the policy file as served>
+//! <dir>/.<domain>.<pid>.<n>.tmp   being written (created exclusively)
+//! ```
+//!
+//! Written as the spool publishes (module docs, rule 1): the whole file
+//! under a temporary name, `fsync`, `rename` over the old one, `fsync` of
+//! the directory, so a reader sees the old policy or the new one, never a
+//! mix; concurrent writers of one domain each rename a complete file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{StoreError, blocking, sync_dir};
+use crate::outbound::sts::{Cached, parse_policy};
+
+/// Cached MTA-STS policies by domain.
+#[derive(Debug, Clone)]
+pub struct StsCache {
+    dir: PathBuf,
+}
+
+/// Distinguishes temporary files of one process.
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A domain name as a file name: lower case, nothing but what domain names
+/// contain, never starting with a dot (those are temporary files).
+fn file_name(domain: &str) -> String {
+    let name: String = domain
+        .trim_end_matches('.')
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '.' | '-') => c,
+            _ => '_',
+        })
+        .collect();
+    match name.strip_prefix('.') {
+        Some(rest) => format!("_{rest}"),
+        None => name,
+    }
+}
+
+impl StsCache {
+    /// The cache under `state_dir` (`<state_dir>/mta-sts`).
+    pub fn new(state_dir: &Path) -> Self {
+        StsCache {
+            dir: state_dir.join("mta-sts"),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The cached policy of `domain`, if any (expired or not: the caller
+    /// decides). A file that does not parse is an error, not "no policy":
+    /// the caller logs it and goes on as without a cache.
+    pub async fn get(&self, domain: &str) -> Result<Option<Cached>, StoreError> {
+        let path = self.dir.join(file_name(domain));
+        blocking(move || {
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(StoreError::io("read", &path, e)),
+            };
+            decode(&text).map(Some).ok_or_else(|| StoreError::Unusable {
+                path: path.display().to_string(),
+                what: "not a cached MTA-STS policy (damaged?)".into(),
+            })
+        })
+        .await
+    }
+
+    /// Stores `policy` as the one of `domain`, replacing the old one
+    /// atomically and durably.
+    pub async fn put(&self, domain: &str, policy: &Cached) -> Result<(), StoreError> {
+        let dir = self.dir.clone();
+        let name = file_name(domain);
+        let text = encode(policy);
+        blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(|e| StoreError::io("create", &dir, e))?;
+            let tmp = dir.join(format!(
+                ".{name}.{}.{}.tmp",
+                std::process::id(),
+                TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+            ));
+            let path = dir.join(&name);
+            let written = (|| {
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp)
+                    .map_err(|e| StoreError::io("create", &tmp, e))?;
+                f.write_all(text.as_bytes())
+                    .map_err(|e| StoreError::io("write", &tmp, e))?;
+                f.sync_all().map_err(|e| StoreError::io("fsync", &tmp, e))?;
+                std::fs::rename(&tmp, &path).map_err(|e| StoreError::io("rename", &path, e))
+            })();
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            written?;
+            sync_dir(&dir)
+        })
+        .await
+    }
+}
+
+fn encode(policy: &Cached) -> String {
+    format!(
+        "id: {}\nfetched: {}\n\n{}",
+        policy.id, policy.fetched, policy.body
+    )
+}
+
+fn decode(text: &str) -> Option<Cached> {
+    let (head, body) = text.split_once("\n\n")?;
+    let field = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+    };
+    Some(Cached {
+        id: field("id")?.to_string(),
+        fetched: field("fetched")?.parse().ok()?,
+        policy: parse_policy(body.as_bytes()).ok()?,
+        body: body.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cached(id: &str, mode: &str) -> Cached {
+        let body =
+            format!("version: STSv1\r\nmode: {mode}\r\nmx: mx.example.org\r\nmax_age: 600\r\n");
+        Cached {
+            id: id.into(),
+            policy: parse_policy(body.as_bytes()).unwrap(),
+            fetched: 1_700_000_000,
+            body,
+        }
+    }
+
+    #[tokio::test]
+    async fn policies_round_trip_and_replace() {
+        let dir = std::env::temp_dir().join(format!("bp-sts-cache-{}", std::process::id()));
+        let cache = StsCache::new(&dir);
+        assert_eq!(cache.get("example.org").await.unwrap(), None);
+        cache
+            .put("Example.ORG.", &cached("1", "testing"))
+            .await
+            .unwrap();
+        assert_eq!(
+            cache.get("example.org").await.unwrap(),
+            Some(cached("1", "testing"))
+        );
+        cache
+            .put("example.org", &cached("2", "enforce"))
+            .await
+            .unwrap();
+        assert_eq!(
+            cache.get("example.org").await.unwrap(),
+            Some(cached("2", "enforce"))
+        );
+        // Only the policy file is left: no temporary files.
+        let names: Vec<_> = std::fs::read_dir(cache.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["example.org"]);
+        // A damaged file is an error, not "no policy".
+        std::fs::write(cache.dir().join("example.org"), "garbage").unwrap();
+        assert!(cache.get("example.org").await.is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn domain_names_stay_in_the_directory() {
+        for (domain, name) in [
+            ("example.org", "example.org"),
+            ("EXAMPLE.org.", "example.org"),
+            ("../etc/passwd", "_._etc_passwd"),
+            (".hidden", "_hidden"),
+        ] {
+            assert_eq!(file_name(domain), name);
+        }
+    }
+}
