@@ -33,6 +33,7 @@ PACKAGES=(
   m4                      # sendmail's .cf generator (interop/sendmail_mta.py)
   chromium                # renders `blackpony stats --html` headless (interop/test_stats.py)
   libwrap0 liblockfile1   # needed by the unpacked sendmail and its mail.local (see below)
+  nginx-light             # the HTTPS policy host of the MTA-STS tests (interop/test_mta_sts.py)
 )
 
 missing=()
