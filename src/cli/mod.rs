@@ -443,6 +443,18 @@ pub fn main() -> ExitCode {
 
 fn run() -> ExitCode {
     let cli = Cli::parse();
+    // Under `lmtp` standard output is the LMTP channel, and an MTA may hand
+    // the mailer one pipe for stdout and stderr (sendmail does): a start-up
+    // error must then be an LMTP reply, not a line of prose in the greeting's
+    // place, so the MTA keeps the message queued with the reason.
+    let lmtp = matches!(cli.command, Command::Lmtp(_));
+    let fail = |code: u8, message: &str| {
+        if lmtp {
+            fail_lmtp(code, message)
+        } else {
+            fail(code, message)
+        }
+    };
     let dropped = match privileges::drop_real_ids() {
         Ok(d) => d,
         Err(e) => return fail(exit::OSERR, &format!("cannot drop the real user id: {e}")),
@@ -587,6 +599,24 @@ fn exit_for(e: &ConfigError) -> u8 {
 
 fn fail(code: u8, message: &str) -> ExitCode {
     eprintln!("blackpony: {message}");
+    ExitCode::from(code)
+}
+
+/// A start-up failure of `lmtp`: a `421 4.3.0` greeting (RFC 2033 §4.1,
+/// RFC 5321 §3.1: the service is not available, try later) carrying the
+/// reason, and the reason on stderr too unless stderr is that same pipe.
+fn fail_lmtp(code: u8, message: &str) -> ExitCode {
+    use std::io::Write;
+    let reason: String = message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "421 4.3.0 blackpony: {reason}\r\n");
+    let _ = out.flush();
+    if !log::stderr_is_stdout() {
+        eprintln!("blackpony: {message}");
+    }
     ExitCode::from(code)
 }
 

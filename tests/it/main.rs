@@ -9,6 +9,7 @@ mod daemon;
 mod error_limits;
 mod fetch;
 mod inbound;
+mod lmtp;
 mod load;
 mod notify;
 mod support;
