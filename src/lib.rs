@@ -3,7 +3,8 @@
 //! # Layout
 //!
 //! Lower layers never import higher ones: `smtp` and `pony` import no role
-//! and not `cli`; no role imports another role or `cli`. The reasons, and
+//! and not `cli`, `pony` does not import `smtp` (below it); no role imports
+//! another role or `cli`; no two files import each other. The reasons, and
 //! the three sans-IO state machines and how they are driven, are in
 //! `docs/ARCHITECTURE.md`.
 //!

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::config::{self, FileConfig};
+use super::config::FileConfig;
 use crate::check::{self, Finding, Level};
 
 /// `blackpony check`
@@ -73,7 +73,7 @@ async fn check_file(file: FileConfig, args: &CheckArgs, out: &mut Vec<Finding>) 
         if let Some(p) = &host_key {
             out.push(check::private_key_file("[inbound] host_key", p));
         }
-        match config::merge_inbound(super::InboundArgs::default(), inbound) {
+        match super::inbound::merge_inbound(super::InboundArgs::default(), inbound) {
             Err(e) => out.push(Finding::error(
                 format!("[inbound] {e}"),
                 "correct [inbound]",

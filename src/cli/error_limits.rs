@@ -4,7 +4,8 @@
 
 use clap::Args;
 
-use super::config::{ConfigError, InboundFile};
+use super::config::InboundFile;
+use super::error::ConfigError;
 use crate::inbound::session::ErrorLimits;
 
 #[derive(Debug, Args, Default)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
-use super::config::ConfigError;
+use super::error::ConfigError;
 use crate::relay::fetch::{FetchSettings, OnPermanentFailure, Target};
 
 /// `blackpony fetch`

@@ -4,10 +4,13 @@
 pub mod check;
 pub mod config;
 pub mod docs;
+pub mod error;
 pub mod error_limits;
 pub mod fetch;
+pub mod inbound;
 pub mod load;
 mod notify;
+pub mod outbound;
 mod privileges;
 mod roff;
 pub mod seal;
@@ -25,11 +28,12 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
-use crate::inbound::{self, BackendTarget, Identity, InboundConfig};
+use crate::inbound::{BackendTarget, Identity, InboundConfig};
 use crate::log;
 use crate::smtp::BareNewlines;
 use crate::transport::ServerTls;
-use config::{ConfigError, FileConfig};
+use config::FileConfig;
+use error::ConfigError;
 
 /// sysexits.h codes used at the edge.
 mod exit {
@@ -535,7 +539,7 @@ fn run() -> ExitCode {
         Command::Open(args) => seal::open(args),
         Command::Deliver(args) => {
             let outbound =
-                match config::merge_outbound(args.outbound, file.outbound.unwrap_or_default()) {
+                match outbound::merge_outbound(args.outbound, file.outbound.unwrap_or_default()) {
                     Ok(o) => o,
                     Err(e) => return fail(exit_for(&e), &e.to_string()),
                 };
@@ -545,7 +549,7 @@ fn run() -> ExitCode {
         }
         Command::Lmtp(args) => {
             let outbound =
-                match config::merge_outbound(args.outbound, file.outbound.unwrap_or_default()) {
+                match outbound::merge_outbound(args.outbound, file.outbound.unwrap_or_default()) {
                     Ok(o) => o,
                     Err(e) => return fail(exit_for(&e), &e.to_string()),
                 };
@@ -568,7 +572,7 @@ fn run() -> ExitCode {
         }
         Command::Outbound(args) => {
             let outbound =
-                match config::merge_outbound(args.outbound, file.outbound.unwrap_or_default()) {
+                match outbound::merge_outbound(args.outbound, file.outbound.unwrap_or_default()) {
                     Ok(o) => o,
                     Err(e) => return fail(exit_for(&e), &e.to_string()),
                 };
@@ -581,7 +585,7 @@ fn run() -> ExitCode {
             ))
         }
         Command::Inbound(args) => {
-            let settings = match config::merge_inbound(args, file.inbound.unwrap_or_default()) {
+            let settings = match inbound::merge_inbound(args, file.inbound.unwrap_or_default()) {
                 Ok(s) => s,
                 Err(e) => return fail(exit_for(&e), &e.to_string()),
             };
@@ -931,7 +935,7 @@ async fn run_inbound(settings: InboundSettings) -> ExitCode {
             .local_addr()
             .map_or(settings.listen, |a| a.to_string()),
     );
-    inbound::run(listener, settings.config, tls, shutdown).await;
+    crate::inbound::run(listener, settings.config, tls, shutdown).await;
     ExitCode::SUCCESS
 }
 

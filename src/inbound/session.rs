@@ -1088,7 +1088,7 @@ impl Session {
         // Neither extension is offered once the session is encrypted.
         self.xpony_offered = !tls_up && self.config.pony.is_some();
         if self.xpony_offered {
-            ehlo.capabilities.push(negotiation::ehlo_capability());
+            ehlo.capabilities.push(crate::smtp::Capability::xpony());
         }
         let rewritten = ehlo.to_reply();
         let start = self.to_client.len();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::deliver::Connection;
+use super::connection::Connection;
 use crate::smtp::EhloReply;
 
 /// How long a session may wait for its next transaction.

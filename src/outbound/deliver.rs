@@ -14,6 +14,7 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::connection::{Connection, PonyContext, level_of};
 use super::dns::{DnsFailure, Dnssec, MailResolver, MxAnswer};
 use super::memory::TlsMemory;
 use super::policy::{PolicyTable, SecurityLevel, TlsPolicy};
@@ -95,23 +96,6 @@ pub struct Deliverer {
 pub struct PonyClient {
     pub key: crate::pony::noise::Keypair,
     pub pins: crate::pony::pins::PinStore,
-}
-
-/// What is known about one MX host's blackpony key, and what happened.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct PonyContext {
-    dns: crate::pony::pins::DnsKeys,
-    /// Keys published for testing (`t=y`): never enforced, only compared.
-    testing: Vec<crate::pony::keys::PublicKey>,
-    pin: Option<crate::pony::pins::Pin>,
-    /// The host has a pin or a DNS key: it must offer XPONY.
-    required: bool,
-    /// The key the server presented, why it was accepted, its hints.
-    seen: Option<(
-        crate::pony::keys::PublicKey,
-        crate::pony::pins::Basis,
-        crate::pony::negotiation::ServerHints,
-    )>,
 }
 
 /// Where and how a recipient's message went (or did not).
@@ -1193,39 +1177,6 @@ pub(crate) struct Candidates {
 pub(crate) struct OpenRoute {
     pub(crate) conn: Connection,
     pub(crate) caps: crate::smtp::EhloReply,
-}
-
-/// An open connection to one MX address, plain or TLS.
-pub(crate) struct Connection {
-    /// `None` only while the TLS upgrade holds it.
-    pub(crate) stream: Option<Stream<TcpStream>>,
-    pub(crate) host: String,
-    pub(crate) addr: SocketAddr,
-    pub(crate) tls: Option<Encryption>,
-    pub(crate) verdict: Option<CertVerdict>,
-    pub(crate) greeted: bool,
-    pub(crate) tls_failed: bool,
-    /// Server bytes read but not yet used (for callers sending their own
-    /// commands after an opening-only session).
-    pub(crate) inbuf: Vec<u8>,
-    /// The blackpony extension's evidence and outcome for this host.
-    pub(crate) pony: Option<PonyContext>,
-}
-
-impl Connection {
-    /// The security level this connection reached.
-    pub(crate) fn level(&self) -> SecurityLevel {
-        level_of(self.tls.as_ref(), self.verdict.as_ref())
-    }
-}
-
-/// plaintext < encrypted < authenticated, from what the handshake showed.
-fn level_of(tls: Option<&Encryption>, verdict: Option<&CertVerdict>) -> SecurityLevel {
-    match (tls, verdict) {
-        (Some(_), Some(v)) if v.is_verified() => SecurityLevel::Authenticated,
-        (Some(_), _) => SecurityLevel::Encrypted,
-        _ => SecurityLevel::Plaintext,
-    }
 }
 
 /// The TLS policy for one MX host under an MTA-STS policy: `enforce`

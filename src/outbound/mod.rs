@@ -10,6 +10,7 @@
 //! - [`memory`]: hosts whose TLS handshake failed (plaintext after a backoff);
 //! - [`outcome`]: what a TLS policy decided per MX host, for TLS reporting
 //!   (RFC 8460);
+//! - [`connection`]: one open connection to an MX address and its evidence;
 //! - [`deliver`]: the I/O loop around the sans-IO
 //!   [`ClientSession`](crate::smtp::client::ClientSession);
 //! - [`cache`]: MX sessions the SMTP proxy keeps open between transactions;
@@ -17,6 +18,7 @@
 //! - [`exit`]: how outcomes become sysexits codes for one-shot mode.
 
 pub mod cache;
+pub mod connection;
 pub mod deliver;
 pub mod dns;
 pub mod exit;

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::deliver::{Connection, OpenRoute};
+use super::connection::Connection;
+use super::deliver::OpenRoute;
 use super::{Deliverer, RecipientStatus};
 use crate::log;
 use crate::smtp::envelope::domain_of;

@@ -6,21 +6,12 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
 use super::keys::PublicKey;
-use super::noise::PROTOCOL_NAME;
 
-/// The EHLO keyword, and its parameter (the Noise protocol name).
+/// The EHLO keyword; its parameter is the Noise protocol name
+/// ([`PROTOCOL_NAME`](super::noise::PROTOCOL_NAME)). The SMTP layer owns the EHLO types and builds the line from these
+/// (`Capability::xpony`, `EhloReply::offers_xpony`): `pony/` is below
+/// `smtp/` and does not know SMTP.
 pub const KEYWORD: &str = "XPONY";
-
-/// The EHLO line a server adds: `XPONY Noise_XX_25519_ChaChaPoly_SHA256`.
-pub fn ehlo_capability() -> crate::smtp::Capability {
-    crate::smtp::Capability::new(KEYWORD, PROTOCOL_NAME)
-}
-
-/// Whether an EHLO reply offers a protocol we speak.
-pub fn offered(ehlo: &crate::smtp::EhloReply) -> bool {
-    ehlo.get(KEYWORD)
-        .is_some_and(|c| c.params.split_whitespace().any(|p| p == PROTOCOL_NAME))
-}
 
 /// The prologue (Noise §6): the greeting, the client's last EHLO line and
 /// the server's reply to it, each as the bytes that crossed the wire, so a

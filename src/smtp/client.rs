@@ -656,7 +656,7 @@ impl ClientSession {
         if !self.tls_up
             && let Some(offer) = &self.pony
         {
-            let xpony = self.caps.as_ref().is_some_and(negotiation::offered);
+            let xpony = self.caps.as_ref().is_some_and(EhloReply::offers_xpony);
             if xpony {
                 self.start_xpony();
                 return;

@@ -1,6 +1,8 @@
 //! EHLO replies and the service extensions they announce (RFC 5321 §4.1.1.1).
 
 use super::reply::Reply;
+use crate::pony::negotiation::KEYWORD as XPONY;
+use crate::pony::noise::PROTOCOL_NAME;
 
 /// One extension line of an EHLO reply: a keyword and its parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +19,12 @@ impl Capability {
             keyword: keyword.to_ascii_uppercase(),
             params: params.to_string(),
         }
+    }
+
+    /// The EHLO line a server adds for the blackpony extension:
+    /// `XPONY Noise_XX_25519_ChaChaPoly_SHA256` (proto-spec §2).
+    pub fn xpony() -> Self {
+        Capability::new(XPONY, PROTOCOL_NAME)
     }
 
     fn line(&self) -> String {
@@ -79,6 +87,13 @@ impl EhloReply {
         self.get(keyword).is_some()
     }
 
+    /// Whether the server offers XPONY with a protocol we speak (its
+    /// parameter lists protocol names; proto-spec §2).
+    pub fn offers_xpony(&self) -> bool {
+        self.get(XPONY)
+            .is_some_and(|c| c.params.split_whitespace().any(|p| p == PROTOCOL_NAME))
+    }
+
     /// The SIZE limit the server announced (RFC 1870); `None` when it
     /// announced none or `SIZE 0` (no fixed limit).
     pub fn size_limit(&self) -> Option<u64> {
@@ -115,6 +130,27 @@ mod tests {
         assert_eq!(ehlo.capabilities[6].keyword, "AUTH");
         assert_eq!(ehlo.capabilities[6].params, "=PLAIN LOGIN");
         assert_eq!(ehlo.to_reply().to_bytes(), wire.to_vec());
+    }
+
+    #[test]
+    fn xpony_offered_only_with_our_protocol() {
+        let ours = Capability::xpony();
+        assert_eq!(ours.line(), "XPONY Noise_XX_25519_ChaChaPoly_SHA256");
+        for (line, offered) in [
+            ("XPONY Noise_XX_25519_ChaChaPoly_SHA256", true),
+            ("xpony Noise_XX_25519_ChaChaPoly_SHA256", true),
+            (
+                "XPONY Noise_IK_25519_AESGCM_SHA256 Noise_XX_25519_ChaChaPoly_SHA256",
+                true,
+            ),
+            ("XPONY Noise_XX_25519_AESGCM_SHA256", false),
+            ("XPONY", false),
+            ("XPONY noise_xx_25519_chachapoly_sha256", false),
+            ("STARTTLS", false),
+        ] {
+            let ehlo = EhloReply::parse(&Reply::multiline(250, vec!["mx".into(), line.into()]));
+            assert_eq!(ehlo.offers_xpony(), offered, "{line}");
+        }
     }
 
     #[test]
