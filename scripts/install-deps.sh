@@ -24,6 +24,7 @@ PACKAGES=(
   libmariadb3 libspf2-2   # needed by the unpacked exim4-daemon-heavy binary (see below)
   libevent-2.1-7          # needed by the unpacked OpenSMTPD (see below)
   python3-aiosmtpd        # an SMTP server on a Unix socket (inbound --backend unix:)
+  python3-jsonschema      # RFC 8460 report schema check (interop/test_tlsrpt.py)
   age                     # the reference age CLI: sealed spool files must decrypt with it
   nsd ldnsutils           # a DNSSEC-signed zone for the XPONY key tests (nsd serves it,
                           # ldns-keygen/ldns-signzone make it)
@@ -73,19 +74,22 @@ if [ "${#missing[@]}" -gt 0 ]; then
   trap - EXIT
 fi
 
-# pytest for whichever python3 is first on PATH.
-if ! python3 -c 'import pytest' 2>/dev/null; then
-  py="$(command -v python3)"
-  if [ "$(readlink -f "$py")" = "$(readlink -f /usr/bin/python3)" ]; then
-    # Debian's own Python is externally managed (PEP 668): use its package.
-    need_root python3-pytest
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-pytest \
-      || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-pytest; }
-  else
-    python3 -m pip install --quiet --disable-pip-version-check pytest
+# Python modules the interop suite imports, for whichever python3 is first on PATH: pytest,
+# and jsonschema (test_tlsrpt.py validates reports against the RFC 8460 schema).
+for module in pytest jsonschema; do
+  if ! python3 -c "import $module" 2>/dev/null; then
+    py="$(command -v python3)"
+    if [ "$(readlink -f "$py")" = "$(readlink -f /usr/bin/python3)" ]; then
+      # Debian's own Python is externally managed (PEP 668): use its package.
+      need_root "python3-$module"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "python3-$module" \
+        || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "python3-$module"; }
+    else
+      python3 -m pip install --quiet --disable-pip-version-check "$module"
+    fi
+    python3 -c "import $module" || { echo "install-deps.sh: $module still missing" >&2; exit 1; }
   fi
-  python3 -c 'import pytest' || { echo "install-deps.sh: pytest still missing" >&2; exit 1; }
-fi
+done
 
 # unpack_deb PACKAGE ROOT BINARY: download a Debian package and unpack it (dpkg -x, no
 # maintainer scripts, nothing configured or started) into ROOT, unless ROOT/BINARY is there.

@@ -17,8 +17,9 @@ pub mod seal;
 #[cfg(test)]
 mod shipped_config;
 pub mod stats;
-mod sys;
 pub mod sts;
+mod sys;
+pub mod tlsrpt;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -115,6 +116,10 @@ pub enum Command {
     /// Decrypt sealed messages (a file, a spool or a Maildir) with an age
     /// identity and print them.
     Open(seal::OpenArgs),
+    /// Write a domain's daily SMTP TLS report (RFC 8460 JSON) from what
+    /// delivery recorded, or mail it (--send) to the domain's
+    /// `_smtp._tls` rua= address through the outbound transport.
+    Tlsrpt(tlsrpt::TlsrptArgs),
 }
 
 /// `blackpony keygen`
@@ -502,6 +507,7 @@ fn run() -> ExitCode {
         Command::Fetch(_) => "fetch",
         Command::Seal(_) => "seal",
         Command::Open(_) => "open",
+        Command::Tlsrpt(_) => "tlsrpt",
     };
     let default_sink: fn() -> log::Sink = match &cli.command {
         Command::Deliver(_) => || log::Sink::Held(Vec::new()),
@@ -537,6 +543,7 @@ fn run() -> ExitCode {
         Command::Fetch(args) => fetch::run(args, file.fetch.unwrap_or_default(), &runtime),
         Command::Seal(args) => seal::run(args, file.seal.unwrap_or_default(), &runtime),
         Command::Open(args) => seal::open(args),
+        Command::Tlsrpt(args) => tlsrpt::run(args, file.outbound.unwrap_or_default(), &runtime),
         Command::Deliver(args) => {
             let outbound =
                 match outbound::merge_outbound(args.outbound, file.outbound.unwrap_or_default()) {
@@ -895,7 +902,12 @@ impl OutboundSettings {
             pony,
             idle: Default::default(),
             refuse_address_literals: self.refuse_address_literals,
-            outcomes: None,
+            outcomes: Some(Arc::new(crate::outbound::tlsrpt::TlsReports::new(Some(
+                &self
+                    .state_dir
+                    .clone()
+                    .unwrap_or_else(crate::outbound::deliver::default_state_dir),
+            )))),
             sts,
         })
     }

@@ -47,6 +47,10 @@ pub const MANUAL: &[(&str, &str)] = &[
         "blackpony-check",
         include_str!("../../docs/manual/check.md"),
     ),
+    (
+        "blackpony-tlsrpt",
+        include_str!("../../docs/manual/tlsrpt.md"),
+    ),
 ];
 
 /// The Markdown reference for a page, if it has one.

@@ -43,6 +43,8 @@ pub(crate) struct Connection {
     pub(crate) inbuf: Vec<u8>,
     /// The blackpony extension's evidence and outcome for this host.
     pub(crate) pony: Option<PonyContext>,
+    /// Our own address on the connection (TLS reports' `sending-mta-ip`).
+    pub(crate) local: Option<std::net::IpAddr>,
 }
 
 impl Connection {

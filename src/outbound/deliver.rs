@@ -17,10 +17,12 @@ use tokio::net::TcpStream;
 use super::connection::{Connection, PonyContext, level_of};
 use super::dns::{DnsFailure, Dnssec, MailResolver, MxAnswer};
 use super::memory::TlsMemory;
+use super::outcome::{PolicyOutcome, PolicyType, TlsFailure};
 use super::policy::{PolicyTable, SecurityLevel, TlsPolicy};
 use super::route::{self, MxRoute};
 use super::sts::{self, Mode as StsMode, MxFailure, TlsSeen};
 use super::sts_fetch::ActivePolicy;
+use super::tlsrpt::SessionFacts;
 use crate::log;
 use crate::pony::pins::{DnsKeys, Evidence, KeyVerdict};
 use crate::smtp::client::{
@@ -189,6 +191,8 @@ struct Attempt {
     verdict: Option<CertVerdict>,
     greeted: bool,
     tls_failed: bool,
+    /// Our address on the connection (`sending-mta-ip` of a TLS report).
+    local: Option<IpAddr>,
 }
 
 impl Deliverer {
@@ -416,6 +420,77 @@ impl Deliverer {
         }
     }
 
+    /// Whether a session with `host` is to use STARTTLS at all (for TLS
+    /// reports: policy `none` and the plaintext retry say nothing about
+    /// the host's TLS).
+    fn tries_tls(&self, host: &str, policy: TlsPolicy) -> bool {
+        self.starttls_for(host, policy) != StartTls::Never
+    }
+
+    /// Records a session's TLS outcome under the local policy (RFC 8460
+    /// `no-policy-found`: the domain published no DANE or MTA-STS policy),
+    /// when there is one to record. A session judged by DANE or MTA-STS is
+    /// recorded by that code under its own policy type, not here.
+    fn report_tls(
+        &self,
+        domain: &str,
+        host: &str,
+        (local, remote): (Option<IpAddr>, IpAddr),
+        facts: SessionFacts<'_>,
+    ) {
+        if let Some((result, detail)) = facts.result() {
+            self.record_outcome(&PolicyOutcome {
+                policy: PolicyType::NoPolicyFound,
+                domain: domain.to_string(),
+                policy_strings: Vec::new(),
+                mx_host: host.to_string(),
+                receiving_ip: Some(remote),
+                sending_ip: local,
+                result,
+                detail,
+            });
+        }
+    }
+
+    /// Records a session judged by the domain's MTA-STS policy (RFC 8460
+    /// `policy-type` sts, the policy file's lines as `policy-string`).
+    fn report_sts(
+        &self,
+        domain: &str,
+        active: &ActivePolicy,
+        host: &str,
+        (local, remote): (Option<IpAddr>, IpAddr),
+        seen: TlsSeen<'_>,
+    ) {
+        let Some(judged) = sts::judge_session(seen) else {
+            return;
+        };
+        let (result, detail) = match judged {
+            Ok(()) => (Ok(()), None),
+            Err((failure, why)) => (
+                Err(TlsFailure::from_name(failure.as_str())
+                    .unwrap_or(TlsFailure::ValidationFailure)),
+                Some(why),
+            ),
+        };
+        self.record_outcome(&PolicyOutcome {
+            policy: PolicyType::Sts,
+            domain: domain.to_string(),
+            policy_strings: active
+                .body
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect(),
+            mx_host: host.to_string(),
+            receiving_ip: Some(remote),
+            sending_ip: local,
+            result,
+            detail,
+        });
+    }
+
     /// A failure that cannot be recorded (state directory not writable)
     /// changes nothing now: this attempt is deferred either way. Without
     /// the record no plaintext retry ever comes due, so the host keeps
@@ -463,6 +538,7 @@ impl Deliverer {
             let relay = Some((host.clone(), addr));
             let sts_here = self.sts_for_host(sts.as_ref(), host);
             let host_policy = sts_host_policy(policy, sts_here);
+            let tried_tls = self.tries_tls(host, host_policy);
             let attempt = self
                 .attempt(
                     addr,
@@ -486,7 +562,25 @@ impl Deliverer {
                     }
                 };
                 let level = level_of(attempt.tls.as_ref(), attempt.verdict.as_ref());
+                self.report_sts(domain, active, host, (attempt.local, *ip), seen);
                 note_sts_session(domain, active, host, *ip, level, seen);
+            } else {
+                let failure = match &attempt.outcome {
+                    SessionOutcome::Failed(f) => Some(f),
+                    _ => None,
+                };
+                self.report_tls(
+                    domain,
+                    host,
+                    (attempt.local, *ip),
+                    session_facts(
+                        host_policy,
+                        tried_tls,
+                        (attempt.tls.as_ref(), attempt.verdict.as_ref()),
+                        failure,
+                        attempt.tls_failed,
+                    ),
+                );
             }
             if attempt.greeted {
                 sessions += 1;
@@ -597,6 +691,7 @@ impl Deliverer {
                     continue;
                 }
             };
+            let tried_tls = self.tries_tls(host, policy);
             let session = ClientSession::opening(&self.helo_name, self.starttls_for(host, policy));
             let mut session = self.offer_pony(&mut conn, session, pony);
             let end = self.drive(&mut conn, &mut session, policy).await;
@@ -624,7 +719,21 @@ impl Deliverer {
                     Some(HostFailure::TlsUnavailable { .. }) | None => TlsSeen::NoStartTls,
                     Some(_) => TlsSeen::NotReached,
                 };
+                self.report_sts(domain, active, host, (conn.local, *ip), seen);
                 note_sts_session(domain, active, host, *ip, conn.level(), seen);
+            } else {
+                self.report_tls(
+                    domain,
+                    host,
+                    (conn.local, *ip),
+                    session_facts(
+                        policy,
+                        tried_tls,
+                        (conn.tls.as_ref(), conn.verdict.as_ref()),
+                        failure.as_ref(),
+                        conn.tls_failed,
+                    ),
+                );
             }
             match failure {
                 None => {
@@ -714,6 +823,7 @@ impl Deliverer {
             verdict: None,
             greeted: false,
             tls_failed: false,
+            local: None,
         };
         let pony = match self.pony_context(host, mx, policy).await {
             Ok(pony) => pony,
@@ -749,6 +859,7 @@ impl Deliverer {
         attempt.verdict = conn.verdict.clone();
         attempt.greeted = conn.greeted;
         attempt.tls_failed = conn.tls_failed;
+        attempt.local = conn.local;
         attempt
     }
 
@@ -903,7 +1014,9 @@ impl Deliverer {
         let why = match connect {
             Ok(Ok(tcp)) => {
                 let _ = tcp.set_nodelay(true);
+                let local = tcp.local_addr().ok().map(|a| a.ip());
                 return Ok(Connection {
+                    local,
                     stream: Some(Stream::Plain(tcp)),
                     host: host.to_string(),
                     addr,
@@ -1177,6 +1290,40 @@ pub(crate) struct Candidates {
 pub(crate) struct OpenRoute {
     pub(crate) conn: Connection,
     pub(crate) caps: crate::smtp::EhloReply,
+}
+
+/// What a session showed about TLS, for its TLS report record.
+fn session_facts<'a>(
+    policy: TlsPolicy,
+    tried_tls: bool,
+    (tls, verdict): (Option<&'a Encryption>, Option<&'a CertVerdict>),
+    failure: Option<&'a HostFailure>,
+    tls_failed: bool,
+) -> SessionFacts<'a> {
+    let handshake = match failure {
+        Some(HostFailure::Refused {
+            stage: "STARTTLS",
+            reply,
+        }) => {
+            let text = reply.text();
+            // `4.7.5 TLS handshake with mx[ip] failed: WHY`: WHY.
+            Some(match text.split_once("failed: ") {
+                Some((_, why)) => why.to_string(),
+                None => text,
+            })
+        }
+        _ => None,
+    };
+    SessionFacts {
+        tried_tls,
+        encrypted: tls.is_some(),
+        verdict,
+        verify: policy == TlsPolicy::Verify,
+        tls_failed,
+        handshake,
+        starttls_missing: matches!(failure, Some(HostFailure::TlsUnavailable { .. })),
+        transacted: failure.is_none(),
+    }
 }
 
 /// The TLS policy for one MX host under an MTA-STS policy: `enforce`

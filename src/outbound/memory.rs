@@ -24,17 +24,8 @@ impl TlsMemory {
     }
 
     fn file(&self, host: &str) -> Option<PathBuf> {
-        let safe: String = host
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                    c.to_ascii_lowercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        self.dir.as_ref().map(|d| d.join(safe))
+        let name = crate::state::daily::safe_name(host);
+        self.dir.as_ref().map(|d| d.join(name))
     }
 
     /// Records that the handshake with `host` failed now.

@@ -15,7 +15,8 @@
 //!   [`ClientSession`](crate::smtp::client::ClientSession);
 //! - [`cache`]: MX sessions the SMTP proxy keeps open between transactions;
 //! - [`service`]: the LMTP/SMTP service an MTA hands messages to;
-//! - [`exit`]: how outcomes become sysexits codes for one-shot mode.
+//! - [`exit`]: how outcomes become sysexits codes for one-shot mode;
+//! - [`tlsrpt`]: TLS reports (RFC 8460): session records and the report.
 
 pub mod cache;
 pub mod connection;
@@ -29,6 +30,7 @@ pub mod route;
 pub mod service;
 pub mod sts;
 pub mod sts_fetch;
+pub mod tlsrpt;
 
 pub use deliver::{Deliverer, Limits, RecipientStatus, Status};
 pub use dns::MailResolver;

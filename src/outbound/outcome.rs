@@ -22,6 +22,13 @@ pub enum PolicyType {
 }
 
 impl PolicyType {
+    pub const ALL: [PolicyType; 3] = [PolicyType::Tlsa, PolicyType::Sts, PolicyType::NoPolicyFound];
+
+    /// The type a report names `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             PolicyType::Tlsa => "tlsa",
@@ -68,6 +75,39 @@ pub enum TlsFailure {
 }
 
 impl TlsFailure {
+    pub const ALL: [TlsFailure; 11] = [
+        TlsFailure::StarttlsNotSupported,
+        TlsFailure::CertificateHostMismatch,
+        TlsFailure::CertificateExpired,
+        TlsFailure::CertificateNotTrusted,
+        TlsFailure::ValidationFailure,
+        TlsFailure::TlsaInvalid,
+        TlsFailure::DnssecInvalid,
+        TlsFailure::DaneRequired,
+        TlsFailure::StsPolicyFetchError,
+        TlsFailure::StsPolicyInvalid,
+        TlsFailure::StsWebpkiInvalid,
+    ];
+
+    /// The failure a report's `result-type` names, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.as_str() == name)
+    }
+
+    /// The failure for a PKIX certificate verdict that did not verify (the
+    /// reasons `transport::tls` gives).
+    pub fn of_certificate(why: &str) -> TlsFailure {
+        if why.starts_with("name mismatch") {
+            TlsFailure::CertificateHostMismatch
+        } else if why.starts_with("expired") {
+            TlsFailure::CertificateExpired
+        } else if why.starts_with("untrusted issuer") || why.starts_with("self-signed") {
+            TlsFailure::CertificateNotTrusted
+        } else {
+            TlsFailure::ValidationFailure
+        }
+    }
+
     /// The result-type string of the JSON report.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -106,6 +146,9 @@ pub struct PolicyOutcome {
     pub mx_host: String,
     /// Its address, when a connection was made (`receiving-ip`).
     pub receiving_ip: Option<IpAddr>,
+    /// Our own address on that connection (`sending-mta-ip`), when a
+    /// connection was made.
+    pub sending_ip: Option<IpAddr>,
     /// Success, or the failure type.
     pub result: Result<(), TlsFailure>,
     /// For the operator (`additional-information`); never message content.
@@ -140,13 +183,16 @@ mod tests {
             (TlsFailure::StsWebpkiInvalid, "sts-webpki-invalid"),
         ] {
             assert_eq!(failure.to_string(), name);
+            assert_eq!(TlsFailure::from_name(name), Some(failure));
         }
+        assert_eq!(TlsFailure::from_name("tls-bad"), None);
         for (policy, name) in [
             (PolicyType::Tlsa, "tlsa"),
             (PolicyType::Sts, "sts"),
             (PolicyType::NoPolicyFound, "no-policy-found"),
         ] {
             assert_eq!(policy.to_string(), name);
+            assert_eq!(PolicyType::from_name(name), Some(policy));
         }
     }
 }

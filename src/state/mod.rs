@@ -43,7 +43,15 @@
 //! S3-compatible service) can implement the same trait: a PUT is atomic
 //! and durable when acknowledged, LIST gives the names, DELETE is
 //! idempotent. Nothing outside `state/` knows about `tmp/` or `new/`.
+//!
+//! # Per-day records ([`daily`])
+//!
+//! Statistics that many processes add to at once (TLS reports, RFC 8460):
+//! one file per key and UTC day, one record per line, each appended with a
+//! single `write(2)` under `O_APPEND`. Not fsynced: losing the last records
+//! in a crash costs a report's precision, never mail.
 
+pub mod daily;
 pub mod spool;
 pub mod sts_cache;
 

@@ -1,0 +1,306 @@
+"""SMTP TLS reporting (RFC 8460) with real peers: `blackpony deliver` on the fake internet
+(interop/peers.py FakeInternet) records each session's TLS outcome in the state directory;
+`blackpony tlsrpt` turns one day of one domain into the RFC 8460 JSON report, and with
+`--send` mails it to the `rua=mailto:` address of the domain's `_smtp._tls` TXT record,
+through blackpony's own outbound transport, into the Postfix MX's Maildir.
+
+What is checked:
+  - sessions to mx.tls.test (STARTTLS, self-signed certificate) under `may` count as
+    successes, and under `verify` as `certificate-not-trusted` failures (reason
+    `self-signed`); mx.plain.test (no STARTTLS) as `starttls-not-supported`;
+    mx.brokentls.test (garbage instead of a ServerHello) as `validation-failure`;
+    every failure with sending-mta-ip, receiving-mx-hostname and receiving-ip;
+  - the JSON validates against RFC8460_SCHEMA below, written from RFC 8460 §4.4 (the
+    report's fields) and §4.3 (the result types), with python3-jsonschema;
+  - `--send`: the mail in the Postfix Maildir is multipart/report; report-type="tlsrpt"
+    with TLS-Report-Domain / TLS-Report-Submitter headers, and its application/tlsrpt+gzip
+    attachment, named as §5.1 says, un-gzips to a report that validates and equals the one
+    written with --out;
+  - a domain without a TLSRPT record gets nothing (exit 69, said on stderr).
+"""
+
+from __future__ import annotations
+
+import datetime
+import email
+import email.policy
+import gzip
+import ipaddress
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from interop.clients import token
+from interop.conftest import owned_dir
+from interop.peers import DNS_RECORDS, NET_ADDR, Dnsmasq, blackpony_bin
+from interop.test_outbound import deliver, make_message, show
+
+DATETIME = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$"}
+IP = {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}
+COUNT = {"type": "integer", "minimum": 0}
+STRINGS = {"type": "array", "items": {"type": "string"}}
+
+# RFC 8460 §4.4 (JSON Report Schema) as a JSON Schema; result types from §4.3.
+RFC8460_SCHEMA = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "title": "SMTP TLS report (RFC 8460 §4.4)",
+    "type": "object",
+    "required": ["organization-name", "date-range", "contact-info", "report-id", "policies"],
+    "additionalProperties": False,
+    "properties": {
+        "organization-name": {"type": "string", "minLength": 1},
+        "date-range": {
+            "type": "object",
+            "required": ["start-datetime", "end-datetime"],
+            "additionalProperties": False,
+            "properties": {"start-datetime": DATETIME, "end-datetime": DATETIME},
+        },
+        "contact-info": {"type": "string", "minLength": 1},
+        "report-id": {"type": "string", "minLength": 1},
+        "policies": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["policy", "summary"],
+                "additionalProperties": False,
+                "properties": {
+                    "policy": {
+                        "type": "object",
+                        "required": ["policy-type", "policy-domain"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "policy-type": {"enum": ["tlsa", "sts", "no-policy-found"]},
+                            "policy-string": STRINGS,
+                            "policy-domain": {"type": "string", "minLength": 1},
+                            "mx-host": STRINGS,
+                        },
+                    },
+                    "summary": {
+                        "type": "object",
+                        "required": ["total-successful-session-count",
+                                     "total-failure-session-count"],
+                        "additionalProperties": False,
+                        "properties": {"total-successful-session-count": COUNT,
+                                       "total-failure-session-count": COUNT},
+                    },
+                    "failure-details": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["result-type", "failed-session-count"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "result-type": {"enum": [
+                                    "starttls-not-supported", "certificate-host-mismatch",
+                                    "certificate-expired", "certificate-not-trusted",
+                                    "validation-failure", "tlsa-invalid", "dnssec-invalid",
+                                    "dane-required", "sts-policy-fetch-error",
+                                    "sts-policy-invalid", "sts-webpki-invalid"]},
+                                "sending-mta-ip": IP,
+                                "receiving-mx-hostname": {"type": "string"},
+                                "receiving-mx-helo": {"type": "string"},
+                                "receiving-ip": IP,
+                                "failed-session-count": COUNT,
+                                "additional-information": {"type": "string"},
+                                "failure-reason-code": {"type": "string"},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def validate(report: dict):
+    jsonschema.Draft7Validator.check_schema(RFC8460_SCHEMA)
+    jsonschema.Draft7Validator(RFC8460_SCHEMA,
+                               format_checker=jsonschema.FormatChecker()).validate(report)
+
+
+def test_schema_rejects_what_the_rfc_does_not_allow():
+    """The schema is not a rubber stamp: it refuses a wrong result type, a missing summary,
+    a bad address."""
+    good = {"organization-name": "o", "contact-info": "c", "report-id": "r",
+            "date-range": {"start-datetime": "2026-12-03T00:00:00Z",
+                           "end-datetime": "2026-12-03T23:59:59Z"},
+            "policies": [{"policy": {"policy-type": "no-policy-found", "policy-domain": "d"},
+                          "summary": {"total-successful-session-count": 1,
+                                      "total-failure-session-count": 1},
+                          "failure-details": [{"result-type": "starttls-not-supported",
+                                               "sending-mta-ip": "192.0.2.1",
+                                               "failed-session-count": 1}]}]}
+    validate(good)
+    for broken in (
+        lambda r: r["policies"][0]["failure-details"][0].update({"result-type": "tls-bad"}),
+        lambda r: r["policies"][0].pop("summary"),
+        lambda r: r["policies"][0]["failure-details"][0].update({"sending-mta-ip": "x.y"}),
+        lambda r: r["policies"][0]["policy"].update({"policy-type": "dane"}),
+        lambda r: r.pop("report-id"),
+    ):
+        r = json.loads(json.dumps(good))
+        broken(r)
+        with pytest.raises(jsonschema.ValidationError):
+            validate(r)
+
+
+def today() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+
+
+def tlsrpt(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([blackpony_bin(), "tlsrpt", *args], capture_output=True,
+                          timeout=timeout)
+
+
+# (domain, extra deliver flags, expected exit): the sessions recorded once for the module.
+SESSIONS = [
+    ("tls.test", [], 0),                          # STARTTLS, self-signed: success (may)
+    ("tls.test", [], 0),
+    ("tls.test", ["--tls-policy", "verify"], 75),  # certificate-not-trusted (self-signed)
+    ("plain.test", [], 0),                        # starttls-not-supported
+    ("brokentls.test", [], 75),                   # validation-failure (handshake)
+]
+
+
+@pytest.fixture(scope="module")
+def recorded(workdir, internet) -> Path:
+    """A state directory holding the TLS outcomes of SESSIONS."""
+    state = owned_dir(workdir / "state-tlsrpt")
+    for domain, extra, code in SESSIONS:
+        rcpt = f"tlsrpt-{token()}@{domain}"
+        message, _ = make_message(token(), [rcpt])
+        res = deliver(internet, state, [rcpt], message, *extra)
+        assert res.returncode == code, show(res)
+    return state
+
+
+def report_of(internet, state: Path, domain: str, tmp: Path) -> dict:
+    out = tmp / f"{domain}.json"
+    res = tlsrpt("--domain", domain, "--date", today(), "--out", str(out),
+                 *internet.outbound_args(state))
+    assert res.returncode == 0, show(res)
+    report = json.loads(out.read_text())
+    validate(report)
+    return report
+
+
+def only_policy(report: dict) -> dict:
+    assert len(report["policies"]) == 1, report
+    p = report["policies"][0]
+    assert p["policy"]["policy-type"] == "no-policy-found", p
+    return p
+
+
+def test_successes_and_certificate_failure(internet, recorded, tmp_path):
+    report = report_of(internet, recorded, "tls.test", tmp_path)
+    day = today()
+    assert report["date-range"] == {"start-datetime": f"{day}T00:00:00Z",
+                                    "end-datetime": f"{day}T23:59:59Z"}
+    assert report["organization-name"] == "client.test"
+    assert report["contact-info"] == "postmaster@client.test"
+    p = only_policy(report)
+    assert p["policy"]["policy-domain"] == "tls.test"
+    assert p["summary"] == {"total-successful-session-count": 2,
+                            "total-failure-session-count": 1}, p
+    [f] = p["failure-details"]
+    assert f["result-type"] == "certificate-not-trusted", f
+    assert f["failure-reason-code"] == "self-signed", f
+    assert f["receiving-mx-hostname"] == "mx.tls.test"
+    assert f["receiving-ip"] == NET_ADDR["tls"]
+    assert ipaddress.ip_address(f["sending-mta-ip"]).is_loopback, f
+
+
+@pytest.mark.parametrize("domain,mx,result", [
+    ("plain.test", "mx.plain.test", "starttls-not-supported"),
+    ("brokentls.test", "mx.brokentls.test", "validation-failure"),
+])
+def test_negotiation_failures(internet, recorded, tmp_path, domain, mx, result):
+    p = only_policy(report_of(internet, recorded, domain, tmp_path))
+    assert p["summary"] == {"total-successful-session-count": 0,
+                            "total-failure-session-count": 1}, p
+    [f] = p["failure-details"]
+    assert (f["result-type"], f["receiving-mx-hostname"]) == (result, mx), f
+    assert f["receiving-ip"] == NET_ADDR[domain.split(".")[0]], f
+
+
+def test_a_day_without_sessions_is_an_empty_valid_report(internet, recorded, tmp_path):
+    out = tmp_path / "empty.json"
+    res = tlsrpt("--domain", "tls.test", "--date", "2001-01-01", "--out", str(out),
+                 *internet.outbound_args(recorded))
+    assert res.returncode == 0, show(res)
+    report = json.loads(out.read_text())
+    validate(report)
+    assert report["policies"] == []
+    res = tlsrpt("--domain", "tls.test", "--date", "2001-02-30",
+                 *internet.outbound_args(recorded))
+    assert res.returncode == 64 and b"not a day" in res.stderr, show(res)
+
+
+RUA = "tlsrpt-reports@plain.test"
+
+
+@pytest.fixture(scope="module")
+def rua_dns(workdir):
+    """The fake internet's DNS plus TLSRPT records: tls.test reports to a mailbox of the
+    Postfix MX (and an https: URL, which is skipped), plain.test publishes none."""
+    records = DNS_RECORDS + (
+        f'txt-record=_smtp._tls.tls.test,"v=TLSRPTv1; rua=mailto:{RUA},'
+        'https://reports.plain.test/tlsrpt"\n')
+    dns = Dnsmasq(workdir / "dns-tlsrpt", records)
+    dns.start()
+    try:
+        yield dns
+    finally:
+        dns.stop()
+
+
+def with_dns(internet, state: Path, dns) -> list[str]:
+    args = internet.outbound_args(state)
+    args[args.index("--dns") + 1] = dns.address
+    return args
+
+
+def test_send_mails_the_gzipped_report_to_the_rua(internet, recorded, rua_dns, tmp_path):
+    out = tmp_path / "sent.json"
+    res = tlsrpt("--domain", "tls.test", "--date", today(), "--out", str(out), "--send",
+                 *with_dns(internet, recorded, rua_dns))
+    assert res.returncode == 0, show(res)
+    err = res.stderr.decode(errors="replace")
+    assert "rua=https://reports.plain.test/tlsrpt skipped" in err, show(res)
+    assert re.search(rf"tlsrpt: domain=tls.test .*rua=mailto:{RUA} dsn=2\.", err), show(res)
+    written = json.loads(out.read_text())
+
+    internet.postfix.wait_messages(RUA)
+    [(path, raw)] = internet.postfix.messages(RUA)
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg.get_content_type() == "multipart/report", msg["Content-Type"]
+    assert msg.get_param("report-type") == "tlsrpt", msg["Content-Type"]
+    assert msg["TLS-Report-Domain"] == "tls.test"
+    assert msg["TLS-Report-Submitter"] == "client.test"
+    assert "Report Domain: tls.test" in msg["Subject"], msg["Subject"]
+    assert "Submitter: client.test" in msg["Subject"], msg["Subject"]
+    attachments = [p for p in msg.walk() if p.get_content_type() == "application/tlsrpt+gzip"]
+    assert len(attachments) == 1, [p.get_content_type() for p in msg.walk()]
+    [part] = attachments
+    assert re.fullmatch(r"client\.test!tls\.test!\d+!\d+\.json\.gz", part.get_filename()), \
+        part.get_filename()
+    fields = part.get_filename().removesuffix(".json.gz").split("!")
+    start, end = int(fields[2]), int(fields[3])
+    assert (start % 86400, end - start) == (0, 86399), fields
+    report = json.loads(gzip.decompress(part.get_payload(decode=True)))
+    validate(report)
+    assert report == written
+    assert report["policies"][0]["summary"]["total-successful-session-count"] == 2
+
+
+def test_send_to_a_domain_without_a_tlsrpt_record(internet, recorded, rua_dns):
+    res = tlsrpt("--domain", "plain.test", "--date", today(), "--send",
+                 *with_dns(internet, recorded, rua_dns))
+    assert res.returncode == 69, show(res)
+    assert b"no TLSRPT record" in res.stderr, show(res)

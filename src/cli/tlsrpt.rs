@@ -1,0 +1,196 @@
+//! `blackpony tlsrpt`: the daily SMTP TLS report (RFC 8460) of one policy
+//! domain, from what delivery recorded in the state directory; written as
+//! JSON, or mailed to the domain's `rua=mailto:` addresses through the
+//! outbound transport itself.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::OutboundArgs;
+use super::config::OutboundFile;
+use crate::log;
+use crate::outbound::exit;
+use crate::outbound::tlsrpt::{self, Report, Reporter, Rua, TlsReports};
+
+/// `blackpony tlsrpt --domain D [--date YYYY-MM-DD] [--out FILE] [--send]`
+#[derive(Debug, Args)]
+pub struct TlsrptArgs {
+    /// The policy domain to report on: a recipient domain blackpony
+    /// delivered to.
+    #[arg(long, value_name = "DOMAIN")]
+    pub domain: String,
+
+    /// The UTC day to report [default: yesterday].
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub date: Option<String>,
+
+    /// Write the JSON report to FILE [default: standard output, unless
+    /// --send].
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+
+    /// Mail the report (gzipped, RFC 8460 §5.3) to the `rua=mailto:`
+    /// addresses of the domain's `_smtp._tls` TXT record, delivered by the
+    /// outbound transport with the [outbound] settings. `https:` addresses
+    /// are not supported yet and are skipped (logged). Nothing is sent for
+    /// a day without recorded sessions.
+    #[arg(long)]
+    pub send: bool,
+
+    /// The report's `organization-name` [default: the EHLO name].
+    #[arg(long, value_name = "NAME")]
+    pub organization: Option<String>,
+
+    /// The report's `contact-info`, also the sender of the report mail
+    /// [default: postmaster@ the EHLO name].
+    #[arg(long, value_name = "ADDRESS")]
+    pub contact: Option<String>,
+
+    #[command(flatten)]
+    pub outbound: OutboundArgs,
+}
+
+const USAGE: u8 = 64;
+const CANTCREAT: u8 = 73;
+const IOERR: u8 = 74;
+
+pub fn run(args: TlsrptArgs, file: OutboundFile, runtime: &tokio::runtime::Runtime) -> ExitCode {
+    ExitCode::from(runtime.block_on(report(args, file)))
+}
+
+async fn report(args: TlsrptArgs, file: OutboundFile) -> u8 {
+    let settings = match super::outbound::merge_outbound(args.outbound, file) {
+        Ok(s) => s,
+        Err(e) => return fail(USAGE, &e.to_string()),
+    };
+    let domain = args.domain.trim_end_matches('.').to_ascii_lowercase();
+    if domain.is_empty() || domain.contains(['/', ' ', '@']) {
+        return fail(
+            USAGE,
+            &format!("--domain {:?} is not a domain name", args.domain),
+        );
+    }
+    let day = args.date.unwrap_or_else(tlsrpt::yesterday);
+    if tlsrpt::parse_day(&day).is_none() {
+        return fail(USAGE, &format!("--date {day:?} is not a day (YYYY-MM-DD)"));
+    }
+    let reporter = Reporter {
+        organization: args
+            .organization
+            .unwrap_or_else(|| settings.helo_name.clone()),
+        contact: args
+            .contact
+            .unwrap_or_else(|| format!("postmaster@{}", settings.helo_name)),
+        submitter: settings.helo_name.clone(),
+    };
+    let reports = TlsReports::new(settings.state_dir.as_deref());
+    let (records, skipped) = match reports.read_day(&domain, &day) {
+        Ok(r) => r,
+        Err(e) => return fail(IOERR, &e.to_string()),
+    };
+    if skipped > 0 {
+        log!("warning: tlsrpt: {domain} {day}: {skipped} unreadable records skipped");
+    }
+    let Some(report) = Report::build(&reporter, &domain, &day, &records) else {
+        return fail(USAGE, &format!("--date {day:?} is not a day"));
+    };
+    let json = report.to_json();
+    match &args.out {
+        Some(path) => {
+            if let Err(e) = std::fs::write(path, format!("{json}\n")) {
+                return fail(CANTCREAT, &format!("{}: {e}", path.display()));
+            }
+        }
+        None if !args.send => println!("{json}"),
+        None => {}
+    }
+    if !args.send {
+        return exit::OK;
+    }
+    if report.is_empty() {
+        log!("tlsrpt: domain={domain} day={day} sessions=0: nothing to report, nothing sent");
+        println!("no sessions recorded for {domain} on {day}: no report sent");
+        return exit::OK;
+    }
+    send(&settings, &reporter, &report, &domain).await
+}
+
+/// Mails `report` to each `mailto:` destination of the domain's reporting
+/// policy, through the outbound transport.
+async fn send(
+    settings: &super::OutboundSettings,
+    reporter: &Reporter,
+    report: &Report,
+    domain: &str,
+) -> u8 {
+    let deliverer = match settings.deliverer() {
+        Ok(d) => d,
+        Err(e) => return fail(exit::TEMPFAIL, &e),
+    };
+    let name = tlsrpt::policy_name(domain);
+    let txts = match deliverer.resolver.txt(&name).await {
+        Ok((_, crate::outbound::dns::Dnssec::Bogus)) => {
+            return fail(
+                exit::TEMPFAIL,
+                &format!("{name}: DNSSEC validation failed (bogus answer)"),
+            );
+        }
+        Ok((txts, _)) => txts,
+        Err(e) => return fail(exit::TEMPFAIL, &e.to_string()),
+    };
+    let destinations = match tlsrpt::parse_policy_record(&txts) {
+        Ok(d) => d,
+        Err(why) => {
+            return fail(
+                exit::UNAVAILABLE,
+                &format!("{name}: {why}: {domain} takes no TLS reports"),
+            );
+        }
+    };
+    let mut results = Vec::new();
+    for rua in &destinations {
+        let to = match rua {
+            Rua::Mailto(to) => to,
+            Rua::Https(url) | Rua::Other(url) => {
+                log!("tlsrpt: domain={domain} rua={url} skipped (only mailto: is supported)");
+                continue;
+            }
+        };
+        let message = tlsrpt::report_message(
+            report,
+            reporter,
+            &reporter.contact,
+            to,
+            std::time::SystemTime::now(),
+        );
+        let envelope = crate::smtp::Envelope {
+            sender: reporter.contact.clone(),
+            recipients: vec![to.clone()],
+        };
+        let statuses = deliverer.deliver(&envelope, &message).await;
+        for s in &statuses {
+            log!(
+                "tlsrpt: domain={domain} report-id={} rua=mailto:{to} dsn={}",
+                report.report_id,
+                s.dsn()
+            );
+        }
+        results.extend(statuses);
+    }
+    if results.is_empty() {
+        return fail(
+            exit::UNAVAILABLE,
+            &format!("{name}: no mailto: destination; no report sent"),
+        );
+    }
+    let (code, line) = exit::summarize(&results);
+    println!("{line}");
+    code
+}
+
+fn fail(code: u8, message: &str) -> u8 {
+    eprintln!("blackpony tlsrpt: {message}");
+    code
+}
