@@ -34,9 +34,12 @@ pub struct LoadArgs {
     #[arg(long, value_name = "OCTETS")]
     pub min_data_rate: Option<u64>,
 
-    /// When every slot is taken, a newcomer displaces a session that has
-    /// waited this many seconds for its client without anything done
-    /// (421 4.7.0), from the network holding the most slots [default: 5].
+    /// When every slot is taken, a newcomer displaces a session whose
+    /// client is this many seconds behind: a command line unanswered that
+    /// long since the last reply (bytes of it count for nothing), or a
+    /// message that much slower than --min-data-rate (421 4.7.0). Those
+    /// that never had a command answered go first, then the network
+    /// holding the most slots, then the furthest behind [default: 1].
     #[arg(long, value_name = "SECONDS")]
     pub evict_idle: Option<u64>,
 }

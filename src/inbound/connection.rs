@@ -277,7 +277,7 @@ impl Run<'_> {
             Order::Recheck => return,
             Order::Evict { idle } => {
                 log!(
-                    "session={} evicted idle={:.1}s client={} (all slots taken)",
+                    "session={} evicted behind={:.1}s client={} (all slots taken)",
                     self.id,
                     idle.as_secs_f64(),
                     self.who
@@ -355,7 +355,7 @@ impl Run<'_> {
                 } else {
                     self.clock.next_line(now);
                 }
-                self.control.progress();
+                self.control.answered();
                 let deadline = now + self.line_time();
                 let wrote = write_within(
                     &mut client,
@@ -512,7 +512,7 @@ impl Run<'_> {
                             && self.clock.in_message()
                         {
                             self.clock.received(data.len());
-                            self.control.progress();
+                            self.control.received(data.len());
                         }
                         self.session.client_read(read);
                     })
@@ -538,12 +538,14 @@ impl Run<'_> {
                 if sleep.as_mut().poll(cx).is_ready() {
                     if Instant::now() >= deadline {
                         if !self.session.is_closed() {
+                            self.control.timed_out();
                             self.session.timeout();
                         }
                         return Poll::Ready(());
                     }
                     sleep.as_mut().reset(deadline.into());
                     if sleep.as_mut().poll(cx).is_ready() && !self.session.is_closed() {
+                        self.control.timed_out();
                         self.session.timeout();
                         return Poll::Ready(());
                     }

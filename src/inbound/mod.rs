@@ -47,8 +47,9 @@ pub struct InboundConfig {
     pub max_connections_per_client: usize,
     /// Most connections at once from one network (IPv4 /24, IPv6 /64).
     pub max_connections_per_network: usize,
-    /// A session waiting this long for its client, with nothing done, may
-    /// be evicted when a newcomer finds every slot taken.
+    /// A session whose client is this far behind (a command line pending
+    /// this long, a message this far below the minimum rate) may be evicted
+    /// when a newcomer finds every slot taken.
     pub evict_idle: Duration,
     /// Time for one command line, and the base time of a message
     /// (RFC 5321 §4.5.3.2.7: 5 minutes).
@@ -103,6 +104,7 @@ impl InboundConfig {
                 per_client: self.max_connections_per_client,
                 per_network: self.max_connections_per_network,
                 evict_idle: self.evict_idle,
+                min_data_rate: self.min_data_rate,
             },
             shutdown_grace: self.shutdown_grace,
             hostname: self.session.hostname.clone(),

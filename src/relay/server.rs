@@ -25,7 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use super::seal::{SealKeys, seal};
 use super::sealed::SealedEnvelope;
 use crate::log;
-use crate::server::{Control, Limits, Listen, Order};
+use crate::server::{Activity, Control, Limits, Listen, Order};
 use crate::smtp::server::{Protocol, ReceiveEvent, ReceiveOptions, ReceiveSession};
 use crate::smtp::{BareNewlines, Envelope, Reply};
 use crate::state::{FileSpool, SpoolId, StoreError};
@@ -201,6 +201,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     session.answer(&Reply::new(354, "End data with <CR><LF>.<CR><LF>"));
                 }
                 ReceiveEvent::EndOfData { envelope, wire } => {
+                    // Sealing and the disk are ours to wait for, not the
+                    // client's.
+                    control.set_activity(Activity::Busy);
                     let reply = ctx.seal_one(envelope, wire).await;
                     if reply.is_success() {
                         stats.sealed += 1;
@@ -208,6 +211,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     session.answer(&reply);
                 }
                 ReceiveEvent::Deliver { envelope, wire } => {
+                    control.set_activity(Activity::Busy);
                     let replies = ctx.deliver_lmtp(envelope, wire).await;
                     stats.sealed += replies.iter().filter(|r| r.is_success()).count() as u64;
                     session.delivered(&replies);
@@ -226,6 +230,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
             if !matches!(written, Ok(Ok(()))) {
                 break "client-lost";
             }
+            control.answered();
         }
         if session.is_closed() {
             let _ = tokio::time::timeout(Duration::from_secs(5), stream.shutdown()).await;
@@ -255,6 +260,13 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 }
             }
         }
+        // The client's turn: a message is behind only below the minimum
+        // rate, a command line from the last reply on.
+        control.set_activity(if session.receiving_message() {
+            Activity::Message
+        } else {
+            Activity::Client
+        });
         let read = tokio::select! {
             read = tokio::time::timeout(config.client_timeout, stream.read(&mut buf)) => Some(read),
             // Shutdown or eviction, only ever between commands: a message
@@ -266,7 +278,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
         };
         match read {
             Some(Ok(Ok(n))) if n > 0 => {
-                control.progress();
+                control.received(n);
                 session.input(&buf[..n]);
             }
             Some(Ok(_)) => {
@@ -289,6 +301,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 break "shutdown";
             }
             Some(Err(_)) => {
+                control.timed_out();
                 let reply = Reply::new(
                     421,
                     format!("4.4.2 {} Error: timeout exceeded", config.hostname),

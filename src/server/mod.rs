@@ -151,7 +151,7 @@ impl Shared {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
     /// Leave for a newcomer (`421 4.7.0`): the table is full and this
-    /// session did nothing for `idle`.
+    /// session's client is `idle` behind (see [`table`]).
     Evict { idle: Duration },
     /// The server is shutting down and the grace period is over.
     Close,
@@ -217,10 +217,25 @@ impl Control {
         self.weather.borrow().stressed
     }
 
-    /// The session got something done (a command answered, a piece of a
-    /// message received): it is not idle.
-    pub fn progress(&self) {
-        self.entry.progress(self.shared.now_ms());
+    /// A reply went out: the client's turn starts now (eviction measures
+    /// how far behind it falls from here; see [`table`]).
+    pub fn answered(&self) {
+        self.entry.answered(self.shared.now_ms());
+    }
+
+    /// `n` octets came from the client. Inside a message
+    /// ([`Activity::Message`]) they earn time at the minimum data rate; in
+    /// a command line they earn nothing until it is answered.
+    pub fn received(&self, n: usize) {
+        self.entry.received(n);
+    }
+
+    /// The client missed its deadline and the session ends: its network
+    /// may not evict others for a while ([`table::STRUCK_FOR`]). Nothing
+    /// happens when the session was waiting for someone else.
+    pub fn timed_out(&self) {
+        let now = self.shared.now_ms();
+        self.shared.lock().table.timed_out(self.id, now);
     }
 
     pub fn set_activity(&self, activity: Activity) {

@@ -204,6 +204,12 @@ impl ReceiveSession {
         matches!(self.phase, Phase::Closed)
     }
 
+    /// Whether the client is sending a message (after the 354): the time
+    /// it takes is measured against a minimum rate, not per line.
+    pub fn receiving_message(&self) -> bool {
+        matches!(self.phase, Phase::Data { .. })
+    }
+
     fn reply(&mut self, code: u16, text: &str) {
         Reply::new(code, text).write_to(&mut self.output);
     }

@@ -476,3 +476,127 @@ async fn per_network_limit() {
     assert!(read_reply(&mut other).await.starts_with("220"));
     sidecar.stop().await;
 }
+
+/// A slowloris from `from`: greeted, then one byte every `every` of a
+/// command line that never ends (`in_message` false), or of a message
+/// after EHLO, MAIL, RCPT and DATA (`in_message` true); connecting again
+/// when cut or refused, until `until`. Returns how often it was evicted
+/// (`421 4.7.0 … closing idle session`).
+async fn slowloris(from: String, to: SocketAddr, in_message: bool, until: Instant) -> usize {
+    let every = Duration::from_millis(200);
+    let mut evicted = 0;
+    while Instant::now() < until {
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(format!("{from}:0").parse().expect("from"))
+            .expect("bind from");
+        let Ok(Ok(tcp)) = tokio::time::timeout(WAIT, socket.connect(to)).await else {
+            tokio::time::sleep(every).await;
+            continue;
+        };
+        let mut c = BufReader::new(tcp);
+        if !read_reply(&mut c).await.starts_with("220") {
+            tokio::time::sleep(every).await;
+            continue;
+        }
+        if in_message {
+            let mut ready = true;
+            for (line, want) in [
+                ("EHLO trickle.test\r\n", "250"),
+                ("MAIL FROM:<t@trickle.test>\r\n", "250"),
+                ("RCPT TO:<b@mx.test>\r\n", "250"),
+                ("DATA\r\n", "354"),
+            ] {
+                ready = ready && command(&mut c, line).await.starts_with(want);
+            }
+            if !ready {
+                continue;
+            }
+        } else {
+            let _ = c.get_mut().write_all(b"EHLO ").await;
+        }
+        let mut answer = Vec::new();
+        while Instant::now() < until {
+            if c.get_mut().write_all(b"x").await.is_err() {
+                break;
+            }
+            let mut buf = [0u8; 512];
+            match tokio::time::timeout(every, c.read(&mut buf)).await {
+                Err(_) => {}
+                Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+                Ok(_) => break,
+            }
+        }
+        if answer
+            .starts_with(b"421 4.7.0 mx.test Error: too many connections, closing idle session")
+        {
+            evicted += 1;
+        }
+    }
+    evicted
+}
+
+/// One message from 127.0.0.1, one connection; how long it took.
+async fn normal_message(to: SocketAddr) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut c = connect_from("127.0.0.1", to).await;
+    let greeting = read_reply(&mut c).await;
+    if !greeting.starts_with("220") {
+        return Err(format!("greeting {greeting:?}"));
+    }
+    for (line, want) in [
+        ("EHLO client.test\r\n", "250"),
+        ("MAIL FROM:<a@client.test>\r\n", "250"),
+        ("RCPT TO:<b@mx.test>\r\n", "250"),
+        ("DATA\r\n", "354"),
+        ("Subject: hi\r\n\r\nhello\r\n.\r\n", "250"),
+        ("QUIT\r\n", "221"),
+    ] {
+        let reply = command(&mut c, line).await;
+        if !reply.starts_with(want) {
+            return Err(format!("{line:?}: {reply:?}"));
+        }
+    }
+    Ok(started.elapsed())
+}
+
+/// Issue 8's slowloris, small: tricklers fill every slot and reconnect as
+/// soon as they are cut, half of them trickling a command line, half a
+/// message (each byte used to count as progress); a normal client still
+/// gets each of its messages through at once, and it is the tricklers who
+/// make room.
+#[tokio::test]
+async fn tricklers_in_every_slot_do_not_keep_a_normal_client_out() {
+    let backend = Backend::start().await;
+    // The stress deadline is out of reach of this test: only eviction can
+    // make room.
+    let daemon = in_front_of(
+        &backend,
+        &["--max-connections", "8", "--stress-client-timeout", "60"],
+    );
+    let until = Instant::now() + Duration::from_secs(12);
+    let mut tricklers = tokio::task::JoinSet::new();
+    for n in 0..8 {
+        // Four networks, two tricklers each.
+        let from = format!("127.0.{}.{}", 20 + n / 2, 1 + n % 2);
+        tricklers.spawn(slowloris(from, daemon.addr, n % 2 == 1, until));
+    }
+    // Every slot taken, every trickler well into its line or message.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut took = Vec::new();
+    for n in 0..5 {
+        match normal_message(daemon.addr).await {
+            Ok(t) => took.push(t),
+            Err(e) => panic!("message {n}: {e}; log: {:#?}", daemon.log()),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(took.iter().all(|t| *t < Duration::from_secs(1)), "{took:?}");
+    let mut evicted = 0;
+    while let Some(n) = tricklers.join_next().await {
+        evicted += n.expect("trickler");
+    }
+    assert!(evicted >= 5, "{evicted} tricklers evicted");
+    let line = daemon.wait_log(&[" evicted behind="]).await;
+    assert!(line.contains("client=unknown[127.0.2"), "{line}");
+}
