@@ -12,10 +12,13 @@
   hostile.py junk HOST PORT N SECONDS
       N connections from 127.2.k.1 sending random bytes as fast as the
       server takes them, reconnecting when cut, for SECONDS.
-  hostile.py client HOST PORT MSGS [TIMEOUT]
+  hostile.py client HOST PORT MSGS [TIMEOUT [BUDGET]]
       The normal client, from 127.0.0.1: MSGS messages one after another,
-      one connection each (greeting, EHLO, MAIL, RCPT, DATA, 1 KiB, QUIT).
-      Prints served (250 after the dot) and latency percentiles in ms.
+      one connection each (greeting, EHLO, MAIL, RCPT, DATA, 1 KiB, QUIT),
+      each within TIMEOUT seconds (5), all within BUDGET seconds (60; the
+      rest are not attempted and count as not served). Prints served (250
+      after the dot), attempted, messages per second over the run, latency
+      percentiles in ms and the errors by kind.
 
 Every loop is bounded by its SECONDS/MSGS/TIMEOUT.
 """
@@ -160,11 +163,13 @@ async def junk(host, port, n, seconds):
     print(json.dumps(stats))
 
 
-async def client(host, port, msgs, timeout):
+async def client(host, port, msgs, timeout, budget):
     body = (b"x" * 78 + b"\r\n") * 13
     lat = []
     served = 0
+    attempted = 0
     errors = {}
+    started = time.monotonic()
 
     async def message():
         r, w = await open_from(host, port, "127.0.0.1")
@@ -193,6 +198,9 @@ async def client(host, port, msgs, timeout):
 
     for _ in range(msgs):
         t0 = time.monotonic()
+        if t0 - started > budget:
+            break
+        attempted += 1
         try:
             err = await asyncio.wait_for(message(), timeout)
         except asyncio.TimeoutError:
@@ -209,7 +217,10 @@ async def client(host, port, msgs, timeout):
     def pct(p):
         return round(lat[min(len(lat) - 1, int(p * len(lat)))], 1) if lat else None
 
-    print(json.dumps({"served": served, "of": msgs, "p50_ms": pct(0.5),
+    elapsed = time.monotonic() - started
+    print(json.dumps({"served": served, "of": msgs, "attempted": attempted,
+                      "msg_s": round(served / elapsed, 1) if elapsed > 0 else None,
+                      "p50_ms": pct(0.5),
                       "p99_ms": pct(0.99), "max_ms": round(lat[-1], 1) if lat else None,
                       "errors": errors}))
 
@@ -226,7 +237,8 @@ def main():
     elif cmd == "junk":
         asyncio.run(junk(host, port, int(a[3]), float(a[4])))
     elif cmd == "client":
-        asyncio.run(client(host, port, int(a[3]), float(a[4]) if len(a) > 4 else 20))
+        asyncio.run(client(host, port, int(a[3]), float(a[4]) if len(a) > 4 else 5,
+                           float(a[5]) if len(a) > 5 else 60))
     else:
         sys.exit(__doc__)
 

@@ -105,23 +105,6 @@ start blackpony_nth "$BLACKPONY" inbound --listen "127.0.0.1:$BPN" --backend "12
     --identity none --hostname bench.test --tls-cert "$T/cert.pem" --tls-key "$T/key.pem" \
     --no-trace-header
 
-haproxy_conf() { # FILE LISTEN BACKEND
-    cat >"$1" <<EOF
-global
-    maxconn $MAXCONN
-defaults
-    mode tcp
-    maxconn $MAXCONN
-    timeout connect 5s
-    timeout client 300s
-    timeout server 300s
-frontend smtp
-    bind 127.0.0.1:$2
-    default_backend sink
-backend sink
-    server sink 127.0.0.1:$3
-EOF
-}
 haproxy_conf "$T/haproxy.cfg" "$HAP" "$SINK"
 start haproxy haproxy -db -q -f "$T/haproxy.cfg"
 

@@ -57,3 +57,24 @@ cpu_busy() {
     idle=$(( (b[4] - a[4]) + (b[5] - a[5]) ))
     echo $(( tot > 0 ? 100 * (tot - idle) / tot : 0 ))
 }
+
+# haproxy_conf FILE LISTEN_PORT BACKEND_PORT : haproxy in TCP mode on
+# 127.0.0.1:LISTEN_PORT in front of 127.0.0.1:BACKEND_PORT, with $MAXCONN
+# connections at most (more wait in its accept queue)
+haproxy_conf() {
+    cat >"$1" <<EOF
+global
+    maxconn $MAXCONN
+defaults
+    mode tcp
+    maxconn $MAXCONN
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+frontend smtp
+    bind 127.0.0.1:$2
+    default_backend sink
+backend sink
+    server sink 127.0.0.1:$3
+EOF
+}
