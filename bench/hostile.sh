@@ -20,7 +20,9 @@
 # JUNK (200), MAXCONN (1000), RAMP (15 s for the tricklers to connect and
 # their first generation to be cut), TIMEOUT (2), BUDGET (30), ATTACKS
 # ("slowloris burst junk"), SERVERS ("blackpony haproxy nginx"), BP_ARGS
-# (more blackpony flags), KEEP=1 keeps the temp dir. See bench/README.md.
+# (more blackpony flags), BACKEND_SLOTS (connections smtp-sink serves at
+# once; default: more than any server holds), KEEP=1 keeps the temp dir.
+# See bench/README.md.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -87,7 +89,9 @@ read -r SINK BP HAP NGX NGXAUTH <<<"$("$PY" "$HERE/smtpbench.py" ports 5)"
 # 744 of 1,000 trickler sessions waited there and the normal client's
 # connection behind them: the backend, not the server in front, was
 # saturated). Each server holds one backend connection per client.
-start sink smtp-sink -u postfix -m $((BURST + 4 * MAXCONN)) -c "127.0.0.1:$SINK" 8192
+# BACKEND_SLOTS lowers it to play a backend with few processes (Postfix:
+# 100 smtpd by default).
+start sink smtp-sink -u postfix -m "${BACKEND_SLOTS:-$((BURST + 4 * MAXCONN))}" -c "127.0.0.1:$SINK" 8192
 start blackpony "$BLACKPONY" inbound --listen "127.0.0.1:$BP" --backend "127.0.0.1:$SINK" \
     --identity none --hostname bench.test --max-connections "$MAXCONN" ${BP_ARGS[@]+"${BP_ARGS[@]}"}
 
@@ -223,7 +227,7 @@ bench_one() {
             for _ in $(seq 300); do kill -0 "$ATTACK" 2>/dev/null || break; sleep 0.1; done
         fi
         kill -TERM "$ATTACK" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$ATTACK" 2>/dev/null || break; sleep 0.1; done
+        for _ in $(seq 150); do kill -0 "$ATTACK" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$ATTACK" 2>/dev/null || true
         wait "$ATTACK" 2>/dev/null || true
         row "$server" "$a" "$out" "$base" "$rss" $(( $(size_of "$logf") - log0 )) \
