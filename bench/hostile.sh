@@ -14,7 +14,7 @@
 # the log volume, and the verdict on issue 8's aim (under the slowloris at
 # least 95% served, p99 within 2x the baseline). Bounded: each message
 # gets TIMEOUT s, the client BUDGET s, every attack stops after its client
-# run; about 4 minutes for the three servers.
+# run; about 5 minutes for the three servers.
 # Knobs (environment): BLACKPONY=path (default target/release/blackpony),
 # MSGS (200), TRICKLERS (1000), ADDRS (200), EVERY (10), BURST (5000),
 # JUNK (200), MAXCONN (1000), RAMP (15 s for the tricklers to connect and
