@@ -22,6 +22,7 @@
 //! | [`cli`] | flags and config file, builds a role's settings and calls its `run` |
 //! | [`check`] | `blackpony check`: files, permissions, addresses, and the backend MTA probed (identity mode, relaying) |
 //! | [`log`] | one-line, Postfix-style log records |
+//! | [`sysexits`] | the exit statuses (sysexits.h) every role exits with |
 //! | `fuzz_checks` | invariants shared by the fuzz targets in `fuzz/` and a deterministic test |
 //!
 //! Each role's `run` takes its listener, its TLS configuration and a shutdown
@@ -42,4 +43,5 @@ pub mod server;
 pub mod smtp;
 pub mod state;
 pub mod stats;
+pub mod sysexits;
 pub mod transport;

@@ -181,7 +181,7 @@ fn report(result: std::io::Result<Vec<PathBuf>>, dir: &Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("blackpony: cannot write into {}: {e}", dir.display());
-            ExitCode::from(super::exit::OSERR)
+            ExitCode::from(crate::sysexits::Exit::OsErr)
         }
     }
 }

@@ -237,11 +237,11 @@ pub fn run(args: FetchArgs, file: FetchFile, runtime: &tokio::runtime::Runtime) 
         Ok(s) => s,
         Err(e) => {
             eprintln!("blackpony: {e}");
-            return ExitCode::from(crate::relay::fetch::EXIT_CONFIG);
+            return ExitCode::from(crate::sysexits::Exit::Config);
         }
     };
     let report = runtime.block_on(crate::relay::fetch::run(&settings));
-    ExitCode::from(report.exit_code())
+    ExitCode::from(report.exit())
 }
 
 #[cfg(test)]

@@ -32,16 +32,10 @@ use tokio::net::TcpListener;
 use crate::inbound::{BackendTarget, Identity, InboundConfig};
 use crate::log;
 use crate::smtp::BareNewlines;
+use crate::sysexits::Exit;
 use crate::transport::ServerTls;
 use config::FileConfig;
 use error::ConfigError;
-
-/// sysexits.h codes used at the edge.
-mod exit {
-    pub const USAGE: u8 = 64;
-    pub const OSERR: u8 = 71;
-    pub const CONFIG: u8 = 78;
-}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -457,7 +451,7 @@ fn run() -> ExitCode {
     // error must then be an LMTP reply, not a line of prose in the greeting's
     // place, so the MTA keeps the message queued with the reason.
     let lmtp = matches!(cli.command, Command::Lmtp(_));
-    let fail = |code: u8, message: &str| {
+    let fail = |code: Exit, message: &str| {
         if lmtp {
             fail_lmtp(code, message)
         } else {
@@ -466,14 +460,14 @@ fn run() -> ExitCode {
     };
     let dropped = match privileges::drop_real_ids() {
         Ok(d) => d,
-        Err(e) => return fail(exit::OSERR, &format!("cannot drop the real user id: {e}")),
+        Err(e) => return fail(Exit::OsErr, &format!("cannot drop the real user id: {e}")),
     };
     // Before any thread starts: this edits the environment.
     sys::take_passed_sockets();
     let file = match &cli.config {
         Some(path) => match FileConfig::load(path) {
             Ok(f) => f,
-            Err(e) => return fail(exit::CONFIG, &e.to_string()),
+            Err(e) => return fail(Exit::Config, &e.to_string()),
         },
         None => FileConfig::default(),
     };
@@ -482,7 +476,7 @@ fn run() -> ExitCode {
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => return fail(exit::OSERR, &format!("cannot start the runtime: {e}")),
+        Err(e) => return fail(Exit::OsErr, &format!("cannot start the runtime: {e}")),
     };
     let sink = |default: fn() -> log::Sink| -> Result<log::Sink, String> {
         match cli.log.as_deref() {
@@ -522,7 +516,7 @@ fn run() -> ExitCode {
     };
     match sink(default_sink) {
         Ok(s) => log::init(role, s),
-        Err(e) => return fail(exit::USAGE, &e),
+        Err(e) => return fail(Exit::Usage, &e),
     }
     if let Some(d) = dropped {
         log!(
@@ -563,7 +557,7 @@ fn run() -> ExitCode {
             runtime.block_on(async {
                 let deliverer = match outbound.deliverer() {
                     Ok(d) => d,
-                    Err(e) => return fail(exit::CONFIG, &e),
+                    Err(e) => return fail(Exit::Config, &e),
                 };
                 crate::outbound::service::serve(
                     crate::smtp::server::Protocol::Lmtp,
@@ -601,14 +595,14 @@ fn run() -> ExitCode {
     }
 }
 
-fn exit_for(e: &ConfigError) -> u8 {
+fn exit_for(e: &ConfigError) -> Exit {
     match e {
-        ConfigError::Missing(_) | ConfigError::Invalid(..) => exit::USAGE,
-        _ => exit::CONFIG,
+        ConfigError::Missing(_) | ConfigError::Invalid(..) => Exit::Usage,
+        _ => Exit::Config,
     }
 }
 
-fn fail(code: u8, message: &str) -> ExitCode {
+fn fail(code: Exit, message: &str) -> ExitCode {
     eprintln!("blackpony: {message}");
     ExitCode::from(code)
 }
@@ -616,7 +610,7 @@ fn fail(code: u8, message: &str) -> ExitCode {
 /// A start-up failure of `lmtp`: a `421 4.3.0` greeting (RFC 2033 §4.1,
 /// RFC 5321 §3.1: the service is not available, try later) carrying the
 /// reason, and the reason on stderr too unless stderr is that same pipe.
-fn fail_lmtp(code: u8, message: &str) -> ExitCode {
+fn fail_lmtp(code: Exit, message: &str) -> ExitCode {
     use std::io::Write;
     let reason: String = message
         .chars()
@@ -644,7 +638,7 @@ fn keygen(args: KeygenArgs) -> ExitCode {
         .unwrap_or_else(|| PathBuf::from("/etc/blackpony/host.key"));
     let pair = match keys::generate_file(&out, args.force) {
         Ok(p) => p,
-        Err(e) => return fail(exit::CONFIG, &e.to_string()),
+        Err(e) => return fail(Exit::Config, &e.to_string()),
     };
     let host = args.hostname.unwrap_or_else(sys::system_hostname);
     let public = pair.public();
@@ -705,7 +699,7 @@ fn pins(args: PinsArgs) -> ExitCode {
         }),
         PinsAction::Accept { host, key } => {
             let Some(key) = keys::decode_key(&key) else {
-                return fail(exit::USAGE, "the key must be 32 bytes in base64");
+                return fail(Exit::Usage, "the key must be 32 bytes in base64");
             };
             let now = now();
             // proto-spec §8.5: kept as long as any pin may be; the next
@@ -725,40 +719,39 @@ fn pins(args: PinsArgs) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(exit::OSERR, &e.to_string()),
+        Err(e) => fail(Exit::OsErr, &e.to_string()),
     }
 }
 
 /// Reads the message, delivers it, prints the status line; returns the exit status.
-async fn run_deliver(sender: String, recipients: Vec<String>, settings: OutboundSettings) -> u8 {
-    use crate::outbound::exit;
+async fn run_deliver(sender: String, recipients: Vec<String>, settings: OutboundSettings) -> Exit {
     use tokio::io::AsyncReadExt;
     let deliverer = match settings.deliverer() {
         Ok(d) => d,
         Err(e) => {
             println!("4.3.5 blackpony: {e}");
-            return exit::TEMPFAIL;
+            return Exit::TempFail;
         }
     };
     let mut message = Vec::new();
     let mut stdin = tokio::io::stdin().take(settings.max_message_size + 1);
     if let Err(e) = stdin.read_to_end(&mut message).await {
         println!("4.3.0 blackpony: cannot read the message: {e}");
-        return exit::TEMPFAIL;
+        return Exit::TempFail;
     }
     if message.len() as u64 > settings.max_message_size {
         println!(
             "5.3.4 blackpony: message larger than {} octets",
             settings.max_message_size
         );
-        return exit::DATAERR;
+        return Exit::DataErr;
     }
     let envelope = crate::smtp::Envelope {
         sender: crate::smtp::Envelope::sender_from_arg(&sender),
         recipients,
     };
     let results = deliverer.deliver(&envelope, &message).await;
-    let (code, line) = exit::summarize(&results);
+    let (code, line) = crate::outbound::exit::summarize(&results);
     println!("{line}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -777,25 +770,25 @@ async fn run_outbound_server(
     use crate::outbound::service::{self, Listener};
     let deliverer = match settings.deliverer() {
         Ok(d) => Arc::new(d),
-        Err(e) => return fail(exit::CONFIG, &e),
+        Err(e) => return fail(Exit::Config, &e),
     };
     let listener = if let Some(path) = listen.strip_prefix("unix:") {
         // A socket left by an earlier run would make bind fail.
         let _ = std::fs::remove_file(path);
         let listener = match tokio::net::UnixListener::bind(path) {
             Ok(l) => l,
-            Err(e) => return fail(exit::OSERR, &format!("cannot listen on {listen}: {e}")),
+            Err(e) => return fail(Exit::OsErr, &format!("cannot listen on {listen}: {e}")),
         };
         use std::os::unix::fs::PermissionsExt;
         if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket_mode))
         {
-            return fail(exit::OSERR, &format!("cannot set the mode of {path}: {e}"));
+            return fail(Exit::OsErr, &format!("cannot set the mode of {path}: {e}"));
         }
         Listener::Unix(listener)
     } else {
         match TcpListener::bind(&listen).await {
             Ok(l) => Listener::Tcp(l),
-            Err(e) => return fail(exit::OSERR, &format!("cannot listen on {listen}: {e}")),
+            Err(e) => return fail(Exit::OsErr, &format!("cannot listen on {listen}: {e}")),
         }
     };
     log!("listening on {listen} protocol={}", protocol.as_str());
@@ -931,12 +924,12 @@ async fn run_inbound(settings: InboundSettings) -> ExitCode {
     };
     let tls = match tls {
         Ok(t) => Arc::new(t),
-        Err(e) => return fail(exit::CONFIG, &e.to_string()),
+        Err(e) => return fail(Exit::Config, &e.to_string()),
     };
     load::prepare(&settings.config);
     let listener = match sys::listener(&settings.listen, settings.listen_backlog).await {
         Ok(l) => l,
-        Err(e) => return fail(exit::OSERR, &e),
+        Err(e) => return fail(Exit::OsErr, &e),
     };
 
     // SIGHUP reloads the certificate; SIGTERM and SIGINT stop gracefully.

@@ -9,12 +9,13 @@ use std::sync::Arc;
 use clap::Args;
 use serde::Deserialize;
 
-use super::{BareNewlinesArg, exit, fail};
+use super::{BareNewlinesArg, fail};
 use crate::log;
 use crate::relay::seal::{SealKeys, open as open_sealed, parse_identities};
 use crate::relay::server::{self, MaildirRoot, SealConfig, Store};
 use crate::smtp::server::Protocol;
 use crate::state::FileSpool;
+use crate::sysexits::Exit;
 use crate::transport::ServerTls;
 
 /// Flags of `blackpony seal`. Each can also be set in the config file's
@@ -135,7 +136,7 @@ pub fn run(args: SealArgs, file: SealFile, runtime: &tokio::runtime::Runtime) ->
         &list(args.mailbox_keys, file.mailbox_keys),
     ) {
         Ok(k) => Arc::new(k),
-        Err(e) => return fail(exit::CONFIG, &e.to_string()),
+        Err(e) => return fail(Exit::Config, &e.to_string()),
     };
     let hostname = args
         .hostname
@@ -175,7 +176,7 @@ pub fn run(args: SealArgs, file: SealFile, runtime: &tokio::runtime::Runtime) ->
         (None, None) => None,
         _ => {
             return fail(
-                exit::CONFIG,
+                Exit::Config,
                 "tls_cert and tls_key go together: give both or neither",
             );
         }
@@ -190,21 +191,21 @@ pub fn run(args: SealArgs, file: SealFile, runtime: &tokio::runtime::Runtime) ->
         let store = match (&lmtp, maildir_root, spool_dir) {
             (Some(_), Some(root), _) => match MaildirRoot::open(root).await {
                 Ok(r) => Store::Maildirs(Arc::new(r)),
-                Err(e) => return fail(exit::CONFIG, &format!("--maildir-root {e}")),
+                Err(e) => return fail(Exit::Config, &format!("--maildir-root {e}")),
             },
             (None, Some(_), _) => {
                 return fail(
-                    exit::CONFIG,
+                    Exit::Config,
                     "--maildir-root needs --lmtp (SMTP mode seals into --spool)",
                 );
             }
             (_, None, Some(dir)) => match FileSpool::open(&dir).await {
                 Ok(s) => Store::Spool(s),
-                Err(e) => return fail(exit::CONFIG, &format!("--spool {e}")),
+                Err(e) => return fail(Exit::Config, &format!("--spool {e}")),
             },
             (_, None, None) => {
                 return fail(
-                    exit::CONFIG,
+                    Exit::Config,
                     "--spool DIR is required (where sealed messages are kept)",
                 );
             }
@@ -216,13 +217,13 @@ pub fn run(args: SealArgs, file: SealFile, runtime: &tokio::runtime::Runtime) ->
                     let listener = match tokio::net::UnixListener::bind(path) {
                         Ok(l) => l,
                         Err(e) => {
-                            return fail(exit::OSERR, &format!("cannot listen on {target}: {e}"));
+                            return fail(Exit::OsErr, &format!("cannot listen on {target}: {e}"));
                         }
                     };
                     use std::os::unix::fs::PermissionsExt;
                     let mode = std::fs::Permissions::from_mode(socket_mode);
                     if let Err(e) = std::fs::set_permissions(path, mode) {
-                        return fail(exit::OSERR, &format!("cannot set the mode of {path}: {e}"));
+                        return fail(Exit::OsErr, &format!("cannot set the mode of {path}: {e}"));
                     }
                     serve_on(
                         listener,
@@ -239,7 +240,7 @@ pub fn run(args: SealArgs, file: SealFile, runtime: &tokio::runtime::Runtime) ->
                     let listener = match tokio::net::TcpListener::bind(&target).await {
                         Ok(l) => l,
                         Err(e) => {
-                            return fail(exit::OSERR, &format!("cannot listen on {target}: {e}"));
+                            return fail(Exit::OsErr, &format!("cannot listen on {target}: {e}"));
                         }
                     };
                     let at = listener.local_addr().map_or(target, |a| a.to_string());
@@ -253,11 +254,11 @@ pub fn run(args: SealArgs, file: SealFile, runtime: &tokio::runtime::Runtime) ->
                 };
                 let tls = match tls {
                     Ok(t) => Arc::new(t),
-                    Err(e) => return fail(exit::CONFIG, &e.to_string()),
+                    Err(e) => return fail(Exit::Config, &e.to_string()),
                 };
                 let listener = match super::sys::listener(&listen, None).await {
                     Ok(l) => l,
-                    Err(e) => return fail(exit::OSERR, &e),
+                    Err(e) => return fail(Exit::OsErr, &e),
                 };
                 let at = listener.local_addr().map_or(listen, |a| a.to_string());
                 // SIGHUP re-reads the certificate, as for inbound.
@@ -329,15 +330,15 @@ pub fn open(args: OpenArgs) -> ExitCode {
     use std::io::Write;
     let text = match std::fs::read_to_string(&args.identity) {
         Ok(t) => zeroize::Zeroizing::new(t),
-        Err(e) => return fail(exit::CONFIG, &format!("{}: {e}", args.identity.display())),
+        Err(e) => return fail(Exit::Config, &format!("{}: {e}", args.identity.display())),
     };
     let identities = match parse_identities(&text) {
         Ok(ids) => ids,
-        Err(e) => return fail(exit::CONFIG, &format!("{}: {e}", args.identity.display())),
+        Err(e) => return fail(Exit::Config, &format!("{}: {e}", args.identity.display())),
     };
     let (files, many) = match sealed_files(&args.path) {
         Ok(f) => f,
-        Err(e) => return fail(exit::USAGE, &format!("{}: {e}", args.path.display())),
+        Err(e) => return fail(Exit::Usage, &format!("{}: {e}", args.path.display())),
     };
     let mut stdout = std::io::stdout().lock();
     let mut failed = false;
@@ -366,7 +367,7 @@ pub fn open(args: OpenArgs) -> ExitCode {
         }
         out.extend_from_slice(&message);
         if stdout.write_all(&out).is_err() {
-            return ExitCode::from(exit::OSERR);
+            return ExitCode::from(Exit::OsErr);
         }
     }
     let _ = stdout.flush();
@@ -421,7 +422,7 @@ pub fn keygen_age(out: &Path, force: bool) -> ExitCode {
     ));
     if out.exists() && !force {
         return fail(
-            exit::CONFIG,
+            Exit::Config,
             &format!(
                 "{} exists; --force replaces it (mail sealed to the old key then needs the old file)",
                 out.display()
@@ -443,7 +444,7 @@ pub fn keygen_age(out: &Path, force: bool) -> ExitCode {
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return fail(
-            exit::CONFIG,
+            Exit::Config,
             &format!("cannot write {}: {e}", out.display()),
         );
     }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use crate::stats::{Stats, report};
+use crate::sysexits::Exit;
 
 /// `blackpony stats [FILE...] [--journal] [--json] [--html FILE]`
 #[derive(Debug, Args)]
@@ -40,11 +41,6 @@ pub struct StatsArgs {
     pub year: Option<i32>,
 }
 
-/// sysexits.h
-const EX_NOINPUT: u8 = 66;
-const EX_UNAVAILABLE: u8 = 69;
-const EX_IOERR: u8 = 74;
-
 pub fn run(args: StatsArgs) -> ExitCode {
     let year = args.year.unwrap_or_else(this_year);
     let mut stats = Stats::default();
@@ -56,7 +52,7 @@ pub fn run(args: StatsArgs) -> ExitCode {
             .spawn();
         let mut child = match child {
             Ok(c) => c,
-            Err(e) => return fail(EX_UNAVAILABLE, &format!("cannot run journalctl: {e}")),
+            Err(e) => return fail(Exit::Unavailable, &format!("cannot run journalctl: {e}")),
         };
         let read = match child.stdout.take() {
             Some(out) => count(std::io::BufReader::new(out), &mut stats, year),
@@ -64,16 +60,16 @@ pub fn run(args: StatsArgs) -> ExitCode {
         };
         let status = child.wait();
         if let Err(e) = read {
-            return fail(EX_IOERR, &format!("reading journalctl: {e}"));
+            return fail(Exit::IoErr, &format!("reading journalctl: {e}"));
         }
         match status {
             Ok(s) if s.success() => {}
-            Ok(s) => return fail(EX_UNAVAILABLE, &format!("journalctl failed: {s}")),
-            Err(e) => return fail(EX_UNAVAILABLE, &format!("journalctl: {e}")),
+            Ok(s) => return fail(Exit::Unavailable, &format!("journalctl failed: {s}")),
+            Err(e) => return fail(Exit::Unavailable, &format!("journalctl: {e}")),
         }
     } else if args.files.is_empty() {
         if let Err(e) = count(std::io::stdin().lock(), &mut stats, year) {
-            return fail(EX_IOERR, &format!("standard input: {e}"));
+            return fail(Exit::IoErr, &format!("standard input: {e}"));
         }
     } else {
         for path in &args.files {
@@ -82,18 +78,18 @@ pub fn run(args: StatsArgs) -> ExitCode {
             } else {
                 match std::fs::File::open(path) {
                     Ok(f) => count(std::io::BufReader::new(f), &mut stats, year),
-                    Err(e) => return fail(EX_NOINPUT, &format!("{}: {e}", path.display())),
+                    Err(e) => return fail(Exit::NoInput, &format!("{}: {e}", path.display())),
                 }
             };
             if let Err(e) = result {
-                return fail(EX_IOERR, &format!("{}: {e}", path.display()));
+                return fail(Exit::IoErr, &format!("{}: {e}", path.display()));
             }
         }
     }
     if let Some(path) = &args.html
         && let Err(e) = std::fs::write(path, report::html(&stats, args.top))
     {
-        return fail(EX_IOERR, &format!("{}: {e}", path.display()));
+        return fail(Exit::IoErr, &format!("{}: {e}", path.display()));
     }
     let out = if args.json {
         report::json(&stats, args.top)
@@ -106,7 +102,7 @@ pub fn run(args: StatsArgs) -> ExitCode {
         .and_then(|()| stdout.flush())
         .is_err()
     {
-        return ExitCode::from(EX_IOERR);
+        return ExitCode::from(Exit::IoErr);
     }
     ExitCode::SUCCESS
 }
@@ -132,7 +128,7 @@ fn this_year() -> i32 {
         .unwrap_or(1970)
 }
 
-fn fail(code: u8, message: &str) -> ExitCode {
+fn fail(code: Exit, message: &str) -> ExitCode {
     eprintln!("blackpony stats: {message}");
     ExitCode::from(code)
 }

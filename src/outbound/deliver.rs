@@ -31,7 +31,7 @@ use crate::smtp::client::{
 use crate::smtp::envelope::{
     ContentFacts, Envelope, LiteralError, address_is_sane, address_literal, domain_of, literal_name,
 };
-use crate::smtp::{DotStuffer, Reply};
+use crate::smtp::{DotStuffer, EnhancedStatus, Reply};
 use crate::transport::{CertVerdict, ClientTls, Encryption, Stream};
 
 /// Bounds of one delivery, after Postfix's smtp(8) defaults.
@@ -133,11 +133,8 @@ impl RecipientStatus {
 
     /// The enhanced status code: the reply's own, or one derived from its
     /// class (RFC 3463).
-    pub fn dsn(&self) -> String {
-        match self.reply.enhanced_status() {
-            Some(code) => code.to_string(),
-            None => format!("{}.0.0", self.reply.class()),
-        }
+    pub fn dsn(&self) -> EnhancedStatus {
+        self.reply.status()
     }
 
     /// `to=<a@b> relay=mx[1.2.3.4]:25 tls=TLSv1.3/… verified=no level=encrypted

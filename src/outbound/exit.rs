@@ -10,35 +10,36 @@
 //! `blackpony outbound --protocol lmtp`) do not have this problem.
 
 use super::deliver::{RecipientStatus, Status};
-
-pub const OK: u8 = 0;
-pub const DATAERR: u8 = 65;
-pub const NOUSER: u8 = 67;
-pub const NOHOST: u8 = 68;
-pub const UNAVAILABLE: u8 = 69;
-pub const TEMPFAIL: u8 = 75;
+use crate::sysexits::Exit;
 
 /// The exit status and the first line to print (it starts with the enhanced
 /// status code, which pipe(8) reads and which agrees with the status).
-pub fn summarize(results: &[RecipientStatus]) -> (u8, String) {
+pub fn summarize(results: &[RecipientStatus]) -> (Exit, String) {
     if let Some(t) = results.iter().find(|r| r.status() == Status::Deferred) {
         let dsn = t.dsn();
-        return (TEMPFAIL, format!("{dsn} {}: {}", t.recipient, t.reply));
+        return (
+            Exit::TempFail,
+            format!("{dsn} {}: {}", t.recipient, t.reply),
+        );
     }
     if let Some(b) = results.iter().find(|r| r.status() == Status::Bounced) {
         let dsn = b.dsn();
-        let code = match dsn.as_str() {
+        // A bounce's class is 5 (the reply's class and its enhanced code's
+        // agree, or the code is the class's 5.0.0).
+        let code = match (dsn.subject, dsn.detail) {
             // Null MX (5.1.10) and unknown domains (5.1.2): no such host.
-            "5.1.10" | "5.1.2" => NOHOST,
-            d if d.starts_with("5.1.") => NOUSER,
-            d if d.starts_with("5.6.") || d == "5.3.4" => DATAERR,
-            _ => UNAVAILABLE,
+            (1, 10) | (1, 2) => Exit::NoHost,
+            // Addressing status (RFC 3463 §3.2): the mailbox.
+            (1, _) => Exit::NoUser,
+            // Content or media (RFC 3463 §3.7), a message too big for the system.
+            (6, _) | (3, 4) => Exit::DataErr,
+            _ => Exit::Unavailable,
         };
         return (code, format!("{dsn} {}: {}", b.recipient, b.reply));
     }
     let n = results.len();
     (
-        OK,
+        Exit::Ok,
         format!(
             "2.0.0 delivered to {n} recipient{}",
             if n == 1 { "" } else { "s" }
@@ -68,10 +69,10 @@ mod tests {
     #[test]
     fn exit_codes_as_mtas_read_them() {
         let cases = [
-            (vec![status(250, "2.0.0 Ok")], OK, "2.0.0"),
+            (vec![status(250, "2.0.0 Ok")], Exit::Ok, "2.0.0"),
             (
                 vec![status(250, "2.0.0 Ok"), status(450, "4.2.0 greylisted")],
-                TEMPFAIL,
+                Exit::TempFail,
                 "4.2.0",
             ),
             (
@@ -79,16 +80,32 @@ mod tests {
                     status(550, "5.1.1 no such user"),
                     status(451, "4.3.0 later"),
                 ],
-                TEMPFAIL,
+                Exit::TempFail,
                 "4.3.0",
             ),
-            (vec![status(550, "5.1.1 no such user")], NOUSER, "5.1.1"),
-            (vec![status(556, "5.1.10 null MX")], NOHOST, "5.1.10"),
-            (vec![status(550, "5.1.2 no such domain")], NOHOST, "5.1.2"),
-            (vec![status(552, "5.3.4 too big")], DATAERR, "5.3.4"),
-            (vec![status(554, "5.7.1 spam")], UNAVAILABLE, "5.7.1"),
-            (vec![status(421, "no enhanced code")], TEMPFAIL, "4.0.0"),
-            (vec![status(554, "no enhanced code")], UNAVAILABLE, "5.0.0"),
+            (
+                vec![status(550, "5.1.1 no such user")],
+                Exit::NoUser,
+                "5.1.1",
+            ),
+            (vec![status(556, "5.1.10 null MX")], Exit::NoHost, "5.1.10"),
+            (
+                vec![status(550, "5.1.2 no such domain")],
+                Exit::NoHost,
+                "5.1.2",
+            ),
+            (vec![status(552, "5.3.4 too big")], Exit::DataErr, "5.3.4"),
+            (vec![status(554, "5.7.1 spam")], Exit::Unavailable, "5.7.1"),
+            (
+                vec![status(421, "no enhanced code")],
+                Exit::TempFail,
+                "4.0.0",
+            ),
+            (
+                vec![status(554, "no enhanced code")],
+                Exit::Unavailable,
+                "5.0.0",
+            ),
         ];
         for (results, want_code, want_dsn) in cases {
             let (code, line) = summarize(&results);

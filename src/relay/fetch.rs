@@ -25,13 +25,8 @@ use crate::pony::noise::Keypair;
 use crate::pony::pins::{Pin, PinSource, PinStore};
 use crate::smtp::client::{ClientSession, PonyOffer, SessionOutcome, StartTls, Step};
 use crate::smtp::{ContentFacts, DotStuffer, EhloReply, Envelope, Reply};
+use crate::sysexits::Exit;
 use crate::transport::{PonyStream, Stream};
-
-/// sysexits.h codes a one-shot run ends with (proto-spec/fetch.md §7.2).
-pub const EXIT_OK: u8 = 0;
-pub const EXIT_DATAERR: u8 = 65;
-pub const EXIT_TEMPFAIL: u8 = 75;
-pub const EXIT_CONFIG: u8 = 78;
 
 /// Where fetched mail goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,13 +108,13 @@ pub enum RunFailure {
 impl Report {
     /// The exit status (proto-spec/fetch.md §7.2): what needs an operator
     /// first, then what a later run may fix.
-    pub fn exit_code(&self) -> u8 {
+    pub fn exit(&self) -> Exit {
         match (&self.failure, self.kept_permanent, self.kept_temporary) {
-            (Some(RunFailure::Config(_)), _, _) => EXIT_CONFIG,
-            (_, p, _) if p > 0 => EXIT_DATAERR,
-            (Some(RunFailure::Temporary(_)), _, _) => EXIT_TEMPFAIL,
-            (None, _, t) if t > 0 => EXIT_TEMPFAIL,
-            _ => EXIT_OK,
+            (Some(RunFailure::Config(_)), _, _) => Exit::Config,
+            (_, p, _) if p > 0 => Exit::DataErr,
+            (Some(RunFailure::Temporary(_)), _, _) => Exit::TempFail,
+            (None, _, t) if t > 0 => Exit::TempFail,
+            _ => Exit::Ok,
         }
     }
 }
@@ -203,7 +198,7 @@ pub async fn run(settings: &FetchSettings) -> Report {
         report.kept_temporary,
         report.kept_permanent,
         report.dropped,
-        report.exit_code()
+        report.exit().code()
     );
     report
 }
@@ -724,18 +719,18 @@ mod tests {
     #[test]
     fn exit_codes() {
         let mut r = Report::default();
-        assert_eq!(r.exit_code(), EXIT_OK);
+        assert_eq!(r.exit(), Exit::Ok);
         r.kept_temporary = 1;
-        assert_eq!(r.exit_code(), EXIT_TEMPFAIL);
+        assert_eq!(r.exit(), Exit::TempFail);
         r.kept_permanent = 1;
-        assert_eq!(r.exit_code(), EXIT_DATAERR);
+        assert_eq!(r.exit(), Exit::DataErr);
         r.failure = Some(RunFailure::Config("key".into()));
-        assert_eq!(r.exit_code(), EXIT_CONFIG);
+        assert_eq!(r.exit(), Exit::Config);
         let r = Report {
             failure: Some(RunFailure::Temporary("x".into())),
             ..Report::default()
         };
-        assert_eq!(r.exit_code(), EXIT_TEMPFAIL);
+        assert_eq!(r.exit(), Exit::TempFail);
     }
 
     #[test]

@@ -17,4 +17,4 @@ pub use command::{Command, CommandError, NextLine, Verb};
 pub use data::{BareNewlines, DataScanner, DotStuffer};
 pub use ehlo::{Capability, EhloReply};
 pub use envelope::{ContentFacts, Envelope};
-pub use reply::{Reply, ReplyError, ReplyParser, ReplySpan};
+pub use reply::{EnhancedStatus, Reply, ReplyError, ReplyParser, ReplySpan};

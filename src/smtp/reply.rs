@@ -27,6 +27,52 @@ pub enum ReplyError {
     TooManyLines,
 }
 
+/// An enhanced mail system status code (RFC 3463 §2): `class.subject.detail`,
+/// as in `5.1.1` (bad destination mailbox address). Compared as numbers, so
+/// deciding on one is a `match`, not a string prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnhancedStatus {
+    /// 2 (success), 4 (persistent transient failure), 5 (permanent failure).
+    pub class: u8,
+    pub subject: u16,
+    pub detail: u16,
+}
+
+impl EnhancedStatus {
+    pub const fn new(class: u8, subject: u16, detail: u16) -> Self {
+        EnhancedStatus {
+            class,
+            subject,
+            detail,
+        }
+    }
+
+    /// Reads `class.subject.detail`: one digit, then one to three digits
+    /// twice (RFC 3463 §2).
+    pub fn parse(token: &str) -> Option<Self> {
+        let mut parts = token.split('.');
+        let (class, subject, detail) = (parts.next()?, parts.next()?, parts.next()?);
+        let digits = |p: &str, max: usize| {
+            !p.is_empty() && p.len() <= max && p.bytes().all(|b| b.is_ascii_digit())
+        };
+        if parts.next().is_some() || !digits(class, 1) || !digits(subject, 3) || !digits(detail, 3)
+        {
+            return None;
+        }
+        Some(EnhancedStatus {
+            class: class.parse().ok()?,
+            subject: subject.parse().ok()?,
+            detail: detail.parse().ok()?,
+        })
+    }
+}
+
+impl fmt::Display for EnhancedStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
+    }
+}
+
 /// A complete reply found at the start of a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplySpan {
@@ -208,6 +254,15 @@ impl Reply {
         ok.then_some(token)
     }
 
+    /// The enhanced status code, or one made from the reply's class
+    /// (`4.0.0`, `5.0.0`) when it has none (RFC 3463 §3.1: X.0.0 is the
+    /// "other or undefined" status of a class).
+    pub fn status(&self) -> EnhancedStatus {
+        self.enhanced_status()
+            .and_then(EnhancedStatus::parse)
+            .unwrap_or(EnhancedStatus::new((self.code / 100) as u8, 0, 0))
+    }
+
     /// The text of all lines joined by spaces, for logs.
     pub fn text(&self) -> String {
         self.lines.join(" ")
@@ -292,6 +347,34 @@ mod tests {
         assert_eq!(reply.lines(), ["mx.example", "PIPELINING", "SIZE 1000"]);
         assert_eq!(reply.to_bytes(), wire);
         assert_eq!(reply.to_string(), "250 mx.example PIPELINING SIZE 1000");
+    }
+
+    #[test]
+    fn status_is_typed() {
+        let cases = [
+            (250, "2.0.0 Ok", EnhancedStatus::new(2, 0, 0)),
+            (556, "5.1.10 null MX", EnhancedStatus::new(5, 1, 10)),
+            (552, "5.3.4 too big", EnhancedStatus::new(5, 3, 4)),
+            (
+                550,
+                "5.999.999 odd but valid",
+                EnhancedStatus::new(5, 999, 999),
+            ),
+            // No code, or one whose class disagrees: the class's X.0.0.
+            (421, "no enhanced code", EnhancedStatus::new(4, 0, 0)),
+            (450, "5.1.1 class mismatch", EnhancedStatus::new(4, 0, 0)),
+            (554, "5.1 short", EnhancedStatus::new(5, 0, 0)),
+        ];
+        for (code, text, want) in cases {
+            let got = Reply::new(code, text).status();
+            assert_eq!(got, want, "{code} {text}");
+            assert_eq!(EnhancedStatus::parse(&got.to_string()), Some(got));
+        }
+        for bad in [
+            "", "5", "5.1", "5.1.1.1", "55.1.1", "5.1000.1", "5.1.x", "5..1",
+        ] {
+            assert_eq!(EnhancedStatus::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

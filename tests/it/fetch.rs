@@ -194,7 +194,7 @@ async fn fetch_into_a_maildir_then_the_spool_is_empty() {
     let md = dir.join("Maildir");
     let s = maildir_settings(relay.port, &home, &identity, &dir);
     let report = blackpony::relay::fetch::run(&s).await;
-    assert_eq!(report.exit_code(), 0, "{report:?}");
+    assert_eq!(report.exit().code(), 0, "{report:?}");
     assert_eq!(report.fetched, 3);
     assert!(relay.spool.list().await.unwrap().is_empty());
     let mut got = maildir_files(&md);
@@ -212,7 +212,7 @@ async fn fetch_into_a_maildir_then_the_spool_is_empty() {
     assert_eq!(got, want);
     // The relay's key is pinned now: a second run with nothing to fetch.
     let report = blackpony::relay::fetch::run(&s).await;
-    assert_eq!((report.exit_code(), report.fetched), (0, 0), "{report:?}");
+    assert_eq!((report.exit().code(), report.fetched), (0, 0), "{report:?}");
     drop(relay);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -227,7 +227,7 @@ async fn an_unknown_key_gets_nothing() {
     let s = maildir_settings(relay.port, &stranger, &identity, &dir);
     let report = blackpony::relay::fetch::run(&s).await;
     // Our key is not one of the relay's: a configuration matter (78).
-    assert_eq!(report.exit_code(), 78, "{report:?}");
+    assert_eq!(report.exit().code(), 78, "{report:?}");
     assert_eq!(report.fetched, 0);
     assert_eq!(relay.spool.list().await.unwrap().len(), 1);
     assert!(maildir_files(&md).is_empty());
@@ -242,7 +242,7 @@ async fn a_relay_with_another_key_is_refused() {
     // First fetch: pins the real relay's key.
     let (home, relay, identity) = standard_relay(&dir).await;
     let s = maildir_settings(relay.port, &home, &identity, &dir);
-    assert_eq!(blackpony::relay::fetch::run(&s).await.exit_code(), 0);
+    assert_eq!(blackpony::relay::fetch::run(&s).await.exit().code(), 0);
     let port = relay.port;
     drop(relay);
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -274,7 +274,7 @@ async fn a_relay_with_another_key_is_refused() {
         std::future::pending(),
     ));
     let report = blackpony::relay::fetch::run(&s).await;
-    assert_eq!(report.exit_code(), 75, "{report:?}");
+    assert_eq!(report.exit().code(), 75, "{report:?}");
     assert!(maildir_files(&md).is_empty());
     assert_eq!(spool.list().await.unwrap().len(), 1);
     // The configured key is checked the same way.
@@ -286,7 +286,7 @@ async fn a_relay_with_another_key_is_refused() {
         &dir.join("state2"),
     );
     s2.relay_key = Some(Keypair::from_secret([22; 32]).public());
-    assert_eq!(blackpony::relay::fetch::run(&s2).await.exit_code(), 75);
+    assert_eq!(blackpony::relay::fetch::run(&s2).await.exit().code(), 75);
     assert!(maildir_files(&md).is_empty());
     server.abort();
     let _ = std::fs::remove_dir_all(dir);
@@ -306,7 +306,7 @@ async fn a_delivery_in_the_journal_is_not_repeated() {
     let md = dir.join("Maildir");
     let s = maildir_settings(relay.port, &home, &identity, &dir);
     let report = blackpony::relay::fetch::run(&s).await;
-    assert_eq!((report.exit_code(), report.fetched), (0, 1), "{report:?}");
+    assert_eq!((report.exit().code(), report.fetched), (0, 1), "{report:?}");
     assert!(maildir_files(&md).is_empty(), "delivered twice");
     assert!(relay.spool.list().await.unwrap().is_empty());
     assert!(journal.delivered(id.as_str()).unwrap().is_empty());
