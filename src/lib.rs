@@ -12,7 +12,7 @@
 //! |---|---|
 //! | [`smtp`] | the sans-IO protocol core: commands, replies, EHLO capabilities, the DATA scanner and dot-stuffer, MIME downgrade, the client session (delivery) and the receiving session (LMTP/SMTP from an MTA) |
 //! | [`pony`] | the blackpony extension (XPONY): Noise XX, the framed channel, host keys and DNS key records, pins, the negotiation data, the spec's vectors |
-//! | [`transport`] | byte streams that may be plain TCP, TLS or the XPONY channel, and the TLS configuration (both sides, ring provider only) |
+//! | [`transport`] | byte streams that may be plain TCP, TLS or the XPONY channel, the TLS configuration (both sides, ring provider only), and the driver of a client session over them |
 //! | [`inbound`] | the sidecar on port 25: a sans-IO relay session and the thin tokio loop that drives it |
 //! | [`outbound`] | the transport an MTA hands mail to: MX resolution, route planning, TLS policy, the delivery loop, kept MX sessions and the LMTP/SMTP service |
 //! | [`relay`] | the sealed relay: the format inside each sealed file, sealing with age, the receiving MX (`seal`), the fetch protocol (XFETCH) between the relay and the home machine |

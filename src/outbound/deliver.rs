@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::connection::{Connection, PonyContext, level_of};
@@ -32,7 +32,7 @@ use crate::smtp::envelope::{
     ContentFacts, Envelope, LiteralError, address_is_sane, address_literal, domain_of, literal_name,
 };
 use crate::smtp::{DotStuffer, EnhancedStatus, Reply};
-use crate::transport::{CertVerdict, ClientTls, Encryption, Stream};
+use crate::transport::{CertVerdict, ClientDriver, ClientTls, Encryption, Stream};
 
 /// Bounds of one delivery, after Postfix's smtp(8) defaults.
 #[derive(Debug, Clone)]
@@ -1047,55 +1047,15 @@ impl Deliverer {
         session: &mut ClientSession,
         policy: TlsPolicy,
     ) -> Result<(), HostFailure> {
-        let mut buf = vec![0u8; 16 * 1024];
+        let mut driver = ClientDriver::new(self.limits.reply_timeout);
         loop {
-            let Some(stream) = conn.stream.as_mut() else {
-                session.connection_lost();
+            let step = driver.next_step(&mut conn.stream, session).await;
+            conn.greeted |= driver.heard();
+            let Some(step) = step else {
                 return Ok(());
             };
-            if !session.outgoing.is_empty() {
-                let write = async {
-                    stream.write_all(&session.outgoing).await?;
-                    stream.flush().await
-                };
-                let ok = matches!(
-                    tokio::time::timeout(self.limits.reply_timeout, write).await,
-                    Ok(Ok(()))
-                );
-                session.outgoing.clear();
-                if !ok {
-                    session.connection_lost();
-                    return Ok(());
-                }
-            }
-            let read = tokio::time::timeout(self.limits.reply_timeout, stream.read(&mut buf)).await;
-            let step = match read {
-                Ok(Ok(n)) if n > 0 => {
-                    conn.greeted = true;
-                    session.receive(&buf[..n])
-                }
-                _ => {
-                    session.connection_lost();
-                    return Ok(());
-                }
-            };
             match step {
-                Step::Continue => {}
-                Step::Ready => return Ok(()),
-                Step::Done => {
-                    // Send the QUIT (if any), then end the connection: an
-                    // XPONY channel with CLOSE after the 221 (proto-spec
-                    // §5.6), TLS with close_notify; the replies to both do
-                    // not matter.
-                    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-                        if !session.outgoing.is_empty() {
-                            let _ = stream.write_all(&session.outgoing).await;
-                        }
-                        let _ = stream.shutdown().await;
-                    })
-                    .await;
-                    return Ok(());
-                }
+                Step::Continue | Step::Ready | Step::Done => return Ok(()),
                 Step::CheckServerKey { key, hints } => {
                     let no_evidence = (DnsKeys::Absent, None);
                     let (dns, pin) = match &conn.pony {
@@ -1148,10 +1108,10 @@ impl Deliverer {
                         }
                     }
                     if session.xpony_accept() == Step::SwitchToPony {
-                        self.switch_to_pony(conn, session).await?;
+                        self.switch_to_pony(&driver, conn, session).await?;
                     }
                 }
-                Step::SwitchToPony => self.switch_to_pony(conn, session).await?,
+                Step::SwitchToPony => self.switch_to_pony(&driver, conn, session).await?,
                 Step::StartTls => {
                     if session.injected_after_starttls > 0 {
                         log!(
@@ -1172,25 +1132,14 @@ impl Deliverer {
     /// blackpony channel and lets the session start over with EHLO.
     async fn switch_to_pony(
         &self,
+        driver: &ClientDriver,
         conn: &mut Connection,
         session: &mut ClientSession,
     ) -> Result<(), HostFailure> {
-        let lost = || HostFailure::Lost { stage: "XPONY" };
-        let stream = conn.stream.as_mut().ok_or_else(lost)?;
-        let written = tokio::time::timeout(self.limits.reply_timeout, async {
-            stream.write_all(&session.outgoing).await?;
-            stream.flush().await
-        })
-        .await;
-        session.outgoing.clear();
-        if !matches!(written, Ok(Ok(()))) {
-            return Err(lost());
-        }
-        let (transport, already_read) = session.take_pony().ok_or_else(lost)?;
-        let Some(Ok(tcp)) = conn.stream.take().map(Stream::into_plain) else {
-            return Err(lost());
-        };
-        let info = Encryption::pony(&transport);
+        let info = driver
+            .switch_to_pony(&mut conn.stream, session)
+            .await
+            .ok_or(HostFailure::Lost { stage: "XPONY" })?;
         let verdict = match conn.pony.as_ref().and_then(|c| c.seen.as_ref()) {
             Some((_, basis, _)) if basis.authenticated() => CertVerdict::KeyKnown(basis.as_str()),
             Some((_, _, hints)) if hints.max_age == 0 => {
@@ -1206,12 +1155,6 @@ impl Deliverer {
         };
         conn.tls = Some(info);
         conn.verdict = Some(verdict);
-        conn.stream = Some(Stream::Pony(Box::new(crate::transport::PonyStream::new(
-            tcp,
-            crate::pony::channel::Channel::new(transport),
-            already_read,
-        ))));
-        session.pony_established();
         Ok(())
     }
 

@@ -26,7 +26,8 @@ use crate::pony::pins::{Pin, PinSource, PinStore};
 use crate::smtp::client::{ClientSession, PonyOffer, SessionOutcome, StartTls, Step};
 use crate::smtp::{ContentFacts, DotStuffer, EhloReply, Envelope, Reply};
 use crate::sysexits::Exit;
-use crate::transport::{PonyStream, Stream};
+use crate::transport::drive::write_all;
+use crate::transport::{ClientDriver, Stream};
 
 /// Where fetched mail goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -328,40 +329,18 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     timeout: Duration,
     judge: &mut dyn FnMut(&PublicKey, &ServerHints) -> Result<(), String>,
 ) -> Result<(), RunFailure> {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let Some(s) = stream.as_mut() else {
-            session.connection_lost();
-            return Ok(());
-        };
-        if !session.outgoing.is_empty() {
-            let ok = write_all(s, &session.outgoing, timeout).await;
-            session.outgoing.clear();
-            if !ok {
-                session.connection_lost();
-                return Ok(());
-            }
-        }
-        let step = match tokio::time::timeout(timeout, s.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => session.receive(&buf[..n]),
-            _ => {
-                session.connection_lost();
-                return Ok(());
-            }
-        };
+    let mut driver = ClientDriver::new(timeout);
+    let lost = || RunFailure::Temporary("connection lost during XPONY".into());
+    while let Some(step) = driver.next_step(stream, session).await {
         match step {
-            Step::Continue => {}
-            Step::Ready => return Ok(()),
-            Step::Done => {
-                // The QUIT, if any; its reply does not matter.
-                let _ = write_all(s, &session.outgoing, Duration::from_secs(10)).await;
-                session.outgoing.clear();
-                return Ok(());
-            }
+            Step::Continue | Step::Ready | Step::Done => return Ok(()),
             Step::CheckServerKey { key, hints } => match judge(&key, &hints) {
                 Ok(()) => {
                     if session.xpony_accept() == Step::SwitchToPony {
-                        switch_to_pony(stream, session, timeout).await?;
+                        driver
+                            .switch_to_pony(stream, session)
+                            .await
+                            .ok_or_else(lost)?;
                     }
                 }
                 Err(why) => {
@@ -369,48 +348,17 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     session.xpony_reject(why);
                 }
             },
-            Step::SwitchToPony => switch_to_pony(stream, session, timeout).await?,
+            Step::SwitchToPony => {
+                driver
+                    .switch_to_pony(stream, session)
+                    .await
+                    .ok_or_else(lost)?;
+            }
             Step::StartTls => {
                 return Err(RunFailure::Temporary("unexpected STARTTLS step".into()));
             }
         }
     }
-}
-
-async fn write_all<S: AsyncWrite + Unpin>(s: &mut S, bytes: &[u8], timeout: Duration) -> bool {
-    if bytes.is_empty() {
-        return true;
-    }
-    let write = async {
-        s.write_all(bytes).await?;
-        s.flush().await
-    };
-    matches!(tokio::time::timeout(timeout, write).await, Ok(Ok(())))
-}
-
-/// Writes message 3 in plaintext, then wraps the connection in the channel.
-async fn switch_to_pony<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut Option<Stream<S>>,
-    session: &mut ClientSession,
-    timeout: Duration,
-) -> Result<(), RunFailure> {
-    let lost = || RunFailure::Temporary("connection lost during XPONY".into());
-    let s = stream.as_mut().ok_or_else(lost)?;
-    let written = write_all(s, &session.outgoing, timeout).await;
-    session.outgoing.clear();
-    if !written {
-        return Err(lost());
-    }
-    let (transport, already_read) = session.take_pony().ok_or_else(lost)?;
-    let Some(Ok(plain)) = stream.take().map(Stream::into_plain) else {
-        return Err(lost());
-    };
-    *stream = Some(Stream::Pony(Box::new(PonyStream::new(
-        plain,
-        crate::pony::channel::Channel::new(transport),
-        already_read,
-    ))));
-    session.pony_established();
     Ok(())
 }
 

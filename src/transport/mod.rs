@@ -1,6 +1,7 @@
 //! Byte streams that start in plaintext and may be upgraded mid-session
 //! (the STARTTLS pattern, RFC 3207), and the TLS configuration they use.
 
+pub mod drive;
 pub mod encryption;
 pub mod pony;
 pub mod tls;
@@ -11,6 +12,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+pub use drive::ClientDriver;
 pub use encryption::Encryption;
 pub use tls::{CertVerdict, ClientTls, ServerTls, TlsError};
 
