@@ -27,6 +27,8 @@ pub enum Exit {
     Unavailable = 69,
     /// EX_OSERR: the system refused (a socket, a thread, an id change).
     OsErr = 71,
+    /// EX_CANTCREAT: an output file cannot be created.
+    CantCreat = 73,
     /// EX_IOERR: reading or writing failed.
     IoErr = 74,
     /// EX_TEMPFAIL: try again later; the only status every MTA queues on.
@@ -63,6 +65,7 @@ mod tests {
             (Exit::NoHost, 68),
             (Exit::Unavailable, 69),
             (Exit::OsErr, 71),
+            (Exit::CantCreat, 73),
             (Exit::IoErr, 74),
             (Exit::TempFail, 75),
             (Exit::Config, 78),

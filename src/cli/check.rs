@@ -73,7 +73,7 @@ async fn check_file(file: FileConfig, args: &CheckArgs, out: &mut Vec<Finding>) 
         if let Some(p) = &host_key {
             out.push(check::private_key_file("[inbound] host_key", p));
         }
-        match super::inbound::merge_inbound(super::InboundArgs::default(), inbound) {
+        match super::inbound::merge_inbound(super::inbound::InboundArgs::default(), inbound) {
             Err(e) => out.push(Finding::error(
                 format!("[inbound] {e}"),
                 "correct [inbound]",

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::BareNewlinesArg;
 use super::error::ConfigError;
+use super::values::BareNewlinesArg;
 use crate::inbound::Identity;
 
 /// The whole file: one section per role.

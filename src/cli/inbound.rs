@@ -1,9 +1,130 @@
-//! `blackpony inbound`: its flags merged with the `[inbound]` section.
+//! `blackpony inbound`: its flags, merged with the `[inbound]` section, and
+//! how it starts.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
 
 use super::config::{CommandLine, InboundFile};
-use super::error::ConfigError;
-use super::{BareNewlinesArg, InboundArgs, InboundSettings};
-use crate::inbound::InboundConfig;
+use super::error::{ConfigError, exit_for, fail};
+use super::values::BareNewlinesArg;
+use super::{error_limits, load, notify, sys};
+use crate::inbound::{BackendTarget, Identity, InboundConfig};
+use crate::sysexits::Exit;
+use crate::transport::ServerTls;
+
+/// Flags of `blackpony inbound`. Every one can also be set in the config
+/// file's `[inbound]` section, spelled with underscores.
+#[derive(Debug, Args, Default)]
+pub struct InboundArgs {
+    /// Address to accept SMTP clients on [default: 0.0.0.0:25]. Ignored when
+    /// systemd passes a listening socket (socket activation).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+
+    /// Where the local MTA listens: `127.0.0.1:10025` or `unix:/path`. Its
+    /// replies are what clients see, and only it accepts mail.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub backend: Option<String>,
+
+    /// With `--identity exec`: the SMTP server program to start for each
+    /// client, speaking SMTP on its stdin/stdout (e.g. /var/qmail/bin/qmail-smtpd).
+    #[arg(long, value_name = "COMMAND")]
+    pub backend_command: Option<String>,
+
+    /// How the MTA learns the real client address, so it does not extend its
+    /// trust in localhost to the internet:
+    /// proxy-v2 / proxy-v1 = PROXY header (Postfix smtpd_upstream_proxy_protocol
+    /// = haproxy, Exim hosts_proxy, OpenSMTPD proxy-v2);
+    /// xclient = Postfix smtpd_authorized_xclient_hosts;
+    /// exec = start --backend-command per client with TCPREMOTEIP etc. (qmail);
+    /// none = tell it nothing: ONLY for an MTA configured not to trust the
+    /// sidecar's address, otherwise it becomes an open relay.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub identity: Option<Identity>,
+
+    /// PEM certificate chain for STARTTLS. Without one a self-signed
+    /// certificate for --hostname is made at start. Re-read on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Refuse MAIL, RCPT, DATA and other mail commands before STARTTLS
+    /// (530 5.7.0). Only sensible where every client can do TLS.
+    #[arg(long)]
+    pub require_tls: bool,
+
+    /// The name this host gives in replies and trace headers
+    /// [default: the system host name].
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+
+    /// What to do with a bare CR or LF in a message: `normalize` rewrites it
+    /// to CRLF, `reject` refuses the message with 550 5.6.11. Either way only
+    /// CRLF.CRLF ends a message (SMTP smuggling defence), and a message with
+    /// a NUL is refused with 550 5.6.0.
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub bare_newlines: Option<BareNewlinesArg>,
+
+    /// Do not add the `Received:` header that records whether TLS was used.
+    #[arg(long)]
+    pub no_trace_header: bool,
+
+    /// Host key for the blackpony extension (from `blackpony keygen`). With
+    /// it, blackpony offers XPONY: another blackpony host then encrypts with
+    /// Noise and remembers this host's key.
+    #[arg(long, value_name = "FILE")]
+    pub host_key: Option<PathBuf>,
+
+    /// How long (seconds) peers should keep this host's key pinned; 0 asks
+    /// them not to pin [default: 2592000, 30 days].
+    #[arg(long, value_name = "SECONDS")]
+    pub xpony_max_age: Option<u32>,
+
+    /// Most client connections at once; more get 421 4.7.0 [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Most connections at once from one client address [default: 50].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_client: Option<usize>,
+
+    /// Seconds a client may take for one command line, and the base time of
+    /// a message, before 421 4.4.2; bytes trickling in do not extend it
+    /// [default: 300, RFC 5321 §4.5.3.2].
+    #[arg(long, value_name = "SECONDS")]
+    pub client_timeout: Option<u64>,
+
+    /// Seconds the MTA may take to answer before the client gets 421 [default: 600].
+    #[arg(long, value_name = "SECONDS")]
+    pub backend_timeout: Option<u64>,
+
+    /// After SIGTERM, seconds running sessions may take to finish; then each
+    /// gets 421 4.3.2 [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    pub shutdown_timeout: Option<u64>,
+
+    #[command(flatten)]
+    pub load: load::LoadArgs,
+
+    #[command(flatten)]
+    pub error_limits: error_limits::ErrorLimitArgs,
+}
+
+/// `blackpony inbound`: the sidecar, until SIGTERM.
+pub fn run(args: InboundArgs, file: InboundFile, runtime: &tokio::runtime::Runtime) -> ExitCode {
+    let settings = match merge_inbound(args, file) {
+        Ok(s) => s,
+        Err(e) => return fail(exit_for(&e), &e.to_string()),
+    };
+    runtime.block_on(serve(settings))
+}
 
 /// Flags win over the file; the file wins over the defaults.
 pub fn merge_inbound(args: InboundArgs, file: InboundFile) -> Result<InboundSettings, ConfigError> {
@@ -17,7 +138,7 @@ pub fn merge_inbound(args: InboundArgs, file: InboundFile) -> Result<InboundSett
         .backend_command
         .map(|s| s.split_whitespace().map(String::from).collect())
         .or(file.backend_command.map(CommandLine::argv));
-    let backend = super::backend_target(identity, args.backend.or(file.backend), command)?;
+    let backend = backend_target(identity, args.backend.or(file.backend), command)?;
 
     let tls_cert = match (
         args.tls_cert.or(file.tls_cert),
@@ -34,7 +155,7 @@ pub fn merge_inbound(args: InboundArgs, file: InboundFile) -> Result<InboundSett
     let hostname = args
         .hostname
         .or(file.hostname)
-        .unwrap_or_else(super::sys::system_hostname);
+        .unwrap_or_else(sys::system_hostname);
     if hostname.is_empty()
         || hostname
             .bytes()
@@ -89,13 +210,13 @@ pub fn merge_inbound(args: InboundArgs, file: InboundFile) -> Result<InboundSett
         config.max_connections_per_client = n.max(1);
     }
     if let Some(s) = args.client_timeout.or(file.client_timeout) {
-        config.client_timeout = super::secs(s.max(1));
+        config.client_timeout = Duration::from_secs(s.max(1));
     }
     if let Some(s) = args.backend_timeout.or(file.backend_timeout) {
-        config.backend_timeout = super::secs(s.max(1));
+        config.backend_timeout = Duration::from_secs(s.max(1));
     }
     if let Some(s) = args.shutdown_timeout.or(file.shutdown_timeout) {
-        config.shutdown_grace = super::secs(s);
+        config.shutdown_grace = Duration::from_secs(s);
     }
     let listen_backlog = super::load::merge(args.load, file_load, &mut config);
     Ok(InboundSettings {
@@ -106,6 +227,73 @@ pub fn merge_inbound(args: InboundArgs, file: InboundFile) -> Result<InboundSett
             .unwrap_or_else(|| "0.0.0.0:25".to_string()),
         tls_cert,
         config,
+    })
+}
+
+/// Settings of `blackpony inbound` after merging flags and file.
+#[derive(Debug)]
+pub struct InboundSettings {
+    pub listen: String,
+    /// The accept queue (None: the system's maximum).
+    pub listen_backlog: Option<u32>,
+    pub tls_cert: Option<(PathBuf, PathBuf)>,
+    pub config: InboundConfig,
+}
+
+async fn serve(settings: InboundSettings) -> ExitCode {
+    let hostname = settings.config.session.hostname.clone();
+    let tls = match &settings.tls_cert {
+        Some((cert, key)) => ServerTls::from_pem_files(cert, key),
+        None => ServerTls::self_signed(&hostname),
+    };
+    let tls = match tls {
+        Ok(t) => Arc::new(t),
+        Err(e) => return fail(Exit::Config, &e.to_string()),
+    };
+    load::prepare(&settings.config);
+    let listener = match sys::listener(&settings.listen, settings.listen_backlog).await {
+        Ok(l) => l,
+        Err(e) => return fail(Exit::OsErr, &e),
+    };
+
+    // SIGHUP reloads the certificate; SIGTERM and SIGINT stop gracefully.
+    sys::spawn_reload_on_hup(Arc::clone(&tls));
+    let shutdown = sys::shutdown_signal();
+    notify::ready(
+        &listener
+            .local_addr()
+            .map_or(settings.listen, |a| a.to_string()),
+    );
+    crate::inbound::run(listener, settings.config, tls, shutdown).await;
+    ExitCode::SUCCESS
+}
+
+fn backend_target(
+    identity: Identity,
+    backend: Option<String>,
+    command: Option<Vec<String>>,
+) -> Result<BackendTarget, ConfigError> {
+    if identity == Identity::Exec {
+        let argv = command.ok_or(ConfigError::Missing(
+            "--identity exec needs --backend-command (the SMTP server program to start per client)",
+        ))?;
+        if argv.is_empty() {
+            return Err(ConfigError::Missing("--backend-command is empty"));
+        }
+        return Ok(BackendTarget::Exec(argv));
+    }
+    if command.is_some() {
+        return Err(ConfigError::Invalid(
+            "--backend-command".into(),
+            "only used with --identity exec".into(),
+        ));
+    }
+    let backend = backend.ok_or(ConfigError::Missing(
+        "--backend is required (where the local MTA listens, e.g. 127.0.0.1:10025)",
+    ))?;
+    Ok(match backend.strip_prefix("unix:") {
+        Some(path) => BackendTarget::Unix(PathBuf::from(path)),
+        None => BackendTarget::Tcp(backend),
     })
 }
 

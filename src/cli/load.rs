@@ -67,13 +67,13 @@ pub fn merge(args: LoadArgs, file: LoadArgs, config: &mut InboundConfig) -> Opti
         config.max_connections_per_network = n.max(1);
     }
     if let Some(s) = args.stress_client_timeout.or(file.stress_client_timeout) {
-        config.stress_client_timeout = super::secs(s.max(1));
+        config.stress_client_timeout = std::time::Duration::from_secs(s.max(1));
     }
     if let Some(n) = args.min_data_rate.or(file.min_data_rate) {
         config.min_data_rate = n.max(1);
     }
     if let Some(s) = args.evict_idle.or(file.evict_idle) {
-        config.evict_idle = super::secs(s);
+        config.evict_idle = std::time::Duration::from_secs(s);
     }
     args.listen_backlog
         .or(file.listen_backlog)

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use clap::Args;
 use serde::Deserialize;
 
-use super::{BareNewlinesArg, fail};
+use super::error::fail;
+use super::values::BareNewlinesArg;
 use crate::log;
 use crate::relay::seal::{SealKeys, open as open_sealed, parse_identities};
 use crate::relay::server::{self, MaildirRoot, SealConfig, Store};
@@ -33,7 +34,7 @@ pub struct SealArgs {
     pub lmtp: Option<String>,
 
     /// Permissions of an LMTP `unix:` socket, in octal [default: 0666].
-    #[arg(long, value_name = "OCTAL", value_parser = super::parse_octal)]
+    #[arg(long, value_name = "OCTAL", value_parser = super::values::parse_octal)]
     pub socket_mode: Option<u32>,
 
     /// A domain this relay accepts mail for (repeatable). Mail for any
@@ -158,8 +159,10 @@ pub fn run(args: SealArgs, file: SealFile, runtime: &tokio::runtime::Runtime) ->
             .max_connections
             .or(file.max_connections)
             .unwrap_or(1000),
-        client_timeout: super::secs(args.client_timeout.or(file.client_timeout).unwrap_or(300)),
-        shutdown_grace: super::secs(
+        client_timeout: std::time::Duration::from_secs(
+            args.client_timeout.or(file.client_timeout).unwrap_or(300),
+        ),
+        shutdown_grace: std::time::Duration::from_secs(
             args.shutdown_timeout
                 .or(file.shutdown_timeout)
                 .unwrap_or(30),
@@ -262,7 +265,7 @@ pub fn run(args: SealArgs, file: SealFile, runtime: &tokio::runtime::Runtime) ->
                 };
                 let at = listener.local_addr().map_or(listen, |a| a.to_string());
                 // SIGHUP re-reads the certificate, as for inbound.
-                super::spawn_reload_on_hup(Arc::clone(&tls));
+                super::sys::spawn_reload_on_hup(Arc::clone(&tls));
                 serve_on(listener, at, Protocol::Smtp, config, store, Some(tls)).await;
             }
         }
@@ -292,7 +295,7 @@ async fn serve_on<L>(
             .map(|t| format!(" {}", t.describe()))
             .unwrap_or_default()
     );
-    let shutdown = super::shutdown_signal();
+    let shutdown = super::sys::shutdown_signal();
     super::notify::ready(&at);
     server::run(listener, protocol, config, store, tls, shutdown).await;
 }

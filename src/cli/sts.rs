@@ -1,5 +1,5 @@
 //! MTA-STS flags shared by every outbound mode (`deliver`, `lmtp`,
-//! `outbound`), flattened into [`OutboundArgs`](super::OutboundArgs); the
+//! `outbound`), flattened into [`OutboundArgs`](super::outbound::OutboundArgs); the
 //! file keys are `mta_sts` and the `[outbound.mta_sts_domains]` table.
 
 use clap::Args;

@@ -1,9 +1,14 @@
 //! Process glue with the operating system, without `unsafe`: the system host
-//! name, and the listening socket systemd may pass (socket activation).
+//! name, the listening socket systemd may pass (socket activation), and the
+//! signals (SIGHUP re-reads the certificate, SIGTERM and SIGINT drain).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
+
+use super::notify;
+use crate::log;
+use crate::transport::ServerTls;
 
 /// The sockets systemd passed (sd_listen_fds(3): `LISTEN_FDS` fds from 3 on,
 /// for the process `LISTEN_PID` names), taken once by [`take_passed_sockets`].
@@ -60,6 +65,48 @@ pub fn system_hostname() -> String {
     match uname.nodename().to_str() {
         Ok(name) if !name.is_empty() => name.to_string(),
         _ => "localhost".to_string(),
+    }
+}
+
+/// SIGHUP re-reads the certificate files (a self-signed one stays).
+pub fn spawn_reload_on_hup(tls: Arc<ServerTls>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        log!("warning: cannot catch SIGHUP; certificate reload disabled");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(true) => log!("reload: certificate re-read ({})", tls.describe()),
+                Ok(false) => log!("reload: self-signed certificate, nothing to re-read"),
+                Err(e) => log!("reload: failed, keeping the old certificate ({e})"),
+            }
+        }
+    });
+}
+
+/// Completes at SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when the future is first polled: a SIGTERM right after
+/// READY=1 (systemd's stop, a test) must start the drain, not kill the
+/// process with the default action.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let signals = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = signals else {
+            // Without signal handling, run until killed.
+            std::future::pending::<()>().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => log!("shutdown: SIGTERM"),
+            _ = int.recv() => log!("shutdown: SIGINT"),
+        }
+        notify::stopping();
     }
 }
 

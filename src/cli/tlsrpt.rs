@@ -8,11 +8,11 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::OutboundArgs;
 use super::config::OutboundFile;
+use super::outbound::OutboundArgs;
 use crate::log;
-use crate::outbound::exit;
 use crate::outbound::tlsrpt::{self, Report, Reporter, Rua, TlsReports};
+use crate::sysexits::Exit;
 
 /// `blackpony tlsrpt --domain D [--date YYYY-MM-DD] [--out FILE] [--send]`
 #[derive(Debug, Args)]
@@ -52,29 +52,28 @@ pub struct TlsrptArgs {
     pub outbound: OutboundArgs,
 }
 
-const USAGE: u8 = 64;
-const CANTCREAT: u8 = 73;
-const IOERR: u8 = 74;
-
 pub fn run(args: TlsrptArgs, file: OutboundFile, runtime: &tokio::runtime::Runtime) -> ExitCode {
     ExitCode::from(runtime.block_on(report(args, file)))
 }
 
-async fn report(args: TlsrptArgs, file: OutboundFile) -> u8 {
+async fn report(args: TlsrptArgs, file: OutboundFile) -> Exit {
     let settings = match super::outbound::merge_outbound(args.outbound, file) {
         Ok(s) => s,
-        Err(e) => return fail(USAGE, &e.to_string()),
+        Err(e) => return fail(Exit::Usage, &e.to_string()),
     };
     let domain = args.domain.trim_end_matches('.').to_ascii_lowercase();
     if domain.is_empty() || domain.contains(['/', ' ', '@']) {
         return fail(
-            USAGE,
+            Exit::Usage,
             &format!("--domain {:?} is not a domain name", args.domain),
         );
     }
     let day = args.date.unwrap_or_else(tlsrpt::yesterday);
     if tlsrpt::parse_day(&day).is_none() {
-        return fail(USAGE, &format!("--date {day:?} is not a day (YYYY-MM-DD)"));
+        return fail(
+            Exit::Usage,
+            &format!("--date {day:?} is not a day (YYYY-MM-DD)"),
+        );
     }
     let reporter = Reporter {
         organization: args
@@ -88,31 +87,31 @@ async fn report(args: TlsrptArgs, file: OutboundFile) -> u8 {
     let reports = TlsReports::new(settings.state_dir.as_deref());
     let (records, skipped) = match reports.read_day(&domain, &day) {
         Ok(r) => r,
-        Err(e) => return fail(IOERR, &e.to_string()),
+        Err(e) => return fail(Exit::IoErr, &e.to_string()),
     };
     if skipped > 0 {
         log!("warning: tlsrpt: {domain} {day}: {skipped} unreadable records skipped");
     }
     let Some(report) = Report::build(&reporter, &domain, &day, &records) else {
-        return fail(USAGE, &format!("--date {day:?} is not a day"));
+        return fail(Exit::Usage, &format!("--date {day:?} is not a day"));
     };
     let json = report.to_json();
     match &args.out {
         Some(path) => {
             if let Err(e) = std::fs::write(path, format!("{json}\n")) {
-                return fail(CANTCREAT, &format!("{}: {e}", path.display()));
+                return fail(Exit::CantCreat, &format!("{}: {e}", path.display()));
             }
         }
         None if !args.send => println!("{json}"),
         None => {}
     }
     if !args.send {
-        return exit::OK;
+        return Exit::Ok;
     }
     if report.is_empty() {
         log!("tlsrpt: domain={domain} day={day} sessions=0: nothing to report, nothing sent");
         println!("no sessions recorded for {domain} on {day}: no report sent");
-        return exit::OK;
+        return Exit::Ok;
     }
     send(&settings, &reporter, &report, &domain).await
 }
@@ -120,31 +119,31 @@ async fn report(args: TlsrptArgs, file: OutboundFile) -> u8 {
 /// Mails `report` to each `mailto:` destination of the domain's reporting
 /// policy, through the outbound transport.
 async fn send(
-    settings: &super::OutboundSettings,
+    settings: &super::outbound::OutboundSettings,
     reporter: &Reporter,
     report: &Report,
     domain: &str,
-) -> u8 {
+) -> Exit {
     let deliverer = match settings.deliverer() {
         Ok(d) => d,
-        Err(e) => return fail(exit::TEMPFAIL, &e),
+        Err(e) => return fail(Exit::TempFail, &e),
     };
     let name = tlsrpt::policy_name(domain);
     let txts = match deliverer.resolver.txt(&name).await {
         Ok((_, crate::outbound::dns::Dnssec::Bogus)) => {
             return fail(
-                exit::TEMPFAIL,
+                Exit::TempFail,
                 &format!("{name}: DNSSEC validation failed (bogus answer)"),
             );
         }
         Ok((txts, _)) => txts,
-        Err(e) => return fail(exit::TEMPFAIL, &e.to_string()),
+        Err(e) => return fail(Exit::TempFail, &e.to_string()),
     };
     let destinations = match tlsrpt::parse_policy_record(&txts) {
         Ok(d) => d,
         Err(why) => {
             return fail(
-                exit::UNAVAILABLE,
+                Exit::Unavailable,
                 &format!("{name}: {why}: {domain} takes no TLS reports"),
             );
         }
@@ -181,16 +180,16 @@ async fn send(
     }
     if results.is_empty() {
         return fail(
-            exit::UNAVAILABLE,
+            Exit::Unavailable,
             &format!("{name}: no mailto: destination; no report sent"),
         );
     }
-    let (code, line) = exit::summarize(&results);
+    let (code, line) = crate::outbound::exit::summarize(&results);
     println!("{line}");
     code
 }
 
-fn fail(code: u8, message: &str) -> u8 {
+fn fail(code: Exit, message: &str) -> Exit {
     eprintln!("blackpony tlsrpt: {message}");
     code
 }
