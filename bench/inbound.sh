@@ -150,6 +150,7 @@ mail {
     auth_http 127.0.0.1:$4/auth;
     xclient off;
     smtp_auth none;
+    timeout 300s;    # as blackpony's client timeout (nginx's default, 60 s, cut the idle-memory clients)
     proxy_pass_error_message on;
     smtp_capabilities "SIZE 10240000" 8BITMIME ENHANCEDSTATUSCODES;
     server {
@@ -322,9 +323,11 @@ start mblackpony "$BLACKPONY" inbound --listen "127.0.0.1:$MBP" --backend "127.0
     "${MBP_LIMITS[@]}"
 # after STARTTLS: fresh instances again (memory freed by the first test
 # would otherwise be reused and hide the cost)
+# (above 80% of the slots in use, stress would cut the silent ones after
+# --stress-client-timeout, 10 s, while the others are still connecting)
 start tblackpony "$BLACKPONY" inbound --listen "127.0.0.1:$TBP" --backend "127.0.0.1:$MSINK" \
     --identity none --hostname bench.test --tls-cert "$T/cert.pem" --tls-key "$T/key.pem" \
-    "${MBP_LIMITS[@]}"
+    "${MBP_LIMITS[@]}" --stress-client-timeout 300
 haproxy_conf "$T/mhaproxy.cfg" "$MHAP" "$MSINK"
 start mhaproxy haproxy -db -q -f "$T/mhaproxy.cfg"
 mkdir -p "$T/mnginx"
@@ -346,7 +349,7 @@ declare -A MEM
 run_idle() { # KEY PORT PIDS [N --starttls]
     local out rc=0
     out=$("$PY" "$HERE/smtpbench.py" idle --addr "127.0.0.1:$2" --n "${4:-$IDLE_CONNS}" --pids "$3" \
-        --timeout 180 ${5:-}) || rc=$?
+        --timeout 900 ${5:-}) || rc=$?
     MEM[$1]=$out
     if [ $rc != 0 ]; then FAILURES+=("memory $1: $out"); fi
     say "  $1: $out"

@@ -98,11 +98,21 @@ async fn write_within<W: AsyncWrite + Unpin + ?Sized>(
     })
     .await;
     match now {
-        Some(Ok(())) => return Wrote::Done,
-        Some(Err(_)) => return Wrote::Failed,
-        None => {}
+        Some(Ok(())) => Wrote::Done,
+        Some(Err(_)) => Wrote::Failed,
+        // Boxed: the waiting half's state (a timer, the order) then takes
+        // room in a session's task only while it waits.
+        None => Box::pin(write_rest(writer, &bytes[written..], deadline, control)).await,
     }
-    let rest = &bytes[written..];
+}
+
+/// The rest of a [`write_within`] that had to wait.
+async fn write_rest<W: AsyncWrite + Unpin + ?Sized>(
+    writer: &mut W,
+    rest: &[u8],
+    deadline: Instant,
+    control: &mut Control,
+) -> Wrote {
     let write = async {
         writer.write_all(rest).await?;
         writer.flush().await
@@ -182,7 +192,9 @@ pub async fn serve(
     };
     control.set_activity(Activity::Busy);
     let opened = tokio::select! {
-        opened = BackendConn::open(&config.backend, facts, config.backend_connect_timeout) => {
+        // Boxed, as below: a connection attempt's state (a timer, the
+        // address lookup) is not kept in every session's task.
+        opened = Box::pin(BackendConn::open(&config.backend, facts, config.backend_connect_timeout)) => {
             opened.map_err(|e| e.to_string())
         }
         _ = told_to_end(&mut control) => Err("shutting down".to_string()),
@@ -405,7 +417,8 @@ impl Run<'_> {
                         self.session.delay_over();
                         break;
                     }
-                    Action::StartTls => match self.handshake(client).await {
+                    // Boxed: the handshake's state is large and needed once.
+                    Action::StartTls => match Box::pin(self.handshake(client)).await {
                         Some(tls) => client = tls,
                         None => {
                             // The plaintext stream went into the failed
@@ -440,11 +453,11 @@ impl Run<'_> {
                         };
                         // Dropping the old connection kills the old program.
                         let opened = tokio::select! {
-                            opened = BackendConn::open(
+                            opened = Box::pin(BackendConn::open(
                                 &config.backend,
                                 facts,
                                 config.backend_connect_timeout,
-                            ) => opened,
+                            )) => opened,
                             order = told_to_end(&mut self.control) => {
                                 self.obey(order, false);
                                 continue;

@@ -132,8 +132,13 @@ pub async fn run(
             shared.tls.describe()
         );
     }
-    // One single-threaded runtime per core (see `server::run_threads`).
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // One single-threaded runtime per core (see `server::run_threads`), or
+    // as many as tokio's own knob says.
+    let threads = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     server::run_threads(
         listener,
         threads,
