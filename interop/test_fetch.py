@@ -1,17 +1,18 @@
-"""`blackpony fetch` (proto-spec/fetch.md) against real peers.
+"""`blackpony fetch` (proto-spec/fetch.md) against the real `blackpony seal`, end to end.
 
-The relay side is `examples/fetch_relay.rs` (the relay's own XFETCH code over a FileSpool)
-until `blackpony seal` serves XFETCH; the sealed files are made the way seal makes them
-(the sealed format of proto-spec/sealed-relay.md §1) and encrypted with Debian's `age` CLI,
-then published into the spool as FileSpool does (tmp/, rename into new/).
+A sending MTA (a private Postfix with the relay as its relayhost, or Python's smtplib) hands
+mail to `blackpony seal` (the MX of example.test); seal seals each message with age to the
+owner's key and keeps only ciphertext in its spool (a body marker is grepped for: absent);
+`blackpony fetch` at home connects to seal's fetch listener (XPONY, both keys checked),
+pulls the sealed files with XFETCH, decrypts them and hands them on:
 
-- fetched into a private Postfix at home (SMTP): every message arrives for every recipient,
-  its body intact (Postfix stores LF line ends: compared with CRLF as LF), the spool empty;
-- fetched into a Maildir: the files hold exactly `Return-Path:` + the message, byte for byte;
+- into a private Postfix at home (SMTP): every message arrives for every recipient, its body
+  intact (Postfix stores LF line ends: compared with CRLF as LF), the spool empty after;
+- into a Maildir: the files hold exactly `Return-Path:` + the message, byte for byte;
 - a home key the relay does not know: refused (exit 78), logged by the relay with the key's
   fingerprint, nothing sent, the spool untouched;
 - a man in the middle that swaps keys (`blackpony inbound` with another host key on the
-  relay's address): refused at message 2 by the pinned or configured key (exit 75);
+  relay's fetch address): refused at message 2 by the pinned or configured key (exit 75);
 - `fetch` killed with SIGKILL mid-transfer, over and over: every message reaches Postfix at
   least once, nothing is lost, the spool ends empty.
 """
@@ -20,27 +21,20 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import signal
+import smtplib
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from interop.peers import (Blackpony, PeerError, Postfix, Process, blackpony_bin, free_port,
-                           keygen, require_tool, smtp_greeting, wait_for)
+from interop.peers import (Blackpony, Postfix, Process, blackpony_bin, free_port, keygen,
+                           require_tool, smtp_greeting, wait_for)
 
 DOMAIN = "example.test"
 ALICE = f"alice@{DOMAIN}"
 BOB = f"bob@{DOMAIN}"
-
-
-def relay_bin() -> str:
-    path = Path(blackpony_bin()).parent / "examples" / "fetch_relay"
-    if not path.exists():
-        raise PeerError(f"{path} missing: cargo build --release --example fetch_relay")
-    return str(path)
 
 
 def age_keygen(path: Path) -> str:
@@ -53,47 +47,43 @@ def age_keygen(path: Path) -> str:
     return m.group(1)
 
 
-class Spool:
-    """A FileSpool directory, written the way FileSpool publishes."""
-
-    def __init__(self, path: Path, recipient: str):
-        self.path = path
-        self.recipient = recipient
-        for sub in ("tmp", "new", "cur"):
-            (path / sub).mkdir(parents=True, exist_ok=True)
-
-    def publish(self, sender: str, rcpts: list[str], message: bytes) -> str:
-        plain = b"BLACKPONY-SEALED 1\r\nMAIL FROM:<" + sender.encode() + b">\r\n"
-        plain += b"".join(b"RCPT TO:<" + r.encode() + b">\r\n" for r in rcpts)
-        plain += b"\r\n" + message
-        res = subprocess.run([require_tool("age"), "-e", "-r", self.recipient], input=plain,
-                             capture_output=True, timeout=30)
-        assert res.returncode == 0, res.stderr
-        now = time.time()
-        name = f"{int(now)}.{int(now * 1e6) % 1000000:06d}.{secrets.token_hex(8)}.age"
-        tmp = self.path / "tmp" / name
-        with open(tmp, "wb") as f:
-            f.write(res.stdout)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, self.path / "new" / name)
-        return name
-
-    def ids(self) -> list[str]:
-        return sorted(p.name for p in (self.path / "new").iterdir())
-
-
 class Relay(Process):
-    def __init__(self, base: Path, spool: Spool, host_key: Path, fetch_keys: list[str],
-                 port: int | None = None):
-        self.port = port or free_port()
-        cmd = [relay_bin(), f"127.0.0.1:{self.port}", str(spool.path), str(host_key),
-               *fetch_keys]
-        super().__init__(cmd, base / f"relay-{self.port}.log", "fetch_relay")
+    """`blackpony seal`: the MX of example.test on one port, fetch for our home key on
+    another, the spool in base/spool."""
+
+    def __init__(self, base: Path, keys: dict, recipient: str, fetch_port: int | None = None):
+        self.port = free_port()
+        self.fetch_port = fetch_port or free_port()
+        self.spool = base / "spool"
+        self.spool.mkdir(exist_ok=True)
+        cmd = [blackpony_bin(), "seal", "--hostname", "relay.test",
+               "--listen", f"127.0.0.1:{self.port}", "--domain", DOMAIN,
+               "--recipient-key", recipient, "--spool", str(self.spool),
+               "--host-key", str(keys["relay"].path), "--fetch-key", keys["home"].public,
+               "--fetch-listen", f"127.0.0.1:{self.fetch_port}"]
+        super().__init__(cmd, base / f"seal-{self.port}.log", "blackpony seal")
 
     def start(self, timeout: float = 20):
-        return super().start(lambda: (smtp_greeting("127.0.0.1", self.port) or b"")
-                             .startswith(b"220"), timeout)
+        def up():
+            return all((smtp_greeting("127.0.0.1", p) or b"").startswith(b"220")
+                       for p in (self.port, self.fetch_port))
+        return super().start(up, timeout)
+
+    def send(self, sender: str, rcpts: list[str], message: bytes):
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as c:
+            assert c.sendmail(sender, rcpts, message) == {}
+
+    def ids(self) -> list[str]:
+        new = self.spool / "new"
+        return sorted(p.name for p in new.iterdir()) if new.exists() else []
+
+    def assert_only_ciphertext(self, marker: bytes):
+        files = [p for p in self.spool.rglob("*") if p.is_file()]
+        assert files, "nothing in the spool"
+        for p in files:
+            data = p.read_bytes()
+            assert data.startswith(b"age-encryption.org/v1\n"), p
+            assert marker not in data, p
 
 
 class Home:
@@ -105,12 +95,15 @@ class Home:
         self.age_key = age_key
         self.state = base / "state"
 
-    def fetch(self, relay_port: int, *target: str, key: str = "home", extra=(),
+    def command(self, fetch_port: int, *target: str, key: str = "home", extra=()) -> list[str]:
+        return [blackpony_bin(), "fetch", "--from", f"127.0.0.1:{fetch_port}",
+                "--host-key", str(self.keys[key].path), "--age-identity", str(self.age_key),
+                "--state-dir", str(self.state), "--helo-name", "home.test", *target, *extra]
+
+    def fetch(self, fetch_port: int, *target: str, key: str = "home", extra=(),
               timeout: float = 120) -> subprocess.CompletedProcess:
-        cmd = [blackpony_bin(), "fetch", "--from", f"127.0.0.1:{relay_port}",
-               "--host-key", str(self.keys[key].path), "--age-identity", str(self.age_key),
-               "--state-dir", str(self.state), "--helo-name", "home.test", *target, *extra]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+        return subprocess.run(self.command(fetch_port, *target, key=key, extra=extra),
+                              capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
 
 
@@ -139,16 +132,16 @@ def postfix(workdir):
 
 
 def prepare(setup, name: str):
-    """A directory for one test, with an empty spool sealed to our age key."""
+    """A directory for one test."""
     d, keys, age_key, recipient = setup
     base = d / name
     base.mkdir()
-    return base, Spool(base / "spool", recipient), keys, age_key
+    return base, keys, age_key, recipient
 
 
-def serve(base: Path, spool: Spool, keys: dict, port: int | None = None) -> Relay:
-    """The relay, serving our home key."""
-    return Relay(base, spool, keys["relay"].path, [keys["home"].public], port=port).start()
+def serve(base: Path, keys: dict, recipient: str, fetch_port: int | None = None) -> Relay:
+    """The relay, sealing to our age key and serving our home key."""
+    return Relay(base, keys, recipient, fetch_port=fetch_port).start()
 
 
 def body_of(message: bytes) -> bytes:
@@ -165,42 +158,66 @@ def sample_messages(tag: str) -> list[bytes]:
     ]
 
 
-def test_fetch_into_postfix(setup, postfix, workdir):
-    base, spool, keys, age_key = prepare(setup, "postfix-run")
+def sending_postfix(base: Path, relay: Relay) -> Postfix:
+    """A private Postfix that relays everything to the sealed relay (relayhost)."""
+    base.mkdir()
+    os.chmod(base, 0o755)
+    return Postfix(base, domains=["sender.test"], settings={
+        "relayhost": f"[127.0.0.1]:{relay.port}",
+        "default_transport": "smtp", "relay_transport": "smtp",
+        "smtp_tls_security_level": "may",
+    }, services="smtp      unix  -       -       n       -       -       smtp\n"
+                "tlsmgr    unix  -       -       n       1000?   1       tlsmgr\n")
+
+
+def test_sending_mta_to_seal_to_fetch_into_postfix(setup, postfix):
+    """Postfix (sender) -> seal -> spool of ciphertext -> fetch -> Postfix (home)."""
+    base, keys, age_key, recipient = prepare(setup, "postfix-run")
     messages = sample_messages("pf")
-    for m in messages:
-        spool.publish("sender@example.net", [ALICE, BOB], m)
-    relay = serve(base, spool, keys)
+    relay = serve(base, keys, recipient)
+    sender = sending_postfix(base / "sender-postfix", relay)
     try:
+        with sender:
+            for m in messages:
+                with smtplib.SMTP(sender.host, sender.port, timeout=30) as c:
+                    assert c.sendmail("someone@sender.test", [ALICE, BOB], m) == {}
+            wait_for(lambda: len(relay.ids()) == 3, 60,
+                     f"3 sealed files; sender log:\n{sender.log_tail()}\n"
+                     f"seal log:\n{relay.log_text()}")
+        relay.assert_only_ciphertext(b"line 000123 of a long message pf")
         home = Home(base, keys, age_key)
-        res = home.fetch(relay.port, "--deliver-to", f"127.0.0.1:{postfix.port}")
+        res = home.fetch(relay.fetch_port, "--deliver-to", f"127.0.0.1:{postfix.port}")
         assert res.returncode == 0, res.stderr + relay.log_text()
         assert "fetched=3" in res.stderr, res.stderr
-        assert spool.ids() == []
+        assert relay.ids() == []
         for rcpt in (ALICE, BOB):
             got = postfix.wait_messages(rcpt, 3)
             bodies = sorted(body_of(data) for _, data in got)
             assert bodies == sorted(body_of(m) for m in messages)
         # The relay key is pinned; a second run finds nothing.
-        res = home.fetch(relay.port, "--deliver-to", f"127.0.0.1:{postfix.port}")
+        res = home.fetch(relay.fetch_port, "--deliver-to", f"127.0.0.1:{postfix.port}")
         assert res.returncode == 0, res.stderr
         assert "fetched=0" in res.stderr, res.stderr
-        assert "refused=fetch-key" not in relay.log_text()
+        log = relay.log_text()
+        assert "refused=fetch-key" not in log
+        assert len(re.findall(r"fetch deleted id=", log)) == 3, log
     finally:
         relay.stop()
 
 
 def test_fetch_into_a_maildir(setup):
-    base, spool, keys, age_key = prepare(setup, "maildir-run")
+    base, keys, age_key, recipient = prepare(setup, "maildir-run")
     messages = sample_messages("md")
-    for m in messages:
-        spool.publish("sender@example.net", [ALICE], m)
-    relay = serve(base, spool, keys)
+    relay = serve(base, keys, recipient)
     try:
-        res = Home(base, keys, age_key).fetch(relay.port, "--maildir", str(base / "Maildir"),
+        for m in messages:
+            relay.send("sender@example.net", [ALICE], m)
+        relay.assert_only_ciphertext(b"line 000123 of a long message md")
+        res = Home(base, keys, age_key).fetch(relay.fetch_port, "--maildir",
+                                             str(base / "Maildir"),
                                              extra=["--relay-key", keys["relay"].public])
         assert res.returncode == 0, res.stderr + relay.log_text()
-        assert spool.ids() == []
+        assert relay.ids() == []
         files = sorted((base / "Maildir" / "new").iterdir())
         got = sorted(p.read_bytes() for p in files)
         want = sorted(b"Return-Path: <sender@example.net>\r\n" + m for m in messages)
@@ -210,45 +227,68 @@ def test_fetch_into_a_maildir(setup):
         relay.stop()
 
 
-def test_an_unknown_key_is_refused_and_logged(setup):
-    base, spool, keys, age_key = prepare(setup, "unknown-run")
-    spool.publish("sender@example.net", [ALICE], b"Subject: secret\r\n\r\nsecret\r\n")
-    before = spool.ids()
-    relay = serve(base, spool, keys)
+def test_the_mx_port_serves_no_fetch_and_the_fetch_port_no_mail(setup):
+    """XFETCH is served only inside XPONY on the fetch listener; that listener takes no
+    mail, and the MX offers XPONY (with the relay's key) but never XFETCH."""
+    base, keys, age_key, recipient = prepare(setup, "ports-run")
+    relay = serve(base, keys, recipient)
     try:
-        res = Home(base, keys, age_key).fetch(relay.port, "--maildir", str(base / "Maildir"),
-                                             key="stranger")
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as c:
+            code, caps = c.ehlo("probe.test")
+            assert code == 250
+            assert b"XPONY Noise_XX_25519_ChaChaPoly_SHA256" in caps, caps
+            assert b"XFETCH" not in caps, caps
+            assert c.docmd("XFETCH NEXT")[0] == 502
+        with smtplib.SMTP("127.0.0.1", relay.fetch_port, timeout=10) as c:
+            code, caps = c.ehlo("probe.test")
+            assert b"XFETCH" not in caps, caps  # only inside the channel
+            assert c.docmd("XFETCH NEXT")[0] == 530
+            assert c.docmd("MAIL FROM:<a@b.test>")[0] == 502
+        assert relay.ids() == []
+    finally:
+        relay.stop()
+
+
+def test_an_unknown_key_is_refused_and_logged(setup):
+    base, keys, age_key, recipient = prepare(setup, "unknown-run")
+    relay = serve(base, keys, recipient)
+    try:
+        relay.send("sender@example.net", [ALICE], b"Subject: secret\r\n\r\nsecret\r\n")
+        before = relay.ids()
+        assert len(before) == 1
+        res = Home(base, keys, age_key).fetch(relay.fetch_port, "--maildir",
+                                             str(base / "Maildir"), key="stranger")
         assert res.returncode == 78, res.stderr
         assert "not authorized for XFETCH" in res.stderr, res.stderr
         wait_for(lambda: f"refused=fetch-key key={keys['stranger'].fingerprint}"
                  in relay.log_text(), 10, "the relay's refusal line")
         assert "fetch offered" not in relay.log_text()
-        assert spool.ids() == before
+        assert relay.ids() == before
         assert not list((base / "Maildir" / "new").iterdir())
     finally:
         relay.stop()
 
 
 def test_a_mitm_that_swaps_keys_fails(setup):
-    base, spool, keys, age_key = prepare(setup, "mitm-run")
+    base, keys, age_key, recipient = prepare(setup, "mitm-run")
     home = Home(base, keys, age_key)
     maildir = ["--maildir", str(base / "Maildir")]
     port = free_port()
-    relay = serve(base, spool, keys, port=port)
+    relay = serve(base, keys, recipient, fetch_port=port)
     try:
         res = home.fetch(port, *maildir)  # first fetch: pins the relay's key
         assert res.returncode == 0, res.stderr
         assert "pinned (first fetch)" in res.stderr, res.stderr
     finally:
         relay.stop()
-    spool.publish("sender@example.net", [ALICE], b"Subject: x\r\n\r\nfor alice only\r\n")
-    before = spool.ids()
-    # The real relay moves; on its address a man in the middle with a key of its own
-    # terminates XPONY and passes the dialogue on in plaintext.
-    relay = serve(base, spool, keys)
-    mitm = Blackpony(base, backend=f"127.0.0.1:{relay.port}", identity="none",
+    # The real relay's fetch listener moves; on its address a man in the middle with a
+    # key of its own terminates XPONY and passes the dialogue on in plaintext.
+    relay = serve(base, keys, recipient)
+    mitm = Blackpony(base, backend=f"127.0.0.1:{relay.fetch_port}", identity="none",
                      args=["--host-key", str(keys["stranger"].path)], name="mitm", port=port)
     try:
+        relay.send("sender@example.net", [ALICE], b"Subject: x\r\n\r\nfor alice only\r\n")
+        before = relay.ids()
         mitm.start()
         res = home.fetch(port, *maildir)
         assert res.returncode == 75, res.stderr
@@ -259,7 +299,7 @@ def test_a_mitm_that_swaps_keys_fails(setup):
             port, *maildir, extra=["--relay-key", keys["relay"].public])
         assert res.returncode == 75, res.stderr
         assert "expected the configured --relay-key" in res.stderr, res.stderr
-        assert spool.ids() == before
+        assert relay.ids() == before
         assert not list((base / "Maildir" / "new").iterdir())
         assert "fetch offered" not in relay.log_text()
     finally:
@@ -268,26 +308,26 @@ def test_a_mitm_that_swaps_keys_fails(setup):
 
 
 def test_sigkill_mid_transfer_loses_nothing(setup, postfix):
-    base, spool, keys, age_key = prepare(setup, "kill-run")
+    base, keys, age_key, recipient = prepare(setup, "kill-run")
     rcpt = f"kill@{DOMAIN}"
     total = 60
     filler = b"".join(b"filler line %05d\r\n" % i for i in range(12000))
-    for i in range(total):
-        spool.publish("sender@example.net", [rcpt],
-                      b"Subject: kill %d\r\nMessage-ID: <kill.%d@x>\r\n\r\nmarker-%d\r\n"
-                      % (i, i, i) + filler)
-    relay = serve(base, spool, keys)
+    relay = serve(base, keys, recipient)
     home = Home(base, keys, age_key)
-    cmd_target = ["--deliver-to", f"127.0.0.1:{postfix.port}"]
+    target = ["--deliver-to", f"127.0.0.1:{postfix.port}"]
     kills = 0
     try:
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=30) as c:
+            for i in range(total):
+                assert c.sendmail("sender@example.net", [rcpt],
+                                  b"Subject: kill %d\r\nMessage-ID: <kill.%d@x>\r\n\r\n"
+                                  b"marker-%d\r\n" % (i, i, i) + filler) == {}
+        assert len(relay.ids()) == total
         for round_ in range(25):
-            if not spool.ids():
+            if not relay.ids():
                 break
-            cmd = [blackpony_bin(), "fetch", "--from", f"127.0.0.1:{relay.port}",
-                   "--host-key", str(keys["home"].path), "--age-identity", str(age_key),
-                   "--state-dir", str(home.state), "--helo-name", "home.test", *cmd_target]
-            p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            p = subprocess.Popen(home.command(relay.fetch_port, *target),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                  stdin=subprocess.DEVNULL)
             time.sleep(0.05 + 0.04 * (round_ % 5))
             if p.poll() is None:
@@ -295,9 +335,9 @@ def test_sigkill_mid_transfer_loses_nothing(setup, postfix):
                 kills += 1
             p.wait(timeout=10)
         assert kills >= 3, f"only {kills} runs were killed mid-transfer"
-        res = home.fetch(relay.port, *cmd_target)
+        res = home.fetch(relay.fetch_port, *target)
         assert res.returncode == 0, res.stderr + relay.log_text()
-        assert spool.ids() == []
+        assert relay.ids() == []
         got = postfix.wait_messages(rcpt, total, timeout=60)
         markers = [re.search(rb"marker-(\d+)", data).group(1) for _, data in got]
         seen = {int(m) for m in markers}
@@ -308,8 +348,8 @@ def test_sigkill_mid_transfer_loses_nothing(setup, postfix):
         relay.stop()
 
 
-def test_local_failures_keep_the_file(setup, workdir):
-    base, spool, keys, age_key = prepare(setup, "failures-run")
+def test_local_failures_keep_the_file(setup):
+    base, keys, age_key, recipient = prepare(setup, "failures-run")
     home = Home(base, keys, age_key)
     refused = f"refused@{DOMAIN}"
     pf_base = base / "postfix"
@@ -319,31 +359,31 @@ def test_local_failures_keep_the_file(setup, workdir):
             f"check_recipient_access inline:{{{refused}=REJECT}}, permit_mynetworks, "
             "reject_unauth_destination"})
     postfix.start()
-    relay = serve(base, spool, keys)
+    relay = serve(base, keys, recipient)
     try:
         # The local MTA is down: a temporary failure, the file stays (exit 75).
-        spool.publish("sender@example.net", [ALICE], b"Subject: later\r\n\r\nlater\r\n")
+        relay.send("sender@example.net", [ALICE], b"Subject: later\r\n\r\nlater\r\n")
         closed = free_port()
-        res = home.fetch(relay.port, "--deliver-to", f"127.0.0.1:{closed}")
+        res = home.fetch(relay.fetch_port, "--deliver-to", f"127.0.0.1:{closed}")
         assert res.returncode == 75, res.stderr
         assert "status=deferred" in res.stderr, res.stderr
-        assert len(spool.ids()) == 1
-        res = home.fetch(relay.port, "--deliver-to", f"127.0.0.1:{postfix.port}")
+        assert len(relay.ids()) == 1
+        res = home.fetch(relay.fetch_port, "--deliver-to", f"127.0.0.1:{postfix.port}")
         assert res.returncode == 0, res.stderr
-        assert spool.ids() == []
+        assert relay.ids() == []
         # Postfix refuses the recipient for good (554): kept and logged (exit 65) at
         # every run, until the operator says delete.
-        spool.publish("sender@example.net", [refused], b"Subject: refused\r\n\r\nrefused\r\n")
+        relay.send("sender@example.net", [refused], b"Subject: refused\r\n\r\nrefused\r\n")
         for _ in range(2):
-            res = home.fetch(relay.port, "--deliver-to", f"127.0.0.1:{postfix.port}")
+            res = home.fetch(relay.fetch_port, "--deliver-to", f"127.0.0.1:{postfix.port}")
             assert res.returncode == 65, res.stderr
             assert "status=kept-permanent" in res.stderr, res.stderr
-            assert len(spool.ids()) == 1
-        res = home.fetch(relay.port, "--deliver-to", f"127.0.0.1:{postfix.port}",
+            assert len(relay.ids()) == 1
+        res = home.fetch(relay.fetch_port, "--deliver-to", f"127.0.0.1:{postfix.port}",
                          extra=["--on-permanent-failure", "delete"])
         assert res.returncode == 0, res.stderr
         assert "status=dropped" in res.stderr, res.stderr
-        assert spool.ids() == []
+        assert relay.ids() == []
     finally:
         relay.stop()
         postfix.stop()

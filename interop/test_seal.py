@@ -26,8 +26,8 @@ from typing import Optional
 import pytest
 
 from interop.clients import swaks, transcript
-from interop.peers import (PeerError, Postfix, Process, blackpony_bin, free_port,
-                           require_tool, smtp_greeting, wait_for)
+from interop.peers import (Dnsmasq, PeerError, Postfix, Process, blackpony_bin, free_port,
+                           keygen, require_tool, run_deliver, smtp_greeting, wait_for)
 
 DOMAIN = "example.org"
 ALICE = f"alice@{DOMAIN}"
@@ -230,6 +230,84 @@ def test_the_message_part_is_the_message_sent_byte_for_byte(relay, keys):
     assert res.returncode == 0 and res.stdout == msg, res.stderr
 
 
+def test_a_blackpony_sender_delivers_over_xpony(workdir, keys):
+    """`blackpony deliver` finds the relay by MX (dnsmasq) and sends over XPONY: seal
+    answers with its host key (the sender pins it), and the message it seals is the one
+    sent, byte for byte."""
+    base = workdir / "xpony-sender"
+    base.mkdir()
+    relay_key = keygen(base / "relay.key", "relay.test")
+    spool = base / "spool"
+    spool.mkdir()
+    with Seal(base, keys, spool, "--host-key", str(relay_key.path)) as relay:
+        relay.start()
+        dns = Dnsmasq(base / "dns", f"mx-host={DOMAIN},mx.{DOMAIN},10\n"
+                      f"host-record=mx.{DOMAIN},127.0.0.1\n", probe=DOMAIN)
+        dns.start()
+        try:
+            msg = message("XPONY-SENDER-5e6f")
+            res = run_deliver(["--dns", dns.address, "--smtp-port", str(relay.port),
+                               "--helo-name", "client.test", "--state-dir", str(base / "state"),
+                               "-f", "sender@client.test", "--", ALICE], msg)
+        finally:
+            dns.stop()
+        out = res.stdout.decode() + res.stderr.decode()
+        assert res.returncode == 0, out + relay.log_text()
+        assert "tls=XPONY/Noise_XX_25519_ChaChaPoly_SHA256" in out, out
+        assert relay_key.fingerprint in out, out
+        wait_for(lambda: re.search(r"session=\S+ xpony client=\S+ key=SHA256:", relay.log_text()),
+                 10, "seal's xpony line")
+        files = spool_files(spool)
+        assert len(files) == 1
+        plain = age_decrypt(keys.alice_key, files[0])
+        assert plain is not None
+        assert split_sealed(plain) == ("sender@client.test", [ALICE], msg)
+        assert_only_ciphertext(spool, b"XPONY-SENDER-5e6f")
+
+
+@pytest.mark.parametrize("phase", ["command", "message"])
+def test_a_trickling_client_is_cut_at_its_deadline(workdir, keys, phase):
+    """One byte every 0.3 s: a command line gets --client-timeout (2 s) however many bytes
+    trickle in; a message gets that plus one second per --min-data-rate octets. Each ends
+    with 421 4.4.2 long before the trickle would."""
+    spool = workdir / f"spool-trickle-{phase}"
+    spool.mkdir()
+    with Seal(workdir, keys, spool, "--client-timeout", "2", "--min-data-rate", "1000") as relay:
+        relay.start()
+        with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as c:
+            got = b""
+
+            def read_until(token: bytes):
+                nonlocal got
+                while token not in got:
+                    chunk = c.recv(4096)
+                    assert chunk, got
+                    got += chunk
+            read_until(b"220 ")
+            if phase == "message":
+                c.sendall(b"EHLO c\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<" +
+                          CAROL.encode() + b">\r\nDATA\r\n")
+                read_until(b"354 ")
+            got = b""
+            started = time.monotonic()
+            reply = b""
+            c.settimeout(0.3)
+            for _ in range(60):  # 18 s of trickle at most
+                try:
+                    c.sendall(b"X")
+                    reply = c.recv(4096)
+                except (socket.timeout, TimeoutError):
+                    continue
+                except OSError:
+                    break
+                break
+            took = time.monotonic() - started
+        assert reply.startswith(b"421 4.4.2"), reply
+        assert 1.5 < took < 6, took
+        wait_for(lambda: "end=timeout" in relay.log_text(), 10, "the session's end")
+        assert spool_files(spool) == []
+
+
 def test_per_mailbox_keys(relay, keys):
     # (recipients, who can open: domain, alice, bob)
     cases = [
@@ -288,7 +366,7 @@ def test_smuggling_and_nul_refused(workdir, keys):
 
 
 @pytest.mark.parametrize("case", ["bad-key", "foreign-mailbox", "no-spool", "spool-is-file",
-                                  "no-domain"])
+                                  "no-domain", "fetch-no-host-key", "bad-fetch-key"])
 def test_bad_configuration_stops_seal_with_ex_config(workdir, keys, case):
     spool = workdir / "spool-cfg"
     spool.mkdir(exist_ok=True)
@@ -301,13 +379,18 @@ def test_bad_configuration_stops_seal_with_ex_config(workdir, keys, case):
         "spool-is-file": ["--domain", DOMAIN, "--recipient-key", keys.domain,
                           "--spool", str(keys.domain_key)],
         "no-domain": ["--recipient-key", keys.domain, "--spool", str(spool)],
+        "fetch-no-host-key": ["--domain", DOMAIN, "--recipient-key", keys.domain,
+                              "--spool", str(spool), "--fetch-key", "A" * 43 + "="],
+        "bad-fetch-key": ["--domain", DOMAIN, "--recipient-key", keys.domain,
+                          "--spool", str(spool), "--fetch-key", keys.domain],
     }[case]
     res = subprocess.run([blackpony_bin(), "seal", "--listen", f"127.0.0.1:{free_port()}",
                           *args], capture_output=True, text=True, timeout=20)
     assert res.returncode == 78, (res.returncode, res.stderr)
     expected = {"bad-key": "not an age X25519 recipient", "foreign-mailbox": "other.test is not",
                 "no-spool": "does not exist", "spool-is-file": "not a directory",
-                "no-domain": "--domain"}[case]
+                "no-domain": "--domain", "fetch-no-host-key": "--fetch-key needs --host-key",
+                "bad-fetch-key": "not a base64 X25519 public key"}[case]
     assert expected in res.stderr, res.stderr
 
 

@@ -16,7 +16,8 @@ use crate::relay::fetch::{FetchSettings, OnPermanentFailure, Target};
 /// `blackpony fetch`
 #[derive(Debug, Args)]
 pub struct FetchArgs {
-    /// The relay running `blackpony seal`: HOST[:PORT] (port 25 if none).
+    /// The fetch listener of the relay running `blackpony seal`:
+    /// HOST[:PORT] (port 2525 if none, seal's --fetch-listen default).
     #[arg(long, value_name = "HOST[:PORT]")]
     pub from: Option<String>,
     /// Our XPONY key, whose public half is one of the relay's --fetch-key
@@ -133,7 +134,7 @@ pub fn settings(args: FetchArgs, file: FetchFile) -> Result<FetchSettings, Confi
     let from = args.from.or(file.from).ok_or(ConfigError::Missing(
         "fetch needs --from HOST[:PORT] (the relay running blackpony seal)",
     ))?;
-    let (relay_host, relay_port) = host_port(&from, 25)
+    let (relay_host, relay_port) = host_port(&from, crate::relay::xfetch::DEFAULT_PORT)
         .ok_or_else(|| invalid("--from", format!("{from:?} is not HOST[:PORT]")))?;
     let key_path = args
         .host_key

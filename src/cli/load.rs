@@ -7,7 +7,7 @@ use clap::Args;
 use super::config::InboundFile;
 use crate::inbound::InboundConfig;
 use crate::log;
-use crate::server::listener;
+use crate::server::{Limits, Timeouts, listener};
 
 /// Flags of `blackpony inbound` for hostile load. Each can also be set in
 /// the config file's `[inbound]` section, spelled with underscores.
@@ -57,6 +57,38 @@ impl LoadArgs {
     }
 }
 
+impl LoadArgs {
+    /// Flags win over the file, field by field.
+    pub fn or(self, file: LoadArgs) -> LoadArgs {
+        LoadArgs {
+            listen_backlog: self.listen_backlog.or(file.listen_backlog),
+            max_connections_per_network: self
+                .max_connections_per_network
+                .or(file.max_connections_per_network),
+            stress_client_timeout: self.stress_client_timeout.or(file.stress_client_timeout),
+            min_data_rate: self.min_data_rate.or(file.min_data_rate),
+            evict_idle: self.evict_idle.or(file.evict_idle),
+        }
+    }
+
+    /// The harness limits and client deadlines these settings change (for
+    /// the roles that keep them as [`Limits`] and [`Timeouts`], as `seal`).
+    pub fn apply(&self, limits: &mut Limits, timeouts: &mut Timeouts) {
+        if let Some(n) = self.max_connections_per_network {
+            limits.per_network = n.max(1);
+        }
+        if let Some(s) = self.evict_idle {
+            limits.evict_idle = std::time::Duration::from_secs(s);
+        }
+        if let Some(s) = self.stress_client_timeout {
+            timeouts.stress_line = std::time::Duration::from_secs(s.max(1));
+        }
+        if let Some(n) = self.min_data_rate {
+            timeouts.min_data_rate = n.max(1);
+        }
+    }
+}
+
 /// Flags win over the file; the file wins over the defaults. Returns the
 /// accept queue asked for.
 pub fn merge(args: LoadArgs, file: LoadArgs, config: &mut InboundConfig) -> Option<u32> {
@@ -82,22 +114,28 @@ pub fn merge(args: LoadArgs, file: LoadArgs, config: &mut InboundConfig) -> Opti
 
 /// Raises the open-file limit and says in the log whether the sessions fit.
 pub fn prepare(config: &InboundConfig) {
+    prepare_limits(&config.harness().limits, &config.timeouts());
+}
+
+/// The same for any role on the listener harness: raises the open-file
+/// limit, warns when `limits` cannot fit in it, logs the limits.
+pub fn prepare_limits(limits: &Limits, timeouts: &Timeouts) {
     let files = listener::raise_open_files();
-    let needed = listener::descriptors_needed(config.max_connections);
+    let needed = listener::descriptors_needed(limits.max_connections);
     if !files.holds(needed) {
         log!(
             "warning: open-file limit {files} cannot hold {} sessions (2 descriptors each: {needed} needed); raise LimitNOFILE or lower --max-connections",
-            config.max_connections
+            limits.max_connections
         );
     }
     log!(
         "limits: max_connections={} per_client={} per_network={} open_files={files} client_timeout={}s stress_client_timeout={}s min_data_rate={} evict_idle={}s",
-        config.max_connections,
-        config.max_connections_per_client,
-        config.max_connections_per_network,
-        config.client_timeout.as_secs(),
-        config.stress_client_timeout.as_secs(),
-        config.min_data_rate,
-        config.evict_idle.as_secs()
+        limits.max_connections,
+        limits.per_client,
+        limits.per_network,
+        timeouts.line.as_secs(),
+        timeouts.stress_line.as_secs(),
+        timeouts.min_data_rate,
+        limits.evict_idle.as_secs()
     );
 }

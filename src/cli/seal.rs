@@ -12,8 +12,12 @@ use serde::Deserialize;
 use super::error::fail;
 use super::values::BareNewlinesArg;
 use crate::log;
+use crate::pony::keys::{decode_key, fingerprint};
+use crate::relay::fetch_server::{self, ListenerConfig};
 use crate::relay::seal::{SealKeys, open as open_sealed, parse_identities};
 use crate::relay::server::{self, MaildirRoot, SealConfig, Store};
+use crate::relay::xfetch::FetchKeys;
+use crate::server::{Limits, Timeouts};
 use crate::smtp::server::Protocol;
 use crate::state::FileSpool;
 use crate::sysexits::Exit;
@@ -85,17 +89,49 @@ pub struct SealArgs {
     #[arg(long, value_name = "OCTETS")]
     pub max_message_size: Option<u64>,
 
+    /// Host key for XPONY (from `blackpony keygen`). With it the MX offers
+    /// XPONY to sending blackpony hosts, and the fetch listener proves
+    /// itself to the home machine with it.
+    #[arg(long, value_name = "FILE")]
+    pub host_key: Option<PathBuf>,
+
+    /// How long (seconds) peers should keep this host's key pinned; 0 asks
+    /// them not to pin [default: 2592000, 30 days].
+    #[arg(long, value_name = "SECONDS")]
+    pub xpony_max_age: Option<u32>,
+
+    /// The home machine's XPONY public key (base64, from `blackpony keygen`
+    /// at home), allowed to fetch and delete sealed files (repeatable).
+    /// Needs --host-key and --fetch-listen.
+    #[arg(long = "fetch-key", value_name = "KEY")]
+    pub fetch_keys: Vec<String>,
+
+    /// Address of the fetch listener, a port of its own that serves XPONY
+    /// and XFETCH only (proto-spec/fetch.md), never mail [default:
+    /// 0.0.0.0:2525 when there is a --fetch-key].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub fetch_listen: Option<String>,
+
     /// Most client connections at once; more get 421 4.7.0 [default: 1000].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
-    /// Seconds a client may stay silent before 421 [default: 300].
+    /// Most connections at once from one client address [default: 50].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_client: Option<usize>,
+
+    /// Seconds a client may take for one command line, and the base time of
+    /// a message, before 421 4.4.2; bytes trickling in do not extend it
+    /// [default: 300, RFC 5321 §4.5.3.2].
     #[arg(long, value_name = "SECONDS")]
     pub client_timeout: Option<u64>,
 
     /// After SIGTERM, seconds running sessions may take to finish [default: 30].
     #[arg(long, value_name = "SECONDS")]
     pub shutdown_timeout: Option<u64>,
+
+    #[command(flatten)]
+    pub load: super::load::LoadArgs,
 }
 
 /// The `[seal]` section.
@@ -118,9 +154,39 @@ pub struct SealFile {
     pub tls_key: Option<PathBuf>,
     pub bare_newlines: Option<BareNewlinesArg>,
     pub max_message_size: Option<u64>,
+    pub host_key: Option<PathBuf>,
+    pub xpony_max_age: Option<u32>,
+    #[serde(default)]
+    pub fetch_keys: Vec<String>,
+    pub fetch_listen: Option<String>,
     pub max_connections: Option<usize>,
+    pub max_connections_per_client: Option<usize>,
     pub client_timeout: Option<u64>,
     pub shutdown_timeout: Option<u64>,
+    pub listen_backlog: Option<u32>,
+    pub max_connections_per_network: Option<usize>,
+    pub stress_client_timeout: Option<u64>,
+    pub min_data_rate: Option<u64>,
+    pub evict_idle: Option<u64>,
+}
+
+impl SealFile {
+    /// The load settings of this section, as flags would give them.
+    fn load(&self) -> super::load::LoadArgs {
+        super::load::LoadArgs {
+            listen_backlog: self.listen_backlog,
+            max_connections_per_network: self.max_connections_per_network,
+            stress_client_timeout: self.stress_client_timeout,
+            min_data_rate: self.min_data_rate,
+            evict_idle: self.evict_idle,
+        }
+    }
+}
+
+/// The fetch listener, when configured: where, and whom it serves.
+struct FetchSetup {
+    listen: String,
+    keys: FetchKeys,
 }
 
 /// A repeatable flag given on the command line replaces the file's list.
@@ -131,6 +197,7 @@ fn list(flag: Vec<String>, file: Vec<String>) -> Vec<String> {
 /// `blackpony seal`: every setting checked before the listener opens;
 /// a bad one is EX_CONFIG (78).
 pub fn run(args: SealArgs, file: SealFile, runtime: &tokio::runtime::Runtime) -> ExitCode {
+    let load = args.load.clone().or(file.load());
     let keys = match SealKeys::new(
         &list(args.domains, file.domains),
         &list(args.recipient_keys, file.recipient_keys),
@@ -143,6 +210,43 @@ pub fn run(args: SealArgs, file: SealFile, runtime: &tokio::runtime::Runtime) ->
         .hostname
         .or(file.hostname)
         .unwrap_or_else(super::sys::system_hostname);
+    let pony = match args.host_key.clone().or(file.host_key.clone()) {
+        Some(path) => {
+            match server_identity(&path, args.xpony_max_age.or(file.xpony_max_age), &hostname) {
+                Ok(identity) => Some(identity),
+                Err(e) => return fail(Exit::Config, &format!("--host-key: {e}")),
+            }
+        }
+        None => None,
+    };
+    let fetch = match fetch_setup(
+        list(args.fetch_keys.clone(), file.fetch_keys.clone()),
+        args.fetch_listen.clone().or(file.fetch_listen.clone()),
+        pony.is_some(),
+        args.lmtp.is_some() || file.lmtp.is_some(),
+    ) {
+        Ok(f) => f,
+        Err(e) => return fail(Exit::Config, &e),
+    };
+    let mut limits = Limits {
+        max_connections: args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(1000)
+            .max(1),
+        ..Limits::default()
+    };
+    if let Some(n) = args
+        .max_connections_per_client
+        .or(file.max_connections_per_client)
+    {
+        limits.per_client = n.max(1);
+    }
+    let mut timeouts = Timeouts::default();
+    if let Some(s) = args.client_timeout.or(file.client_timeout) {
+        timeouts.line = std::time::Duration::from_secs(s.max(1));
+    }
+    load.apply(&mut limits, &mut timeouts);
     let config = Arc::new(SealConfig {
         hostname: hostname.clone(),
         keys,
@@ -155,18 +259,14 @@ pub fn run(args: SealArgs, file: SealFile, runtime: &tokio::runtime::Runtime) ->
             .or(file.bare_newlines)
             .unwrap_or(BareNewlinesArg::Normalize)
             .into(),
-        max_connections: args
-            .max_connections
-            .or(file.max_connections)
-            .unwrap_or(1000),
-        client_timeout: std::time::Duration::from_secs(
-            args.client_timeout.or(file.client_timeout).unwrap_or(300),
-        ),
+        limits,
+        timeouts,
         shutdown_grace: std::time::Duration::from_secs(
             args.shutdown_timeout
                 .or(file.shutdown_timeout)
                 .unwrap_or(30),
         ),
+        pony,
     });
     let lmtp = args.lmtp.or(file.lmtp);
     let maildir_root = args.maildir_root.or(file.maildir_root);
@@ -235,6 +335,7 @@ pub fn run(args: SealArgs, file: SealFile, runtime: &tokio::runtime::Runtime) ->
                         config,
                         store,
                         None,
+                        None,
                     )
                     .await;
                     let _ = std::fs::remove_file(path);
@@ -247,7 +348,7 @@ pub fn run(args: SealArgs, file: SealFile, runtime: &tokio::runtime::Runtime) ->
                         }
                     };
                     let at = listener.local_addr().map_or(target, |a| a.to_string());
-                    serve_on(listener, at, Protocol::Lmtp, config, store, None).await;
+                    serve_on(listener, at, Protocol::Lmtp, config, store, None, None).await;
                 }
             },
             None => {
@@ -259,22 +360,123 @@ pub fn run(args: SealArgs, file: SealFile, runtime: &tokio::runtime::Runtime) ->
                     Ok(t) => Arc::new(t),
                     Err(e) => return fail(Exit::Config, &e.to_string()),
                 };
-                let listener = match super::sys::listener(&listen, None).await {
+                let listener = match super::sys::listener(&listen, load.listen_backlog).await {
                     Ok(l) => l,
                     Err(e) => return fail(Exit::OsErr, &e),
                 };
                 let at = listener.local_addr().map_or(listen, |a| a.to_string());
+                let fetch = match (fetch, &store) {
+                    (Some(setup), Store::Spool(spool)) => {
+                        match FetchListener::bind(setup, &config, spool, load.listen_backlog).await
+                        {
+                            Ok(f) => Some(f),
+                            Err(e) => return fail(Exit::OsErr, &e),
+                        }
+                    }
+                    _ => None,
+                };
                 // SIGHUP re-reads the certificate, as for inbound.
                 super::sys::spawn_reload_on_hup(Arc::clone(&tls));
-                serve_on(listener, at, Protocol::Smtp, config, store, Some(tls)).await;
+                serve_on(
+                    listener,
+                    at,
+                    Protocol::Smtp,
+                    config,
+                    store,
+                    Some(tls),
+                    fetch,
+                )
+                .await;
             }
         }
         ExitCode::SUCCESS
     })
 }
 
+/// The fetch keys and the fetch listener's address, checked together:
+/// fetch needs the host key (the home side pins it) and the spool (not
+/// the LMTP mode's Maildirs), and a port of its own.
+fn fetch_setup(
+    keys: Vec<String>,
+    listen: Option<String>,
+    host_key: bool,
+    lmtp: bool,
+) -> Result<Option<FetchSetup>, String> {
+    let listen = match (keys.is_empty(), listen) {
+        (true, None) => return Ok(None),
+        (true, Some(_)) => {
+            return Err("--fetch-listen without --fetch-key: no home key may fetch".into());
+        }
+        (false, None) => format!("0.0.0.0:{}", crate::relay::xfetch::DEFAULT_PORT),
+        (false, Some(listen)) => listen,
+    };
+    let mut parsed = Vec::new();
+    for key in &keys {
+        match decode_key(key.trim()) {
+            Some(k) => parsed.push(k),
+            None => {
+                return Err(format!(
+                    "--fetch-key {key:?}: not a base64 X25519 public key (44 characters, from blackpony keygen)"
+                ));
+            }
+        }
+    }
+    if !host_key {
+        return Err(
+            "--fetch-key needs --host-key (the relay's XPONY key, which the home machine pins)"
+                .into(),
+        );
+    }
+    if lmtp {
+        return Err("--fetch-key serves the --spool of the SMTP relay, not --lmtp".into());
+    }
+    Ok(Some(FetchSetup {
+        listen,
+        keys: FetchKeys::new(parsed),
+    }))
+}
+
+/// The fetch listener, bound, with what it serves.
+struct FetchListener {
+    listener: tokio::net::TcpListener,
+    at: String,
+    config: Arc<ListenerConfig>,
+    spool: Arc<FileSpool>,
+}
+
+impl FetchListener {
+    async fn bind(
+        setup: FetchSetup,
+        seal: &SealConfig,
+        spool: &FileSpool,
+        backlog: Option<u32>,
+    ) -> Result<FetchListener, String> {
+        let Some(identity) = seal.pony.clone() else {
+            return Err("--fetch-key needs --host-key".into());
+        };
+        let listener = crate::server::listener::bind(&setup.listen, backlog)
+            .await
+            .map_err(|e| format!("cannot listen on {} (--fetch-listen): {e}", setup.listen))?;
+        let at = listener
+            .local_addr()
+            .map_or_else(|_| setup.listen.clone(), |a| a.to_string());
+        Ok(FetchListener {
+            listener,
+            at,
+            config: Arc::new(ListenerConfig {
+                hostname: seal.hostname.clone(),
+                identity,
+                keys: setup.keys,
+                timeouts: seal.timeouts,
+            }),
+            spool: Arc::new(spool.clone()),
+        })
+    }
+}
+
 /// Logs where `seal` listens, tells systemd it is ready, serves until
-/// SIGTERM (the signal handlers exist before READY=1).
+/// SIGTERM (the signal handlers exist before READY=1); the fetch listener,
+/// if any, beside the MX, both drained at shutdown.
 async fn serve_on<L>(
     listener: L,
     at: String,
@@ -282,22 +484,71 @@ async fn serve_on<L>(
     config: Arc<SealConfig>,
     store: Store,
     tls: Option<Arc<ServerTls>>,
+    fetch: Option<FetchListener>,
 ) where
     L: crate::server::Listen,
     L::Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
     log!(
-        "listening on {at} protocol={} domains={} {}{}",
+        "listening on {at} protocol={} domains={} {}{}{}",
         protocol.as_str(),
         config.keys.domains().join(","),
         describe(&store),
         tls.as_ref()
             .map(|t| format!(" {}", t.describe()))
+            .unwrap_or_default(),
+        config
+            .pony
+            .as_ref()
+            .map(|p| format!(" xpony=yes key={}", fingerprint(&p.key.public())))
             .unwrap_or_default()
     );
-    let shutdown = super::sys::shutdown_signal();
-    super::notify::ready(&at);
-    server::run(listener, protocol, config, store, tls, shutdown).await;
+    super::load::prepare_limits(&config.limits, &config.timeouts);
+    // One SIGTERM stops both listeners.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let signal = super::sys::shutdown_signal();
+    tokio::spawn(async move {
+        signal.await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut ready = at.clone();
+    let fetch_task = fetch.map(|f| {
+        log!(
+            "fetch: listening on {} keys={} spool={}",
+            f.at,
+            f.config.keys.len(),
+            f.spool.dir().display()
+        );
+        ready = format!("{ready}, fetch on {}", f.at);
+        let settings = crate::server::Settings {
+            limits: config.limits.clone(),
+            shutdown_grace: config.shutdown_grace,
+            hostname: config.hostname.clone(),
+        };
+        tokio::spawn(fetch_server::run(
+            f.listener,
+            settings,
+            f.config,
+            f.spool,
+            until_stopped(stopped.clone()),
+        ))
+    });
+    super::notify::ready(&ready);
+    server::run(
+        listener,
+        protocol,
+        config,
+        store,
+        tls,
+        until_stopped(stopped),
+    )
+    .await;
+    if let Some(task) = fetch_task {
+        let _ = task.await;
+    }
 }
 
 fn describe(store: &Store) -> String {
@@ -305,6 +556,27 @@ fn describe(store: &Store) -> String {
         Store::Spool(s) => format!("spool={}", s.dir().display()),
         Store::Maildirs(_) => "store=maildirs".into(),
     }
+}
+
+/// The XPONY identity of a server role (`inbound`, `seal`): its host key
+/// file and the hints it sends (xpony.md §4.4: how long to pin, 30 days
+/// unless configured; our host name).
+pub fn server_identity(
+    path: &std::path::Path,
+    max_age: Option<u32>,
+    hostname: &str,
+) -> Result<std::sync::Arc<crate::pony::negotiation::ServerIdentity>, String> {
+    let key = crate::pony::keys::load_file(path).map_err(|e| e.to_string())?;
+    Ok(std::sync::Arc::new(
+        crate::pony::negotiation::ServerIdentity {
+            key,
+            hints: crate::pony::negotiation::ServerHints {
+                max_age: max_age.unwrap_or(2_592_000),
+                successor: None,
+                hostname: Some(hostname.to_string()),
+            },
+        },
+    ))
 }
 
 /// `blackpony open FILE|DIR --identity KEYFILE`

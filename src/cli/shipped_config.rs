@@ -63,8 +63,8 @@ fn sections() -> Vec<Section> {
             keys: fields::<SealFile>(),
             subcommand: "seal",
             // The repeatable flags are singular, their lists plural.
-            flag_only: &["domain", "recipient-key", "mailbox-key"],
-            file_only: &["domains", "recipient_keys", "mailbox_keys"],
+            flag_only: &["domain", "recipient-key", "mailbox-key", "fetch-key"],
+            file_only: &["domains", "recipient_keys", "mailbox_keys", "fetch_keys"],
         },
         Section {
             name: "fetch",

@@ -216,8 +216,10 @@ pub async fn serve<R, W>(
                     };
                     session.answer(&reply);
                 }
-                // Not offered to an MTA (ReceiveOptions::default()).
-                ReceiveEvent::StartTls => session.eof(),
+                // Not offered to an MTA (ReceiveOptions::default(), no
+                // host key).
+                ReceiveEvent::StartTls | ReceiveEvent::StartPony => session.eof(),
+                ReceiveEvent::XponyFailed { .. } => {}
                 ReceiveEvent::Reset | ReceiveEvent::Close => {
                     if let Some(r) = remote.take() {
                         if std::mem::take(&mut remote_in_data) {

@@ -7,15 +7,14 @@
 //! is XFETCH ([`xfetch::is_command`]) and writes out what it appended,
 //! in order with its other replies. [`FetchSession`] is such a session
 //! that serves nothing else (XPONY and XFETCH, no mail), with its I/O loop
-//! ([`serve_connection`], [`run`]).
+//! ([`serve_connection`]) on the listener harness ([`run`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::xfetch::{self, FetchKeys, Offered, Protection, Request, SessionFacts};
 use crate::log;
@@ -23,8 +22,8 @@ use crate::pony::channel::Channel;
 use crate::pony::keys::{PublicKey, fingerprint};
 use crate::pony::negotiation::{self, ServerIdentity};
 use crate::pony::noise::{PROTOCOL_NAME, ResponderAwaitingFinish, Transport};
+use crate::server::{Activity, ClientClock, Control, Listen, Order, Timeouts, Wrote, write_within};
 use crate::smtp::command::{NextLine, next_line};
-use crate::smtp::limits::SERVER_TIMEOUT;
 use crate::smtp::xpony_server::{self, Finish};
 use crate::smtp::{Command, Reply, Verb};
 use crate::state::{Spool, SpoolId, StoreError};
@@ -149,6 +148,8 @@ pub struct ListenerConfig {
     /// The relay's XPONY key and hints (the home side pins this key).
     pub identity: Arc<ServerIdentity>,
     pub keys: FetchKeys,
+    /// The client's time for each command line (shorter under stress).
+    pub timeouts: Timeouts,
 }
 
 /// What the I/O loop must do for a [`FetchSession`].
@@ -176,8 +177,8 @@ enum Phase {
 }
 
 /// A sans-IO SMTP session that serves XPONY and XFETCH and nothing else
-/// (no mail transactions): the fetch half of the relay on a port of its
-/// own, or a stand-in for `seal` in tests. The XPONY negotiation is the
+/// (no mail transactions): the fetch half of the relay, on a port of its
+/// own (`blackpony seal --fetch-listen`). The XPONY negotiation is the
 /// shared [`crate::smtp::xpony_server`]; XFETCH is [`xfetch::check`] via
 /// [`FetchServer`].
 pub struct FetchSession {
@@ -405,42 +406,52 @@ impl FetchSession {
     }
 }
 
-/// Serves one connection of a fetch listener, from accept to close.
-pub async fn serve_connection<S: Spool>(
-    tcp: TcpStream,
-    client: SocketAddr,
+/// Serves one connection of a fetch listener, from accept to close, under
+/// the listener harness's deadlines and orders (as every server role).
+pub async fn serve_connection<S, IO>(
+    io: IO,
+    client: Option<SocketAddr>,
     config: Arc<ListenerConfig>,
     spool: Arc<S>,
-) {
-    let who = client.to_string();
+    mut control: Control,
+) where
+    S: Spool,
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let who = client.map_or_else(|| "local".to_string(), crate::server::display_client);
     log!("fetch: connect client={who}");
-    let _ = tcp.set_nodelay(true);
     let mut session = FetchSession::new(config.clone());
     let mut fetch = FetchServer::new(config.keys.clone());
-    let mut stream = Some(Stream::Plain(tcp));
+    let mut stream = Some(Stream::Plain(io));
     let mut buf = vec![0u8; 16 * 1024];
+    let timeouts = config.timeouts;
+    // One deadline per command line, from the last reply; XPONY's message
+    // 3 has the same time from the 334 on. Fetch has no message phase.
+    let mut clock = ClientClock::new(Instant::now());
     let why = loop {
         let Some(s) = stream.as_mut() else {
             break "lost";
         };
         let action = session.poll();
         if let Some(SessionAction::Fetch { line, facts }) = &action {
+            control.set_activity(Activity::Busy);
             fetch
                 .serve(spool.as_ref(), facts, line, &who, &mut session.out)
                 .await;
         }
         if !session.out.is_empty() {
-            let write = async {
-                s.write_all(&session.out).await?;
-                s.flush().await
-            };
-            let ok = matches!(
-                tokio::time::timeout(SERVER_TIMEOUT, write).await,
-                Ok(Ok(()))
-            );
+            let now = Instant::now();
+            clock.next_line(now);
+            control.answered();
+            let deadline = now + timeouts.line(control.stressed());
+            let wrote = write_within(s, &session.out, deadline, &mut control).await;
             session.out.clear();
-            if !ok {
-                break "write-failed";
+            match wrote {
+                Wrote::Done => {}
+                Wrote::Failed => break "write-failed",
+                Wrote::Late => break "write-timeout",
+                // Sealed octets may be half written: no reply after them.
+                Wrote::Told(_) => break "shutdown",
             }
         }
         match action {
@@ -465,46 +476,70 @@ pub async fn serve_connection<S: Spool>(
             }
             None => {}
         }
-        match tokio::time::timeout(SERVER_TIMEOUT, s.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => session.input(&buf[..n]),
+        control.set_activity(Activity::Client);
+        let deadline = clock.deadline(&timeouts, control.stressed());
+        let read = tokio::select! {
+            read = s.read(&mut buf) => Ok(read),
+            () = tokio::time::sleep_until(deadline.into()) => Err(None),
+            order = control.order() => match order {
+                Order::Recheck => continue,
+                order => Err(Some(order)),
+            },
+        };
+        let (code, text, why) = match read {
+            Ok(Ok(n)) if n > 0 => {
+                control.received(n);
+                session.input(&buf[..n]);
+                continue;
+            }
             Ok(Ok(_)) => break "client-closed",
             Ok(Err(e)) => {
                 log!("fetch: client={who} client-error=\"{e}\"");
                 break "client-error";
             }
-            Err(_) => {
-                session.reply(421, "4.4.2 Timeout, closing connection");
-                let _ = s.write_all(&session.out).await;
-                break "timeout";
+            Err(None) => {
+                control.timed_out();
+                (421, "4.4.2 Timeout, closing connection", "timeout")
             }
-        }
+            Err(Some(Order::Evict { .. })) => (
+                421,
+                "4.7.0 Error: too many connections, closing idle session",
+                "evicted",
+            ),
+            Err(Some(_)) => (421, "4.3.2 Service shutting down", "shutdown"),
+        };
+        session.reply(code, text);
+        let _ = tokio::time::timeout(CLOSE_WRITE, async {
+            let _ = s.write_all(&session.out).await;
+            let _ = s.flush().await;
+        })
+        .await;
+        break why;
     };
     if let Some(mut s) = stream {
-        let _ = tokio::time::timeout(Duration::from_secs(5), s.shutdown()).await;
+        let _ = tokio::time::timeout(CLOSE_WRITE, s.shutdown()).await;
     }
     log!("fetch: disconnect client={who} end={why}");
 }
 
-/// Accepts fetch connections on `listener` until `shutdown` completes.
-pub async fn run<S: Spool + 'static>(
-    listener: TcpListener,
+/// How long a last reply and the close may take.
+const CLOSE_WRITE: Duration = Duration::from_secs(5);
+
+/// Serves fetch connections on `listener` with the listener harness
+/// (limits, eviction, stress, the drain) until `shutdown` completes.
+pub async fn run<L, S>(
+    listener: L,
+    settings: crate::server::Settings,
     config: Arc<ListenerConfig>,
     spool: Arc<S>,
     shutdown: impl Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, client)) => {
-                    tokio::spawn(serve_connection(tcp, client, config.clone(), spool.clone()));
-                }
-                Err(e) => {
-                    log!("warning: fetch: accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-        }
-    }
+) where
+    L: Listen,
+    L::Conn: AsyncRead + AsyncWrite + Unpin + Send,
+    S: Spool + 'static,
+{
+    crate::server::run(listener, settings, shutdown, move |io, client, control| {
+        serve_connection(io, client, Arc::clone(&config), Arc::clone(&spool), control)
+    })
+    .await;
 }

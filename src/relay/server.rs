@@ -25,11 +25,16 @@ use tokio_rustls::TlsAcceptor;
 use super::seal::{SealKeys, seal};
 use super::sealed::SealedEnvelope;
 use crate::log;
-use crate::server::{Activity, Control, Limits, Listen, Order};
+use crate::pony::channel::Channel;
+use crate::pony::keys::fingerprint;
+use crate::pony::negotiation::ServerIdentity;
+use crate::server::{
+    Activity, ClientClock, Control, Limits, Listen, Order, Timeouts, Wrote, write_within,
+};
 use crate::smtp::server::{Protocol, ReceiveEvent, ReceiveOptions, ReceiveSession};
 use crate::smtp::{BareNewlines, Envelope, Reply};
 use crate::state::{FileSpool, SpoolId, StoreError};
-use crate::transport::{Encryption, ServerTls, Stream};
+use crate::transport::{Encryption, PonyStream, ServerTls, Stream};
 
 /// Everything `seal` is configured with, after flags and file are merged.
 #[derive(Debug, Clone)]
@@ -39,12 +44,16 @@ pub struct SealConfig {
     pub keys: Arc<SealKeys>,
     pub max_message_size: u64,
     pub bare_newlines: BareNewlines,
-    /// Most client connections at once; more get 421 4.7.0.
-    pub max_connections: usize,
-    /// How long a client may stay silent (RFC 5321 §4.5.3.2.7).
-    pub client_timeout: Duration,
+    /// Connection limits in all, per client and per network, eviction:
+    /// the listener harness's, as for `inbound`.
+    pub limits: Limits,
+    /// Per-line and per-message client deadlines, shorter under stress
+    /// (RFC 5321 §4.5.3.2.7, Postfix's `smtpd_min_data_rate`).
+    pub timeouts: Timeouts,
     /// After SIGTERM, how long running sessions may take to finish.
     pub shutdown_grace: Duration,
+    /// Offer XPONY with this host key (the MX only; proto-spec xpony.md).
+    pub pony: Option<Arc<ServerIdentity>>,
 }
 
 /// Where sealed messages go.
@@ -117,8 +126,9 @@ static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
 /// Serves clients on `listener` with the shared listener harness
 /// ([`crate::server`]: connection limits in all, per client and per
-/// network, the refusal path, the drain at shutdown) until `shutdown`.
-/// `tls` makes STARTTLS offered (the MX); LMTP runs without it.
+/// network, eviction, stress, the refusal path, the drain at shutdown)
+/// until `shutdown`. `tls` makes STARTTLS offered (the MX); LMTP runs
+/// without it.
 pub async fn run<L>(
     listener: L,
     protocol: Protocol,
@@ -131,10 +141,7 @@ pub async fn run<L>(
     L::Conn: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let settings = crate::server::Settings {
-        limits: Limits {
-            max_connections: config.max_connections,
-            ..Limits::default()
-        },
+        limits: config.limits.clone(),
         shutdown_grace: config.shutdown_grace,
         hostname: config.hostname.clone(),
     };
@@ -150,6 +157,12 @@ pub async fn run<L>(
 struct Stats {
     sealed: u64,
     refused: u64,
+}
+
+/// What the session asked the I/O loop to switch to.
+enum Switch {
+    Tls,
+    Pony,
 }
 
 /// Serves one client from greeting to close.
@@ -176,6 +189,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     };
     let mut session = ReceiveSession::new(protocol, &config.hostname, config.max_message_size)
         .with_options(options);
+    if let (Protocol::Smtp, Some(identity)) = (protocol, &config.pony) {
+        session = session.with_pony(Arc::clone(identity));
+    }
     let mut stream = Stream::Plain(io);
     let mut encryption: Option<Encryption> = None;
     let mut stats = Stats::default();
@@ -186,8 +202,13 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
         config,
         store,
     };
+    let timeouts = &config.timeouts;
+    // The client's deadline: per command line, per message; message 3 of
+    // XPONY has one from the 334 on (xpony.md R17).
+    let mut clock = ClientClock::new(started);
+    let mut message_3_deadline: Option<Instant> = None;
     let end = loop {
-        let mut start_tls = false;
+        let mut switch = None;
         while let Some(event) = session.poll_event() {
             match event {
                 ReceiveEvent::Recipient { recipient, .. } => {
@@ -201,8 +222,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     session.answer(&Reply::new(354, "End data with <CR><LF>.<CR><LF>"));
                 }
                 ReceiveEvent::EndOfData { envelope, wire } => {
-                    // Sealing and the disk are ours to wait for, not the
-                    // client's.
+                    // Sealing and fsync are our time, not the client's:
+                    // never evicted meanwhile.
                     control.set_activity(Activity::Busy);
                     let reply = ctx.seal_one(envelope, wire).await;
                     if reply.is_success() {
@@ -216,104 +237,190 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     stats.sealed += replies.iter().filter(|r| r.is_success()).count() as u64;
                     session.delivered(&replies);
                 }
-                ReceiveEvent::StartTls => start_tls = true,
+                ReceiveEvent::StartTls => switch = Some(Switch::Tls),
+                ReceiveEvent::StartPony => switch = Some(Switch::Pony),
+                ReceiveEvent::XponyFailed { stage, error } => {
+                    log!("session={id} xpony-error=\"{error}\" stage={stage} client={who}");
+                }
                 ReceiveEvent::Reset | ReceiveEvent::Close => {}
             }
         }
         if !session.output.is_empty() {
-            let written = tokio::time::timeout(config.client_timeout, async {
-                stream.write_all(&session.output).await?;
-                stream.flush().await
-            })
-            .await;
+            // Something was answered: the next line (or the message, after
+            // a 354) has its own time from now.
+            let now = Instant::now();
+            if session.receiving_message() {
+                clock.message(now);
+            } else {
+                clock.next_line(now);
+            }
+            control.answered();
+            let deadline = now + timeouts.line(control.stressed());
+            let wrote = write_within(&mut stream, &session.output, deadline, &mut control).await;
             session.output.clear();
-            if !matches!(written, Ok(Ok(()))) {
-                break "client-lost";
+            match wrote {
+                Wrote::Done => {}
+                Wrote::Failed => break "client-lost",
+                Wrote::Late => {
+                    log!("session={id} timeout waiting_for=client-write client={who}");
+                    break "client-write-timeout";
+                }
+                // A reply may be half written: no 421 after it.
+                Wrote::Told(Order::Evict { .. }) => break "evicted",
+                Wrote::Told(_) => break "shutdown",
             }
             control.answered();
         }
         if session.is_closed() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), stream.shutdown()).await;
+            let _ = tokio::time::timeout(CLOSE_WRITE, stream.shutdown()).await;
             break "quit";
         }
-        if start_tls {
-            let (Some(tls), Ok(plain)) = (tls.as_ref(), stream.into_plain()) else {
-                break "tls-failed";
-            };
-            let acceptor = TlsAcceptor::from(tls.config());
-            match tokio::time::timeout(config.client_timeout, acceptor.accept(plain)).await {
-                Ok(Ok(t)) => {
-                    let info = Encryption::from_tls(t.get_ref().1);
-                    log!("session={id} starttls client={who} tls={info}");
-                    encryption = Some(info);
-                    stream = Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(t)));
-                    session.tls_established();
-                    continue;
-                }
-                Ok(Err(e)) => {
-                    log!("session={id} tls-error=\"{e}\" client={who}");
+        match switch {
+            Some(Switch::Tls) => {
+                let (Some(tls), Ok(plain)) = (tls.as_ref(), stream.into_plain()) else {
                     break "tls-failed";
-                }
-                Err(_) => {
-                    log!("session={id} tls-error=\"handshake timed out\" client={who}");
-                    break "tls-failed";
+                };
+                let acceptor = TlsAcceptor::from(tls.config());
+                let limit = timeouts.line(control.stressed());
+                match tokio::time::timeout(limit, acceptor.accept(plain)).await {
+                    Ok(Ok(t)) => {
+                        let info = Encryption::from_tls(t.get_ref().1);
+                        log!("session={id} starttls client={who} tls={info}");
+                        encryption = Some(info);
+                        stream = Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(t)));
+                        session.tls_established();
+                        clock.next_line(Instant::now());
+                        continue;
+                    }
+                    Ok(Err(e)) => {
+                        log!("session={id} tls-error=\"{e}\" client={who}");
+                        break "tls-failed";
+                    }
+                    Err(_) => {
+                        log!("session={id} tls-error=\"handshake timed out\" client={who}");
+                        break "tls-failed";
+                    }
                 }
             }
+            Some(Switch::Pony) => {
+                // Message 3 is in; the client's first frames may be too.
+                let (Some((transport, already)), Ok(plain)) =
+                    (session.take_pony(), stream.into_plain())
+                else {
+                    break "xpony-failed";
+                };
+                let info = Encryption::pony(&transport);
+                log!(
+                    "session={id} xpony client={who} key={} {info}",
+                    fingerprint(&transport.remote_static())
+                );
+                encryption = Some(info);
+                stream = Stream::Pony(Box::new(PonyStream::new(
+                    plain,
+                    Channel::new(transport),
+                    already,
+                )));
+                session.pony_established();
+                clock.next_line(Instant::now());
+                continue;
+            }
+            None => {}
         }
-        // The client's turn: a message is behind only below the minimum
-        // rate, a command line from the last reply on.
-        control.set_activity(if session.receiving_message() {
+        let now = Instant::now();
+        let receiving = session.receiving_message();
+        if receiving {
+            clock.message(now);
+        }
+        // A byte now and then extends neither a line's deadline nor a
+        // message's beyond the minimum data rate.
+        let deadline = if session.awaiting_message_3() {
+            *message_3_deadline.get_or_insert(now + timeouts.line)
+        } else {
+            message_3_deadline = None;
+            clock.deadline(timeouts, control.stressed())
+        };
+        control.set_activity(if receiving {
             Activity::Message
         } else {
             Activity::Client
         });
         let read = tokio::select! {
-            read = tokio::time::timeout(config.client_timeout, stream.read(&mut buf)) => Some(read),
+            read = stream.read(&mut buf) => Ok(read),
+            () = tokio::time::sleep_until(deadline.into()) => Err(None),
             // Shutdown or eviction, only ever between commands: a message
             // being sealed is finished and answered first.
             order = control.order() => match order {
                 Order::Recheck => continue,
-                Order::Close | Order::Evict { .. } => None,
+                order => Err(Some(order)),
             },
         };
-        match read {
-            Some(Ok(Ok(n))) if n > 0 => {
+        let (reply, why) = match read {
+            Ok(Ok(n)) if n > 0 => {
+                if clock.in_message() {
+                    clock.received(n);
+                }
                 control.received(n);
                 session.input(&buf[..n]);
+                continue;
             }
-            Some(Ok(_)) => {
+            Ok(Ok(_)) => {
                 session.eof();
                 break "client-closed";
             }
-            None => {
-                let reply = Reply::new(
+            Ok(Err(_)) => break "client-lost",
+            Err(None) if session.awaiting_message_3() => (
+                Reply::new(421, "4.4.2 Timeout waiting for XPONY"),
+                "timeout",
+            ),
+            Err(None) => {
+                let waiting = if receiving {
+                    "client-message"
+                } else {
+                    "client"
+                };
+                log!("session={id} timeout waiting_for={waiting} client={who}");
+                (
+                    Reply::new(
+                        421,
+                        format!("4.4.2 {} Error: timeout exceeded", config.hostname),
+                    ),
+                    "timeout",
+                )
+            }
+            Err(Some(Order::Evict { idle })) => {
+                log!(
+                    "session={id} evicted idle={:.1}s client={who} (all slots taken)",
+                    idle.as_secs_f64()
+                );
+                (
+                    Reply::new(
+                        421,
+                        format!(
+                            "4.7.0 {} Error: too many connections, closing idle session",
+                            config.hostname
+                        ),
+                    ),
+                    "evicted",
+                )
+            }
+            Err(Some(_)) => (
+                Reply::new(
                     421,
                     format!(
                         "4.3.2 {} Service shutting down, closing connection",
                         config.hostname
                     ),
-                );
-                let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                    let _ = stream.write_all(&reply.to_bytes()).await;
-                    let _ = stream.flush().await;
-                })
-                .await;
-                break "shutdown";
-            }
-            Some(Err(_)) => {
-                control.timed_out();
-                let reply = Reply::new(
-                    421,
-                    format!("4.4.2 {} Error: timeout exceeded", config.hostname),
-                );
-                let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                    let _ = stream.write_all(&reply.to_bytes()).await;
-                    let _ = stream.flush().await;
-                })
-                .await;
-                break "timeout";
-            }
-        }
+                ),
+                "shutdown",
+            ),
+        };
+        let _ = tokio::time::timeout(CLOSE_WRITE, async {
+            let _ = stream.write_all(&reply.to_bytes()).await;
+            let _ = stream.flush().await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+        break why;
     };
     let tls = encryption.map_or_else(|| "none".to_string(), |e| e.to_string());
     log!(
@@ -323,6 +430,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
         started.elapsed().as_secs_f64()
     );
 }
+
+/// How long a last reply (421) and the close may take.
+const CLOSE_WRITE: Duration = Duration::from_secs(5);
 
 /// What one session's decisions need.
 struct Ctx<'a> {

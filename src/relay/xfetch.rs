@@ -18,6 +18,11 @@ pub const KEYWORD: &str = "XFETCH";
 /// The longest spool id (§4).
 pub const MAX_ID: usize = 128;
 
+/// The port of the relay's fetch listener unless configured otherwise
+/// (`seal --fetch-listen`, `fetch --from HOST[:PORT]`). Not 25: the fetch
+/// listener serves no mail, and residential lines often block outgoing 25.
+pub const DEFAULT_PORT: u16 = 2525;
+
 /// The largest sealed file the home side takes by default (§9): bigger
 /// ones stay on the relay with a log line.
 pub const DEFAULT_MAX_SIZE: u64 = 256 * 1024 * 1024;
@@ -99,6 +104,10 @@ impl FetchKeys {
     /// No key: the relay does not serve XFETCH at all (F1).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
     }
 
     /// Whether `key` is one of them. Every key is compared in full, so the

@@ -26,6 +26,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -290,6 +294,87 @@ impl Drop for Control {
         let stressed = inner.table.stressed();
         drop(inner);
         self.shared.publish_stress(stressed);
+    }
+}
+
+/// How a bounded write went.
+pub enum Wrote {
+    Done,
+    Failed,
+    /// The deadline passed: the peer stopped reading.
+    Late,
+    /// The harness ordered the session to end.
+    Told(Order),
+}
+
+/// Writes all of `bytes` (and flushes: TLS buffers records until flushed)
+/// before `deadline`, unless the harness orders the session to end first.
+pub async fn write_within<W: AsyncWrite + Unpin + ?Sized>(
+    writer: &mut W,
+    bytes: &[u8],
+    deadline: Instant,
+    control: &mut Control,
+) -> Wrote {
+    if bytes.is_empty() {
+        return Wrote::Done;
+    }
+    // Most writes fit the socket's buffer at once: try that first, without
+    // arming the deadline or waiting for orders.
+    let mut written = 0;
+    let now = std::future::poll_fn(|cx| {
+        Poll::Ready(try_write_now(
+            Pin::new(&mut *writer),
+            cx,
+            bytes,
+            &mut written,
+        ))
+    })
+    .await;
+    match now {
+        Some(Ok(())) => return Wrote::Done,
+        Some(Err(_)) => return Wrote::Failed,
+        None => {}
+    }
+    let rest = &bytes[written..];
+    let write = async {
+        writer.write_all(rest).await?;
+        writer.flush().await
+    };
+    tokio::pin!(write);
+    let late = tokio::time::sleep_until(deadline.into());
+    tokio::pin!(late);
+    loop {
+        tokio::select! {
+            done = &mut write => return if done.is_ok() { Wrote::Done } else { Wrote::Failed },
+            () = &mut late => return Wrote::Late,
+            order = control.order() => match order {
+                Order::Recheck => {}
+                order => return Wrote::Told(order),
+            },
+        }
+    }
+}
+
+/// Writes and flushes as much of `bytes` (from `written` on) as goes
+/// without waiting: `Some` when done or failed, `None` when the rest must
+/// wait (`written` then says how far it got).
+fn try_write_now<W: AsyncWrite + ?Sized>(
+    mut writer: Pin<&mut W>,
+    cx: &mut Context<'_>,
+    bytes: &[u8],
+    written: &mut usize,
+) -> Option<std::io::Result<()>> {
+    while *written < bytes.len() {
+        match writer.as_mut().poll_write(cx, &bytes[*written..]) {
+            Poll::Ready(Ok(0)) => return Some(Err(std::io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => *written += n,
+            Poll::Ready(Err(e)) => return Some(Err(e)),
+            Poll::Pending => return None,
+        }
+    }
+    match writer.poll_flush(cx) {
+        Poll::Ready(r) => Some(r),
+        Poll::Pending => None,
     }
 }
 

@@ -15,13 +15,19 @@
 //!   events, the answers decided by the driver itself (its domains, its
 //!   spool), with [`ReceiveOptions`] turning on what a server facing the
 //!   internet needs: STARTTLS with the injection rule (RFC 3207 §4.2,
-//!   CVE-2011-0411), refusal of bare CR/LF and NUL in content.
+//!   CVE-2011-0411), refusal of bare CR/LF and NUL in content, and XPONY
+//!   with a host key ([`ReceiveSession::with_pony`], proto-spec xpony.md §3:
+//!   the negotiation is the shared [`super::xpony_server`], as in `inbound`).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use super::command::{NextLine, next_line};
 use super::envelope::{Envelope, address_is_sane};
+use super::xpony_server::{self, Finish};
 use super::{BareNewlines, Command, DataScanner, Reply, Verb};
+use crate::pony::negotiation::{self, ServerIdentity};
+use crate::pony::noise::{PROTOCOL_NAME, ResponderAwaitingFinish, Transport};
 
 /// Most recipients in one transaction (Postfix's `lmtp_destination_recipient_limit`
 /// default is 50; we accept more and say 452 beyond, RFC 5321 §4.5.3.1.8).
@@ -77,6 +83,14 @@ pub enum ReceiveEvent {
     /// SMTP: the client asked for TLS and got 220; run the handshake, then
     /// call [`ReceiveSession::tls_established`] (or drop the connection).
     StartTls,
+    /// SMTP: XPONY's message 3 was good (xpony.md §3.2 step 4): write out
+    /// what is buffered, wrap the connection in the channel from
+    /// [`ReceiveSession::take_pony`], then call
+    /// [`ReceiveSession::pony_established`]. No reply is sent.
+    StartPony,
+    /// SMTP: an XPONY attempt failed (`stage`: message 1, message 3, or
+    /// injection); the reply is in the output. For the log only.
+    XponyFailed { stage: &'static str, error: String },
     /// SMTP: the transaction was reset (RSET, or a new MAIL after one).
     Reset,
     /// The client said QUIT (its reply is in the output) or must be dropped.
@@ -122,6 +136,10 @@ enum Phase {
     AwaitingEnd,
     /// STARTTLS was answered 220; the I/O loop runs the handshake.
     Handshake,
+    /// XPONY was answered 334; the next line is message 3 or `*`.
+    XponyAwaitingFinish(ResponderAwaitingFinish),
+    /// Message 3 was good; the I/O loop switches to the channel.
+    XponySwitch,
     Closed,
 }
 
@@ -133,6 +151,21 @@ pub struct ReceiveSession {
     options: ReceiveOptions,
     /// TLS is up (STARTTLS is no longer offered).
     tls: bool,
+    /// Offer XPONY with this host key (proto-spec xpony.md).
+    pony: Option<Arc<ServerIdentity>>,
+    /// The XPONY channel is up.
+    pony_up: bool,
+    /// The channel and the octets that came behind message 3, for the I/O
+    /// loop after [`ReceiveEvent::StartPony`].
+    pony_ready: Option<(Transport, Vec<u8>)>,
+    /// The prologue's parts (xpony.md §4.2): the greeting, the EHLO line in
+    /// effect and our reply to it, as they crossed the wire. `ehlo_line` is
+    /// empty while no EHLO is in effect (none yet, or HELO after it: R1).
+    greeting: Vec<u8>,
+    ehlo_line: Vec<u8>,
+    ehlo_reply: Vec<u8>,
+    /// Whether the line being handled ended in CR LF (XPONY's lines must).
+    line_crlf: bool,
     phase: Phase,
     input: Vec<u8>,
     /// Skipping the rest of an over-long command line.
@@ -156,6 +189,13 @@ impl ReceiveSession {
             max_message_size,
             options: ReceiveOptions::default(),
             tls: false,
+            pony: None,
+            pony_up: false,
+            pony_ready: None,
+            greeting: Vec::new(),
+            ehlo_line: Vec::new(),
+            ehlo_reply: Vec::new(),
+            line_crlf: true,
             phase: Phase::Greeted,
             input: Vec::new(),
             skipping_line: false,
@@ -169,7 +209,44 @@ impl ReceiveSession {
             Protocol::Smtp => "ESMTP",
         };
         s.reply(220, &format!("{hostname} {name} blackpony ready"));
+        s.greeting = s.output.clone();
         s
+    }
+
+    /// The same session offering XPONY with `identity` (SMTP only; set
+    /// before any input).
+    pub fn with_pony(mut self, identity: Arc<ServerIdentity>) -> Self {
+        self.pony = Some(identity);
+        self
+    }
+
+    /// The channel after [`ReceiveEvent::StartPony`], with the octets that
+    /// came behind message 3 (the client's first frames, xpony.md §3.6).
+    pub fn take_pony(&mut self) -> Option<(Transport, Vec<u8>)> {
+        self.pony_ready.take()
+    }
+
+    /// The connection now runs over the XPONY channel: SMTP starts over
+    /// with EHLO inside it (xpony.md §6), as after STARTTLS.
+    pub fn pony_established(&mut self) {
+        if !matches!(self.phase, Phase::XponySwitch) {
+            return;
+        }
+        self.pony_up = true;
+        self.input.clear();
+        self.skipping_line = false;
+        self.ehlo_line.clear();
+        self.phase = Phase::Greeted;
+    }
+
+    /// Waiting for XPONY's message 3 (one deadline from the 334 on, R17).
+    pub fn awaiting_message_3(&self) -> bool {
+        matches!(self.phase, Phase::XponyAwaitingFinish(_))
+    }
+
+    /// Whether the session runs inside the XPONY channel.
+    pub fn pony_up(&self) -> bool {
+        self.pony_up
     }
 
     /// The same session with `options` (set before any input).
@@ -188,6 +265,7 @@ impl ReceiveSession {
         self.tls = true;
         self.input.clear();
         self.skipping_line = false;
+        self.ehlo_line.clear();
         self.phase = Phase::Greeted;
     }
 
@@ -303,7 +381,8 @@ impl ReceiveSession {
                 | Phase::AwaitingRcpt { .. }
                 | Phase::AwaitingData { .. }
                 | Phase::AwaitingEnd
-                | Phase::Handshake => return,
+                | Phase::Handshake
+                | Phase::XponySwitch => return,
                 Phase::Data { .. } => {
                     if !self.scan_data() {
                         return;
@@ -323,13 +402,28 @@ impl ReceiveSession {
                     NextLine::Incomplete => return,
                     NextLine::TooLong { consumed } => {
                         self.skipping_line = !self.input[..consumed].ends_with(b"\n");
+                        let xpony = self.input[..consumed.min(6)].eq_ignore_ascii_case(b"XPONY ");
                         self.input.drain(..consumed);
-                        self.reply(500, "5.5.2 Error: line too long");
+                        if self.awaiting_message_3() {
+                            // R16: a message 3 line over the limit.
+                            self.reply(500, "5.5.6 Line too long");
+                            self.close();
+                        } else if xpony && self.pony.is_some() {
+                            // R5, as for an over-long AUTH line (RFC 4954 §4).
+                            self.reply(500, "5.5.6 Line too long");
+                        } else {
+                            self.reply(500, "5.5.2 Error: line too long");
+                        }
                     }
                     NextLine::Line { line_len, consumed } => {
                         let line = self.input[..line_len].to_vec();
+                        self.line_crlf = consumed == line_len + 2;
                         self.input.drain(..consumed);
-                        self.command(&line);
+                        if self.awaiting_message_3() {
+                            self.xpony_finish(&line);
+                        } else {
+                            self.command(&line);
+                        }
                     }
                 },
             }
@@ -450,6 +544,7 @@ impl ReceiveSession {
         match (cmd.verb, &mut self.phase) {
             (Verb::Helo, _) if self.protocol == Protocol::Smtp => {
                 self.reset_transaction();
+                self.ehlo_line.clear();
                 let name = self.hostname.clone();
                 self.reply(250, &name);
                 self.phase = Phase::Ready;
@@ -467,7 +562,13 @@ impl ReceiveSession {
                 if self.offers_starttls() {
                     lines.push("STARTTLS".into());
                 }
+                if self.offers_xpony() {
+                    lines.push(format!("{} {PROTOCOL_NAME}", negotiation::KEYWORD));
+                }
+                let start = self.output.len();
                 Reply::multiline(250, lines).write_to(&mut self.output);
+                self.ehlo_line = line.to_vec();
+                self.ehlo_reply = self.output[start..].to_vec();
                 self.phase = Phase::Ready;
             }
             (Verb::Quit, _) => {
@@ -483,6 +584,9 @@ impl ReceiveSession {
                 self.reply(250, "2.0.0 Ok");
             }
             (Verb::Vrfy, _) => self.reply(252, "2.0.0 Cannot verify, but will try delivery"),
+            (Verb::Xpony, _) if self.pony.is_some() && self.protocol == Protocol::Smtp => {
+                self.xpony_command(line);
+            }
             (Verb::StartTls, _) if !starttls => {
                 self.reply(502, "5.5.1 Error: command not implemented");
             }
@@ -617,7 +721,92 @@ fn size_param(args: &str) -> Option<u64> {
 
 impl ReceiveSession {
     fn offers_starttls(&self) -> bool {
-        self.options.starttls && !self.tls && self.protocol == Protocol::Smtp
+        self.options.starttls && !self.tls && !self.pony_up && self.protocol == Protocol::Smtp
+    }
+
+    /// XPONY is listed until the session is encrypted (either way).
+    fn offers_xpony(&self) -> bool {
+        self.pony.is_some() && !self.tls && !self.pony_up && self.protocol == Protocol::Smtp
+    }
+
+    fn close(&mut self) {
+        self.phase = Phase::Closed;
+        self.events.push_back(ReceiveEvent::Close);
+    }
+
+    /// `XPONY <protocol> <base64 message 1>`, checked in the order of
+    /// xpony.md §3.3: state (R3, R1, R2), syntax, name and base64 (R6–R8),
+    /// message 1 (R10), injection (R11), then the 334 (R12).
+    fn xpony_command(&mut self, line: &[u8]) {
+        let Some(identity) = self.pony.clone() else {
+            return;
+        };
+        if self.tls || self.pony_up {
+            return self.reply(503, "5.5.1 Already encrypted");
+        }
+        if self.ehlo_line.is_empty() || matches!(self.phase, Phase::Greeted) {
+            return self.reply(503, "5.5.1 Send EHLO first");
+        }
+        if matches!(self.phase, Phase::Mail { .. } | Phase::Rcpt { .. }) {
+            return self.reply(503, "5.5.1 Not permitted during a mail transaction");
+        }
+        let message_1 = match xpony_server::parse_command(line, self.line_crlf) {
+            Ok(m) => m,
+            Err(reply) => return reply.write_to(&mut self.output),
+        };
+        let prologue = negotiation::prologue(&self.greeting, &self.ehlo_line, &self.ehlo_reply);
+        match xpony_server::respond(&identity, &prologue, &message_1, None) {
+            Err(failed) => {
+                failed.reply.write_to(&mut self.output);
+                self.events.push_back(ReceiveEvent::XponyFailed {
+                    stage: "message 1",
+                    error: failed.error,
+                });
+            }
+            // R11: plaintext pipelined behind the XPONY line would run
+            // inside the channel (as CVE-2011-0411 for STARTTLS).
+            Ok(_) if !self.input.is_empty() => {
+                self.events.push_back(ReceiveEvent::XponyFailed {
+                    stage: "injection",
+                    error: format!("{} octets pipelined after XPONY", self.input.len()),
+                });
+                self.input.clear();
+                self.reply(
+                    554,
+                    "5.5.1 Error: command pipelined after XPONY, closing connection",
+                );
+                self.close();
+            }
+            Ok((state, reply_334)) => {
+                self.output.extend_from_slice(&reply_334);
+                self.phase = Phase::XponyAwaitingFinish(state);
+            }
+        }
+    }
+
+    /// The line after our 334: message 3 (switch, no reply), `*` (R13,
+    /// plaintext goes on), or a failure that closes (R14, R15).
+    fn xpony_finish(&mut self, line: &[u8]) {
+        let Phase::XponyAwaitingFinish(state) = std::mem::replace(&mut self.phase, Phase::Ready)
+        else {
+            return;
+        };
+        match xpony_server::finish(state, line, self.line_crlf) {
+            Finish::Aborted(reply) => reply.write_to(&mut self.output),
+            Finish::Established(transport) => {
+                self.pony_ready = Some((transport, std::mem::take(&mut self.input)));
+                self.phase = Phase::XponySwitch;
+                self.events.push_back(ReceiveEvent::StartPony);
+            }
+            Finish::Failed { reply, error } => {
+                reply.write_to(&mut self.output);
+                self.events.push_back(ReceiveEvent::XponyFailed {
+                    stage: "message 3",
+                    error,
+                });
+                self.close();
+            }
+        }
     }
 }
 
@@ -913,5 +1102,149 @@ mod tests {
                 )),
             }
         }
+    }
+
+    fn pony_mx() -> ReceiveSession {
+        let identity = Arc::new(ServerIdentity {
+            key: crate::pony::noise::Keypair::from_secret([9; 32]),
+            hints: Default::default(),
+        });
+        mx(STARTTLS).with_pony(identity)
+    }
+
+    /// XPONY refusals in the order of xpony.md §3.3, one reply each.
+    #[test]
+    fn xpony_state_rules() {
+        let xpony = format!("XPONY {PROTOCOL_NAME} AAAA\r\n");
+        // (input before XPONY, expected reply, listed in the last EHLO reply)
+        let cases: &[(&str, &str)] = &[
+            ("", "503 5.5.1 Send EHLO first\r\n"),
+            ("HELO c\r\n", "503 5.5.1 Send EHLO first\r\n"),
+            ("EHLO c\r\nHELO c\r\n", "503 5.5.1 Send EHLO first\r\n"),
+            (
+                "EHLO c\r\nMAIL FROM:<a@b>\r\n",
+                "503 5.5.1 Not permitted during a mail transaction\r\n",
+            ),
+            // Message 1 is three zero octets: not a Noise message (R10).
+            ("EHLO c\r\n", "535 5.7.8 Handshake failed\r\n"),
+            ("EHLO c\r\nRSET\r\n", "535 5.7.8 Handshake failed\r\n"),
+        ];
+        for (before, want) in cases {
+            let mut s = pony_mx();
+            s.input(before.as_bytes());
+            let o = out(&mut s);
+            if before.starts_with("EHLO") {
+                assert!(o.contains(&format!("250 XPONY {PROTOCOL_NAME}\r\n")), "{o}");
+            }
+            s.input(xpony.as_bytes());
+            assert_eq!(out(&mut s), *want, "{before:?}");
+            assert!(!s.is_closed());
+        }
+        // Without a host key XPONY is neither listed nor known; in LMTP never.
+        let mut s = mx(STARTTLS);
+        s.input(b"EHLO c\r\n");
+        assert!(!out(&mut s).contains("XPONY"));
+        s.input(xpony.as_bytes());
+        assert_eq!(out(&mut s), "502 5.5.2 Error: command not recognized\r\n");
+        // Syntax (R6) and name (R7) come before message 1.
+        let mut s = pony_mx();
+        s.input(b"EHLO c\r\nXPONY Noise_NN AAAA\r\nXPONY  x\r\n");
+        let o = out(&mut s);
+        assert!(
+            o.ends_with("504 5.5.4 Unrecognized protocol name\r\n501 5.5.4 Syntax: XPONY protocol-name base64\r\n"),
+            "{o}"
+        );
+        // After STARTTLS: R3, and not listed.
+        let mut s = pony_mx();
+        s.input(b"EHLO c\r\nSTARTTLS\r\n");
+        out(&mut s);
+        s.tls_established();
+        s.input(b"EHLO c\r\n");
+        assert!(!out(&mut s).contains("XPONY"));
+        s.input(xpony.as_bytes());
+        assert_eq!(out(&mut s), "503 5.5.1 Already encrypted\r\n");
+    }
+
+    /// A whole negotiation against the client's Noise side, then SMTP
+    /// again inside the channel; `*` and injection.
+    #[test]
+    fn xpony_handshake_then_smtp_starts_over() {
+        use crate::pony::noise::{Initiator, Keypair};
+        let start = |s: &mut ReceiveSession, after: &[u8]| {
+            let greeting = out(s);
+            s.input(b"EHLO c\r\n");
+            let ehlo_reply = out(s);
+            let prologue =
+                negotiation::prologue(greeting.as_bytes(), b"EHLO c", ehlo_reply.as_bytes());
+            let client = Initiator::new(
+                &prologue,
+                Keypair::from_secret([1; 32]),
+                Keypair::from_secret([2; 32]),
+            );
+            let (waiting, m1) = client.write_message_1(&[]).unwrap();
+            let mut line = format!(
+                "XPONY {PROTOCOL_NAME} {}\r\n",
+                negotiation::encode_line(&m1)
+            )
+            .into_bytes();
+            line.extend_from_slice(after);
+            s.input(&line);
+            waiting
+        };
+        let fresh = || {
+            let mut s = ReceiveSession::new(Protocol::Smtp, "mx", 1000).with_options(STARTTLS);
+            s = s.with_pony(Arc::new(ServerIdentity {
+                key: Keypair::from_secret([9; 32]),
+                hints: Default::default(),
+            }));
+            s
+        };
+        let mut s = fresh();
+        let waiting = start(&mut s, b"");
+        let reply = out(&mut s);
+        let m2 = negotiation::decode_line(reply.strip_prefix("334 ").unwrap().trim_end()).unwrap();
+        let (confirm, _) = waiting.read_message_2(&m2).unwrap();
+        let (_, m3) = confirm.write_message_3(&[]).unwrap();
+        s.input(format!("{}\r\nframes", negotiation::encode_line(&m3)).as_bytes());
+        assert_eq!(out(&mut s), "", "no plaintext reply to message 3");
+        assert_eq!(s.poll_event(), Some(ReceiveEvent::StartPony));
+        let (transport, already) = s.take_pony().unwrap();
+        assert_eq!(
+            transport.remote_static(),
+            Keypair::from_secret([1; 32]).public()
+        );
+        assert_eq!(already, b"frames");
+        s.pony_established();
+        assert!(s.pony_up());
+        s.input(b"MAIL FROM:<a@b>\r\nEHLO c\r\nXPONY x y\r\n");
+        let o = out(&mut s);
+        assert!(
+            o.starts_with("503 5.5.1 Error: send EHLO/LHLO first\r\n"),
+            "{o}"
+        );
+        assert!(!o.contains("STARTTLS") && !o.contains("250 XPONY"), "{o}");
+        assert!(o.ends_with("503 5.5.1 Already encrypted\r\n"), "{o}");
+
+        // `*` (R13): plaintext goes on.
+        let mut s = fresh();
+        start(&mut s, b"");
+        out(&mut s);
+        s.input(b"*\r\nNOOP\r\n");
+        assert_eq!(out(&mut s), "501 5.7.0 XPONY aborted\r\n250 2.0.0 Ok\r\n");
+        // R11: plaintext pipelined behind XPONY.
+        let mut s = fresh();
+        start(&mut s, b"MAIL FROM:<evil@x>\r\n");
+        assert_eq!(
+            out(&mut s),
+            "554 5.5.1 Error: command pipelined after XPONY, closing connection\r\n"
+        );
+        assert!(s.is_closed());
+        // R14: junk instead of message 3 closes.
+        let mut s = fresh();
+        start(&mut s, b"");
+        out(&mut s);
+        s.input(b"not base64!\r\n");
+        assert_eq!(out(&mut s), "501 5.5.2 Cannot decode base64\r\n");
+        assert!(s.is_closed());
     }
 }

@@ -69,6 +69,15 @@ async fn publish(
         .unwrap()
 }
 
+/// The listener harness's settings for a test relay.
+fn harness() -> blackpony::server::Settings {
+    blackpony::server::Settings {
+        limits: Default::default(),
+        shutdown_grace: Duration::from_secs(1),
+        hostname: "relay.example.org".into(),
+    }
+}
+
 struct Relay {
     port: u16,
     spool: FileSpool,
@@ -91,10 +100,12 @@ impl Relay {
                 },
             }),
             keys: FetchKeys::new(fetch_keys),
+            timeouts: Default::default(),
         });
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(fetch_server::run(
             listener,
+            harness(),
             config,
             Arc::new(spool.clone()),
             async {
@@ -266,9 +277,11 @@ async fn a_relay_with_another_key_is_refused() {
             hints: ServerHints::default(),
         }),
         keys: FetchKeys::new(vec![home.public()]),
+        timeouts: Default::default(),
     });
     let server = tokio::spawn(fetch_server::run(
         listener,
+        harness(),
         config,
         Arc::new(spool.clone()),
         std::future::pending(),
