@@ -198,6 +198,8 @@ pub fn run_lmtp(args: LmtpArgs, file: OutboundFile, runtime: &tokio::runtime::Ru
             crate::outbound::service::never_stopping(),
         )
         .await;
+        // The MX sessions kept for a next message end with QUIT.
+        deliverer.idle.close_all().await;
         ExitCode::SUCCESS
     })
 }
@@ -319,6 +321,8 @@ async fn deliver(sender: String, recipients: Vec<String>, settings: OutboundSett
         recipients,
     };
     let results = deliverer.deliver(&envelope, &message).await;
+    // The session delivery kept open for a next message that will not come.
+    deliverer.idle.close_all().await;
     let (code, line) = crate::outbound::exit::summarize(&results);
     println!("{line}");
     use std::io::Write;

@@ -1,9 +1,20 @@
-//! MX sessions kept open between the transactions of the SMTP proxy
-//! (`blackpony outbound --protocol smtp`), as Postfix's connection cache
-//! does (`smtp_connection_cache_time_limit` = 2 s): the next transaction to
-//! the same domain within that time skips the TCP, TLS or XPONY handshake
-//! and the EHLO. Keyed by recipient domain, so a session is only reused
-//! under the policy it was opened under.
+//! MX sessions kept open between transactions, in every outbound mode
+//! (`outbound --protocol smtp` and `--protocol lmtp`, `lmtp`), as Postfix's
+//! connection cache does (`smtp_connection_cache_time_limit` = 2 s): the
+//! next transaction to the same destination within that time skips the DNS
+//! lookups, the TCP, TLS or XPONY handshake and the EHLO, and starts with
+//! RSET (the probe that finds a session the server closed meanwhile).
+//!
+//! A kept session is only reused for a delivery whose TLS policy it
+//! satisfies. The key is the recipient domain *and* the policy the session
+//! was opened under ([`Destination`]): whatever decides the policy of a
+//! domain (the policy table; DANE or MTA-STS as they are added) is part of
+//! the key, so a session opened under `may` is never taken for a delivery
+//! under `encrypt`, `verify` or a stricter level, and the level the session
+//! reached is checked against the policy again when it is taken. Sessions
+//! are not shared between domains that use the same MX host: that would
+//! need the MX lookup first, and a per-host policy (DANE's TLSA records are
+//! per MX host) compared as well.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,12 +23,30 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::connection::Connection;
+use super::policy::TlsPolicy;
 use crate::smtp::EhloReply;
 
 /// How long a session may wait for its next transaction.
 pub const IDLE_TIME: Duration = Duration::from_secs(2);
 /// Transactions per session at most (then it is closed and opened anew).
 pub const MAX_USES: u32 = 100;
+
+/// What a kept session may be reused for: the same recipient domain under
+/// the same TLS policy (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Destination {
+    domain: String,
+    policy: &'static str,
+}
+
+impl Destination {
+    pub(crate) fn new(domain: &str, policy: TlsPolicy) -> Self {
+        Destination {
+            domain: domain.to_ascii_lowercase(),
+            policy: policy.as_str(),
+        }
+    }
+}
 
 /// An open session between transactions.
 pub(crate) struct IdleSession {
@@ -28,17 +57,26 @@ pub(crate) struct IdleSession {
     since: Instant,
 }
 
-/// The idle sessions, by domain; cheap to clone (shared).
+/// The idle sessions, by destination; cheap to clone (shared).
 #[derive(Clone, Default)]
 pub struct IdleSessions {
-    by_domain: Arc<Mutex<HashMap<String, Vec<IdleSession>>>>,
+    inner: Arc<Mutex<Idle>>,
+}
+
+#[derive(Default)]
+struct Idle {
+    by_destination: HashMap<Destination, Vec<IdleSession>>,
+    /// A task closes expired sessions while any are kept (one task, not
+    /// one per kept session: a busy server keeps one per message).
+    sweeping: bool,
 }
 
 impl IdleSessions {
-    /// Keeps `conn` for the next transaction to `domain`; it is closed
-    /// with QUIT if none comes within [`IDLE_TIME`].
-    pub(crate) fn put(&self, domain: &str, conn: Connection, caps: EhloReply, uses: u32) {
-        if uses >= MAX_USES {
+    /// Keeps `conn` for the next transaction to `to`; it is closed with
+    /// QUIT if none comes within [`IDLE_TIME`], or at once when it has
+    /// carried [`MAX_USES`] transactions.
+    pub(crate) fn put(&self, to: Destination, conn: Connection, caps: EhloReply, uses: u32) {
+        if uses >= MAX_USES || conn.stream.is_none() {
             tokio::spawn(quit(conn));
             return;
         }
@@ -48,48 +86,102 @@ impl IdleSessions {
             uses,
             since: Instant::now(),
         };
-        if let Ok(mut map) = self.by_domain.lock() {
-            map.entry(domain.to_string()).or_default().push(idle);
+        let start_sweeper = match self.inner.lock() {
+            Ok(mut idle_map) => {
+                idle_map.by_destination.entry(to).or_default().push(idle);
+                !std::mem::replace(&mut idle_map.sweeping, true)
+            }
+            Err(_) => false,
+        };
+        if start_sweeper {
+            let this = self.clone();
+            tokio::spawn(async move { this.sweep().await });
         }
-        let this = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(IDLE_TIME + Duration::from_millis(50)).await;
-            this.close_expired().await;
-        });
     }
 
-    /// The most recently used idle session to `domain`, if one is still
-    /// fresh.
-    pub(crate) fn take(&self, domain: &str) -> Option<IdleSession> {
-        let mut map = self.by_domain.lock().ok()?;
-        let list = map.get_mut(domain)?;
-        let idle = list.pop();
-        if list.is_empty() {
-            map.remove(domain);
+    /// Closes sessions as they expire, until none is kept.
+    async fn sweep(&self) {
+        loop {
+            let oldest = match self.inner.lock() {
+                Ok(mut idle_map) => {
+                    let oldest = idle_map
+                        .by_destination
+                        .values()
+                        .flatten()
+                        .map(|i| i.since)
+                        .min();
+                    if oldest.is_none() {
+                        idle_map.sweeping = false;
+                        return;
+                    }
+                    oldest
+                }
+                Err(_) => return,
+            };
+            if let Some(since) = oldest {
+                let due = since + IDLE_TIME + Duration::from_millis(50);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            self.close_expired().await;
         }
-        idle.filter(|i| i.since.elapsed() < IDLE_TIME)
+    }
+
+    /// The most recently used idle session to `to`, if one is still fresh
+    /// and reached the level `policy` requires. Stale ones found on the
+    /// way are closed with QUIT, not dropped.
+    pub(crate) fn take(&self, to: &Destination, policy: TlsPolicy) -> Option<IdleSession> {
+        let (found, stale) = {
+            let mut idle_map = self.inner.lock().ok()?;
+            let map = &mut idle_map.by_destination;
+            let list = map.get_mut(to)?;
+            let mut stale = Vec::new();
+            let mut found = None;
+            while let Some(idle) = list.pop() {
+                if idle.since.elapsed() < IDLE_TIME && idle.conn.level() >= policy.required() {
+                    found = Some(idle);
+                    break;
+                }
+                stale.push(idle);
+            }
+            if list.is_empty() {
+                map.remove(to);
+            }
+            (found, stale)
+        };
+        for idle in stale {
+            tokio::spawn(quit(idle.conn));
+        }
+        found
     }
 
     /// Says QUIT to every session that waited too long.
     async fn close_expired(&self) {
-        let expired: Vec<IdleSession> = match self.by_domain.lock() {
-            Ok(mut map) => {
-                let mut out = Vec::new();
-                for list in map.values_mut() {
-                    let (old, fresh): (Vec<_>, Vec<_>) = std::mem::take(list)
-                        .into_iter()
-                        .partition(|i| i.since.elapsed() >= IDLE_TIME);
-                    *list = fresh;
-                    out.extend(old);
-                }
-                map.retain(|_, list| !list.is_empty());
-                out
-            }
-            Err(_) => Vec::new(),
-        };
+        let expired = self.remove(|i| i.since.elapsed() >= IDLE_TIME);
         for idle in expired {
             quit(idle.conn).await;
         }
+    }
+
+    /// Says QUIT to every kept session (the process is about to end).
+    pub async fn close_all(&self) {
+        let all = self.remove(|_| true);
+        futures_util::future::join_all(all.into_iter().map(|idle| quit(idle.conn))).await;
+    }
+
+    fn remove(&self, which: impl Fn(&IdleSession) -> bool) -> Vec<IdleSession> {
+        let Ok(mut idle_map) = self.inner.lock() else {
+            return Vec::new();
+        };
+        let map = &mut idle_map.by_destination;
+        let mut out = Vec::new();
+        for list in map.values_mut() {
+            let (gone, kept): (Vec<_>, Vec<_>) =
+                std::mem::take(list).into_iter().partition(|i| which(i));
+            *list = kept;
+            out.extend(gone);
+        }
+        map.retain(|_, list| !list.is_empty());
+        out
     }
 }
 

@@ -14,6 +14,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::cache::Destination;
 use super::connection::{Connection, PonyContext, level_of};
 use super::dns::{DnsFailure, Dnssec, MailResolver, MxAnswer};
 use super::memory::TlsMemory;
@@ -25,9 +26,7 @@ use super::sts_fetch::ActivePolicy;
 use super::tlsrpt::SessionFacts;
 use crate::log;
 use crate::pony::pins::{DnsKeys, Evidence, KeyVerdict};
-use crate::smtp::client::{
-    ClientSession, HostFailure, RecipientResult, SessionOutcome, StartTls, Step,
-};
+use crate::smtp::client::{ClientSession, HostFailure, SessionOutcome, StartTls, Step};
 use crate::smtp::envelope::{
     ContentFacts, Envelope, LiteralError, address_is_sane, address_literal, domain_of, literal_name,
 };
@@ -190,6 +189,23 @@ struct Attempt {
     tls_failed: bool,
     /// Our address on the connection (`sending-mta-ip` of a TLS report).
     local: Option<IpAddr>,
+    /// The session, still open and ready for another transaction (with
+    /// the server's capabilities and the transactions it carried).
+    keep: Option<(Connection, crate::smtp::EhloReply, u32)>,
+}
+
+impl Attempt {
+    fn failed(failure: HostFailure) -> Self {
+        Attempt {
+            outcome: SessionOutcome::Failed(failure),
+            tls: None,
+            verdict: None,
+            greeted: false,
+            tls_failed: false,
+            local: None,
+            keep: None,
+        }
+    }
 }
 
 impl Deliverer {
@@ -312,6 +328,12 @@ impl Deliverer {
         if let Some(sink) = &self.outcomes {
             sink.record(outcome);
         }
+    }
+
+    /// Where a session for `domain` may be kept and found again (the
+    /// domain under its TLS policy; see `cache`).
+    pub(crate) fn destination(&self, domain: &str) -> Destination {
+        Destination::new(domain, self.policy.for_domain(domain))
     }
 
     fn failed(&self, rcpt: &str, reply: Reply, started: Instant) -> RecipientStatus {
@@ -520,6 +542,37 @@ impl Deliverer {
         };
         let policy = self.policy.for_domain(domain);
         let sts = self.sts_policy(domain, policy).await;
+        // The policy a session for this domain must have been opened under:
+        // MTA-STS in enforce mode makes it `verify` (RFC 8461 §4.2).
+        let effective = sts_host_policy(policy, sts.as_ref());
+        let to = Destination::new(domain, effective);
+        // A session kept from an earlier delivery to this domain under this
+        // policy first: no MX lookup, no handshake. One the server closed
+        // meanwhile fails at its RSET with nothing decided, and the next
+        // kept one or a new session takes over. A session whose host is
+        // governed otherwise now (a per-host policy) is not reused.
+        while let Some(idle) = self.idle.take(&to, effective) {
+            let host = idle.conn.host.clone();
+            let addr = idle.conn.addr;
+            let host_policy = sts_host_policy(policy, self.sts_for_host(sts.as_ref(), &host));
+            if host_policy != effective {
+                super::cache::quit(idle.conn).await;
+                continue;
+            }
+            let attempt = self.reuse(idle, host_policy, rcpts, prepared).await;
+            match self.decided(attempt, &to, &host, addr, rcpts, started) {
+                Ok(statuses) => return statuses,
+                Err(attempt) => {
+                    if let SessionOutcome::Failed(failure) = &attempt.outcome {
+                        log!(
+                            "host {host}[{}]:{} kept session unusable ({failure}); opening a new one",
+                            addr.ip(),
+                            addr.port()
+                        );
+                    }
+                }
+            }
+        }
         let candidates = match self.candidates(domain, sts.as_ref()).await {
             Ok(c) => c,
             Err(reply) => return all(reply, None),
@@ -585,58 +638,29 @@ impl Deliverer {
             if attempt.tls.is_some() {
                 self.memory.clear(host);
             }
-            let level = level_of(attempt.tls.as_ref(), attempt.verdict.as_ref());
-            let status = |result: &RecipientResult| RecipientStatus {
-                recipient: result.recipient.clone(),
-                reply: result.reply.clone(),
-                relay: relay.clone(),
-                tls: attempt.tls.clone(),
-                verdict: attempt.verdict.clone(),
-                level,
-                delay: started.elapsed(),
+            let kept_as = Destination::new(domain, host_policy);
+            let attempt = match self.decided(attempt, &kept_as, host, addr, rcpts, started) {
+                Ok(statuses) => return statuses,
+                Err(attempt) => *attempt,
             };
-            match &attempt.outcome {
-                SessionOutcome::Replied(results) => {
-                    return results.iter().map(status).collect();
+            if let SessionOutcome::Failed(failure) = &attempt.outcome {
+                if attempt.tls_failed {
+                    self.remember_tls_failure(host);
                 }
-                SessionOutcome::Uncertain { accepted } => {
-                    return rcpts
-                        .iter()
-                        .map(|r| {
-                            let text = if accepted.contains(r) {
-                                format!(
-                                    "4.4.2 Lost connection with {host}[{ip}] after end of data; the message may already be delivered"
-                                )
-                            } else {
-                                format!("4.4.2 Lost connection with {host}[{ip}] during the transaction")
-                            };
-                            let mut s = self.failed(r, Reply::new(451, text), started);
-                            s.relay = relay.clone();
-                            s.tls = attempt.tls.clone();
-                            s.level = level;
-                            s
-                        })
-                        .collect();
-                }
-                SessionOutcome::Failed(failure) => {
-                    if attempt.tls_failed {
-                        self.remember_tls_failure(host);
-                    }
-                    let reply = sts_reply(
-                        host_failure_reply(failure, host, *ip, host_policy),
-                        domain,
-                        sts_here,
-                        policy != host_policy,
-                    );
-                    log!(
-                        "host {host}[{ip}]:{} failed: {reply}; trying the next one",
-                        self.smtp_port
-                    );
-                    last = Some((reply, relay.clone()));
-                    // What the last session reached (a TLS handshake that a
-                    // policy then refused is not plaintext), for the log.
-                    last_security = (attempt.tls.clone(), attempt.verdict.clone());
-                }
+                let reply = sts_reply(
+                    host_failure_reply(failure, host, *ip, host_policy),
+                    domain,
+                    sts_here,
+                    policy != host_policy,
+                );
+                log!(
+                    "host {host}[{ip}]:{} failed: {reply}; trying the next one",
+                    self.smtp_port
+                );
+                last = Some((reply, relay.clone()));
+                // What the last session reached (a TLS handshake that a
+                // policy then refused is not plaintext), for the log.
+                last_security = (attempt.tls.clone(), attempt.verdict.clone());
             }
         }
         let (reply, relay) = last.unwrap_or_else(|| {
@@ -656,6 +680,127 @@ impl Deliverer {
                 s
             })
             .collect()
+    }
+
+    /// The recipients' statuses when the attempt decided them (replies, or
+    /// a connection lost in the transaction), keeping its session for the
+    /// next delivery to `to` when it is still open; `Err` gives a failed
+    /// attempt back (nothing decided: the next host, or a new session).
+    fn decided(
+        &self,
+        mut attempt: Attempt,
+        to: &Destination,
+        host: &str,
+        addr: SocketAddr,
+        rcpts: &[String],
+        started: Instant,
+    ) -> Result<Vec<RecipientStatus>, Box<Attempt>> {
+        let relay = Some((host.to_string(), addr));
+        let level = level_of(attempt.tls.as_ref(), attempt.verdict.as_ref());
+        let statuses = match &attempt.outcome {
+            SessionOutcome::Failed(_) => return Err(Box::new(attempt)),
+            SessionOutcome::Replied(results) => results
+                .iter()
+                .map(|result| RecipientStatus {
+                    recipient: result.recipient.clone(),
+                    reply: result.reply.clone(),
+                    relay: relay.clone(),
+                    tls: attempt.tls.clone(),
+                    verdict: attempt.verdict.clone(),
+                    level,
+                    delay: started.elapsed(),
+                })
+                .collect(),
+            SessionOutcome::Uncertain { accepted } => {
+                let ip = addr.ip();
+                rcpts
+                    .iter()
+                    .map(|r| {
+                        let text = if accepted.contains(r) {
+                            format!(
+                                "4.4.2 Lost connection with {host}[{ip}] after end of data; the message may already be delivered"
+                            )
+                        } else {
+                            format!(
+                                "4.4.2 Lost connection with {host}[{ip}] during the transaction"
+                            )
+                        };
+                        let mut s = self.failed(r, Reply::new(451, text), started);
+                        s.relay = relay.clone();
+                        s.tls = attempt.tls.clone();
+                        s.level = level;
+                        s
+                    })
+                    .collect()
+            }
+        };
+        if let Some((conn, caps, uses)) = attempt.keep.take() {
+            self.idle.put(to.clone(), conn, caps, uses + 1);
+        }
+        Ok(statuses)
+    }
+
+    /// The next transaction on a session kept from an earlier delivery.
+    async fn reuse(
+        &self,
+        idle: super::cache::IdleSession,
+        policy: TlsPolicy,
+        rcpts: &[String],
+        prepared: &Prepared,
+    ) -> Attempt {
+        let mut conn = idle.conn;
+        let mut session = ClientSession::resume(&self.helo_name, idle.caps);
+        session.next_transaction(
+            Envelope {
+                sender: prepared.envelope_sender.clone(),
+                recipients: rcpts.to_vec(),
+            },
+            prepared.facts,
+            Arc::clone(&prepared.wire),
+        );
+        let end = self.drive(&mut conn, &mut session, policy).await;
+        self.conclude(conn, session, end, idle.uses, false)
+    }
+
+    /// What a driven session came to; a session still open and ready is
+    /// handed back to be kept. `fresh`: the session was opened for this
+    /// attempt (its XPONY pin is committed now, §8.4; a kept session's
+    /// was committed when it was opened).
+    fn conclude(
+        &self,
+        mut conn: Connection,
+        mut session: ClientSession,
+        end: Result<(), HostFailure>,
+        uses: u32,
+        fresh: bool,
+    ) -> Attempt {
+        let outcome = match end {
+            Err(failure) => SessionOutcome::Failed(failure),
+            Ok(()) => session
+                .take_outcome()
+                .unwrap_or(SessionOutcome::Failed(HostFailure::Lost {
+                    stage: "connect",
+                })),
+        };
+        if fresh && matches!(outcome, SessionOutcome::Replied(_)) {
+            self.update_pin(&mut conn);
+        }
+        let mut attempt = Attempt {
+            outcome,
+            tls: conn.tls.clone(),
+            verdict: conn.verdict.clone(),
+            greeted: conn.greeted,
+            tls_failed: conn.tls_failed,
+            local: conn.local,
+            keep: None,
+        };
+        if session.is_ready()
+            && matches!(attempt.outcome, SessionOutcome::Replied(_))
+            && let Some(caps) = session.capabilities().cloned()
+        {
+            attempt.keep = Some((conn, caps, uses));
+        }
+        attempt
     }
 
     /// Opens a session with the first MX host of `domain` that works, up to
@@ -793,7 +938,8 @@ impl Deliverer {
         sts
     }
 
-    /// One SMTP session with one address, delivering the whole transaction.
+    /// One SMTP session with one address, delivering the whole transaction
+    /// and kept open after it (see `cache`).
     async fn attempt(
         &self,
         addr: SocketAddr,
@@ -807,57 +953,31 @@ impl Deliverer {
             sender: prepared.envelope_sender.clone(),
             recipients: rcpts.to_vec(),
         };
+        // The message is shared, not copied, by every attempt.
         let session = ClientSession::new(
             &self.helo_name,
             self.starttls_for(host, policy),
             envelope,
             prepared.facts,
-            prepared.wire.as_ref().clone(),
-        );
-        let mut attempt = Attempt {
-            outcome: SessionOutcome::Failed(HostFailure::Lost { stage: "connect" }),
-            tls: None,
-            verdict: None,
-            greeted: false,
-            tls_failed: false,
-            local: None,
-        };
+            Arc::clone(&prepared.wire),
+        )
+        .keep_open();
         let pony = match self.pony_context(host, mx, policy).await {
             Ok(pony) => pony,
-            Err(failure) => {
-                attempt.outcome = SessionOutcome::Failed(failure);
-                return attempt;
-            }
+            Err(failure) => return Attempt::failed(failure),
         };
         let mut conn = match self.connect(addr, host).await {
             Ok(conn) => conn,
             Err(reply) => {
-                attempt.outcome = SessionOutcome::Failed(HostFailure::Refused {
+                return Attempt::failed(HostFailure::Refused {
                     stage: "connect",
                     reply,
                 });
-                return attempt;
             }
         };
         let mut session = self.offer_pony(&mut conn, session, pony);
         let end = self.drive(&mut conn, &mut session, policy).await;
-        match end {
-            Err(failure) => attempt.outcome = SessionOutcome::Failed(failure),
-            Ok(()) => {
-                if let Some(outcome) = session.take_outcome() {
-                    attempt.outcome = outcome;
-                }
-            }
-        }
-        if matches!(attempt.outcome, SessionOutcome::Replied(_)) {
-            self.update_pin(&mut conn);
-        }
-        attempt.tls = conn.tls.clone();
-        attempt.verdict = conn.verdict.clone();
-        attempt.greeted = conn.greeted;
-        attempt.tls_failed = conn.tls_failed;
-        attempt.local = conn.local;
-        attempt
+        self.conclude(conn, session, end, 0, true)
     }
 
     /// Looks up what is known about `host` (DNS key, pin) before connecting

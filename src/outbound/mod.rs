@@ -13,7 +13,7 @@
 //! - [`connection`]: one open connection to an MX address and its evidence;
 //! - [`deliver`]: the I/O loop around the sans-IO
 //!   [`ClientSession`](crate::smtp::client::ClientSession);
-//! - [`cache`]: MX sessions the SMTP proxy keeps open between transactions;
+//! - [`cache`]: MX sessions kept open between transactions (every mode);
 //! - [`service`]: the LMTP/SMTP service an MTA hands messages to;
 //! - [`exit`]: how outcomes become sysexits codes for one-shot mode;
 //! - [`tlsrpt`]: TLS reports (RFC 8460): session records and the report.

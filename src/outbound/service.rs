@@ -112,6 +112,8 @@ pub async fn run(
         sessions.len()
     );
     while sessions.join_next().await.is_some() {}
+    // The MX sessions kept for reuse end with QUIT, not a dropped socket.
+    deliverer.idle.close_all().await;
     log!("shutdown: drained");
 }
 
@@ -362,14 +364,18 @@ async fn release_unused(deliverer: &Deliverer, r: Remote) {
     if r.conn.stream.is_none() {
         return r.quit().await;
     }
-    deliverer.idle.put(&r.domain, r.conn, r.caps, r.uses);
+    deliverer
+        .idle
+        .put(deliverer.destination(&r.domain), r.conn, r.caps, r.uses);
 }
 
 /// An idle session to `domain` from an earlier transaction, if one is
 /// still open and answers RSET (RFC 5321 §4.1.1.5): a server may have
 /// closed it meanwhile.
 async fn reuse(deliverer: &Deliverer, domain: &str) -> Option<Remote> {
-    while let Some(idle) = deliverer.idle.take(domain) {
+    let to = deliverer.destination(domain);
+    let policy = deliverer.policy.for_domain(domain);
+    while let Some(idle) = deliverer.idle.take(&to, policy) {
         let mut r = Remote {
             domain: domain.to_string(),
             conn: idle.conn,
@@ -408,9 +414,12 @@ impl Remote {
             self.quit().await;
             return;
         }
-        deliverer
-            .idle
-            .put(&self.domain, self.conn, self.caps, self.uses + 1);
+        deliverer.idle.put(
+            deliverer.destination(&self.domain),
+            self.conn,
+            self.caps,
+            self.uses + 1,
+        );
     }
 
     /// Sends RCPT and returns the remote's reply; a refusal is logged at

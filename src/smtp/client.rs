@@ -1,12 +1,17 @@
 //! The client side of one SMTP session with one server, sans-IO: greeting,
 //! EHLO (HELO fallback), optional STARTTLS, one mail transaction with
-//! PIPELINING when offered (RFC 2920), and QUIT.
+//! PIPELINING when offered (RFC 2920), and QUIT. A session made with
+//! [`ClientSession::keep_open`] stays open after its transaction instead,
+//! and [`ClientSession::next_transaction`] runs the next one on it, RSET
+//! first (RFC 5321 §4.1.1.5): that is how the outbound modes reuse an MX
+//! session (`outbound::cache`).
 //!
 //! The I/O loop feeds server bytes to [`ClientSession::receive`], writes out
 //! [`ClientSession::outgoing`], and acts on the returned [`Step`]. The result
 //! is a reply per recipient: exactly what the server said, never invented.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use super::envelope::{ContentFacts, Envelope};
 use super::{EhloReply, Reply, ReplyError, ReplyParser};
@@ -201,6 +206,8 @@ pub fn refuse_message(content: &ContentFacts) -> Option<ContentRefusal> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
+    /// RSET before the next transaction on a kept session.
+    Rset,
     Mail,
     Rcpt(usize),
     Data,
@@ -246,8 +253,11 @@ pub struct ClientSession {
     starttls: StartTls,
     envelope: Envelope,
     content: ContentFacts,
-    /// The message in DATA form (dot-stuffed, ending with CRLF.CRLF).
-    wire_message: Option<Vec<u8>>,
+    /// The message in DATA form (dot-stuffed, ending with CRLF.CRLF),
+    /// shared with the caller: every MX attempt sends the same bytes.
+    wire_message: Option<Arc<Vec<u8>>>,
+    /// After the transaction, stay open for the next one instead of QUIT.
+    keep_open: bool,
     caps: Option<EhloReply>,
     tls_up: bool,
     inbuf: Vec<u8>,
@@ -281,7 +291,7 @@ impl ClientSession {
         starttls: StartTls,
         envelope: Envelope,
         content: ContentFacts,
-        wire_message: Vec<u8>,
+        wire_message: impl Into<Arc<Vec<u8>>>,
     ) -> Self {
         let n = envelope.recipients.len();
         ClientSession {
@@ -291,7 +301,8 @@ impl ClientSession {
             starttls,
             envelope,
             content,
-            wire_message: Some(wire_message),
+            wire_message: Some(wire_message.into()),
+            keep_open: false,
             caps: None,
             tls_up: false,
             inbuf: Vec::new(),
@@ -400,7 +411,60 @@ impl ClientSession {
         s
     }
 
-    /// Whether an opening-only session has reached [`Step::Ready`].
+    /// Stays open after the transaction (no QUIT): once its outcome is
+    /// known, the session is ready ([`Step::Ready`], [`Self::is_ready`])
+    /// for [`Self::next_transaction`]. A session that ended otherwise
+    /// (refused, QUIT sent, connection lost) is not.
+    pub fn keep_open(mut self) -> Self {
+        self.keep_open = true;
+        self
+    }
+
+    /// A session opened earlier on a connection that is still open (kept
+    /// between transactions): greeting, EHLO and any STARTTLS or XPONY are
+    /// behind it, `caps` is what the server's EHLO offered. Ready for
+    /// [`Self::next_transaction`].
+    pub fn resume(helo_name: &str, caps: EhloReply) -> Self {
+        let mut s = ClientSession::opening(helo_name, StartTls::Never).keep_open();
+        s.caps = Some(caps);
+        s.state = State::Ready;
+        s
+    }
+
+    /// Starts the next transaction on a ready session: RSET (RFC 5321
+    /// §4.1.1.5; pipelined in front of MAIL when the server offers
+    /// PIPELINING, RFC 2920 §3.1), then the transaction as [`Self::new`]
+    /// would run it. The RSET is the probe of a kept session: a server that
+    /// closed it meanwhile (idle timeout) is found here, before anything
+    /// of the transaction counts: a reply other than 250 to RSET, or the
+    /// connection lost before it, ends the session as
+    /// `Failed(Lost { stage: "RSET" })` without a further byte, so the
+    /// caller can open a new session and nothing is delivered twice (the
+    /// server discards a transaction whose data never ended, §4.1.1.4).
+    /// Returns false (and does nothing) unless the session is ready.
+    pub fn next_transaction(
+        &mut self,
+        envelope: Envelope,
+        content: ContentFacts,
+        wire_message: impl Into<Arc<Vec<u8>>>,
+    ) -> bool {
+        if !matches!(self.state, State::Ready) {
+            return false;
+        }
+        self.purpose = Purpose::Deliver;
+        self.rcpt_replies = vec![None; envelope.recipients.len()];
+        self.envelope = envelope;
+        self.content = content;
+        self.wire_message = Some(wire_message.into());
+        self.mail_reply = None;
+        self.outcome = None;
+        self.content_refusal = None;
+        self.begin(true);
+        true
+    }
+
+    /// Whether an opening-only session has reached [`Step::Ready`], or a
+    /// kept one is ready for its next transaction.
     pub fn is_ready(&self) -> bool {
         matches!(self.state, State::Ready)
     }
@@ -436,6 +500,7 @@ impl ClientSession {
             State::Helo => "HELO",
             State::StartTls | State::Handshake => "STARTTLS",
             State::Transaction { owed } => match owed.front() {
+                Some(Pending::Rset) => "RSET",
                 Some(Pending::Mail) => "MAIL FROM",
                 Some(Pending::Rcpt(_)) => "RCPT TO",
                 _ => "DATA",
@@ -640,7 +705,7 @@ impl ClientSession {
                     })
                     .collect();
                 self.outcome = Some(SessionOutcome::Replied(results));
-                self.quit();
+                self.end_transaction();
             }
             State::Quit => {
                 self.state = State::Done;
@@ -777,13 +842,23 @@ impl ClientSession {
     /// The session is open: deliver, or hand over to the caller.
     fn opened(&mut self) {
         match self.purpose {
-            Purpose::Deliver => self.begin_transaction(),
+            Purpose::Deliver => self.begin(false),
             Purpose::Open => self.state = State::Ready,
         }
     }
 
-    /// Sends MAIL, and with PIPELINING also every RCPT and DATA.
-    fn begin_transaction(&mut self) {
+    /// The transaction has its outcome: QUIT, or wait for the next one.
+    fn end_transaction(&mut self) {
+        if self.keep_open {
+            self.state = State::Ready;
+        } else {
+            self.quit();
+        }
+    }
+
+    /// Sends MAIL (after RSET when `reset`), and with PIPELINING also every
+    /// RCPT and DATA.
+    fn begin(&mut self, reset: bool) {
         let caps = self.caps.clone().unwrap_or(EhloReply {
             greeting: String::new(),
             capabilities: Vec::new(),
@@ -805,22 +880,25 @@ impl ClientSession {
             if let Some(converted) = self
                 .wire_message
                 .as_deref()
-                .and_then(crate::smtp::mime::downgrade_8bit)
+                .and_then(|wire| crate::smtp::mime::downgrade_8bit(wire))
             {
                 self.content.size = converted.len().saturating_sub(3) as u64;
-                self.wire_message = Some(converted);
+                self.wire_message = Some(Arc::new(converted));
             }
             self.content.eight_bit = false;
         }
-        let mail = mail_command(
-            &self.envelope.sender,
-            Some(self.content.size),
-            self.content.eight_bit,
-            utf8,
-            &caps,
-        );
-        self.send_line(&mail);
-        let mut owed = VecDeque::from([Pending::Mail]);
+        let mut owed = VecDeque::new();
+        if reset {
+            self.send_line("RSET");
+            owed.push_back(Pending::Rset);
+            if !caps.has("PIPELINING") {
+                // MAIL follows the 250 (on_transaction_reply).
+                self.state = State::Transaction { owed };
+                return;
+            }
+        }
+        self.send_mail(&caps);
+        owed.push_back(Pending::Mail);
         if caps.has("PIPELINING") {
             for i in 0..self.envelope.recipients.len() {
                 let line = format!("RCPT TO:<{}>", self.envelope.recipients[i]);
@@ -831,6 +909,18 @@ impl ClientSession {
             owed.push_back(Pending::Data);
         }
         self.state = State::Transaction { owed };
+    }
+
+    fn send_mail(&mut self, caps: &EhloReply) {
+        let utf8 = self.envelope.needs_smtputf8();
+        let mail = mail_command(
+            &self.envelope.sender,
+            Some(self.content.size),
+            self.content.eight_bit,
+            utf8,
+            caps,
+        );
+        self.send_line(&mail);
     }
 
     /// Every recipient gets `reply` (a refusal found before sending).
@@ -846,7 +936,7 @@ impl ClientSession {
             })
             .collect();
         self.outcome = Some(SessionOutcome::Replied(results));
-        self.quit();
+        self.end_transaction();
     }
 
     fn pipelining(&self) -> bool {
@@ -856,6 +946,22 @@ impl ClientSession {
     fn on_transaction_reply(&mut self, pending: Pending, reply: Reply) {
         let pipelining = self.pipelining();
         match pending {
+            Pending::Rset => {
+                if reply.code() != 250 {
+                    // A kept session the server no longer serves (a 421
+                    // after its idle timeout, most often): nothing more is
+                    // written, whatever was pipelined behind the RSET is
+                    // discarded with the connection.
+                    self.fail_silently(HostFailure::Lost { stage: "RSET" });
+                } else if !pipelining {
+                    let caps = self.caps.clone().unwrap_or(EhloReply {
+                        greeting: String::new(),
+                        capabilities: Vec::new(),
+                    });
+                    self.send_mail(&caps);
+                    self.push_owed(Pending::Mail);
+                }
+            }
             Pending::Mail => {
                 let ok = reply.is_success();
                 self.mail_reply = Some(reply.clone());
@@ -871,7 +977,7 @@ impl ClientSession {
                     if i + 1 < self.envelope.recipients.len() {
                         self.send_rcpt(i + 1);
                     } else if self.accepted_recipients().is_empty() {
-                        self.all_recipients_refused();
+                        self.all_recipients_refused(false);
                     } else {
                         self.send_line("DATA");
                         self.push_owed(Pending::Data);
@@ -888,21 +994,21 @@ impl ClientSession {
                     let mail = self.mail_reply.clone().unwrap_or(reply);
                     self.mail_failed(mail);
                 } else if self.accepted_recipients().is_empty() {
-                    if reply.code() == 354 {
+                    let empty_message = reply.code() == 354;
+                    if empty_message {
                         self.outgoing.extend_from_slice(b".\r\n");
                     }
-                    self.all_recipients_refused();
+                    self.all_recipients_refused(empty_message);
                 } else if reply.code() == 354 {
-                    let message = self
-                        .wire_message
-                        .take()
-                        .unwrap_or_else(|| b".\r\n".to_vec());
-                    self.outgoing.extend_from_slice(&message);
+                    match self.wire_message.take() {
+                        Some(message) => self.outgoing.extend_from_slice(&message),
+                        None => self.outgoing.extend_from_slice(b".\r\n"),
+                    }
                     self.state = State::EndOfData;
                 } else {
                     let results = self.results_with(reply, "DATA");
                     self.outcome = Some(SessionOutcome::Replied(results));
-                    self.quit();
+                    self.end_transaction();
                 }
             }
         }
@@ -929,7 +1035,9 @@ impl ClientSession {
         });
     }
 
-    fn all_recipients_refused(&mut self) {
+    /// `empty_message`: an empty message was ended after a 354, and its
+    /// reply is still owed, so the session cannot be kept (QUIT).
+    fn all_recipients_refused(&mut self, empty_message: bool) {
         let results = self
             .envelope
             .recipients
@@ -944,7 +1052,11 @@ impl ClientSession {
             })
             .collect();
         self.outcome = Some(SessionOutcome::Replied(results));
-        self.quit();
+        if empty_message {
+            self.quit();
+        } else {
+            self.end_transaction();
+        }
     }
 
     /// Accepted recipients get `reply`; refused ones keep their RCPT reply.

@@ -666,3 +666,153 @@ fn eight_bit_message_downgraded_without_8bitmime() {
         );
     }
 }
+
+/// A kept session (keep_open / resume / next_transaction): what it writes
+/// and how it ends, for each way the server answers the next transaction.
+#[test]
+fn kept_session_next_transaction() {
+    let message = b"Subject: x\r\n\r\nhi\r\n";
+    let pipelining = "250-mx.example\r\n250-PIPELINING\r\n250 SIZE 1000\r\n";
+    let plain = "250-mx.example\r\n250 SIZE 1000\r\n";
+    // (name, EHLO reply, server input after next_transaction in steps
+    //  (bytes, what the client writes then), outcome, ready after)
+    type Case = (
+        &'static str,
+        &'static str,
+        &'static [(&'static str, &'static str)],
+        Result<u16, &'static str>,
+        bool,
+    );
+    let cases: &[Case] = &[
+        (
+            "pipelined: RSET in front of the transaction, kept again",
+            pipelining,
+            &[
+                (
+                    "250 2.0.0 Ok\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n",
+                    "Subject: x\r\n\r\nhi\r\n.\r\n",
+                ),
+                ("250 2.0.0 queued\r\n", ""),
+            ],
+            Ok(250),
+            true,
+        ),
+        (
+            "without PIPELINING: RSET alone, then MAIL",
+            plain,
+            &[
+                (
+                    "250 2.0.0 Ok\r\n",
+                    "MAIL FROM:<sender@client.example> SIZE=18\r\n",
+                ),
+                ("250 2.1.0 Ok\r\n", "RCPT TO:<a@mx.example>\r\n"),
+                ("250 2.1.5 Ok\r\n", "DATA\r\n"),
+                ("354 go\r\n", "Subject: x\r\n\r\nhi\r\n.\r\n"),
+                ("250 2.0.0 queued\r\n", ""),
+            ],
+            Ok(250),
+            true,
+        ),
+        (
+            "the server timed the session out: 421 to RSET, nothing more written",
+            pipelining,
+            &[("421 4.4.2 mx.example Error: timeout exceeded\r\n", "")],
+            Err("RSET"),
+            false,
+        ),
+        (
+            "a server that refuses RSET is not trusted with the transaction",
+            plain,
+            &[("502 5.5.2 Error: command not recognized\r\n", "")],
+            Err("RSET"),
+            false,
+        ),
+        (
+            "a refused recipient keeps the session usable",
+            pipelining,
+            &[(
+                "250 2.0.0 Ok\r\n250 2.1.0 Ok\r\n550 5.1.1 no such user\r\n554 5.5.1 no valid recipients\r\n",
+                "",
+            )],
+            Ok(550),
+            true,
+        ),
+    ];
+    for (name, ehlo, steps, want, ready) in cases {
+        let mut s = session(StartTls::Never, &["a@mx.example"], message).keep_open();
+        s.receive(b"220 mx.example ESMTP\r\n");
+        take(&mut s);
+        s.receive(ehlo.as_bytes());
+        take(&mut s);
+        s.receive(b"250 2.1.0 Ok\r\n");
+        if *ehlo == plain {
+            s.receive(b"250 2.1.5 Ok\r\n");
+            s.receive(b"354 go\r\n");
+        } else {
+            s.receive(b"250 2.1.5 Ok\r\n354 go\r\n");
+        }
+        take(&mut s);
+        assert_eq!(s.receive(b"250 2.0.0 first\r\n"), Step::Ready, "{name}");
+        assert_eq!(take(&mut s), "", "{name}: no QUIT after a kept transaction");
+        assert_eq!(codes(&s.take_outcome().unwrap())[0].1, 250, "{name}");
+
+        // The next transaction, on the session as the cache gives it back.
+        let caps = s.capabilities().cloned().unwrap();
+        let mut s = ClientSession::resume("client.example", caps);
+        assert!(s.is_ready(), "{name}");
+        assert!(s.next_transaction(
+            envelope(&["a@mx.example"]),
+            ContentFacts::of(message),
+            wire(message)
+        ));
+        let first = take(&mut s);
+        if *ehlo == plain {
+            assert_eq!(first, "RSET\r\n", "{name}");
+        } else {
+            assert_eq!(
+                first,
+                "RSET\r\nMAIL FROM:<sender@client.example> SIZE=18\r\nRCPT TO:<a@mx.example>\r\nDATA\r\n",
+                "{name}"
+            );
+        }
+        for (input, written) in steps.iter() {
+            s.receive(input.as_bytes());
+            assert_eq!(take(&mut s), *written, "{name}: after {input:?}");
+        }
+        match (want, s.take_outcome()) {
+            (Ok(code), Some(outcome)) => assert_eq!(codes(&outcome)[0].1, *code, "{name}"),
+            (Err(stage), Some(SessionOutcome::Failed(HostFailure::Lost { stage: got }))) => {
+                assert_eq!(got, *stage, "{name}")
+            }
+            (_, other) => panic!("{name}: {other:?}"),
+        }
+        assert_eq!(s.is_ready(), *ready, "{name}");
+        // Only a ready session starts another transaction.
+        assert_eq!(
+            s.next_transaction(
+                envelope(&["b@mx.example"]),
+                ContentFacts::of(message),
+                wire(message)
+            ),
+            *ready,
+            "{name}"
+        );
+    }
+    // A connection lost before the RSET's reply: nothing was decided.
+    let caps = EhloReply {
+        greeting: "mx.example".into(),
+        capabilities: vec![crate::smtp::ehlo::Capability::new("PIPELINING", "")],
+    };
+    let mut s = ClientSession::resume("client.example", caps);
+    s.next_transaction(
+        envelope(&["a@mx.example"]),
+        ContentFacts::of(message),
+        wire(message),
+    );
+    take(&mut s);
+    s.connection_lost();
+    assert_eq!(
+        s.take_outcome(),
+        Some(SessionOutcome::Failed(HostFailure::Lost { stage: "RSET" }))
+    );
+}
