@@ -19,6 +19,7 @@ mod notify;
 pub mod outbound;
 pub mod pins;
 mod privileges;
+pub mod probe;
 mod roff;
 pub mod seal;
 #[cfg(test)]
@@ -116,6 +117,11 @@ pub enum Command {
     /// delivery recorded, or mail it (--send) to the domain's
     /// `_smtp._tls` rua= address through the outbound transport.
     Tlsrpt(tlsrpt::TlsrptArgs),
+    /// Show what a destination domain supports: its MX hosts (DNSSEC),
+    /// per host XPONY (key, pin, DNS key), STARTTLS (version, cipher,
+    /// certificate verdict), MTA-STS, and the level blackpony would reach
+    /// under the current policy. Sends no mail, stores no pin.
+    Probe(probe::ProbeArgs),
 }
 
 /// Entry point of the `blackpony` binary.
@@ -184,6 +190,7 @@ fn run() -> ExitCode {
         Command::Seal(_) => "seal",
         Command::Open(_) => "open",
         Command::Tlsrpt(_) => "tlsrpt",
+        Command::Probe(_) => "probe",
     };
     let default_sink: fn() -> log::Sink = match &cli.command {
         Command::Deliver(_) => || log::Sink::Held(Vec::new()),
@@ -220,6 +227,7 @@ fn run() -> ExitCode {
         Command::Seal(args) => seal::run(args, file.seal.unwrap_or_default(), &runtime),
         Command::Open(args) => seal::open(args),
         Command::Tlsrpt(args) => tlsrpt::run(args, file.outbound.unwrap_or_default(), &runtime),
+        Command::Probe(args) => probe::run(args, file.outbound.unwrap_or_default(), &runtime),
         Command::Deliver(args) => {
             outbound::run_deliver(args, file.outbound.unwrap_or_default(), &runtime)
         }

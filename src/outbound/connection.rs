@@ -26,6 +26,8 @@ pub(crate) struct PonyContext {
         crate::pony::pins::Basis,
         crate::pony::negotiation::ServerHints,
     )>,
+    /// The key the server presented, accepted or not (`blackpony probe`).
+    pub(super) presented: Option<crate::pony::keys::PublicKey>,
 }
 
 /// An open connection to one MX address, plain or TLS.

@@ -989,7 +989,7 @@ impl Deliverer {
     /// Under `verify` a first contact could only reach `encrypted`, so the
     /// extension is used only for hosts with a pin or a DNS key, and other
     /// hosts must show a verified certificate (proto-spec §9).
-    async fn pony_context(
+    pub(super) async fn pony_context(
         &self,
         host: &str,
         mx: Dnssec,
@@ -1051,12 +1051,13 @@ impl Deliverer {
             pin,
             required,
             seen: None,
+            presented: None,
         }))
     }
 
     /// Lets `session` use the extension on `conn`, required if the host is
     /// known to speak it.
-    fn offer_pony(
+    pub(super) fn offer_pony(
         &self,
         conn: &mut Connection,
         session: ClientSession,
@@ -1177,6 +1178,9 @@ impl Deliverer {
             match step {
                 Step::Continue | Step::Ready | Step::Done => return Ok(()),
                 Step::CheckServerKey { key, hints } => {
+                    if let Some(c) = conn.pony.as_mut() {
+                        c.presented = Some(key);
+                    }
                     let no_evidence = (DnsKeys::Absent, None);
                     let (dns, pin) = match &conn.pony {
                         Some(c) => (&c.dns, c.pin.as_ref()),

@@ -26,6 +26,7 @@ pub mod exit;
 pub mod memory;
 pub mod outcome;
 pub mod policy;
+pub mod probe;
 pub mod route;
 pub mod service;
 pub mod sts;

@@ -1,0 +1,606 @@
+//! `blackpony probe DOMAIN`: what a destination supports, and the level
+//! blackpony would reach with it under the current policy, from the same
+//! code delivery uses (resolver, TLS client, XPONY evidence), without
+//! sending mail or changing any state (no pin is stored).
+//!
+//! Per MX host (its first address): one session that offers XPONY (to see
+//! the server's key) and one that asks for STARTTLS (to see the TLS
+//! version, cipher and the certificate's verdict for the MX name); both end
+//! with QUIT after EHLO.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Serialize;
+
+use super::connection::Connection;
+use super::deliver::Deliverer;
+use super::dns::{DnsFailure, Dnssec, MxAnswer};
+use super::policy::TlsPolicy;
+use crate::pony::pins::DnsKeys;
+use crate::smtp::client::{ClientSession, HostFailure, SessionOutcome, StartTls};
+use crate::transport::{CertVerdict, Encryption};
+
+/// Everything found about one domain.
+#[derive(Debug, Clone, Serialize)]
+pub struct DomainProbe {
+    pub domain: String,
+    /// The policy that applies to it here (`--tls-policy`, `[outbound.domains]`).
+    pub policy: &'static str,
+    /// `listed`, `implicit` (no MX: the domain itself), `null` (RFC 7505),
+    /// or `failed`.
+    pub mx: &'static str,
+    /// The MX RRset's DNSSEC status (`secure`, `insecure`, `bogus`).
+    pub mx_dnssec: &'static str,
+    /// Why the MX lookup failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mx_error: Option<String>,
+    /// The domain's MTA-STS policy, as delivery sees it.
+    pub mta_sts: String,
+    pub hosts: Vec<HostProbe>,
+}
+
+/// One MX host.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostProbe {
+    pub host: String,
+    pub preference: u16,
+    pub addresses: Vec<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address_error: Option<String>,
+    /// The address probed (the first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probed: Option<IpAddr>,
+    /// Why no session could be had (connect, greeting).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub xpony: XponyProbe,
+    pub starttls: StartTlsProbe,
+    pub dane: &'static str,
+    /// Whether the MX matches the domain's MTA-STS policy.
+    pub mta_sts: String,
+    /// The level blackpony would reach with this host under the policy, or
+    /// why it would defer.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct XponyProbe {
+    pub offered: bool,
+    /// `SHA256:…` of the key the server presented.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// `none`, `matches`, `differs` (a pin for this host).
+    pub pin: &'static str,
+    /// `none`, `matches`, `differs`, `lookup failed` (`_xpony._tcp` key),
+    /// with `(DNSSEC)` when validated.
+    pub dns_key: String,
+    /// How delivery would judge the key (`pinned key`, `DNS key`, `first
+    /// contact`, …) or why it refused it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StartTlsProbe {
+    pub offered: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cipher: Option<String>,
+    /// `verified`, or `not verified (REASON)`: PKIX for the MX name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What the two sessions showed, for [`level_reached`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub reachable: bool,
+    /// XPONY came up, and whether its key was authenticated (pin, DNS key).
+    pub xpony: Option<bool>,
+    /// The host has a pin or a DNS key: delivery requires XPONY from it.
+    pub xpony_required: bool,
+    /// The key was refused (impostor or key change).
+    pub xpony_refused: bool,
+    pub starttls_offered: bool,
+    /// The handshake's certificate verdict (`None`: no handshake).
+    pub tls_verified: Option<bool>,
+    pub tls_failed: bool,
+}
+
+/// The level delivery would reach with a host, or why it would defer;
+/// in the words of the log (`level=`).
+pub fn level_reached(policy: TlsPolicy, seen: &Seen) -> String {
+    if !seen.reachable {
+        return "unreachable: would try the next MX".into();
+    }
+    if policy == TlsPolicy::None {
+        return "plaintext (policy none)".into();
+    }
+    if seen.xpony_refused {
+        return "deferred: XPONY key refused".into();
+    }
+    match seen.xpony {
+        Some(true) => return "authenticated (XPONY)".into(),
+        // Under verify, a first contact does not count (proto-spec §9):
+        // delivery does not use XPONY with an unknown key.
+        Some(false) if policy != TlsPolicy::Verify => return "encrypted (XPONY)".into(),
+        _ => {}
+    }
+    if seen.xpony_required && seen.xpony.is_none() {
+        return "deferred: XPONY expected (pin or DNS key) but not offered".into();
+    }
+    match (seen.tls_verified, seen.tls_failed, seen.starttls_offered) {
+        (Some(true), _, _) => "authenticated (TLS)".into(),
+        (Some(false), _, _) if policy == TlsPolicy::Verify => {
+            "deferred: certificate not verified (policy verify)".into()
+        }
+        (Some(false), _, _) => "encrypted (TLS)".into(),
+        (None, true, _) => "deferred: TLS handshake failed (plaintext only after --tls-backoff, where policy allows)".into(),
+        (None, false, false) if policy == TlsPolicy::May => "plaintext (no STARTTLS)".into(),
+        (None, false, false) => format!("deferred: no STARTTLS (policy {})", policy.as_str()),
+        (None, false, true) => "unknown: STARTTLS offered but no handshake was made".into(),
+    }
+}
+
+fn dnssec_name(d: Dnssec) -> &'static str {
+    match d {
+        Dnssec::Secure => "secure",
+        Dnssec::Insecure => "insecure",
+        Dnssec::Bogus => "bogus",
+    }
+}
+
+/// Whether probing this domain found nothing delivery could use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// At least one host would take mail at the policy's level.
+    Deliverable,
+    /// The domain accepts no mail (null MX) or does not exist.
+    NoMail,
+    /// A temporary DNS failure.
+    Temporary,
+    /// Hosts exist, but none would be delivered to now.
+    NotDeliverable,
+}
+
+impl DomainProbe {
+    pub fn verdict(&self) -> Verdict {
+        match self.mx {
+            "null" => Verdict::NoMail,
+            "failed"
+                if self
+                    .mx_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("temporary")) =>
+            {
+                Verdict::Temporary
+            }
+            "failed" => Verdict::NoMail,
+            _ if self.hosts.iter().any(|h| {
+                !h.level.starts_with("deferred")
+                    && !h.level.starts_with("unreachable")
+                    && !h.level.starts_with("unknown")
+            }) =>
+            {
+                Verdict::Deliverable
+            }
+            _ => Verdict::NotDeliverable,
+        }
+    }
+
+    /// The readable table.
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "domain   {}\npolicy   {}\nMX       {} (DNSSEC {})\nMTA-STS  {}\n",
+            self.domain, self.policy, self.mx, self.mx_dnssec, self.mta_sts
+        );
+        if let Some(e) = &self.mx_error {
+            out.push_str(&format!("         {e}\n"));
+        }
+        for h in &self.hosts {
+            out.push_str(&format!("\n{} (preference {})\n", h.host, h.preference));
+            let addresses: Vec<String> = h.addresses.iter().map(|a| a.to_string()).collect();
+            out.push_str(&format!(
+                "  addresses  {}{}\n",
+                if addresses.is_empty() {
+                    "none".into()
+                } else {
+                    addresses.join(" ")
+                },
+                h.address_error
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ));
+            if let Some(e) = &h.error {
+                out.push_str(&format!("  session    {e}\n"));
+            }
+            let x = &h.xpony;
+            out.push_str(&format!(
+                "  XPONY      {}{} pin={} dns-key={}{}\n",
+                if x.offered { "offered" } else { "not offered" },
+                x.fingerprint
+                    .as_ref()
+                    .map(|f| format!(" key={f}"))
+                    .unwrap_or_default(),
+                x.pin,
+                x.dns_key,
+                x.verdict
+                    .as_ref()
+                    .map(|v| format!(" ({v})"))
+                    .unwrap_or_default()
+            ));
+            let t = &h.starttls;
+            let tls = match (&t.protocol, &t.error) {
+                (Some(p), _) => format!(
+                    "{p} {} certificate {}",
+                    t.cipher.as_deref().unwrap_or("?"),
+                    t.certificate.as_deref().unwrap_or("?")
+                ),
+                (None, Some(e)) => e.clone(),
+                (None, None) if t.offered => "offered".into(),
+                (None, None) => "not offered".into(),
+            };
+            out.push_str(&format!("  STARTTLS   {tls}\n"));
+            out.push_str(&format!("  DANE       {}\n", h.dane));
+            out.push_str(&format!("  MTA-STS    {}\n", h.mta_sts));
+            out.push_str(&format!("  level      {}\n", h.level));
+        }
+        out
+    }
+
+    pub fn json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+impl Deliverer {
+    /// Probes `domain` as described in the module docs.
+    pub async fn probe(&self, domain: &str) -> DomainProbe {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let policy = self.policy.for_domain(&domain);
+        let mut probe = DomainProbe {
+            domain: domain.clone(),
+            policy: policy.as_str(),
+            mx: "listed",
+            mx_dnssec: "insecure",
+            mx_error: None,
+            mta_sts: "not checked".into(),
+            hosts: Vec::new(),
+        };
+        let sts = match &self.sts {
+            Some(sts) => {
+                let lookup = sts.lookup(&domain).await;
+                probe.mta_sts = match (&lookup.active, &lookup.problem) {
+                    (Some(a), _) => format!(
+                        "mode {} id {} mx {} max_age {}",
+                        a.policy.mode.as_str(),
+                        a.id,
+                        a.policy.mx_list(),
+                        a.policy.max_age
+                    ),
+                    (None, Some(p)) => format!("none ({p:?})"),
+                    (None, None) => "none published".into(),
+                };
+                lookup.active
+            }
+            None => None,
+        };
+        let (exchangers, mx_dnssec) = match self.resolver.mx(&domain).await {
+            Ok(MxAnswer::Exchangers(mut list, dnssec)) => {
+                list.sort();
+                (list, dnssec)
+            }
+            Ok(MxAnswer::Implicit) => {
+                probe.mx = "implicit";
+                (vec![(0, domain.clone())], Dnssec::Insecure)
+            }
+            Ok(MxAnswer::NullMx) => {
+                probe.mx = "null";
+                probe.mx_error = Some("the domain accepts no mail (null MX, RFC 7505)".into());
+                return probe;
+            }
+            Err(e) => {
+                probe.mx = "failed";
+                probe.mx_error = Some(match &e {
+                    DnsFailure::Temporary(..) => format!("temporary: {e}"),
+                    _ => e.to_string(),
+                });
+                return probe;
+            }
+        };
+        probe.mx_dnssec = dnssec_name(mx_dnssec);
+        for (preference, host) in exchangers {
+            let mut h = self.probe_host(&host, mx_dnssec, policy).await;
+            h.preference = preference;
+            if let Some(active) = &sts {
+                h.mta_sts = if active.policy.mx_matches(&host) {
+                    "matches the policy".into()
+                } else {
+                    "does not match the policy".into()
+                };
+            }
+            probe.hosts.push(h);
+        }
+        probe
+    }
+
+    async fn probe_host(&self, host: &str, mx: Dnssec, policy: TlsPolicy) -> HostProbe {
+        let mut h = HostProbe {
+            host: host.to_string(),
+            preference: 0,
+            addresses: Vec::new(),
+            address_error: None,
+            probed: None,
+            error: None,
+            xpony: XponyProbe {
+                pin: "none",
+                dns_key: "none".into(),
+                ..Default::default()
+            },
+            starttls: StartTlsProbe::default(),
+            dane: "not checked (DANE is not implemented yet)",
+            mta_sts: "no policy".into(),
+            level: String::new(),
+        };
+        match self.resolver.addresses(host).await {
+            Ok(list) => h.addresses = list,
+            Err(e) => h.address_error = Some(e.to_string()),
+        }
+        let mut seen = Seen::default();
+        let Some(ip) = h.addresses.first().copied() else {
+            h.level = level_reached(policy, &seen);
+            return h;
+        };
+        h.probed = Some(ip);
+        let addr = SocketAddr::new(ip, self.smtp_port);
+
+        // 1. XPONY (and whether the host answers at all).
+        if self.pony.is_some() {
+            match self.pony_context(host, mx, TlsPolicy::May).await {
+                Ok(context) => {
+                    if let Some(c) = &context {
+                        h.xpony.pin = if c.pin.is_some() { "pinned" } else { "none" };
+                        h.xpony.dns_key = describe_dns(&c.dns);
+                        seen.xpony_required = c.required;
+                    }
+                    match self.connect(addr, host).await {
+                        Ok(mut conn) => {
+                            let session = ClientSession::opening(&self.helo_name, StartTls::Never);
+                            let mut session = self.offer_pony(&mut conn, session, context);
+                            let end = self.drive(&mut conn, &mut session, TlsPolicy::May).await;
+                            seen.reachable = conn_greeted(&conn);
+                            let failure = failure_of(end, &mut session);
+                            self.note_xpony(&conn, failure.as_ref(), &mut h.xpony, &mut seen);
+                            if session.is_ready() {
+                                super::cache::quit(conn).await;
+                            }
+                            if let Some(f) = failure
+                                && !seen.reachable
+                            {
+                                h.error = Some(f.to_string());
+                            }
+                        }
+                        Err(reply) => h.error = Some(reply.to_string()),
+                    }
+                }
+                Err(f) => h.xpony.verdict = Some(f.to_string()),
+            }
+        }
+
+        // 2. STARTTLS, with the certificate judged for the MX name.
+        if h.error.is_none() || self.pony.is_none() {
+            match self.connect(addr, host).await {
+                Ok(mut conn) => {
+                    let mut session = ClientSession::opening(&self.helo_name, StartTls::Required);
+                    let end = self
+                        .drive(&mut conn, &mut session, TlsPolicy::Encrypt)
+                        .await;
+                    seen.reachable |= conn_greeted(&conn);
+                    let failure = failure_of(end, &mut session);
+                    let t = &mut h.starttls;
+                    if let Some(Encryption::Tls { version, cipher }) = &conn.tls {
+                        t.offered = true;
+                        t.protocol = Some((*version).to_string());
+                        t.cipher = Some(cipher.clone());
+                        let verified = conn.verdict.as_ref().is_some_and(CertVerdict::is_verified);
+                        t.certificate = Some(match &conn.verdict {
+                            Some(CertVerdict::Untrusted(why)) => format!("not verified ({why})"),
+                            _ if verified => "verified".into(),
+                            _ => "not verified".into(),
+                        });
+                        seen.tls_verified = Some(verified);
+                    } else if conn.tls_failed {
+                        t.offered = true;
+                        seen.tls_failed = true;
+                        t.error = failure.as_ref().map(|f| f.to_string());
+                    } else if let Some(HostFailure::TlsUnavailable { reply }) = &failure {
+                        t.error = Some(match reply {
+                            Some(r) => format!("refused: {r}"),
+                            None => "not offered".into(),
+                        });
+                    } else if let Some(f) = &failure {
+                        t.error = Some(f.to_string());
+                        if !seen.reachable {
+                            h.error.get_or_insert_with(|| f.to_string());
+                        }
+                    }
+                    seen.starttls_offered = t.offered;
+                    if session.is_ready() {
+                        super::cache::quit(conn).await;
+                    }
+                }
+                Err(reply) => {
+                    h.error.get_or_insert_with(|| reply.to_string());
+                }
+            }
+        }
+        if seen.reachable {
+            h.error = None;
+        }
+        h.level = level_reached(policy, &seen);
+        h
+    }
+
+    /// What the XPONY session showed.
+    fn note_xpony(
+        &self,
+        conn: &Connection,
+        failure: Option<&HostFailure>,
+        x: &mut XponyProbe,
+        seen: &mut Seen,
+    ) {
+        let Some(context) = conn.pony.as_ref() else {
+            return;
+        };
+        if let Some(key) = context.presented.as_ref() {
+            x.offered = true;
+            x.fingerprint = Some(crate::pony::keys::fingerprint(key));
+            if let Some(pin) = context.pin.as_ref() {
+                x.pin = if pin.key == *key || pin.successor.as_ref() == Some(key) {
+                    "matches"
+                } else {
+                    "differs"
+                };
+            }
+            if let DnsKeys::Published { keys, dnssec } = &context.dns {
+                let ok = if keys.contains(key) {
+                    "matches"
+                } else {
+                    "differs"
+                };
+                x.dns_key = format!("{ok}{}", if *dnssec { " (DNSSEC)" } else { "" });
+            }
+        }
+        match (context.seen.as_ref().map(|(_, b, _)| *b), failure) {
+            (Some(basis), _) => {
+                x.verdict = Some(basis.as_str().to_string());
+                seen.xpony = Some(basis.authenticated());
+            }
+            (None, Some(HostFailure::PonyRejected { why })) => {
+                x.verdict = Some(format!("refused: {why}"));
+                seen.xpony_refused = true;
+            }
+            (None, Some(HostFailure::PonyFailed { why })) => {
+                x.verdict = Some(format!("failed: {why}"));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn describe_dns(dns: &DnsKeys) -> String {
+    match dns {
+        DnsKeys::Absent => "none".into(),
+        DnsKeys::Published { dnssec, .. } => {
+            format!("published{}", if *dnssec { " (DNSSEC)" } else { "" })
+        }
+        DnsKeys::Indeterminate => "lookup failed".into(),
+    }
+}
+
+fn conn_greeted(conn: &Connection) -> bool {
+    conn.greeted
+}
+
+fn failure_of(end: Result<(), HostFailure>, session: &mut ClientSession) -> Option<HostFailure> {
+    match end {
+        Err(f) => Some(f),
+        Ok(()) if session.is_ready() => None,
+        Ok(()) => Some(match session.take_outcome() {
+            Some(SessionOutcome::Failed(f)) => f,
+            _ => HostFailure::Lost { stage: "greeting" },
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels() {
+        let up = Seen {
+            reachable: true,
+            ..Default::default()
+        };
+        let tls = |verified| Seen {
+            starttls_offered: true,
+            tls_verified: Some(verified),
+            ..up.clone()
+        };
+        let cases = [
+            (TlsPolicy::May, Seen::default(), "unreachable"),
+            (TlsPolicy::May, up.clone(), "plaintext (no STARTTLS)"),
+            (
+                TlsPolicy::Encrypt,
+                up.clone(),
+                "deferred: no STARTTLS (policy encrypt)",
+            ),
+            (TlsPolicy::None, tls(true), "plaintext (policy none)"),
+            (TlsPolicy::May, tls(false), "encrypted (TLS)"),
+            (
+                TlsPolicy::Verify,
+                tls(false),
+                "deferred: certificate not verified",
+            ),
+            (TlsPolicy::Verify, tls(true), "authenticated (TLS)"),
+            (
+                TlsPolicy::May,
+                Seen {
+                    xpony: Some(false),
+                    ..tls(false)
+                },
+                "encrypted (XPONY)",
+            ),
+            (
+                TlsPolicy::Verify,
+                Seen {
+                    xpony: Some(false),
+                    ..tls(true)
+                },
+                "authenticated (TLS)",
+            ),
+            (
+                TlsPolicy::May,
+                Seen {
+                    xpony: Some(true),
+                    ..up.clone()
+                },
+                "authenticated (XPONY)",
+            ),
+            (
+                TlsPolicy::May,
+                Seen {
+                    xpony_required: true,
+                    ..tls(true)
+                },
+                "deferred: XPONY expected",
+            ),
+            (
+                TlsPolicy::May,
+                Seen {
+                    xpony_refused: true,
+                    ..tls(true)
+                },
+                "deferred: XPONY key refused",
+            ),
+            (
+                TlsPolicy::May,
+                Seen {
+                    starttls_offered: true,
+                    tls_failed: true,
+                    ..up.clone()
+                },
+                "deferred: TLS handshake failed",
+            ),
+        ];
+        for (policy, seen, want) in cases {
+            let got = level_reached(policy, &seen);
+            assert!(got.starts_with(want), "{policy:?} {seen:?}: {got}");
+        }
+    }
+}
