@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::outbound::OutboundArgs;
 use super::config::OutboundFile;
+use super::outbound::OutboundArgs;
 use crate::outbound::probe::Verdict;
 use crate::sysexits::Exit;
 
