@@ -726,17 +726,20 @@ def make_test_ca(directory: Path, name: str = "blackpony interop test CA") -> tu
     return cert, key
 
 
-def make_ca_signed_cert(directory: Path, name: str, ca: tuple[Path, Path]) -> tuple[Path, Path]:
-    """A server certificate for DNS name `name` (SAN DNS:name, CA:FALSE, serverAuth) issued
-    by the CA ca = (cert, key). Returns (chain, key): the chain file holds the leaf followed
-    by the CA certificate, the way a server is given its chain."""
+def make_ca_signed_cert(directory: Path, name: str, ca: tuple[Path, Path],
+                        alt_names: Iterable[str] = ()) -> tuple[Path, Path]:
+    """A server certificate for DNS name `name` (SAN DNS:name, and DNS:each of alt_names,
+    CA:FALSE, serverAuth) issued by the CA ca = (cert, key). Returns (chain, key): the chain
+    file holds the leaf followed by the CA certificate, the way a server is given its
+    chain."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     ca_cert, ca_key = ca
     key, csr = directory / f"{name}.key", directory / f"{name}.csr"
     leaf, chain = directory / f"{name}.crt", directory / f"{name}.chain.pem"
     ext = directory / f"{name}.ext"
-    ext.write_text(f"subjectAltName = DNS:{name}\n"
+    sans = ", ".join(f"DNS:{n}" for n in (name, *alt_names))
+    ext.write_text(f"subjectAltName = {sans}\n"
                    "basicConstraints = critical, CA:FALSE\n"
                    "keyUsage = critical, digitalSignature\n"
                    "extendedKeyUsage = serverAuth\n"
@@ -850,19 +853,32 @@ class SignedZone(Process):
     ldns-keygen (Ed25519 KSK + ZSK), the zone signed with ldns-signzone. `anchors` is a
     file with both DNSKEY records, for `blackpony --dnssec FILE`. `tamper` lists owner
     names whose TXT data is changed AFTER signing, so their answers fail validation
-    (bogus)."""
+    (bogus); `tamper_rr` lists (owner, type) pairs changed the same way (TLSA: the last
+    hex digit, MX: the preference). `unsigned` maps child zones (delegated from this one
+    without a DS record: DNSSEC-insecure, RFC 4035 §5.2) to their records, served by the
+    same nsd."""
 
     def __init__(self, base: Path, origin: str, records: str, host: str = "127.0.20.53",
-                 tamper: Iterable[str] = ()):
+                 tamper: Iterable[str] = (), tamper_rr: Iterable[tuple[str, str]] = (),
+                 unsigned: Optional[dict[str, str]] = None):
         self.base = Path(base)
         self.base.mkdir(parents=True, exist_ok=True)
         self.host, self.origin = host, origin.rstrip(".")
         self.port = common_free_port([host], udp_too=True)
         zone = self.base / f"{self.origin}.zone"
-        zone.write_text(
-            f"$ORIGIN {self.origin}.\n$TTL 300\n"
-            f"@ IN SOA ns.{self.origin}. hostmaster.{self.origin}. 1 3600 600 86400 300\n"
-            f"@ IN NS ns.{self.origin}.\nns IN A {host}\n" + records)
+        def soa(origin: str) -> str:
+            return (f"$ORIGIN {origin}.\n$TTL 300\n"
+                    f"@ IN SOA ns.{origin}. hostmaster.{origin}. 1 3600 600 86400 300\n"
+                    f"@ IN NS ns.{origin}.\nns IN A {host}\n")
+        children = dict(unsigned or {})
+        delegations = "".join(f"{child}. IN NS ns.{child}.\nns.{child}. IN A {host}\n"
+                              for child in children)
+        zone.write_text(soa(self.origin) + records + delegations)
+        child_zones = []
+        for child, child_records in children.items():
+            child_zone = self.base / f"{child}.zone"
+            child_zone.write_text(soa(child) + child_records)
+            child_zones.append((child, child_zone.name))
         keys = []
         for ksk in (False, True):
             out = subprocess.run([require_tool("ldns-keygen"), *(["-k"] if ksk else []),
@@ -877,6 +893,23 @@ class SignedZone(Process):
             owner = f"{name.rstrip('.')}."
             lines = [l.replace("v=XPONY1", "v=XPONY1; x=tampered") if l.startswith(owner)
                      and "\tTXT\t" in l else l for l in lines]
+
+        def tampered(line: str, rrtype: str) -> str:
+            if rrtype == "TLSA":  # another last hex digit of the association data
+                return line[:-1] + ("1" if line[-1] != "1" else "2")
+            if rrtype == "MX":  # another preference
+                head, rdata = line.rsplit(f"\t{rrtype}\t", 1)
+                pref, exchange = rdata.split(None, 1)
+                return f"{head}\t{rrtype}\t{int(pref) + 1} {exchange}"
+            raise ValueError(f"cannot tamper with {rrtype}")
+        for name, rrtype in tamper_rr:
+            owner = f"{name.rstrip('.')}."
+            hits = [i for i, l in enumerate(lines)
+                    if l.startswith(owner + "\t") and f"\t{rrtype}\t" in l]
+            if not hits:
+                raise PeerError(f"no {rrtype} record at {owner} to tamper with")
+            for i in hits:
+                lines[i] = tampered(lines[i].rstrip(), rrtype)
         signed.write_text("\n".join(lines) + "\n")
         self.anchors = self.base / "anchors"
         self.anchors.write_text("".join(
@@ -890,7 +923,9 @@ class SignedZone(Process):
             f'  xfrdfile: "{self.base}/xfrd.state"\n  zonelistfile: "{self.base}/zone.list"\n'
             '  database: ""\n  verbosity: 1\n'
             "remote-control:\n  control-enable: no\n"
-            f"zone:\n  name: {self.origin}\n  zonefile: {signed.name}\n")
+            f"zone:\n  name: {self.origin}\n  zonefile: {signed.name}\n"
+            + "".join(f"zone:\n  name: {child}\n  zonefile: {file}\n"
+                      for child, file in child_zones))
         super().__init__([require_tool("nsd"), "-d", "-c", str(conf)], self.base / "nsd.log",
                          "nsd")
 

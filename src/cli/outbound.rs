@@ -83,13 +83,17 @@ pub struct OutboundArgs {
     /// anchors; the nameserver must pass DNSSEC records on), a file of
     /// DNSKEY records to trust (a private zone), or `off` [default: off].
     /// A validated XPONY key, named by a validated MX record, overrides pins
-    /// (proto-spec §8.3 P1); a bogus answer defers the MX host.
+    /// (proto-spec §8.3 P1), TLSA records are used (policy dane); a bogus
+    /// answer defers the MX host.
     #[arg(long, value_name = "root|FILE|off")]
     pub dnssec: Option<String>,
 
     /// TLS policy for destinations without their own: none, may (use
     /// STARTTLS when offered, any certificate), encrypt (require TLS),
-    /// verify (require a certificate valid for the MX name) [default: may].
+    /// verify (require a certificate valid for the MX name), dane (RFC 7672:
+    /// MX hosts with usable DNSSEC-validated TLSA records get TLS with a
+    /// certificate that matches them, the others may; needs --dnssec),
+    /// dane-only (every MX host must have them) [default: may].
     #[arg(long, value_enum, value_name = "POLICY")]
     pub tls_policy: Option<crate::outbound::TlsPolicy>,
 

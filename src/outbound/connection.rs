@@ -5,10 +5,12 @@
 //! transactions.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
 use super::policy::SecurityLevel;
+use crate::transport::dane::{DaneAuth, DaneMismatch};
 use crate::transport::{CertVerdict, Encryption, Stream};
 
 /// What is known about one MX host's blackpony key, and what happened.
@@ -47,6 +49,10 @@ pub(crate) struct Connection {
     pub(crate) pony: Option<PonyContext>,
     /// Our own address on the connection (TLS reports' `sending-mta-ip`).
     pub(crate) local: Option<std::net::IpAddr>,
+    /// The TLSA records the certificate must match (DANE applies).
+    pub(crate) dane: Option<Arc<DaneAuth>>,
+    /// Why the certificate did not match them, if it did not.
+    pub(crate) dane_mismatch: Option<DaneMismatch>,
 }
 
 impl Connection {

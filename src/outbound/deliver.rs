@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 
 use super::cache::Destination;
 use super::connection::{Connection, PonyContext, level_of};
+use super::dane::{self as dane_policy, DaneStatus, HostTls};
 use super::dns::{DnsFailure, Dnssec, MailResolver, MxAnswer};
 use super::memory::TlsMemory;
 use super::outcome::{PolicyOutcome, PolicyType, TlsFailure};
@@ -154,6 +155,7 @@ impl RecipientStatus {
         let verified = match &self.verdict {
             Some(CertVerdict::Verified) => "yes".to_string(),
             Some(CertVerdict::KeyKnown(basis)) => format!("yes ({basis})"),
+            Some(CertVerdict::Dane(usage)) => format!("yes ({usage})"),
             Some(CertVerdict::Untrusted(why)) => format!("no ({why})"),
             None => "no".to_string(),
         };
@@ -360,6 +362,14 @@ impl Deliverer {
             return self.literal_candidate(literal);
         }
         let (routes, mx_dnssec) = match self.resolver.mx(domain).await {
+            // RFC 7672 §2.2.1: a bogus MX RRset defers (as when the
+            // resolver turns it into an error).
+            Ok(MxAnswer::Exchangers(_, Dnssec::Bogus)) => {
+                return Err(dns_reply(&DnsFailure::Temporary(
+                    domain.to_string(),
+                    "DNSSEC validation of its MX records failed (bogus)".into(),
+                )));
+            }
             Ok(MxAnswer::Exchangers(mx, dnssec)) => (route::plan(mx, seed()), dnssec),
             Ok(MxAnswer::Implicit) => (route::implicit(domain), Dnssec::Insecure),
             Ok(MxAnswer::NullMx) => {
@@ -372,18 +382,22 @@ impl Deliverer {
         };
         let routes = sts_filter(domain, sts, routes)?;
         let mut list = Vec::new();
+        let mut address_dnssec = Vec::new();
         let mut dns_failure = None;
         for MxRoute { host, implicit, .. } in &routes {
             if list.len() >= self.limits.max_addresses {
                 break;
             }
-            match self.resolver.addresses(host).await {
-                Ok(addresses) => list.extend(
-                    addresses
-                        .into_iter()
-                        .take(self.limits.max_addresses - list.len())
-                        .map(|ip| (host.clone(), ip)),
-                ),
+            match self.resolver.addresses_signed(host).await {
+                Ok((addresses, status)) => {
+                    address_dnssec.push((host.clone(), status));
+                    list.extend(
+                        addresses
+                            .into_iter()
+                            .take(self.limits.max_addresses - list.len())
+                            .map(|ip| (host.clone(), ip)),
+                    )
+                }
                 // An implicit MX without address is the domain not existing;
                 // a listed MX without address is skipped (and remembered).
                 Err(failure) if *implicit => return Err(dns_reply(&failure)),
@@ -401,6 +415,7 @@ impl Deliverer {
             list,
             dns_failure,
             mx_dnssec,
+            address_dnssec,
         })
     }
 
@@ -426,6 +441,7 @@ impl Deliverer {
             list: vec![(name, ip)],
             dns_failure: None,
             mx_dnssec: Dnssec::Insecure,
+            address_dnssec: Vec::new(),
         })
     }
 
@@ -510,6 +526,111 @@ impl Deliverer {
         });
     }
 
+    /// What `host` must get under `configured`, DANE looked up once per
+    /// host of a delivery. `Err`: the host is not tried now, and this is
+    /// the reply that stands for it (RFC 7672 §2.2: bogus, or DANE
+    /// required and absent).
+    pub(crate) async fn host_tls(
+        &self,
+        hosts: &mut HostPolicies,
+        domain: &str,
+        host: &str,
+        configured: TlsPolicy,
+        candidates: &Candidates,
+    ) -> Result<HostTls, Reply> {
+        if let Some((_, decided)) = hosts.decided.iter().find(|(h, _)| h == host) {
+            return decided.clone();
+        }
+        let decided = if configured.uses_dane() {
+            let status = self.dane_status(domain, host, candidates).await;
+            log!("dane: {host}: {}", dane_policy::describe(&status));
+            let outcome = |result: Result<(), TlsFailure>, detail: Option<String>| PolicyOutcome {
+                policy: PolicyType::Tlsa,
+                domain: domain.to_string(),
+                policy_strings: status.published().iter().map(|r| r.to_string()).collect(),
+                mx_host: host.to_string(),
+                receiving_ip: None,
+                sending_ip: None,
+                result,
+                detail,
+            };
+            match dane_policy::decide(configured, &status) {
+                Ok(host_tls) => {
+                    if let DaneStatus::Unusable { .. } = status {
+                        // RFC 8460 §4.3.3: delivered encrypted, but the
+                        // TLSA policy failed.
+                        self.record_outcome(&outcome(Err(TlsFailure::TlsaInvalid), None));
+                    }
+                    Ok(host_tls)
+                }
+                Err(refusal) => {
+                    self.record_outcome(&outcome(Err(refusal.failure), Some(refusal.why.clone())));
+                    let reply = Reply::new(451, format!("4.7.5 {host}: DANE: {}", refusal.why));
+                    log!("host {host} failed: {reply}; trying the next one");
+                    Err(reply)
+                }
+            }
+        } else {
+            Ok(HostTls {
+                policy: configured,
+                dane: None,
+            })
+        };
+        hosts.decided.push((host.to_string(), decided.clone()));
+        decided
+    }
+
+    /// DANE for `host`, one of `domain`'s MX hosts in `candidates`. What
+    /// MTA-STS asks before applying its own policy to the host
+    /// ([`DaneStatus::governs`]: DANE wins, RFC 8461 §2).
+    pub(crate) async fn dane_status(
+        &self,
+        domain: &str,
+        host: &str,
+        candidates: &Candidates,
+    ) -> DaneStatus {
+        dane_policy::lookup(
+            &self.resolver,
+            domain,
+            host,
+            candidates.mx_dnssec,
+            candidates.address_dnssec(host),
+        )
+        .await
+    }
+
+    /// Records what DANE made of a session with a host it applied to:
+    /// success once the certificate matched, else the failure type (RFC
+    /// 8460 §4.3). A session that failed before STARTTLS is no TLS outcome.
+    fn record_dane_session(&self, domain: &str, conn: &Connection, failure: Option<&HostFailure>) {
+        let Some(auth) = &conn.dane else {
+            return;
+        };
+        let (result, detail) = match (&conn.verdict, failure, &conn.dane_mismatch) {
+            (Some(CertVerdict::Dane(_)), _, _) => (Ok(()), None),
+            (_, _, Some(why)) => (Err(dane_policy::failure_of(why)), Some(why.to_string())),
+            (_, Some(HostFailure::TlsUnavailable { .. }), _) => {
+                (Err(TlsFailure::StarttlsNotSupported), None)
+            }
+            (_, Some(HostFailure::Refused { stage, reply }), _) if *stage == "STARTTLS" => {
+                (Err(TlsFailure::ValidationFailure), Some(reply.to_string()))
+            }
+            // XPONY with a known key took the place of TLS.
+            (Some(_), _, _) => return,
+            _ => return,
+        };
+        self.record_outcome(&PolicyOutcome {
+            policy: PolicyType::Tlsa,
+            domain: domain.to_string(),
+            policy_strings: auth.records().iter().map(|r| r.to_string()).collect(),
+            mx_host: conn.host.clone(),
+            receiving_ip: Some(conn.addr.ip()),
+            sending_ip: conn.local,
+            result,
+            detail,
+        });
+    }
+
     /// A failure that cannot be recorded (state directory not writable)
     /// changes nothing now: this attempt is deferred either way. Without
     /// the record no plaintext retry ever comes due, so the host keeps
@@ -554,7 +675,12 @@ impl Deliverer {
         while let Some(idle) = self.idle.take(&to, effective) {
             let host = idle.conn.host.clone();
             let addr = idle.conn.addr;
-            let host_policy = sts_host_policy(policy, self.sts_for_host(sts.as_ref(), &host));
+            // A session DANE authenticated when it was opened stays DANE's.
+            let kept = HostTls {
+                policy,
+                dane: idle.conn.dane.clone(),
+            };
+            let host_policy = sts_host_policy(policy, self.sts_for_host(sts.as_ref(), &kept));
             if host_policy != effective {
                 super::cache::quit(idle.conn).await;
                 continue;
@@ -577,23 +703,41 @@ impl Deliverer {
             Ok(c) => c,
             Err(reply) => return all(reply, None),
         };
-        let mut last = candidates.dns_failure.map(|r| (r, None));
+        let mut last = candidates.dns_failure.clone().map(|r| (r, None));
         let mut last_security: (Option<Encryption>, Option<CertVerdict>) = (None, None);
         let mut sessions = 0;
+        let mut hosts = HostPolicies::default();
         for (host, ip) in &candidates.list {
             if sessions >= self.limits.max_sessions {
                 break;
             }
             let addr = SocketAddr::new(*ip, self.smtp_port);
             let relay = Some((host.clone(), addr));
-            let sts_here = self.sts_for_host(sts.as_ref(), host);
-            let host_policy = sts_host_policy(policy, sts_here);
+            let host_tls = match self
+                .host_tls(&mut hosts, domain, host, policy, &candidates)
+                .await
+            {
+                Ok(h) => h,
+                Err(reply) => {
+                    last = Some((reply, relay.clone()));
+                    continue;
+                }
+            };
+            let sts_here = self.sts_for_host(sts.as_ref(), &host_tls);
+            // What the host gets without MTA-STS, to tell whether it raised it.
+            let policy = host_tls.policy;
+            let host_tls = HostTls {
+                policy: sts_host_policy(policy, sts_here),
+                ..host_tls
+            };
+            let host_policy = host_tls.policy;
             let tried_tls = self.tries_tls(host, host_policy);
             let attempt = self
                 .attempt(
+                    domain,
                     addr,
                     host,
-                    host_policy,
+                    &host_tls,
                     candidates.mx_dnssec,
                     rcpts,
                     prepared,
@@ -759,7 +903,7 @@ impl Deliverer {
             Arc::clone(&prepared.wire),
         );
         let end = self.drive(&mut conn, &mut session, policy).await;
-        self.conclude(conn, session, end, idle.uses, false)
+        self.conclude(conn, session, end, idle.uses, None)
     }
 
     /// What a driven session came to; a session still open and ready is
@@ -772,7 +916,7 @@ impl Deliverer {
         mut session: ClientSession,
         end: Result<(), HostFailure>,
         uses: u32,
-        fresh: bool,
+        fresh: Option<&str>,
     ) -> Attempt {
         let outcome = match end {
             Err(failure) => SessionOutcome::Failed(failure),
@@ -782,6 +926,16 @@ impl Deliverer {
                     stage: "connect",
                 })),
         };
+        // A new session (with its recipient domain): DANE's outcome, once
+        // per handshake.
+        if let Some(domain) = fresh {
+            let failure = match &outcome {
+                SessionOutcome::Failed(f) => Some(f),
+                _ => None,
+            };
+            self.record_dane_session(domain, &conn, failure);
+        }
+        let fresh = fresh.is_some();
         if fresh && matches!(outcome, SessionOutcome::Replied(_)) {
             self.update_pin(&mut conn);
         }
@@ -810,15 +964,27 @@ impl Deliverer {
         let configured = self.policy.for_domain(domain);
         let sts = self.sts_policy(domain, configured).await;
         let candidates = self.candidates(domain, sts.as_ref()).await?;
-        let mut last = candidates.dns_failure;
+        let mut last = candidates.dns_failure.clone();
         let mut sessions = 0;
+        let mut hosts = HostPolicies::default();
         for (host, ip) in &candidates.list {
             if sessions >= self.limits.max_sessions {
                 break;
             }
+            let host_tls = match self
+                .host_tls(&mut hosts, domain, host, configured, &candidates)
+                .await
+            {
+                Ok(h) => h,
+                Err(reply) => {
+                    last = Some(reply);
+                    continue;
+                }
+            };
+            let sts_here = self.sts_for_host(sts.as_ref(), &host_tls);
+            let policy = sts_host_policy(host_tls.policy, sts_here);
+            let raised = policy != host_tls.policy;
             let addr = SocketAddr::new(*ip, self.smtp_port);
-            let sts_here = self.sts_for_host(sts.as_ref(), host);
-            let policy = sts_host_policy(configured, sts_here);
             let pony = match self.pony_context(host, candidates.mx_dnssec, policy).await {
                 Ok(pony) => pony,
                 Err(f) => {
@@ -834,6 +1000,7 @@ impl Deliverer {
                 }
             };
             let tried_tls = self.tries_tls(host, policy);
+            conn.dane = host_tls.dane.clone();
             let session = ClientSession::opening(&self.helo_name, self.starttls_for(host, policy));
             let mut session = self.offer_pony(&mut conn, session, pony);
             let end = self.drive(&mut conn, &mut session, policy).await;
@@ -877,6 +1044,7 @@ impl Deliverer {
                     ),
                 );
             }
+            self.record_dane_session(domain, &conn, failure.as_ref());
             match failure {
                 None => {
                     // The EHLO reply came over the channel: the server's
@@ -896,7 +1064,7 @@ impl Deliverer {
                         host_failure_reply(&f, host, *ip, policy),
                         domain,
                         sts_here,
-                        policy != configured,
+                        raised,
                     );
                     log!(
                         "host {host}[{ip}]:{} failed: {reply}; trying the next one",
@@ -930,25 +1098,35 @@ impl Deliverer {
     /// does. RFC 8461 §2: where an MX host has usable DANE TLSA records
     /// (RFC 7672), DANE governs it and the MTA-STS policy does not; this is
     /// the one place where that check goes once DANE is in.
+    ///
+    /// DANE is looked up under the `dane` and `dane-only` policies
+    /// ([`Deliverer::host_tls`]); a host it authenticates (usable TLSA
+    /// records) is DANE's alone. A host whose DANE lookup failed never gets
+    /// here: it is deferred, and MTA-STS cannot override that.
     fn sts_for_host<'a>(
         &self,
         sts: Option<&'a ActivePolicy>,
-        _host: &str,
+        host_tls: &HostTls,
     ) -> Option<&'a ActivePolicy> {
-        sts
+        sts.filter(|_| host_tls.dane.is_none())
     }
 
     /// One SMTP session with one address, delivering the whole transaction
     /// and kept open after it (see `cache`).
+    // Each argument is one fact of a different kind (where, what TLS, what
+    // DNS said, for whom, what); a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
+        domain: &str,
         addr: SocketAddr,
         host: &str,
-        policy: TlsPolicy,
+        host_tls: &HostTls,
         mx: Dnssec,
         rcpts: &[String],
         prepared: &Prepared,
     ) -> Attempt {
+        let policy = host_tls.policy;
         let envelope = Envelope {
             sender: prepared.envelope_sender.clone(),
             recipients: rcpts.to_vec(),
@@ -975,9 +1153,10 @@ impl Deliverer {
                 });
             }
         };
+        conn.dane = host_tls.dane.clone();
         let mut session = self.offer_pony(&mut conn, session, pony);
         let end = self.drive(&mut conn, &mut session, policy).await;
-        self.conclude(conn, session, end, 0, true)
+        self.conclude(conn, session, end, 0, Some(domain))
     }
 
     /// Looks up what is known about `host` (DNS key, pin) before connecting
@@ -1042,7 +1221,8 @@ impl Deliverer {
         }
         .requires_extension()
             || pins_unreadable;
-        if policy == TlsPolicy::Verify && !required {
+        // The same for DANE: a first contact would not be authenticated.
+        if policy.required() == SecurityLevel::Authenticated && !required {
             return Ok(None);
         }
         Ok(Some(PonyContext {
@@ -1144,6 +1324,8 @@ impl Deliverer {
                     tls_failed: false,
                     inbuf: Vec::new(),
                     pony: None,
+                    dane: None,
+                    dane_mismatch: None,
                 });
             }
             Ok(Err(e)) => e.to_string(),
@@ -1200,13 +1382,15 @@ impl Deliverer {
                             continue;
                         }
                         KeyVerdict::Accepted(basis)
-                            if policy == TlsPolicy::Verify && !basis.authenticated() =>
+                            if policy.required() == SecurityLevel::Authenticated
+                                && !basis.authenticated() =>
                         {
                             let why = format!(
-                                "{}[{}] presented key {} on first contact, but policy verify needs a known key or a verified certificate",
+                                "{}[{}] presented key {} on first contact, but policy {} needs a known key or a verified certificate",
                                 conn.host,
                                 conn.addr.ip(),
                                 crate::pony::keys::fingerprint(&key),
+                                policy.as_str(),
                             );
                             log!("xpony: {why}");
                             session.xpony_reject(why);
@@ -1297,12 +1481,36 @@ impl Deliverer {
             return Err(failed("not a plaintext connection".into()));
         };
         let name = crate::transport::tls::server_name(&host).map_err(failed)?;
-        let connector = tokio_rustls::TlsConnector::from(self.tls.config());
+        let (config, dane) = match &conn.dane {
+            Some(auth) => {
+                let (config, verifier) = self
+                    .tls
+                    .dane_config(auth)
+                    .map_err(|e| failed(e.to_string()))?;
+                (config, Some(verifier))
+            }
+            None => (self.tls.config(), None),
+        };
+        let connector = tokio_rustls::TlsConnector::from(config);
         let handshake =
             tokio::time::timeout(self.limits.connect_timeout, connector.connect(name, tcp)).await;
         let tls = match handshake {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
+                // A certificate that does not match the TLSA records is
+                // no TLS trouble: plaintext never follows DANE (§2.2).
+                if let Some(why) = dane.as_ref().and_then(|v| v.failure()) {
+                    conn.dane_mismatch = Some(why.clone());
+                    return Err(HostFailure::Refused {
+                        stage: "STARTTLS",
+                        reply: Reply::new(
+                            454,
+                            format!(
+                                "4.7.5 Server certificate of {host}[{ip}] does not match its TLSA records (DANE): {why}"
+                            ),
+                        ),
+                    });
+                }
                 conn.tls_failed = true;
                 return Err(failed(e.to_string()));
             }
@@ -1317,7 +1525,10 @@ impl Deliverer {
         let _ = tls.get_ref().0.set_quickack(true);
         let (_, state) = tls.get_ref();
         let info = Encryption::from_tls(state);
-        let verdict = self.tls.verdict(state, &host);
+        let verdict = match &conn.dane {
+            Some(auth) => self.tls.dane_verdict(state, auth),
+            None => self.tls.verdict(state, &host),
+        };
         conn.tls = Some(info);
         conn.verdict = Some(verdict.clone());
         let mut stream = Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)));
@@ -1348,6 +1559,24 @@ pub(crate) struct Candidates {
     pub(crate) dns_failure: Option<Reply>,
     /// Whether the MX records were DNSSEC-signed (implicit MX: insecure).
     pub(crate) mx_dnssec: Dnssec,
+    /// Whether each host's address records were (DANE, RFC 7672 §2.2.2).
+    pub(crate) address_dnssec: Vec<(String, Dnssec)>,
+}
+
+impl Candidates {
+    /// The DNSSEC status of `host`'s address records.
+    pub(crate) fn address_dnssec(&self, host: &str) -> Dnssec {
+        self.address_dnssec
+            .iter()
+            .find(|(h, _)| h == host)
+            .map_or(Dnssec::Insecure, |(_, s)| *s)
+    }
+}
+
+/// What each MX host of one delivery must get, decided once per host.
+#[derive(Default)]
+pub(crate) struct HostPolicies {
+    decided: Vec<(String, Result<HostTls, Reply>)>,
 }
 
 /// A session opened by [`Deliverer::open_route`], ready for mail commands.
@@ -1548,8 +1777,12 @@ fn host_failure_reply(failure: &HostFailure, host: &str, ip: IpAddr, policy: Tls
         HostFailure::TlsUnavailable { reply } => Reply::new(
             451,
             format!(
-                "4.7.4 TLS is required by policy {} but {host}[{ip}] {}",
-                policy.as_str(),
+                "4.7.4 TLS is required by {} but {host}[{ip}] {}",
+                match policy {
+                    // What DANE made of the host (dane.rs `decide`).
+                    TlsPolicy::DaneOnly => "DANE (usable TLSA records)".to_string(),
+                    other => format!("policy {}", other.as_str()),
+                },
                 match reply {
                     Some(r) => format!("refused STARTTLS: {r}"),
                     None => "did not offer STARTTLS".to_string(),

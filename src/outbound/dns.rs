@@ -23,6 +23,8 @@ use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 
+use crate::transport::dane::Tlsa;
+
 /// Why a lookup gave no usable answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DnsFailure {
@@ -56,14 +58,17 @@ pub enum DnssecMode {
 
 /// The DNSSEC status of an answer (RFC 4033 §5, as proto-spec §8.2 names
 /// them; failures to get an answer at all are [`DnsFailure::Temporary`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Ordered from worst to best, so the status of several answers together
+/// is the `min` of theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Dnssec {
-    /// Validated from a trust anchor.
-    Secure,
-    /// Unsigned, or validation is off.
-    Insecure,
     /// Should have been signed, but the signatures do not check out.
     Bogus,
+    /// Unsigned, or validation is off.
+    Insecure,
+    /// Validated from a trust anchor.
+    Secure,
 }
 
 impl Dnssec {
@@ -99,6 +104,9 @@ pub enum MxAnswer {
 #[derive(Clone)]
 pub struct MailResolver {
     inner: TokioResolver,
+    /// Whether answers are validated (`--dnssec` not off): without it
+    /// nothing is ever secure, and DANE cannot apply.
+    validating: bool,
 }
 
 impl MailResolver {
@@ -150,7 +158,15 @@ impl MailResolver {
         let inner = builder
             .build()
             .map_err(|e| DnsFailure::Temporary("resolver".into(), e.to_string()))?;
-        Ok(MailResolver { inner })
+        Ok(MailResolver {
+            inner,
+            validating: *dnssec != DnssecMode::Off,
+        })
+    }
+
+    /// Whether answers are DNSSEC-validated at all.
+    pub fn validates(&self) -> bool {
+        self.validating
     }
 
     /// The MX records of `domain`.
@@ -178,6 +194,11 @@ impl MailResolver {
                     (false, _) => MxAnswer::Exchangers(exchangers, dnssec),
                 })
             }
+            // RFC 7672 §2.2.1: a bogus MX RRset defers the delivery.
+            Err(e) if is_bogus(&e) => Err(DnsFailure::Temporary(
+                domain.to_string(),
+                "DNSSEC validation of its MX records failed (bogus)".into(),
+            )),
             Err(e) => match classify(domain, "MX", &e) {
                 DnsFailure::NoRecords(..) => Ok(MxAnswer::Implicit),
                 other => Err(other),
@@ -187,12 +208,20 @@ impl MailResolver {
 
     /// The IPv4 and IPv6 addresses of `host`, IPv4 first.
     pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsFailure> {
+        self.addresses_signed(host).await.map(|(ips, _)| ips)
+    }
+
+    /// The addresses of `host` and the DNSSEC status of the answers that
+    /// gave them: secure only if every address came signed (DANE needs a
+    /// signed address lookup, RFC 7672 §2.2.2). An address literal is
+    /// insecure: no DNS vouched for it.
+    pub async fn addresses_signed(&self, host: &str) -> Result<(Vec<IpAddr>, Dnssec), DnsFailure> {
         if let Ok(ip) = host
             .trim_start_matches('[')
             .trim_end_matches(']')
             .parse::<IpAddr>()
         {
-            return Ok(vec![ip]);
+            return Ok((vec![ip], Dnssec::Insecure));
         }
         let name = fqdn(host)?;
         let (v4, v6) = tokio::join!(
@@ -201,18 +230,37 @@ impl MailResolver {
         );
         let mut out = Vec::new();
         let mut failures = Vec::new();
+        let mut status = Dnssec::Secure;
         for (result, kind) in [(v4, "A"), (v6, "AAAA")] {
             match result {
-                Ok(lookup) => out.extend(lookup.answers().iter().filter_map(|r| match &r.data {
-                    RData::A(a) => Some(IpAddr::V4(a.0)),
-                    RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                    _ => None,
-                })),
+                Ok(lookup) => {
+                    let found: Vec<&Record> = lookup
+                        .answers()
+                        .iter()
+                        .filter(|r| matches!(r.data, RData::A(_) | RData::AAAA(_)))
+                        .collect();
+                    if !found.is_empty() {
+                        status = status.min(Dnssec::of(lookup.answers()));
+                    }
+                    out.extend(found.iter().filter_map(|r| match &r.data {
+                        RData::A(a) => Some(IpAddr::V4(a.0)),
+                        RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                        _ => None,
+                    }));
+                }
+                // A bogus AAAA beside a good A still taints the host.
+                Err(e) if is_bogus(&e) => {
+                    status = Dnssec::Bogus;
+                    failures.push(DnsFailure::Temporary(
+                        host.to_string(),
+                        format!("DNSSEC validation of its {kind} records failed (bogus)"),
+                    ));
+                }
                 Err(e) => failures.push(classify(host, kind, &e)),
             }
         }
         if !out.is_empty() {
-            return Ok(out);
+            return Ok((out, status));
         }
         // Temporary beats "no such host": a later try may succeed.
         if let Some(t) = failures
@@ -249,6 +297,43 @@ impl MailResolver {
             }
             Err(e) if is_bogus(&e) => Ok((Vec::new(), Dnssec::Bogus)),
             Err(e) => match classify(name, "TXT", &e) {
+                DnsFailure::NoRecords(..) | DnsFailure::NoSuchDomain(_) => {
+                    Ok((Vec::new(), Dnssec::Insecure))
+                }
+                other => Err(other),
+            },
+        }
+    }
+
+    /// The TLSA records for SMTP at `host` (`_25._tcp.<host>`, RFC 7672
+    /// §2.2.3: port 25 whatever port is used to reach it) and their DNSSEC
+    /// status. No such name or no TLSA records is an empty list; a
+    /// validation failure is an empty list marked bogus; records that are
+    /// not TLSA (a CNAME on the way) do not count.
+    pub async fn tlsa(&self, host: &str) -> Result<(Vec<Tlsa>, Dnssec), DnsFailure> {
+        let name = format!("_25._tcp.{}", host.trim_end_matches('.'));
+        let fq = fqdn(&name)?;
+        match self.inner.lookup(fq, RecordType::TLSA).await {
+            Ok(lookup) => {
+                let records = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::TLSA(t) => Some(Tlsa::new(
+                            t.cert_usage.into(),
+                            t.selector.into(),
+                            t.matching.into(),
+                            t.cert_data.clone(),
+                        )),
+                        _ => None,
+                    })
+                    .collect();
+                // The whole answer counts: a CNAME leading to the records
+                // must be signed as well (RFC 7672 §2.2.3).
+                Ok((records, Dnssec::of(lookup.answers())))
+            }
+            Err(e) if is_bogus(&e) => Ok((Vec::new(), Dnssec::Bogus)),
+            Err(e) => match classify(&name, "TLSA", &e) {
                 DnsFailure::NoRecords(..) | DnsFailure::NoSuchDomain(_) => {
                     Ok((Vec::new(), Dnssec::Insecure))
                 }

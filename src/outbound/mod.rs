@@ -4,6 +4,8 @@
 //!
 //! - [`dns`]: MX, address and TXT lookups (hickory-resolver);
 //! - [`route`]: MX ordering (RFC 5321 §5.1);
+//! - [`dane`]: DANE for SMTP (RFC 7672): whether it applies to an MX host,
+//!   and what the host's TLS must then be;
 //! - [`policy`]: TLS policy per destination and the security level reached;
 //! - [`sts`], [`sts_fetch`]: MTA-STS (RFC 8461): the policy parser and
 //!   cache rules (sans-IO), the TXT lookup and HTTPS fetch;
@@ -20,6 +22,7 @@
 
 pub mod cache;
 pub mod connection;
+pub mod dane;
 pub mod deliver;
 pub mod dns;
 pub mod exit;

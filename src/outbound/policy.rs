@@ -43,15 +43,25 @@ pub enum TlsPolicy {
     Encrypt,
     /// Require TLS with a certificate that verifies for the MX host name.
     Verify,
+    /// Opportunistic DANE (RFC 7672; Postfix's `dane`): an MX host with
+    /// usable DNSSEC-validated TLSA records gets TLS with a certificate
+    /// that matches them, or nothing; one whose records are all unusable
+    /// gets TLS with any certificate; the others get `may`. Needs
+    /// `--dnssec`.
+    Dane,
+    /// Mandatory DANE (Postfix's `dane-only`): every MX host must have
+    /// usable TLSA records, and a certificate that matches them.
+    #[serde(rename = "dane-only")]
+    DaneOnly,
 }
 
 impl TlsPolicy {
     /// The level a delivery must reach under this policy.
     pub fn required(self) -> SecurityLevel {
         match self {
-            TlsPolicy::None | TlsPolicy::May => SecurityLevel::Plaintext,
+            TlsPolicy::None | TlsPolicy::May | TlsPolicy::Dane => SecurityLevel::Plaintext,
             TlsPolicy::Encrypt => SecurityLevel::Encrypted,
-            TlsPolicy::Verify => SecurityLevel::Authenticated,
+            TlsPolicy::Verify | TlsPolicy::DaneOnly => SecurityLevel::Authenticated,
         }
     }
 
@@ -59,8 +69,8 @@ impl TlsPolicy {
     pub fn starttls(self) -> StartTls {
         match self {
             TlsPolicy::None => StartTls::Never,
-            TlsPolicy::May => StartTls::IfOffered,
-            TlsPolicy::Encrypt | TlsPolicy::Verify => StartTls::Required,
+            TlsPolicy::May | TlsPolicy::Dane => StartTls::IfOffered,
+            TlsPolicy::Encrypt | TlsPolicy::Verify | TlsPolicy::DaneOnly => StartTls::Required,
         }
     }
 
@@ -76,7 +86,14 @@ impl TlsPolicy {
             TlsPolicy::May => "may",
             TlsPolicy::Encrypt => "encrypt",
             TlsPolicy::Verify => "verify",
+            TlsPolicy::Dane => "dane",
+            TlsPolicy::DaneOnly => "dane-only",
         }
+    }
+
+    /// Whether DANE is looked up for this destination's MX hosts.
+    pub fn uses_dane(self) -> bool {
+        matches!(self, TlsPolicy::Dane | TlsPolicy::DaneOnly)
     }
 }
 
@@ -121,5 +138,27 @@ mod tests {
             .insert("bank.example".into(), TlsPolicy::Verify);
         assert_eq!(table.for_domain("Bank.Example"), TlsPolicy::Verify);
         assert_eq!(table.for_domain("other.example"), TlsPolicy::May);
+    }
+
+    #[test]
+    fn dane_levels_are_named_as_postfix_names_them() {
+        #[derive(serde::Deserialize)]
+        struct One {
+            p: TlsPolicy,
+        }
+        for (text, policy) in [
+            ("dane", TlsPolicy::Dane),
+            ("dane-only", TlsPolicy::DaneOnly),
+        ] {
+            let parsed: One = toml::from_str(&format!("p = {text:?}")).unwrap();
+            assert_eq!(parsed.p, policy);
+            assert_eq!(policy.as_str(), text);
+            assert_eq!(
+                <TlsPolicy as clap::ValueEnum>::from_str(text, false),
+                Ok(policy)
+            );
+        }
+        assert!(TlsPolicy::Dane.allows_plaintext());
+        assert!(!TlsPolicy::DaneOnly.allows_plaintext());
     }
 }

@@ -1,10 +1,12 @@
 //! Byte streams that start in plaintext and may be upgraded mid-session
 //! (the STARTTLS pattern, RFC 3207), and the TLS configuration they use.
 
+pub mod dane;
 pub mod drive;
 pub mod encryption;
 pub mod pony;
 pub mod tls;
+pub mod verifier;
 
 use std::io;
 use std::pin::Pin;

@@ -8,10 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
+use rustls::client::danger::ServerCertVerifier;
+use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+
+use super::dane::{DaneAuth, DaneVerifier};
+use super::verifier::{AnyChain, CheckedSignatures};
 
 /// Why a TLS configuration could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +163,9 @@ pub enum CertVerdict {
     /// An XPONY server key that matched what the client knew beforehand
     /// (the basis: "pinned key", "DNS key"; proto-spec §8.3).
     KeyKnown(&'static str),
+    /// Matched the host's DNSSEC-validated TLSA records (RFC 7672 §3):
+    /// `DANE-EE` or `DANE-TA`.
+    Dane(&'static str),
     /// Does not verify; the reason is for the log (`self-signed`, `name
     /// mismatch`, …). Opportunistic delivery goes on anyway (RFC 7435).
     Untrusted(String),
@@ -167,7 +173,10 @@ pub enum CertVerdict {
 
 impl CertVerdict {
     pub fn is_verified(&self) -> bool {
-        matches!(self, CertVerdict::Verified | CertVerdict::KeyKnown(_))
+        matches!(
+            self,
+            CertVerdict::Verified | CertVerdict::KeyKnown(_) | CertVerdict::Dane(_)
+        )
     }
 }
 
@@ -219,7 +228,8 @@ impl ClientTls {
         let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
             .map_err(|e| TlsError::Verifier(e.to_string()))?;
-        let verifier = Arc::new(AcceptAnyChain {
+        let verifier = Arc::new(CheckedSignatures {
+            rule: Arc::new(AnyChain),
             webpki: Arc::clone(&webpki),
         });
         let config = ClientConfig::builder_with_provider(provider())
@@ -246,6 +256,37 @@ impl ClientTls {
             .with_safe_default_protocol_versions()?
             .with_webpki_verifier(Arc::clone(&self.webpki))
             .with_no_client_auth())
+    }
+
+    /// A configuration for one connection to a host with usable TLSA
+    /// records: the handshake fails unless the chain matches them. Session
+    /// resumption is off: a resumed session would skip the check.
+    pub fn dane_config(
+        &self,
+        auth: &DaneAuth,
+    ) -> Result<(Arc<ClientConfig>, Arc<DaneVerifier>), TlsError> {
+        let verifier = Arc::new(DaneVerifier::new(auth.clone()));
+        let checked = Arc::new(CheckedSignatures {
+            rule: Arc::clone(&verifier),
+            webpki: Arc::clone(&self.webpki),
+        });
+        let mut config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(checked)
+            .with_no_client_auth();
+        config.resumption = rustls::client::Resumption::disabled();
+        Ok((Arc::new(config), verifier))
+    }
+
+    /// How the chain of a finished DANE handshake matched (it did, or the
+    /// handshake would have failed).
+    pub fn dane_verdict(&self, state: &rustls::CommonState, auth: &DaneAuth) -> CertVerdict {
+        let chain = state.peer_certificates().unwrap_or(&[]);
+        match auth.check(chain, UnixTime::now()) {
+            Ok(m) => CertVerdict::Dane(m.record().usage_name()),
+            Err(why) => CertVerdict::Untrusted(format!("DANE: {why}")),
+        }
     }
 
     /// Judges the chain a finished handshake presented, for `host`.
@@ -303,48 +344,6 @@ fn describe_cert_error(e: &rustls::Error) -> String {
         }
         rustls::Error::InvalidCertificate(_) => "invalid certificate".into(),
         other => other.to_string(),
-    }
-}
-
-/// Accepts any chain during the handshake but verifies the handshake
-/// signatures with the real algorithms. See [`ClientTls`].
-#[derive(Debug)]
-struct AcceptAnyChain {
-    webpki: Arc<WebPkiServerVerifier>,
-}
-
-impl ServerCertVerifier for AcceptAnyChain {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
     }
 }
 
