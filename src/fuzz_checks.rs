@@ -253,6 +253,31 @@ pub fn mime_downgrade(input: &[u8]) {
     }
 }
 
+/// The MTA-STS policy and TXT parsers (RFC 8461 §3) never panic; a policy
+/// they accept keeps the RFC's bounds (max_age capped, mx unless mode none),
+/// its patterns print back to themselves, and an accepted id is 1 to 32
+/// letters and digits.
+pub fn sts_policy(input: &[u8]) {
+    use crate::outbound::sts::{self, Discovery, MAX_AGE_CAP, Mode, MxPattern};
+    if let Ok(policy) = sts::parse_policy(input) {
+        assert!(policy.max_age <= MAX_AGE_CAP);
+        assert!(policy.mode == Mode::None || !policy.mx.is_empty());
+        for pattern in &policy.mx {
+            let text = pattern.to_string();
+            assert_eq!(MxPattern::parse(&text).as_ref(), Some(pattern));
+            let host = text
+                .strip_prefix("*.")
+                .map_or(text.clone(), |d| format!("mx.{d}"));
+            assert!(pattern.matches(&host), "{text} does not match {host}");
+        }
+    }
+    let text = String::from_utf8_lossy(input);
+    let records: Vec<String> = text.split('\n').map(str::to_string).collect();
+    if let Discovery::Id(id) = sts::parse_txt(&records) {
+        assert!((1..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric()));
+    }
+}
+
 /// A small deterministic generator for running the checks in `cargo test`.
 #[cfg(test)]
 pub(crate) fn pseudo_random_inputs(seed: u64, count: usize, alphabet: &[u8]) -> Vec<Vec<u8>> {
@@ -292,6 +317,19 @@ mod tests {
         for input in pseudo_random_inputs(0xf4a3e, 100, &[0, 1, 2, 3, 19, 20, 0xff, 0x42]) {
             pony_frames(&input);
         }
+        for input in pseudo_random_inputs(0x575, 3000, STS_ALPHABET) {
+            sts_policy(&input);
+        }
+    }
+
+    const STS_ALPHABET: &[u8] =
+        b"version: STSv1\r\nmode: enforce testing none\nmx: *.a.b-c.example\nmax_age: 0123456789 ;=v=STSv1; id=\t\xff";
+
+    /// Valid policies and records do turn up: the check sees more than junk.
+    #[test]
+    fn sts_check_on_real_policies() {
+        sts_policy(b"version: STSv1\r\nmode: enforce\r\nmx: *.example.org\r\nmx: mx.example.net\r\nmax_age: 86400\r\n");
+        sts_policy(b"v=STSv1; id=20190429T010101;");
     }
 
     /// Valid frames and records do turn up: the checks see more than junk.

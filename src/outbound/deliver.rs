@@ -22,7 +22,7 @@ use super::memory::TlsMemory;
 use super::outcome::{PolicyOutcome, PolicyType, TlsFailure};
 use super::policy::{PolicyTable, SecurityLevel, TlsPolicy};
 use super::route::{self, MxRoute};
-use super::sts::{self, Mode as StsMode, MxFailure, TlsSeen};
+use super::sts::{self, Mode as StsMode, TlsSeen};
 use super::sts_fetch::ActivePolicy;
 use super::tlsrpt::SessionFacts;
 use crate::log;
@@ -380,7 +380,7 @@ impl Deliverer {
             }
             Err(failure) => return Err(dns_reply(&failure)),
         };
-        let routes = sts_filter(domain, sts, routes)?;
+        let routes = self.sts_filter(domain, sts, routes)?;
         let mut list = Vec::new();
         let mut address_dnssec = Vec::new();
         let mut dns_failure = None;
@@ -485,45 +485,6 @@ impl Deliverer {
                 detail,
             });
         }
-    }
-
-    /// Records a session judged by the domain's MTA-STS policy (RFC 8460
-    /// `policy-type` sts, the policy file's lines as `policy-string`).
-    fn report_sts(
-        &self,
-        domain: &str,
-        active: &ActivePolicy,
-        host: &str,
-        (local, remote): (Option<IpAddr>, IpAddr),
-        seen: TlsSeen<'_>,
-    ) {
-        let Some(judged) = sts::judge_session(seen) else {
-            return;
-        };
-        let (result, detail) = match judged {
-            Ok(()) => (Ok(()), None),
-            Err((failure, why)) => (
-                Err(TlsFailure::from_name(failure.as_str())
-                    .unwrap_or(TlsFailure::ValidationFailure)),
-                Some(why),
-            ),
-        };
-        self.record_outcome(&PolicyOutcome {
-            policy: PolicyType::Sts,
-            domain: domain.to_string(),
-            policy_strings: active
-                .body
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect(),
-            mx_host: host.to_string(),
-            receiving_ip: Some(remote),
-            sending_ip: local,
-            result,
-            detail,
-        });
     }
 
     /// What `host` must get under `configured`, DANE looked up once per
@@ -756,8 +717,7 @@ impl Deliverer {
                     }
                 };
                 let level = level_of(attempt.tls.as_ref(), attempt.verdict.as_ref());
-                self.report_sts(domain, active, host, (attempt.local, *ip), seen);
-                note_sts_session(domain, active, host, *ip, level, seen);
+                self.note_sts_session(domain, active, host, (attempt.local, *ip), level, seen);
             } else {
                 let failure = match &attempt.outcome {
                     SessionOutcome::Failed(f) => Some(f),
@@ -1028,8 +988,7 @@ impl Deliverer {
                     Some(HostFailure::TlsUnavailable { .. }) | None => TlsSeen::NoStartTls,
                     Some(_) => TlsSeen::NotReached,
                 };
-                self.report_sts(domain, active, host, (conn.local, *ip), seen);
-                note_sts_session(domain, active, host, *ip, conn.level(), seen);
+                self.note_sts_session(domain, active, host, (conn.local, *ip), conn.level(), seen);
             } else {
                 self.report_tls(
                     domain,
@@ -1091,7 +1050,117 @@ impl Deliverer {
         {
             return None;
         }
-        sts.lookup(domain).await.active
+        let lookup = sts.lookup(domain).await;
+        if let Some(problem) = &lookup.problem {
+            // A policy that could not be fetched: the report's failure is
+            // the policy's, not a session's (no MX host).
+            self.record_outcome(&PolicyOutcome {
+                policy: PolicyType::Sts,
+                domain: domain.to_ascii_lowercase(),
+                policy_strings: lookup.active.as_ref().map_or_else(Vec::new, policy_strings),
+                mx_host: String::new(),
+                receiving_ip: None,
+                sending_ip: None,
+                result: Err(problem.failure),
+                detail: Some(problem.detail.clone()),
+            });
+        }
+        lookup.active
+    }
+
+    /// Under `enforce`, only MX hosts the policy lists are tried (RFC 8461
+    /// §4.1); none at all is a temporary failure, never plaintext elsewhere.
+    /// Under `testing` every host stays (a session with one the policy does
+    /// not list is judged as a failure in [`Self::note_sts_session`]).
+    fn sts_filter(
+        &self,
+        domain: &str,
+        sts: Option<&ActivePolicy>,
+        routes: Vec<MxRoute>,
+    ) -> Result<Vec<MxRoute>, Reply> {
+        let Some(active) = sts.filter(|a| a.policy.mode == StsMode::Enforce) else {
+            return Ok(routes);
+        };
+        let (matching, other): (Vec<MxRoute>, Vec<MxRoute>) = routes
+            .into_iter()
+            .partition(|r| active.policy.mx_matches(&r.host));
+        for route in &other {
+            let why = format!("not in the policy's mx: {}", active.policy.mx_list());
+            log!(
+                "mta-sts: domain={domain} sts=enforce id={} mx={} mx_match=no result={} ({why}); skipped",
+                active.id,
+                route.host,
+                TlsFailure::ValidationFailure
+            );
+            self.record_outcome(&sts_outcome(
+                domain,
+                active,
+                &route.host,
+                None,
+                Err(TlsFailure::ValidationFailure),
+                Some(why),
+            ));
+        }
+        if matching.is_empty() {
+            let hosts: Vec<&str> = other.iter().map(|r| r.host.as_str()).collect();
+            return Err(Reply::new(
+                451,
+                format!(
+                    "4.7.5 MTA-STS policy of {domain} (mode enforce, id {}) lists none of its MX hosts ({}; the policy allows {})",
+                    active.id,
+                    hosts.join(", "),
+                    active.policy.mx_list()
+                ),
+            ));
+        }
+        Ok(matching)
+    }
+
+    /// Logs and records how one MX session fared under an MTA-STS policy
+    /// (one line per session, with the RFC 8460 result type): an MX host
+    /// the policy does not list (mode testing) fails whatever its TLS.
+    fn note_sts_session(
+        &self,
+        domain: &str,
+        active: &ActivePolicy,
+        host: &str,
+        (local, ip): (Option<IpAddr>, IpAddr),
+        level: SecurityLevel,
+        seen: TlsSeen<'_>,
+    ) {
+        let mode = active.policy.mode;
+        let listed = active.policy.mx_matches(host);
+        let result = match sts::judge_session(seen) {
+            None => return,
+            Some(_) if !listed => Err((
+                TlsFailure::ValidationFailure,
+                format!("not in the policy's mx: {}", active.policy.mx_list()),
+            )),
+            Some(result) => result,
+        };
+        let prefix = format!(
+            "mta-sts: domain={domain} sts={mode} id={} mx={host}[{ip}] mx_match={} level={level}",
+            active.id,
+            if listed { "yes" } else { "no" }
+        );
+        let (result, detail) = match result {
+            Ok(()) => {
+                log!("{prefix} result=success");
+                (Ok(()), None)
+            }
+            Err((failure, why)) => {
+                let then = match mode {
+                    StsMode::Enforce => "not delivered to this host",
+                    _ => "testing: delivering as without a policy",
+                };
+                log!("{prefix} result={failure} ({why}); {then}");
+                (Err(failure), Some(why))
+            }
+        };
+        self.record_outcome(&PolicyOutcome {
+            sending_ip: local,
+            ..sts_outcome(domain, active, host, Some(ip), result, detail)
+        });
     }
 
     /// The MTA-STS policy that governs `host`: the domain's, unless DANE
@@ -1629,86 +1698,34 @@ fn sts_host_policy(policy: TlsPolicy, sts: Option<&ActivePolicy>) -> TlsPolicy {
     }
 }
 
-/// Under `enforce`, only MX hosts the policy lists are tried (RFC 8461
-/// §4.1); none at all is a temporary failure, never plaintext elsewhere.
-/// Under `testing` every host stays, and those that would have been skipped
-/// are logged.
-fn sts_filter(
-    domain: &str,
-    sts: Option<&ActivePolicy>,
-    routes: Vec<MxRoute>,
-) -> Result<Vec<MxRoute>, Reply> {
-    let Some(active) = sts else {
-        return Ok(routes);
-    };
-    let (matching, other): (Vec<MxRoute>, Vec<MxRoute>) = routes
-        .into_iter()
-        .partition(|r| active.policy.mx_matches(&r.host));
-    let mode = active.policy.mode;
-    for route in &other {
-        let what = match mode {
-            StsMode::Enforce => "skipped",
-            _ => "delivering as without a policy (testing)",
-        };
-        log!(
-            "mta-sts: domain={domain} sts={mode} id={} mx={} mx_match=no result={} (not in the policy's mx: {}); {what}",
-            active.id,
-            route.host,
-            MxFailure::ValidationFailure.as_str(),
-            active.policy.mx_list()
-        );
-    }
-    if mode != StsMode::Enforce {
-        let mut all = matching;
-        all.extend(other);
-        return Ok(all);
-    }
-    if matching.is_empty() {
-        let hosts: Vec<&str> = other.iter().map(|r| r.host.as_str()).collect();
-        return Err(Reply::new(
-            451,
-            format!(
-                "4.7.5 MTA-STS policy of {domain} (mode enforce, id {}) lists none of its MX hosts ({}; the policy allows {})",
-                active.id,
-                hosts.join(", "),
-                active.policy.mx_list()
-            ),
-        ));
-    }
-    Ok(matching)
+/// The policy file's lines, for a report's `policy-string` (RFC 8460 §4.4).
+fn policy_strings(active: &ActivePolicy) -> Vec<String> {
+    active
+        .body
+        .lines()
+        .map(|l| l.trim_end_matches('\r').to_string())
+        .filter(|l| !l.trim().is_empty())
+        .collect()
 }
 
-/// Logs how one MX session fared under an MTA-STS policy (one line per
-/// session, with the RFC 8460 result type).
-fn note_sts_session(
+/// One MX host's outcome under an MTA-STS policy.
+fn sts_outcome(
     domain: &str,
     active: &ActivePolicy,
     host: &str,
-    ip: IpAddr,
-    level: SecurityLevel,
-    seen: TlsSeen<'_>,
-) {
-    let mode = active.policy.mode;
-    let mx_match = if active.policy.mx_matches(host) {
-        "yes"
-    } else {
-        "no"
-    };
-    let prefix = format!(
-        "mta-sts: domain={domain} sts={mode} id={} mx={host}[{ip}] mx_match={mx_match} level={level}",
-        active.id
-    );
-    match sts::judge_session(seen) {
-        None => {}
-        Some(Ok(())) if mx_match == "yes" => log!("{prefix} result=success"),
-        Some(Ok(())) => {}
-        Some(Err((failure, why))) => {
-            let then = match mode {
-                StsMode::Enforce => "not delivered to this host",
-                _ => "testing: delivering as without a policy",
-            };
-            log!("{prefix} result={} ({why}); {then}", failure.as_str());
-        }
+    ip: Option<IpAddr>,
+    result: Result<(), TlsFailure>,
+    detail: Option<String>,
+) -> PolicyOutcome {
+    PolicyOutcome {
+        policy: PolicyType::Sts,
+        domain: domain.to_ascii_lowercase(),
+        policy_strings: policy_strings(active),
+        mx_host: host.to_string(),
+        receiving_ip: ip,
+        sending_ip: None,
+        result,
+        detail,
     }
 }
 
@@ -1850,4 +1867,178 @@ pub fn default_state_dir() -> PathBuf {
     std::env::var_os("STATE_DIRECTORY")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/lib/blackpony"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Keeps what delivery hands to TLS reporting.
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<PolicyOutcome>>);
+
+    impl super::super::outcome::OutcomeSink for Recorded {
+        fn record(&self, outcome: &PolicyOutcome) {
+            self.0.lock().unwrap().push(outcome.clone());
+        }
+    }
+
+    fn deliverer(sink: Arc<Recorded>) -> Deliverer {
+        let resolver = MailResolver::at(
+            "127.0.0.1:9".parse().unwrap(),
+            &super::super::dns::DnssecMode::Off,
+        )
+        .unwrap();
+        Deliverer {
+            resolver,
+            tls: ClientTls::new().unwrap(),
+            policy: PolicyTable::default(),
+            helo_name: "client.test".into(),
+            smtp_port: 25,
+            memory: TlsMemory::new(None, Duration::from_secs(300)),
+            limits: Limits::default(),
+            pony: None,
+            idle: Default::default(),
+            refuse_address_literals: false,
+            outcomes: Some(sink),
+            sts: None,
+        }
+    }
+
+    fn active(mode: &str) -> ActivePolicy {
+        let body = format!(
+            "version: STSv1\r\nmode: {mode}\r\nmx: mx.example.org\r\nmx: *.backup.example.org\r\nmax_age: 600\r\n"
+        );
+        ActivePolicy {
+            id: "7".into(),
+            policy: sts::parse_policy(body.as_bytes()).unwrap(),
+            body,
+        }
+    }
+
+    fn routes(hosts: &[&str]) -> Vec<MxRoute> {
+        hosts
+            .iter()
+            .map(|h| MxRoute {
+                host: h.to_string(),
+                preference: 10,
+                implicit: false,
+            })
+            .collect()
+    }
+
+    fn hosts(routes: &[MxRoute]) -> Vec<&str> {
+        routes.iter().map(|r| r.host.as_str()).collect()
+    }
+
+    #[test]
+    fn enforce_keeps_only_listed_mx_hosts_and_reports_the_others() {
+        let sink = Arc::new(Recorded::default());
+        let d = deliverer(Arc::clone(&sink));
+        let enforce = active("enforce");
+        let testing = active("testing");
+        let all = ["mx.example.org", "evil.example.net", "a.backup.example.org"];
+        // enforce: the listed ones, in order; the other reported, not connected to.
+        let kept = d
+            .sts_filter("example.org", Some(&enforce), routes(&all))
+            .unwrap();
+        assert_eq!(hosts(&kept), ["mx.example.org", "a.backup.example.org"]);
+        // testing, or no policy: every host.
+        let kept = d
+            .sts_filter("example.org", Some(&testing), routes(&all))
+            .unwrap();
+        assert_eq!(hosts(&kept), all);
+        assert_eq!(
+            hosts(&d.sts_filter("example.org", None, routes(&all)).unwrap()),
+            all
+        );
+        // None listed: a temporary failure.
+        let none = d
+            .sts_filter("example.org", Some(&enforce), routes(&["x.example.net"]))
+            .unwrap_err();
+        assert_eq!(none.code(), 451);
+        assert!(
+            none.text()
+                .contains("lists none of its MX hosts (x.example.net;")
+        );
+        let got = sink.0.lock().unwrap().clone();
+        let summary: Vec<_> = got
+            .iter()
+            .map(|o| (o.mx_host.as_str(), o.result, o.receiving_ip))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("evil.example.net", Err(TlsFailure::ValidationFailure), None),
+                ("x.example.net", Err(TlsFailure::ValidationFailure), None),
+            ]
+        );
+        assert_eq!(got[0].policy, PolicyType::Sts);
+        assert_eq!(got[0].domain, "example.org");
+        assert_eq!(got[0].policy_strings[1], "mode: enforce");
+        assert_eq!(got[0].policy_strings.len(), 5);
+    }
+
+    #[test]
+    fn sessions_under_a_policy_are_reported() {
+        let sink = Arc::new(Recorded::default());
+        let d = deliverer(Arc::clone(&sink));
+        let ip: IpAddr = "192.0.2.25".parse().unwrap();
+        let verified = CertVerdict::Verified;
+        let mismatch = CertVerdict::Untrusted("name mismatch".into());
+        for (mode, host, seen) in [
+            (
+                "enforce",
+                "mx.example.org",
+                TlsSeen::Established(Some(&verified)),
+            ),
+            ("enforce", "mx.example.org", TlsSeen::NoStartTls),
+            (
+                "testing",
+                "mx.example.org",
+                TlsSeen::Established(Some(&mismatch)),
+            ),
+            // testing: a host the policy does not list fails whatever its TLS.
+            (
+                "testing",
+                "other.example.net",
+                TlsSeen::Established(Some(&verified)),
+            ),
+            // Nothing to judge: no outcome.
+            ("enforce", "mx.example.org", TlsSeen::NotReached),
+        ] {
+            let level = SecurityLevel::Authenticated;
+            d.note_sts_session("example.org", &active(mode), host, (None, ip), level, seen);
+        }
+        let got: Vec<_> = sink
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|o| (o.mx_host.clone(), o.result, o.receiving_ip))
+            .collect();
+        let mx = |h: &str| h.to_string();
+        assert_eq!(
+            got,
+            [
+                (mx("mx.example.org"), Ok(()), Some(ip)),
+                (
+                    mx("mx.example.org"),
+                    Err(TlsFailure::StarttlsNotSupported),
+                    Some(ip)
+                ),
+                (
+                    mx("mx.example.org"),
+                    Err(TlsFailure::CertificateHostMismatch),
+                    Some(ip)
+                ),
+                (
+                    mx("other.example.net"),
+                    Err(TlsFailure::ValidationFailure),
+                    Some(ip)
+                ),
+            ]
+        );
+    }
 }

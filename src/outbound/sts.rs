@@ -7,6 +7,7 @@
 
 use std::fmt;
 
+use super::outcome::TlsFailure;
 use crate::transport::CertVerdict;
 
 /// Longest `max_age` a policy may ask for: a year (RFC 8461 §3.2). Longer
@@ -352,35 +353,6 @@ pub fn next_step(cached: Option<&Cached>, found: &Discovery, now: u64) -> Next {
     }
 }
 
-/// RFC 8460 §4.3 result types an MX session can fail a policy with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MxFailure {
-    /// The MX did not offer STARTTLS, or refused it (§4.3.1).
-    StarttlsNotSupported,
-    /// The certificate does not name the MX host (§4.3.2).
-    CertificateHostMismatch,
-    /// The certificate has expired (§4.3.2).
-    CertificateExpired,
-    /// The chain does not lead to a trusted root (§4.3.2).
-    CertificateNotTrusted,
-    /// Anything else: a failed handshake, an MX host the policy does not
-    /// list, an XPONY key that is not known (§4.3.2).
-    ValidationFailure,
-}
-
-impl MxFailure {
-    /// The RFC 8460 result type.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MxFailure::StarttlsNotSupported => "starttls-not-supported",
-            MxFailure::CertificateHostMismatch => "certificate-host-mismatch",
-            MxFailure::CertificateExpired => "certificate-expired",
-            MxFailure::CertificateNotTrusted => "certificate-not-trusted",
-            MxFailure::ValidationFailure => "validation-failure",
-        }
-    }
-}
-
 /// How far one session with an MX host got with encryption.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsSeen<'a> {
@@ -399,23 +371,23 @@ pub enum TlsSeen<'a> {
 /// Judges one session against a policy's requirements (RFC 8461 §4.2:
 /// STARTTLS, and a certificate that is PKIX-valid for the MX host name):
 /// `None` when there is nothing to judge.
-pub fn judge_session(seen: TlsSeen<'_>) -> Option<Result<(), (MxFailure, String)>> {
+pub fn judge_session(seen: TlsSeen<'_>) -> Option<Result<(), (TlsFailure, String)>> {
     let failed = |kind, why: &str| Some(Err((kind, why.to_string())));
     match seen {
         TlsSeen::NotReached => None,
-        TlsSeen::NoStartTls => failed(MxFailure::StarttlsNotSupported, "no STARTTLS"),
-        TlsSeen::HandshakeFailed => failed(MxFailure::ValidationFailure, "TLS handshake failed"),
+        TlsSeen::NoStartTls => failed(TlsFailure::StarttlsNotSupported, "no STARTTLS"),
+        TlsSeen::HandshakeFailed => failed(TlsFailure::ValidationFailure, "TLS handshake failed"),
         TlsSeen::Established(Some(v)) if v.is_verified() => Some(Ok(())),
         TlsSeen::Established(Some(CertVerdict::Untrusted(why))) => {
             let kind = match why.as_str() {
-                "name mismatch" => MxFailure::CertificateHostMismatch,
-                "expired" => MxFailure::CertificateExpired,
-                "untrusted issuer" | "self-signed" => MxFailure::CertificateNotTrusted,
-                _ => MxFailure::ValidationFailure,
+                "name mismatch" => TlsFailure::CertificateHostMismatch,
+                "expired" => TlsFailure::CertificateExpired,
+                "untrusted issuer" | "self-signed" => TlsFailure::CertificateNotTrusted,
+                _ => TlsFailure::ValidationFailure,
             };
             failed(kind, why)
         }
-        TlsSeen::Established(_) => failed(MxFailure::ValidationFailure, "not verified"),
+        TlsSeen::Established(_) => failed(TlsFailure::ValidationFailure, "not verified"),
     }
 }
 
@@ -650,46 +622,46 @@ mod tests {
             (TlsSeen::Established(Some(&pinned)), Some(Ok(()))),
             (
                 TlsSeen::NoStartTls,
-                Some(Err(MxFailure::StarttlsNotSupported)),
+                Some(Err(TlsFailure::StarttlsNotSupported)),
             ),
             (
                 TlsSeen::HandshakeFailed,
-                Some(Err(MxFailure::ValidationFailure)),
+                Some(Err(TlsFailure::ValidationFailure)),
             ),
             (
                 TlsSeen::Established(Some(&mismatch)),
-                Some(Err(MxFailure::CertificateHostMismatch)),
+                Some(Err(TlsFailure::CertificateHostMismatch)),
             ),
             (
                 TlsSeen::Established(Some(&expired)),
-                Some(Err(MxFailure::CertificateExpired)),
+                Some(Err(TlsFailure::CertificateExpired)),
             ),
             (
                 TlsSeen::Established(Some(&issuer)),
-                Some(Err(MxFailure::CertificateNotTrusted)),
+                Some(Err(TlsFailure::CertificateNotTrusted)),
             ),
             (
                 TlsSeen::Established(Some(&selfsigned)),
-                Some(Err(MxFailure::CertificateNotTrusted)),
+                Some(Err(TlsFailure::CertificateNotTrusted)),
             ),
             (
                 TlsSeen::Established(Some(&first)),
-                Some(Err(MxFailure::ValidationFailure)),
+                Some(Err(TlsFailure::ValidationFailure)),
             ),
             (
                 TlsSeen::Established(None),
-                Some(Err(MxFailure::ValidationFailure)),
+                Some(Err(TlsFailure::ValidationFailure)),
             ),
         ] {
             let got = judge_session(seen).map(|r| r.map_err(|(kind, _)| kind));
             assert_eq!(got, want, "{seen:?}");
         }
         assert_eq!(
-            MxFailure::StarttlsNotSupported.as_str(),
+            TlsFailure::StarttlsNotSupported.as_str(),
             "starttls-not-supported"
         );
         assert_eq!(
-            MxFailure::CertificateHostMismatch.as_str(),
+            TlsFailure::CertificateHostMismatch.as_str(),
             "certificate-host-mismatch"
         );
     }

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::dns::{Dnssec, MailResolver};
+use super::outcome::TlsFailure;
 use super::sts::{self, Cached, Discovery, MAX_POLICY_SIZE, Next, Policy};
 use crate::log;
 use crate::state::sts_cache::StsCache;
@@ -59,34 +60,14 @@ impl StsSettings {
     }
 }
 
-/// Why no policy could be fetched, as TLS reporting names it (RFC 8460
-/// §4.3.4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FetchFailure {
-    /// The host could not be reached, or did not answer 200 with a
-    /// `text/plain` body within the limits.
-    FetchError,
-    /// What it served is not a valid policy.
-    Invalid,
-    /// Its certificate did not verify for `mta-sts.<domain>`.
-    WebpkiInvalid,
-}
-
-impl FetchFailure {
-    /// The RFC 8460 result type.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FetchFailure::FetchError => "sts-policy-fetch-error",
-            FetchFailure::Invalid => "sts-policy-invalid",
-            FetchFailure::WebpkiInvalid => "sts-webpki-invalid",
-        }
-    }
-}
-
 /// A failed fetch and its reason, for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchProblem {
-    pub failure: FetchFailure,
+    /// `sts-policy-fetch-error` (not reached, or not 200 with a
+    /// `text/plain` body within the limits), `sts-policy-invalid` (not a
+    /// valid policy), `sts-webpki-invalid` (its certificate did not verify
+    /// for `mta-sts.<domain>`): RFC 8460 §4.3.4.
+    pub failure: TlsFailure,
     pub detail: String,
 }
 
@@ -158,7 +139,7 @@ impl StsFetcher {
     /// as served.
     pub async fn fetch(&self, domain: &str) -> Result<(Policy, String), FetchProblem> {
         let fetch_error = |detail: String| FetchProblem {
-            failure: FetchFailure::FetchError,
+            failure: TlsFailure::StsPolicyFetchError,
             detail,
         };
         let url = self.url(domain);
@@ -166,9 +147,9 @@ impl StsFetcher {
             let detail = error_chain(&e);
             FetchProblem {
                 failure: if is_certificate_error(&e) {
-                    FetchFailure::WebpkiInvalid
+                    TlsFailure::StsWebpkiInvalid
                 } else {
-                    FetchFailure::FetchError
+                    TlsFailure::StsPolicyFetchError
                 },
                 detail: format!("GET {url}: {detail}"),
             }
@@ -198,7 +179,7 @@ impl StsFetcher {
         let essence = media_type.split(';').next().unwrap_or("").trim();
         if !essence.eq_ignore_ascii_case("text/plain") {
             return Err(FetchProblem {
-                failure: FetchFailure::Invalid,
+                failure: TlsFailure::StsPolicyInvalid,
                 detail: format!("GET {url}: media type {media_type:?}, not text/plain"),
             });
         }
@@ -228,7 +209,7 @@ impl StsFetcher {
             }
         }
         let policy = sts::parse_policy(&body).map_err(|e| FetchProblem {
-            failure: FetchFailure::Invalid,
+            failure: TlsFailure::StsPolicyInvalid,
             detail: format!("{url}: {e}"),
         })?;
         Ok((policy, String::from_utf8_lossy(&body).into_owned()))
@@ -434,7 +415,7 @@ impl MtaSts {
         failed
             .get(&(domain.to_string(), id.to_string()))
             .map(|at| FetchProblem {
-                failure: FetchFailure::FetchError,
+                failure: TlsFailure::StsPolicyFetchError,
                 detail: format!(
                     "the fetch failed {} s ago, not tried again before {} s",
                     at.elapsed().as_secs(),
