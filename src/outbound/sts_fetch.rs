@@ -18,7 +18,7 @@ use super::dns::{Dnssec, MailResolver};
 use super::outcome::TlsFailure;
 use super::sts::{self, Cached, Discovery, MAX_POLICY_SIZE, Next, Policy};
 use crate::log;
-use crate::state::sts_cache::StsCache;
+use crate::state::sts_cache::{StsCache, StsRecord};
 use crate::transport::ClientTls;
 
 /// A fetch that failed is not tried again for the same id before this
@@ -327,7 +327,19 @@ impl MtaSts {
             _ => {}
         }
         let cached = match self.cache.get(&domain).await {
-            Ok(c) => c,
+            Ok(None) => None,
+            Ok(Some(record)) => match sts::parse_policy(record.body.as_bytes()) {
+                Ok(policy) => Some(Cached {
+                    id: record.id,
+                    policy,
+                    fetched: record.fetched,
+                    body: record.body,
+                }),
+                Err(e) => {
+                    log!("warning: mta-sts: domain={domain} cached policy unusable: {e}");
+                    None
+                }
+            },
             Err(e) => {
                 log!("warning: mta-sts: domain={domain} cached policy unusable: {e}");
                 None
@@ -368,7 +380,12 @@ impl MtaSts {
                         fresh.policy.max_age,
                         fresh.policy.mx_list()
                     );
-                    if let Err(e) = self.cache.put(&domain, &fresh).await {
+                    let record = StsRecord {
+                        id: fresh.id.clone(),
+                        fetched: fresh.fetched,
+                        body: fresh.body.clone(),
+                    };
+                    if let Err(e) = self.cache.put(&domain, &record).await {
                         log!(
                             "warning: mta-sts: domain={domain} policy=not-cached error=\"{e}\" (applied now, fetched again next time; the state directory must be writable by the user blackpony runs as)"
                         );

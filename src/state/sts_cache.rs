@@ -8,6 +8,10 @@
 //! <dir>/.<domain>.<pid>.<n>.tmp   being written (created exclusively)
 //! ```
 //!
+//! The store keeps the policy file as served, with its id and fetch time,
+//! and knows nothing of its syntax: the outbound role parses it
+//! (`outbound/sts.rs`) and treats a body that does not parse as no cache.
+//!
 //! Written as the spool publishes (module docs, rule 1): the whole file
 //! under a temporary name, `fsync`, `rename` over the old one, `fsync` of
 //! the directory, so a reader sees the old policy or the new one, never a
@@ -18,7 +22,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{StoreError, blocking, sync_dir};
-use crate::outbound::sts::{Cached, parse_policy};
+
+/// One cached policy: the id it was fetched under, when (Unix time), and
+/// the policy file as served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StsRecord {
+    pub id: String,
+    pub fetched: u64,
+    pub body: String,
+}
 
 /// Cached MTA-STS policies by domain.
 #[derive(Debug, Clone)]
@@ -61,7 +73,7 @@ impl StsCache {
     /// The cached policy of `domain`, if any (expired or not: the caller
     /// decides). A file that does not parse is an error, not "no policy":
     /// the caller logs it and goes on as without a cache.
-    pub async fn get(&self, domain: &str) -> Result<Option<Cached>, StoreError> {
+    pub async fn get(&self, domain: &str) -> Result<Option<StsRecord>, StoreError> {
         let path = self.dir.join(file_name(domain));
         blocking(move || {
             let text = match std::fs::read_to_string(&path) {
@@ -79,7 +91,7 @@ impl StsCache {
 
     /// Stores `policy` as the one of `domain`, replacing the old one
     /// atomically and durably.
-    pub async fn put(&self, domain: &str, policy: &Cached) -> Result<(), StoreError> {
+    pub async fn put(&self, domain: &str, policy: &StsRecord) -> Result<(), StoreError> {
         let dir = self.dir.clone();
         let name = file_name(domain);
         let text = encode(policy);
@@ -112,23 +124,26 @@ impl StsCache {
     }
 }
 
-fn encode(policy: &Cached) -> String {
+fn encode(policy: &StsRecord) -> String {
     format!(
         "id: {}\nfetched: {}\n\n{}",
         policy.id, policy.fetched, policy.body
     )
 }
 
-fn decode(text: &str) -> Option<Cached> {
+fn decode(text: &str) -> Option<StsRecord> {
     let (head, body) = text.split_once("\n\n")?;
     let field = |name: &str| {
         head.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
     };
-    Some(Cached {
-        id: field("id")?.to_string(),
+    let id = field("id")?;
+    if id.is_empty() {
+        return None;
+    }
+    Some(StsRecord {
+        id: id.to_string(),
         fetched: field("fetched")?.parse().ok()?,
-        policy: parse_policy(body.as_bytes()).ok()?,
         body: body.to_string(),
     })
 }
@@ -137,14 +152,13 @@ fn decode(text: &str) -> Option<Cached> {
 mod tests {
     use super::*;
 
-    fn cached(id: &str, mode: &str) -> Cached {
-        let body =
-            format!("version: STSv1\r\nmode: {mode}\r\nmx: mx.example.org\r\nmax_age: 600\r\n");
-        Cached {
+    fn cached(id: &str, mode: &str) -> StsRecord {
+        StsRecord {
             id: id.into(),
-            policy: parse_policy(body.as_bytes()).unwrap(),
             fetched: 1_700_000_000,
-            body,
+            body: format!(
+                "version: STSv1\r\nmode: {mode}\r\nmx: mx.example.org\r\nmax_age: 600\r\n"
+            ),
         }
     }
 
