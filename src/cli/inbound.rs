@@ -128,7 +128,7 @@ pub fn run(args: InboundArgs, file: InboundFile, runtime: &tokio::runtime::Runti
 
 /// Flags win over the file; the file wins over the defaults.
 pub fn merge_inbound(args: InboundArgs, file: InboundFile) -> Result<InboundSettings, ConfigError> {
-    let file_load = super::load::LoadArgs::from_file(&file);
+    let file_load = load_from_file(&file);
     let error_limits = args.error_limits.merge(&file)?;
     let identity = args.identity.or(file.identity).ok_or(ConfigError::Missing(
         "--identity is required: how the MTA learns the real client address \
@@ -295,6 +295,18 @@ fn backend_target(
         Some(path) => BackendTarget::Unix(PathBuf::from(path)),
         None => BackendTarget::Tcp(backend),
     })
+}
+
+/// The harness settings of the config file's `[inbound]` section, as flags
+/// (here, not in load.rs: the load settings stay below the file's sections).
+fn load_from_file(file: &super::config::InboundFile) -> super::load::LoadArgs {
+    super::load::LoadArgs {
+        listen_backlog: file.listen_backlog,
+        max_connections_per_network: file.max_connections_per_network,
+        stress_client_timeout: file.stress_client_timeout,
+        min_data_rate: file.min_data_rate,
+        evict_idle: file.evict_idle,
+    }
 }
 
 #[cfg(test)]

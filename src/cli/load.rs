@@ -4,7 +4,6 @@
 
 use clap::Args;
 
-use super::config::InboundFile;
 use crate::inbound::InboundConfig;
 use crate::log;
 use crate::server::{Limits, Timeouts, listener};
@@ -42,19 +41,6 @@ pub struct LoadArgs {
     /// holding the most slots, then the furthest behind [default: 1].
     #[arg(long, value_name = "SECONDS")]
     pub evict_idle: Option<u64>,
-}
-
-impl LoadArgs {
-    /// The same settings from the config file's `[inbound]` section.
-    pub fn from_file(file: &InboundFile) -> LoadArgs {
-        LoadArgs {
-            listen_backlog: file.listen_backlog,
-            max_connections_per_network: file.max_connections_per_network,
-            stress_client_timeout: file.stress_client_timeout,
-            min_data_rate: file.min_data_rate,
-            evict_idle: file.evict_idle,
-        }
-    }
 }
 
 impl LoadArgs {
