@@ -327,7 +327,9 @@ def test_per_mailbox_keys(relay, keys):
             assert (plain is not None) == expected, f"{rcpts} opened with {key.name}: {plain}"
             if plain is not None:
                 assert split_sealed(plain) == ("sender@client.test", rcpts, msg)
-        assert f" recipients={','.join(rcpts)} keys={sum(can_open)}" in relay.log_text()
+        # (The log is written by a background thread: wait for the line.)
+        line = f" recipients={','.join(rcpts)} keys={sum(can_open)}"
+        wait_for(lambda: line in relay.log_text(), 10, f"the seal log line {line!r}")
     assert_only_ciphertext(relay.spool, b"PERMAILBOX")
 
 
@@ -343,7 +345,7 @@ def test_relaying_to_a_foreign_domain_is_refused(relay):
     assert refused == {"victim@elsewhere.test": (550, b"5.7.1 <victim@elsewhere.test>: "
                                                       b"Relay access denied")}
     [f] = spool_files(relay.spool)
-    assert "refused=rcpt" in relay.log_text()
+    wait_for(lambda: "refused=rcpt" in relay.log_text(), 10, "the seal's refused=rcpt line")
 
 
 def test_smuggling_and_nul_refused(workdir, keys):
