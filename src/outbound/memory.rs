@@ -4,7 +4,8 @@
 //! fails, the delivery is deferred; a later attempt to that host goes in
 //! plaintext only once a backoff has passed since the failure (and only where
 //! policy allows plaintext). One small file per host in the state directory,
-//! holding the Unix time of the failure; written atomically (rename).
+//! holding the Unix time of the failure; written atomically
+//! (`state::replace`).
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -44,9 +45,7 @@ impl TlsMemory {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let tmp = file.with_extension("tmp");
-        std::fs::write(&tmp, format!("{now}\n"))?;
-        std::fs::rename(tmp, file)
+        crate::state::replace::replace(&file, format!("{now}\n").as_bytes(), 0o644)
     }
 
     /// Forgets a failure once TLS to `host` works again.

@@ -9,7 +9,6 @@
 //! DNS key records use DKIM's tag-value syntax (RFC 6376 §3.2) in a TXT
 //! record at `_xpony._tcp.<mx-host>`: `v=XPONY1; k=x25519; p=<base64 key>`.
 
-use std::io::Write;
 use std::path::Path;
 
 use base64::Engine;
@@ -81,20 +80,8 @@ pub fn generate_file(path: &Path, force: bool) -> Result<Keypair, KeyError> {
         path: shown.clone(),
         source,
     };
-    let tmp = path.with_extension("tmp");
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io)?;
-        file.write_all(text.as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)?;
-    }
-    std::fs::rename(&tmp, path).map_err(io)?;
+    // Only the owner may read the key (mode 0600 from its creation on).
+    crate::state::replace::replace(path, text.as_bytes(), 0o600).map_err(io)?;
     Ok(pair)
 }
 

@@ -4,7 +4,6 @@
 //! One small file per host under `<state-dir>/pins/`, written atomically and
 //! synced (file and directory), so a crash never leaves half a pin.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::keys::{PublicKey, decode_key, encode_key, fingerprint};
@@ -126,7 +125,6 @@ impl PinStore {
     pub fn put(&self, host: &str, pin: &Pin) -> Result<(), PinError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| self.io(e))?;
         let path = self.dir.join(file_name(host));
-        let tmp = path.with_extension("tmp");
         let mut text = format!(
             "host: {}\nkey: {}\nfingerprint: {}\nfirst-seen: {}\nlast-seen: {}\nmax-age: {}\nsource: {}\n",
             host.trim_end_matches('.').to_ascii_lowercase(),
@@ -140,14 +138,9 @@ impl PinStore {
         if let Some(s) = &pin.successor {
             text.push_str(&format!("successor: {}\n", encode_key(s)));
         }
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(&self.dir)?.sync_all()
-        };
-        write().map_err(|e| self.io(e))
+        // A temporary name of its own (not `path.with_extension`, which
+        // gave mx.example.com and mx.example.org one mx.example.tmp).
+        crate::state::replace::replace(&path, text.as_bytes(), 0o644).map_err(|e| self.io(e))
     }
 
     /// Forgets the pin for `host`; true if there was one.
@@ -169,7 +162,8 @@ impl PinStore {
         let mut out = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".tmp") {
+            // Temporary files, and those of older versions (`host.tmp`).
+            if crate::state::replace::is_temporary(&name) || name.ends_with(".tmp") {
                 continue;
             }
             if let Some(pin) = self.get(&name)? {
@@ -405,6 +399,43 @@ mod tests {
         assert_eq!(file_name("../../etc/passwd"), ".._.._etc_passwd");
         assert!(store.forget("mx.example").unwrap());
         assert!(!store.forget("mx.example").unwrap());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Two hosts whose names differ only after the last dot, pinned at the
+    /// same time (two deliveries): each keeps its own pin, every write
+    /// succeeds, and no temporary file is left.
+    #[test]
+    fn concurrent_pins_of_hosts_differing_after_the_last_dot() {
+        let dir = std::env::temp_dir().join(format!("bp-pins-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = PinStore::new(&dir);
+        let writers: Vec<_> = [("mx.example.com", 1u8), ("mx.example.org", 2u8)]
+            .into_iter()
+            .map(|(host, key)| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for round in 0..300u64 {
+                        let mine = Pin {
+                            last_seen: round,
+                            ..pin(key, None)
+                        };
+                        store.put(host, &mine).map_err(|e| format!("{host}: {e}"))?;
+                        let got = store.get(host).map_err(|e| e.to_string())?;
+                        if got.as_ref().map(|p| p.key) != Some([key; 32]) {
+                            return Err(format!("{host}: round {round}: found {got:?}"));
+                        }
+                    }
+                    Ok::<(), String>(())
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap().unwrap();
+        }
+        let names: Vec<String> = store.list().unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["mx.example.com", "mx.example.org"]);
+        assert_eq!(std::fs::read_dir(dir.join("pins")).unwrap().count(), 2);
         let _ = std::fs::remove_dir_all(dir);
     }
 

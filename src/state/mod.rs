@@ -36,6 +36,13 @@
 //! One small file per policy domain under `<state_dir>/mta-sts/`, replaced
 //! by the same write-fsync-rename-fsync rule as a publish (rule 1 above).
 //!
+//! # Small files replaced whole ([`replace`])
+//!
+//! The MTA-STS cache, XPONY pins (`<state_dir>/pins/<host>`), the TLS
+//! failure memory (`<state_dir>/tls-failures/<host>`) and key files are all
+//! written by [`replace::replace`]: rule 1 under a temporary name unique to
+//! the file, the process and the write (`.<name>.tmp.<pid>.<n>`).
+//!
 //! # Room to grow
 //!
 //! Callers use only [`spool::Spool`]'s operations (publish, list, read,
@@ -52,6 +59,7 @@
 //! in a crash costs a report's precision, never mail.
 
 pub mod daily;
+pub mod replace;
 pub mod spool;
 pub mod sts_cache;
 

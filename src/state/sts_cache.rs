@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! <dir>/<domain>        id: <id>\nfetched: <unix time>\n\n<the policy file as served>
-//! <dir>/.<domain>.<pid>.<n>.tmp   being written (created exclusively)
+//! <dir>/.<domain>.tmp.<pid>.<n>   being written (state::replace)
 //! ```
 //!
 //! The store keeps the policy file as served, with its id and fetch time,
@@ -17,11 +17,9 @@
 //! the directory, so a reader sees the old policy or the new one, never a
 //! mix; concurrent writers of one domain each rename a complete file.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{StoreError, blocking, sync_dir};
+use super::{StoreError, blocking};
 
 /// One cached policy: the id it was fetched under, when (Unix time), and
 /// the policy file as served.
@@ -37,9 +35,6 @@ pub struct StsRecord {
 pub struct StsCache {
     dir: PathBuf,
 }
-
-/// Distinguishes temporary files of one process.
-static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// A domain name as a file name: lower case, nothing but what domain names
 /// contain, never starting with a dot (those are temporary files).
@@ -97,28 +92,9 @@ impl StsCache {
         let text = encode(policy);
         blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|e| StoreError::io("create", &dir, e))?;
-            let tmp = dir.join(format!(
-                ".{name}.{}.{}.tmp",
-                std::process::id(),
-                TMP_SEQ.fetch_add(1, Ordering::Relaxed)
-            ));
             let path = dir.join(&name);
-            let written = (|| {
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&tmp)
-                    .map_err(|e| StoreError::io("create", &tmp, e))?;
-                f.write_all(text.as_bytes())
-                    .map_err(|e| StoreError::io("write", &tmp, e))?;
-                f.sync_all().map_err(|e| StoreError::io("fsync", &tmp, e))?;
-                std::fs::rename(&tmp, &path).map_err(|e| StoreError::io("rename", &path, e))
-            })();
-            if written.is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            written?;
-            sync_dir(&dir)
+            super::replace::replace(&path, text.as_bytes(), 0o644)
+                .map_err(|e| StoreError::io("replace", &path, e))
         })
         .await
     }
