@@ -156,18 +156,9 @@ pub fn settings(args: FetchArgs, file: FetchFile) -> Result<FetchSettings, Confi
     }
     let mut identities = Vec::new();
     for path in &identity_files {
-        let shown = path.display().to_string();
-        let loaded = age::IdentityFile::from_file(shown.clone())
-            .map_err(|e| invalid("--age-identity", format!("{shown}: {e}")))?
-            .into_identities()
-            .map_err(|e| invalid("--age-identity", format!("{shown}: {e}")))?;
-        if loaded.is_empty() {
-            return Err(invalid(
-                "--age-identity",
-                format!("{shown}: no identity in it"),
-            ));
-        }
-        identities.extend(loaded);
+        identities.extend(
+            crate::relay::seal::load_identities(path).map_err(|e| invalid("--age-identity", e))?,
+        );
     }
     let target = match (
         args.deliver_to.or(file.deliver_to),

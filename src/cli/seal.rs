@@ -14,7 +14,7 @@ use super::values::BareNewlinesArg;
 use crate::log;
 use crate::pony::keys::{decode_key, fingerprint};
 use crate::relay::fetch_server::{self, ListenerConfig};
-use crate::relay::seal::{SealKeys, open as open_sealed, parse_identities};
+use crate::relay::seal::{SealKeys, load_identities, open as open_sealed};
 use crate::relay::server::{self, MaildirRoot, SealConfig, Store};
 use crate::relay::xfetch::FetchKeys;
 use crate::server::{Limits, Timeouts};
@@ -603,13 +603,9 @@ pub struct OpenArgs {
 /// file could not be opened (said on stderr).
 pub fn open(args: OpenArgs) -> ExitCode {
     use std::io::Write;
-    let text = match std::fs::read_to_string(&args.identity) {
-        Ok(t) => zeroize::Zeroizing::new(t),
-        Err(e) => return fail(Exit::Config, &format!("{}: {e}", args.identity.display())),
-    };
-    let identities = match parse_identities(&text) {
+    let identities = match load_identities(&args.identity) {
         Ok(ids) => ids,
-        Err(e) => return fail(Exit::Config, &format!("{}: {e}", args.identity.display())),
+        Err(e) => return fail(Exit::Config, &e),
     };
     let (files, many) = match sealed_files(&args.path) {
         Ok(f) => f,

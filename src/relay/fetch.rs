@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 
 use super::journal::Journal;
 use super::maildir::Maildir;
+use super::seal::{Identities, OpenError, open};
 use super::xfetch::{FetchClient, FetchError, FetchEvent};
 use crate::log;
 use crate::pony::keys::{PublicKey, fingerprint};
@@ -64,7 +65,7 @@ pub struct FetchSettings {
     /// Our XPONY key, one of the relay's `--fetch-key`s.
     pub host_key: Keypair,
     /// The age identities that open the sealed files.
-    pub identities: Vec<Box<dyn age::Identity + Send + Sync>>,
+    pub identities: Identities,
     pub target: Target,
     /// The relay's XPONY key, when the operator gave it; else it is pinned
     /// on first use.
@@ -443,26 +444,15 @@ async fn pull(
     }
 }
 
-/// Opens a sealed file with our identities.
-fn decrypt(
-    identities: &[Box<dyn age::Identity + Send + Sync>],
-    sealed: &[u8],
-) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let decryptor = age::Decryptor::new_buffered(sealed).map_err(|e| e.to_string())?;
-    let mut reader = decryptor
-        .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
-        .map_err(|e| e.to_string())?;
-    let mut plain = Vec::with_capacity(sealed.len());
-    reader.read_to_end(&mut plain).map_err(|e| e.to_string())?;
-    Ok(plain)
-}
-
 /// Decrypts, reads the envelope, delivers to the recipients not yet
 /// delivered, records them, and says what the relay should do.
 async fn take(local: &Local<'_>, id: &str, sealed: &[u8]) -> Verdict {
-    let plain = match decrypt(&local.settings.identities, sealed) {
-        Ok(p) => p,
+    let (envelope, message) = match open(&local.settings.identities, sealed) {
+        Ok(opened) => opened,
+        Err(OpenError::Format(e)) => {
+            log!("fetch: id={id} status=kept-permanent (not a sealed message: {e})");
+            return Verdict::KeepPermanent;
+        }
         Err(why) => {
             log!(
                 "fetch: id={id} size={} status=kept-permanent (cannot decrypt: {why})",
@@ -471,13 +461,7 @@ async fn take(local: &Local<'_>, id: &str, sealed: &[u8]) -> Verdict {
             return Verdict::KeepPermanent;
         }
     };
-    let (envelope, message) = match crate::relay::sealed::parse(&plain) {
-        Ok(parsed) => parsed,
-        Err(e) => {
-            log!("fetch: id={id} status=kept-permanent (not a sealed message: {e})");
-            return Verdict::KeepPermanent;
-        }
-    };
+    let message = message.as_slice();
     let done = match local.journal.delivered(id) {
         Ok(d) => d,
         Err(e) => {

@@ -173,16 +173,21 @@ pub fn seal(
     Ok(out)
 }
 
+/// Age identities as read from key files (`AGE-SECRET-KEY-1…` lines).
+pub type Identities = Vec<Box<dyn age::Identity + Send + Sync>>;
+
 /// Opens a sealed file with `identities`: the envelope and the message.
+/// The one decryption of the relay's files: `blackpony open` and `fetch`
+/// both come here.
 pub fn open(
-    identities: &[x25519::Identity],
+    identities: &[Box<dyn age::Identity + Send + Sync>],
     file: &[u8],
 ) -> Result<(SealedEnvelope, Vec<u8>), OpenError> {
     use std::io::Read;
     let decryptor =
         age::Decryptor::new_buffered(file).map_err(|e| OpenError::Age(e.to_string()))?;
     let mut reader = decryptor
-        .decrypt(identities.iter().map(|i| i as &dyn age::Identity))
+        .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
         .map_err(|e| match e {
             age::DecryptError::NoMatchingKeys => OpenError::NotForThisKey,
             other => OpenError::Age(other.to_string()),
@@ -192,8 +197,11 @@ pub fn open(
         .read_to_end(&mut plain)
         .map_err(|e| OpenError::Age(e.to_string()))?;
     let (envelope, message) = sealed::parse(&plain)?;
-    let message = message.to_vec();
-    Ok((envelope, message))
+    // The message is the tail of the plaintext: drop the header in place
+    // rather than copy a message that may be large.
+    let header = plain.len() - message.len();
+    plain.drain(..header);
+    Ok((envelope, plain))
 }
 
 /// Why a sealed file cannot be opened.
@@ -207,20 +215,27 @@ pub enum OpenError {
     Format(#[from] sealed::SealedError),
 }
 
-/// Reads age X25519 identities from a key file's text (`age-keygen`
-/// format: `AGE-SECRET-KEY-1…` lines, `#` comments).
-pub fn parse_identities(text: &str) -> Result<Vec<x25519::Identity>, &'static str> {
-    let mut ids = Vec::new();
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        ids.push(line.parse::<x25519::Identity>()?);
+/// Reads the age identities of one key file (`age-keygen` or `blackpony
+/// keygen --age` format: `AGE-SECRET-KEY-1…` lines, `#` comments). The
+/// text is wiped from memory once parsed.
+pub fn load_identities(path: &std::path::Path) -> Result<Identities, String> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|e| format!("{shown}: {e}"))?;
+    parse_identities(&text).map_err(|e| format!("{shown}: {e}"))
+}
+
+/// The identities in a key file's text.
+fn parse_identities(text: &str) -> Result<Identities, String> {
+    let identities = age::IdentityFile::from_buffer(text.as_bytes())
+        .map_err(|e| e.to_string())?
+        .into_identities()
+        .map_err(|e| e.to_string())?;
+    if identities.is_empty() {
+        return Err("no identity in it (no AGE-SECRET-KEY-1… line)".into());
     }
-    if ids.is_empty() {
-        return Err("no AGE-SECRET-KEY-1… line");
-    }
-    Ok(ids)
+    Ok(identities)
 }
 
 #[cfg(test)]
@@ -316,7 +331,8 @@ mod tests {
             let file = seal(&keys.keys_for(&e.rcpt_to).unwrap(), &e, wire).unwrap();
             assert!(file.starts_with(b"age-encryption.org/v1\n"));
             assert!(memchr::memmem::find(&file, b"dot line").is_none());
-            match open(std::slice::from_ref(id), &file) {
+            let boxed: Identities = vec![Box::new(id.clone())];
+            match open(&boxed, &file) {
                 Ok((back, message)) => {
                     assert!(opens, "{to:?} opened with the wrong key");
                     assert_eq!(back, e);
@@ -355,5 +371,11 @@ mod tests {
         assert_eq!(parse_identities(&text).unwrap().len(), 1);
         assert!(parse_identities("# nothing\n").is_err());
         assert!(parse_identities("age1notasecret\n").is_err());
+        let path = std::env::temp_dir().join(format!("bp-seal-ids-{}", std::process::id()));
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(load_identities(&path).unwrap().len(), 1);
+        let _ = std::fs::remove_file(&path);
+        let err = load_identities(&path).err().unwrap_or_default();
+        assert!(err.contains("bp-seal-ids"), "{err}");
     }
 }
