@@ -21,7 +21,6 @@ syslog, never into the LMTP pipe.
 
 from __future__ import annotations
 
-import grp
 import os
 import pwd
 import re
@@ -59,12 +58,13 @@ def sendmail(workdir, internet):
     state.mkdir()
     os.chown(state, mail.pw_uid, mail.pw_gid)
     os.chmod(state, 0o750)
-    key = keygen(base / "host.key", SENDMAIL_HOST)
-    os.chown(key.path, 0, grp.getgrnam(MAILER_DEFAULT_USER).gr_gid)
-    os.chmod(key.path, 0o640)
+    # Its own copy of the key, private to it (a group-readable key is refused, §7).
+    key = keygen(state / "host.key", SENDMAIL_HOST)
+    os.chown(key.path, mail.pw_uid, mail.pw_gid)
+    os.chmod(key.path, 0o600)
     config = base / "blackpony.toml"
     config.write_text(f'[outbound]\ndns = "{internet.dns.address}"\n'
-                      f'helo_name = "{SENDMAIL_HOST}"\nhost_key = "{key.path}"\n')
+                      f'helo_name = "{SENDMAIL_HOST}"\n')
     os.chmod(config, 0o644)
 
     sidecar_port = free_port()
@@ -78,6 +78,8 @@ def sendmail(workdir, internet):
                              f"--config {config}")
     mailer = replace_checked(mailer, "--state-dir /var/lib/blackpony/sendmail",
                              f"--state-dir {state}")
+    mailer = replace_checked(mailer, "--host-key /var/lib/blackpony/sendmail/host.key",
+                             f"--host-key {key.path}")
     # The fake internet's MX hosts listen on a test port (a hidden, test-only flag).
     mailer = replace_checked(mailer, " lmtp --state-dir", f" lmtp --smtp-port {internet.smtp_port} --state-dir")
     rules = recipe_block("dnl blackpony inbound: no relaying for mail that came through "

@@ -218,6 +218,42 @@ def test_key_file_forms(pony_net, xpony_keys, workdir):
         arrived(net.backend, rcpt, body)
 
 
+def test_a_key_file_others_can_read_is_refused(pony_net, workdir):
+    """proto-spec §7: a private key file group or others can read or write MUST NOT be
+    used. `deliver` defers (75: the MTA keeps the message) before connecting anywhere,
+    `inbound` does not start; both name the file, its mode and the fix."""
+    import os
+    net = pony_net
+    path = workdir / f"exposed-{token()}.key"
+    keygen(path, "exposed.test")
+    for mode in (0o640, 0o604):
+        os.chmod(path, mode)
+        state = owned_dir(workdir / f"state-exposed-{token()}")
+        tok = token()
+        rcpt = f"exposed-{tok}@pony.test"
+        message, _ = make_message(tok, [rcpt])
+        res = deliver(net, state, [rcpt], message, "--host-key", str(path))
+        out = show(res)
+        assert res.returncode == 75, out
+        assert f"(mode {mode:04o}); refusing it (proto-spec §7): chmod 0600 {path}" in out, out
+        started = subprocess.run([blackpony_bin(), "inbound", "--listen", "127.0.0.1:0",
+                                  "--backend", "127.0.0.1:9", "--identity", "none",
+                                  "--host-key", str(path)],
+                                 capture_output=True, text=True, timeout=30,
+                                 stdin=subprocess.DEVNULL)
+        assert started.returncode != 0, started
+        assert f"(mode {mode:04o}); refusing it" in started.stderr, started.stderr
+    # Made private again, the same file serves.
+    os.chmod(path, 0o600)
+    tok = token()
+    rcpt = f"exposed-ok-{tok}@pony.test"
+    message, body = make_message(tok, [rcpt])
+    res = deliver(net, owned_dir(workdir / f"state-exposed-{token()}"), [rcpt], message,
+                  "--host-key", str(path))
+    assert res.returncode == 0, show(res)
+    arrived(net.backend, rcpt, body)
+
+
 def test_end_to_end_first_contact_then_pinned(pony_net, xpony_keys, workdir):
     net, server, client = pony_net, xpony_keys["server"], xpony_keys["client"]
     state = owned_dir(workdir / f"state-e2e-{token()}")

@@ -73,6 +73,10 @@ async fn check_file(file: FileConfig, args: &CheckArgs, out: &mut Vec<Finding>) 
         if let Some(p) = &host_key {
             out.push(check::private_key_file("[inbound] host_key", p));
         }
+        // The host key was judged above on its own line; a key the service
+        // would refuse must not hide the listen address and backend checks.
+        let mut inbound = inbound;
+        inbound.host_key = None;
         match super::inbound::merge_inbound(super::inbound::InboundArgs::default(), inbound) {
             Err(e) => out.push(Finding::error(
                 format!("[inbound] {e}"),

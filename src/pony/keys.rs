@@ -31,6 +31,12 @@ pub enum KeyError {
     },
     #[error("{0}: not a blackpony host key file")]
     Format(String),
+    /// proto-spec §7: a private key file group or others can read or write
+    /// MUST NOT be used (the key may already be another user's).
+    #[error(
+        "{path}: a private key readable or writable by others (mode {mode:04o}); refusing it (proto-spec §7): chmod 0600 {path}, owned by the user blackpony runs as"
+    )]
+    Exposed { path: String, mode: u32 },
     #[error("{0} exists; not overwriting a host key (use --force to replace it)")]
     Exists(String),
     #[error("cannot get random bytes for a key: {0}")]
@@ -85,15 +91,32 @@ pub fn generate_file(path: &Path, force: bool) -> Result<Keypair, KeyError> {
     Ok(pair)
 }
 
-/// Reads a key file.
+/// The permission bits that make a private key file unsafe to use: any
+/// access for group or others (proto-spec §7 says read or write; execute
+/// on a key file is as wrong, and `ssh` refuses the same mask). `None` when
+/// the file is private. `blackpony check` applies the same rule to every
+/// private key it is given.
+pub fn exposed_mode(meta: &std::fs::Metadata) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then_some(mode)
+}
+
+/// Reads a key file, refusing one others can read or write (proto-spec §7).
 pub fn load_file(path: &Path) -> Result<Keypair, KeyError> {
     let shown = path.display().to_string();
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path).map_err(|source| KeyError::Io {
-            path: shown.clone(),
-            source,
-        })?,
-    );
+    let io = |source| KeyError::Io {
+        path: shown.clone(),
+        source,
+    };
+    // The mode of the file opened, not of the path looked up again.
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if let Some(mode) = exposed_mode(&meta) {
+        return Err(KeyError::Exposed { path: shown, mode });
+    }
+    let mut text = Zeroizing::new(String::new());
+    std::io::Read::read_to_string(&mut file, &mut text).map_err(io)?;
     parse_key_file(&text).ok_or(KeyError::Format(shown))
 }
 
@@ -281,11 +304,21 @@ mod tests {
             "{text}"
         );
         assert_eq!(B64.decode(lines[1]).unwrap().len(), 32);
-        std::fs::write(dir.join("bad.key"), "private-key: not base64!\n").unwrap();
-        assert!(matches!(
-            load_file(&dir.join("bad.key")),
-            Err(KeyError::Format(_))
-        ));
+        // Readable or writable by group or others: refused, whatever the
+        // text (proto-spec §7 MUST); 0400 is as private as 0600.
+        for (mode, refused) in [(0o640, true), (0o604, true), (0o620, true), (0o400, false)] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let got = load_file(&path);
+            assert_eq!(
+                matches!(got, Err(KeyError::Exposed { mode: m, .. }) if m == mode),
+                refused,
+                "{mode:o}: {got:?}"
+            );
+        }
+        let bad = dir.join("bad.key");
+        std::fs::write(&bad, "private-key: not base64!\n").unwrap();
+        std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(load_file(&bad), Err(KeyError::Format(_))));
         let _ = std::fs::remove_dir_all(dir);
     }
 
