@@ -81,46 +81,8 @@ BLACKPONY=$(realpath "$BLACKPONY")
 T=$(mktemp -d /tmp/blackpony-outbench.XXXXXX)
 chmod 755 "$T"
 cd "$T"
-# Run a snapshot: a `cargo build` during the run must not swap the binary
-# between rows.
-BP_BUILT=$(date -u -r "$BLACKPONY" +%Y-%m-%dT%H:%MZ)
-cp "$BLACKPONY" "$T/blackpony"
-BP_SRC=$BLACKPONY
-BLACKPONY=$T/blackpony
-POSTFIXES=()
-
-# postfix_env_pids DIR : processes of the Postfix instance whose config is DIR
-postfix_env_pids() {
-    local f
-    for f in /proc/[0-9]*/environ; do
-        { tr '\0' '\n' <"$f" | grep -qx "MAIL_CONFIG=$1"; } 2>/dev/null && { f=${f#/proc/}; echo "${f%/environ}"; }
-    done
-    return 0
-}
-
-# The private Postfix instances are stopped with `postfix stop`, then killed.
-bench_stop() {
-    local d
-    for d in "${POSTFIXES[@]}"; do
-        timeout 30 script -qc "postfix -c $d stop" /dev/null >/dev/null 2>&1 || true
-    done
-}
-bench_alive() {
-    local d
-    for d in "${POSTFIXES[@]}"; do [ -n "$(postfix_env_pids "$d")" ] && return 0; done
-    return 1
-}
-bench_kill() {
-    local d p
-    for d in "${POSTFIXES[@]}"; do
-        for p in $(postfix_env_pids "$d"); do kill -KILL "$p" 2>/dev/null || true; done
-    done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-BUSY=$(cpu_busy)
-[ "$BUSY" -gt 15 ] && say "WARNING: the machine was ${BUSY}% busy before the benchmark started; numbers will be noisy"
+snapshot_blackpony
+begin_run
 
 # A private /etc for this namespace: resolv.conf -> the dnsmasq below, and
 # dma's config (dma reads only /etc/dma/dma.conf). Writes land in $T.
@@ -160,66 +122,6 @@ start sink smtp-sink -u postfix -c -h mx.sink.test "$MX_SINK:25" 1024
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -subj /CN=mx.tls.test -keyout "$T/key.pem" -out "$T/cert.pem" 2>/dev/null
 chmod 644 "$T/key.pem"
-
-# postfix_instance DIR LISTEN_ADDR:PORT EXTRA_MASTER_CF : writes DIR/etc/{main,master}.cf
-# (common part; the caller appends its own main.cf settings)
-postfix_instance() {
-    local base=$1 listen=$2 extra=$3
-    mkdir -p "$base/etc" "$base/queue" "$base/data"
-    chmod 755 "$base" "$base/etc" "$base/queue" "$base/data"
-    chown postfix:postfix "$base/data"
-    cat >"$base/etc/main.cf" <<EOF
-compatibility_level = 3.6
-queue_directory = $base/queue
-data_directory = $base/data
-maillog_file = $base/maillog
-maillog_file_prefixes = $T
-inet_interfaces = loopback-only
-inet_protocols = ipv4
-mydestination =
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject
-smtpd_recipient_restrictions =
-smtpd_peername_lookup = no
-biff = no
-append_dot_mydomain = no
-alias_maps =
-alias_database =
-local_recipient_maps =
-message_size_limit = 10240000
-EOF
-    cat >"$base/etc/master.cf" <<EOF
-$listen   inet  n       -       n       -       -       smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-$extra
-EOF
-}
-
-postfix_start() { # BASE ADDR PORT
-    local out
-    POSTFIXES+=("$1/etc")
-    script -qc "postfix -c $1/etc set-permissions" /dev/null >/dev/null 2>&1 || true
-    out=$(timeout 60 script -qc "postfix -c $1/etc start" /dev/null 2>&1) \
-        || die "postfix -c $1/etc start failed: $out $(tail -5 "$1/maillog" 2>/dev/null)"
-    wait_port "$2" "$3"
-}
 
 # The STARTTLS MX: accepts anything, offers STARTTLS, throws the mail away.
 PF_MX=$T/pf-mx
