@@ -249,6 +249,25 @@ def test_the_mx_port_serves_no_fetch_and_the_fetch_port_no_mail(setup):
         relay.stop()
 
 
+def test_fetch_pointed_at_the_mx_port_says_to_use_the_fetch_port(setup):
+    """The issue's `fetch --from relay.example.org:25`: the MX port serves no fetch, and the
+    operator is told so in words that name the fix (--fetch-listen, port 2525), with the
+    configuration exit status (78) and the spool untouched."""
+    base, keys, age_key, recipient = prepare(setup, "mxport-run")
+    relay = serve(base, keys, recipient)
+    try:
+        relay.send("sender@example.net", [ALICE], b"Subject: wait\r\n\r\nwait\r\n")
+        before = relay.ids()
+        res = Home(base, keys, age_key).fetch(relay.port, "--maildir", str(base / "Maildir"))
+        assert res.returncode == 78, res.stderr
+        assert f"127.0.0.1:{relay.port} is not a fetch port" in res.stderr, res.stderr
+        assert "--fetch-listen" in res.stderr and "2525" in res.stderr, res.stderr
+        assert relay.ids() == before
+        assert not list((base / "Maildir" / "new").iterdir())
+    finally:
+        relay.stop()
+
+
 def test_an_unknown_key_is_refused_and_logged(setup):
     base, keys, age_key, recipient = prepare(setup, "unknown-run")
     relay = serve(base, keys, recipient)

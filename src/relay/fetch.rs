@@ -186,7 +186,10 @@ pub async fn run(settings: &FetchSettings) -> Report {
     };
     if let Err(e) = pull(&mut stream, &caps, &local, &mut report).await {
         let failure = match &e {
-            FetchError::KeyRefused(_) | FetchError::NotOffered => RunFailure::Config(e.to_string()),
+            FetchError::NotOffered => {
+                RunFailure::Config(format!("{relay} is not a fetch port: {e}"))
+            }
+            FetchError::KeyRefused(_) => RunFailure::Config(e.to_string()),
             _ => RunFailure::Temporary(e.to_string()),
         };
         log!("fetch: relay={relay} status=failed ({failure})");

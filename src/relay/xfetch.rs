@@ -228,8 +228,13 @@ impl Offered {
 /// Why a fetch session failed, on the home side.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
+    /// Most often fetch pointed at the relay's MX port (25), which serves
+    /// mail only; the words name the fix.
     #[error(
-        "the relay does not offer XFETCH in the channel (is it blackpony seal with --fetch-key?)"
+        "it does not offer XFETCH in the XPONY channel. blackpony seal serves fetch on a port \
+         of its own, set by seal --fetch-listen (default 2525), never on its MX port 25: run \
+         fetch --from RELAY:2525 (or the --fetch-listen port; open it in the relay's firewall \
+         for your home address), and give the relay --fetch-key with this machine's key"
     )]
     NotOffered,
     #[error("the relay refused our key: {0} (add our key to the relay's --fetch-key)")]
