@@ -9,7 +9,7 @@
 //! ones get the message twice. Per-recipient modes (`blackpony lmtp`,
 //! `blackpony outbound --protocol lmtp`) do not have this problem.
 
-use super::deliver::{RecipientStatus, Status};
+use super::report::{RecipientStatus, Status};
 use crate::sysexits::Exit;
 
 /// The exit status and the first line to print (it starts with the enhanced

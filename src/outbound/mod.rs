@@ -12,9 +12,19 @@
 //! - [`memory`]: hosts whose TLS handshake failed (plaintext after a backoff);
 //! - [`outcome`]: what a TLS policy decided per MX host, for TLS reporting
 //!   (RFC 8460);
-//! - [`connection`]: one open connection to an MX address and its evidence;
-//! - [`deliver`]: the I/O loop around the sans-IO
-//!   [`ClientSession`](crate::smtp::client::ClientSession);
+//! - [`deliver`]: the [`Deliverer`] and a message's delivery, one domain
+//!   after another;
+//! - [`mx_hosts`]: a domain's MX addresses and what each host must get
+//!   (MTA-STS, DANE, the plaintext retry), and the TLS outcome of each
+//!   session for reports;
+//! - [`mx_walk`]: the one walk over those hosts, a kept session first;
+//! - [`connection`]: one open connection to an MX address, and the loop
+//!   that drives the sans-IO
+//!   [`ClientSession`](crate::smtp::client::ClientSession) over it;
+//! - [`xpony`]: XPONY's client side: a host's key evidence, the judgement
+//!   of the key it presents, the pin kept after the session;
+//! - [`report`]: a recipient's status, its log line, and the replies that
+//!   stand for failures without one;
 //! - [`cache`]: MX sessions kept open between transactions (every mode);
 //! - [`service`]: the LMTP/SMTP service an MTA hands messages to;
 //! - [`exit`]: how outcomes become sysexits codes for one-shot mode;
@@ -27,16 +37,21 @@ pub mod deliver;
 pub mod dns;
 pub mod exit;
 pub mod memory;
+pub mod mx_hosts;
+pub mod mx_walk;
 pub mod outcome;
 pub mod policy;
 pub mod probe;
+pub mod report;
 pub mod route;
 pub mod service;
 pub mod sts;
 pub mod sts_fetch;
 pub mod tlsrpt;
+pub mod xpony;
 
-pub use deliver::{Deliverer, Limits, RecipientStatus, Status};
+pub use deliver::{Deliverer, Limits};
 pub use dns::MailResolver;
 pub use outcome::{OutcomeSink, PolicyOutcome, PolicyType, TlsFailure};
 pub use policy::{PolicyTable, SecurityLevel, TlsPolicy};
+pub use report::{RecipientStatus, Status};

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::connection::Connection;
-use super::deliver::OpenRoute;
+use super::mx_walk::OpenRoute;
 use super::{Deliverer, RecipientStatus};
 use crate::log;
 use crate::smtp::envelope::domain_of;

@@ -2,7 +2,7 @@
 //! writes what the session has to send, reads what the server sends and
 //! feeds it in, until the session needs its caller (a server key to judge,
 //! a TLS handshake, the switch to the XPONY channel) or is over. Outbound
-//! delivery (`outbound/deliver.rs`) and `blackpony fetch`
+//! delivery (`outbound/connection.rs`) and `blackpony fetch`
 //! (`relay/fetch.rs`) both run their sessions with it; what they decide at
 //! each pause stays theirs.
 

@@ -1,0 +1,179 @@
+//! What the MTA and the log are told about each recipient: the remote's
+//! own reply, or the reply that stands for a failure without one (DNS, a
+//! host that failed before any recipient), with where it went and how
+//! well the session was protected, as one Postfix-style log line.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use super::dns::DnsFailure;
+use super::policy::{SecurityLevel, TlsPolicy};
+use crate::smtp::client::HostFailure;
+use crate::smtp::{EnhancedStatus, Reply};
+use crate::transport::{CertVerdict, Encryption};
+
+/// Where and how a recipient's message went (or did not).
+#[derive(Debug, Clone)]
+pub struct RecipientStatus {
+    pub recipient: String,
+    /// The remote's reply, or one made up for a failure without a reply
+    /// (DNS, connection), with an enhanced status code either way.
+    pub reply: Reply,
+    pub relay: Option<(String, SocketAddr)>,
+    pub tls: Option<Encryption>,
+    pub verdict: Option<CertVerdict>,
+    pub level: SecurityLevel,
+    pub delay: Duration,
+}
+
+/// Postfix's names for delivery outcomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Sent,
+    Deferred,
+    Bounced,
+}
+
+impl RecipientStatus {
+    pub fn status(&self) -> Status {
+        match self.reply.class() {
+            2 => Status::Sent,
+            5 => Status::Bounced,
+            _ => Status::Deferred,
+        }
+    }
+
+    /// The enhanced status code: the reply's own, or one derived from its
+    /// class (RFC 3463).
+    pub fn dsn(&self) -> EnhancedStatus {
+        self.reply.status()
+    }
+
+    /// `to=<a@b> relay=mx[1.2.3.4]:25 tls=TLSv1.3/… verified=no level=encrypted
+    /// delay=0.21 dsn=2.0.0 status=sent (250 2.0.0 Ok)`.
+    pub fn log_line(&self) -> String {
+        let relay = match &self.relay {
+            // An address literal shows as Postfix shows it: 192.0.2.8[192.0.2.8]:25.
+            Some((host, addr)) if host.starts_with('[') => {
+                format!("{}[{}]:{}", addr.ip(), addr.ip(), addr.port())
+            }
+            Some((host, addr)) => format!("{host}[{}]:{}", addr.ip(), addr.port()),
+            None => "none".to_string(),
+        };
+        let tls = self
+            .tls
+            .as_ref()
+            .map_or_else(|| "none".to_string(), Encryption::to_string);
+        let verified = match &self.verdict {
+            Some(CertVerdict::Verified) => "yes".to_string(),
+            Some(CertVerdict::KeyKnown(basis)) => format!("yes ({basis})"),
+            Some(CertVerdict::Dane(usage)) => format!("yes ({usage})"),
+            Some(CertVerdict::Untrusted(why)) => format!("no ({why})"),
+            None => "no".to_string(),
+        };
+        let status = match self.status() {
+            Status::Sent => "sent",
+            Status::Deferred => "deferred",
+            Status::Bounced => "bounced",
+        };
+        format!(
+            "to=<{}> relay={relay} tls={tls} verified={verified} level={} delay={:.2} dsn={} status={status} ({})",
+            self.recipient,
+            self.level,
+            self.delay.as_secs_f64(),
+            self.dsn(),
+            self.reply
+        )
+    }
+}
+
+/// A reply for a DNS failure (RFC 3463 codes as Postfix uses them).
+pub(super) fn dns_reply(failure: &DnsFailure) -> Reply {
+    match failure {
+        DnsFailure::NoSuchDomain(name) => Reply::new(
+            550,
+            format!("5.1.2 Host or domain name not found: {name} does not exist"),
+        ),
+        DnsFailure::NoRecords(name, _) => Reply::new(
+            550,
+            format!("5.1.2 Host or domain name not found: {name} has no address"),
+        ),
+        DnsFailure::BadName(name) => {
+            Reply::new(501, format!("5.1.2 Bad destination domain name {name:?}"))
+        }
+        DnsFailure::Temporary(name, why) => Reply::new(
+            451,
+            format!("4.4.3 Host or domain name lookup failed for {name}: {why}"),
+        ),
+    }
+}
+
+/// The reply that stands for a session that failed before any recipient.
+pub(super) fn host_failure_reply(
+    failure: &HostFailure,
+    host: &str,
+    ip: IpAddr,
+    policy: TlsPolicy,
+) -> Reply {
+    match failure {
+        HostFailure::Refused { stage, reply } => {
+            if *stage == "connect" || *stage == "STARTTLS" {
+                reply.clone()
+            } else {
+                // Keep the remote's code and text, and say where it came from.
+                let text = reply.text();
+                let (code_part, rest) = match reply.enhanced_status() {
+                    Some(code) => (
+                        code.to_string(),
+                        text[code.len()..].trim_start().to_string(),
+                    ),
+                    None => (format!("{}.0.0", reply.class()), text),
+                };
+                Reply::new(
+                    reply.code(),
+                    format!(
+                        "{code_part} {host}[{ip}] refused {stage}: {} {rest}",
+                        reply.code()
+                    ),
+                )
+            }
+        }
+        HostFailure::TlsUnavailable { reply } => Reply::new(
+            451,
+            format!(
+                "4.7.4 TLS is required by {} but {host}[{ip}] {}",
+                match policy {
+                    // What DANE made of the host (dane.rs `decide`).
+                    TlsPolicy::DaneOnly => "DANE (usable TLSA records)".to_string(),
+                    other => format!("policy {}", other.as_str()),
+                },
+                match reply {
+                    Some(r) => format!("refused STARTTLS: {r}"),
+                    None => "did not offer STARTTLS".to_string(),
+                }
+            ),
+        ),
+        HostFailure::Protocol(e) => {
+            Reply::new(451, format!("4.5.0 {host}[{ip}] does not speak SMTP: {e}"))
+        }
+        HostFailure::PonyDowngrade => Reply::new(
+            451,
+            format!(
+                "4.7.5 {host}[{ip}] is known to speak XPONY (pin or DNS key) but did not offer it: a downgrade? 'blackpony pins forget {host}' if this is intended"
+            ),
+        ),
+        HostFailure::PonyRejected { why } => {
+            Reply::new(451, format!("4.7.5 XPONY key refused: {why}"))
+        }
+        HostFailure::PonyFailed { why } => Reply::new(
+            451,
+            format!("4.7.5 XPONY handshake with {host}[{ip}] failed: {why}"),
+        ),
+        HostFailure::Lost { stage } => Reply::new(
+            451,
+            format!(
+                "4.4.2 Lost connection with {host}[{ip}] while waiting for the reply to {stage}"
+            ),
+        ),
+    }
+}
