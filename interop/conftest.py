@@ -160,15 +160,19 @@ def mode_blackpony(_module_blackponies, pf_proxy, pf_xclient):
 # Outbound: the fake internet, blackpony's LMTP servers, and MTAs that hand mail to them
 # --------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def internet(workdir):
-    """dnsmasq + MX hosts on 127.0.10.x (interop/peers.py FakeInternet)."""
-    net = FakeInternet(workdir / "internet")
+def running(net):
+    """Yields net started, and stops it afterwards (a module fixture's body)."""
     net.start()
     try:
         yield net
     finally:
         net.stop()
+
+
+@pytest.fixture(scope="module")
+def internet(workdir):
+    """dnsmasq + MX hosts on 127.0.10.x (interop/peers.py FakeInternet)."""
+    yield from running(FakeInternet(workdir / "internet"))
 
 
 def owned_dir(path: Path, user: str = "root") -> Path:
@@ -378,12 +382,17 @@ def xpony_keys(workdir) -> dict:
 @pytest.fixture(scope="module")
 def pony_net(workdir, xpony_keys):
     """The XPONY internet (interop/peers.py XponyInternet)."""
-    net = XponyInternet(workdir / "pony-internet", xpony_keys["server"], xpony_keys["wrong"])
-    net.start()
-    try:
-        yield net
-    finally:
-        net.stop()
+    yield from running(XponyInternet(workdir / "pony-internet", xpony_keys["server"],
+                                     xpony_keys["wrong"]))
+
+
+@pytest.fixture(scope="module")
+def dane_net(workdir):
+    """The DANE internet (interop/dane_net.py: nsd with a signed zone, a Postfix MX, nginx
+    for MTA-STS)."""
+    # Imported here: dane_net.py imports test modules that import this one.
+    from interop.dane_net import DaneNet
+    yield from running(DaneNet(workdir / "dane"))
 
 
 @pytest.fixture

@@ -1,23 +1,8 @@
 """DANE for SMTP (RFC 7672) in `blackpony deliver --tls-policy dane|dane-only`, against real
-DNSSEC and a real Postfix MX:
+DNSSEC and a real Postfix MX (interop/dane_net.py, fixture `dane_net`):
 
-  nsd serves dane.test, signed with ldns-signzone (Ed25519 KSK + ZSK; `--dnssec FILE` trusts
-  its DNSKEYs), and unsigned.dane.test, delegated from it without a DS record (insecure).
-  A private Postfix serves STARTTLS on DANE_ADDR["tls"] with a certificate issued by a
-  private CA (openssl) for every mx.*.dane.test name but mx.taname.dane.test, its chain
-  (leaf + CA) included, and no TLS at all on DANE_ADDR["plain"].
-
-  domain                MX host                   its TLSA records (_25._tcp.<MX host>)
-  ee.dane.test          mx.ee.dane.test           3 1 1 SHA-256 of the leaf's public key
-  ta.dane.test          mx.ta.dane.test           2 0 1 SHA-256 of the private CA certificate
-  taname.dane.test      mx.taname.dane.test       2 0 1 the CA, but the leaf does not name the host
-  wrong.dane.test       mx.wrong.dane.test        3 1 1 of another key
-  notls.dane.test       mx.notls.dane.test        3 1 1 of the leaf, but the host has no STARTTLS
-  bogus.dane.test       mx.bogus.dane.test        3 1 1 of the leaf, changed after signing (bogus)
-  bogusmx.dane.test     mx.bogusmx.dane.test      the MX record changed after signing (bogus)
-  nodane.dane.test      mx.nodane.dane.test       none
-  unusable.dane.test    mx.unusable.dane.test     1 1 1 of the leaf (PKIX-EE: unusable for SMTP)
-  unsigned.dane.test    mx.unsigned.dane.test     3 1 1 of another key, in the unsigned zone
+  the signed zone, its unsigned child, the MX Postfix and the table of domains, MX hosts
+  and TLSA records are described there.
 
 Each test checks the outcome (exit code, the status line and `dane:` log line, the
 message in the MX's Maildir or not) and, where the host must not get the message, what
@@ -26,124 +11,19 @@ the MX itself logged: a failed match never turns into plaintext or into MAIL.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import time
 from pathlib import Path
 
-import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
 from interop.clients import token
 from interop.conftest import owned_dir
-from interop.peers import (Postfix, SignedZone, common_free_port, make_ca_signed_cert,
-                           make_test_ca, run_deliver)
+from interop.dane_net import DANE_ADDR, UNSIGNED, ZONE, DaneNet, mx_of
+from interop.peers import run_deliver
 from interop.test_outbound import SENDER, arrived, log_line, make_message, show
 from interop.test_outbound_verify import MxSessions, no_message
 
-ZONE = "dane.test"
-UNSIGNED = f"unsigned.{ZONE}"
-# The MX Postfix: a STARTTLS listener and one without TLS; nsd on its own address.
-DANE_ADDR = {"tls": "127.0.30.2", "plain": "127.0.30.3", "dns": "127.0.30.53"}
-# domain label -> where its MX host listens.
-SCENARIOS = {"ee": "tls", "ta": "tls", "taname": "tls", "wrong": "tls", "notls": "plain",
-             "bogus": "tls", "bogusmx": "tls", "nodane": "tls", "unusable": "tls"}
-DOMAINS = (*(f"{label}.{ZONE}" for label in SCENARIOS), UNSIGNED)
-# The CA-issued certificate names every MX host but this one (DANE-TA checks names).
-UNNAMED = f"mx.taname.{ZONE}"
 
-
-def mx_of(domain: str) -> str:
-    return f"mx.{domain}"
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest().upper()
-
-
-def der_of(pem: Path) -> tuple[bytes, bytes]:
-    """(certificate DER, SubjectPublicKeyInfo DER) of the first certificate in a PEM file."""
-    cert = x509.load_pem_x509_certificate(pem.read_bytes())
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)
-    return cert.public_bytes(serialization.Encoding.DER), spki
-
-
-class DaneNet:
-    """The signed zone, its unsigned child and the MX Postfix; started and stopped
-    together."""
-
-    def __init__(self, base: Path):
-        self.base = Path(base)
-        self.base.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.base, 0o755)
-        self.port = common_free_port([DANE_ADDR["tls"], DANE_ADDR["plain"]])
-        ca = make_test_ca(self.base / "ca", "blackpony DANE test CA")
-        names = [mx_of(d) for d in DOMAINS if mx_of(d) != UNNAMED]
-        self.chain, self.key = make_ca_signed_cert(self.base / "ca", names[0], ca,
-                                                   alt_names=names[1:])
-        _, leaf_spki = der_of(self.chain)
-        ca_der, _ = der_of(ca[0])
-        other = make_test_ca(self.base / "other", "a key nobody uses")[0]
-        _, other_spki = der_of(other)
-        self.leaf_311 = f"3 1 1 {sha256(leaf_spki)}"
-        tlsa = {"ee": self.leaf_311, "ta": f"2 0 1 {sha256(ca_der)}",
-                "taname": f"2 0 1 {sha256(ca_der)}", "wrong": f"3 1 1 {sha256(other_spki)}",
-                "notls": self.leaf_311, "bogus": self.leaf_311,
-                "bogusmx": self.leaf_311, "unusable": f"1 1 1 {sha256(leaf_spki)}"}
-        records = []
-        for label, where in SCENARIOS.items():
-            records.append(f"{label} IN MX 10 mx.{label}\nmx.{label} IN A {DANE_ADDR[where]}\n")
-            if label in tlsa:
-                records.append(f"_25._tcp.mx.{label} IN TLSA {tlsa[label]}\n")
-        unsigned = (f"@ IN MX 10 mx\nmx IN A {DANE_ADDR['tls']}\n"
-                    f"_25._tcp.mx IN TLSA 3 1 1 {sha256(other_spki)}\n")
-        self.zone = SignedZone(self.base / "zone", ZONE, "".join(records), host=DANE_ADDR["dns"],
-                               tamper_rr=[(f"_25._tcp.mx.bogus.{ZONE}", "TLSA"),
-                                          (f"bogusmx.{ZONE}", "MX")],
-                               unsigned={UNSIGNED: unsigned})
-        pf_base = self.base / "postfix-mx"
-        pf_base.mkdir(exist_ok=True)
-        self.postfix = Postfix(
-            pf_base, host=DANE_ADDR["tls"], port=self.port, domains=DOMAINS,
-            listeners=[(DANE_ADDR["plain"], self.port, {"smtpd_tls_security_level": "none",
-                                                         "syslog_name": "postfix/notls"})],
-            settings={"myhostname": f"mx.ee.{ZONE}", "mydomain": ZONE, "myorigin": ZONE,
-                      "smtpd_tls_security_level": "may",
-                      "smtpd_tls_cert_file": str(self.chain),
-                      "smtpd_tls_key_file": str(self.key),
-                      "smtpd_tls_loglevel": "1",
-                      "smtpd_banner": "$myhostname ESMTP Postfix (blackpony DANE interop MX)"},
-            services="tlsmgr    unix  -       -       n       1000?   1       tlsmgr")
-
-    def start(self):
-        self.zone.start()
-        try:
-            self.postfix.start()
-        except Exception:
-            self.zone.stop()
-            raise
-        return self
-
-    def stop(self):
-        try:
-            self.postfix.stop()
-        finally:
-            self.zone.stop()
-
-
-@pytest.fixture(scope="module")
-def dane_net(workdir):
-    net = DaneNet(workdir / "dane")
-    net.start()
-    try:
-        yield net
-    finally:
-        net.stop()
-
-
-def send(net: DaneNet, workdir: Path, domain: str, policy: str, dnssec: str | None = None):
+def send(net: DaneNet, workdir: Path, domain: str, policy: str, dnssec: str | None = None,
+         *extra: str):
     """`blackpony deliver --dnssec ANCHORS (or dnssec) --tls-policy POLICY` of a fresh
     message to DOMAIN: (result, recipient, body)."""
     tok = token()
@@ -152,7 +32,7 @@ def send(net: DaneNet, workdir: Path, domain: str, policy: str, dnssec: str | No
     state = owned_dir(workdir / f"state-dane-{tok}")
     args = ["--dns", net.zone.address, "--smtp-port", str(net.port), "--helo-name",
             "client.test", "--state-dir", str(state), "--tls-policy", policy,
-            "--dnssec", dnssec or str(net.zone.anchors), "-f", SENDER, "--", rcpt]
+            "--dnssec", dnssec or str(net.zone.anchors), *extra, "-f", SENDER, "--", rcpt]
     return run_deliver(args, message), rcpt, body
 
 
@@ -357,3 +237,54 @@ def test_dane_needs_validation(dane_net, workdir):
     check_sent(res, rcpt, "level=encrypted")
     assert "not used (DNSSEC validation is off" in dane_line(res, mx_of(domain))
     arrived(dane_net.postfix, rcpt, body)
+
+
+# --------------------------------------------------------------------------------------
+# DANE and MTA-STS for one domain: DANE wins where both apply (RFC 8461 §2)
+# --------------------------------------------------------------------------------------
+
+def send_sts(net: DaneNet, workdir: Path, domain: str, policy: str):
+    """send() with the CA (MX certificates and the policy host's) and nginx for MTA-STS."""
+    return send(net, workdir, domain, policy, None, "--tls-ca-file", str(net.ca_cert),
+                "--mta-sts-port", str(net.https_port))
+
+
+def test_dane_match_delivers_where_mta_sts_would_refuse(dane_net, workdir):
+    """A signed TLSA record that matches decides, whatever the domain's MTA-STS policy (mode
+    enforce) would say: the certificate does not name mx.stsee (PKIX, which MTA-STS uses,
+    refuses it), and stsother's policy does not even list its MX host (MTA-STS would not
+    connect). Under dane both are delivered authenticated by DANE-EE; under may (no DANE)
+    the same policies defer both, which shows what MTA-STS alone would have done."""
+    for label, sts_says in [("stsee", "not verified: name mismatch"),
+                            ("stsother", "lists none of its MX hosts")]:
+        domain = f"{label}.{ZONE}"
+        res, rcpt, body = send_sts(dane_net, workdir, domain, "dane")
+        check_sent(res, rcpt, f"relay={mx_of(domain)}[{DANE_ADDR['tls']}]",
+                   "verified=yes (DANE-EE) level=authenticated")
+        assert "usable (1 of 1 TLSA records: " in dane_line(res, mx_of(domain))
+        stderr = res.stderr.decode(errors="replace")
+        # MTA-STS judged no session with the host (and recorded no failure for it).
+        assert f"mx={mx_of(domain)}[" not in stderr, stderr
+        arrived(dane_net.postfix, rcpt, body)
+
+        res, rcpt, _ = send_sts(dane_net, workdir, domain, "may")
+        check_deferred(res, rcpt, "4.7.5", sts_says, "MTA-STS policy of")
+        no_message(dane_net.postfix, rcpt)
+
+
+def test_dane_mismatch_defers_where_mta_sts_would_accept(dane_net, workdir):
+    """stswrong's TLSA record names another key; its certificate verifies for the MX host,
+    which the enforce policy lists: MTA-STS would accept it (delivered under may, verified),
+    but under dane the mismatch defers it, with one session and no MAIL (MTA-STS never
+    overrides a failing DANE validation)."""
+    domain = f"stswrong.{ZONE}"
+    res, rcpt, body = send_sts(dane_net, workdir, domain, "may")
+    check_sent(res, rcpt, "verified=yes level=authenticated")
+    assert "sts=enforce" in res.stderr.decode(errors="replace"), show(res)
+    arrived(dane_net.postfix, rcpt, body)
+
+    mx = MxSessions(dane_net.postfix, "postfix")
+    res, rcpt, _ = send_sts(dane_net, workdir, domain, "dane")
+    check_deferred(res, rcpt, "4.7.5", "does not match its TLSA records (DANE)")
+    one_session_without_mail(mx, show(res))
+    no_message(dane_net.postfix, rcpt)

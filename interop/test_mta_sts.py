@@ -141,9 +141,15 @@ class Nginx(Process):
     """nginx serving <www>/<host>/.well-known/mta-sts.txt over HTTPS on NGINX:port, every
     request logged to access.log as `host status uri`."""
 
-    def __init__(self, base: Path, port: int, chain: Path, key: Path, self_signed: tuple):
+    def __init__(self, base: Path, port: int, chain: Path, key: Path,
+                 self_signed: tuple | None = None, host: str = NGINX,
+                 served: list[str] | None = None):
+        """served: the policy hosts served with chain/key (default: those of SERVED); the
+        redirect, media-type and self-signed (self_signed) hosts of this file only with
+        self_signed."""
         self.base = base
         self.port = port
+        self.host = host
         self.www = base / "www"
         self.access_log = base / "access.log"
         (base / "tmp").mkdir(parents=True, exist_ok=True)
@@ -152,10 +158,11 @@ class Nginx(Process):
         os.chmod(self.www, 0o755)
         temp = "".join(f"    {k}_temp_path {base}/tmp;\n"
                        for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-        served = " ".join(f"mta-sts.{d}" for d in SERVED if d not in
-                          ("redirect.test", "mediatype.test"))
+        if served is None:
+            served = [f"mta-sts.{d}" for d in SERVED if d not in
+                      ("redirect.test", "mediatype.test")]
         tls = f"ssl_certificate {chain};\n        ssl_certificate_key {key};"
-        listen = f"listen {NGINX}:{port} ssl;"
+        listen = f"listen {host}:{port} ssl;"
         conf = f"""\
 worker_processes 1;
 pid {base}/nginx.pid;
@@ -169,15 +176,25 @@ http {{
     default_type application/octet-stream;
     server {{
         {listen}
-        server_name {served};
+        server_name {" ".join(served)};
         {tls}
         root {self.www}/$host;
     }}
+{self._special_servers(listen, tls, self_signed) if self_signed else ""}}}
+"""
+        self.conf = base / "nginx.conf"
+        self.conf.write_text(conf)
+        super().__init__([require_tool("nginx"), "-p", str(base), "-e", str(base / "error.log"),
+                          "-c", str(self.conf)], base / "nginx.out", "nginx")
+
+    def _special_servers(self, listen: str, tls: str, self_signed: tuple) -> str:
+        """A redirect, a policy served as text/html, a self-signed policy host."""
+        return f"""\
     server {{
         {listen}
         server_name mta-sts.redirect.test;
         {tls}
-        return 301 https://mta-sts.enforce.test:{port}/redirect-target/mta-sts.txt;
+        return 301 https://mta-sts.enforce.test:{self.port}/redirect-target/mta-sts.txt;
     }}
     server {{
         {listen}
@@ -193,12 +210,7 @@ http {{
         ssl_certificate_key {self_signed[1]};
         root {self.www}/$host;
     }}
-}}
 """
-        self.conf = base / "nginx.conf"
-        self.conf.write_text(conf)
-        super().__init__([require_tool("nginx"), "-p", str(base), "-e", str(base / "error.log"),
-                          "-c", str(self.conf)], base / "nginx.out", "nginx")
 
     def serve(self, host: str, text: str | None, path: str = ".well-known/mta-sts.txt"):
         """Puts text at https://host/path (None: removes it, so nginx answers 404)."""
@@ -220,7 +232,7 @@ http {{
         return [l for l in lines if l.startswith(f"{host} ")]
 
     def start(self, timeout: float = 20):
-        return super().start(lambda: tcp_open(NGINX, self.port), timeout)
+        return super().start(lambda: tcp_open(self.host, self.port), timeout)
 
 
 class StsInternet(Internet):

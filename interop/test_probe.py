@@ -14,7 +14,16 @@ What is checked, each from the table and from --json, with the exit status:
   - pony.test / pony2.test / pony3.test: XPONY offered with the server's fingerprint
     (computed here from its public key), DNS key none / matches / differs, the level
     `encrypted (XPONY)` (first contact) / `authenticated (XPONY)` / deferred (key refused);
-  - no pin is stored by a probe (the state directory has no pins afterwards).
+  - no pin is stored by a probe (the state directory has no pins afterwards);
+  - on the DANE internet (interop/dane_net.py: nsd with a signed zone, a Postfix MX with a
+    private-CA certificate, nginx for MTA-STS): ee.dane.test under dane shows its TLSA
+    record, DNSSEC secure, the certificate's subject and `matches (DANE-EE 3 1 1 …)`, level
+    `authenticated (DANE)` (under may the same DANE column, the level PKIX's);
+    wrong.dane.test `does not match`, deferred; bogus.dane.test deferred without a session
+    judged; sts.dane.test (MTA-STS only) `matches the policy (mode enforce)`, verified,
+    `authenticated (TLS)`; stsee.dane.test deferred by MTA-STS under may, and under dane
+    `not applied: DANE governs this host`, `authenticated (DANE)`; stsother.dane.test (not
+    in its policy) deferred under may.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from pathlib import Path
 import pytest
 
 from interop.conftest import owned_dir
+from interop.dane_net import DANE_ADDR
 from interop.peers import NET_ADDR, PONY_ADDR, blackpony_bin, key_fingerprint
 from interop.test_outbound import show
 
@@ -61,6 +71,10 @@ def test_starttls_self_signed(internet, state):
     assert h["starttls"]["protocol"] in ("TLSv1.2", "TLSv1.3"), h
     assert h["starttls"]["cipher"].startswith("TLS_"), h
     assert h["starttls"]["certificate"] == "not verified (self-signed)", h
+    assert h["starttls"]["subject"] == "CN=mx.tls.test", h
+    # No --dnssec: DANE is not used, and says why.
+    assert h["dane"]["status"].startswith("not used (DNSSEC validation is off"), h
+    assert h["dane"]["dnssec"] == "not validated (--dnssec off)", h
     assert h["xpony"]["offered"] is False, h
     assert h["level"] == "encrypted (TLS)", h
     res, text = probe(internet, state, "tls.test")
@@ -133,3 +147,93 @@ def test_xpony_host(pony_net, xpony_keys, workdir, domain, dns_key, level):
     res = subprocess.run([blackpony_bin(), "pins", "--state-dir", str(state), "list"],
                          capture_output=True, timeout=30)
     assert b"no pins" in res.stdout, show(res)
+
+
+# --------------------------------------------------------------------------------------
+# DANE and MTA-STS (the DANE internet, interop/dane_net.py)
+# --------------------------------------------------------------------------------------
+
+def test_dane_host(dane_net, workdir):
+    state = owned_dir(workdir / "state-probe-dane")
+    res, report = probe(dane_net, state, "ee.dane.test", "--tls-policy", "dane",
+                        json_out=True)
+    assert res.returncode == 0, show(res)
+    assert report["mx_dnssec"] == "secure", report
+    h = host(report, "mx.ee.dane.test")
+    assert h["addresses"] == [DANE_ADDR["tls"]], h
+    d = h["dane"]
+    assert d["tlsa"] == [dane_net.leaf_311], d
+    assert d["dnssec"] == "secure", d
+    assert d["status"].startswith(f"usable (1 of 1 TLSA records: {dane_net.leaf_311})"), d
+    assert d["matches"] == f"matches (DANE-EE {dane_net.leaf_311})", d
+    assert h["starttls"]["subject"] == f"CN={dane_net.leaf_name}", h
+    assert h["mta_sts"] == "no policy", h
+    assert h["level"] == "authenticated (DANE)", h
+    res, text = probe(dane_net, state, "ee.dane.test", "--tls-policy", "dane")
+    assert res.returncode == 0, show(res)
+    for line in [f"  TLSA       {dane_net.leaf_311} (DNSSEC secure)",
+                 f"  DANE match matches (DANE-EE {dane_net.leaf_311})",
+                 f"subject CN={dane_net.leaf_name}",
+                 "  level      authenticated (DANE)"]:
+        assert line in text, f"{line!r} not in\n{text}"
+    # Under may DANE is shown but not used: the level is PKIX's (the CA is given).
+    res, report = probe(dane_net, state, "ee.dane.test", "--tls-policy", "may",
+                        json_out=True)
+    assert res.returncode == 0, show(res)
+    h = host(report, "mx.ee.dane.test")
+    assert h["dane"]["matches"].startswith("matches (DANE-EE"), h
+    assert h["level"] == "authenticated (TLS)", h
+
+
+def test_dane_mismatch_and_bogus(dane_net, workdir):
+    state = owned_dir(workdir / "state-probe-dane-bad")
+    res, report = probe(dane_net, state, "wrong.dane.test", "--tls-policy", "dane",
+                        json_out=True)
+    assert res.returncode == 69, show(res)
+    h = host(report, "mx.wrong.dane.test")
+    assert h["dane"]["tlsa"] == [dane_net.other_311], h
+    assert h["dane"]["matches"] == "does not match: no TLSA record matches the certificate chain", h
+    assert h["level"] == ("deferred: the certificate does not match its TLSA records (DANE)"), h
+    res, report = probe(dane_net, state, "bogus.dane.test", "--tls-policy", "dane",
+                        json_out=True)
+    assert res.returncode == 69, show(res)
+    h = host(report, "mx.bogus.dane.test")
+    assert h["dane"]["dnssec"] == "bogus", h
+    assert h["dane"]["status"].startswith("failed ("), h
+    assert h["level"].startswith("deferred: DANE: the TLSA records at "), h
+
+
+def test_mta_sts_host_and_dane_precedence(dane_net, workdir):
+    state = owned_dir(workdir / "state-probe-sts")
+    res, report = probe(dane_net, state, "sts.dane.test", json_out=True)
+    assert res.returncode == 0, show(res)
+    assert report["mta_sts"].startswith("mode enforce id sts1 mx mx.sts.dane.test"), report
+    h = host(report, "mx.sts.dane.test")
+    assert h["mta_sts"] == "matches the policy (mode enforce)", h
+    assert h["starttls"]["certificate"] == "verified", h
+    assert h["dane"]["status"] == "not used (no TLSA records)", h
+    assert h["level"] == "authenticated (TLS)", h
+
+    # stsee: listed, but the certificate does not name it.
+    res, report = probe(dane_net, state, "stsee.dane.test", json_out=True)
+    assert res.returncode == 69, show(res)
+    h = host(report, "mx.stsee.dane.test")
+    assert h["level"] == ("deferred: certificate not verified (MTA-STS policy, mode enforce)"), h
+    res, report = probe(dane_net, state, "stsee.dane.test", "--tls-policy", "dane",
+                        json_out=True)
+    assert res.returncode == 0, show(res)
+    h = host(report, "mx.stsee.dane.test")
+    assert h["mta_sts"] == ("not applied: DANE governs this host (RFC 8461 §2); "
+                            "it matches the policy"), h
+    assert h["level"] == "authenticated (DANE)", h
+
+    # stsother: the policy does not list its MX host.
+    res, report = probe(dane_net, state, "stsother.dane.test", json_out=True)
+    assert res.returncode == 69, show(res)
+    h = host(report, "mx.stsother.dane.test")
+    assert h["mta_sts"] == "does not match the policy (mode enforce)", h
+    assert h["level"].startswith("deferred: not in the MTA-STS policy's mx: mx.elsewhere.test"), h
+    res, report = probe(dane_net, state, "stsother.dane.test", "--tls-policy", "dane",
+                        json_out=True)
+    assert res.returncode == 0, show(res)
+    assert host(report, "mx.stsother.dane.test")["level"] == "authenticated (DANE)", report

@@ -55,7 +55,7 @@ impl Deliverer {
             }
             Err(failure) => return Err(dns_reply(&failure)),
         };
-        let routes = self.sts_filter(domain, sts, routes)?;
+        let routes = self.sts_filter(domain, sts, routes, mx_dnssec).await?;
         let mut list = Vec::new();
         let mut address_dnssec = Vec::new();
         let mut dns_failure = None;
@@ -319,18 +319,42 @@ impl Deliverer {
     /// §4.1); none at all is a temporary failure, never plaintext elsewhere.
     /// Under `testing` every host stays (a session with one the policy does
     /// not list is judged as a failure in [`Self::note_sts_session`]).
-    fn sts_filter(
+    ///
+    /// A host DANE governs stays whatever the policy lists (RFC 8461 §2:
+    /// DANE wins where both apply): its name came from a DNSSEC-signed MX
+    /// RRset (the only way DANE is used here), which is what the policy's
+    /// `mx:` list stands in for, and its TLS is judged by its TLSA records
+    /// alone ([`Self::sts_for_host`]).
+    async fn sts_filter(
         &self,
         domain: &str,
         sts: Option<&ActivePolicy>,
         routes: Vec<MxRoute>,
+        mx_dnssec: Dnssec,
     ) -> Result<Vec<MxRoute>, Reply> {
         let Some(active) = sts.filter(|a| a.policy.mode == StsMode::Enforce) else {
             return Ok(routes);
         };
-        let (matching, other): (Vec<MxRoute>, Vec<MxRoute>) = routes
-            .into_iter()
-            .partition(|r| active.policy.mx_matches(&r.host));
+        let configured = self.policy.for_domain(domain);
+        let mut matching = Vec::new();
+        let mut other = Vec::new();
+        for route in routes {
+            if active.policy.mx_matches(&route.host) {
+                matching.push(route);
+            } else if self
+                .dane_governs(domain, &route.host, configured, mx_dnssec)
+                .await
+            {
+                log!(
+                    "mta-sts: domain={domain} sts=enforce id={} mx={} mx_match=no; DANE governs this host (RFC 8461 §2): kept",
+                    active.id,
+                    route.host
+                );
+                matching.push(route);
+            } else {
+                other.push(route);
+            }
+        }
         for route in &other {
             let why = format!("not in the policy's mx: {}", active.policy.mx_list());
             log!(
@@ -410,10 +434,34 @@ impl Deliverer {
         });
     }
 
+    /// Whether DANE decides the fate of `host` under `configured` (usable
+    /// TLSA records, or a failed lookup: [`DaneStatus::governs`]), so that
+    /// an MTA-STS policy must not: only under the `dane` policies, through
+    /// a signed MX RRset.
+    async fn dane_governs(
+        &self,
+        domain: &str,
+        host: &str,
+        configured: TlsPolicy,
+        mx_dnssec: Dnssec,
+    ) -> bool {
+        if !configured.uses_dane() || mx_dnssec != Dnssec::Secure {
+            return false;
+        }
+        let addresses = match self.resolver.addresses_signed(host).await {
+            Ok((_, status)) => status,
+            // No address: the host is not tried whoever governs it.
+            Err(_) => return false,
+        };
+        dane_policy::lookup(&self.resolver, domain, host, mx_dnssec, addresses)
+            .await
+            .governs()
+    }
+
     /// The MTA-STS policy that governs `host`: the domain's, unless DANE
     /// does. RFC 8461 §2: where an MX host has usable DANE TLSA records
-    /// (RFC 7672), DANE governs it and the MTA-STS policy does not; this is
-    /// the one place where that check goes once DANE is in.
+    /// (RFC 7672), DANE governs it and the MTA-STS policy does not (neither
+    /// its certificate rule here nor its `mx:` list in [`Self::sts_filter`]).
     ///
     /// DANE is looked up under the `dane` and `dane-only` policies
     /// ([`Deliverer::host_tls`]); a host it authenticates (usable TLSA
@@ -628,8 +676,8 @@ mod tests {
         routes.iter().map(|r| r.host.as_str()).collect()
     }
 
-    #[test]
-    fn enforce_keeps_only_listed_mx_hosts_and_reports_the_others() {
+    #[tokio::test]
+    async fn enforce_keeps_only_listed_mx_hosts_and_reports_the_others() {
         let sink = Arc::new(Recorded::default());
         let d = deliverer(Arc::clone(&sink));
         let enforce = active("enforce");
@@ -637,21 +685,33 @@ mod tests {
         let all = ["mx.example.org", "evil.example.net", "a.backup.example.org"];
         // enforce: the listed ones, in order; the other reported, not connected to.
         let kept = d
-            .sts_filter("example.org", Some(&enforce), routes(&all))
+            .sts_filter("example.org", Some(&enforce), routes(&all), Dnssec::Secure)
+            .await
             .unwrap();
         assert_eq!(hosts(&kept), ["mx.example.org", "a.backup.example.org"]);
         // testing, or no policy: every host.
         let kept = d
-            .sts_filter("example.org", Some(&testing), routes(&all))
+            .sts_filter("example.org", Some(&testing), routes(&all), Dnssec::Secure)
+            .await
             .unwrap();
         assert_eq!(hosts(&kept), all);
         assert_eq!(
-            hosts(&d.sts_filter("example.org", None, routes(&all)).unwrap()),
+            hosts(
+                &d.sts_filter("example.org", None, routes(&all), Dnssec::Secure)
+                    .await
+                    .unwrap()
+            ),
             all
         );
         // None listed: a temporary failure.
         let none = d
-            .sts_filter("example.org", Some(&enforce), routes(&["x.example.net"]))
+            .sts_filter(
+                "example.org",
+                Some(&enforce),
+                routes(&["x.example.net"]),
+                Dnssec::Secure,
+            )
+            .await
             .unwrap_err();
         assert_eq!(none.code(), 451);
         assert!(

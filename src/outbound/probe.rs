@@ -5,20 +5,29 @@
 //!
 //! Per MX host (its first address): one session that offers XPONY (to see
 //! the server's key) and one that asks for STARTTLS (to see the TLS
-//! version, cipher and the certificate's verdict for the MX name); both end
-//! with QUIT after EHLO.
+//! version, cipher, the certificate's subject and its verdict for the MX
+//! name, and whether its chain matches the host's TLSA records); both end
+//! with QUIT after EHLO. DANE and MTA-STS are decided by delivery's own
+//! code (`dane::lookup`/`decide`, `sts_for_host`), so the level shown is
+//! the one a delivery would reach.
 
 use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
+use rustls_pki_types::UnixTime;
+
 use super::connection::Connection;
+use super::dane::{self as dane_policy, DaneStatus};
 use super::deliver::Deliverer;
 use super::dns::{DnsFailure, Dnssec, MxAnswer};
-use super::policy::TlsPolicy;
+use super::mx_hosts::sts_host_policy;
+use super::policy::{SecurityLevel, TlsPolicy};
+use super::sts::Mode as StsMode;
+use super::sts_fetch::ActivePolicy;
 use crate::pony::pins::DnsKeys;
 use crate::smtp::client::{ClientSession, HostFailure, SessionOutcome, StartTls};
-use crate::transport::{CertVerdict, Encryption};
+use crate::transport::{CertVerdict, Encryption, Stream, cert_name};
 
 /// Everything found about one domain.
 #[derive(Debug, Clone, Serialize)]
@@ -55,8 +64,9 @@ pub struct HostProbe {
     pub error: Option<String>,
     pub xpony: XponyProbe,
     pub starttls: StartTlsProbe,
-    pub dane: &'static str,
-    /// Whether the MX matches the domain's MTA-STS policy.
+    pub dane: DaneProbe,
+    /// Whether the MX matches the domain's MTA-STS policy, or why the
+    /// policy does not apply to it (DANE governs it).
     pub mta_sts: String,
     /// The level blackpony would reach with this host under the policy, or
     /// why it would defer.
@@ -90,8 +100,29 @@ pub struct StartTlsProbe {
     /// `verified`, or `not verified (REASON)`: PKIX for the MX name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub certificate: Option<String>,
+    /// The certificate's subject (`CN=…`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// DANE for one MX host.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DaneProbe {
+    /// What delivery makes of it (the words of the `dane:` log line):
+    /// `usable (…)`, `unusable (…)`, `not used (WHY)`, `failed (WHY)`.
+    pub status: String,
+    /// The TLSA records published at `_25._tcp.<host>`, whatever their
+    /// DNSSEC status.
+    pub tlsa: Vec<String>,
+    /// The TLSA answer's DNSSEC status (`secure`, `insecure`, `bogus`,
+    /// `not validated (--dnssec off)`) or why there is none.
+    pub dnssec: String,
+    /// Whether the chain of the STARTTLS session matches the usable records
+    /// (`matches (DANE-EE 3 1 1 …)`, `does not match: WHY`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matches: Option<String>,
 }
 
 /// What the two sessions showed, for [`level_reached`].
@@ -108,11 +139,23 @@ pub struct Seen {
     /// The handshake's certificate verdict (`None`: no handshake).
     pub tls_verified: Option<bool>,
     pub tls_failed: bool,
+    /// Why delivery would not connect to the host at all (DANE failed or
+    /// required and absent, not in an enforced MTA-STS policy).
+    pub refused: Option<String>,
+    /// Usable TLSA records: TLS required, the chain must match them.
+    pub dane_required: bool,
+    /// Whether the handshake's chain matched them (`None`: no handshake).
+    pub dane_matched: Option<bool>,
+    /// An MTA-STS policy in mode enforce governs the host.
+    pub sts_enforced: bool,
 }
 
 /// The level delivery would reach with a host, or why it would defer;
 /// in the words of the log (`level=`).
 pub fn level_reached(policy: TlsPolicy, seen: &Seen) -> String {
+    if let Some(why) = &seen.refused {
+        return format!("deferred: {why}");
+    }
     if !seen.reachable {
         return "unreachable: would try the next MX".into();
     }
@@ -124,23 +167,44 @@ pub fn level_reached(policy: TlsPolicy, seen: &Seen) -> String {
     }
     match seen.xpony {
         Some(true) => return "authenticated (XPONY)".into(),
-        // Under verify, a first contact does not count (proto-spec §9):
-        // delivery does not use XPONY with an unknown key.
-        Some(false) if policy != TlsPolicy::Verify => return "encrypted (XPONY)".into(),
+        // Under verify (and DANE), a first contact does not count
+        // (proto-spec §9): delivery does not use XPONY with an unknown key.
+        Some(false) if policy.required() != SecurityLevel::Authenticated => {
+            return "encrypted (XPONY)".into();
+        }
         _ => {}
     }
     if seen.xpony_required && seen.xpony.is_none() {
         return "deferred: XPONY expected (pin or DNS key) but not offered".into();
     }
+    // RFC 7672 §2.2: usable TLSA records make TLS mandatory and the
+    // certificate must match them; never plaintext.
+    if seen.dane_required {
+        return match (seen.dane_matched, seen.tls_failed) {
+            (Some(true), _) => "authenticated (DANE)".into(),
+            (Some(false), _) => {
+                "deferred: the certificate does not match its TLSA records (DANE)".into()
+            }
+            (None, true) => "deferred: TLS handshake failed (DANE: never plaintext)".into(),
+            (None, false) => {
+                "deferred: no STARTTLS, which DANE requires (usable TLSA records)".into()
+            }
+        };
+    }
+    let by = if seen.sts_enforced {
+        "MTA-STS policy, mode enforce".to_string()
+    } else {
+        format!("policy {}", policy.as_str())
+    };
     match (seen.tls_verified, seen.tls_failed, seen.starttls_offered) {
         (Some(true), _, _) => "authenticated (TLS)".into(),
         (Some(false), _, _) if policy == TlsPolicy::Verify => {
-            "deferred: certificate not verified (policy verify)".into()
+            format!("deferred: certificate not verified ({by})")
         }
         (Some(false), _, _) => "encrypted (TLS)".into(),
         (None, true, _) => "deferred: TLS handshake failed (plaintext only after --tls-backoff, where policy allows)".into(),
         (None, false, false) if policy == TlsPolicy::May => "plaintext (no STARTTLS)".into(),
-        (None, false, false) => format!("deferred: no STARTTLS (policy {})", policy.as_str()),
+        (None, false, false) => format!("deferred: no STARTTLS ({by})"),
         (None, false, true) => "unknown: STARTTLS offered but no handshake was made".into(),
     }
 }
@@ -236,16 +300,33 @@ impl DomainProbe {
             let t = &h.starttls;
             let tls = match (&t.protocol, &t.error) {
                 (Some(p), _) => format!(
-                    "{p} {} certificate {}",
+                    "{p} {} certificate {}{}",
                     t.cipher.as_deref().unwrap_or("?"),
-                    t.certificate.as_deref().unwrap_or("?")
+                    t.certificate.as_deref().unwrap_or("?"),
+                    t.subject
+                        .as_ref()
+                        .map(|s| format!(", subject {s}"))
+                        .unwrap_or_default()
                 ),
                 (None, Some(e)) => e.clone(),
                 (None, None) if t.offered => "offered".into(),
                 (None, None) => "not offered".into(),
             };
             out.push_str(&format!("  STARTTLS   {tls}\n"));
-            out.push_str(&format!("  DANE       {}\n", h.dane));
+            let d = &h.dane;
+            out.push_str(&format!("  DANE       {}\n", d.status));
+            out.push_str(&format!(
+                "  TLSA       {} (DNSSEC {})\n",
+                if d.tlsa.is_empty() {
+                    "none".to_string()
+                } else {
+                    d.tlsa.join("; ")
+                },
+                d.dnssec
+            ));
+            if let Some(m) = &d.matches {
+                out.push_str(&format!("  DANE match {m}\n"));
+            }
             out.push_str(&format!("  MTA-STS    {}\n", h.mta_sts));
             out.push_str(&format!("  level      {}\n", h.level));
         }
@@ -274,6 +355,7 @@ impl Deliverer {
         let sts = match &self.sts {
             Some(sts) => {
                 let lookup = sts.lookup(&domain).await;
+                let applied = policy != TlsPolicy::None && sts.settings.applies_to(&domain);
                 probe.mta_sts = match (&lookup.active, &lookup.problem) {
                     (Some(a), _) => format!(
                         "mode {} id {} mx {} max_age {}",
@@ -285,7 +367,12 @@ impl Deliverer {
                     (None, Some(p)) => format!("none ({p:?})"),
                     (None, None) => "none published".into(),
                 };
-                lookup.active
+                if !applied && lookup.active.is_some() {
+                    probe
+                        .mta_sts
+                        .push_str(" (not applied here: policy none or switched off)");
+                }
+                lookup.active.filter(|_| applied)
             }
             None => None,
         };
@@ -314,21 +401,23 @@ impl Deliverer {
         };
         probe.mx_dnssec = dnssec_name(mx_dnssec);
         for (preference, host) in exchangers {
-            let mut h = self.probe_host(&host, mx_dnssec, policy).await;
+            let mut h = self
+                .probe_host(&domain, &host, mx_dnssec, policy, sts.as_ref())
+                .await;
             h.preference = preference;
-            if let Some(active) = &sts {
-                h.mta_sts = if active.policy.mx_matches(&host) {
-                    "matches the policy".into()
-                } else {
-                    "does not match the policy".into()
-                };
-            }
             probe.hosts.push(h);
         }
         probe
     }
 
-    async fn probe_host(&self, host: &str, mx: Dnssec, policy: TlsPolicy) -> HostProbe {
+    async fn probe_host(
+        &self,
+        domain: &str,
+        host: &str,
+        mx: Dnssec,
+        policy: TlsPolicy,
+        sts: Option<&ActivePolicy>,
+    ) -> HostProbe {
         let mut h = HostProbe {
             host: host.to_string(),
             preference: 0,
@@ -342,15 +431,45 @@ impl Deliverer {
                 ..Default::default()
             },
             starttls: StartTlsProbe::default(),
-            dane: "not checked (DANE is not implemented yet)",
+            dane: DaneProbe::default(),
             mta_sts: "no policy".into(),
             level: String::new(),
         };
-        match self.resolver.addresses(host).await {
-            Ok(list) => h.addresses = list,
+        let mut addresses_dnssec = Dnssec::Insecure;
+        match self.resolver.addresses_signed(host).await {
+            Ok((list, status)) => {
+                h.addresses = list;
+                addresses_dnssec = status;
+            }
             Err(e) => h.address_error = Some(e.to_string()),
         }
         let mut seen = Seen::default();
+        // DANE and MTA-STS as delivery decides them for this host.
+        let dane = dane_policy::lookup(&self.resolver, domain, host, mx, addresses_dnssec).await;
+        h.dane.status = dane_policy::describe(&dane);
+        (h.dane.tlsa, h.dane.dnssec) = self.tlsa_published(host).await;
+        let mut effective = policy;
+        match dane_policy::decide(policy, &dane) {
+            Err(refusal) => {
+                seen.refused = Some(format!("DANE: {}", refusal.why));
+                h.mta_sts = describe_sts(host, sts, !dane.governs());
+            }
+            Ok(host_tls) => {
+                let sts_here = self.sts_for_host(sts, &host_tls);
+                h.mta_sts = describe_sts(host, sts, sts_here.is_some());
+                if let Some(active) = sts_here.filter(|a| a.policy.mode == StsMode::Enforce) {
+                    seen.sts_enforced = true;
+                    if !active.policy.mx_matches(host) {
+                        seen.refused = Some(format!(
+                            "not in the MTA-STS policy's mx: {} (mode enforce)",
+                            active.policy.mx_list()
+                        ));
+                    }
+                }
+                seen.dane_required = host_tls.dane.is_some();
+                effective = sts_host_policy(host_tls.policy, sts_here);
+            }
+        }
         let Some(ip) = h.addresses.first().copied() else {
             h.level = level_reached(policy, &seen);
             return h;
@@ -413,6 +532,22 @@ impl Deliverer {
                             _ => "not verified".into(),
                         });
                         seen.tls_verified = Some(verified);
+                        let chain = conn
+                            .stream
+                            .as_ref()
+                            .map(Stream::peer_certificates)
+                            .unwrap_or_default();
+                        t.subject = chain.first().and_then(cert_name::subject);
+                        if let DaneStatus::Usable { auth, .. } = &dane {
+                            let matched = auth.check(&chain, UnixTime::now());
+                            h.dane.matches = Some(match &matched {
+                                Ok(m) => {
+                                    format!("matches ({} {})", m.record().usage_name(), m.record())
+                                }
+                                Err(why) => format!("does not match: {why}"),
+                            });
+                            seen.dane_matched = Some(matched.is_ok());
+                        }
                     } else if conn.tls_failed {
                         t.offered = true;
                         seen.tls_failed = true;
@@ -441,8 +576,28 @@ impl Deliverer {
         if seen.reachable {
             h.error = None;
         }
-        h.level = level_reached(policy, &seen);
+        h.level = level_reached(effective, &seen);
         h
+    }
+
+    /// The TLSA records at `_25._tcp.<host>` as published, and the
+    /// answer's DNSSEC status, for the table (delivery's verdict on them is
+    /// [`dane_policy::describe`]).
+    async fn tlsa_published(&self, host: &str) -> (Vec<String>, String) {
+        if crate::smtp::envelope::address_literal(host).is_some() {
+            return (Vec::new(), "none (an address literal)".into());
+        }
+        match self.resolver.tlsa(host).await {
+            Ok((records, status)) => (
+                records.iter().map(|r| r.to_string()).collect(),
+                if self.resolver.validates() {
+                    dnssec_name(status).to_string()
+                } else {
+                    "not validated (--dnssec off)".to_string()
+                },
+            ),
+            Err(e) => (Vec::new(), format!("lookup failed: {e}")),
+        }
     }
 
     /// What the XPONY session showed.
@@ -489,6 +644,24 @@ impl Deliverer {
             }
             _ => {}
         }
+    }
+}
+
+/// The MTA-STS column: whether the host matches the policy, or that DANE
+/// governs it instead (RFC 8461 §2).
+fn describe_sts(host: &str, sts: Option<&ActivePolicy>, applies: bool) -> String {
+    let Some(active) = sts else {
+        return "no policy".into();
+    };
+    let listed = if active.policy.mx_matches(host) {
+        "matches the policy"
+    } else {
+        "does not match the policy"
+    };
+    if applies {
+        format!("{listed} (mode {})", active.policy.mode.as_str())
+    } else {
+        format!("not applied: DANE governs this host (RFC 8461 §2); it {listed}")
     }
 }
 
@@ -598,7 +771,82 @@ mod tests {
                 "deferred: TLS handshake failed",
             ),
         ];
-        for (policy, seen, want) in cases {
+        let dane = |matched| Seen {
+            dane_required: true,
+            dane_matched: matched,
+            starttls_offered: true,
+            tls_verified: Some(false),
+            ..up.clone()
+        };
+        let more = [
+            (
+                TlsPolicy::DaneOnly,
+                dane(Some(true)),
+                "authenticated (DANE)",
+            ),
+            (
+                TlsPolicy::DaneOnly,
+                dane(Some(false)),
+                "deferred: the certificate does not match its TLSA records",
+            ),
+            (
+                TlsPolicy::DaneOnly,
+                Seen {
+                    dane_required: true,
+                    ..up.clone()
+                },
+                "deferred: no STARTTLS, which DANE requires",
+            ),
+            (
+                TlsPolicy::DaneOnly,
+                Seen {
+                    dane_required: true,
+                    tls_failed: true,
+                    ..up.clone()
+                },
+                "deferred: TLS handshake failed (DANE",
+            ),
+            // DANE-EE: the certificate matches though PKIX says no.
+            (
+                TlsPolicy::DaneOnly,
+                dane(Some(true)),
+                "authenticated (DANE)",
+            ),
+            // A first-contact XPONY key does not stand in for DANE.
+            (
+                TlsPolicy::DaneOnly,
+                Seen {
+                    xpony: Some(false),
+                    ..dane(Some(true))
+                },
+                "authenticated (DANE)",
+            ),
+            (
+                TlsPolicy::May,
+                Seen {
+                    refused: Some("DANE: the TLSA records are bogus".into()),
+                    ..Seen::default()
+                },
+                "deferred: DANE: the TLSA records are bogus",
+            ),
+            (
+                TlsPolicy::Verify,
+                Seen {
+                    sts_enforced: true,
+                    ..tls(false)
+                },
+                "deferred: certificate not verified (MTA-STS policy, mode enforce)",
+            ),
+            (
+                TlsPolicy::Verify,
+                Seen {
+                    sts_enforced: true,
+                    ..up.clone()
+                },
+                "deferred: no STARTTLS (MTA-STS policy, mode enforce)",
+            ),
+        ];
+        for (policy, seen, want) in cases.into_iter().chain(more) {
             let got = level_reached(policy, &seen);
             assert!(got.starts_with(want), "{policy:?} {seen:?}: {got}");
         }

@@ -1,6 +1,7 @@
 //! Byte streams that start in plaintext and may be upgraded mid-session
 //! (the STARTTLS pattern, RFC 3207), and the TLS configuration they use.
 
+pub mod cert_name;
 pub mod dane;
 pub mod drive;
 pub mod encryption;
@@ -38,6 +39,20 @@ impl<S> Stream<S> {
         match self {
             Stream::Plain(s) => Ok(s),
             other => Err(other),
+        }
+    }
+
+    /// The certificate chain the TLS server presented (leaf first); empty
+    /// without TLS.
+    pub fn peer_certificates(&self) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+        match self {
+            Stream::Tls(tls) => tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default(),
+            _ => Vec::new(),
         }
     }
 
