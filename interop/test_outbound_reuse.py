@@ -174,3 +174,37 @@ def test_lmtp_command_reuses_and_quits(internet, workdir):
     line = disconnect_line(internet.postfix, before)
     assert connects(internet.postfix) - before == 1, internet.postfix.log_text()[-3000:]
     assert " mail=3 " in line and " rset=2 " in line and " quit=1 " in line, line
+
+
+def tls_report_sessions(workdir, domain: str) -> list[dict]:
+    """The TLS report records (RFC 8460) outbound_tcp has for domain today (UTC)."""
+    import datetime
+    import json
+    day = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    path = workdir / "state-outbound-tcp" / "tlsrpt" / domain / day
+    try:
+        return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def test_reused_session_is_one_tls_report_session(internet, outbound_tcp, workdir):
+    """RFC 8460 counts negotiated TLS sessions: four messages over one kept MX session (one
+    STARTTLS) are one `success` record in the state directory, not four (the decision in
+    docs/manual/tlsrpt.md)."""
+    bp = outbound_tcp
+    tok = token()
+    time.sleep(2.5)
+    before = connects(internet.postfix)
+    records = len(tls_report_sessions(workdir, "tls.test"))
+    rcpts = [f"rptreuse{i}-{tok}@tls.test" for i in range(4)]
+    for i, rcpt in enumerate(rcpts):
+        message, body = make_message(f"{tok}{i}", [rcpt])
+        [(code, text)] = lmtp_send(bp, [rcpt], message)
+        assert code == 250, (code, text, bp.log_text()[-2000:])
+        arrived(internet.postfix, rcpt, body)
+    line = disconnect_line(internet.postfix, before)
+    assert connects(internet.postfix) - before == 1, internet.postfix.log_text()[-3000:]
+    assert " mail=4 " in line and " starttls=1 " in line, line
+    new = tls_report_sessions(workdir, "tls.test")[records:]
+    assert [(r["policy-type"], r["result"]) for r in new] == [("no-policy-found", "success")], new
