@@ -9,6 +9,9 @@ pulls the sealed files with XFETCH, decrypts them and hands them on:
 - into a private Postfix at home (SMTP): every message arrives for every recipient, its body
   intact (Postfix stores LF line ends: compared with CRLF as LF), the spool empty after;
 - into a Maildir: the files hold exactly `Return-Path:` + the message, byte for byte;
+- into Dovecot's LMTP server (TCP and Unix socket), which answers for each recipient: one
+  recipient's temporary failure keeps the file on the relay, the next run delivers to that
+  recipient only, then the file is deleted;
 - a home key the relay does not know: refused (exit 78), logged by the relay with the key's
   fingerprint, nothing sent, the spool untouched;
 - a man in the middle that swaps keys (`blackpony inbound` with another host key on the
@@ -225,6 +228,102 @@ def test_fetch_into_a_maildir(setup):
         assert list((base / "Maildir" / "tmp").iterdir()) == []
     finally:
         relay.stop()
+
+
+class Dovecot(Process):
+    """Debian's Dovecot serving LMTP only, on 127.0.0.1:port and on base/run/lmtp, for
+    the mailboxes alice and bob of example.test (Maildirs under base/mail, owned by nobody).
+    bob's home is under base/locked, which `lock_bob(True)` makes unwritable for nobody, so
+    that Dovecot accepts bob at RCPT and fails him after the message (451)."""
+
+    def __init__(self, base: Path):
+        base.mkdir()
+        os.chmod(base, 0o755)
+        self.base = base
+        self.port = free_port()
+        self.socket = base / "run" / "lmtp"
+        self.mail = base / "mail"
+        self.locked = base / "locked"
+        for d in (self.mail, self.locked):
+            d.mkdir()
+            os.chown(d, 65534, 65534)
+        (base / "users").write_text(f"{ALICE}::65534:65534::{self.mail}/alice\n"
+                                    f"{BOB}::65534:65534::{self.locked}/bob\n")
+        (base / "dovecot.conf").write_text(f"""\
+base_dir = {base}/run
+state_dir = {base}/state
+log_path = {base}/dovecot.log
+protocols = lmtp
+listen = 127.0.0.1
+ssl = no
+first_valid_uid = 1
+mail_location = maildir:~/Maildir
+passdb {{
+  driver = passwd-file
+  args = {base}/users
+}}
+userdb {{
+  driver = passwd-file
+  args = {base}/users
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {self.port}
+  }}
+  unix_listener lmtp {{
+    mode = 0666
+  }}
+}}
+""")
+        cmd = [require_tool("dovecot"), "-F", "-c", str(base / "dovecot.conf")]
+        super().__init__(cmd, base / "dovecot.out", "dovecot")
+
+    def start(self, timeout: float = 20):
+        return super().start(lambda: (smtp_greeting("127.0.0.1", self.port) or b"")
+                             .startswith(b"220") and self.socket.exists(), timeout)
+
+    def lock_bob(self, locked: bool):
+        os.chown(self.locked, 0 if locked else 65534, 0 if locked else 65534)
+
+    def messages(self, who: str) -> list[bytes]:
+        home = (self.mail / who) if who == "alice" else (self.locked / who)
+        new = home / "Maildir" / "new"
+        return [p.read_bytes() for p in sorted(new.iterdir())] if new.exists() else []
+
+
+@pytest.mark.parametrize("via", ["tcp", "unix"])
+def test_fetch_into_dovecot_lmtp_per_recipient(setup, via):
+    """fetch --deliver-to lmtp:HOST:PORT / lmtp:unix:PATH against Dovecot: each recipient's
+    own reply counts; the relay deletes the file only once every recipient got 250, and a
+    resumed run delivers only to the recipient still owed."""
+    base, keys, age_key, recipient = prepare(setup, f"lmtp-{via}-run")
+    dovecot = Dovecot(base / "dovecot").start()
+    relay = serve(base, keys, recipient)
+    try:
+        target = (f"lmtp:127.0.0.1:{dovecot.port}" if via == "tcp"
+                  else f"lmtp:unix:{dovecot.socket}")
+        message = b"Subject: lmtp\r\n\r\nfor alice and bob\r\n"
+        relay.send("sender@example.net", [ALICE, BOB], message)
+        home = Home(base, keys, age_key)
+        dovecot.lock_bob(True)
+        res = home.fetch(relay.fetch_port, "--deliver-to", target)
+        assert res.returncode == 75, res.stderr
+        assert f"to=<{ALICE}> target={target} status=delivered (250 " in res.stderr, res.stderr
+        assert f"to=<{BOB}> target={target} status=deferred (4" in res.stderr, res.stderr
+        assert len(relay.ids()) == 1
+        assert [body_of(m) for m in dovecot.messages("alice")] == [body_of(message)]
+        dovecot.lock_bob(False)
+        res = home.fetch(relay.fetch_port, "--deliver-to", target)
+        assert res.returncode == 0, res.stderr
+        assert f"to=<{ALICE}>" not in res.stderr, res.stderr  # not delivered twice
+        assert f"to=<{BOB}> target={target} status=delivered" in res.stderr, res.stderr
+        assert relay.ids() == []
+        assert len(dovecot.messages("alice")) == 1
+        assert [body_of(m) for m in dovecot.messages("bob")] == [body_of(message)]
+    finally:
+        relay.stop()
+        dovecot.stop()
 
 
 def test_the_mx_port_serves_no_fetch_and_the_fetch_port_no_mail(setup):

@@ -35,6 +35,7 @@ PACKAGES=(
   chromium                # renders `blackpony stats --html` headless (interop/test_stats.py)
   libwrap0 liblockfile1   # needed by the unpacked sendmail and its mail.local (see below)
   nginx-light             # the HTTPS policy host of the MTA-STS tests (interop/test_mta_sts.py)
+  dovecot-lmtpd           # an LMTP server for fetch --deliver-to lmtp: (interop/test_fetch.py)
 )
 
 missing=()

@@ -28,8 +28,14 @@ pub struct FetchArgs {
     /// format; several keys in one file are all tried). Repeatable.
     #[arg(long, value_name = "FILE")]
     pub age_identity: Vec<PathBuf>,
-    /// Hand each message to the local MTA's SMTP listener at HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT", conflicts_with = "maildir")]
+    /// Hand each message to the local MTA: its SMTP listener at HOST:PORT,
+    /// or an LMTP server (lmtp:HOST:PORT, lmtp:unix:PATH; e.g. Dovecot's),
+    /// which answers for each recipient on its own.
+    #[arg(
+        long,
+        value_name = "HOST:PORT|lmtp:HOST:PORT|lmtp:unix:PATH",
+        conflicts_with = "maildir"
+    )]
     pub deliver_to: Option<String>,
     /// Write each message into this Maildir instead (made if missing).
     #[arg(long, value_name = "DIR")]
@@ -176,14 +182,7 @@ pub fn settings(args: FetchArgs, file: FetchFile) -> Result<FetchSettings, Confi
             ));
         }
         (None, Some(dir)) => Target::Maildir(dir),
-        (Some(to), None) => {
-            let addr = to
-                .to_socket_addrs()
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or_else(|| invalid("--deliver-to", format!("{to:?} is not HOST:PORT")))?;
-            Target::Smtp(addr)
-        }
+        (Some(to), None) => deliver_target(&to).map_err(|e| invalid("--deliver-to", e))?,
     };
     let relay_key = match args.relay_key.or(file.relay_key) {
         None => None,
@@ -220,6 +219,30 @@ pub fn settings(args: FetchArgs, file: FetchFile) -> Result<FetchSettings, Confi
             .unwrap_or(crate::relay::xfetch::DEFAULT_MAX_SIZE),
         connect_timeout: Duration::from_secs(30),
         reply_timeout: crate::smtp::limits::SERVER_TIMEOUT,
+    })
+}
+
+/// `--deliver-to`: HOST:PORT (SMTP), lmtp:HOST:PORT or lmtp:unix:PATH.
+fn deliver_target(to: &str) -> Result<Target, String> {
+    if let Some(path) = to.strip_prefix("lmtp:unix:") {
+        if path.is_empty() {
+            return Err("lmtp:unix: needs the socket's path".into());
+        }
+        return Ok(Target::LmtpUnix(PathBuf::from(path)));
+    }
+    let (lmtp, addr) = match to.strip_prefix("lmtp:") {
+        Some(addr) => (true, addr),
+        None => (false, to),
+    };
+    let addr = addr
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("{to:?} is not HOST:PORT, lmtp:HOST:PORT or lmtp:unix:PATH"))?;
+    Ok(if lmtp {
+        Target::Lmtp(addr)
+    } else {
+        Target::Smtp(addr)
     })
 }
 
@@ -263,6 +286,32 @@ mod tests {
             .join("\n");
         let parsed: FetchFile = toml::from_str(&section).unwrap();
         assert_eq!(parsed.from.as_deref(), Some("relay.example.org"));
+    }
+
+    #[test]
+    fn local_targets() {
+        let tcp = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        // (--deliver-to, target, or a piece of the error)
+        let cases: Vec<(&str, Result<Target, &str>)> = vec![
+            ("127.0.0.1:25", Ok(Target::Smtp(tcp("127.0.0.1:25")))),
+            ("lmtp:127.0.0.1:24", Ok(Target::Lmtp(tcp("127.0.0.1:24")))),
+            ("lmtp:[::1]:24", Ok(Target::Lmtp(tcp("[::1]:24")))),
+            (
+                "lmtp:unix:/run/dovecot/lmtp",
+                Ok(Target::LmtpUnix(PathBuf::from("/run/dovecot/lmtp"))),
+            ),
+            ("lmtp:unix:", Err("needs the socket's path")),
+            ("lmtp:127.0.0.1", Err("is not HOST:PORT, lmtp:HOST:PORT")),
+            ("127.0.0.1", Err("is not HOST:PORT")),
+            ("smtp:127.0.0.1:25", Err("is not HOST:PORT")),
+        ];
+        for (given, want) in cases {
+            match (deliver_target(given), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{given}"),
+                (Err(e), Err(piece)) => assert!(e.contains(piece), "{given}: {e}"),
+                (got, want) => panic!("{given}: {got:?}, wanted {want:?}"),
+            }
+        }
     }
 
     #[test]

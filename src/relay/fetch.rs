@@ -35,6 +35,11 @@ use crate::transport::{ClientDriver, Stream};
 pub enum Target {
     /// The local MTA's SMTP listener.
     Smtp(SocketAddr),
+    /// An LMTP server on TCP (RFC 2033; e.g. Dovecot's): a reply per
+    /// recipient after the message.
+    Lmtp(SocketAddr),
+    /// An LMTP server on a Unix socket.
+    LmtpUnix(PathBuf),
     /// A Maildir.
     Maildir(PathBuf),
 }
@@ -43,6 +48,8 @@ impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Target::Smtp(addr) => write!(f, "smtp:{addr}"),
+            Target::Lmtp(addr) => write!(f, "lmtp:{addr}"),
+            Target::LmtpUnix(path) => write!(f, "lmtp:unix:{}", path.display()),
             Target::Maildir(path) => write!(f, "maildir:{}", path.display()),
         }
     }
@@ -167,7 +174,7 @@ pub async fn run(settings: &FetchSettings) -> Report {
                 return report;
             }
         },
-        Target::Smtp(_) => None,
+        Target::Smtp(_) | Target::Lmtp(_) | Target::LmtpUnix(_) => None,
     };
     let relay = format!("{}:{}", settings.relay_host, settings.relay_port);
     let (mut stream, caps) = match open_relay(settings).await {
@@ -486,10 +493,10 @@ async fn take(local: &Local<'_>, id: &str, sealed: &[u8]) -> Verdict {
         (_, Some(maildir)) => {
             deliver_maildir(maildir, &envelope.mail_from, message, &remaining).await
         }
-        (Target::Smtp(addr), None) => {
-            deliver_smtp(
+        (target @ (Target::Smtp(_) | Target::Lmtp(_) | Target::LmtpUnix(_)), None) => {
+            deliver_mta(
                 local.settings,
-                *addr,
+                target,
                 &envelope.mail_from,
                 message,
                 &remaining,
@@ -575,12 +582,13 @@ async fn deliver_maildir(
         .collect()
 }
 
-/// One SMTP transaction with the local MTA; a reply per recipient. A
-/// session that breaks or ends uncertain is temporary for everyone
-/// without a reply (the next run tries again).
-async fn deliver_smtp(
+/// One SMTP or LMTP transaction with the local MTA; a reply per recipient
+/// (LMTP: each recipient's own, RFC 2033 §4.2). A session that breaks or
+/// ends uncertain is temporary for everyone without a reply (the next run
+/// tries again).
+async fn deliver_mta(
     settings: &FetchSettings,
-    addr: SocketAddr,
+    target: &Target,
     sender: &str,
     message: &[u8],
     recipients: &[String],
@@ -590,17 +598,6 @@ async fn deliver_smtp(
             .iter()
             .map(|r| (r.clone(), reply.clone()))
             .collect()
-    };
-    let connect = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr)).await;
-    let tcp = match connect {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return all(Reply::new(451, format!("4.4.1 connect to {addr}: {e}"))),
-        Err(_) => {
-            return all(Reply::new(
-                451,
-                format!("4.4.1 connect to {addr}: timed out"),
-            ));
-        }
     };
     let mut wire = Vec::with_capacity(message.len() + message.len() / 50 + 8);
     let mut stuffer = DotStuffer::new();
@@ -615,36 +612,68 @@ async fn deliver_smtp(
         sender: sender.to_string(),
         recipients: recipients.to_vec(),
     };
-    let mut session =
-        ClientSession::new(&settings.helo_name, StartTls::Never, envelope, facts, wire);
-    let mut stream = Some(Stream::Plain(tcp));
+    let session = ClientSession::new(&settings.helo_name, StartTls::Never, envelope, facts, wire);
+    let within = settings.connect_timeout;
+    let timed_out = || Reply::new(451, format!("4.4.1 connect to {target}: timed out"));
+    let refused = |e: std::io::Error| Reply::new(451, format!("4.4.1 connect to {target}: {e}"));
+    let outcome = match target {
+        Target::Smtp(addr) | Target::Lmtp(addr) => {
+            match tokio::time::timeout(within, TcpStream::connect(addr)).await {
+                Ok(Ok(tcp)) => {
+                    let session = match target {
+                        Target::Lmtp(_) => session.lmtp(),
+                        _ => session,
+                    };
+                    exchange(settings, tcp, session).await
+                }
+                Ok(Err(e)) => return all(refused(e)),
+                Err(_) => return all(timed_out()),
+            }
+        }
+        Target::LmtpUnix(path) => {
+            match tokio::time::timeout(within, tokio::net::UnixStream::connect(path)).await {
+                Ok(Ok(unix)) => exchange(settings, unix, session.lmtp()).await,
+                Ok(Err(e)) => return all(refused(e)),
+                Err(_) => return all(timed_out()),
+            }
+        }
+        Target::Maildir(_) => return all(Reply::new(451, "4.3.0 not an MTA")),
+    };
+    match outcome {
+        Ok(Some(SessionOutcome::Replied(results))) => results
+            .into_iter()
+            .map(|r| (r.recipient, r.reply))
+            .collect(),
+        Ok(Some(SessionOutcome::Failed(f))) => {
+            all(Reply::new(451, format!("4.4.2 local delivery failed: {f}")))
+        }
+        Ok(Some(SessionOutcome::Uncertain { .. }) | None) => all(Reply::new(
+            451,
+            "4.4.2 connection to the local MTA lost after the message was sent (delivery uncertain)",
+        )),
+        Err(e) => all(Reply::new(451, format!("4.4.2 {e}"))),
+    }
+}
+
+/// Runs `session` over `io` to its end; its outcome.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    settings: &FetchSettings,
+    io: S,
+    mut session: ClientSession,
+) -> Result<Option<SessionOutcome>, RunFailure> {
+    let mut stream = Some(Stream::Plain(io));
     let mut no_pony = |_: &PublicKey, _: &ServerHints| Err("not expected".to_string());
-    if let Err(e) = drive(
+    drive(
         &mut stream,
         &mut session,
         settings.reply_timeout,
         &mut no_pony,
     )
-    .await
-    {
-        return all(Reply::new(451, format!("4.4.2 {e}")));
-    }
+    .await?;
     if let Some(s) = stream.as_mut() {
         let _ = tokio::time::timeout(Duration::from_secs(5), s.shutdown()).await;
     }
-    match session.take_outcome() {
-        Some(SessionOutcome::Replied(results)) => results
-            .into_iter()
-            .map(|r| (r.recipient, r.reply))
-            .collect(),
-        Some(SessionOutcome::Failed(f)) => {
-            all(Reply::new(451, format!("4.4.2 local delivery failed: {f}")))
-        }
-        Some(SessionOutcome::Uncertain { .. }) | None => all(Reply::new(
-            451,
-            "4.4.2 connection to the local MTA lost after the message was sent (delivery uncertain)",
-        )),
-    }
+    Ok(session.take_outcome())
 }
 
 #[cfg(test)]

@@ -239,7 +239,8 @@ enum State {
     Transaction {
         owed: VecDeque<Pending>,
     },
-    /// The message went out; the final reply is owed.
+    /// The message went out; the final reply is owed (LMTP: one per
+    /// accepted recipient, those already read in `lmtp_replies`).
     EndOfData,
     Quit,
     Done,
@@ -258,6 +259,12 @@ pub struct ClientSession {
     wire_message: Option<Arc<Vec<u8>>>,
     /// After the transaction, stay open for the next one instead of QUIT.
     keep_open: bool,
+    /// LMTP (RFC 2033): LHLO, and one reply per accepted recipient after
+    /// the message.
+    lmtp: bool,
+    /// LMTP: the replies after the message read so far, in the order of
+    /// the accepted recipients.
+    lmtp_replies: Vec<Reply>,
     caps: Option<EhloReply>,
     tls_up: bool,
     inbuf: Vec<u8>,
@@ -303,6 +310,8 @@ impl ClientSession {
             content,
             wire_message: Some(wire_message.into()),
             keep_open: false,
+            lmtp: false,
+            lmtp_replies: Vec::new(),
             caps: None,
             tls_up: false,
             inbuf: Vec::new(),
@@ -411,6 +420,15 @@ impl ClientSession {
         s
     }
 
+    /// Speaks LMTP (RFC 2033) instead of SMTP: `LHLO` (§4.1; no HELO
+    /// fallback) and, after the message, one reply per recipient that got
+    /// a 2xx to RCPT, in their order (§4.2), so each recipient has its own
+    /// outcome.
+    pub fn lmtp(mut self) -> Self {
+        self.lmtp = true;
+        self
+    }
+
     /// Stays open after the transaction (no QUIT): once its outcome is
     /// known, the session is ready ([`Step::Ready`], [`Self::is_ready`])
     /// for [`Self::next_transaction`]. A session that ended otherwise
@@ -457,6 +475,7 @@ impl ClientSession {
         self.content = content;
         self.wire_message = Some(wire_message.into());
         self.mail_reply = None;
+        self.lmtp_replies.clear();
         self.outcome = None;
         self.content_refusal = None;
         self.begin(true);
@@ -554,6 +573,27 @@ impl ClientSession {
             State::Done => {}
             // After QUIT, nothing is lost.
             State::Quit => {}
+            // LMTP: the recipients already answered keep their replies
+            // (RFC 2033 §4.2: each is final on its own), the others are
+            // uncertain.
+            State::EndOfData if self.lmtp && !self.lmtp_replies.is_empty() => {
+                let lost = Reply::new(
+                    451,
+                    "4.4.2 connection lost after the message (delivery uncertain)",
+                );
+                // Each missing reply is the loss; the last one completes
+                // the outcome as a reply read from the server would.
+                let missing = self
+                    .accepted_recipients()
+                    .len()
+                    .saturating_sub(self.lmtp_replies.len());
+                for _ in 0..missing {
+                    self.state = State::EndOfData;
+                    let _ = self.on_reply(lost.clone());
+                }
+                self.outgoing.clear();
+                self.state = State::Done;
+            }
             State::EndOfData => {
                 self.outcome = Some(SessionOutcome::Uncertain {
                     accepted: self.accepted_recipients(),
@@ -593,8 +633,9 @@ impl ClientSession {
             State::Greeting => {
                 if reply.code() == 220 {
                     self.greeting_raw = std::mem::take(&mut self.last_raw);
-                    self.ehlo_line = format!("EHLO {}", self.helo_name);
-                    self.send_line(&format!("EHLO {}", self.helo_name));
+                    let verb = if self.lmtp { "LHLO" } else { "EHLO" };
+                    self.ehlo_line = format!("{verb} {}", self.helo_name);
+                    self.send_line(&format!("{verb} {}", self.helo_name));
                     self.state = State::Ehlo { after_tls: false };
                 } else {
                     self.fail(HostFailure::Refused {
@@ -608,13 +649,13 @@ impl ClientSession {
                     self.ehlo_raw = std::mem::take(&mut self.last_raw);
                     self.caps = Some(EhloReply::parse(&reply));
                     self.after_hello();
-                } else if reply.is_permanent() && !after_tls {
+                } else if reply.is_permanent() && !after_tls && !self.lmtp {
                     // RFC 5321 §3.2: a server that does not know EHLO.
                     self.send_line(&format!("HELO {}", self.helo_name));
                     self.state = State::Helo;
                 } else {
                     self.fail(HostFailure::Refused {
-                        stage: "EHLO",
+                        stage: if self.lmtp { "LHLO" } else { "EHLO" },
                         reply,
                     });
                 }
@@ -680,27 +721,36 @@ impl ClientSession {
                 self.on_transaction_reply(pending, reply);
             }
             State::EndOfData => {
-                let stage = "end of data";
+                // SMTP: one reply for the message. LMTP (RFC 2033 §4.2):
+                // one per accepted recipient, in RCPT order, all read
+                // before the outcome.
+                let mut after: Box<dyn Iterator<Item = Reply>> = if self.lmtp {
+                    self.lmtp_replies.push(reply);
+                    if self.lmtp_replies.len() < self.accepted_recipients().len() {
+                        self.state = State::EndOfData;
+                        return None;
+                    }
+                    Box::new(std::mem::take(&mut self.lmtp_replies).into_iter())
+                } else {
+                    Box::new(std::iter::repeat(reply))
+                };
                 let results = self
                     .envelope
                     .recipients
                     .iter()
                     .zip(&self.rcpt_replies)
                     .map(|(rcpt, r)| match r {
-                        Some(r) if r.is_success() => RecipientResult {
-                            recipient: rcpt.clone(),
-                            reply: reply.clone(),
-                            stage,
-                        },
-                        Some(r) => RecipientResult {
+                        Some(r) if !r.is_success() => RecipientResult {
                             recipient: rcpt.clone(),
                             reply: r.clone(),
                             stage: "RCPT TO",
                         },
-                        None => RecipientResult {
+                        _ => RecipientResult {
                             recipient: rcpt.clone(),
-                            reply: reply.clone(),
-                            stage,
+                            reply: after.next().unwrap_or_else(|| {
+                                Reply::new(451, "4.4.0 no reply after the message")
+                            }),
+                            stage: "end of data",
                         },
                     })
                     .collect();

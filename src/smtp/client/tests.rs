@@ -816,3 +816,81 @@ fn kept_session_next_transaction() {
         Some(SessionOutcome::Failed(HostFailure::Lost { stage: "RSET" }))
     );
 }
+
+/// LMTP (RFC 2033): LHLO, no HELO fallback, and after the message one reply
+/// per recipient RCPT accepted, in order; a connection lost among those
+/// replies keeps the ones read.
+#[test]
+fn lmtp_replies_per_recipient() {
+    let lmtp = |rcpts: &[&str]| session(StartTls::Never, rcpts, b"Subject: x\r\n\r\nhi\r\n").lmtp();
+    let rcpts = ["a@home.example", "b@home.example", "c@home.example"];
+    let opening = |s: &mut ClientSession| {
+        s.receive(b"220 home.example LMTP\r\n");
+        assert_eq!(take(s), "LHLO client.example\r\n");
+        s.receive(b"250-home.example\r\n250 PIPELINING\r\n");
+        assert_eq!(
+            take(s),
+            "MAIL FROM:<sender@client.example>\r\nRCPT TO:<a@home.example>\r\n\
+             RCPT TO:<b@home.example>\r\nRCPT TO:<c@home.example>\r\nDATA\r\n"
+        );
+        s.receive(
+            b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n550 5.1.1 no such user\r\n250 2.1.5 Ok\r\n354 go\r\n",
+        );
+        assert_eq!(take(s), "Subject: x\r\n\r\nhi\r\n.\r\n");
+    };
+    // (replies after the message, connection lost after them, outcome)
+    type Case<'a> = (&'a [u8], bool, [(u16, &'static str); 3]);
+    let cases: Vec<Case> = vec![
+        (
+            b"250 2.0.0 a saved\r\n452 4.2.2 c over quota\r\n",
+            false,
+            [(250, "end of data"), (550, "RCPT TO"), (452, "end of data")],
+        ),
+        // the connection lost after a's reply: c's delivery is uncertain
+        (
+            b"250 2.0.0 a saved\r\n",
+            true,
+            [(250, "end of data"), (550, "RCPT TO"), (451, "end of data")],
+        ),
+    ];
+    for (replies, lost, want) in cases {
+        let mut s = lmtp(&rcpts);
+        opening(&mut s);
+        assert_eq!(s.receive(replies), Step::Continue);
+        if lost {
+            assert!(s.outcome().is_none(), "one reply of two is no outcome");
+            s.connection_lost();
+        } else {
+            assert_eq!(take(&mut s), "QUIT\r\n");
+            assert_eq!(s.receive(b"221 2.0.0 Bye\r\n"), Step::Done);
+        }
+        let got = codes(s.outcome().unwrap());
+        let want: Vec<_> = rcpts
+            .iter()
+            .zip(want)
+            .map(|(r, (code, stage))| (r.to_string(), code, stage))
+            .collect();
+        assert_eq!(got, want);
+    }
+    // No reply at all after the message: uncertain, as in SMTP.
+    let mut s = lmtp(&rcpts);
+    opening(&mut s);
+    s.connection_lost();
+    assert!(matches!(
+        s.outcome(),
+        Some(SessionOutcome::Uncertain { .. })
+    ));
+    // A server that refuses LHLO is not asked HELO.
+    let mut s = lmtp(&rcpts);
+    s.receive(b"220 home.example LMTP\r\n");
+    take(&mut s);
+    s.receive(b"500 5.5.1 unknown command\r\n");
+    assert!(!take(&mut s).contains("HELO"));
+    assert!(matches!(
+        s.outcome(),
+        Some(SessionOutcome::Failed(HostFailure::Refused {
+            stage: "LHLO",
+            ..
+        }))
+    ));
+}
