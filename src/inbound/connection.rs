@@ -166,20 +166,31 @@ async fn told_to_end(control: &mut Control) -> Order {
     }
 }
 
-/// Serves one client from accept to close.
+/// Serves one client from accept to close, in a span whose
+/// `session=ID` starts every record the session logs.
 pub async fn serve(
+    tcp: TcpStream,
+    client: SocketAddr,
+    local: SocketAddr,
+    shared: Arc<Shared>,
+    control: Control,
+) {
+    let id = format!("{:08X}", NEXT_SESSION.fetch_add(1, Ordering::Relaxed));
+    log::in_session(&id, serve_session(tcp, client, local, shared, control)).await;
+}
+
+async fn serve_session(
     tcp: TcpStream,
     client: SocketAddr,
     local: SocketAddr,
     shared: Arc<Shared>,
     mut control: Control,
 ) {
-    let id = format!("{:08X}", NEXT_SESSION.fetch_add(1, Ordering::Relaxed));
     let started = Instant::now();
     let config = &shared.config;
     let who = display_client(client);
     log!(
-        "session={id} connect client={who} identity={}",
+        "connect client={who} identity={}",
         config.session.identity.as_str()
     );
 
@@ -202,7 +213,7 @@ pub async fn serve(
     let backend = match opened {
         Ok(b) => b,
         Err(e) => {
-            log!("session={id} backend-error=unreachable client={who} ({e})");
+            log!("backend-error=unreachable client={who} ({e})");
             let reply = Reply::new(
                 421,
                 format!(
@@ -217,7 +228,7 @@ pub async fn serve(
             })
             .await;
             log!(
-                "session={id} disconnect client={who} tls=none identity={} messages=0 refused=0 bytes=0 end=backend-unreachable reply=\"{reply}\" duration={:.3}s",
+                "disconnect client={who} tls=none identity={} messages=0 refused=0 bytes=0 end=backend-unreachable reply=\"{reply}\" duration={:.3}s",
                 config.session.identity.as_str(),
                 started.elapsed().as_secs_f64()
             );
@@ -227,7 +238,6 @@ pub async fn serve(
 
     let session = Session::new(Arc::clone(&config.session), client, local);
     let mut run = Run {
-        id: &id,
         who: &who,
         shared: &shared,
         client_addr: client,
@@ -244,7 +254,7 @@ pub async fn serve(
         .tls()
         .map_or_else(|| "none".to_string(), Encryption::to_string);
     log!(
-        "session={id} disconnect client={who} tls={tls} identity={} messages={} refused={} bytes={} end={} reply=\"{}\" duration={:.3}s",
+        "disconnect client={who} tls={tls} identity={} messages={} refused={} bytes={} end={} reply=\"{}\" duration={:.3}s",
         config.session.identity.as_str(),
         stats.messages,
         stats.refused,
@@ -260,7 +270,6 @@ pub async fn serve(
 }
 
 struct Run<'a> {
-    id: &'a str,
     who: &'a str,
     shared: &'a Shared,
     client_addr: SocketAddr,
@@ -289,8 +298,7 @@ impl Run<'_> {
             Order::Recheck => return,
             Order::Evict { idle } => {
                 log!(
-                    "session={} evicted behind={:.1}s client={} (all slots taken)",
-                    self.id,
+                    "evicted behind={:.1}s client={} (all slots taken)",
                     idle.as_secs_f64(),
                     self.who
                 );
@@ -341,11 +349,7 @@ impl Run<'_> {
                     Wrote::Done => {}
                     Wrote::Failed => self.session.backend_eof(),
                     Wrote::Late => {
-                        log!(
-                            "session={} timeout waiting_for=backend-write client={}",
-                            self.id,
-                            self.who
-                        );
+                        log!("timeout waiting_for=backend-write client={}", self.who);
                         let reply = Reply::new(
                             421,
                             format!(
@@ -381,11 +385,7 @@ impl Run<'_> {
                     Wrote::Done => {}
                     Wrote::Failed => self.session.client_lost(),
                     Wrote::Late => {
-                        log!(
-                            "session={} timeout waiting_for=client-write client={}",
-                            self.id,
-                            self.who
-                        );
+                        log!("timeout waiting_for=client-write client={}", self.who);
                         self.session.end(None, "client-write-timeout");
                     }
                     Wrote::Told(order) => self.obey(order, true),
@@ -396,7 +396,7 @@ impl Run<'_> {
                 acted = true;
                 match action {
                     Action::Log(notice) => {
-                        log!("session={} {notice} client={}", self.id, self.who)
+                        log!("{notice} client={}", self.who)
                     }
                     Action::Close => {
                         let deadline = Instant::now() + LAST_WRITE.min(self.line_time());
@@ -424,7 +424,7 @@ impl Run<'_> {
                             // The plaintext stream went into the failed
                             // handshake; only the log line is left to write.
                             while let Some(Action::Log(n)) = self.session.poll_action() {
-                                log!("session={} {n} client={}", self.id, self.who);
+                                log!("{n} client={}", self.who);
                             }
                             return;
                         }
@@ -469,11 +469,7 @@ impl Run<'_> {
                                 self.session.backend_restarted();
                             }
                             Err(e) => {
-                                log!(
-                                    "session={} backend-error=unreachable client={} ({e})",
-                                    self.id,
-                                    self.who
-                                );
+                                log!("backend-error=unreachable client={} ({e})", self.who);
                                 self.session.backend_eof();
                             }
                         }
@@ -590,7 +586,7 @@ impl Run<'_> {
             }
         };
         let info = Encryption::pony(&transport);
-        log!("session={} xpony client={} {info}", self.id, self.who);
+        log!("xpony client={} {info}", self.who);
         let channel = crate::pony::channel::Channel::new(transport);
         let stream = Stream::Pony(Box::new(crate::transport::PonyStream::new(
             tcp,
@@ -623,11 +619,7 @@ impl Run<'_> {
         match accepted {
             Ok(Ok(tls)) => {
                 let info = Encryption::from_tls(tls.get_ref().1);
-                log!(
-                    "session={} starttls client={} tls={info}",
-                    self.id,
-                    self.who
-                );
+                log!("starttls client={} tls={info}", self.who);
                 self.session.tls_established(info);
                 Some(Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))))
             }
