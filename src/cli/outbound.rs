@@ -369,6 +369,7 @@ async fn serve(
     };
     log!("listening on {listen} protocol={}", protocol.as_str());
     let shutdown = sys::shutdown_signal();
+    sys::spawn_note_hup("outbound");
     notify::ready(&notify::address(&listener, &listen));
     let limits = service::ServerLimits {
         max_connections: max_connections.unwrap_or(settings.max_connections).max(1),

@@ -86,6 +86,23 @@ pub fn spawn_reload_on_hup(tls: Arc<ServerTls>) {
     });
 }
 
+/// SIGHUP for a role with nothing to re-read (`blackpony outbound`): the
+/// units' `ExecReload=` sends it, and its default action would end the
+/// process, which systemd counts as a clean exit and does not restart.
+/// Settings are read at start; the log says so.
+pub fn spawn_note_hup(role: &'static str) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        log!("warning: cannot catch SIGHUP; systemctl reload would stop {role}");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            log!("reload: {role} has nothing to re-read; restart it to apply config changes");
+        }
+    });
+}
+
 /// Completes at SIGTERM or SIGINT. The handlers are installed when this is
 /// called, not when the future is first polled: a SIGTERM right after
 /// READY=1 (systemd's stop, a test) must start the drain, not kill the
