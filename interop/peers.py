@@ -1773,7 +1773,8 @@ class OpenSmtpd(MaildirDaemon):
     instance's own directories and /usr/libexec is the unpacked package's: nothing outside
     base is written, and two instances never share a queue or a control socket."""
 
-    def __init__(self, base: Path, domain: str = MAIL_DOMAIN):
+    def __init__(self, base: Path, domain: str = MAIL_DOMAIN, conf: str = OPENSMTPD_CONF):
+        """conf: the smtpd.conf template ({host}, {port}, {domain}, {maildir} filled in)."""
         import shlex
         self.bin = opensmtpd_bin()
         self.base = Path(base)
@@ -1788,7 +1789,7 @@ class OpenSmtpd(MaildirDaemon):
             os.chmod(d, 0o755)
         self.maildir.mkdir(parents=True, exist_ok=True)
         os.chown(self.maildir, 65534, 65534)  # nobody delivers
-        self.conf.write_text(OPENSMTPD_CONF.format(host=self.host, port=self.port,
+        self.conf.write_text(conf.format(host=self.host, port=self.port,
                                                    domain=domain, maildir=self.maildir))
         os.chmod(self.conf, 0o644)
         mounts = " && ".join(f"mount --bind {shlex.quote(str(src))} {dst}"
