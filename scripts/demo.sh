@@ -15,7 +15,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 ./scripts/install-deps.sh
 cargo build --release
-export BLACKPONY_BIN="${BLACKPONY_BIN:-$PWD/target/release/blackpony}"
+export BLACKPONY_BIN="${BLACKPONY_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/blackpony}"
 
 demo_pid=""
 stop_demo() {

@@ -25,7 +25,7 @@ echo "== cargo test --release"
 cargo test --release || status=1
 
 echo "== interop suite (python3 -m pytest -q interop)"
-export BLACKPONY_BIN="${BLACKPONY_BIN:-$PWD/target/release/blackpony}"
+export BLACKPONY_BIN="${BLACKPONY_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/blackpony}"
 python3 -m pytest -q interop "$@" || status=1
 
 if [ "$status" -ne 0 ]; then
