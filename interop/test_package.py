@@ -145,6 +145,13 @@ def test_install_upgrade_purge(debs, clean_machine):
     for unit, exposure in figures.items():
         assert exposure <= MAX_EXPOSURE, f"{unit}: exposure {exposure} > {MAX_EXPOSURE}"
 
+    # Each role's unit points at its own man page, and the page is installed.
+    for unit in SERVICES:
+        role = unit.removeprefix("blackpony-").removesuffix(".service")
+        docs = re.search(r"^Documentation=(.*)$", (UNIT_DIR / unit).read_text(), re.M)
+        assert docs and f"man:blackpony-{role}(8)" in docs.group(1).split(), (unit, docs)
+        assert run("man", "-w", f"blackpony-{role}").returncode == 0, role
+
     # Man pages and completions.
     page = run("man", "-P", "cat", "blackpony-inbound", env={"MANWIDTH": "80"})
     assert page.returncode == 0 and not page.stderr.strip(), page.stderr
@@ -220,3 +227,36 @@ def test_check_passes_on_the_installed_config(debs, clean_machine, pf_proxy, pf_
     assert broken.returncode == 1, broken.stdout
     assert "answers the PROXY header as an SMTP command" in broken.stdout
     assert "smtpd_upstream_proxy_protocol=haproxy" in broken.stdout
+
+
+def test_check_finds_a_key_the_service_cannot_read(debs, clean_machine):
+    """The README's inbound quick start as root: `blackpony keygen` writes a key only root
+    can read; `blackpony check` run as root says the service user cannot read it, with the
+    fix (the README's `chown blackpony:`); after it the check passes and the service user
+    can read the key."""
+    first, _ = debs
+    installed = run("dpkg", "-i", str(first), timeout=300)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    key = Path("/etc/blackpony/host.key")
+    made = run("/usr/bin/blackpony", "keygen", "--out", str(key), "--hostname", "mx.example.org")
+    assert made.returncode == 0, made.stderr
+    config = Path("/etc/blackpony/check-key.toml")
+    config.write_text(f'[inbound]\nlisten = "127.0.0.1:{free_port()}"\n'
+                      'backend = "127.0.0.1:10025"\nidentity = "proxy-v2"\n'
+                      f'host_key = "{key}"\n')
+
+    def check() -> subprocess.CompletedProcess:
+        result = run("/usr/bin/blackpony", "--config", str(config), "check", "--no-probe",
+                     timeout=60)
+        print(result.stdout, result.stderr)
+        return result
+
+    before = check()
+    assert before.returncode == 1, before.stdout
+    assert "cannot be read by blackpony" in before.stdout, before.stdout
+    assert f"fix: chown blackpony: {key}" in before.stdout, before.stdout
+    # The README's next line.
+    assert run("chown", "blackpony:", str(key)).returncode == 0
+    after = check()
+    assert after.returncode == 0, after.stdout
+    assert run("runuser", "-u", "blackpony", "--", "head", "-c1", str(key)).returncode == 0

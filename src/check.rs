@@ -59,10 +59,19 @@ impl Finding {
     }
 }
 
+/// The user the packaged units run as (`User=blackpony`).
+pub const SERVICE_USER: &str = "blackpony";
+
 /// A file holding a private key (TLS key, XPONY host key, age identity):
-/// readable, a regular file, and neither group nor world readable.
-pub fn private_key_file(setting: &str, path: &Path) -> Finding {
-    use std::os::unix::fs::PermissionsExt;
+/// a regular file, readable here, private to its owner (the rule every
+/// role applies when it loads a host key, [`crate::pony::keys::exposed_mode`]),
+/// and, when `check` runs as root on a machine with the service user, owned
+/// by that user: a key only root can read passes a check run as root and
+/// then stops the service. `unreadable_by_service` is how bad that is: an
+/// error for a key only the units read, a warning where an MTA's mailer may
+/// read its own copy as its own user (`[outbound]`).
+pub fn private_key_file(setting: &str, path: &Path, unreadable_by_service: Level) -> Finding {
+    use std::os::unix::fs::MetadataExt;
     let shown = path.display();
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
@@ -79,19 +88,79 @@ pub fn private_key_file(setting: &str, path: &Path) -> Finding {
             format!("correct {setting}"),
         );
     }
-    let mode = meta.permissions().mode() & 0o777;
-    // The rule blackpony itself applies when it loads a host key.
-    if crate::pony::keys::exposed_mode(&meta).is_some() {
-        return Finding::error(
-            format!("{setting} = {shown} is a private key readable by others (mode {mode:04o})"),
-            format!("chmod 0600 {shown} (owned by the user the service runs as, blackpony)"),
-        );
-    }
     if let Err(e) = std::fs::File::open(path) {
         return Finding::error(
             format!("{setting} = {shown}: {e}"),
-            format!("make it readable by the service user: chown blackpony {shown}"),
+            format!("make it readable by the service user: chown {SERVICE_USER} {shown}"),
         );
+    }
+    if let Some(mode) = crate::pony::keys::exposed_mode(&meta) {
+        return Finding::error(
+            format!("{setting} = {shown} is a private key readable by others (mode {mode:04o})"),
+            format!("chmod 0600 {shown} (owned by the user the service runs as, {SERVICE_USER})"),
+        );
+    }
+    let service = if rustix::process::geteuid().is_root() {
+        std::fs::read_to_string("/etc/passwd")
+            .ok()
+            .and_then(|passwd| service_uid(&passwd))
+    } else {
+        None
+    };
+    let owner = KeyOwner {
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+    };
+    judge_key(
+        setting,
+        &shown.to_string(),
+        owner,
+        service,
+        unreadable_by_service,
+    )
+}
+
+/// Who owns a key file, and its mode.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyOwner {
+    pub mode: u32,
+    pub uid: u32,
+}
+
+/// The service user's uid from an /etc/passwd text.
+fn service_uid(passwd: &str) -> Option<u32> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == SERVICE_USER).then_some(())?;
+        let _password = fields.next()?;
+        fields.next()?.parse().ok()
+    })
+}
+
+/// Whether the service user can read a key file that is private to its
+/// owner (sans-IO, table-tested). `service`: the service user's uid when it
+/// is to be checked.
+pub fn judge_key(
+    setting: &str,
+    shown: &str,
+    key: KeyOwner,
+    service: Option<u32>,
+    unreadable_by_service: Level,
+) -> Finding {
+    let mode = key.mode & 0o777;
+    if let Some(uid) = service {
+        let readable = key.uid == uid && mode & 0o400 != 0;
+        if !readable && unreadable_by_service != Level::Ok {
+            return Finding {
+                level: unreadable_by_service,
+                what: format!(
+                    "{setting} = {shown} (mode {mode:04o}, uid {}) cannot be read by \
+                     {SERVICE_USER}, the user the systemd units run as",
+                    key.uid
+                ),
+                fix: Some(format!("chown {SERVICE_USER}: {shown}")),
+            };
+        }
     }
     Finding::ok(format!("{setting} = {shown} (mode {mode:04o})"))
 }
@@ -601,14 +670,53 @@ mod tests {
             (0o604, Level::Error),
         ] {
             std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
-            assert_eq!(private_key_file("host_key", &key).level, level, "{mode:o}");
+            // Level::Ok: whoever runs this test, the service user is not judged.
+            assert_eq!(
+                private_key_file("host_key", &key, Level::Ok).level,
+                level,
+                "{mode:o}"
+            );
         }
         assert_eq!(
-            private_key_file("host_key", &dir.join("missing")).level,
+            private_key_file("host_key", &dir.join("missing"), Level::Error).level,
             Level::Error
         );
-        assert_eq!(private_key_file("host_key", &dir).level, Level::Error);
+        assert_eq!(
+            private_key_file("host_key", &dir, Level::Error).level,
+            Level::Error
+        );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn key_owner_table() {
+        const ROOT: u32 = 0;
+        const SVC: u32 = 108;
+        let key = |mode, uid| KeyOwner { mode, uid };
+        for (owner, service, if_unreadable, want) in [
+            // Root's own key (keygen run as root): the service user cannot read it.
+            (key(0o600, ROOT), Some(SVC), Level::Error, Level::Error),
+            (key(0o600, ROOT), Some(SVC), Level::Warning, Level::Warning),
+            // Not run as root, or no service user: not judged.
+            (key(0o600, ROOT), None, Level::Error, Level::Ok),
+            (key(0o600, ROOT), Some(SVC), Level::Ok, Level::Ok),
+            // The service user owns it.
+            (key(0o600, SVC), Some(SVC), Level::Error, Level::Ok),
+            (key(0o400, SVC), Some(SVC), Level::Error, Level::Ok),
+            // Owned by the service user without a read bit for it.
+            (key(0o200, SVC), Some(SVC), Level::Error, Level::Error),
+        ] {
+            let got = judge_key("host_key", "/k", owner, service, if_unreadable);
+            assert_eq!(got.level, want, "{owner:?} {service:?}: {got:?}");
+            if want != Level::Ok {
+                assert_eq!(got.fix.as_deref(), Some("chown blackpony: /k"));
+            }
+        }
+        let passwd = "root:x:0:0::/root:/bin/sh\n\
+                      blackpony:x:108:112:bp,,,:/var/lib/blackpony:/usr/sbin/nologin\n";
+        assert_eq!(service_uid(passwd), Some(SVC));
+        assert_eq!(service_uid("root:x:0:0::/root:/bin/sh\n"), None);
+        assert_eq!(service_uid("blackpony:x:oops:112::/:/bin/false\n"), None);
     }
 
     #[test]

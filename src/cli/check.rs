@@ -68,10 +68,18 @@ async fn check_file(file: FileConfig, args: &CheckArgs, out: &mut Vec<Finding>) 
             out.push(check::readable_file("[inbound] tls_cert", p));
         }
         if let Some(p) = &tls_key {
-            out.push(check::private_key_file("[inbound] tls_key", p));
+            out.push(check::private_key_file(
+                "[inbound] tls_key",
+                p,
+                Level::Error,
+            ));
         }
         if let Some(p) = &host_key {
-            out.push(check::private_key_file("[inbound] host_key", p));
+            out.push(check::private_key_file(
+                "[inbound] host_key",
+                p,
+                Level::Error,
+            ));
         }
         // The host key was judged above on its own line; a key the service
         // would refuse must not hide the listen address and backend checks.
@@ -102,7 +110,11 @@ async fn check_file(file: FileConfig, args: &CheckArgs, out: &mut Vec<Finding>) 
     }
     if let Some(outbound) = file.outbound {
         if let Some(p) = &outbound.host_key {
-            out.push(check::private_key_file("[outbound] host_key", p));
+            out.push(check::private_key_file(
+                "[outbound] host_key",
+                p,
+                Level::Warning,
+            ));
         }
         if let Some(p) = &outbound.tls_ca_file {
             out.push(check::readable_file("[outbound] tls_ca_file", p));
@@ -121,10 +133,14 @@ async fn check_file(file: FileConfig, args: &CheckArgs, out: &mut Vec<Finding>) 
     }
     if let Some(fetch) = &file.fetch {
         if let Some(p) = &fetch.host_key {
-            out.push(check::private_key_file("[fetch] host_key", p));
+            out.push(check::private_key_file("[fetch] host_key", p, Level::Error));
         }
         for p in fetch.age_identities() {
-            out.push(check::private_key_file("[fetch] age_identity", &p));
+            out.push(check::private_key_file(
+                "[fetch] age_identity",
+                &p,
+                Level::Error,
+            ));
         }
         if let Some(p) = &fetch.state_dir {
             out.push(check::writable_dir("[fetch] state_dir", p, true));
@@ -135,7 +151,10 @@ async fn check_file(file: FileConfig, args: &CheckArgs, out: &mut Vec<Finding>) 
             out.push(check::writable_dir("[seal] spool", p, false));
         }
         if let Some(p) = &seal.tls_key {
-            out.push(check::private_key_file("[seal] tls_key", p));
+            out.push(check::private_key_file("[seal] tls_key", p, Level::Error));
+        }
+        if let Some(p) = &seal.host_key {
+            out.push(check::private_key_file("[seal] host_key", p, Level::Error));
         }
     }
 }
