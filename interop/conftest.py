@@ -13,6 +13,7 @@ for blackpony), even when a test fails. A missing tool is an error, never a skip
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -22,6 +23,8 @@ import pytest
 from interop.peers import (Blackpony, BlackponyOutbound, Exim, FakeInternet, MissingTool,
                            Postfix, XponyInternet, blackpony_bin, keygen, make_temp_dir,
                            require_tool)
+
+REPO = Path(__file__).resolve().parent.parent
 
 REQUIRED_TOOLS = ("postfix", "smtp-source", "swaks", "openssl", "script")
 
@@ -268,17 +271,25 @@ def pf_sender(workdir, internet, public_blackpony, outbound_tcp, outbound_unix):
         f"{SENDER_LMTP_INET} lmtp:inet:{outbound_tcp.host}:{outbound_tcp.port}\n"
         f"{SENDER_LMTP_UNIX} lmtp:unix:{outbound_unix.unix_path}\n")
     os.chmod(maps, 0o644)
-    argv = " ".join([str(public_blackpony), "deliver",
-                     *internet.outbound_args(state), "-f", "${sender}", "--", "${recipient}"])
-    services = (
-        "lmtp      unix  -       -       n       -       -       lmtp\n"
-        "blackpony unix  -       n       n       -       -       pipe\n"
-        f"  flags=Rq user=nobody argv={argv}\n")
+    # The pipe(8) service is docs/recipes/postfix.md's own lines; only the user (the test
+    # has no blackpony user), the binary's path and the fake internet's flags differ.
+    recipe = (REPO / "docs" / "recipes" / "postfix.md").read_text()
+    pipe = re.search(r"(?m)^```\n(blackpony unix .* pipe .*\n(?:  .*\n)+)```", recipe)
+    assert pipe, "no pipe(8) block in docs/recipes/postfix.md"
+    recipe_argv = "argv=/usr/local/bin/blackpony deliver "
+    assert recipe_argv in pipe.group(1) and "user=blackpony " in pipe.group(1), pipe.group(1)
+    services = ("lmtp      unix  -       -       n       -       -       lmtp\n"
+                + pipe.group(1).replace("user=blackpony ", "user=nobody ").replace(
+                    recipe_argv, " ".join(["argv=" + str(public_blackpony), "deliver",
+                                           *internet.outbound_args(state), ""])))
+    limit = "blackpony_destination_recipient_limit = 1"
+    assert limit in recipe, f"{limit!r} not in docs/recipes/postfix.md"
     pf = Postfix(base, domains=(SENDER_DOMAIN,), services=services, settings={
         "myhostname": "relay.sender.test",
         "mydomain": SENDER_DOMAIN,
         "myorigin": SENDER_DOMAIN,
         "sender_dependent_default_transport_maps": f"texthash:{maps}",
+        "blackpony_destination_recipient_limit": "1",
         "delay_warning_time": "0",
         "smtpd_banner": "$myhostname ESMTP Postfix (blackpony interop sender)",
     })
@@ -330,6 +341,7 @@ def pf_relay(workdir, internet, outbound_smtp_tcp):
                           "  -o syslog_name=postfix/bpsingle\n",
                  settings={
                      "sender_dependent_default_transport_maps": f"texthash:{maps}",
+        "blackpony_destination_recipient_limit": "1",
                      "bpsingle_destination_recipient_limit": "1",
                      "myhostname": "relay.sender.test",
                      "mydomain": SENDER_DOMAIN,
