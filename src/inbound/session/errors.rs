@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use super::Notice;
+use super::notice::Notice;
 
 /// The limits, from `--soft-error-limit` and `--hard-error-limit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

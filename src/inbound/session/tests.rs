@@ -1,7 +1,10 @@
 //! The relay session driven in memory: a scripted client on one side, a
 //! scripted backend on the other, no sockets.
 
+use super::message::SIZE_SLACK;
 use super::*;
+use crate::inbound::identity::Identity;
+use crate::smtp::BareNewlines;
 
 struct Harness {
     session: Session,
