@@ -1,0 +1,101 @@
+//! What a client session ends with: a reply per recipient, exactly as the
+//! server gave it ([`SessionOutcome::Replied`]), a failure of the host
+//! before any recipient was answered ([`HostFailure`]: the caller may try
+//! the next MX, RFC 5321 §5.1), or the uncertainty of a connection lost
+//! after the message went out (RFC 1047); and the refusal of a message no
+//! server may be sent ([`ContentRefusal`]).
+
+use crate::smtp::{Reply, ReplyError};
+
+/// Where a session failed before any recipient got an answer. The caller
+/// may try the next MX host (RFC 5321 §5.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostFailure {
+    /// The server refused the session (greeting, EHLO/HELO or MAIL FROM).
+    Refused { stage: &'static str, reply: Reply },
+    /// The server did not offer STARTTLS (or refused it) and policy requires TLS.
+    TlsUnavailable { reply: Option<Reply> },
+    /// The server spoke something that is not SMTP.
+    Protocol(ReplyError),
+    /// The connection broke or timed out in the given stage.
+    Lost { stage: &'static str },
+    /// A host known to speak XPONY (pinned or DNS key) did not offer it.
+    PonyDowngrade,
+    /// The server's key was refused (impostor, or a change to accept).
+    PonyRejected { why: String },
+    /// The XPONY handshake failed.
+    PonyFailed { why: String },
+}
+
+/// For logs: what went wrong with the host, in words (never `Debug`).
+impl std::fmt::Display for HostFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused { stage, reply } => write!(f, "refused at {stage}: {reply}"),
+            Self::TlsUnavailable { reply: Some(reply) } => {
+                write!(f, "TLS required but unavailable: {reply}")
+            }
+            Self::TlsUnavailable { reply: None } => {
+                write!(f, "TLS required but STARTTLS not offered")
+            }
+            Self::Protocol(e) => write!(f, "protocol error: {e}"),
+            Self::Lost { stage } => write!(f, "connection lost at {stage}"),
+            Self::PonyDowngrade => write!(f, "XPONY expected but not offered (downgrade?)"),
+            Self::PonyRejected { why } | Self::PonyFailed { why } => write!(f, "{why}"),
+        }
+    }
+}
+
+/// The answer about one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientResult {
+    pub recipient: String,
+    /// The server's reply that decided this recipient's fate: the final reply
+    /// to end-of-data if the recipient was accepted, else the RCPT (or MAIL,
+    /// or DATA) reply.
+    pub reply: Reply,
+    /// The command the reply answered, for logs: `RCPT TO`, `end of data`, …
+    pub stage: &'static str,
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionOutcome {
+    /// Every recipient has a reply from the server.
+    Replied(Vec<RecipientResult>),
+    /// Nothing was decided for any recipient.
+    Failed(HostFailure),
+    /// The connection broke after the message was sent but before the final
+    /// reply: the message may have been delivered (RFC 1047).
+    Uncertain { accepted: Vec<String> },
+}
+
+/// A problem with the message itself, found before sending it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContentRefusal {
+    /// Bigger than the server's SIZE (RFC 1870).
+    TooBig { limit: u64 },
+    /// Non-ASCII addresses and no SMTPUTF8 (RFC 6531 §3.4).
+    NeedsSmtpUtf8,
+    /// NUL octets in the message (see [`refuse_message`](super::refuse_message)).
+    ContainsNul,
+}
+
+impl ContentRefusal {
+    /// The reply that stands for the refusal, for every recipient.
+    pub fn reply(&self) -> Reply {
+        match self {
+            ContentRefusal::TooBig { limit } => Reply::new(
+                552,
+                format!(
+                    "5.3.4 Message size exceeds fixed limit of the receiving server ({limit} octets)"
+                ),
+            ),
+            ContentRefusal::NeedsSmtpUtf8 => Reply::new(
+                553,
+                "5.6.7 Non-ASCII address and the receiving server does not offer SMTPUTF8",
+            ),
+            ContentRefusal::ContainsNul => Reply::new(554, "5.6.0 Message contains NUL characters"),
+        }
+    }
+}
