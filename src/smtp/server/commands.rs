@@ -1,0 +1,203 @@
+//! The MTA's command lines: LHLO or EHLO/HELO, MAIL, RCPT, DATA, RSET,
+//! STARTTLS and the rest, each answered here or handed to the driver as an
+//! event (SMTP's RCPT and DATA, answered by the remote).
+
+use super::state::{Phase, Protocol, ReceiveEvent, ReceiveSession};
+use crate::pony::negotiation;
+use crate::pony::noise::PROTOCOL_NAME;
+use crate::smtp::envelope::address_is_sane;
+use crate::smtp::{Command, DataScanner, Reply, Verb};
+
+/// Most recipients in one transaction (Postfix's `lmtp_destination_recipient_limit`
+/// default is 50; we accept more and say 452 beyond, RFC 5321 §4.5.3.1.8).
+pub const MAX_RECIPIENTS: usize = 1000;
+
+impl ReceiveSession {
+    pub(super) fn command(&mut self, line: &[u8]) {
+        let Ok(cmd) = Command::parse(line) else {
+            self.reply(500, "5.5.2 Error: bad syntax");
+            return;
+        };
+        let lhlo =
+            cmd.verb == Verb::Unknown && line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"LHLO");
+        let hello = match self.protocol {
+            Protocol::Lmtp => lhlo,
+            Protocol::Smtp => cmd.verb == Verb::Ehlo,
+        };
+        let starttls = self.offers_starttls();
+        match (cmd.verb, &mut self.phase) {
+            (Verb::Helo, _) if self.protocol == Protocol::Smtp => {
+                self.reset_transaction();
+                self.ehlo_line.clear();
+                let name = self.hostname.clone();
+                self.reply(250, &name);
+                self.phase = Phase::Ready;
+            }
+            (_, _) if hello => {
+                self.reset_transaction();
+                let mut lines = vec![
+                    self.hostname.clone(),
+                    "PIPELINING".into(),
+                    format!("SIZE {}", self.max_message_size),
+                    "8BITMIME".into(),
+                    "SMTPUTF8".into(),
+                    "ENHANCEDSTATUSCODES".into(),
+                ];
+                if self.offers_starttls() {
+                    lines.push("STARTTLS".into());
+                }
+                if self.offers_xpony() {
+                    lines.push(format!("{} {PROTOCOL_NAME}", negotiation::KEYWORD));
+                }
+                let start = self.output.len();
+                Reply::multiline(250, lines).write_to(&mut self.output);
+                self.ehlo_line = line.to_vec();
+                self.ehlo_reply = self.output[start..].to_vec();
+                self.phase = Phase::Ready;
+            }
+            (Verb::Quit, _) => {
+                self.reply(221, "2.0.0 Bye");
+                self.phase = Phase::Closed;
+                self.events.push_back(ReceiveEvent::Close);
+            }
+            (Verb::Noop, _) => self.reply(250, "2.0.0 Ok"),
+            (Verb::Rset, Phase::Greeted) => self.reply(250, "2.0.0 Ok"),
+            (Verb::Rset, _) => {
+                self.reset_transaction();
+                self.phase = Phase::Ready;
+                self.reply(250, "2.0.0 Ok");
+            }
+            (Verb::Vrfy, _) => self.reply(252, "2.0.0 Cannot verify, but will try delivery"),
+            (Verb::Xpony, _) if self.pony.is_some() && self.protocol == Protocol::Smtp => {
+                self.xpony_command(line);
+            }
+            (Verb::StartTls, _) if !starttls => {
+                self.reply(502, "5.5.1 Error: command not implemented");
+            }
+            (Verb::StartTls, Phase::Greeted) => self.reply(503, "5.5.1 Error: send EHLO first"),
+            (Verb::StartTls, _) => {
+                // RFC 3207 §4.2 and CVE-2011-0411: whatever the client
+                // pipelined behind STARTTLS was sent in plaintext and must
+                // not run inside TLS.
+                if !self.input.is_empty() {
+                    self.input.clear();
+                    self.reply(
+                        554,
+                        "5.5.1 Error: command pipelined after STARTTLS, closing connection",
+                    );
+                    self.phase = Phase::Closed;
+                    self.events.push_back(ReceiveEvent::Close);
+                    return;
+                }
+                self.reset_transaction();
+                self.reply(220, "2.0.0 Ready to start TLS");
+                self.phase = Phase::Handshake;
+                self.events.push_back(ReceiveEvent::StartTls);
+            }
+            (Verb::Ehlo | Verb::Helo, _) => self.reply(500, "5.5.1 Error: this is LMTP, say LHLO"),
+            (Verb::Unknown, _) if lhlo => self.reply(500, "5.5.1 Error: this is SMTP, say EHLO"),
+            (_, Phase::Greeted) => self.reply(503, "5.5.1 Error: send EHLO/LHLO first"),
+            (Verb::Mail, Phase::Ready) => match path_arg(cmd.args, "FROM:") {
+                Some(sender) if sender.is_empty() || address_is_sane(&sender) => {
+                    // RFC 1870 §6: a declared size over the limit is
+                    // refused at once; a declared size is passed on.
+                    let size = size_param(cmd.args);
+                    if size.is_some_and(|n| n > self.max_message_size) {
+                        self.reply(552, "5.3.4 Message size exceeds fixed maximum message size");
+                        return;
+                    }
+                    self.declared_size = size;
+                    self.phase = Phase::Mail { sender };
+                    self.reply(250, "2.1.0 Ok");
+                }
+                _ => self.reply(501, "5.1.7 Bad sender address syntax"),
+            },
+            (Verb::Mail, _) => self.reply(503, "5.5.1 Error: nested MAIL command"),
+            (Verb::Rcpt, Phase::Mail { .. } | Phase::Rcpt { .. }) => {
+                let Some(rcpt) =
+                    path_arg(cmd.args, "TO:").filter(|r| !r.is_empty() && address_is_sane(r))
+                else {
+                    self.reply(501, "5.1.3 Bad recipient address syntax");
+                    return;
+                };
+                let (sender, mut recipients) =
+                    match std::mem::replace(&mut self.phase, Phase::Ready) {
+                        Phase::Mail { sender } => (sender, Vec::new()),
+                        Phase::Rcpt { sender, recipients } => (sender, recipients),
+                        // The match arm above only admits Mail and Rcpt.
+                        _ => return,
+                    };
+                if recipients.len() >= MAX_RECIPIENTS {
+                    self.reply(452, "4.5.3 Error: too many recipients");
+                } else if self.protocol == Protocol::Smtp {
+                    self.events.push_back(ReceiveEvent::Recipient {
+                        sender: sender.clone(),
+                        recipient: rcpt.clone(),
+                    });
+                    self.phase = Phase::AwaitingRcpt {
+                        sender,
+                        recipients,
+                        recipient: rcpt,
+                    };
+                    return;
+                } else {
+                    recipients.push(rcpt);
+                    self.reply(250, "2.1.5 Ok");
+                }
+                self.phase = if recipients.is_empty() {
+                    Phase::Mail { sender }
+                } else {
+                    Phase::Rcpt { sender, recipients }
+                };
+            }
+            (Verb::Rcpt, _) => self.reply(503, "5.5.1 Error: need MAIL command"),
+            (Verb::Data, Phase::Rcpt { .. }) => {
+                let Phase::Rcpt { sender, recipients } =
+                    std::mem::replace(&mut self.phase, Phase::Ready)
+                else {
+                    return;
+                };
+                if self.protocol == Protocol::Smtp {
+                    self.events.push_back(ReceiveEvent::Data);
+                    self.phase = Phase::AwaitingData { sender, recipients };
+                    return;
+                }
+                self.reply(354, "End data with <CR><LF>.<CR><LF>");
+                self.phase = Phase::Data {
+                    sender,
+                    recipients,
+                    scanner: DataScanner::new(),
+                    wire: Vec::new(),
+                    too_big: false,
+                };
+            }
+            (Verb::Data, Phase::Mail { .. }) => self.reply(554, "5.5.1 Error: no valid recipients"),
+            (Verb::Data, _) => self.reply(503, "5.5.1 Error: need MAIL command"),
+            _ => self.reply(502, "5.5.2 Error: command not recognized"),
+        }
+    }
+}
+
+/// The `SIZE=` parameter of `FROM:<a@b> SIZE=123 BODY=8BITMIME` (RFC
+/// 1870 §3; keywords are case-insensitive), if present and a number.
+pub(super) fn size_param(args: &str) -> Option<u64> {
+    let params = &args[args.find('>')? + 1..];
+    params.split_ascii_whitespace().find_map(|p| {
+        let (key, value) = p.split_once('=')?;
+        key.eq_ignore_ascii_case("SIZE")
+            .then(|| value.parse().ok())
+            .flatten()
+    })
+}
+
+/// The address in `FROM:<a@b> PARAMS` / `TO:<a@b>`, without brackets.
+fn path_arg(args: &str, prefix: &str) -> Option<String> {
+    let rest = args.get(..prefix.len())?;
+    if !rest.eq_ignore_ascii_case(prefix) {
+        return None;
+    }
+    let rest = args[prefix.len()..].trim_start();
+    let rest = rest.strip_prefix('<')?;
+    let end = rest.find('>')?;
+    Some(rest[..end].to_string())
+}
