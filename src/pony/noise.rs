@@ -19,40 +19,26 @@
 //! the random source.
 //!
 //! Section numbers refer to the Noise specification, revision 34.
+//!
+//! This file is the key pair, the handshake's states and the transport;
+//! beneath them, `cipher.rs` holds the CipherState and SymmetricState
+//! (§5.1, §5.2) and `suite.rs` the protocol's name, sizes and error.
 
 use std::sync::Arc;
 
 use aws_lc_rs::agreement::{self, X25519};
 use aws_lc_rs::encoding::{AsBigEndian, Curve25519SeedBin};
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
-use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, Zeroizing};
 
-/// The protocol name, hashed into the initial state (§5.2).
-pub const PROTOCOL_NAME: &str = "Noise_XX_25519_ChaChaPoly_SHA256";
+pub use self::cipher::CipherState;
+use self::cipher::SymmetricState;
+use self::suite::TAG_LEN;
+pub use self::suite::{KEY_LEN, MAX_MESSAGE, NoiseError, PROTOCOL_NAME};
 
-/// Noise messages are at most 65535 bytes (§3).
-pub const MAX_MESSAGE: usize = 65535;
-
-/// Length of an X25519 key, and of the hash output.
-pub const KEY_LEN: usize = 32;
-const TAG_LEN: usize = 16;
-
-/// Why a Noise operation failed. Every failure ends the session: Noise
-/// gives no way to recover from a bad message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum NoiseError {
-    #[error("message does not authenticate (tampered, truncated, replayed or reordered)")]
-    Decrypt,
-    #[error("handshake message has the wrong length")]
-    BadLength,
-    #[error("message longer than 65535 bytes")]
-    TooLong,
-    #[error("nonce space exhausted; the session must end")]
-    NonceExhausted,
-    #[error("the peer's key gives an all-zero Diffie-Hellman result (low-order point)")]
-    WeakKey,
-}
+mod cipher;
+mod suite;
+#[cfg(test)]
+mod tests;
 
 /// An X25519 key pair. The private half lives in aws-lc's key object,
 /// which is cleansed when freed.
@@ -148,223 +134,6 @@ impl Clone for Keypair {
 impl std::fmt::Debug for Keypair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Keypair {{ public: {} }}", hex(&self.public))
-    }
-}
-
-/// A CipherState (§5.1): a key and a 64-bit nonce counter.
-pub struct CipherState {
-    key: Option<Zeroizing<[u8; KEY_LEN]>>,
-    nonce: u64,
-}
-
-impl CipherState {
-    fn empty() -> Self {
-        CipherState {
-            key: None,
-            nonce: 0,
-        }
-    }
-
-    fn with_key(key: [u8; KEY_LEN]) -> Self {
-        CipherState {
-            key: Some(Zeroizing::new(key)),
-            nonce: 0,
-        }
-    }
-
-    /// The next nonce to be used (for tests and the spec's vectors).
-    pub fn nonce(&self) -> u64 {
-        self.nonce
-    }
-
-    /// ENCRYPT(k, n, ad, plaintext) in place: `buf[from..]` holds the
-    /// plaintext and the tag is appended to `buf`, so a caller can seal
-    /// straight into its output buffer behind what is already there.
-    /// Without a key, nothing happens (§5.1).
-    fn encrypt_with_ad(
-        &mut self,
-        ad: &[u8],
-        buf: &mut Vec<u8>,
-        from: usize,
-    ) -> Result<(), NoiseError> {
-        let Some(key) = &self.key else {
-            return Ok(());
-        };
-        // §5.1: 2^64-1 is reserved (for rekey); a session that reaches it ends.
-        if self.nonce == u64::MAX {
-            return Err(NoiseError::NonceExhausted);
-        }
-        let plaintext = buf.get_mut(from..).ok_or(NoiseError::BadLength)?;
-        let tag = aead_key(key)
-            .seal_in_place_separate_tag(nonce(self.nonce), Aad::from(ad), plaintext)
-            .map_err(|_| NoiseError::TooLong)?;
-        buf.extend_from_slice(tag.as_ref());
-        self.nonce += 1;
-        Ok(())
-    }
-
-    /// DECRYPT(k, n, ad, ciphertext) in place: `buf[from..]` holds the
-    /// ciphertext and tag; on success the tag is cut off and the plaintext
-    /// is left in its place. On failure the nonce does not advance, so a
-    /// forged message cannot desynchronise the session (§5.1); `buf` keeps
-    /// its length, with `buf[from..]` wiped (ring zeroes what failed to
-    /// authenticate, so no unauthenticated plaintext is ever seen).
-    fn decrypt_with_ad(
-        &mut self,
-        ad: &[u8],
-        buf: &mut Vec<u8>,
-        from: usize,
-    ) -> Result<(), NoiseError> {
-        let Some(key) = &self.key else {
-            return Ok(());
-        };
-        if self.nonce == u64::MAX {
-            return Err(NoiseError::NonceExhausted);
-        }
-        let message = buf.get_mut(from..).ok_or(NoiseError::BadLength)?;
-        let Some(split) = message.len().checked_sub(TAG_LEN) else {
-            return Err(NoiseError::Decrypt);
-        };
-        let (ciphertext, tag) = message.split_at_mut(split);
-        let tag: [u8; TAG_LEN] = (&*tag).try_into().map_err(|_| NoiseError::Decrypt)?;
-        aead_key(key)
-            .open_in_place_separate_tag(
-                nonce(self.nonce),
-                Aad::from(ad),
-                Tag::from(tag),
-                ciphertext,
-                0..,
-            )
-            .map_err(|_| NoiseError::Decrypt)?;
-        buf.truncate(from + split);
-        self.nonce += 1;
-        Ok(())
-    }
-
-    /// REKEY (§4.2, §11.3): the new key is the first 32 bytes of
-    /// ENCRYPT(k, 2^64-1, empty, 32 zero bytes). The nonce is unchanged.
-    pub fn rekey(&mut self) {
-        let Some(key) = &self.key else {
-            return;
-        };
-        let mut block = Zeroizing::new([0u8; KEY_LEN]);
-        // Encrypting 32 bytes cannot fail.
-        let _ =
-            aead_key(key).seal_in_place_separate_tag(nonce(u64::MAX), Aad::empty(), block.as_mut());
-        self.key = Some(block);
-    }
-}
-
-/// ring's ChaCha20-Poly1305 key for a 32-byte Noise key. The key schedule
-/// is the key itself, so making it per message costs nothing measurable
-/// (about 30 ns against 0.7 µs to seal 64 bytes), and the only lasting copy
-/// of the key stays in a [`Zeroizing`] buffer.
-///
-/// Why ring (docs/ARCHITECTURE.md, "XPONY cryptography"): its one-pass
-/// AVX2 ChaCha20-Poly1305 seals 16 KiB in about two thirds of the time
-/// RustCrypto's two passes take, and it is the AEAD rustls already uses for
-/// STARTTLS.
-fn aead_key(key: &[u8; KEY_LEN]) -> LessSafeKey {
-    // CHACHA20_POLY1305 takes exactly 32-byte keys, which this is.
-    match UnboundKey::new(&CHACHA20_POLY1305, key) {
-        Ok(key) => LessSafeKey::new(key),
-        Err(_) => unreachable!("a 32-byte key is a ChaCha20-Poly1305 key"),
-    }
-}
-
-/// ChaChaPoly's nonce (§12.3): 32 zero bits, then the counter little-endian.
-fn nonce(n: u64) -> Nonce {
-    let mut bytes = [0u8; 12];
-    bytes[4..].copy_from_slice(&n.to_le_bytes());
-    Nonce::assume_unique_for_key(bytes)
-}
-
-/// HKDF with two outputs (§4.3), which is RFC 5869 HKDF with the chaining
-/// key as salt and an empty info.
-fn hkdf2(chaining_key: &[u8; KEY_LEN], ikm: &[u8]) -> (Zeroizing<[u8; 32]>, Zeroizing<[u8; 32]>) {
-    let hk = hkdf::Hkdf::<Sha256>::new(Some(chaining_key), ikm);
-    let mut okm = Zeroizing::new([0u8; 64]);
-    // 64 bytes is far below HKDF-SHA256's limit of 8160.
-    let _ = hk.expand(&[], okm.as_mut());
-    let mut a = Zeroizing::new([0u8; 32]);
-    let mut b = Zeroizing::new([0u8; 32]);
-    a.copy_from_slice(&okm[..32]);
-    b.copy_from_slice(&okm[32..]);
-    (a, b)
-}
-
-/// HASH(h || data), the step of MixHash (§5.2).
-fn hash2(h: &[u8; KEY_LEN], data: &[u8]) -> [u8; KEY_LEN] {
-    let mut hasher = Sha256::new();
-    hasher.update(h);
-    hasher.update(data);
-    hasher.finalize().into()
-}
-
-/// The SymmetricState (§5.2): chaining key, handshake hash, cipher.
-struct SymmetricState {
-    cipher: CipherState,
-    ck: Zeroizing<[u8; KEY_LEN]>,
-    h: [u8; KEY_LEN],
-}
-
-impl SymmetricState {
-    fn initialize(prologue: &[u8]) -> Self {
-        // §5.2 InitializeSymmetric: the name is 32 bytes long, so it is
-        // used as h directly (padded, were it shorter).
-        let mut h = [0u8; KEY_LEN];
-        let name = PROTOCOL_NAME.as_bytes();
-        if name.len() <= KEY_LEN {
-            h[..name.len()].copy_from_slice(name);
-        } else {
-            h = Sha256::digest(name).into();
-        }
-        let mut s = SymmetricState {
-            cipher: CipherState::empty(),
-            ck: Zeroizing::new(h),
-            h,
-        };
-        s.mix_hash(prologue);
-        s
-    }
-
-    fn mix_hash(&mut self, data: &[u8]) {
-        self.h = hash2(&self.h, data);
-    }
-
-    fn mix_key(&mut self, ikm: &[u8]) {
-        let (ck, k) = hkdf2(&self.ck, ikm);
-        self.ck = ck;
-        self.cipher = CipherState::with_key(*k);
-    }
-
-    /// Encrypts `buf[from..]` in place (if a key is set) and mixes the
-    /// result into h.
-    fn encrypt_and_hash(&mut self, buf: &mut Vec<u8>, from: usize) -> Result<(), NoiseError> {
-        let h = self.h;
-        self.cipher.encrypt_with_ad(&h, buf, from)?;
-        self.mix_hash(&buf[from..]);
-        Ok(())
-    }
-
-    /// Decrypts `buf` in place. h must take in the ciphertext, so it is
-    /// hashed before decryption replaces it (rather than copied).
-    fn decrypt_and_hash(&mut self, buf: &mut Vec<u8>) -> Result<(), NoiseError> {
-        let next_h = hash2(&self.h, buf);
-        let h = self.h;
-        self.cipher.decrypt_with_ad(&h, buf, 0)?;
-        self.h = next_h;
-        Ok(())
-    }
-
-    /// Split (§5.2): the two transport keys, initiator-to-responder first.
-    fn split(self) -> (CipherState, CipherState, [u8; KEY_LEN]) {
-        let (k1, k2) = hkdf2(&self.ck, &[]);
-        (
-            CipherState::with_key(*k1),
-            CipherState::with_key(*k2),
-            self.h,
-        )
     }
 }
 
@@ -789,6 +558,3 @@ pub(crate) fn handshake_pair(prologue: &[u8]) -> (Transport, Transport) {
     let k = || Keypair::generate().expect("random key");
     handshake_in_memory(prologue, (k(), k()), (k(), k())).expect("handshake")
 }
-
-#[cfg(test)]
-mod tests;
