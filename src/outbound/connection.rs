@@ -31,9 +31,6 @@ pub(crate) struct Connection {
     pub(crate) verdict: Option<CertVerdict>,
     pub(crate) greeted: bool,
     pub(crate) tls_failed: bool,
-    /// Server bytes read but not yet used (for callers sending their own
-    /// commands after an opening-only session).
-    pub(crate) inbuf: Vec<u8>,
     /// The blackpony extension's evidence and outcome for this host.
     pub(crate) pony: Option<PonyContext>,
     /// Our own address on the connection (TLS reports' `sending-mta-ip`).
@@ -86,7 +83,6 @@ impl Dialer<'_> {
                     verdict: None,
                     greeted: false,
                     tls_failed: false,
-                    inbuf: Vec::new(),
                     pony: None,
                     dane: None,
                     dane_mismatch: None,

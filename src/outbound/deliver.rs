@@ -21,7 +21,7 @@ use super::report::RecipientStatus;
 pub use super::xpony::PonyClient;
 use super::xpony::PonyContext;
 use crate::log;
-use crate::smtp::client::{ClientSession, HostFailure};
+use crate::smtp::client::{ClientSession, ContentRefusal, HostFailure};
 use crate::smtp::envelope::{ContentFacts, Envelope, address_is_sane, domain_of};
 use crate::smtp::{DotStuffer, Reply};
 use crate::transport::ClientTls;
@@ -92,6 +92,29 @@ pub(super) struct Prepared {
     pub(super) facts: ContentFacts,
 }
 
+impl Prepared {
+    /// The message (DATA form) as every mode sends it: lines over 998
+    /// octets folded (RFC 5321 §4.5.3.1.6), and what the session needs to
+    /// know of it. `Err`: what no server may get (NUL octets, see
+    /// [`refuse_message`](crate::smtp::client::refuse_message)).
+    pub(super) fn new(envelope_sender: &str, wire: Vec<u8>) -> Result<Prepared, ContentRefusal> {
+        let wire = crate::smtp::data::fold_long_lines(&wire).unwrap_or(wire);
+        // The size the server sees, without the terminating ".\r\n" (RFC 1870).
+        let facts = ContentFacts {
+            size: wire.len().saturating_sub(3) as u64,
+            ..ContentFacts::of(&wire)
+        };
+        if let Some(refusal) = crate::smtp::client::refuse_message(&facts) {
+            return Err(refusal);
+        }
+        Ok(Prepared {
+            envelope_sender: envelope_sender.to_string(),
+            wire: Arc::new(wire),
+            facts,
+        })
+    }
+}
+
 impl Deliverer {
     /// Delivers `message` (the raw message; any line ending) to every
     /// recipient of `envelope`, one domain after another.
@@ -107,29 +130,21 @@ impl Deliverer {
     /// ending with CRLF.CRLF), as an SMTP or LMTP server received it.
     pub async fn deliver_wire(&self, envelope: &Envelope, wire: Vec<u8>) -> Vec<RecipientStatus> {
         let started = Instant::now();
-        let wire = crate::smtp::data::fold_long_lines(&wire).unwrap_or(wire);
-        // The size the server sees, without the terminating ".\r\n" (RFC 1870).
-        let facts = ContentFacts {
-            size: wire.len().saturating_sub(3) as u64,
-            ..ContentFacts::of(&wire)
-        };
         // A message no server may get is refused before any connection.
-        if let Some(refusal) = crate::smtp::client::refuse_message(&facts) {
-            let reply = refusal.reply();
-            let results: Vec<_> = envelope
-                .recipients
-                .iter()
-                .map(|r| self.failed(r, reply.clone(), started))
-                .collect();
-            for s in &results {
-                log!("{}", s.log_line());
+        let prepared = match Prepared::new(&envelope.sender, wire) {
+            Ok(prepared) => prepared,
+            Err(refusal) => {
+                let reply = refusal.reply();
+                let results: Vec<_> = envelope
+                    .recipients
+                    .iter()
+                    .map(|r| self.failed(r, reply.clone(), started))
+                    .collect();
+                for s in &results {
+                    log!("{}", s.log_line());
+                }
+                return results;
             }
-            return results;
-        }
-        let prepared = Prepared {
-            envelope_sender: envelope.sender.clone(),
-            wire: Arc::new(wire),
-            facts,
         };
 
         let mut results = Vec::with_capacity(envelope.recipients.len());

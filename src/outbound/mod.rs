@@ -26,6 +26,8 @@
 //! - [`report`]: a recipient's status, its log line, and the replies that
 //!   stand for failures without one;
 //! - [`cache`]: MX sessions kept open between transactions (every mode);
+//! - [`proxy`]: the SMTP proxy's transaction on an MX session, relayed
+//!   command by command;
 //! - [`service`]: the LMTP/SMTP service an MTA hands messages to;
 //! - [`exit`]: how outcomes become sysexits codes for one-shot mode;
 //! - [`tlsrpt`]: TLS reports (RFC 8460): session records and the report.
@@ -42,6 +44,7 @@ pub mod mx_walk;
 pub mod outcome;
 pub mod policy;
 pub mod probe;
+pub mod proxy;
 pub mod report;
 pub mod route;
 pub mod service;

@@ -27,6 +27,7 @@ use super::envelope::{ContentFacts, Envelope};
 use super::{EhloReply, Reply, ReplyError, ReplyParser};
 
 mod outcome;
+mod relay;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -71,6 +72,7 @@ impl ClientSession {
             last_raw: Vec::new(),
             pony_ready: None,
             fixed_ephemeral: None,
+            relay: None,
         }
     }
 
@@ -342,12 +344,17 @@ impl ClientSession {
                     return None;
                 };
                 self.state = State::Transaction { owed };
-                self.on_transaction_reply(pending, reply);
+                if self.relay.is_some() {
+                    self.on_relay_reply(pending, reply);
+                } else {
+                    self.on_transaction_reply(pending, reply);
+                }
             }
             State::EndOfData => {
                 // SMTP: one reply for the message. LMTP (RFC 2033 §4.2):
                 // one per accepted recipient, in RCPT order, all read
                 // before the outcome.
+                self.relay_answer_final(&reply);
                 let mut after: Box<dyn Iterator<Item = Reply>> = if self.lmtp {
                     self.lmtp_replies.push(reply);
                     if self.lmtp_replies.len() < self.accepted_recipients().len() {

@@ -151,6 +151,8 @@ pub struct ClientSession {
     /// The ephemeral key of the next handshake when a test fixes it (the
     /// spec's vectors); otherwise a fresh one is drawn each time (§4.1).
     pub(super) fixed_ephemeral: Option<Keypair>,
+    /// A transaction relayed command by command (`relay.rs`), if one runs.
+    pub(super) relay: Option<super::relay::Relay>,
 }
 
 impl ClientSession {

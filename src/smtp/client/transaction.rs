@@ -71,6 +71,7 @@ impl ClientSession {
             return false;
         }
         self.purpose = Purpose::Deliver;
+        self.relay = None;
         self.rcpt_replies = vec![None; envelope.recipients.len()];
         self.envelope = envelope;
         self.content = content;
@@ -101,19 +102,7 @@ impl ClientSession {
             self.content_refusal = Some(refusal);
             return;
         }
-        if self.content.eight_bit && !caps.has("8BITMIME") {
-            // RFC 6152 §3: no 8-bit octets to a server without 8BITMIME;
-            // MIME parts are re-encoded as quoted-printable.
-            if let Some(converted) = self
-                .wire_message
-                .as_deref()
-                .and_then(|wire| crate::smtp::mime::downgrade_8bit(wire))
-            {
-                self.content.size = converted.len().saturating_sub(3) as u64;
-                self.wire_message = Some(Arc::new(converted));
-            }
-            self.content.eight_bit = false;
-        }
+        self.fit_8bit(&caps);
         let mut owed = VecDeque::new();
         if reset {
             self.send_line("RSET");
@@ -138,11 +127,33 @@ impl ClientSession {
         self.state = State::Transaction { owed };
     }
 
+    /// RFC 6152 §3: no 8-bit octets to a server without 8BITMIME; MIME
+    /// parts are re-encoded as quoted-printable.
+    pub(super) fn fit_8bit(&mut self, caps: &EhloReply) {
+        if self.content.eight_bit && !caps.has("8BITMIME") {
+            if let Some(converted) = self
+                .wire_message
+                .as_deref()
+                .and_then(|wire| crate::smtp::mime::downgrade_8bit(wire))
+            {
+                self.content.size = converted.len().saturating_sub(3) as u64;
+                self.wire_message = Some(Arc::new(converted));
+            }
+            self.content.eight_bit = false;
+        }
+    }
+
     pub(super) fn send_mail(&mut self, caps: &EhloReply) {
         let utf8 = self.envelope.needs_smtputf8();
+        // A relayed transaction's content comes later: the MTA's SIZE=
+        // stands for it (RFC 1870 §4).
+        let size = match &self.relay {
+            Some(relay) => relay.declared_size,
+            None => Some(self.content.size),
+        };
         let mail = mail_command(
             &self.envelope.sender,
-            Some(self.content.size),
+            size,
             self.content.eight_bit,
             utf8,
             caps,

@@ -1,0 +1,380 @@
+//! A transaction relayed command by command, for the SMTP proxy
+//! (`outbound --protocol smtp`): the MTA's envelope and message reach
+//! blackpony one command at a time, and each is answered with the remote's
+//! own reply, so the session cannot be given the whole transaction up front
+//! as [`ClientSession::next_transaction`] is. The rules are the same ones,
+//! kept in one place: MAIL is built by [`mail_command`](super::mail_command) (`SIZE=`,
+//! `BODY=8BITMIME`, `SMTPUTF8`), the server's SIZE and SMTPUTF8 are checked
+//! before MAIL, RSET probes a kept session (RFC 5321 §4.1.1.5) and is
+//! pipelined with MAIL and the first RCPT when the server offers PIPELINING
+//! (RFC 2920 §3.1), 8-bit content is downgraded for a server without
+//! 8BITMIME (RFC 6152 §3), and the end of data gives a reply per recipient.
+//!
+//! The caller starts each command on a ready session, drives the session
+//! until it is ready again ([`Step::Ready`](super::Step::Ready)), and takes
+//! the reply with [`ClientSession::take_relay_reply`]. A session that ends
+//! instead (connection lost, RSET refused) says why in its outcome.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::{ClientSession, ContentRefusal, Pending, State};
+use crate::smtp::envelope::{ContentFacts, Envelope};
+use crate::smtp::{EhloReply, Reply};
+
+/// What a relayed transaction keeps between its commands.
+#[derive(Debug, Default)]
+pub(super) struct Relay {
+    /// The MTA's `SIZE=` (RFC 1870), for MAIL.
+    pub(super) declared_size: Option<u64>,
+    /// The reply to the last command, for the caller.
+    reply: Option<Reply>,
+    /// The server said 354 and waits for the message.
+    in_data: bool,
+}
+
+impl ClientSession {
+    /// Starts a relayed transaction on a ready session: RSET first when
+    /// `reset` (a kept session), then MAIL from `sender` and RCPT to the
+    /// first `recipient`. The content is not known yet: the MTA's
+    /// `declared_size` stands for it (RFC 1870 §4), and 8-bit content is
+    /// assumed (it is converted at the end of data for a server without
+    /// 8BITMIME). `Err`: the server's SIZE or missing SMTPUTF8 refuses the
+    /// transaction before anything is sent (the session stays ready).
+    /// `Ok(false)`: the session is not ready; nothing was done.
+    pub fn relay_begin(
+        &mut self,
+        sender: &str,
+        declared_size: Option<u64>,
+        recipient: &str,
+        reset: bool,
+    ) -> Result<bool, ContentRefusal> {
+        if !self.is_ready() {
+            return Ok(false);
+        }
+        let caps = self.caps_or_none();
+        let envelope = Envelope {
+            sender: sender.to_string(),
+            recipients: vec![recipient.to_string()],
+        };
+        let utf8 = envelope.needs_smtputf8();
+        match caps.size_limit() {
+            Some(limit) if declared_size.is_some_and(|n| n > limit) => {
+                return Err(ContentRefusal::TooBig { limit });
+            }
+            _ if utf8 && !caps.has("SMTPUTF8") => return Err(ContentRefusal::NeedsSmtpUtf8),
+            _ => {}
+        }
+        self.keep_open = true;
+        self.relay = Some(Relay {
+            declared_size,
+            ..Relay::default()
+        });
+        self.envelope = envelope;
+        self.rcpt_replies = vec![None];
+        self.content = ContentFacts {
+            size: declared_size.unwrap_or(0),
+            eight_bit: true,
+            nul: false,
+        };
+        self.wire_message = None;
+        self.mail_reply = None;
+        self.outcome = None;
+        self.content_refusal = None;
+        let pipelining = caps.has("PIPELINING");
+        let mut owed = VecDeque::new();
+        if reset {
+            self.send_line("RSET");
+            owed.push_back(Pending::Rset);
+        }
+        if !reset || pipelining {
+            self.send_mail(&caps);
+            owed.push_back(Pending::Mail);
+        }
+        if pipelining {
+            self.send_line(&format!("RCPT TO:<{recipient}>"));
+            owed.push_back(Pending::Rcpt(0));
+        }
+        self.state = State::Transaction { owed };
+        Ok(true)
+    }
+
+    /// Whether the server accepted MAIL of the relayed transaction: when it
+    /// did not, the reply taken after [`Self::relay_begin`] is MAIL's.
+    pub fn relay_mail_accepted(&self) -> bool {
+        self.mail_reply.as_ref().is_some_and(Reply::is_success)
+    }
+
+    /// RCPT to one more recipient of the relayed transaction. False (and
+    /// nothing done) unless the session is ready in one.
+    pub fn relay_recipient(&mut self, recipient: &str) -> bool {
+        if !self.is_ready() || self.relay.is_none() {
+            return false;
+        }
+        self.envelope.recipients.push(recipient.to_string());
+        self.rcpt_replies.push(None);
+        let i = self.rcpt_replies.len() - 1;
+        self.send_line(&format!("RCPT TO:<{recipient}>"));
+        self.state = State::Transaction {
+            owed: VecDeque::from([Pending::Rcpt(i)]),
+        };
+        true
+    }
+
+    /// DATA. False (and nothing done) unless the session is ready in a
+    /// relayed transaction.
+    pub fn relay_data(&mut self) -> bool {
+        if !self.is_ready() || self.relay.is_none() {
+            return false;
+        }
+        self.send_line("DATA");
+        self.state = State::Transaction {
+            owed: VecDeque::from([Pending::Data]),
+        };
+        true
+    }
+
+    /// The message (DATA form, with its terminator) after the server's 354,
+    /// downgraded for a server without 8BITMIME; its final reply is the
+    /// relay reply, and every recipient's result is the session's outcome.
+    /// False (and nothing done) unless the server waits for the message.
+    pub fn relay_message(&mut self, wire: Arc<Vec<u8>>, content: ContentFacts) -> bool {
+        let waiting = self.relay.as_ref().is_some_and(|r| r.in_data);
+        if !self.is_ready() || !waiting {
+            return false;
+        }
+        if let Some(relay) = self.relay.as_mut() {
+            relay.in_data = false;
+        }
+        self.content = content;
+        self.wire_message = Some(wire);
+        let caps = self.caps_or_none();
+        self.fit_8bit(&caps);
+        if let Some(message) = self.wire_message.take() {
+            self.outgoing.extend_from_slice(&message);
+        }
+        self.state = State::EndOfData;
+        true
+    }
+
+    /// The reply to the relayed command, once the session is ready again.
+    pub fn take_relay_reply(&mut self) -> Option<Reply> {
+        self.relay.as_mut().and_then(|r| r.reply.take())
+    }
+
+    /// One reply of a relayed transaction; the session is ready again once
+    /// nothing more is owed.
+    pub(super) fn on_relay_reply(&mut self, pending: Pending, reply: Reply) {
+        let pipelining = self.pipelining();
+        match pending {
+            // As for a delivering session: a kept session the server no
+            // longer serves fails here, else MAIL follows.
+            Pending::Rset => self.on_transaction_reply(pending, reply),
+            Pending::Mail => {
+                let ok = reply.is_success();
+                self.mail_reply = Some(reply.clone());
+                if !pipelining {
+                    if ok {
+                        self.send_rcpt(0);
+                    } else {
+                        self.relay_answer(reply);
+                    }
+                }
+            }
+            Pending::Rcpt(i) => {
+                if let Some(slot) = self.rcpt_replies.get_mut(i) {
+                    *slot = Some(reply.clone());
+                }
+                if matches!(&self.state, State::Transaction { owed } if owed.is_empty()) {
+                    // A refused MAIL is the answer, not the RCPT's 503.
+                    let answer = match &self.mail_reply {
+                        Some(mail) if !mail.is_success() => mail.clone(),
+                        _ => reply,
+                    };
+                    self.relay_answer(answer);
+                }
+            }
+            Pending::Data => {
+                if let Some(relay) = self.relay.as_mut() {
+                    relay.in_data = reply.code() == 354;
+                }
+                self.relay_answer(reply);
+            }
+        }
+    }
+
+    /// The final reply to the message, for the caller of a relayed
+    /// transaction (a delivering one reads its outcome).
+    pub(super) fn relay_answer_final(&mut self, reply: &Reply) {
+        if let Some(relay) = self.relay.as_mut() {
+            relay.reply = Some(reply.clone());
+        }
+    }
+
+    fn relay_answer(&mut self, reply: Reply) {
+        if let Some(relay) = self.relay.as_mut() {
+            relay.reply = Some(reply);
+        }
+        self.state = State::Ready;
+    }
+
+    fn caps_or_none(&self) -> EhloReply {
+        self.caps.clone().unwrap_or(EhloReply {
+            greeting: String::new(),
+            capabilities: Vec::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::client::{HostFailure, SessionOutcome, Step};
+
+    fn ready(caps: &[&str]) -> ClientSession {
+        let caps = EhloReply {
+            greeting: "mx.test".into(),
+            capabilities: caps
+                .iter()
+                .map(|c| {
+                    let (keyword, params) = c.split_once(' ').unwrap_or((c, ""));
+                    crate::smtp::ehlo::Capability::new(keyword, params)
+                })
+                .collect(),
+        };
+        ClientSession::resume("client.test", caps)
+    }
+
+    fn sent(s: &mut ClientSession) -> String {
+        String::from_utf8_lossy(&std::mem::take(&mut s.outgoing)).into_owned()
+    }
+
+    #[test]
+    fn a_relayed_transaction_runs_command_by_command() {
+        let mut s = ready(&["PIPELINING", "SIZE 1000", "8BITMIME"]);
+        assert_eq!(
+            s.relay_begin("a@client.test", Some(100), "b@mx.test", true),
+            Ok(true)
+        );
+        // RSET, MAIL and the first RCPT in one flight (RFC 2920 §3.1).
+        assert_eq!(
+            sent(&mut s),
+            "RSET\r\nMAIL FROM:<a@client.test> SIZE=100 BODY=8BITMIME\r\nRCPT TO:<b@mx.test>\r\n"
+        );
+        assert_eq!(s.receive(b"250 ok\r\n250 2.1.0 ok\r\n"), Step::Continue);
+        assert_eq!(s.receive(b"250 2.1.5 ok\r\n"), Step::Ready);
+        assert!(s.relay_mail_accepted());
+        assert_eq!(s.take_relay_reply().map(|r| r.code()), Some(250));
+        assert!(s.relay_recipient("c@mx.test"));
+        assert_eq!(sent(&mut s), "RCPT TO:<c@mx.test>\r\n");
+        assert_eq!(s.receive(b"550 5.1.1 no such user\r\n"), Step::Ready);
+        assert_eq!(s.take_relay_reply().map(|r| r.code()), Some(550));
+        // No message before the 354.
+        assert!(!s.relay_message(Arc::new(b".\r\n".to_vec()), ContentFacts::default()));
+        assert!(s.relay_data());
+        assert_eq!(sent(&mut s), "DATA\r\n");
+        assert_eq!(s.receive(b"354 go ahead\r\n"), Step::Ready);
+        assert_eq!(s.take_relay_reply().map(|r| r.code()), Some(354));
+        let wire = b"Subject: hi\r\n\r\nbody\r\n.\r\n".to_vec();
+        let facts = ContentFacts::of(&wire);
+        assert!(s.relay_message(Arc::new(wire.clone()), facts));
+        assert_eq!(sent(&mut s).as_bytes(), wire.as_slice());
+        assert_eq!(s.receive(b"250 2.0.0 queued\r\n"), Step::Ready);
+        assert_eq!(s.take_relay_reply().map(|r| r.code()), Some(250));
+        // Each recipient's fate, as for a delivering session.
+        let Some(SessionOutcome::Replied(results)) = s.take_outcome() else {
+            panic!("no outcome");
+        };
+        let codes: Vec<_> = results.iter().map(|r| r.reply.code()).collect();
+        assert_eq!(codes, [250, 550]);
+        // Ready for the next transaction on the same session.
+        assert!(s.is_ready());
+    }
+
+    #[test]
+    fn refusals_before_anything_is_sent() {
+        for (caps, size, rcpt, refusal) in [
+            (
+                &["SIZE 1000"][..],
+                Some(5000),
+                "b@mx.test",
+                ContentRefusal::TooBig { limit: 1000 },
+            ),
+            (
+                &["8BITMIME"][..],
+                None,
+                "bö@mx.test",
+                ContentRefusal::NeedsSmtpUtf8,
+            ),
+        ] {
+            let mut s = ready(caps);
+            assert_eq!(
+                s.relay_begin("a@client.test", size, rcpt, false),
+                Err(refusal)
+            );
+            assert!(s.outgoing.is_empty());
+            assert!(s.is_ready());
+        }
+    }
+
+    #[test]
+    fn without_pipelining_one_command_at_a_time() {
+        let mut s = ready(&[]);
+        assert_eq!(
+            s.relay_begin("a@client.test", Some(10), "b@mx.test", true),
+            Ok(true)
+        );
+        assert_eq!(sent(&mut s), "RSET\r\n");
+        assert_eq!(s.receive(b"250 ok\r\n"), Step::Continue);
+        // No SIZE offered: no SIZE=; no 8BITMIME: no BODY=.
+        assert_eq!(sent(&mut s), "MAIL FROM:<a@client.test>\r\n");
+        assert_eq!(s.receive(b"550 5.7.1 sender refused\r\n"), Step::Ready);
+        assert!(!s.relay_mail_accepted());
+        assert_eq!(s.take_relay_reply().map(|r| r.code()), Some(550));
+        assert!(s.outgoing.is_empty());
+    }
+
+    #[test]
+    fn a_kept_session_the_server_closed_fails_at_rset() {
+        let mut s = ready(&["PIPELINING"]);
+        assert_eq!(
+            s.relay_begin("a@client.test", None, "b@mx.test", true),
+            Ok(true)
+        );
+        sent(&mut s);
+        assert_eq!(s.receive(b"421 4.4.2 idle timeout\r\n"), Step::Done);
+        assert_eq!(
+            s.outcome(),
+            Some(&SessionOutcome::Failed(HostFailure::Lost { stage: "RSET" }))
+        );
+        assert!(s.outgoing.is_empty());
+        assert_eq!(s.take_relay_reply(), None);
+    }
+
+    #[test]
+    fn eight_bit_content_is_downgraded_for_a_server_without_8bitmime() {
+        let mut s = ready(&["PIPELINING"]);
+        assert_eq!(
+            s.relay_begin("a@client.test", None, "b@mx.test", false),
+            Ok(true)
+        );
+        // Assumed 8-bit, but the server does not offer 8BITMIME: no BODY=.
+        assert_eq!(
+            sent(&mut s),
+            "MAIL FROM:<a@client.test>\r\nRCPT TO:<b@mx.test>\r\n"
+        );
+        s.receive(b"250 ok\r\n250 ok\r\n");
+        assert!(s.relay_data());
+        s.receive(b"354 go\r\n");
+        sent(&mut s);
+        let wire = "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nGrüße\r\n.\r\n"
+            .as_bytes()
+            .to_vec();
+        let facts = ContentFacts::of(&wire);
+        assert!(facts.eight_bit);
+        assert!(s.relay_message(Arc::new(wire), facts));
+        let out = std::mem::take(&mut s.outgoing);
+        assert!(out.is_ascii(), "{}", String::from_utf8_lossy(&out));
+        assert!(out.ends_with(b"\r\n.\r\n"));
+    }
+}
