@@ -119,8 +119,10 @@ pub enum Command {
     Tlsrpt(tlsrpt::TlsrptArgs),
     /// Show what a destination domain supports: its MX hosts (DNSSEC),
     /// per host XPONY (key, pin, DNS key), STARTTLS (version, cipher,
-    /// certificate verdict), MTA-STS, and the level blackpony would reach
-    /// under the current policy. Sends no mail, stores no pin.
+    /// certificate subject and verdict), DANE (TLSA records, DNSSEC
+    /// status, whether the certificate matches), MTA-STS (policy, mode,
+    /// match, or DANE governing the host), and the level blackpony would
+    /// reach under the current policy. Sends no mail, stores no pin.
     Probe(probe::ProbeArgs),
 }
 
