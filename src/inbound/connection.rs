@@ -227,6 +227,8 @@ async fn serve_session(
                 let _ = tcp.shutdown().await;
             })
             .await;
+            // The slot is free before the line says so (see below).
+            drop(control);
             log!(
                 "disconnect client={who} tls=none identity={} messages=0 refused=0 bytes=0 end=backend-unreachable reply=\"{reply}\" duration={:.3}s",
                 config.session.identity.as_str(),
@@ -248,9 +250,16 @@ async fn serve_session(
     };
     run.drive(Stream::Plain(tcp), backend).await;
 
-    let stats = run.session.stats();
-    let tls = run
-        .session
+    // The session's slot in the harness's table (limits per client, per
+    // network, in all) is given back before the disconnect line is logged:
+    // once an operator, or a client's own retry logic, sees that line, a
+    // new connection from the same address is not refused for this one.
+    let Run {
+        session, control, ..
+    } = run;
+    drop(control);
+    let stats = session.stats();
+    let tls = session
         .tls()
         .map_or_else(|| "none".to_string(), Encryption::to_string);
     log!(

@@ -217,6 +217,10 @@ impl Session {
                 );
             }
             Verb::Unknown => {
+                // Logged (once per session, then as a count: errors.rs) so
+                // an operator sees what clients try; the verb itself is the
+                // client's text and is not logged.
+                self.notice(Notice::CommandRefused { command: "unknown" });
                 self.local(
                     Reply::new(502, "5.5.2 Error: command not recognized"),
                     Then::Continue,

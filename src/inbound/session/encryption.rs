@@ -93,7 +93,9 @@ impl Session {
     pub(super) fn xpony_command(&mut self, line: &[u8]) {
         let reply = |code, text: &str| (Reply::new(code, text), Then::Continue);
         let refusal = if self.config.pony.is_none() {
-            Some(reply(502, "5.5.1 Error: command not recognized"))
+            // Without a host key XPONY is a command like any unknown one:
+            // the same reply as commands.rs gives (Postfix's text and code).
+            Some(reply(502, "5.5.2 Error: command not recognized"))
         } else if self.tls.is_some() {
             Some(reply(503, "5.5.1 Already encrypted"))
         } else if !self.xpony_offered {
