@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives import serialization
 
 from interop.peers import (Postfix, SignedZone, common_free_port, make_ca_signed_cert,
                            make_test_ca)
-from interop.test_mta_sts import Nginx, make_multi_name_cert, policy
+from interop.mta_sts_net import Nginx, make_multi_name_cert, policy
 
 ZONE = "dane.test"
 UNSIGNED = f"unsigned.{ZONE}"
