@@ -299,7 +299,12 @@ async fn shutdown_gives_running_sessions_421_and_a_disconnect_line() {
     );
     daemon.terminate().await;
     let reply = read_reply(&mut c).await;
-    assert_eq!(reply, "421 4.3.2 mx.test Service shutting down\r\n");
+    assert_eq!(
+        reply,
+        "421 4.3.2 mx.test Service shutting down\r\n",
+        "log:\n{}",
+        daemon.log().join("")
+    );
     daemon
         .wait_log(&[" disconnect ", " end=shutdown ", "421 4.3.2"])
         .await;
