@@ -11,14 +11,19 @@ the MX itself logged: a failed match never turns into plaintext or into MAIL.
 
 from __future__ import annotations
 
+import smtplib
 import time
 from pathlib import Path
+
+import pytest
 
 from interop.clients import token
 from interop.conftest import owned_dir
 from interop.dane_net import DANE_ADDR, UNSIGNED, ZONE, DaneNet, mx_of
-from interop.peers import run_deliver
-from interop.test_outbound import SENDER, arrived, log_line, make_message, show
+from interop.peers import BlackponyOutbound, run_deliver
+from interop.test_outbound import SENDER, arrived, crlf, log_line, make_message, show
+from interop.test_outbound_reuse import lmtp_send
+from interop.test_outbound_smtp import bp_line
 from interop.test_outbound_verify import MxSessions, no_message
 
 
@@ -288,3 +293,53 @@ def test_dane_mismatch_defers_where_mta_sts_would_accept(dane_net, workdir):
     check_deferred(res, rcpt, "4.7.5", "does not match its TLSA records (DANE)")
     one_session_without_mail(mx, show(res))
     no_message(dane_net.postfix, rcpt)
+
+
+# --------------------------------------------------------------------------------------
+# The connection cache of `blackpony outbound` (issue 12)
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("protocol", ["lmtp", "smtp"])
+def test_outbound_reuses_a_dane_session(dane_net, workdir, protocol):
+    """`blackpony outbound --tls-policy dane`: two messages to a domain whose MX host has
+    usable TLSA records, from two MTA connections, go over ONE MX session (one STARTTLS,
+    DANE-authenticated once, RSET before the second MAIL), and both are logged
+    `verified=yes (DANE-EE) level=authenticated` (the session DANE authenticated is kept
+    under the domain's policy `dane` and found again by the next `dane` delivery)."""
+    domain = f"ee.{ZONE}"
+    tok = token()
+    state = owned_dir(workdir / f"state-dane-reuse-{protocol}-{tok}")
+    bp = BlackponyOutbound(workdir / "logs", args=dane_net.outbound_args(
+        state, "--tls-policy", "dane"), name=f"outbound-dane-{protocol}-{tok}",
+        protocol=protocol)
+    bp.start()
+    try:
+        mx = MxSessions(dane_net.postfix, "postfix")
+        rcpts = [f"dreuse{i}-{tok}@{domain}" for i in range(2)]
+        for i, rcpt in enumerate(rcpts):
+            message, body = make_message(f"{tok}{i}", [rcpt])
+            if protocol == "lmtp":
+                [(code, text)] = lmtp_send(bp, [rcpt], message)
+            else:
+                with smtplib.SMTP(bp.host, bp.port, local_hostname="client.test",
+                                  timeout=60) as s:
+                    s.ehlo()
+                    assert s.mail(SENDER)[0] == 250
+                    assert s.rcpt(rcpt)[0] == 250, bp.log_text()[-3000:]
+                    code, text = s.data(crlf(message))
+            assert code == 250, (code, text, bp.log_text()[-3000:])
+            arrived(dane_net.postfix, rcpt, body)
+            line = bp_line(bp, rcpt)
+            assert "verified=yes (DANE-EE) level=authenticated" in line, line
+            assert "status=sent" in line, line
+        # The kept session ends with QUIT after its idle time; then smtpd logs its counts.
+        lines = mx.wait_done()
+        time.sleep(0.5)
+        lines = mx.lines()
+        context = "\nMX log:\n" + "\n".join(lines) + "\nblackpony log:\n" + bp.log_text()[-3000:]
+        assert sum(" connect from " in l for l in lines) == 1, "not ONE MX session" + context
+        assert sum("TLS connection established from" in l for l in lines) == 1, context
+        [disconnect] = [l for l in lines if " disconnect from " in l]
+        assert " mail=2 " in disconnect and " rset=1 " in disconnect, disconnect + context
+    finally:
+        bp.stop()

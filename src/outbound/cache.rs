@@ -6,15 +6,18 @@
 //! RSET (the probe that finds a session the server closed meanwhile).
 //!
 //! A kept session is only reused for a delivery whose TLS policy it
-//! satisfies. The key is the recipient domain *and* the policy the session
-//! was opened under ([`Destination`]): whatever decides the policy of a
-//! domain (the policy table; DANE or MTA-STS as they are added) is part of
-//! the key, so a session opened under `may` is never taken for a delivery
-//! under `encrypt`, `verify` or a stricter level, and the level the session
-//! reached is checked against the policy again when it is taken. Sessions
-//! are not shared between domains that use the same MX host: that would
-//! need the MX lookup first, and a per-host policy (DANE's TLSA records are
-//! per MX host) compared as well.
+//! satisfies. The key is the recipient domain *and* its configured policy
+//! ([`Destination`]), the same for the delivery that keeps a session and
+//! the one that looks for it: a session opened under `may` is never found
+//! by a delivery under `encrypt`, `verify` or a stricter level. What each
+//! host then got (DANE's decision per MX host, `dane-only` for usable TLSA
+//! records; MTA-STS raising a host to `verify`) is the session's own
+//! (`Connection::host_tls`), and when the session is taken the level it
+//! reached is checked against the delivery's policy ([`IdleSessions::take`])
+//! and against what its host requires now (`mx_hosts::kept_host_policy`).
+//! Sessions are not shared between domains that use the same MX host: that
+//! would need the MX lookup first, and a per-host policy (DANE's TLSA
+//! records are per MX host) compared as well.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,7 +35,7 @@ pub const IDLE_TIME: Duration = Duration::from_secs(2);
 pub const MAX_USES: u32 = 100;
 
 /// What a kept session may be reused for: the same recipient domain under
-/// the same TLS policy (see the module docs).
+/// the same configured TLS policy (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Destination {
     domain: String,

@@ -7,18 +7,18 @@
 //! between transactions.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::dane::HostTls;
 use super::policy::{SecurityLevel, TlsPolicy};
 use super::xpony::{self, PonyContext};
 use crate::log;
 use crate::smtp::Reply;
 use crate::smtp::client::{ClientSession, HostFailure, Step};
-use crate::transport::dane::{DaneAuth, DaneMismatch};
+use crate::transport::dane::DaneMismatch;
 use crate::transport::{CertVerdict, ClientDriver, ClientTls, Encryption, Stream};
 
 /// An open connection to one MX address, plain or TLS.
@@ -35,8 +35,12 @@ pub(crate) struct Connection {
     pub(crate) pony: Option<PonyContext>,
     /// Our own address on the connection (TLS reports' `sending-mta-ip`).
     pub(crate) local: Option<std::net::IpAddr>,
-    /// The TLSA records the certificate must match (DANE applies).
-    pub(crate) dane: Option<Arc<DaneAuth>>,
+    /// What this host must get, as decided when the session was opened
+    /// (the configured policy or DANE's verdict on it, before MTA-STS
+    /// raised it), and the TLSA records the certificate must match where
+    /// DANE applies. A kept session is judged by it again before it carries
+    /// another delivery (`mx_hosts::kept_host_policy`).
+    pub(crate) host_tls: HostTls,
     /// Why the certificate did not match them, if it did not.
     pub(crate) dane_mismatch: Option<DaneMismatch>,
 }
@@ -68,7 +72,12 @@ pub(crate) struct Dialer<'a> {
 
 impl Dialer<'_> {
     /// A TCP connection to one MX address.
-    pub(crate) async fn connect(&self, addr: SocketAddr, host: &str) -> Result<Connection, Reply> {
+    pub(crate) async fn connect(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+        host_tls: HostTls,
+    ) -> Result<Connection, Reply> {
         let connect = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await;
         let why = match connect {
             Ok(Ok(tcp)) => {
@@ -84,7 +93,7 @@ impl Dialer<'_> {
                     greeted: false,
                     tls_failed: false,
                     pony: None,
-                    dane: None,
+                    host_tls,
                     dane_mismatch: None,
                 });
             }
@@ -186,7 +195,7 @@ impl Dialer<'_> {
             return Err(failed("not a plaintext connection".into()));
         };
         let name = crate::transport::tls::server_name(&host).map_err(failed)?;
-        let (config, dane) = match &conn.dane {
+        let (config, dane) = match &conn.host_tls.dane {
             Some(auth) => {
                 let (config, verifier) = self
                     .tls
@@ -230,7 +239,7 @@ impl Dialer<'_> {
         let _ = tls.get_ref().0.set_quickack(true);
         let (_, state) = tls.get_ref();
         let info = Encryption::from_tls(state);
-        let verdict = match &conn.dane {
+        let verdict = match &conn.host_tls.dane {
             Some(auth) => self.tls.dane_verdict(state, auth),
             None => self.tls.verdict(state, &host),
         };

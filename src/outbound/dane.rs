@@ -128,6 +128,13 @@ pub struct HostTls {
     pub dane: Option<Arc<DaneAuth>>,
 }
 
+impl HostTls {
+    /// A host DANE does not apply to: `policy`, no TLSA records.
+    pub fn plain(policy: TlsPolicy) -> Self {
+        HostTls { policy, dane: None }
+    }
+}
+
 /// Why a host is not tried: the reply that stands for it and its TLS
 /// reporting failure type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,7 +145,7 @@ pub struct DaneRefusal {
 
 /// The host's requirement under `configured`, given what DNS said.
 pub fn decide(configured: TlsPolicy, status: &DaneStatus) -> Result<HostTls, DaneRefusal> {
-    let plain = |policy| Ok(HostTls { policy, dane: None });
+    let plain = |policy| Ok(HostTls::plain(policy));
     if !configured.uses_dane() {
         return plain(configured);
     }

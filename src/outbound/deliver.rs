@@ -14,6 +14,7 @@ use futures_util::StreamExt;
 
 use super::cache::Destination;
 use super::connection::{Connection, Dialer};
+use super::dane::HostTls;
 use super::dns::{Dnssec, MailResolver};
 use super::memory::TlsMemory;
 use super::policy::{PolicyTable, SecurityLevel, TlsPolicy};
@@ -257,9 +258,14 @@ impl Deliverer {
         }
     }
 
-    /// A TCP connection to one MX address.
-    pub(crate) async fn connect(&self, addr: SocketAddr, host: &str) -> Result<Connection, Reply> {
-        self.dialer().connect(addr, host).await
+    /// A TCP connection to one MX address, for a session under `host_tls`.
+    pub(crate) async fn connect(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+        host_tls: HostTls,
+    ) -> Result<Connection, Reply> {
+        self.dialer().connect(addr, host, host_tls).await
     }
 
     /// Runs `session` on `conn` (see [`Dialer::drive`]).

@@ -244,7 +244,7 @@ impl Deliverer {
         conn: &Connection,
         failure: Option<&HostFailure>,
     ) {
-        let Some(auth) = &conn.dane else {
+        let Some(auth) = &conn.host_tls.dane else {
             return;
         };
         let (result, detail) = match (&conn.verdict, failure, &conn.dane_mismatch) {
@@ -547,6 +547,33 @@ pub(super) fn sts_host_policy(policy: TlsPolicy, sts: Option<&ActivePolicy>) -> 
     }
 }
 
+/// The policy a session kept from an earlier delivery (`cache.rs`) carries
+/// another one under, or `None` when it must not carry it. `opened`: what its
+/// host had to get when it was opened (the configured policy, or DANE's
+/// decision: `dane-only` for usable TLSA records); `sts_here`: the MTA-STS
+/// policy that governs the host now ([`Deliverer::sts_for_host`]: none where
+/// DANE does, RFC 8461 §2). The host's requirement now is `opened` raised by
+/// that policy, and the session must have reached its level: a session DANE
+/// authenticated serves every later delivery to the domain under `dane`;
+/// one opened when less was required (plaintext or unauthenticated TLS)
+/// never serves a stricter one. A host an `enforce` policy does not list is
+/// never used (RFC 8461 §4.1), kept or not.
+pub(super) fn kept_host_policy(
+    opened: &HostTls,
+    host: &str,
+    level: SecurityLevel,
+    sts_here: Option<&ActivePolicy>,
+) -> Option<TlsPolicy> {
+    if let Some(active) = sts_here
+        && active.policy.mode == StsMode::Enforce
+        && !active.policy.mx_matches(host)
+    {
+        return None;
+    }
+    let now = sts_host_policy(opened.policy, sts_here);
+    (level >= now.required()).then_some(now)
+}
+
 /// The policy file's lines, for a report's `policy-string` (RFC 8460 §4.4).
 fn policy_strings(active: &ActivePolicy) -> Vec<String> {
     active
@@ -734,6 +761,109 @@ mod tests {
         assert_eq!(got[0].domain, "example.org");
         assert_eq!(got[0].policy_strings[1], "mode: enforce");
         assert_eq!(got[0].policy_strings.len(), 5);
+    }
+
+    /// Which kept sessions may carry the next delivery to their domain
+    /// (issue 12: a session DANE authenticated is kept under the domain's
+    /// `dane` and must serve the next `dane` delivery; nothing opened under
+    /// a lower requirement serves a stricter one).
+    #[test]
+    fn kept_sessions_serve_only_what_they_reached() {
+        use crate::transport::dane::{DaneAuth, Tlsa};
+        use SecurityLevel::{Authenticated, Encrypted, Plaintext};
+        let d = deliverer(Arc::new(Recorded::default()));
+        let auth = DaneAuth::new(&[Tlsa::new(3, 1, 1, vec![7; 32])], vec!["mx".into()]);
+        let dane = HostTls {
+            policy: TlsPolicy::DaneOnly,
+            dane: auth.map(Arc::new),
+        };
+        assert!(dane.dane.is_some());
+        let plain = HostTls::plain;
+        let (enforce, testing) = (active("enforce"), active("testing"));
+        let listed = "mx.example.org";
+        let other = "other.example.net";
+        // (opened under, host, level reached, domain's MTA-STS policy now) -> reused under
+        for (opened, host, level, sts, want) in [
+            // DANE: served under dane whatever MTA-STS says (DANE governs).
+            (
+                &dane,
+                listed,
+                Authenticated,
+                None,
+                Some(TlsPolicy::DaneOnly),
+            ),
+            (
+                &dane,
+                other,
+                Authenticated,
+                Some(&enforce),
+                Some(TlsPolicy::DaneOnly),
+            ),
+            // A DANE host's session that did not authenticate: never.
+            (&dane, listed, Encrypted, None, None),
+            // dane fell back to may (no TLSA records), encrypt (unusable ones).
+            (
+                &plain(TlsPolicy::May),
+                listed,
+                Plaintext,
+                None,
+                Some(TlsPolicy::May),
+            ),
+            (
+                &plain(TlsPolicy::Encrypt),
+                listed,
+                Encrypted,
+                None,
+                Some(TlsPolicy::Encrypt),
+            ),
+            // An MTA-STS policy in enforce now: verify, and only listed hosts.
+            (
+                &plain(TlsPolicy::May),
+                listed,
+                Plaintext,
+                Some(&enforce),
+                None,
+            ),
+            (
+                &plain(TlsPolicy::Encrypt),
+                listed,
+                Encrypted,
+                Some(&enforce),
+                None,
+            ),
+            (
+                &plain(TlsPolicy::May),
+                listed,
+                Authenticated,
+                Some(&enforce),
+                Some(TlsPolicy::Verify),
+            ),
+            (
+                &plain(TlsPolicy::Verify),
+                other,
+                Authenticated,
+                Some(&enforce),
+                None,
+            ),
+            // testing changes nothing.
+            (
+                &plain(TlsPolicy::May),
+                other,
+                Plaintext,
+                Some(&testing),
+                Some(TlsPolicy::May),
+            ),
+            (&plain(TlsPolicy::Verify), listed, Encrypted, None, None),
+        ] {
+            let sts_here = d.sts_for_host(sts, opened);
+            assert_eq!(
+                kept_host_policy(opened, host, level, sts_here),
+                want,
+                "{:?} {host} {level} {:?}",
+                opened.policy,
+                sts.map(|a| a.policy.mode)
+            );
+        }
     }
 
     #[test]

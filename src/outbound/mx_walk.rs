@@ -14,7 +14,7 @@ use super::connection::{Connection, level_of};
 use super::dane::HostTls;
 use super::deliver::{Deliverer, Prepared};
 use super::dns::Dnssec;
-use super::mx_hosts::{HostPolicies, session_facts, sts_host_policy, sts_reply};
+use super::mx_hosts::{HostPolicies, kept_host_policy, session_facts, sts_host_policy, sts_reply};
 use super::policy::TlsPolicy;
 use super::report::{RecipientStatus, host_failure_reply};
 use super::sts::TlsSeen;
@@ -75,25 +75,35 @@ impl Deliverer {
         // The policy a session for this domain must have been opened under:
         // MTA-STS in enforce mode makes it `verify` (RFC 8461 §4.2).
         let effective = sts_host_policy(policy, sts.as_ref());
-        let to = Destination::new(domain, effective);
-        // A session kept from an earlier delivery to this domain under this
-        // policy first: no MX lookup, no handshake. One the server closed
-        // meanwhile fails at its RSET with nothing decided, and the next
-        // kept one or a new session takes over. A session whose host is
-        // governed otherwise now (a per-host policy) is not reused.
+        // Sessions are kept and found again under the domain's configured
+        // policy, whatever each host then got (DANE makes a host with usable
+        // TLSA records `dane-only` under `dane`); what a kept session must
+        // reach is checked when it is taken.
+        let to = self.destination(domain);
+        // A session kept from an earlier delivery to this domain first: no
+        // MX lookup, no handshake. It must have reached the level the
+        // delivery requires now, and what its host requires now (DANE's
+        // decision when it was opened, raised by an MTA-STS policy unless
+        // DANE governs the host): one opened when less was required never
+        // serves a stricter delivery. One the server closed meanwhile fails
+        // at its RSET with nothing decided, and the next kept one or a new
+        // session takes over.
         while let Some(idle) = self.idle.take(&to, effective) {
             let host = idle.conn.host.clone();
             let addr = idle.conn.addr;
-            // A session DANE authenticated when it was opened stays DANE's.
-            let kept = HostTls {
-                policy,
-                dane: idle.conn.dane.clone(),
-            };
-            let host_policy = sts_host_policy(policy, self.sts_for_host(sts.as_ref(), &kept));
-            if host_policy != effective {
+            let sts_here = self.sts_for_host(sts.as_ref(), &idle.conn.host_tls);
+            let level = idle.conn.level();
+            let Some(host_policy) = kept_host_policy(&idle.conn.host_tls, &host, level, sts_here)
+            else {
+                log!(
+                    "host {host}[{}]:{} kept session not reused (opened under policy {}, level {level}; the host requires more now)",
+                    addr.ip(),
+                    addr.port(),
+                    idle.conn.host_tls.policy.as_str()
+                );
                 super::cache::quit(idle.conn).await;
                 continue;
-            }
+            };
             let attempt = self.reuse(idle, host_policy, rcpts, prepared).await;
             match self.decided(attempt, &to, &host, addr, rcpts, started) {
                 Ok(statuses) => return statuses,
@@ -135,18 +145,14 @@ impl Deliverer {
             let sts_here = self.sts_for_host(sts.as_ref(), &host_tls);
             // What the host gets without MTA-STS, to tell whether it raised it.
             let policy = host_tls.policy;
-            let host_tls = HostTls {
-                policy: sts_host_policy(policy, sts_here),
-                ..host_tls
-            };
-            let host_policy = host_tls.policy;
+            let host_policy = sts_host_policy(policy, sts_here);
             let tried_tls = self.tries_tls(host, host_policy);
             let attempt = self
                 .attempt(
                     domain,
                     addr,
                     host,
-                    &host_tls,
+                    (&host_tls, host_policy),
                     candidates.mx_dnssec,
                     rcpts,
                     prepared,
@@ -190,8 +196,7 @@ impl Deliverer {
             if attempt.tls.is_some() {
                 self.memory.clear(host);
             }
-            let kept_as = Destination::new(domain, host_policy);
-            let attempt = match self.decided(attempt, &kept_as, host, addr, rcpts, started) {
+            let attempt = match self.decided(attempt, &to, host, addr, rcpts, started) {
                 Ok(statuses) => return statuses,
                 Err(attempt) => *attempt,
             };
@@ -400,7 +405,7 @@ impl Deliverer {
                     continue;
                 }
             };
-            let mut conn = match self.connect(addr, host).await {
+            let mut conn = match self.connect(addr, host, host_tls.clone()).await {
                 Ok(c) => c,
                 Err(reply) => {
                     last = Some(reply);
@@ -408,7 +413,6 @@ impl Deliverer {
                 }
             };
             let tried_tls = self.tries_tls(host, policy);
-            conn.dane = host_tls.dane.clone();
             let session = ClientSession::opening(&self.helo_name, self.starttls_for(host, policy));
             let mut session = self.offer_pony(&mut conn, session, pony);
             let end = self.drive(&mut conn, &mut session, policy).await;
@@ -496,12 +500,11 @@ impl Deliverer {
         domain: &str,
         addr: SocketAddr,
         host: &str,
-        host_tls: &HostTls,
+        (host_tls, policy): (&HostTls, TlsPolicy),
         mx: Dnssec,
         rcpts: &[String],
         prepared: &Prepared,
     ) -> Attempt {
-        let policy = host_tls.policy;
         let envelope = Envelope {
             sender: prepared.envelope_sender.clone(),
             recipients: rcpts.to_vec(),
@@ -519,7 +522,7 @@ impl Deliverer {
             Ok(pony) => pony,
             Err(failure) => return Attempt::failed(failure),
         };
-        let mut conn = match self.connect(addr, host).await {
+        let mut conn = match self.connect(addr, host, host_tls.clone()).await {
             Ok(conn) => conn,
             Err(reply) => {
                 return Attempt::failed(HostFailure::Refused {
@@ -528,7 +531,6 @@ impl Deliverer {
                 });
             }
         };
-        conn.dane = host_tls.dane.clone();
         let mut session = self.offer_pony(&mut conn, session, pony);
         let end = self.drive(&mut conn, &mut session, policy).await;
         self.conclude(conn, session, end, 0, Some(domain))

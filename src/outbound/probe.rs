@@ -18,7 +18,7 @@ use serde::Serialize;
 use rustls_pki_types::UnixTime;
 
 use super::connection::Connection;
-use super::dane::{self as dane_policy, DaneStatus};
+use super::dane::{self as dane_policy, DaneStatus, HostTls};
 use super::deliver::Deliverer;
 use super::dns::{DnsFailure, Dnssec, MxAnswer};
 use super::mx_hosts::sts_host_policy;
@@ -486,7 +486,10 @@ impl Deliverer {
                         h.xpony.dns_key = describe_dns(&c.dns);
                         seen.xpony_required = c.required;
                     }
-                    match self.connect(addr, host).await {
+                    match self
+                        .connect(addr, host, HostTls::plain(TlsPolicy::May))
+                        .await
+                    {
                         Ok(mut conn) => {
                             let session = ClientSession::opening(&self.helo_name, StartTls::Never);
                             let mut session = self.offer_pony(&mut conn, session, context);
@@ -512,7 +515,10 @@ impl Deliverer {
 
         // 2. STARTTLS, with the certificate judged for the MX name.
         if h.error.is_none() || self.pony.is_none() {
-            match self.connect(addr, host).await {
+            match self
+                .connect(addr, host, HostTls::plain(TlsPolicy::Encrypt))
+                .await
+            {
                 Ok(mut conn) => {
                     let mut session = ClientSession::opening(&self.helo_name, StartTls::Required);
                     let end = self
