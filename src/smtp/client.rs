@@ -195,8 +195,13 @@ impl ClientSession {
                     return Step::Done;
                 }
             };
-            if matches!(self.state, State::Greeting | State::Ehlo { .. }) {
-                // Kept for the XPONY prologue, as the bytes that came.
+            if matches!(
+                self.state,
+                State::Greeting | State::Ehlo { .. } | State::XponySent(_)
+            ) {
+                // Kept as the bytes that came: the greeting and EHLO reply
+                // for the XPONY prologue, the reply to XPONY for its line
+                // ends (proto-spec §3.1: CRLF, never a bare LF).
                 self.last_raw = self.inbuf[..span.len].to_vec();
             }
             let reply = Reply::from_span(&self.inbuf, span);

@@ -416,6 +416,15 @@ fn cases() -> Vec<Case> {
         failure: "octets after the LF of the (positive) 334 line; neither message 3 nor * may be sent",
         reaction: Reaction::Close,
     });
+    cases.push(Case {
+        name: "bare-lf-after-the-334-line",
+        spec: "§3.1, §3.4",
+        at: At::ClientAfterXpony,
+        facts: Vec::new(),
+        input: continue_line(&run.m2).replace("\r\n", "\n").into_bytes(),
+        failure: "the positive 334 line ended by LF without CR",
+        reaction: Reaction::Cancel,
+    });
 
     let record = [0x00, 0x00];
     cases.push(Case {

@@ -498,6 +498,73 @@ fn replies_to_xpony() {
     }
 }
 
+/// proto-spec §3.1: the 334 line that carries message 2 ends in CRLF. The
+/// server's real 334 (message 2 for the client's message 1) with each line
+/// end: CRLF goes on to the key check; a bare LF, or a CR that is no line
+/// end, cancels the negotiation with `*` (§3.4) and the session then fails
+/// with the reason, after the server's 501.
+#[test]
+fn xpony_334_line_ends_in_crlf() {
+    use crate::pony::negotiation::{self, ServerHints};
+    use crate::pony::noise::{Keypair, PROTOCOL_NAME, Responder};
+    let greeting = "220 x ESMTP\r\n";
+    let ehlo = format!("250-x\r\n250-STARTTLS\r\n250 XPONY {PROTOCOL_NAME}\r\n");
+    // (how the 334 line ends, whether the key check comes, what the client
+    //  writes, the failure after the server's 501)
+    let cases: &[(&str, bool, &str, Option<&str>)] = &[
+        ("\r\n", true, "", None),
+        ("\n", false, "*\r\n", Some("bare LF")),
+        ("\r\r\n", false, "*\r\n", Some("not one line of base64")),
+        ("\rX\r\n", false, "*\r\n", Some("not one line of base64")),
+    ];
+    for (end, checks_key, next, failure) in cases {
+        let mut s = session(StartTls::IfOffered, &["a@x"], b"hi\r\n").with_pony(PonyOffer {
+            key: Keypair::generate().unwrap(),
+            required: false,
+        });
+        s.receive(greeting.as_bytes());
+        take(&mut s);
+        s.receive(ehlo.as_bytes());
+        let xpony = take(&mut s);
+        let b64 = xpony
+            .strip_prefix(&format!("XPONY {PROTOCOL_NAME} "))
+            .and_then(|l| l.strip_suffix("\r\n"))
+            .unwrap();
+        let prologue =
+            negotiation::prologue(greeting.as_bytes(), b"EHLO client.example", ehlo.as_bytes());
+        let server = Responder::new(
+            &prologue,
+            Keypair::generate().unwrap(),
+            Keypair::generate().unwrap(),
+        );
+        let (ready, _) = server
+            .read_message_1(&negotiation::decode_line(b64).unwrap())
+            .unwrap();
+        let (_, m2) = ready
+            .write_message_2(&ServerHints::default().encode())
+            .unwrap();
+        let line = format!("334 {}{end}", negotiation::encode_line(&m2));
+        let step = s.receive(line.as_bytes());
+        assert_eq!(
+            matches!(step, Step::CheckServerKey { .. }),
+            *checks_key,
+            "334 ended by {end:?}: {step:?}"
+        );
+        assert_eq!(take(&mut s), *next, "334 ended by {end:?}");
+        if let Some(want) = failure {
+            assert!(s.outcome().is_none(), "{end:?}: waits for the 501");
+            s.receive(b"501 5.7.0 XPONY aborted\r\n");
+            assert_eq!(take(&mut s), "QUIT\r\n", "{end:?}");
+            match s.outcome() {
+                Some(SessionOutcome::Failed(HostFailure::PonyFailed { why })) => {
+                    assert!(why.contains(want), "{end:?}: {why}")
+                }
+                other => panic!("{end:?}: {other:?}"),
+            }
+        }
+    }
+}
+
 /// Sends `bytes` from one end of the channel to the other as a frame and
 /// puts what arrives in their place; the number of frames sent (0 or 1).
 fn cross(

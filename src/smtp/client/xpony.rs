@@ -148,6 +148,17 @@ impl ClientSession {
             });
             return None;
         }
+        // §3.1: every line of the exchange ends in CRLF. The reply parser
+        // tolerates a bare LF in ordinary replies (RFC 5321 §2.3.8 asks for
+        // CRLF, robustness reads LF too); a 334 ended by one is not the
+        // server's xpony-continue, so the negotiation is cancelled as for
+        // any malformed 334 (§3.4: `*`, temporary failure).
+        if !lines_end_in_crlf(&std::mem::take(&mut self.last_raw)) {
+            self.abort_xpony(HostFailure::PonyFailed {
+                why: "the 334 reply to XPONY ends in a bare LF (proto-spec §3.1: CRLF)".into(),
+            });
+            return None;
+        }
         // §3.4: a 334 with a continuation line is a protocol error too.
         let message_2 = match reply.lines() {
             [line] => negotiation::decode_line(line),
@@ -173,4 +184,12 @@ impl ClientSession {
             }
         }
     }
+}
+
+/// Whether every line of `raw` (a reply as it came, each line up to and
+/// including its LF) ends in CRLF. A CR elsewhere in a line is no line end:
+/// the base64 check refuses it.
+fn lines_end_in_crlf(raw: &[u8]) -> bool {
+    raw.split_inclusive(|&b| b == b'\n')
+        .all(|line| line.ends_with(b"\r\n"))
 }
