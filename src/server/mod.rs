@@ -557,9 +557,18 @@ where
     let mut sessions = JoinSet::new();
     let mut weather = shared.weather.subscribe();
     loop {
+        // The stage is read before every wait, not only when it changes: a
+        // serving thread that starts after the shutdown began (a busy
+        // machine schedules it late) subscribes to a channel already at
+        // `Draining`, whose `changed()` would then wait for the next stage
+        // while this loop went on accepting (seen in tests/it/inbound.rs:
+        // the listener stayed open through the whole grace period).
+        if weather.borrow_and_update().stage != Stage::Running {
+            break;
+        }
         tokio::select! {
             changed = weather.changed() => {
-                if changed.is_err() || weather.borrow_and_update().stage != Stage::Running {
+                if changed.is_err() {
                     break;
                 }
             }
@@ -633,11 +642,59 @@ fn admit(shared: &Arc<Shared>, peer: Option<SocketAddr>) -> Result<Control, Refu
     drop(inner);
     shared.publish_stress(stressed);
     let weather = shared.weather.subscribe();
+    // The orders start from the stage as it is, not only from the next
+    // change: a session admitted as the server turns to closing (subscribed
+    // just after the change) must still be told.
+    let mut first = weather.clone();
+    if matches!(first.borrow().stage, Stage::Closing | Stage::Cut) {
+        first.mark_changed();
+    }
     Ok(Control {
         id,
         entry,
         shared: Arc::clone(shared),
-        orders: orders(weather.clone(), evict),
+        orders: orders(first, evict),
         weather,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A shutdown that comes before the serving threads are up (a busy
+    /// machine schedules them late) still closes the listener at once: a
+    /// thread that starts during the drain accepts nothing, and the server
+    /// stops without waiting out the grace period.
+    #[tokio::test]
+    async fn a_thread_that_starts_after_the_shutdown_accepts_nothing() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let settings = Settings {
+            limits: Limits::default(),
+            shutdown_grace: Duration::from_secs(60),
+            hostname: "mx.test".into(),
+        };
+        let served = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&served);
+        let serve = move |_tcp: TcpStream, _peer: Option<SocketAddr>, _control: Control| {
+            let count = Arc::clone(&count);
+            async move {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        // The shutdown is already complete when the threads start.
+        let stopped = tokio::time::timeout(
+            Duration::from_secs(20),
+            run_threads(listener, 4, settings, std::future::ready(()), serve),
+        )
+        .await;
+        assert!(
+            stopped.is_ok(),
+            "a serving thread kept accepting in the grace period"
+        );
+        assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
+        assert_eq!(served.load(Ordering::Relaxed), 0);
+    }
 }
