@@ -3,7 +3,7 @@
 //! blackpony key evidence; and the [`Dialer`] that opens it and drives a
 //! [`ClientSession`] over it, carrying out the session's STARTTLS (with the
 //! policy's check of the certificate) and XPONY steps. The delivery loop
-//! (`walk.rs`) opens and drives it; the idle sessions (`cache.rs`) keep it
+//! (`mx_walk.rs`) opens and drives it; the idle sessions (`cache.rs`) keep it
 //! between transactions.
 
 use std::net::SocketAddr;

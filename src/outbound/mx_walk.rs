@@ -1,9 +1,11 @@
-//! The one walk over a domain's MX hosts: a session kept from an earlier
-//! delivery first, then each address in turn (RFC 5321 §5.1), within
-//! `max_sessions` sessions that reached a greeting, until one decides the
-//! recipients (its replies, or a connection lost in the transaction) or
-//! none is left. What each host must get is `mx_hosts.rs`'s; opening and
-//! driving the connection is `connection.rs`'s.
+//! The one walk over a domain's MX hosts (`Deliverer::walk`): each
+//! address in turn (RFC 5321 §5.1), within `max_sessions` sessions that
+//! reached a greeting, until one decides the recipients (its replies, or a
+//! connection lost in the transaction) or, for the SMTP proxy
+//! (`Deliverer::open_route`), is ready for mail commands; or none is
+//! left. A delivery first tries a session kept from an earlier one. What
+//! each host must get is `mx_hosts.rs`'s; opening and driving the
+//! connection is `connection.rs`'s.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -18,15 +20,41 @@ use super::mx_hosts::{HostPolicies, kept_host_policy, session_facts, sts_host_po
 use super::policy::TlsPolicy;
 use super::report::{RecipientStatus, host_failure_reply};
 use super::sts::TlsSeen;
+use super::sts_fetch::ActivePolicy;
 use crate::log;
 use crate::smtp::Reply;
 use crate::smtp::client::{ClientSession, HostFailure, SessionOutcome};
 use crate::smtp::envelope::Envelope;
 use crate::transport::{CertVerdict, Encryption};
 
+/// What a walk over the MX hosts opens sessions for.
+#[derive(Clone, Copy)]
+enum Errand<'a> {
+    /// The whole transaction in each session, kept open after it.
+    Deliver {
+        rcpts: &'a [String],
+        prepared: &'a Prepared,
+    },
+    /// A session up to where mail commands can be sent (greeting, EHLO,
+    /// STARTTLS or XPONY as policy says): the SMTP proxy's.
+    Open,
+}
+
+/// How a session with one address ended.
+enum Ended {
+    /// Nothing was decided: the next address, or a new session.
+    Failed(HostFailure),
+    /// The transaction decided the recipients: their replies, or a
+    /// connection lost in it ([`SessionOutcome::Replied`] or
+    /// [`SessionOutcome::Uncertain`]).
+    Decided(SessionOutcome),
+    /// Ready for mail commands ([`Errand::Open`]).
+    Ready,
+}
+
 /// What a session with one address ended with, plus what was learnt.
 struct Attempt {
-    outcome: SessionOutcome,
+    ended: Ended,
     tls: Option<Encryption>,
     verdict: Option<CertVerdict>,
     greeted: bool,
@@ -41,13 +69,40 @@ struct Attempt {
 impl Attempt {
     fn failed(failure: HostFailure) -> Self {
         Attempt {
-            outcome: SessionOutcome::Failed(failure),
+            ended: Ended::Failed(failure),
             tls: None,
             verdict: None,
             greeted: false,
             tls_failed: false,
             local: None,
             keep: None,
+        }
+    }
+
+    fn failure(&self) -> Option<&HostFailure> {
+        match &self.ended {
+            Ended::Failed(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+/// Why no address took the errand: the reply that stands for every
+/// recipient, the last host tried, and what its session reached.
+struct GaveUp {
+    reply: Reply,
+    relay: Option<(String, SocketAddr)>,
+    tls: Option<Encryption>,
+    verdict: Option<CertVerdict>,
+}
+
+impl GaveUp {
+    fn before_any_host(reply: Reply) -> Self {
+        GaveUp {
+            reply,
+            relay: None,
+            tls: None,
+            verdict: None,
         }
     }
 }
@@ -60,16 +115,6 @@ impl Deliverer {
         prepared: &Prepared,
         started: Instant,
     ) -> Vec<RecipientStatus> {
-        let all = |reply: Reply, relay: Option<(String, SocketAddr)>| -> Vec<RecipientStatus> {
-            rcpts
-                .iter()
-                .map(|r| {
-                    let mut s = self.failed(r, reply.clone(), started);
-                    s.relay = relay.clone();
-                    s
-                })
-                .collect()
-        };
         let policy = self.policy.for_domain(domain);
         let sts = self.sts_policy(domain, policy).await;
         // The policy a session for this domain must have been opened under:
@@ -108,7 +153,7 @@ impl Deliverer {
             match self.decided(attempt, &to, &host, addr, rcpts, started) {
                 Ok(statuses) => return statuses,
                 Err(attempt) => {
-                    if let SessionOutcome::Failed(failure) = &attempt.outcome {
+                    if let Some(failure) = attempt.failure() {
                         log!(
                             "host {host}[{}]:{} kept session unusable ({failure}); opening a new one",
                             addr.ip(),
@@ -118,10 +163,68 @@ impl Deliverer {
                 }
             }
         }
-        let candidates = match self.candidates(domain, sts.as_ref()).await {
-            Ok(c) => c,
-            Err(reply) => return all(reply, None),
+        let errand = Errand::Deliver { rcpts, prepared };
+        let walked = self
+            .walk(
+                domain,
+                (policy, sts.as_ref()),
+                errand,
+                |attempt, host, addr| self.decided(attempt, &to, host, addr, rcpts, started),
+            )
+            .await;
+        let gave_up = match walked {
+            Ok(statuses) => return statuses,
+            Err(gave_up) => gave_up,
         };
+        let level = level_of(gave_up.tls.as_ref(), gave_up.verdict.as_ref());
+        rcpts
+            .iter()
+            .map(|r| {
+                let mut s = self.failed(r, gave_up.reply.clone(), started);
+                s.relay = gave_up.relay.clone();
+                s.tls = gave_up.tls.clone();
+                s.verdict = gave_up.verdict.clone();
+                s.level = level;
+                s
+            })
+            .collect()
+    }
+
+    /// Opens a session with the first MX host of `domain` that works, up to
+    /// the point where mail commands can be sent (greeting, EHLO, STARTTLS
+    /// as policy says). `Err` is the reply that stands for the failure.
+    pub(crate) async fn open_route(&self, domain: &str) -> Result<OpenRoute, Reply> {
+        let configured = self.policy.for_domain(domain);
+        let sts = self.sts_policy(domain, configured).await;
+        self.walk(
+            domain,
+            (configured, sts.as_ref()),
+            Errand::Open,
+            |mut attempt, _, _| match attempt.keep.take() {
+                Some((conn, caps, _)) => Ok(OpenRoute { conn, caps }),
+                None => Err(Box::new(attempt)),
+            },
+        )
+        .await
+        .map_err(|gave_up| gave_up.reply)
+    }
+
+    /// The one walk over `domain`'s MX addresses (RFC 5321 §5.1), each
+    /// with what its host must get (DANE, MTA-STS), within `max_sessions`
+    /// sessions that reached a greeting: a session per address for
+    /// `errand`, each recorded for TLS reports, until `finish` takes one
+    /// (`Err` gives it back: on to the next address).
+    async fn walk<T>(
+        &self,
+        domain: &str,
+        (configured, sts): (TlsPolicy, Option<&ActivePolicy>),
+        errand: Errand<'_>,
+        mut finish: impl FnMut(Attempt, &str, SocketAddr) -> Result<T, Box<Attempt>>,
+    ) -> Result<T, GaveUp> {
+        let candidates = self
+            .candidates(domain, sts)
+            .await
+            .map_err(GaveUp::before_any_host)?;
         let mut last = candidates.dns_failure.clone().map(|r| (r, None));
         let mut last_security: (Option<Encryption>, Option<CertVerdict>) = (None, None);
         let mut sessions = 0;
@@ -133,7 +236,7 @@ impl Deliverer {
             let addr = SocketAddr::new(*ip, self.smtp_port);
             let relay = Some((host.clone(), addr));
             let host_tls = match self
-                .host_tls(&mut hosts, domain, host, policy, &candidates)
+                .host_tls(&mut hosts, domain, host, configured, &candidates)
                 .await
             {
                 Ok(h) => h,
@@ -142,7 +245,7 @@ impl Deliverer {
                     continue;
                 }
             };
-            let sts_here = self.sts_for_host(sts.as_ref(), &host_tls);
+            let sts_here = self.sts_for_host(sts, &host_tls);
             // What the host gets without MTA-STS, to tell whether it raised it.
             let policy = host_tls.policy;
             let host_policy = sts_host_policy(policy, sts_here);
@@ -150,33 +253,23 @@ impl Deliverer {
             let attempt = self
                 .attempt(
                     domain,
-                    addr,
-                    host,
+                    (addr, host),
                     (&host_tls, host_policy),
                     candidates.mx_dnssec,
-                    rcpts,
-                    prepared,
+                    errand,
                 )
                 .await;
             if let Some(active) = sts_here {
-                let seen = match &attempt.outcome {
+                let seen = match &attempt.ended {
                     _ if attempt.tls.is_some() => TlsSeen::Established(attempt.verdict.as_ref()),
                     _ if attempt.tls_failed => TlsSeen::HandshakeFailed,
-                    SessionOutcome::Failed(HostFailure::TlsUnavailable { .. }) => {
-                        TlsSeen::NoStartTls
-                    }
-                    SessionOutcome::Failed(_) => TlsSeen::NotReached,
-                    SessionOutcome::Replied(_) | SessionOutcome::Uncertain { .. } => {
-                        TlsSeen::NoStartTls
-                    }
+                    Ended::Failed(HostFailure::TlsUnavailable { .. }) => TlsSeen::NoStartTls,
+                    Ended::Failed(_) => TlsSeen::NotReached,
+                    Ended::Decided(_) | Ended::Ready => TlsSeen::NoStartTls,
                 };
                 let level = level_of(attempt.tls.as_ref(), attempt.verdict.as_ref());
                 self.note_sts_session(domain, active, host, (attempt.local, *ip), level, seen);
             } else {
-                let failure = match &attempt.outcome {
-                    SessionOutcome::Failed(f) => Some(f),
-                    _ => None,
-                };
                 self.report_tls(
                     domain,
                     host,
@@ -185,7 +278,7 @@ impl Deliverer {
                         host_policy,
                         tried_tls,
                         (attempt.tls.as_ref(), attempt.verdict.as_ref()),
-                        failure,
+                        attempt.failure(),
                         attempt.tls_failed,
                     ),
                 );
@@ -196,11 +289,11 @@ impl Deliverer {
             if attempt.tls.is_some() {
                 self.memory.clear(host);
             }
-            let attempt = match self.decided(attempt, &to, host, addr, rcpts, started) {
-                Ok(statuses) => return statuses,
+            let attempt = match finish(attempt, host, addr) {
+                Ok(done) => return Ok(done),
                 Err(attempt) => *attempt,
             };
-            if let SessionOutcome::Failed(failure) = &attempt.outcome {
+            if let Some(failure) = attempt.failure() {
                 if attempt.tls_failed {
                     self.remember_tls_failure(host);
                 }
@@ -227,22 +320,18 @@ impl Deliverer {
             )
         });
         let (tls, verdict) = last_security;
-        let level = level_of(tls.as_ref(), verdict.as_ref());
-        all(reply, relay)
-            .into_iter()
-            .map(|mut s| {
-                s.tls = tls.clone();
-                s.verdict = verdict.clone();
-                s.level = level;
-                s
-            })
-            .collect()
+        Err(GaveUp {
+            reply,
+            relay,
+            tls,
+            verdict,
+        })
     }
 
     /// The recipients' statuses when the attempt decided them (replies, or
     /// a connection lost in the transaction), keeping its session for the
-    /// next delivery to `to` when it is still open; `Err` gives a failed
-    /// attempt back (nothing decided: the next host, or a new session).
+    /// next delivery to `to` when it is still open; `Err` gives the attempt
+    /// back when it decided nothing (the next host, or a new session).
     fn decided(
         &self,
         mut attempt: Attempt,
@@ -254,9 +343,8 @@ impl Deliverer {
     ) -> Result<Vec<RecipientStatus>, Box<Attempt>> {
         let relay = Some((host.to_string(), addr));
         let level = level_of(attempt.tls.as_ref(), attempt.verdict.as_ref());
-        let statuses = match &attempt.outcome {
-            SessionOutcome::Failed(_) => return Err(Box::new(attempt)),
-            SessionOutcome::Replied(results) => results
+        let statuses = match &attempt.ended {
+            Ended::Decided(SessionOutcome::Replied(results)) => results
                 .iter()
                 .map(|result| RecipientStatus {
                     recipient: result.recipient.clone(),
@@ -268,7 +356,7 @@ impl Deliverer {
                     delay: started.elapsed(),
                 })
                 .collect(),
-            SessionOutcome::Uncertain { accepted } => {
+            Ended::Decided(SessionOutcome::Uncertain { accepted }) => {
                 let ip = addr.ip();
                 rcpts
                     .iter()
@@ -290,6 +378,9 @@ impl Deliverer {
                     })
                     .collect()
             }
+            Ended::Decided(SessionOutcome::Failed(_)) | Ended::Failed(_) | Ended::Ready => {
+                return Err(Box::new(attempt));
+            }
         };
         if let Some((conn, caps, uses)) = attempt.keep.take() {
             self.idle.put(to.clone(), conn, caps, uses + 1);
@@ -308,52 +399,60 @@ impl Deliverer {
         let mut conn = idle.conn;
         let mut session = ClientSession::resume(&self.helo_name, idle.caps);
         session.next_transaction(
-            Envelope {
-                sender: prepared.envelope_sender.clone(),
-                recipients: rcpts.to_vec(),
-            },
+            envelope(rcpts, prepared),
             prepared.facts,
             Arc::clone(&prepared.wire),
         );
         let end = self.drive(&mut conn, &mut session, policy).await;
-        self.conclude(conn, session, end, idle.uses, None)
+        let errand = Errand::Deliver { rcpts, prepared };
+        self.conclude(conn, session, end, (idle.uses, None), errand)
     }
 
     /// What a driven session came to; a session still open and ready is
     /// handed back to be kept. `fresh`: the session was opened for this
-    /// attempt (its XPONY pin is committed now, §8.4; a kept session's
-    /// was committed when it was opened).
+    /// attempt, for this recipient domain (DANE's outcome is recorded once
+    /// per handshake, and its XPONY pin is committed now, §8.4; a kept
+    /// session's were when it was opened).
     fn conclude(
         &self,
         mut conn: Connection,
         mut session: ClientSession,
         end: Result<(), HostFailure>,
-        uses: u32,
-        fresh: Option<&str>,
+        (uses, fresh): (u32, Option<&str>),
+        errand: Errand<'_>,
     ) -> Attempt {
-        let outcome = match end {
-            Err(failure) => SessionOutcome::Failed(failure),
-            Ok(()) => session
-                .take_outcome()
-                .unwrap_or(SessionOutcome::Failed(HostFailure::Lost {
-                    stage: "connect",
-                })),
+        let ended = match (end, session.take_outcome()) {
+            (Err(failure), _) | (Ok(()), Some(SessionOutcome::Failed(failure))) => {
+                Ended::Failed(failure)
+            }
+            (Ok(()), Some(outcome)) => Ended::Decided(outcome),
+            (Ok(()), None) if session.is_ready() && matches!(errand, Errand::Open) => Ended::Ready,
+            // The driver stops at an end it did not see otherwise.
+            (Ok(()), None) => Ended::Failed(HostFailure::Lost {
+                stage: match errand {
+                    Errand::Deliver { .. } => "connect",
+                    Errand::Open => "greeting",
+                },
+            }),
         };
-        // A new session (with its recipient domain): DANE's outcome, once
-        // per handshake.
+        let usable = matches!(
+            ended,
+            Ended::Decided(SessionOutcome::Replied(_)) | Ended::Ready
+        );
         if let Some(domain) = fresh {
-            let failure = match &outcome {
-                SessionOutcome::Failed(f) => Some(f),
+            let failure = match &ended {
+                Ended::Failed(f) => Some(f),
                 _ => None,
             };
             self.record_dane_session(domain, &conn, failure);
-        }
-        let fresh = fresh.is_some();
-        if fresh && matches!(outcome, SessionOutcome::Replied(_)) {
-            self.update_pin(&mut conn);
+            if usable {
+                // The EHLO reply came over the channel: the server's first
+                // valid frame, where pins are committed (§8.4).
+                self.update_pin(&mut conn);
+            }
         }
         let mut attempt = Attempt {
-            outcome,
+            ended,
             tls: conn.tls.clone(),
             verdict: conn.verdict.clone(),
             greeted: conn.greeted,
@@ -361,163 +460,44 @@ impl Deliverer {
             local: conn.local,
             keep: None,
         };
-        if session.is_ready()
-            && matches!(attempt.outcome, SessionOutcome::Replied(_))
-            && let Some(caps) = session.capabilities().cloned()
-        {
+        if usable && session.is_ready() {
+            let caps = session
+                .capabilities()
+                .cloned()
+                .unwrap_or_else(|| crate::smtp::EhloReply {
+                    greeting: String::new(),
+                    capabilities: Vec::new(),
+                });
             attempt.keep = Some((conn, caps, uses));
         }
         attempt
     }
 
-    /// Opens a session with the first MX host of `domain` that works, up to
-    /// the point where mail commands can be sent (greeting, EHLO, STARTTLS
-    /// as policy says). `Err` is the reply that stands for the failure.
-    pub(crate) async fn open_route(&self, domain: &str) -> Result<OpenRoute, Reply> {
-        let configured = self.policy.for_domain(domain);
-        let sts = self.sts_policy(domain, configured).await;
-        let candidates = self.candidates(domain, sts.as_ref()).await?;
-        let mut last = candidates.dns_failure.clone();
-        let mut sessions = 0;
-        let mut hosts = HostPolicies::default();
-        for (host, ip) in &candidates.list {
-            if sessions >= self.limits.max_sessions {
-                break;
-            }
-            let host_tls = match self
-                .host_tls(&mut hosts, domain, host, configured, &candidates)
-                .await
-            {
-                Ok(h) => h,
-                Err(reply) => {
-                    last = Some(reply);
-                    continue;
-                }
-            };
-            let sts_here = self.sts_for_host(sts.as_ref(), &host_tls);
-            let policy = sts_host_policy(host_tls.policy, sts_here);
-            let raised = policy != host_tls.policy;
-            let addr = SocketAddr::new(*ip, self.smtp_port);
-            let pony = match self.pony_context(host, candidates.mx_dnssec, policy).await {
-                Ok(pony) => pony,
-                Err(f) => {
-                    last = Some(host_failure_reply(&f, host, *ip, policy));
-                    continue;
-                }
-            };
-            let mut conn = match self.connect(addr, host, host_tls.clone()).await {
-                Ok(c) => c,
-                Err(reply) => {
-                    last = Some(reply);
-                    continue;
-                }
-            };
-            let tried_tls = self.tries_tls(host, policy);
-            let session = ClientSession::opening(&self.helo_name, self.starttls_for(host, policy));
-            let mut session = self.offer_pony(&mut conn, session, pony);
-            let end = self.drive(&mut conn, &mut session, policy).await;
-            if conn.greeted {
-                sessions += 1;
-            }
-            if conn.tls.is_some() {
-                self.memory.clear(host);
-            }
-            if conn.tls_failed {
-                self.remember_tls_failure(host);
-            }
-            let failure = match end {
-                Err(f) => Some(f),
-                Ok(()) if session.is_ready() => None,
-                Ok(()) => Some(match session.take_outcome() {
-                    Some(SessionOutcome::Failed(f)) => f,
-                    _ => HostFailure::Lost { stage: "greeting" },
-                }),
-            };
-            if let Some(active) = sts_here {
-                let seen = match &failure {
-                    _ if conn.tls.is_some() => TlsSeen::Established(conn.verdict.as_ref()),
-                    _ if conn.tls_failed => TlsSeen::HandshakeFailed,
-                    Some(HostFailure::TlsUnavailable { .. }) | None => TlsSeen::NoStartTls,
-                    Some(_) => TlsSeen::NotReached,
-                };
-                self.note_sts_session(domain, active, host, (conn.local, *ip), conn.level(), seen);
-            } else {
-                self.report_tls(
-                    domain,
-                    host,
-                    (conn.local, *ip),
-                    session_facts(
-                        policy,
-                        tried_tls,
-                        (conn.tls.as_ref(), conn.verdict.as_ref()),
-                        failure.as_ref(),
-                        conn.tls_failed,
-                    ),
-                );
-            }
-            self.record_dane_session(domain, &conn, failure.as_ref());
-            match failure {
-                None => {
-                    // The EHLO reply came over the channel: the server's
-                    // first valid frame, where pins are committed (§8.4).
-                    self.update_pin(&mut conn);
-                    let caps = session
-                        .capabilities()
-                        .cloned()
-                        .unwrap_or(crate::smtp::EhloReply {
-                            greeting: String::new(),
-                            capabilities: Vec::new(),
-                        });
-                    return Ok(OpenRoute { conn, caps });
-                }
-                Some(f) => {
-                    let reply = sts_reply(
-                        host_failure_reply(&f, host, *ip, policy),
-                        domain,
-                        sts_here,
-                        raised,
-                    );
-                    log!(
-                        "host {host}[{ip}]:{} failed: {reply}; trying the next one",
-                        self.smtp_port
-                    );
-                    last = Some(reply);
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| {
-            Reply::new(451, format!("4.4.4 No usable mail exchanger for {domain}"))
-        }))
-    }
-
-    /// One SMTP session with one address, delivering the whole transaction
-    /// and kept open after it (see `cache`).
-    // Each argument is one fact of a different kind (where, what TLS, what
-    // DNS said, for whom, what); a struct would only rename them.
-    #[allow(clippy::too_many_arguments)]
+    /// One SMTP session with one address for `errand`: the whole
+    /// transaction, kept open after it (see `cache`), or the session up to
+    /// its first mail command. `host_tls`: what the host gets before
+    /// MTA-STS (kept with the session); `policy`: what it gets now.
     async fn attempt(
         &self,
         domain: &str,
-        addr: SocketAddr,
-        host: &str,
+        (addr, host): (SocketAddr, &str),
         (host_tls, policy): (&HostTls, TlsPolicy),
         mx: Dnssec,
-        rcpts: &[String],
-        prepared: &Prepared,
+        errand: Errand<'_>,
     ) -> Attempt {
-        let envelope = Envelope {
-            sender: prepared.envelope_sender.clone(),
-            recipients: rcpts.to_vec(),
+        let starttls = self.starttls_for(host, policy);
+        let session = match errand {
+            // The message is shared, not copied, by every attempt.
+            Errand::Deliver { rcpts, prepared } => ClientSession::new(
+                &self.helo_name,
+                starttls,
+                envelope(rcpts, prepared),
+                prepared.facts,
+                Arc::clone(&prepared.wire),
+            )
+            .keep_open(),
+            Errand::Open => ClientSession::opening(&self.helo_name, starttls),
         };
-        // The message is shared, not copied, by every attempt.
-        let session = ClientSession::new(
-            &self.helo_name,
-            self.starttls_for(host, policy),
-            envelope,
-            prepared.facts,
-            Arc::clone(&prepared.wire),
-        )
-        .keep_open();
         let pony = match self.pony_context(host, mx, policy).await {
             Ok(pony) => pony,
             Err(failure) => return Attempt::failed(failure),
@@ -533,7 +513,15 @@ impl Deliverer {
         };
         let mut session = self.offer_pony(&mut conn, session, pony);
         let end = self.drive(&mut conn, &mut session, policy).await;
-        self.conclude(conn, session, end, 0, Some(domain))
+        self.conclude(conn, session, end, (0, Some(domain)), errand)
+    }
+}
+
+/// The envelope of one transaction: the message's sender, these recipients.
+fn envelope(rcpts: &[String], prepared: &Prepared) -> Envelope {
+    Envelope {
+        sender: prepared.envelope_sender.clone(),
+        recipients: rcpts.to_vec(),
     }
 }
 
