@@ -152,42 +152,26 @@ pub fn merge_inbound(args: InboundArgs, file: InboundFile) -> Result<InboundSett
             ));
         }
     };
-    let hostname = args
-        .hostname
-        .or(file.hostname)
-        .unwrap_or_else(sys::system_hostname);
-    if hostname.is_empty()
-        || hostname
-            .bytes()
-            .any(|b| !(b.is_ascii_alphanumeric() || b"-._".contains(&b)))
-    {
-        return Err(ConfigError::Invalid(
-            "--hostname".into(),
-            format!("{hostname:?} is not a host name"),
-        ));
-    }
+    let hostname = super::values::host_name(
+        "--hostname",
+        args.hostname
+            .or(file.hostname)
+            .unwrap_or_else(sys::system_hostname),
+        b"",
+    )?;
     let bare = args
         .bare_newlines
         .or(file.bare_newlines)
         .unwrap_or(BareNewlinesArg::Normalize);
     let pony = match args.host_key.or(file.host_key) {
-        Some(path) => {
-            let key = crate::pony::keys::load_file(&path)
-                .map_err(|e| ConfigError::Invalid("--host-key".into(), e.to_string()))?;
-            Some(std::sync::Arc::new(
-                crate::pony::negotiation::ServerIdentity {
-                    key,
-                    hints: crate::pony::negotiation::ServerHints {
-                        max_age: args
-                            .xpony_max_age
-                            .or(file.xpony_max_age)
-                            .unwrap_or(2_592_000),
-                        successor: None,
-                        hostname: Some(hostname.clone()),
-                    },
-                },
-            ))
-        }
+        Some(path) => Some(
+            super::values::server_identity(
+                &path,
+                args.xpony_max_age.or(file.xpony_max_age),
+                &hostname,
+            )
+            .map_err(|e| ConfigError::Invalid("--host-key".into(), e))?,
+        ),
         None => None,
     };
     let session = crate::inbound::SessionConfig {

@@ -232,20 +232,13 @@ pub fn merge_outbound(
     args: OutboundArgs,
     file: OutboundFile,
 ) -> Result<OutboundSettings, ConfigError> {
-    let helo_name = args
-        .helo_name
-        .or(file.helo_name)
-        .unwrap_or_else(sys::system_hostname);
-    if helo_name.is_empty()
-        || helo_name
-            .bytes()
-            .any(|b| !(b.is_ascii_alphanumeric() || b"-._[]:".contains(&b)))
-    {
-        return Err(ConfigError::Invalid(
-            "--helo-name".into(),
-            format!("{helo_name:?} is not a host name"),
-        ));
-    }
+    let helo_name = super::values::host_name(
+        "--helo-name",
+        args.helo_name
+            .or(file.helo_name)
+            .unwrap_or_else(sys::system_hostname),
+        b"[]:",
+    )?;
     let policy = crate::outbound::PolicyTable {
         default: args
             .tls_policy

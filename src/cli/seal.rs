@@ -212,7 +212,11 @@ pub fn run(args: SealArgs, file: SealFile, runtime: &tokio::runtime::Runtime) ->
         .unwrap_or_else(super::sys::system_hostname);
     let pony = match args.host_key.clone().or(file.host_key.clone()) {
         Some(path) => {
-            match server_identity(&path, args.xpony_max_age.or(file.xpony_max_age), &hostname) {
+            match super::values::server_identity(
+                &path,
+                args.xpony_max_age.or(file.xpony_max_age),
+                &hostname,
+            ) {
                 Ok(identity) => Some(identity),
                 Err(e) => return fail(Exit::Config, &format!("--host-key: {e}")),
             }
@@ -556,27 +560,6 @@ fn describe(store: &Store) -> String {
         Store::Spool(s) => format!("spool={}", s.dir().display()),
         Store::Maildirs(_) => "store=maildirs".into(),
     }
-}
-
-/// The XPONY identity of a server role (`inbound`, `seal`): its host key
-/// file and the hints it sends (xpony.md §4.4: how long to pin, 30 days
-/// unless configured; our host name).
-pub fn server_identity(
-    path: &std::path::Path,
-    max_age: Option<u32>,
-    hostname: &str,
-) -> Result<std::sync::Arc<crate::pony::negotiation::ServerIdentity>, String> {
-    let key = crate::pony::keys::load_file(path).map_err(|e| e.to_string())?;
-    Ok(std::sync::Arc::new(
-        crate::pony::negotiation::ServerIdentity {
-            key,
-            hints: crate::pony::negotiation::ServerHints {
-                max_age: max_age.unwrap_or(2_592_000),
-                successor: None,
-                hostname: Some(hostname.to_string()),
-            },
-        },
-    ))
 }
 
 /// `blackpony open FILE|DIR --identity KEYFILE`

@@ -1,6 +1,7 @@
 //! Values that flags and the config file share, so that both the file's
 //! sections (`config.rs`) and each subcommand's flags use one definition.
 
+use super::error::ConfigError;
 use crate::smtp::BareNewlines;
 
 /// `--bare-newlines` values.
@@ -18,6 +19,45 @@ impl From<BareNewlinesArg> for BareNewlines {
             BareNewlinesArg::Reject => BareNewlines::Reject,
         }
     }
+}
+
+/// A host name from a flag or the file (`--hostname`, `--helo-name`): not
+/// empty, letters, digits and `-._` only, plus `extra` (the HELO name may be
+/// an address literal, RFC 5321 §4.1.3: `[]:` too). It goes into replies
+/// and headers, so nothing else is let through.
+pub fn host_name(flag: &str, name: String, extra: &[u8]) -> Result<String, ConfigError> {
+    if name.is_empty()
+        || name
+            .bytes()
+            .any(|b| !(b.is_ascii_alphanumeric() || b"-._".contains(&b) || extra.contains(&b)))
+    {
+        return Err(ConfigError::Invalid(
+            flag.into(),
+            format!("{name:?} is not a host name"),
+        ));
+    }
+    Ok(name)
+}
+
+/// The XPONY identity of a server role (`inbound`, `seal`): its host key
+/// file and the hints it sends (xpony.md §4.4: how long to pin, 30 days
+/// unless configured; our host name).
+pub fn server_identity(
+    path: &std::path::Path,
+    max_age: Option<u32>,
+    hostname: &str,
+) -> Result<std::sync::Arc<crate::pony::negotiation::ServerIdentity>, String> {
+    let key = crate::pony::keys::load_file(path).map_err(|e| e.to_string())?;
+    Ok(std::sync::Arc::new(
+        crate::pony::negotiation::ServerIdentity {
+            key,
+            hints: crate::pony::negotiation::ServerHints {
+                max_age: max_age.unwrap_or(2_592_000),
+                successor: None,
+                hostname: Some(hostname.to_string()),
+            },
+        },
+    ))
 }
 
 /// A file mode in octal (`0660`, `0o660`), for `--socket-mode` and

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -18,8 +18,8 @@ use super::backend::{BackendConn, ClientFacts};
 use super::session::{Action, Session};
 use super::{InboundConfig, display_client};
 use crate::log;
-use crate::server::{Activity, ClientClock, Control, Order, Timeouts};
-use crate::smtp::Reply;
+use crate::server::{Activity, ClientClock, Control, Order, Timeouts, Wrote, write_within};
+use crate::smtp::replies;
 use crate::transport::{Encryption, ServerTls, Stream};
 
 /// Every read (client or backend) goes into one buffer per thread and is
@@ -62,97 +62,6 @@ const LAST_WRITE: Duration = Duration::from_secs(5);
 pub struct Shared {
     pub config: InboundConfig,
     pub tls: Arc<ServerTls>,
-}
-
-/// How a bounded write went.
-enum Wrote {
-    Done,
-    Failed,
-    /// The deadline passed: the peer stopped reading.
-    Late,
-    /// The harness ordered the session to end.
-    Told(Order),
-}
-
-/// Writes all of `bytes` (and flushes: TLS buffers records until flushed)
-/// before `deadline`, unless the harness orders the session to end first.
-async fn write_within<W: AsyncWrite + Unpin + ?Sized>(
-    writer: &mut W,
-    bytes: &[u8],
-    deadline: Instant,
-    control: &mut Control,
-) -> Wrote {
-    if bytes.is_empty() {
-        return Wrote::Done;
-    }
-    // Most writes fit the socket's buffer at once: try that first, without
-    // arming the deadline or waiting for orders.
-    let mut written = 0;
-    let now = std::future::poll_fn(|cx| {
-        Poll::Ready(try_write_now(
-            Pin::new(&mut *writer),
-            cx,
-            bytes,
-            &mut written,
-        ))
-    })
-    .await;
-    match now {
-        Some(Ok(())) => Wrote::Done,
-        Some(Err(_)) => Wrote::Failed,
-        // Boxed: the waiting half's state (a timer, the order) then takes
-        // room in a session's task only while it waits.
-        None => Box::pin(write_rest(writer, &bytes[written..], deadline, control)).await,
-    }
-}
-
-/// The rest of a [`write_within`] that had to wait.
-async fn write_rest<W: AsyncWrite + Unpin + ?Sized>(
-    writer: &mut W,
-    rest: &[u8],
-    deadline: Instant,
-    control: &mut Control,
-) -> Wrote {
-    let write = async {
-        writer.write_all(rest).await?;
-        writer.flush().await
-    };
-    tokio::pin!(write);
-    let late = tokio::time::sleep_until(deadline.into());
-    tokio::pin!(late);
-    loop {
-        tokio::select! {
-            done = &mut write => return if done.is_ok() { Wrote::Done } else { Wrote::Failed },
-            () = &mut late => return Wrote::Late,
-            order = control.order() => match order {
-                Order::Recheck => {}
-                order => return Wrote::Told(order),
-            },
-        }
-    }
-}
-
-/// Writes and flushes as much of `bytes` (from `written` on) as goes
-/// without waiting: `Some` when done or failed, `None` when the rest must
-/// wait (`written` then says how far it got).
-fn try_write_now<W: AsyncWrite + ?Sized>(
-    mut writer: Pin<&mut W>,
-    cx: &mut Context<'_>,
-    bytes: &[u8],
-    written: &mut usize,
-) -> Option<std::io::Result<()>> {
-    while *written < bytes.len() {
-        match writer.as_mut().poll_write(cx, &bytes[*written..]) {
-            Poll::Ready(Ok(0)) => return Some(Err(std::io::ErrorKind::WriteZero.into())),
-            Poll::Ready(Ok(n)) => *written += n,
-            Poll::Ready(Err(e)) => return Some(Err(e)),
-            Poll::Pending => return None,
-        }
-    }
-    match writer.poll_flush(cx) {
-        Poll::Ready(r) => Some(r),
-        Poll::Pending => None,
-    }
 }
 
 /// Waits until the harness orders the session to end (ignoring stress
@@ -214,13 +123,7 @@ async fn serve_session(
         Ok(b) => b,
         Err(e) => {
             log!("backend-error=unreachable client={who} ({e})");
-            let reply = Reply::new(
-                421,
-                format!(
-                    "4.3.2 {} Service not available, try again later",
-                    config.session.hostname
-                ),
-            );
+            let reply = replies::service_unavailable(&config.session.hostname);
             let mut tcp = tcp;
             let _ = tokio::time::timeout(LAST_WRITE, async {
                 let _ = tcp.write_all(&reply.to_bytes()).await;
@@ -311,20 +214,9 @@ impl Run<'_> {
                     idle.as_secs_f64(),
                     self.who
                 );
-                (
-                    Reply::new(
-                        421,
-                        format!(
-                            "4.7.0 {hostname} Error: too many connections, closing idle session"
-                        ),
-                    ),
-                    "evicted",
-                )
+                (replies::evicted(hostname), "evicted")
             }
-            Order::Close => (
-                Reply::new(421, format!("4.3.2 {hostname} Service shutting down")),
-                "shutdown",
-            ),
+            Order::Close => (replies::shutting_down(hostname), "shutdown"),
         };
         self.session.to_client.clear();
         self.session.end((!replying).then_some(reply), why);
@@ -359,13 +251,7 @@ impl Run<'_> {
                     Wrote::Failed => self.session.backend_eof(),
                     Wrote::Late => {
                         log!("timeout waiting_for=backend-write client={}", self.who);
-                        let reply = Reply::new(
-                            421,
-                            format!(
-                                "4.4.1 {} Error: mail system timed out",
-                                config.session.hostname
-                            ),
-                        );
+                        let reply = replies::backend_timed_out(&config.session.hostname);
                         self.session.end(Some(reply), "backend-write-timeout");
                     }
                     Wrote::Told(order) => self.obey(order, false),

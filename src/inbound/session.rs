@@ -46,7 +46,7 @@ pub use self::notice::Notice;
 pub use self::state::{Action, Session, SessionConfig, Stats};
 use self::state::{Expect, Phase, Then};
 use crate::inbound::identity::XclientAttrs;
-use crate::smtp::Reply;
+use crate::smtp::{self, Reply};
 use crate::transport::Encryption;
 
 mod commands;
@@ -255,13 +255,7 @@ impl Session {
             return;
         }
         self.notice(Notice::BackendClosed);
-        self.fail_to_client(Reply::new(
-            421,
-            format!(
-                "4.3.2 {} Service not available, closing connection",
-                self.config.hostname
-            ),
-        ));
+        self.fail_to_client(smtp::replies::service_unavailable(&self.config.hostname));
         self.close("backend-closed");
     }
 
@@ -274,27 +268,18 @@ impl Session {
             self.notice(Notice::Timeout {
                 waiting_for: "backend",
             });
-            self.fail_to_client(Reply::new(
-                421,
-                format!(
-                    "4.4.1 {} Error: mail system timed out",
-                    self.config.hostname
-                ),
-            ));
+            self.fail_to_client(smtp::replies::backend_timed_out(&self.config.hostname));
         } else if matches!(self.phase, Phase::XponyAwaitingFinish(_)) {
             // proto-spec §3.3 R17.
             self.notice(Notice::Timeout {
                 waiting_for: "XPONY message 3",
             });
-            self.fail_to_client(Reply::new(421, "4.4.2 Timeout waiting for XPONY"));
+            self.fail_to_client(smtp::replies::xpony_timeout());
         } else {
             self.notice(Notice::Timeout {
                 waiting_for: "client",
             });
-            self.fail_to_client(Reply::new(
-                421,
-                format!("4.4.2 {} Error: timeout exceeded", self.config.hostname),
-            ));
+            self.fail_to_client(smtp::replies::timeout(&self.config.hostname));
         }
         self.close("timeout");
     }
@@ -390,10 +375,7 @@ impl Session {
                     // at a backend that would let the client go on with it.
                     let Some(outside) = self.dialogue.no_transaction() else {
                         self.phase = Phase::Commands;
-                        self.local(
-                            Reply::new(503, "5.5.1 Error: MAIL transaction in progress"),
-                            Then::Continue,
-                        );
+                        self.local(smtp::replies::transaction_in_progress(), Then::Continue);
                         continue;
                     };
                     // CVE-2011-0411 class: anything the client sent after
@@ -403,10 +385,7 @@ impl Session {
                         let bytes = self.client_in.len();
                         self.client_in.clear();
                         self.notice(Notice::StartTlsInjection { bytes });
-                        self.fail_to_client(Reply::new(
-                            554,
-                            "5.5.1 Error: command pipelined after STARTTLS, closing connection",
-                        ));
+                        self.fail_to_client(smtp::replies::pipelined_after("STARTTLS"));
                         self.close("starttls-injection");
                         return true;
                     }

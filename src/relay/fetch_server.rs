@@ -25,7 +25,7 @@ use crate::pony::noise::{PROTOCOL_NAME, ResponderAwaitingFinish, Transport};
 use crate::server::{Activity, ClientClock, Control, Listen, Order, Timeouts, Wrote, write_within};
 use crate::smtp::command::{NextLine, next_line};
 use crate::smtp::xpony_server::{self, Finish};
-use crate::smtp::{Command, Reply, Verb};
+use crate::smtp::{Command, Reply, Verb, replies};
 use crate::state::{Spool, SpoolId, StoreError};
 use crate::transport::{PonyStream, Stream};
 
@@ -85,16 +85,16 @@ impl FetchServer {
                 Ok(spool_id) => match spool.remove(&spool_id).await {
                     Ok(()) => {
                         log!("fetch deleted id={id} key={peer} client={client}");
-                        xfetch::deleted(&id).write_to(out);
+                        replies::fetch_deleted(&id).write_to(out);
                     }
                     Err(e) => {
                         log!("warning: fetch: delete id={id}: {e}");
-                        xfetch::unavailable().write_to(out);
+                        replies::spool_unavailable().write_to(out);
                     }
                 },
                 // A spool id the spool itself would not name: none such
                 // exists, so there is nothing to delete.
-                Err(_) => xfetch::deleted(&id).write_to(out),
+                Err(_) => replies::fetch_deleted(&id).write_to(out),
             },
         }
     }
@@ -111,7 +111,7 @@ impl FetchServer {
                 .collect(),
             Err(e) => {
                 log!("warning: fetch: list: {e}");
-                xfetch::unavailable().write_to(out);
+                replies::spool_unavailable().write_to(out);
                 return;
             }
         };
@@ -131,12 +131,12 @@ impl FetchServer {
                 Err(StoreError::NotFound(_)) => continue,
                 Err(e) => {
                     log!("warning: fetch: read id={id}: {e}");
-                    xfetch::unavailable().write_to(out);
+                    replies::spool_unavailable().write_to(out);
                     return;
                 }
             }
         }
-        xfetch::empty().write_to(out);
+        replies::fetch_empty().write_to(out);
     }
 }
 
@@ -203,7 +203,7 @@ pub struct FetchSession {
 impl FetchSession {
     /// A new session; the greeting is in [`FetchSession::out`].
     pub fn new(config: Arc<ListenerConfig>) -> Self {
-        let greeting = format!("220 {} ESMTP blackpony\r\n", config.hostname).into_bytes();
+        let greeting = replies::greeting(&config.hostname, "ESMTP").to_bytes();
         FetchSession {
             config,
             phase: Phase::Commands,
@@ -240,8 +240,8 @@ impl FetchSession {
         }
     }
 
-    fn reply(&mut self, code: u16, text: &str) {
-        Reply::new(code, text).write_to(&mut self.out);
+    fn reply(&mut self, reply: Reply) {
+        reply.write_to(&mut self.out);
     }
 
     fn close(&mut self) -> Option<SessionAction> {
@@ -266,10 +266,10 @@ impl FetchSession {
                         self.skipping = true;
                         if matches!(self.phase, Phase::AwaitingFinish(_)) {
                             // R16.
-                            self.reply(500, "5.5.6 Line too long");
+                            self.reply(replies::xpony_line_too_long());
                             return self.close();
                         }
-                        self.reply(500, "5.5.6 Line too long");
+                        self.reply(replies::xpony_line_too_long());
                     }
                     continue;
                 }
@@ -321,13 +321,13 @@ impl FetchSession {
             });
         }
         let Ok(command) = Command::parse(line) else {
-            self.reply(500, "5.5.2 Error: bad syntax");
+            self.reply(replies::bad_syntax());
             return None;
         };
         let encrypted = !matches!(self.protection, Protection::Plain);
         match command.verb {
             Verb::Ehlo | Verb::Helo if command.args.is_empty() => {
-                self.reply(501, "5.5.4 Syntax: EHLO hostname");
+                self.reply(replies::syntax("EHLO hostname"));
             }
             Verb::Ehlo => {
                 let mut lines = vec![
@@ -348,23 +348,22 @@ impl FetchSession {
                 self.ehlo = true;
             }
             Verb::Helo => {
-                let text = self.config.hostname.clone();
-                self.reply(250, &text);
+                self.reply(replies::helo(&self.config.hostname));
                 self.ehlo = false;
             }
-            Verb::Xpony if encrypted => self.reply(503, "5.5.1 Already encrypted"),
-            Verb::Xpony if !self.ehlo => self.reply(503, "5.5.1 Send EHLO first"),
+            Verb::Xpony if encrypted => self.reply(replies::already_encrypted()),
+            Verb::Xpony if !self.ehlo => self.reply(replies::send_ehlo_first()),
             Verb::Xpony => return self.xpony(line),
-            Verb::Noop => self.reply(250, "2.0.0 Ok"),
-            Verb::Rset => self.reply(250, "2.0.0 Ok"),
+            Verb::Noop => self.reply(replies::ok()),
+            Verb::Rset => self.reply(replies::ok()),
             Verb::Quit => {
-                self.reply(221, "2.0.0 Bye");
+                self.reply(replies::bye());
                 return self.close();
             }
             Verb::Mail | Verb::Rcpt | Verb::Data | Verb::Bdat => {
-                self.reply(502, "5.5.1 This port serves XFETCH only, not mail");
+                self.reply(replies::fetch_only());
             }
-            _ => self.reply(502, "5.5.2 Error: command not recognized"),
+            _ => self.reply(replies::command_not_recognized()),
         }
         None
     }
@@ -391,10 +390,7 @@ impl FetchSession {
                     "refused=xpony-injection bytes={} (plaintext pipelined after XPONY)",
                     self.inbuf.len()
                 );
-                self.reply(
-                    554,
-                    "5.5.1 Error: command pipelined after XPONY, closing connection",
-                );
+                self.reply(replies::pipelined_after("XPONY"));
                 self.close()
             }
             Ok((state, line)) => {
@@ -486,7 +482,7 @@ pub async fn serve_connection<S, IO>(
                 order => Err(Some(order)),
             },
         };
-        let (code, text, why) = match read {
+        let (reply, why) = match read {
             Ok(Ok(n)) if n > 0 => {
                 control.received(n);
                 session.input(&buf[..n]);
@@ -499,16 +495,12 @@ pub async fn serve_connection<S, IO>(
             }
             Err(None) => {
                 control.timed_out();
-                (421, "4.4.2 Timeout, closing connection", "timeout")
+                (replies::timeout(&config.hostname), "timeout")
             }
-            Err(Some(Order::Evict { .. })) => (
-                421,
-                "4.7.0 Error: too many connections, closing idle session",
-                "evicted",
-            ),
-            Err(Some(_)) => (421, "4.3.2 Service shutting down", "shutdown"),
+            Err(Some(Order::Evict { .. })) => (replies::evicted(&config.hostname), "evicted"),
+            Err(Some(_)) => (replies::shutting_down(&config.hostname), "shutdown"),
         };
-        session.reply(code, text);
+        session.reply(reply);
         let _ = tokio::time::timeout(CLOSE_WRITE, async {
             let _ = s.write_all(&session.out).await;
             let _ = s.flush().await;

@@ -32,7 +32,7 @@ use crate::server::{
     Activity, ClientClock, Control, Limits, Listen, Order, Timeouts, Wrote, write_within,
 };
 use crate::smtp::server::{Protocol, ReceiveEvent, ReceiveOptions, ReceiveSession};
-use crate::smtp::{BareNewlines, Envelope, Reply};
+use crate::smtp::{BareNewlines, Envelope, Reply, replies};
 use crate::state::{FileSpool, SpoolId, StoreError};
 use crate::transport::{Encryption, PonyStream, ServerTls, Stream};
 
@@ -219,7 +219,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     session.answer(&reply);
                 }
                 ReceiveEvent::Data => {
-                    session.answer(&Reply::new(354, "End data with <CR><LF>.<CR><LF>"));
+                    session.answer(&replies::start_mail_input());
                 }
                 ReceiveEvent::EndOfData { envelope, wire } => {
                     // Sealing and fsync are our time, not the client's:
@@ -368,10 +368,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 break "client-closed";
             }
             Ok(Err(_)) => break "client-lost",
-            Err(None) if session.awaiting_message_3() => (
-                Reply::new(421, "4.4.2 Timeout waiting for XPONY"),
-                "timeout",
-            ),
+            Err(None) if session.awaiting_message_3() => (replies::xpony_timeout(), "timeout"),
             Err(None) => {
                 let waiting = if receiving {
                     "client-message"
@@ -379,40 +376,16 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                     "client"
                 };
                 log!("session={id} timeout waiting_for={waiting} client={who}");
-                (
-                    Reply::new(
-                        421,
-                        format!("4.4.2 {} Error: timeout exceeded", config.hostname),
-                    ),
-                    "timeout",
-                )
+                (replies::timeout(&config.hostname), "timeout")
             }
             Err(Some(Order::Evict { idle })) => {
                 log!(
                     "session={id} evicted idle={:.1}s client={who} (all slots taken)",
                     idle.as_secs_f64()
                 );
-                (
-                    Reply::new(
-                        421,
-                        format!(
-                            "4.7.0 {} Error: too many connections, closing idle session",
-                            config.hostname
-                        ),
-                    ),
-                    "evicted",
-                )
+                (replies::evicted(&config.hostname), "evicted")
             }
-            Err(Some(_)) => (
-                Reply::new(
-                    421,
-                    format!(
-                        "4.3.2 {} Service shutting down, closing connection",
-                        config.hostname
-                    ),
-                ),
-                "shutdown",
-            ),
+            Err(Some(_)) => (replies::shutting_down(&config.hostname), "shutdown"),
         };
         let _ = tokio::time::timeout(CLOSE_WRITE, async {
             let _ = stream.write_all(&reply.to_bytes()).await;
@@ -454,7 +427,7 @@ impl Ctx<'_> {
                 );
                 reply
             }
-            None => Reply::new(250, "2.1.5 Ok"),
+            None => replies::recipient_ok(),
         }
     }
 
@@ -462,16 +435,10 @@ impl Ctx<'_> {
         let keys = &self.config.keys;
         if !keys.serves(recipient) {
             // Never an open relay: mail for other domains is not ours.
-            return Some(Reply::new(
-                550,
-                format!("5.7.1 <{recipient}>: Relay access denied"),
-            ));
+            return Some(replies::relay_access_denied(recipient));
         }
         if keys.keys_of(recipient).is_empty() {
-            return Some(Reply::new(
-                550,
-                format!("5.1.1 <{recipient}>: Recipient address rejected: no such mailbox here"),
-            ));
+            return Some(replies::no_such_mailbox(recipient));
         }
         None
     }
@@ -479,13 +446,13 @@ impl Ctx<'_> {
     /// SMTP end of data: seal to every recipient's keys, publish, then 250.
     async fn seal_one(&self, envelope: Envelope, wire: Vec<u8>) -> Reply {
         let Store::Spool(spool) = self.store else {
-            return Reply::new(451, "4.3.0 Error: no spool configured");
+            return replies::no_spool();
         };
         match self
             .seal_publish(spool, envelope.sender, envelope.recipients, wire)
             .await
         {
-            Ok(id) => Reply::new(250, format!("2.0.0 Ok: sealed as {id}")),
+            Ok(id) => replies::sealed_as(id),
             Err(reply) => reply,
         }
     }
@@ -511,7 +478,7 @@ impl Ctx<'_> {
                     .seal_publish(spool, envelope.sender.clone(), accepted.clone(), wire)
                     .await
                 {
-                    Ok(id) => Reply::new(250, format!("2.0.0 Ok: sealed as {id}")),
+                    Ok(id) => replies::sealed_as(id),
                     Err(reply) => reply,
                 };
                 for r in accepted {
@@ -533,12 +500,12 @@ impl Ctx<'_> {
                             )
                             .await
                         {
-                            Ok(id) => Reply::new(250, format!("2.0.0 <{r}> Ok: sealed as {id}")),
+                            Ok(id) => replies::sealed_for(&r, id),
                             Err(reply) => reply,
                         },
                         Err(e) => {
                             log!("session={} store-error=\"{e}\" to=<{r}>", self.id);
-                            Reply::new(451, "4.3.0 Error: cannot store the message now")
+                            replies::cannot_store()
                         }
                     };
                     results.insert(r, reply);
@@ -552,7 +519,7 @@ impl Ctx<'_> {
             .map(|(r, refusal)| {
                 refusal
                     .or_else(|| results.get(r).cloned())
-                    .unwrap_or_else(|| Reply::new(451, "4.3.0 Error: no result for this recipient"))
+                    .unwrap_or_else(replies::no_result_for_recipient)
             })
             .collect()
     }
@@ -572,10 +539,7 @@ impl Ctx<'_> {
                 self.id,
                 self.who
             );
-            Reply::new(
-                451,
-                "4.3.0 Error: cannot store the message now, try again later",
-            )
+            replies::cannot_store()
         };
         let keys = self
             .config

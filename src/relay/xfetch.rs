@@ -10,7 +10,7 @@
 use std::collections::{HashSet, VecDeque};
 
 use crate::pony::keys::{PublicKey, fingerprint};
-use crate::smtp::{EhloReply, Reply, ReplyParser};
+use crate::smtp::{EhloReply, Reply, ReplyParser, replies};
 
 /// The EHLO keyword and the verb (proto-spec/fetch.md §4).
 pub const KEYWORD: &str = "XFETCH";
@@ -147,9 +147,9 @@ pub struct Refusal {
     pub unauthorized: Option<PublicKey>,
 }
 
-fn refuse(code: u16, text: impl Into<String>) -> Refusal {
+fn refuse(reply: Reply) -> Refusal {
     Refusal {
-        reply: Reply::new(code, text),
+        reply,
         unauthorized: None,
     }
 }
@@ -166,47 +166,29 @@ pub fn listed_in_ehlo(keys: &FetchKeys, protection: Protection) -> bool {
 /// touched before that.
 pub fn check(keys: &FetchKeys, facts: &SessionFacts, line: &[u8]) -> Result<Request, Refusal> {
     if keys.is_empty() {
-        return Err(refuse(502, "5.5.1 Command not implemented"));
+        return Err(refuse(replies::command_not_implemented()));
     }
     let Protection::Xpony(peer) = facts.protection else {
-        return Err(refuse(530, "5.7.0 XFETCH needs an XPONY channel"));
+        return Err(refuse(replies::fetch_needs_xpony()));
     };
     if !facts.hello {
-        return Err(refuse(503, "5.5.1 Send EHLO first"));
+        return Err(refuse(replies::send_ehlo_first()));
     }
     if !keys.authorizes(&peer) {
         return Err(Refusal {
-            reply: Reply::new(
-                535,
-                format!("5.7.8 Key {} not authorized for XFETCH", fingerprint(&peer)),
-            ),
+            reply: replies::fetch_key_not_authorized(&fingerprint(&peer)),
             unauthorized: Some(peer),
         });
     }
     if facts.in_transaction {
-        return Err(refuse(503, "5.5.1 Not permitted during a mail transaction"));
+        return Err(refuse(replies::not_in_transaction()));
     }
-    parse(line).ok_or_else(|| refuse(501, "5.5.4 Syntax: XFETCH NEXT / XFETCH DELETE spool-id"))
-}
-
-/// F7: the spool could not be read or changed.
-pub fn unavailable() -> Reply {
-    Reply::new(451, "4.3.0 Spool not available")
-}
-
-/// F9.
-pub fn empty() -> Reply {
-    Reply::new(250, "2.0.0 EMPTY")
-}
-
-/// F10.
-pub fn deleted(id: &str) -> Reply {
-    Reply::new(250, format!("2.0.0 Deleted {id}"))
+    parse(line).ok_or_else(|| refuse(replies::syntax("XFETCH NEXT / XFETCH DELETE spool-id")))
 }
 
 /// F8: the reply line and the sealed file's octets behind it.
 pub fn write_message(id: &str, sealed: &[u8], out: &mut Vec<u8>) {
-    Reply::new(250, format!("2.0.0 MESSAGE {id} {}", sealed.len())).write_to(out);
+    replies::fetch_message(id, sealed.len()).write_to(out);
     out.extend_from_slice(sealed);
 }
 

@@ -38,7 +38,7 @@ pub use deadline::{ClientClock, Timeouts};
 pub use table::{Activity, Limits, Refused, canonical_ip};
 
 use crate::log;
-use crate::smtp::Reply;
+use crate::smtp::{Reply, replies};
 use table::{Admission, Entry, Table};
 
 /// After the grace period, how long sessions told to close may take to
@@ -315,11 +315,21 @@ pub async fn write_within<W: AsyncWrite + Unpin + ?Sized>(
     })
     .await;
     match now {
-        Some(Ok(())) => return Wrote::Done,
-        Some(Err(_)) => return Wrote::Failed,
-        None => {}
+        Some(Ok(())) => Wrote::Done,
+        Some(Err(_)) => Wrote::Failed,
+        // Boxed: the waiting half's state (a timer, the order) then takes
+        // room in a session's task only while it waits.
+        None => Box::pin(write_rest(writer, &bytes[written..], deadline, control)).await,
     }
-    let rest = &bytes[written..];
+}
+
+/// The rest of a [`write_within`] that had to wait.
+async fn write_rest<W: AsyncWrite + Unpin + ?Sized>(
+    writer: &mut W,
+    rest: &[u8],
+    deadline: Instant,
+    control: &mut Control,
+) -> Wrote {
     let write = async {
         writer.write_all(rest).await?;
         writer.flush().await
@@ -594,11 +604,7 @@ where
                             display_peer(peer),
                             why.as_str()
                         );
-                        let reply = Reply::new(
-                            421,
-                            format!("4.7.0 {} Error: {}", hostname, why.as_str()),
-                        );
-                        L::refuse(conn, &reply.to_bytes());
+                        L::refuse(conn, &refusal(&hostname, why).to_bytes());
                     }
                 }
             }
@@ -622,6 +628,16 @@ where
 
 /// Takes a slot for a client at `peer`, telling the session that must make
 /// room (if any) to leave.
+/// The 421 for a connection the table refused: a full server is load
+/// (RFC 3463 X.3.2), a per-client limit is policy (X.7.0).
+pub fn refusal(hostname: &str, why: Refused) -> Reply {
+    match why {
+        Refused::Full => replies::too_many_connections(hostname),
+        Refused::Client => replies::too_many_connections_from(hostname, "your address"),
+        Refused::Network => replies::too_many_connections_from(hostname, "your network"),
+    }
+}
+
 fn admit(shared: &Arc<Shared>, peer: Option<SocketAddr>) -> Result<Control, Refused> {
     let now = shared.now_ms();
     let mut inner = shared.lock();

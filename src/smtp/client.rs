@@ -24,7 +24,7 @@ pub use self::state::{ClientSession, PonyOffer, StartTls, Step};
 use self::state::{Pending, Purpose, State};
 pub use self::transaction::{mail_command, refuse_message};
 use super::envelope::{ContentFacts, Envelope};
-use super::{EhloReply, Reply, ReplyError, ReplyParser};
+use super::{EhloReply, Reply, ReplyError, ReplyParser, replies};
 
 mod outcome;
 mod relay;
@@ -223,10 +223,7 @@ impl ClientSession {
             // (RFC 2033 §4.2: each is final on its own), the others are
             // uncertain.
             State::EndOfData if self.lmtp && !self.lmtp_replies.is_empty() => {
-                let lost = Reply::new(
-                    451,
-                    "4.4.2 connection lost after the message (delivery uncertain)",
-                );
+                let lost = replies::lost_after_message();
                 // Each missing reply is the loss; the last one completes
                 // the outcome as a reply read from the server would.
                 let missing = self
@@ -370,26 +367,10 @@ impl ClientSession {
                 } else {
                     Box::new(std::iter::repeat(reply))
                 };
-                let results = self
-                    .envelope
-                    .recipients
-                    .iter()
-                    .zip(&self.rcpt_replies)
-                    .map(|(rcpt, r)| match r {
-                        Some(r) if !r.is_success() => RecipientResult {
-                            recipient: rcpt.clone(),
-                            reply: r.clone(),
-                            stage: "RCPT TO",
-                        },
-                        _ => RecipientResult {
-                            recipient: rcpt.clone(),
-                            reply: after.next().unwrap_or_else(|| {
-                                Reply::new(451, "4.4.0 no reply after the message")
-                            }),
-                            stage: "end of data",
-                        },
-                    })
-                    .collect();
+                let results = self.results_from(
+                    || after.next().unwrap_or_else(replies::no_reply_after_message),
+                    "end of data",
+                );
                 self.outcome = Some(SessionOutcome::Replied(results));
                 self.end_transaction();
             }

@@ -9,6 +9,7 @@ pub mod ehlo;
 pub mod envelope;
 pub mod limits;
 pub mod mime;
+pub mod replies;
 pub mod reply;
 pub mod server;
 pub mod xpony_server;

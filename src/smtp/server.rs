@@ -32,7 +32,7 @@ pub use self::commands::MAX_RECIPIENTS;
 use self::state::Phase;
 pub use self::state::{Protocol, ReceiveEvent, ReceiveOptions, ReceiveSession};
 use super::command::{NextLine, next_line};
-use super::{DataScanner, Reply};
+use super::{DataScanner, Reply, replies};
 
 mod commands;
 mod encryption;
@@ -69,7 +69,7 @@ impl ReceiveSession {
             Protocol::Lmtp => "LMTP",
             Protocol::Smtp => "ESMTP",
         };
-        s.reply(220, &format!("{hostname} {name} blackpony ready"));
+        s.reply(replies::greeting(hostname, name));
         s.greeting = s.output.clone();
         s
     }
@@ -117,7 +117,7 @@ impl ReceiveSession {
         if matches!(self.phase, Phase::Closed) {
             return;
         }
-        self.reply(421, "4.3.2 Service shutting down, try again later");
+        self.reply(replies::shutting_down(&self.hostname));
         self.phase = Phase::Closed;
         self.events.push_back(ReceiveEvent::Close);
     }
@@ -173,7 +173,7 @@ impl ReceiveSession {
         for i in 0..count {
             match replies.get(i) {
                 Some(r) => r.write_to(&mut self.output),
-                None => self.reply(451, "4.3.0 Internal error: no result for this recipient"),
+                None => self.reply(replies::no_result_for_recipient()),
             }
         }
         self.phase = Phase::Ready;
@@ -213,13 +213,13 @@ impl ReceiveSession {
                         self.input.drain(..consumed);
                         if self.awaiting_message_3() {
                             // R16: a message 3 line over the limit.
-                            self.reply(500, "5.5.6 Line too long");
+                            self.reply(replies::xpony_line_too_long());
                             self.close();
                         } else if xpony && self.pony.is_some() {
                             // R5, as for an over-long AUTH line (RFC 4954 §4).
-                            self.reply(500, "5.5.6 Line too long");
+                            self.reply(replies::xpony_line_too_long());
                         } else {
-                            self.reply(500, "5.5.2 Error: line too long");
+                            self.reply(replies::line_too_long());
                         }
                     }
                     NextLine::Line { line_len, consumed } => {

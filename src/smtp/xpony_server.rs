@@ -8,7 +8,7 @@
 //! open), and the injection check (R11) right before the 334 is written,
 //! since only the session knows its input buffer.
 
-use super::Reply;
+use super::{Reply, replies};
 use crate::pony::negotiation::{self, ServerIdentity};
 use crate::pony::noise::{Keypair, PROTOCOL_NAME, Responder, ResponderAwaitingFinish, Transport};
 
@@ -18,7 +18,7 @@ use crate::pony::noise::{Keypair, PROTOCOL_NAME, Responder, ResponderAwaitingFin
 /// name one we offer, the field visible ASCII (else R6) and canonical
 /// base64 (else R8, "cannot decode"). Returns message 1.
 pub fn parse_command(line: &[u8], crlf: bool) -> Result<Vec<u8>, Reply> {
-    let syntax = || Reply::new(501, "5.5.4 Syntax: XPONY protocol-name base64");
+    let syntax = replies::xpony_syntax;
     let verb_ok = line
         .get(..5)
         .is_some_and(|v| v.eq_ignore_ascii_case(negotiation::KEYWORD.as_bytes()));
@@ -39,9 +39,9 @@ pub fn parse_command(line: &[u8], crlf: bool) -> Result<Vec<u8>, Reply> {
         _ => return Err(syntax()),
     };
     if name != PROTOCOL_NAME {
-        return Err(Reply::new(504, "5.5.4 Unrecognized protocol name"));
+        return Err(replies::unrecognized_protocol_name());
     }
-    negotiation::decode_line(encoded).ok_or_else(|| Reply::new(501, "5.5.2 Cannot decode base64"))
+    negotiation::decode_line(encoded).ok_or_else(replies::cannot_decode_base64)
 }
 
 /// Message 1 failed (R10): the reply, and why, for the log.
@@ -81,7 +81,7 @@ pub fn respond(
             Ok((state, line.into_bytes()))
         }
         Err(error) => Err(HandshakeFailed {
-            reply: Reply::new(535, "5.7.8 Handshake failed"),
+            reply: replies::xpony_handshake_failed(),
             error,
         }),
     }
@@ -102,7 +102,7 @@ pub enum Finish {
 /// CR LF): `*`, or message 3.
 pub fn finish(state: ResponderAwaitingFinish, line: &[u8], crlf: bool) -> Finish {
     if line == b"*" && crlf {
-        return Finish::Aborted(Reply::new(501, "5.7.0 XPONY aborted"));
+        return Finish::Aborted(replies::xpony_aborted());
     }
     // R14: a line that is neither `*` nor base64, each ended by CR LF, is
     // answered apart from a message 3 that fails (R15); both close.
@@ -112,7 +112,7 @@ pub fn finish(state: ResponderAwaitingFinish, line: &[u8], crlf: bool) -> Finish
         .and_then(negotiation::decode_line)
     else {
         return Finish::Failed {
-            reply: Reply::new(501, "5.5.2 Cannot decode base64"),
+            reply: replies::cannot_decode_base64(),
             error: "message 3 is not base64".into(),
         };
     };
@@ -129,7 +129,7 @@ pub fn finish(state: ResponderAwaitingFinish, line: &[u8], crlf: bool) -> Finish
     match result {
         Ok(transport) => Finish::Established(transport),
         Err(error) => Finish::Failed {
-            reply: Reply::new(535, "5.7.8 Handshake failed"),
+            reply: replies::xpony_handshake_failed(),
             error,
         },
     }

@@ -438,7 +438,7 @@ async fn a_newcomer_at_a_full_table_evicts_the_longest_idle_session() {
     assert!(
         read_reply(&mut early)
             .await
-            .starts_with("421 4.7.0 mx.test Error: too many connections\r\n")
+            .starts_with("421 4.3.2 mx.test Error: too many connections\r\n")
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(

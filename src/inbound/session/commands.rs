@@ -8,7 +8,7 @@ use super::dialogue::Hello;
 use super::notice::Notice;
 use super::state::{Action, Expect, Phase, Session, Then};
 use crate::smtp::command::{NextLine, next_line};
-use crate::smtp::{Command, Reply, Verb};
+use crate::smtp::{Command, Verb, replies};
 use crate::transport::Encryption;
 
 /// Commands pipelined ahead of their replies before we stop reading more.
@@ -71,19 +71,16 @@ impl Session {
                             stage: "message 3",
                             error: "line too long".into(),
                         });
-                        self.fail_to_client(Reply::new(500, "5.5.6 Line too long"));
+                        self.fail_to_client(replies::xpony_line_too_long());
                         self.close("xpony-failed");
                     } else if buf
                         .get(..6)
                         .is_some_and(|v| v.eq_ignore_ascii_case(b"XPONY "))
                     {
                         // proto-spec §3.3 R5: as AUTH's (RFC 4954 §4).
-                        self.local(Reply::new(500, "5.5.6 Line too long"), Then::Continue);
+                        self.local(replies::xpony_line_too_long(), Then::Continue);
                     } else {
-                        self.local(
-                            Reply::new(500, "5.5.2 Error: line too long"),
-                            Then::Continue,
-                        );
+                        self.local(replies::line_too_long(), Then::Continue);
                     }
                 }
                 NextLine::Line {
@@ -127,7 +124,7 @@ impl Session {
             Ok(c) => c,
             Err(_) => {
                 self.notice(Notice::BadSyntax);
-                self.local(Reply::new(500, "5.5.2 Error: bad syntax"), Then::Continue);
+                self.local(replies::bad_syntax(), Then::Continue);
                 return;
             }
         };
@@ -136,17 +133,14 @@ impl Session {
             self.notice(Notice::TlsRequired {
                 command: verb.as_str(),
             });
-            self.local(
-                Reply::new(530, "5.7.0 Must issue a STARTTLS command first"),
-                Then::Continue,
-            );
+            self.local(replies::must_starttls_first(), Then::Continue);
             return;
         }
         if self.dialogue.needs_ehlo() && needs_identity(verb) {
             // RFC 3207 §4.2 (proto-spec §6 for XPONY): after encryption the
             // client starts over with EHLO; the backend is not asked, as it
             // may not insist (Postfix does not by default).
-            self.local(Reply::new(503, "5.5.1 Send EHLO first"), Then::Continue);
+            self.local(replies::send_ehlo_first(), Then::Continue);
             return;
         }
         match verb {
@@ -169,23 +163,20 @@ impl Session {
             Verb::StartTls => {
                 if self.tls.as_ref().is_some_and(Encryption::is_pony) {
                     // proto-spec §6.
-                    self.local(Reply::new(503, "5.5.1 Already encrypted"), Then::Continue);
+                    self.local(replies::already_encrypted(), Then::Continue);
                 } else if self.tls.is_some() {
-                    self.local(
-                        Reply::new(554, "5.5.1 Error: TLS already active"),
-                        Then::Continue,
-                    );
+                    self.local(replies::tls_already_active(), Then::Continue);
                 } else if !command.args.is_empty() {
-                    self.local(Reply::new(501, "5.5.4 Syntax: STARTTLS"), Then::Continue);
+                    self.local(replies::syntax("STARTTLS"), Then::Continue);
                 } else {
-                    self.local(Reply::new(220, "2.0.0 Ready to start TLS"), Then::StartTls);
+                    self.local(replies::ready_to_start_tls(), Then::StartTls);
                     self.phase = Phase::StartTlsQueued;
                 }
             }
             Verb::Xpony => self.xpony_command(line),
             Verb::Data => {
                 if !command.args.is_empty() {
-                    self.local(Reply::new(501, "5.5.4 Syntax: DATA"), Then::Continue);
+                    self.local(replies::syntax("DATA"), Then::Continue);
                     return;
                 }
                 self.forward_line(line, Expect::Data);
@@ -203,28 +194,19 @@ impl Session {
                 self.notice(Notice::CommandRefused {
                     command: verb.as_str(),
                 });
-                self.local(
-                    Reply::new(550, "5.7.0 Error: insufficient authorization"),
-                    Then::Continue,
-                );
+                self.local(replies::insufficient_authorization(), Then::Continue);
             }
             Verb::Bdat => {
                 // CHUNKING is not offered: the sidecar reads DATA only.
                 self.notice(Notice::CommandRefused { command: "BDAT" });
-                self.local(
-                    Reply::new(502, "5.5.1 Error: command not implemented"),
-                    Then::Continue,
-                );
+                self.local(replies::command_not_implemented(), Then::Continue);
             }
             Verb::Unknown => {
                 // Logged (once per session, then as a count: errors.rs) so
                 // an operator sees what clients try; the verb itself is the
                 // client's text and is not logged.
                 self.notice(Notice::CommandRefused { command: "unknown" });
-                self.local(
-                    Reply::new(502, "5.5.2 Error: command not recognized"),
-                    Then::Continue,
-                );
+                self.local(replies::command_not_recognized(), Then::Continue);
             }
             Verb::Mail => self.forward_line(line, Expect::Mail),
             Verb::Rset => self.forward_line(line, Expect::Reset),

@@ -11,7 +11,7 @@ use crate::pony::negotiation;
 #[cfg(test)]
 use crate::pony::noise::Keypair;
 use crate::pony::noise::Transport;
-use crate::smtp::Reply;
+use crate::smtp::replies;
 use crate::smtp::xpony_server::Finish;
 use crate::transport::Encryption;
 
@@ -91,20 +91,19 @@ impl Session {
 
     /// `XPONY <protocol> <base64 message 1>` (proto-spec §3).
     pub(super) fn xpony_command(&mut self, line: &[u8]) {
-        let reply = |code, text: &str| (Reply::new(code, text), Then::Continue);
         let refusal = if self.config.pony.is_none() {
             // Without a host key XPONY is a command like any unknown one:
             // the same reply as commands.rs gives (Postfix's text and code).
-            Some(reply(502, "5.5.2 Error: command not recognized"))
+            Some(replies::command_not_recognized())
         } else if self.tls.is_some() {
-            Some(reply(503, "5.5.1 Already encrypted"))
+            Some(replies::already_encrypted())
         } else if !self.xpony_offered {
-            Some(reply(503, "5.5.1 Send EHLO first"))
+            Some(replies::send_ehlo_first())
         } else {
             None
         };
-        if let Some((r, then)) = refusal {
-            self.local(r, then);
+        if let Some(r) = refusal {
+            self.local(r, Then::Continue);
             return;
         }
         // R6–R8: syntax, protocol name, base64 (proto-spec §3.1, §3.3).
@@ -132,8 +131,7 @@ impl Session {
         // R2, decided in turn: only now are the replies to every command
         // pipelined before XPONY (a MAIL among them) known.
         if self.dialogue.in_transaction() {
-            Reply::new(503, "5.5.1 Not permitted during a mail transaction")
-                .write_to(&mut self.to_client);
+            replies::not_in_transaction().write_to(&mut self.to_client);
             self.phase = Phase::Commands;
             return;
         }
@@ -161,10 +159,7 @@ impl Session {
             let bytes = self.client_in.len();
             self.client_in.clear();
             self.notice(Notice::XponyInjection { bytes });
-            self.fail_to_client(Reply::new(
-                554,
-                "5.5.1 Error: command pipelined after XPONY, closing connection",
-            ));
+            self.fail_to_client(replies::pipelined_after("XPONY"));
             self.close("xpony-injection");
             return;
         }

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use super::notice::Notice;
 use super::state::{Expect, Message, Phase, Session};
 use crate::inbound::trace::{TraceFacts, write_received};
-use crate::smtp::{BareNewlines, DataScanner, Reply};
+use crate::smtp::{BareNewlines, DataScanner, Reply, replies};
 
 /// How far past the backend's SIZE a message may run before we stop it: the
 /// backend itself refuses a message slightly over its limit with a proper
@@ -117,10 +117,7 @@ fn content_refusal(
 ) -> Option<(Reply, Notice)> {
     if scanner.nuls() > 0 {
         return Some((
-            Reply::new(
-                550,
-                "5.6.0 Message refused: message contains NUL characters (RFC 5322 section 3.5)",
-            ),
+            replies::contains_nul(),
             Notice::Nul {
                 count: scanner.nuls(),
             },
@@ -128,18 +125,12 @@ fn content_refusal(
     }
     let bare = scanner.bare_newlines();
     if bare > 0 && bare_newlines == BareNewlines::Reject {
-        return Some((
-            Reply::new(
-                550,
-                "5.6.11 Message refused: bare CR or LF in message content (RFC 5321 section 2.3.8)",
-            ),
-            Notice::BareNewline { count: bare },
-        ));
+        return Some((replies::bare_newline(), Notice::BareNewline { count: bare }));
     }
     let limit = size_limit?;
     (scanner.written() > limit + SIZE_SLACK).then(|| {
         (
-            Reply::new(552, "5.3.4 Message size exceeds fixed maximum message size"),
+            replies::message_too_big(),
             Notice::MessageTooLarge { limit },
         )
     })

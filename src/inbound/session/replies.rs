@@ -7,7 +7,7 @@ use super::dialogue::Dialogue;
 use super::notice::Notice;
 use super::state::{Expect, OwnStep, Phase, Session};
 use crate::inbound::identity::{Identity, XclientAttrs, xclient_command};
-use crate::smtp::{EhloReply, Reply, ReplyParser, ReplySpan};
+use crate::smtp::{EhloReply, Reply, ReplyParser, ReplySpan, replies};
 
 impl Session {
     /// Handles every complete reply in the backend buffer.
@@ -20,10 +20,7 @@ impl Session {
                 Ok(None) => break,
                 Err(e) => {
                     self.notice(Notice::BackendProtocol(e));
-                    self.fail_to_client(Reply::new(
-                        421,
-                        format!("4.3.0 {} Error: mail system problem", self.config.hostname),
-                    ));
+                    self.fail_to_client(replies::backend_problem(&self.config.hostname));
                     self.close("backend-error");
                     return true;
                 }
@@ -57,10 +54,7 @@ impl Session {
             } else {
                 let reply = Reply::from_span(&self.backend_in[start..], span).to_string();
                 self.notice(Notice::BackendUnexpected { reply });
-                self.fail_to_client(Reply::new(
-                    421,
-                    format!("4.3.0 {} Error: mail system problem", self.config.hostname),
-                ));
+                self.fail_to_client(replies::backend_problem(&self.config.hostname));
                 self.close("backend-error");
             }
             return;
@@ -184,12 +178,8 @@ impl Session {
             step: step.name(),
             reply: reply.to_string(),
         });
-        self.fail_to_client(Reply::new(
-            421,
-            format!(
-                "4.3.0 {} Error: mail system configuration problem",
-                self.config.hostname
-            ),
+        self.fail_to_client(replies::backend_configuration_problem(
+            &self.config.hostname,
         ));
         self.close("backend-refused");
     }

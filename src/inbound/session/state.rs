@@ -17,7 +17,7 @@ use super::notice::Notice;
 use crate::inbound::identity::{Identity, XclientAttrs};
 use crate::pony::negotiation::ServerIdentity;
 use crate::pony::noise::{Keypair, ResponderAwaitingFinish, Transport};
-use crate::smtp::{BareNewlines, DataScanner, Reply};
+use crate::smtp::{BareNewlines, DataScanner, Reply, replies};
 use crate::transport::Encryption;
 
 /// Settings shared by every session of one listener.
@@ -273,10 +273,7 @@ impl Session {
         self.pace();
         self.pending.push_back(Expect::Local(reply, then));
         if error && self.errors.record(&self.config.error_limits) == Verdict::TooMany {
-            let bye = Reply::new(
-                421,
-                format!("4.7.0 {} Error: too many errors", self.config.hostname),
-            );
+            let bye = replies::too_many_errors(&self.config.hostname);
             self.pace();
             self.pending
                 .push_back(Expect::Local(bye, Then::TooManyErrors));

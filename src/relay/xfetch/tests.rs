@@ -54,12 +54,12 @@ impl MemoryRelay {
                         let sealed = &self.spool.iter().find(|(i, _)| *i == id).unwrap().1;
                         write_message(&id, sealed, out);
                     }
-                    None => empty().write_to(out),
+                    None => replies::fetch_empty().write_to(out),
                 }
             }
             Ok(Request::Delete(id)) => {
                 self.spool.retain(|(i, _)| *i != id);
-                deleted(&id).write_to(out);
+                replies::fetch_deleted(&id).write_to(out);
             }
         }
     }

@@ -5,7 +5,7 @@
 //! after the message went out (RFC 1047); and the refusal of a message no
 //! server may be sent ([`ContentRefusal`]).
 
-use crate::smtp::{Reply, ReplyError};
+use crate::smtp::{Reply, ReplyError, replies};
 
 /// Where a session failed before any recipient got an answer. The caller
 /// may try the next MX host (RFC 5321 §5.1).
@@ -85,17 +85,9 @@ impl ContentRefusal {
     /// The reply that stands for the refusal, for every recipient.
     pub fn reply(&self) -> Reply {
         match self {
-            ContentRefusal::TooBig { limit } => Reply::new(
-                552,
-                format!(
-                    "5.3.4 Message size exceeds fixed limit of the receiving server ({limit} octets)"
-                ),
-            ),
-            ContentRefusal::NeedsSmtpUtf8 => Reply::new(
-                553,
-                "5.6.7 Non-ASCII address and the receiving server does not offer SMTPUTF8",
-            ),
-            ContentRefusal::ContainsNul => Reply::new(554, "5.6.0 Message contains NUL characters"),
+            ContentRefusal::TooBig { limit } => replies::too_big_for_remote(*limit),
+            ContentRefusal::NeedsSmtpUtf8 => replies::needs_smtputf8(),
+            ContentRefusal::ContainsNul => replies::nul_not_sent(),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::outcome::{ContentRefusal, HostFailure, RecipientResult, SessionOutcome};
 use super::state::{ClientSession, Pending, Purpose, State};
 use crate::smtp::envelope::{ContentFacts, Envelope};
-use crate::smtp::{EhloReply, Reply};
+use crate::smtp::{EhloReply, Reply, replies};
 
 /// The MAIL command with the parameters `caps` allows: `SIZE=` (RFC 1870
 /// §4) when the size is known, `BODY=8BITMIME` (RFC 6152) for 8-bit
@@ -283,9 +283,7 @@ impl ClientSession {
             .zip(&self.rcpt_replies)
             .map(|(rcpt, r)| RecipientResult {
                 recipient: rcpt.clone(),
-                reply: r
-                    .clone()
-                    .unwrap_or_else(|| Reply::new(451, "4.4.0 no reply to RCPT TO")),
+                reply: r.clone().unwrap_or_else(replies::no_reply_to_rcpt),
                 stage: "RCPT TO",
             })
             .collect();
@@ -299,6 +297,17 @@ impl ClientSession {
 
     /// Accepted recipients get `reply`; refused ones keep their RCPT reply.
     pub(super) fn results_with(&self, reply: Reply, stage: &'static str) -> Vec<RecipientResult> {
+        self.results_from(|| reply.clone(), stage)
+    }
+
+    /// Refused recipients keep their RCPT reply; each of the others gets the
+    /// next reply from `next`, in RCPT order (one for all, or LMTP's one per
+    /// accepted recipient, RFC 2033 §4.2).
+    pub(super) fn results_from(
+        &self,
+        mut next: impl FnMut() -> Reply,
+        stage: &'static str,
+    ) -> Vec<RecipientResult> {
         self.envelope
             .recipients
             .iter()
@@ -311,7 +320,7 @@ impl ClientSession {
                 },
                 _ => RecipientResult {
                     recipient: rcpt.clone(),
-                    reply: reply.clone(),
+                    reply: next(),
                     stage,
                 },
             })

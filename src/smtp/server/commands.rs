@@ -6,7 +6,7 @@ use super::state::{Phase, Protocol, ReceiveEvent, ReceiveSession};
 use crate::pony::negotiation;
 use crate::pony::noise::PROTOCOL_NAME;
 use crate::smtp::envelope::address_is_sane;
-use crate::smtp::{Command, DataScanner, Reply, Verb};
+use crate::smtp::{Command, DataScanner, Reply, Verb, replies};
 
 /// Most recipients in one transaction (Postfix's `lmtp_destination_recipient_limit`
 /// default is 50; we accept more and say 452 beyond, RFC 5321 §4.5.3.1.8).
@@ -15,7 +15,7 @@ pub const MAX_RECIPIENTS: usize = 1000;
 impl ReceiveSession {
     pub(super) fn command(&mut self, line: &[u8]) {
         let Ok(cmd) = Command::parse(line) else {
-            self.reply(500, "5.5.2 Error: bad syntax");
+            self.reply(replies::bad_syntax());
             return;
         };
         let lhlo =
@@ -29,8 +29,7 @@ impl ReceiveSession {
             (Verb::Helo, _) if self.protocol == Protocol::Smtp => {
                 self.reset_transaction();
                 self.ehlo_line.clear();
-                let name = self.hostname.clone();
-                self.reply(250, &name);
+                self.reply(replies::helo(&self.hostname));
                 self.phase = Phase::Ready;
             }
             (_, _) if hello => {
@@ -56,68 +55,68 @@ impl ReceiveSession {
                 self.phase = Phase::Ready;
             }
             (Verb::Quit, _) => {
-                self.reply(221, "2.0.0 Bye");
+                self.reply(replies::bye());
                 self.phase = Phase::Closed;
                 self.events.push_back(ReceiveEvent::Close);
             }
-            (Verb::Noop, _) => self.reply(250, "2.0.0 Ok"),
-            (Verb::Rset, Phase::Greeted) => self.reply(250, "2.0.0 Ok"),
+            (Verb::Noop, _) => self.reply(replies::ok()),
+            (Verb::Rset, Phase::Greeted) => self.reply(replies::ok()),
             (Verb::Rset, _) => {
                 self.reset_transaction();
                 self.phase = Phase::Ready;
-                self.reply(250, "2.0.0 Ok");
+                self.reply(replies::ok());
             }
-            (Verb::Vrfy, _) => self.reply(252, "2.0.0 Cannot verify, but will try delivery"),
+            (Verb::Vrfy, _) => self.reply(replies::cannot_verify()),
             (Verb::Xpony, _) if self.pony.is_some() && self.protocol == Protocol::Smtp => {
                 self.xpony_command(line);
             }
             (Verb::StartTls, _) if !starttls => {
-                self.reply(502, "5.5.1 Error: command not implemented");
+                self.reply(replies::command_not_implemented());
             }
-            (Verb::StartTls, Phase::Greeted) => self.reply(503, "5.5.1 Error: send EHLO first"),
+            (Verb::StartTls, Phase::Greeted) => self.reply(replies::send_ehlo_first()),
             (Verb::StartTls, _) => {
                 // RFC 3207 §4.2 and CVE-2011-0411: whatever the client
                 // pipelined behind STARTTLS was sent in plaintext and must
                 // not run inside TLS.
                 if !self.input.is_empty() {
                     self.input.clear();
-                    self.reply(
-                        554,
-                        "5.5.1 Error: command pipelined after STARTTLS, closing connection",
-                    );
+                    self.reply(replies::pipelined_after("STARTTLS"));
                     self.phase = Phase::Closed;
                     self.events.push_back(ReceiveEvent::Close);
                     return;
                 }
                 self.reset_transaction();
-                self.reply(220, "2.0.0 Ready to start TLS");
+                self.reply(replies::ready_to_start_tls());
                 self.phase = Phase::Handshake;
                 self.events.push_back(ReceiveEvent::StartTls);
             }
-            (Verb::Ehlo | Verb::Helo, _) => self.reply(500, "5.5.1 Error: this is LMTP, say LHLO"),
-            (Verb::Unknown, _) if lhlo => self.reply(500, "5.5.1 Error: this is SMTP, say EHLO"),
-            (_, Phase::Greeted) => self.reply(503, "5.5.1 Error: send EHLO/LHLO first"),
+            (Verb::Ehlo | Verb::Helo, _) => self.reply(replies::this_is_lmtp()),
+            (Verb::Unknown, _) if lhlo => self.reply(replies::this_is_smtp()),
+            (_, Phase::Greeted) => self.reply(replies::send_hello_first(match self.protocol {
+                Protocol::Lmtp => "LHLO",
+                Protocol::Smtp => "EHLO",
+            })),
             (Verb::Mail, Phase::Ready) => match path_arg(cmd.args, "FROM:") {
                 Some(sender) if sender.is_empty() || address_is_sane(&sender) => {
                     // RFC 1870 §6: a declared size over the limit is
                     // refused at once; a declared size is passed on.
                     let size = size_param(cmd.args);
                     if size.is_some_and(|n| n > self.max_message_size) {
-                        self.reply(552, "5.3.4 Message size exceeds fixed maximum message size");
+                        self.reply(replies::message_too_big());
                         return;
                     }
                     self.declared_size = size;
                     self.phase = Phase::Mail { sender };
-                    self.reply(250, "2.1.0 Ok");
+                    self.reply(replies::sender_ok());
                 }
-                _ => self.reply(501, "5.1.7 Bad sender address syntax"),
+                _ => self.reply(replies::bad_sender_syntax()),
             },
-            (Verb::Mail, _) => self.reply(503, "5.5.1 Error: nested MAIL command"),
+            (Verb::Mail, _) => self.reply(replies::nested_mail()),
             (Verb::Rcpt, Phase::Mail { .. } | Phase::Rcpt { .. }) => {
                 let Some(rcpt) =
                     path_arg(cmd.args, "TO:").filter(|r| !r.is_empty() && address_is_sane(r))
                 else {
-                    self.reply(501, "5.1.3 Bad recipient address syntax");
+                    self.reply(replies::bad_recipient_syntax());
                     return;
                 };
                 let (sender, mut recipients) =
@@ -128,7 +127,7 @@ impl ReceiveSession {
                         _ => return,
                     };
                 if recipients.len() >= MAX_RECIPIENTS {
-                    self.reply(452, "4.5.3 Error: too many recipients");
+                    self.reply(replies::too_many_recipients());
                 } else if self.protocol == Protocol::Smtp {
                     self.events.push_back(ReceiveEvent::Recipient {
                         sender: sender.clone(),
@@ -142,7 +141,7 @@ impl ReceiveSession {
                     return;
                 } else {
                     recipients.push(rcpt);
-                    self.reply(250, "2.1.5 Ok");
+                    self.reply(replies::recipient_ok());
                 }
                 self.phase = if recipients.is_empty() {
                     Phase::Mail { sender }
@@ -150,7 +149,7 @@ impl ReceiveSession {
                     Phase::Rcpt { sender, recipients }
                 };
             }
-            (Verb::Rcpt, _) => self.reply(503, "5.5.1 Error: need MAIL command"),
+            (Verb::Rcpt, _) => self.reply(replies::need_mail()),
             (Verb::Data, Phase::Rcpt { .. }) => {
                 let Phase::Rcpt { sender, recipients } =
                     std::mem::replace(&mut self.phase, Phase::Ready)
@@ -162,7 +161,7 @@ impl ReceiveSession {
                     self.phase = Phase::AwaitingData { sender, recipients };
                     return;
                 }
-                self.reply(354, "End data with <CR><LF>.<CR><LF>");
+                self.reply(replies::start_mail_input());
                 self.phase = Phase::Data {
                     sender,
                     recipients,
@@ -171,9 +170,9 @@ impl ReceiveSession {
                     too_big: false,
                 };
             }
-            (Verb::Data, Phase::Mail { .. }) => self.reply(554, "5.5.1 Error: no valid recipients"),
-            (Verb::Data, _) => self.reply(503, "5.5.1 Error: need MAIL command"),
-            _ => self.reply(502, "5.5.2 Error: command not recognized"),
+            (Verb::Data, Phase::Mail { .. }) => self.reply(replies::no_valid_recipients()),
+            (Verb::Data, _) => self.reply(replies::need_mail()),
+            _ => self.reply(replies::command_not_recognized()),
         }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::state::{Phase, ReceiveEvent, ReceiveSession};
 use crate::pony::negotiation::{self, ServerIdentity};
 use crate::pony::noise::Transport;
+use crate::smtp::replies;
 use crate::smtp::xpony_server::{self, Finish};
 
 impl ReceiveSession {
@@ -68,13 +69,13 @@ impl ReceiveSession {
             return;
         };
         if self.tls || self.pony_up {
-            return self.reply(503, "5.5.1 Already encrypted");
+            return self.reply(replies::already_encrypted());
         }
         if self.ehlo_line.is_empty() || matches!(self.phase, Phase::Greeted) {
-            return self.reply(503, "5.5.1 Send EHLO first");
+            return self.reply(replies::send_ehlo_first());
         }
         if matches!(self.phase, Phase::Mail { .. } | Phase::Rcpt { .. }) {
-            return self.reply(503, "5.5.1 Not permitted during a mail transaction");
+            return self.reply(replies::not_in_transaction());
         }
         let message_1 = match xpony_server::parse_command(line, self.line_crlf) {
             Ok(m) => m,
@@ -97,10 +98,7 @@ impl ReceiveSession {
                     error: format!("{} octets pipelined after XPONY", self.input.len()),
                 });
                 self.input.clear();
-                self.reply(
-                    554,
-                    "5.5.1 Error: command pipelined after XPONY, closing connection",
-                );
+                self.reply(replies::pipelined_after("XPONY"));
                 self.close();
             }
             Ok((state, reply_334)) => {

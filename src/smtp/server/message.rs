@@ -4,7 +4,7 @@
 
 use super::state::{Phase, Protocol, ReceiveEvent, ReceiveSession};
 use crate::smtp::envelope::Envelope;
-use crate::smtp::{BareNewlines, DataScanner, Reply};
+use crate::smtp::{BareNewlines, DataScanner, Reply, replies};
 
 impl ReceiveSession {
     /// Scans message input; false when more input is needed or delivery began.
@@ -47,10 +47,7 @@ impl ReceiveSession {
             return false;
         };
         let refusal = if too_big {
-            Some(Reply::new(
-                552,
-                "5.3.4 Message size exceeds fixed maximum message size",
-            ))
+            Some(replies::message_too_big())
         } else {
             self.content_refusal(&scanner, &wire)
         };
@@ -92,16 +89,10 @@ impl ReceiveSession {
     /// options (the size is checked while it arrives).
     pub(super) fn content_refusal(&self, scanner: &DataScanner, wire: &[u8]) -> Option<Reply> {
         if self.options.bare_newlines == BareNewlines::Reject && scanner.bare_newlines() > 0 {
-            return Some(Reply::new(
-                550,
-                "5.6.11 Message refused: bare CR or LF in message content (RFC 5321 section 2.3.8)",
-            ));
+            return Some(replies::bare_newline());
         }
         if self.options.refuse_nul && memchr::memchr(0, wire).is_some() {
-            return Some(Reply::new(
-                550,
-                "5.6.0 Message refused: message contains NUL characters (RFC 5322 section 3.5)",
-            ));
+            return Some(replies::contains_nul());
         }
         None
     }

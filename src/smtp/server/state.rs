@@ -158,8 +158,8 @@ pub struct ReceiveSession {
 }
 
 impl ReceiveSession {
-    pub(super) fn reply(&mut self, code: u16, text: &str) {
-        Reply::new(code, text).write_to(&mut self.output);
+    pub(super) fn reply(&mut self, reply: Reply) {
+        reply.write_to(&mut self.output);
     }
 
     pub(super) fn close(&mut self) {
