@@ -87,7 +87,8 @@ pub struct InboundArgs {
     #[arg(long, value_name = "SECONDS")]
     pub xpony_max_age: Option<u32>,
 
-    /// Most client connections at once; more get 421 4.7.0 [default: 1000].
+    /// Most client connections at once; more get 421 4.3.2 (per-client
+    /// limits: 421 4.7.0) [default: 1000].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 

@@ -112,7 +112,8 @@ pub struct SealArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     pub fetch_listen: Option<String>,
 
-    /// Most client connections at once; more get 421 4.7.0 [default: 1000].
+    /// Most client connections at once; more get 421 4.3.2 (per-client
+    /// limits: 421 4.7.0) [default: 1000].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
