@@ -42,6 +42,13 @@ def make_multi_name_cert(directory: Path, names: list[str], ca: tuple[Path, Path
     return chain, key
 
 
+def nginx_main(base: Path) -> str:
+    """The main context of a test nginx's configuration: one worker, in the foreground,
+    its pid file and error log under base."""
+    return (f"worker_processes 1;\npid {base}/nginx.pid;\ndaemon off;\n"
+            f"error_log {base}/error.log info;\nevents {{ worker_connections 64; }}")
+
+
 class Nginx(Process):
     """nginx serving <www>/<host>/.well-known/mta-sts.txt over HTTPS on NGINX:port, every
     request logged to access.log as `host status uri`."""
@@ -69,11 +76,7 @@ class Nginx(Process):
         tls = f"ssl_certificate {chain};\n        ssl_certificate_key {key};"
         listen = f"listen {host}:{port} ssl;"
         conf = f"""\
-worker_processes 1;
-pid {base}/nginx.pid;
-daemon off;
-error_log {base}/error.log info;
-events {{ worker_connections 64; }}
+{nginx_main(base)}
 http {{
 {temp}    log_format hosts '$host $status $request_uri';
     access_log {self.access_log} hosts;

@@ -15,7 +15,9 @@ What is checked:
   - `--send`: the mail in the Postfix Maildir is multipart/report; report-type="tlsrpt"
     with TLS-Report-Domain / TLS-Report-Submitter headers, and its application/tlsrpt+gzip
     attachment, named as §5.1 says, un-gzips to a report that validates and equals the one
-    written with --out;
+    written with --out; the same report is POSTed (§5.4) to the domain's `https:` rua,
+    an nginx with a certificate from the test CA (ReportSink), as application/tlsrpt+gzip;
+    a POST answered 404, or to a certificate blackpony cannot verify, exits 75;
   - a domain without a TLSRPT record gets nothing (exit 69, said on stderr).
 """
 
@@ -27,6 +29,7 @@ import email.policy
 import gzip
 import ipaddress
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -36,7 +39,9 @@ import pytest
 
 from interop.clients import token
 from interop.conftest import owned_dir
-from interop.peers import DNS_RECORDS, NET_ADDR, Dnsmasq, blackpony_bin
+from interop.mta_sts_net import nginx_main
+from interop.peers import (DNS_RECORDS, NET_ADDR, Dnsmasq, Process, blackpony_bin,
+                           free_port, make_ca_signed_cert, require_tool, tcp_open)
 from interop.test_outbound import deliver, make_message, show
 
 DATETIME = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$"}
@@ -243,15 +248,94 @@ def test_a_day_without_sessions_is_an_empty_valid_report(internet, recorded, tmp
 
 
 RUA = "tlsrpt-reports@plain.test"
+# The HTTPS report receiver (RFC 8460 §5.4): nginx, a certificate from the interop test CA.
+SINK_HOST, SINK_ADDR = "reports.tlsrpt.test", "127.0.32.1"
+
+
+class ReportSink(Process):
+    """nginx taking POSTs at https://SINK_HOST:port/tlsrpt (each body kept in a file of
+    `bodies`, answered 204 by a plain server behind it: nginx reads a body only to pass it
+    on) and answering 404 elsewhere; access.log has `method uri status "content type"`."""
+
+    def __init__(self, base: Path, ca: tuple[Path, Path]):
+        self.base = base
+        base.mkdir(parents=True, exist_ok=True)
+        os.chmod(base, 0o755)
+        self.port, behind = free_port(SINK_ADDR), free_port(SINK_ADDR)
+        self.bodies = base / "bodies"
+        for d in (self.bodies, base / "tmp"):
+            d.mkdir(exist_ok=True)
+            os.chmod(d, 0o777)  # nginx's workers run as nobody
+        chain, key = make_ca_signed_cert(base, SINK_HOST, ca)
+        temp = "".join(f"    {k}_temp_path {base}/tmp;\n"
+                       for k in ("proxy", "fastcgi", "uwsgi", "scgi"))
+        conf = base / "nginx.conf"
+        conf.write_text(f"""\
+{nginx_main(base)}
+http {{
+{temp}    client_body_temp_path {self.bodies};
+    log_format posts '$request_method $request_uri $status "$content_type"';
+    access_log {base}/access.log posts;
+    server {{
+        listen {SINK_ADDR}:{self.port} ssl;
+        server_name {SINK_HOST};
+        ssl_certificate {chain};
+        ssl_certificate_key {key};
+        location = /tlsrpt {{
+            client_body_in_file_only on;
+            proxy_pass http://{SINK_ADDR}:{behind}/ok;
+        }}
+        location / {{ return 404; }}
+    }}
+    server {{
+        listen {SINK_ADDR}:{behind};
+        access_log off;
+        location = /ok {{ return 204; }}
+    }}
+}}
+""")
+        super().__init__([require_tool("nginx"), "-p", str(base), "-e",
+                          str(base / "error.log"), "-c", str(conf)], base / "nginx.out",
+                         "nginx (TLS report sink)")
+
+    def url(self, path: str) -> str:
+        return f"https://{SINK_HOST}:{self.port}{path}"
+
+    def requests(self) -> list[str]:
+        try:
+            return (self.base / "access.log").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def posted(self) -> list[bytes]:
+        """The bodies POSTed to /tlsrpt, oldest first."""
+        return [f.read_bytes() for f in sorted(p for p in self.bodies.rglob("*")
+                                                if p.is_file())]
+
+    def start(self, timeout: float = 20):
+        return super().start(lambda: tcp_open(SINK_ADDR, self.port), timeout)
 
 
 @pytest.fixture(scope="module")
-def rua_dns(workdir):
+def report_sink(workdir, internet):
+    sink = ReportSink(workdir / "tlsrpt-sink", (internet.ca_cert, internet.ca_key))
+    sink.start()
+    try:
+        yield sink
+    finally:
+        sink.stop()
+
+
+@pytest.fixture(scope="module")
+def rua_dns(workdir, report_sink):
     """The fake internet's DNS plus TLSRPT records: tls.test reports to a mailbox of the
-    Postfix MX (and an https: URL, which is skipped), plain.test publishes none."""
+    Postfix MX and to the report sink over HTTPS, brokentls.test to a URL of the sink that
+    answers 404, plain.test publishes none."""
     records = DNS_RECORDS + (
         f'txt-record=_smtp._tls.tls.test,"v=TLSRPTv1; rua=mailto:{RUA},'
-        'https://reports.plain.test/tlsrpt"\n')
+        f'{report_sink.url("/tlsrpt")}"\n'
+        f'txt-record=_smtp._tls.brokentls.test,"v=TLSRPTv1; rua={report_sink.url("/missing")}"\n'
+        f"host-record={SINK_HOST},{SINK_ADDR}\n")
     dns = Dnsmasq(workdir / "dns-tlsrpt", records)
     dns.start()
     try:
@@ -260,21 +344,34 @@ def rua_dns(workdir):
         dns.stop()
 
 
-def with_dns(internet, state: Path, dns) -> list[str]:
+def with_dns(internet, state: Path, dns, trust_ca: bool = True) -> list[str]:
+    """The outbound flags with the TLSRPT DNS, and the test CA trusted (the sink's
+    certificate) unless trust_ca is false."""
     args = internet.outbound_args(state)
     args[args.index("--dns") + 1] = dns.address
-    return args
+    return args + (["--tls-ca-file", str(internet.ca_cert)] if trust_ca else [])
 
 
-def test_send_mails_the_gzipped_report_to_the_rua(internet, recorded, rua_dns, tmp_path):
+def test_send_mails_the_gzipped_report_to_the_rua(internet, recorded, rua_dns, report_sink,
+                                                   tmp_path):
     out = tmp_path / "sent.json"
     res = tlsrpt("--domain", "tls.test", "--date", today(), "--out", str(out), "--send",
                  *with_dns(internet, recorded, rua_dns))
     assert res.returncode == 0, show(res)
     err = res.stderr.decode(errors="replace")
-    assert "rua=https://reports.plain.test/tlsrpt skipped" in err, show(res)
     assert re.search(rf"tlsrpt: domain=tls.test .*rua=mailto:{RUA} dsn=2\.", err), show(res)
+    url = report_sink.url("/tlsrpt")
+    assert re.search(rf"tlsrpt: domain=tls.test report-id=\S+ rua={re.escape(url)} status=204",
+                     err), show(res)
     written = json.loads(out.read_text())
+
+    # The HTTPS destination (RFC 8460 §5.4): one POST of the gzipped report.
+    assert report_sink.requests() == ['POST /tlsrpt 204 "application/tlsrpt+gzip"'], \
+        report_sink.requests()
+    [body] = report_sink.posted()
+    posted = json.loads(gzip.decompress(body))
+    validate(posted)
+    assert posted == written
 
     internet.postfix.wait_messages(RUA)
     [(path, raw)] = internet.postfix.messages(RUA)
@@ -304,3 +401,24 @@ def test_send_to_a_domain_without_a_tlsrpt_record(internet, recorded, rua_dns):
                  *with_dns(internet, recorded, rua_dns))
     assert res.returncode == 69, show(res)
     assert b"no TLSRPT record" in res.stderr, show(res)
+
+
+@pytest.mark.parametrize("trust_ca", [True, False])
+def test_a_failed_post_exits_75(internet, recorded, rua_dns, report_sink, trust_ca):
+    """brokentls.test's rua is a URL of the sink that answers 404 (trusted certificate), or
+    one blackpony cannot verify (the test CA not given): the POST fails, the log says why,
+    and the exit status is 75 so that the report is sent again later. No mail is sent (the
+    record has no mailto:)."""
+    before = len(report_sink.requests())
+    res = tlsrpt("--domain", "brokentls.test", "--date", today(), "--send",
+                 *with_dns(internet, recorded, rua_dns, trust_ca))
+    assert res.returncode == 75, show(res)
+    err = res.stderr.decode(errors="replace")
+    url = report_sink.url("/missing")
+    why = "HTTP 404 Not Found" if trust_ca else "invalid peer certificate"
+    line = [l for l in err.splitlines() if f"rua={url} failed (POST {url}: " in l]
+    assert len(line) == 1 and why in line[0], show(res)
+    assert res.stdout.decode().startswith("4.0.0 POST "), show(res)
+    requests = report_sink.requests()[before:]
+    assert requests == (['POST /missing 404 "application/tlsrpt+gzip"'] if trust_ca else []), \
+        requests

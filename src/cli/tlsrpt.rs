@@ -1,7 +1,8 @@
 //! `blackpony tlsrpt`: the daily SMTP TLS report (RFC 8460) of one policy
 //! domain, from what delivery recorded in the state directory; written as
-//! JSON, or mailed to the domain's `rua=mailto:` addresses through the
-//! outbound transport itself.
+//! JSON, or sent to the domain's `rua=` destinations: mailed to `mailto:`
+//! addresses through the outbound transport itself, POSTed to `https:`
+//! URLs (RFC 8460 §5.3, §5.4).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ use super::config::OutboundFile;
 use super::outbound::OutboundArgs;
 use crate::log;
 use crate::outbound::tlsrpt::{self, Report, Reporter, Rua, TlsReports};
+use crate::outbound::tlsrpt_post::ReportPoster;
 use crate::sysexits::Exit;
 
 /// `blackpony tlsrpt --domain D [--date YYYY-MM-DD] [--out FILE] [--send]`
@@ -31,11 +33,12 @@ pub struct TlsrptArgs {
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
 
-    /// Mail the report (gzipped, RFC 8460 §5.3) to the `rua=mailto:`
-    /// addresses of the domain's `_smtp._tls` TXT record, delivered by the
-    /// outbound transport with the [outbound] settings. `https:` addresses
-    /// are not supported yet and are skipped (logged). Nothing is sent for
-    /// a day without recorded sessions.
+    /// Send the report (gzipped) to the `rua=` destinations of the
+    /// domain's `_smtp._tls` TXT record: mailed to `mailto:` addresses by
+    /// the outbound transport with the [outbound] settings (RFC 8460
+    /// §5.3), POSTed as application/tlsrpt+gzip to `https:` URLs, whose
+    /// certificates must verify (§5.4). Nothing is sent for a day without
+    /// recorded sessions.
     #[arg(long)]
     pub send: bool,
 
@@ -116,8 +119,9 @@ async fn report(args: TlsrptArgs, file: OutboundFile) -> Exit {
     send(&settings, &reporter, &report, &domain).await
 }
 
-/// Mails `report` to each `mailto:` destination of the domain's reporting
-/// policy, through the outbound transport.
+/// Sends `report` to each destination of the domain's reporting policy:
+/// mail through the outbound transport, HTTPS POST. The exit status is the
+/// mail's (as `deliver`'s), or temporary failure when a POST failed.
 async fn send(
     settings: &super::outbound::OutboundSettings,
     reporter: &Reporter,
@@ -149,11 +153,29 @@ async fn send(
         }
     };
     let mut results = Vec::new();
+    let mut posted = Vec::new();
     for rua in &destinations {
         let to = match rua {
             Rua::Mailto(to) => to,
-            Rua::Https(url) | Rua::Other(url) => {
-                log!("tlsrpt: domain={domain} rua={url} skipped (only mailto: is supported)");
+            Rua::Https(url) => {
+                let result = post(&deliverer, report, url).await;
+                match &result {
+                    Ok(status) => log!(
+                        "tlsrpt: domain={domain} report-id={} rua={url} status={status}",
+                        report.report_id
+                    ),
+                    Err(why) => log!(
+                        "tlsrpt: domain={domain} report-id={} rua={url} failed ({why})",
+                        report.report_id
+                    ),
+                }
+                posted.push(result);
+                continue;
+            }
+            Rua::Other(url) => {
+                log!(
+                    "tlsrpt: domain={domain} rua={url} skipped (only mailto: and https: are supported)"
+                );
                 continue;
             }
         };
@@ -178,15 +200,40 @@ async fn send(
         }
         results.extend(statuses);
     }
-    if results.is_empty() {
+    if results.is_empty() && posted.is_empty() {
         return fail(
             Exit::Unavailable,
-            &format!("{name}: no mailto: destination; no report sent"),
+            &format!("{name}: no mailto: or https: destination; no report sent"),
         );
     }
-    let (code, line) = crate::outbound::exit::summarize(&results);
+    let mail = (!results.is_empty()).then(|| crate::outbound::exit::summarize(&results));
+    let (code, line) = match (mail, posted.iter().find_map(|p| p.as_ref().err())) {
+        // A mail deferred says so first (as `deliver` would).
+        (Some((Exit::TempFail, line)), _) => (Exit::TempFail, line),
+        (_, Some(why)) => (Exit::TempFail, format!("4.0.0 {why}")),
+        (Some(summary), None) => summary,
+        (None, None) => (
+            Exit::Ok,
+            format!(
+                "2.0.0 report posted to {} https: destination(s)",
+                posted.len()
+            ),
+        ),
+    };
     println!("{line}");
     code
+}
+
+/// POSTs the gzipped report to an `https:` destination (RFC 8460 §5.4).
+async fn post(
+    deliverer: &crate::outbound::Deliverer,
+    report: &Report,
+    url: &str,
+) -> Result<u16, String> {
+    let poster = ReportPoster::new(deliverer.resolver.clone(), &deliverer.tls)?;
+    poster
+        .post(url, tlsrpt::gzip(report.to_json().as_bytes()))
+        .await
 }
 
 fn fail(code: Exit, message: &str) -> Exit {

@@ -30,7 +30,8 @@
 //!   command by command;
 //! - [`service`]: the LMTP/SMTP service an MTA hands messages to;
 //! - [`exit`]: how outcomes become sysexits codes for one-shot mode;
-//! - [`tlsrpt`]: TLS reports (RFC 8460): session records and the report.
+//! - [`tlsrpt`]: TLS reports (RFC 8460): session records and the report;
+//!   [`tlsrpt_post`]: their submission to `https:` destinations.
 
 pub mod cache;
 pub mod connection;
@@ -51,6 +52,7 @@ pub mod service;
 pub mod sts;
 pub mod sts_fetch;
 pub mod tlsrpt;
+pub mod tlsrpt_post;
 pub mod xpony;
 
 pub use deliver::{Deliverer, Limits};

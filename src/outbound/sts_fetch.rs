@@ -98,6 +98,34 @@ impl reqwest::dns::Resolve for ViaMailResolver {
     }
 }
 
+/// An HTTPS client as blackpony's HTTP requests need one (MTA-STS
+/// policies, TLS reports): certificates checked against the MX roots
+/// ([`ClientTls::verifying_config`]), names resolved by `resolver`, HTTPS
+/// only, no redirect followed, no proxy, `timeout` for the whole request.
+/// `purpose` names the client in its User-Agent and its errors.
+pub(crate) fn https_client(
+    resolver: MailResolver,
+    tls: &ClientTls,
+    timeout: Duration,
+    purpose: &str,
+) -> Result<reqwest::Client, String> {
+    let config = tls.verifying_config().map_err(|e| e.to_string())?;
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .https_only(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(30)))
+        .dns_resolver(Arc::new(ViaMailResolver(resolver)))
+        .user_agent(format!(
+            "blackpony/{} ({purpose})",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .build()
+        .map_err(|e| format!("cannot build the {purpose} HTTPS client: {e}"))
+}
+
 impl StsFetcher {
     pub fn new(
         resolver: MailResolver,
@@ -105,23 +133,8 @@ impl StsFetcher {
         port: u16,
         timeout: Duration,
     ) -> Result<Self, String> {
-        let config = tls.verifying_config().map_err(|e| e.to_string())?;
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(config)
-            .https_only(true)
-            // RFC 8461 §3.3: "HTTP 3xx redirects MUST NOT be followed".
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(30)))
-            .dns_resolver(Arc::new(ViaMailResolver(resolver)))
-            .user_agent(concat!(
-                "blackpony/",
-                env!("CARGO_PKG_VERSION"),
-                " (MTA-STS)"
-            ))
-            .build()
-            .map_err(|e| format!("cannot build the MTA-STS HTTPS client: {e}"))?;
+        // RFC 8461 §3.3: "HTTP 3xx redirects MUST NOT be followed".
+        let client = https_client(resolver, tls, timeout, "MTA-STS")?;
         Ok(StsFetcher { client, port })
     }
 
@@ -217,7 +230,7 @@ impl StsFetcher {
 }
 
 /// The error and its causes, the way a person reads them.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = vec![e.to_string()];
     let mut source = e.source();
     while let Some(s) = source {
