@@ -111,6 +111,28 @@ def test_dane_ee_3_1_1_delivers_authenticated(dane_net, workdir):
     arrived(dane_net.postfix, rcpt, body)
 
 
+def tls_report_days(workdir: Path, domain: str) -> set[Path]:
+    """The files of today's (UTC) TLS report records (RFC 8460) for domain in the state
+    directories of this module's deliveries."""
+    import datetime
+    day = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    return set(workdir.glob(f"state-dane-*/tlsrpt/{domain}/{day}"))
+
+
+def test_a_dane_session_is_one_tlsa_report_record(dane_net, workdir):
+    """RFC 8460 §4.4: a session DANE judged is reported under its policy, `tlsa`, once: not
+    also under `no-policy-found` (the type of sessions no DANE or MTA-STS policy judged)."""
+    import json
+    domain = f"ee.{ZONE}"
+    before = tls_report_days(workdir, domain)
+    res, rcpt, body = send(dane_net, workdir, domain, "dane")
+    check_sent(res, rcpt, "verified=yes (DANE-EE) level=authenticated")
+    arrived(dane_net.postfix, rcpt, body)
+    [day] = tls_report_days(workdir, domain) - before  # send() uses a new state directory
+    records = [json.loads(l) for l in day.read_text().splitlines() if l.strip()]
+    assert [(r["policy-type"], r["result"]) for r in records] == [("tlsa", "success")], records
+
+
 def test_dane_ta_2_0_1_private_ca_delivers_authenticated(dane_net, workdir):
     """2 0 1 of the private CA that issued the leaf (sent in the chain) and a leaf that
     names the MX host: delivered, `verified=yes (DANE-TA) level=authenticated`."""

@@ -269,7 +269,10 @@ impl Deliverer {
                 };
                 let level = level_of(attempt.tls.as_ref(), attempt.verdict.as_ref());
                 self.note_sts_session(domain, active, host, (attempt.local, *ip), level, seen);
-            } else {
+            } else if host_tls.dane.is_none() {
+                // A host DANE judged is recorded once, under `tlsa`, when
+                // its session concludes (`record_dane_session`), not also
+                // as `no-policy-found` (RFC 8460 §4.4: a session's policy).
                 self.report_tls(
                     domain,
                     host,
