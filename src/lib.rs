@@ -18,7 +18,7 @@
 //! | [`relay`] | the sealed relay: the format inside each sealed file, sealing with age, the receiving MX (`seal`), the fetch protocol (XFETCH) between the relay and the home machine |
 //! | [`state`] | the state-store seam: the sealed spool (atomic publish, listing, removal) with its fsync rules in one place |
 //! | [`stats`] | `blackpony stats`: counts blackpony's own log lines (encrypted share per day and peer, refusals) and renders text, JSON or an HTML page |
-//! | [`server`] | the listener harness every server role runs on: limits per client, per network and in all, stress, eviction, client deadlines, the accept queue, the drain at shutdown |
+//! | [`server`] | the listener harness every server role runs on: limits per client, per network and in all, stress, eviction, client deadlines, the accept queue, the budget of message memory, the drain at shutdown |
 //! | [`cli`] | flags and config file, builds a role's settings and calls its `run` |
 //! | [`check`] | `blackpony check`: files, permissions, addresses, and the backend MTA probed (identity mode, relaying) |
 //! | [`log`] | one-line, Postfix-style log records |

@@ -40,6 +40,8 @@ pub struct OutboundFile {
     pub refuse_address_literals: Option<bool>,
     /// `blackpony outbound` only (`--max-connections`).
     pub max_connections: Option<usize>,
+    /// `blackpony outbound` only (`--max-message-memory`).
+    pub max_message_memory: Option<u64>,
     /// MTA-STS lookups (`--no-mta-sts`: false).
     pub mta_sts: Option<bool>,
     #[serde(default)]

@@ -50,6 +50,13 @@ pub struct OutboundServerArgs {
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
+    /// Octets of messages held in memory by all MTA connections at once
+    /// (those being received and those being passed on). Over it the MTA
+    /// gets `452 4.3.1` (or `421 4.3.1` in the middle of a message) and
+    /// sends again later; a message alone may exceed it [default: 268435456].
+    #[arg(long, value_name = "OCTETS")]
+    pub max_message_memory: Option<u64>,
+
     #[command(flatten)]
     pub outbound: OutboundArgs,
 }
@@ -199,7 +206,8 @@ pub fn run_lmtp(args: LmtpArgs, file: OutboundFile, runtime: &tokio::runtime::Ru
             tokio::io::stdout(),
             &deliverer,
             outbound.max_message_size,
-            crate::outbound::service::never_stopping(),
+            None,
+            None,
         )
         .await;
         // The MX sessions kept for a next message end with QUIT.
@@ -222,7 +230,10 @@ pub fn run_server(
         args.listen,
         args.protocol.into(),
         args.socket_mode,
-        args.max_connections,
+        ServerBounds {
+            max_connections: args.max_connections,
+            max_message_memory: args.max_message_memory,
+        },
         outbound,
     ))
 }
@@ -286,6 +297,7 @@ pub fn merge_outbound(
         refuse_address_literals: args.refuse_address_literals
             || file.refuse_address_literals.unwrap_or(false),
         max_connections: file.max_connections.unwrap_or(20),
+        max_message_memory: file.max_message_memory.unwrap_or(256 * 1024 * 1024),
         sts: super::sts::settings(&args.sts, file.mta_sts, file.mta_sts_domains),
     })
 }
@@ -327,13 +339,19 @@ async fn deliver(sender: String, recipients: Vec<String>, settings: OutboundSett
     code
 }
 
+/// `blackpony outbound`'s own flags (they win over the file).
+struct ServerBounds {
+    max_connections: Option<usize>,
+    max_message_memory: Option<u64>,
+}
+
 /// `blackpony outbound`: binds the listener (TCP or Unix socket) and runs
 /// the service until SIGTERM.
 async fn serve(
     listen: String,
     protocol: crate::smtp::server::Protocol,
     socket_mode: u32,
-    max_connections: Option<usize>,
+    bounds: ServerBounds,
     settings: OutboundSettings,
 ) -> ExitCode {
     use crate::outbound::service::{self, Listener};
@@ -360,13 +378,21 @@ async fn serve(
             Err(e) => return fail(Exit::OsErr, &format!("cannot listen on {listen}: {e}")),
         }
     };
-    log!("listening on {listen} protocol={}", protocol.as_str());
+    // The address bound (the port the system chose for `:0`).
+    let listening_on = notify::address(&listener, &listen);
+    log!("listening on {listening_on} protocol={}", protocol.as_str());
     let shutdown = sys::shutdown_signal();
     sys::spawn_note_hup("outbound");
-    notify::ready(&notify::address(&listener, &listen));
+    notify::ready(&listening_on);
     let limits = service::ServerLimits {
-        max_connections: max_connections.unwrap_or(settings.max_connections).max(1),
+        max_connections: bounds
+            .max_connections
+            .unwrap_or(settings.max_connections)
+            .max(1),
         max_message_size: settings.max_message_size,
+        max_message_memory: bounds
+            .max_message_memory
+            .unwrap_or(settings.max_message_memory),
     };
     service::run(listener, protocol, deliverer, limits, shutdown).await;
     if let Some(path) = listen.strip_prefix("unix:") {
@@ -395,6 +421,9 @@ pub struct OutboundSettings {
     /// `blackpony outbound`: MTA connections at once (from the file; the
     /// flag wins).
     pub max_connections: usize,
+    /// `blackpony outbound`: message octets held in memory at once (from
+    /// the file; the flag wins).
+    pub max_message_memory: u64,
     /// MTA-STS (RFC 8461): where it applies.
     pub sts: crate::outbound::sts_fetch::StsSettings,
 }

@@ -532,6 +532,7 @@ async fn serve_on<L>(
             limits: config.limits.clone(),
             shutdown_grace: config.shutdown_grace,
             hostname: config.hostname.clone(),
+            refusal: None,
         };
         tokio::spawn(fetch_server::run(
             f.listener,

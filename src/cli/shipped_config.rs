@@ -49,12 +49,14 @@ fn sections() -> Vec<Section> {
             flag_only: &[],
             // max_message_size: per installation, not per call; domains: the
             // [outbound.domains] table.
-            // max_connections: a flag of `blackpony outbound` (the server) only.
+            // max_connections, max_message_memory: flags of `blackpony
+            // outbound` (the server) only.
             // mta_sts_domains: the [outbound.mta_sts_domains] table.
             file_only: &[
                 "max_message_size",
                 "domains",
                 "max_connections",
+                "max_message_memory",
                 "mta_sts_domains",
             ],
         },

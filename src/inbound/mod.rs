@@ -108,6 +108,7 @@ impl InboundConfig {
             },
             shutdown_grace: self.shutdown_grace,
             hostname: self.session.hostname.clone(),
+            refusal: None,
         }
     }
 }

@@ -12,20 +12,29 @@
 //!   `452 4.5.3` and come back in the MTA's next transaction.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
 
 use super::Deliverer;
 use super::deliver::Prepared;
 use super::proxy::{MxTransaction, recipient_reply};
 use crate::log;
-use crate::smtp::Reply;
+use crate::server::memory::{Held, MessageMemory};
+use crate::server::{Control, Limits, Listen, Order, Refusal, Settings, Wrote, write_within};
+use crate::smtp::{Reply, replies};
 use crate::smtp::server::{Protocol, ReceiveEvent, ReceiveSession};
 
-/// How long the MTA may stay silent (RFC 5321 §4.5.3.2.7).
+/// How long the MTA may stay silent (RFC 5321 §4.5.3.2.7), and how long a
+/// reply to it may take to write.
 const IDLE: Duration = Duration::from_secs(300);
+
+/// How long the close of a connection may take.
+const CLOSE_WRITE: Duration = Duration::from_secs(5);
 
 /// Where the MTA connects.
 pub enum Listener {
@@ -37,28 +46,28 @@ pub enum Listener {
 #[derive(Debug, Clone, Copy)]
 pub struct ServerLimits {
     /// MTA connections served at once; more are answered `421 4.3.2` and
-    /// closed (the MTA tries again later). With `max_message_size` this
-    /// bounds the message bytes held in flight: at most
-    /// `max_connections × max_message_size` received.
+    /// closed (the MTA tries again later).
     pub max_connections: usize,
     pub max_message_size: u64,
+    /// Message octets held in memory by all sessions at once: over it the
+    /// MTA gets `452 4.3.1` (or `421 4.3.1` in the middle of a message)
+    /// and sends again later ([`crate::server::memory`]).
+    pub max_message_memory: u64,
 }
 
-/// What an MTA connection over the limit is told (RFC 5321 §3.8: a 421
-/// greeting; an LMTP or SMTP client defers and retries).
-const TOO_MANY: &[u8] = b"421 4.3.2 Too many connections, try again later\r\n";
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
-/// Serves MTA connections on `listener` until `shutdown` completes; each
-/// connection runs [`serve`] in its own task, at most
-/// `limits.max_connections` at once. At shutdown nothing new is accepted
-/// and every session drains: a transaction whose message went to a remote
-/// finishes and gets its reply; one the MTA is still sending, or a session
-/// between transactions, is answered `421 4.3.2` (the remote never saw an
-/// end of data, so the MTA's retry is no duplicate). This returns when the
-/// last session has ended.
-///
-/// (The accept loop, limit and drain are this role's own until a shared
-/// listener harness exists; `serve` only needs the shutdown signal.)
+/// Serves MTA connections on `listener` until `shutdown` completes, on the
+/// listener harness: at most `limits.max_connections` at once (more are
+/// greeted `421 4.3.2` and closed, without a task each), message memory
+/// bounded by `limits.max_message_memory`, deadlines on every write. At
+/// shutdown nothing new is accepted and every session drains: a
+/// transaction whose message went to a remote finishes and gets its reply;
+/// one the MTA is still sending, or a session between transactions, is
+/// answered `421 4.3.2` at once (the remote never saw an end of data, so
+/// the MTA's retry is no duplicate). This returns when the last session
+/// has ended (a delivery has its whole deadline to finish; then the
+/// harness closes and cuts what is left).
 pub async fn run(
     listener: Listener,
     protocol: Protocol,
@@ -66,63 +75,93 @@ pub async fn run(
     limits: ServerLimits,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let mut sessions = tokio::task::JoinSet::new();
-    loop {
-        let accepted: std::io::Result<Halves> = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = accept(&listener) => accepted,
-        };
-        let (r, mut w) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                // Out of file descriptors and the like: back off.
-                log!("accept-error=\"{e}\"");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        // Reap finished sessions, so the count is of live ones.
-        while sessions.try_join_next().is_some() {}
-        if sessions.len() >= limits.max_connections {
-            log!(
+    let settings = Settings {
+        limits: Limits {
+            max_connections: limits.max_connections,
+            // The MTA connects from one address: the limit in all is the
+            // only one.
+            per_client: usize::MAX,
+            per_network: usize::MAX,
+            // An MTA's session is never evicted for a newcomer: the
+            // newcomer is refused and comes back.
+            evict_idle: Duration::MAX,
+            ..Limits::default()
+        },
+        shutdown_grace: deliverer.limits.deadline,
+        hostname: deliverer.helo_name.clone(),
+        refusal: Some(Refusal {
+            // RFC 5321 §3.8: a 421 greeting; an LMTP or SMTP client
+            // defers and retries.
+            reply: replies::mta_connections_busy(),
+            log: format!(
                 "refused=too-many-connections max-connections={}",
                 limits.max_connections
-            );
-            // A new socket's send buffer takes the line at once; a bounded
-            // write keeps the accept loop from ever waiting on a client.
-            let _ = tokio::time::timeout(Duration::from_millis(200), async {
-                let _ = w.write_all(TOO_MANY).await;
-                let _ = w.shutdown().await;
-            })
-            .await;
-            continue;
-        }
-        let d = Arc::clone(&deliverer);
-        let stopping = stopping.clone();
-        sessions.spawn(async move {
-            serve(protocol, r, w, &d, limits.max_message_size, stopping).await
-        });
+            ),
+        }),
+    };
+    let memory = MessageMemory::new(limits.max_message_memory);
+    let server = Server {
+        protocol,
+        deliverer: Arc::clone(&deliverer),
+        limits,
+        memory,
+    };
+    match listener {
+        Listener::Tcp(l) => server.run(l, settings, shutdown).await,
+        Listener::Unix(l) => server.run(l, settings, shutdown).await,
     }
-    let _ = stop.send(true);
-    log!(
-        "shutdown: no longer accepting; draining sessions={}",
-        sessions.len()
-    );
-    while sessions.join_next().await.is_some() {}
     // The MX sessions kept for reuse end with QUIT, not a dropped socket.
     deliverer.idle.close_all().await;
     log!("shutdown: drained");
 }
 
-/// A shutdown signal that never comes (`blackpony lmtp` on stdin/stdout:
-/// the MTA ends the session).
-pub fn never_stopping() -> tokio::sync::watch::Receiver<bool> {
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    // Kept alive so `changed()` never completes with an error.
-    std::mem::forget(stop);
-    stopping
+/// What every session of `blackpony outbound` shares.
+#[derive(Clone)]
+struct Server {
+    protocol: Protocol,
+    deliverer: Arc<Deliverer>,
+    limits: ServerLimits,
+    memory: Arc<MessageMemory>,
+}
+
+impl Server {
+    async fn run<L>(self, listener: L, settings: Settings, shutdown: impl Future<Output = ()>)
+    where
+        L: Listen,
+        L::Conn: IntoHalves,
+    {
+        crate::server::run(listener, settings, shutdown, move |conn, peer, control| {
+            let server = self.clone();
+            async move {
+                let id = format!("{:08X}", NEXT_SESSION.fetch_add(1, Ordering::Relaxed));
+                crate::log::in_session(&id, server.connection(conn, peer, control)).await;
+            }
+        })
+        .await;
+    }
+
+    /// One MTA connection, from accept to close.
+    async fn connection<C: IntoHalves>(self, conn: C, peer: Option<SocketAddr>, control: Control) {
+        let started = Instant::now();
+        let who = peer.map_or_else(|| "local".to_string(), crate::server::display_client);
+        log!("connect client={who} protocol={}", self.protocol.as_str());
+        let (reader, writer) = conn.into_halves();
+        let end = serve(
+            self.protocol,
+            reader,
+            writer,
+            &self.deliverer,
+            self.limits.max_message_size,
+            Some(control),
+            Some(Held::new(&self.memory)),
+        )
+        .await;
+        log!(
+            "disconnect client={who} end={} duration={:.3}s",
+            end.as_str(),
+            started.elapsed().as_secs_f64()
+        );
+    }
 }
 
 type Halves = (
@@ -130,31 +169,88 @@ type Halves = (
     Box<dyn AsyncWrite + Send + Unpin>,
 );
 
-async fn accept(listener: &Listener) -> std::io::Result<Halves> {
-    match listener {
-        Listener::Tcp(l) => {
-            let (stream, _) = l.accept().await?;
-            let _ = stream.set_nodelay(true);
-            let (r, w) = stream.into_split();
-            Ok((Box::new(r), Box::new(w)))
-        }
-        Listener::Unix(l) => {
-            let (stream, _) = l.accept().await?;
-            let (r, w) = stream.into_split();
-            Ok((Box::new(r), Box::new(w)))
+/// A connection as its reading and writing halves (owned: no lock between
+/// them).
+pub trait IntoHalves: Send + 'static {
+    fn into_halves(self) -> Halves;
+}
+
+impl IntoHalves for TcpStream {
+    fn into_halves(self) -> Halves {
+        let (r, w) = self.into_split();
+        (Box::new(r), Box::new(w))
+    }
+}
+
+impl IntoHalves for UnixStream {
+    fn into_halves(self) -> Halves {
+        let (r, w) = self.into_split();
+        (Box::new(r), Box::new(w))
+    }
+}
+
+/// Why a session ended, for its `disconnect` record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Quit,
+    ClientClosed,
+    ClientLost,
+    /// The MTA stayed silent past [`IDLE`].
+    Timeout,
+    /// The MTA stopped reading our replies.
+    WriteTimeout,
+    Shutdown,
+    /// The message being received did not fit the memory bound.
+    MessageMemory,
+}
+
+impl End {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::Quit => "quit",
+            End::ClientClosed => "client-closed",
+            End::ClientLost => "client-lost",
+            End::Timeout => "timeout",
+            End::WriteTimeout => "client-write-timeout",
+            End::Shutdown => "shutdown",
+            End::MessageMemory => "message-memory",
         }
     }
 }
 
-/// Serves one MTA connection until it quits or goes away.
+/// Holds `bytes` of message in `held`; false (and a log record) when the
+/// bound is reached. Without a bound (`lmtp`), always.
+fn hold(held: &mut Option<Held>, bytes: u64) -> bool {
+    let Some(held) = held else { return true };
+    if held.grow_to(bytes) {
+        return true;
+    }
+    log_refusal(held, bytes);
+    false
+}
+
+fn log_refusal(held: &Held, bytes: u64) {
+    log!(
+        "refused=message-memory size={bytes} in-flight={} max-message-memory={}",
+        held.budget().used(),
+        held.budget().limit()
+    );
+}
+
+/// Serves one MTA connection until it quits or goes away. `control` links
+/// it to the listener harness (None: `blackpony lmtp` on standard input
+/// and output, which the MTA ends); `held` is its share of the server's
+/// message memory (None: unbounded).
 pub async fn serve<R, W>(
     protocol: Protocol,
     mut reader: R,
     mut writer: W,
     deliverer: &Deliverer,
     max_message_size: u64,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
-) where
+    mut control: Option<Control>,
+    mut held: Option<Held>,
+) -> End
+where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -164,19 +260,38 @@ pub async fn serve<R, W>(
     // anything from us but the message and its end (not even QUIT, which
     // it would take as message text).
     let mut remote_in_data = false;
+    // Why the session is closing, when we close it.
+    let mut closing = End::Quit;
     let mut buf = vec![0u8; 64 * 1024];
-    loop {
+    let end = loop {
         while let Some(event) = session.poll_event() {
             match event {
                 ReceiveEvent::Deliver { envelope, wire } => {
-                    let results = deliverer.deliver_wire(&envelope, wire).await;
-                    let replies: Vec<_> = results.into_iter().map(|r| r.reply).collect();
+                    // The whole message is held until it is answered.
+                    let replies: Vec<Reply> = if hold(&mut held, wire.len() as u64) {
+                        let results = deliverer.deliver_wire(&envelope, wire).await;
+                        results.into_iter().map(|r| r.reply).collect()
+                    } else {
+                        vec![replies::insufficient_storage(); envelope.recipients.len()]
+                    };
                     session.delivered(&replies);
                 }
                 ReceiveEvent::Recipient { sender, recipient } => {
                     let size = session.declared_size();
-                    let reply =
-                        recipient_reply(deliverer, &mut remote, &sender, &recipient, size).await;
+                    // A message declared larger than the memory left is
+                    // refused before it is sent (RFC 1870 §6.1: 452).
+                    let too_big = match (size, held.as_ref()) {
+                        (Some(n), Some(h)) if !h.could_grow_to(n) => {
+                            log_refusal(h, n);
+                            true
+                        }
+                        _ => false,
+                    };
+                    let reply = if too_big {
+                        replies::insufficient_storage()
+                    } else {
+                        recipient_reply(deliverer, &mut remote, &sender, &recipient, size).await
+                    };
                     session.answer(&reply);
                 }
                 ReceiveEvent::Data => {
@@ -189,21 +304,31 @@ pub async fn serve<R, W>(
                 }
                 ReceiveEvent::EndOfData { envelope, wire } => {
                     remote_in_data = false;
-                    // Prepared as in every mode (lines over 998 octets
-                    // folded, NUL refused).
-                    let reply = match (remote.take(), Prepared::new(&envelope.sender, wire)) {
-                        (Some(r), Ok(prepared)) => r.message(deliverer, &prepared).await,
-                        // The remote said 354 and waits for the message: a
-                        // lone end of data would deliver an empty one, so
-                        // the connection is dropped instead (a server
-                        // discards a transaction cut before its end, RFC
-                        // 5321 §4.1.1.4).
-                        (Some(r), Err(refusal)) => {
-                            let reply = refusal.reply();
+                    let reply = if !hold(&mut held, wire.len() as u64) {
+                        // The remote waits for the message after its 354:
+                        // it never sees an end of data (see below).
+                        let reply = replies::insufficient_storage();
+                        if let Some(r) = remote.take() {
                             r.refuse(&reply);
-                            reply
                         }
-                        (None, _) => Reply::new(451, "4.3.0 Error: lost the remote session"),
+                        reply
+                    } else {
+                        // Prepared as in every mode (lines over 998 octets
+                        // folded, NUL refused).
+                        match (remote.take(), Prepared::new(&envelope.sender, wire)) {
+                            (Some(r), Ok(prepared)) => r.message(deliverer, &prepared).await,
+                            // The remote said 354 and waits for the message: a
+                            // lone end of data would deliver an empty one, so
+                            // the connection is dropped instead (a server
+                            // discards a transaction cut before its end, RFC
+                            // 5321 §4.1.1.4).
+                            (Some(r), Err(refusal)) => {
+                                let reply = refusal.reply();
+                                r.refuse(&reply);
+                                reply
+                            }
+                            (None, _) => Reply::new(451, "4.3.0 Error: lost the remote session"),
+                        }
                     };
                     session.answer(&reply);
                 }
@@ -224,48 +349,110 @@ pub async fn serve<R, W>(
                 }
             }
         }
+        // Every message handed out above was answered: only one still
+        // arriving is held.
+        if !session.receiving_message()
+            && let Some(h) = held.as_mut()
+        {
+            h.release();
+        }
         if !session.output.is_empty() {
             // A deadline on the write too: an MTA that stops reading does
             // not hold the session (and a drain) forever.
-            let written = tokio::time::timeout(IDLE, async {
-                writer.write_all(&session.output).await?;
-                writer.flush().await
-            })
-            .await;
-            if !matches!(written, Ok(Ok(()))) {
-                break;
-            }
+            let deadline = Instant::now() + IDLE;
+            let wrote = match control.as_mut() {
+                Some(c) => write_within(&mut writer, &session.output, deadline, c).await,
+                None => write_alone(&mut writer, &session.output).await,
+            };
             session.output.clear();
+            match wrote {
+                Wrote::Done => {}
+                Wrote::Failed => break End::ClientLost,
+                Wrote::Late => {
+                    log!("timeout waiting_for=client-write");
+                    break End::WriteTimeout;
+                }
+                // The harness's close, long after the drain began: a
+                // reply may be half written, nothing more goes out.
+                Wrote::Told(_) => break End::Shutdown,
+            }
         }
         if session.is_closed() {
-            let _ = writer.shutdown().await;
-            break;
+            let _ = tokio::time::timeout(CLOSE_WRITE, writer.shutdown()).await;
+            break closing;
         }
         // Shutdown is only heard here, between the MTA's input: a message
         // that reached a remote is finished above and its reply written
         // first. Whatever the MTA has not finished sending is answered 421
         // and never reaches a remote's end of data.
+        if control.as_ref().is_some_and(Control::draining) {
+            closing = End::Shutdown;
+            session.shutting_down();
+            continue;
+        }
+        let told = async {
+            match control.as_mut() {
+                Some(c) => c.order().await,
+                None => std::future::pending().await,
+            }
+        };
         let read = tokio::select! {
-            read = tokio::time::timeout(IDLE, reader.read(&mut buf)) => Some(read),
-            _ = stopping.wait_for(|stop| *stop) => None,
+            read = tokio::time::timeout(IDLE, reader.read(&mut buf)) => Ok(read),
+            order = told => Err(order),
         };
         match read {
-            Some(Ok(Ok(n))) if n > 0 => session.input(&buf[..n]),
-            Some(_) => {
-                session.eof();
-                break;
+            Ok(Ok(Ok(n))) if n > 0 => {
+                session.input(&buf[..n]);
+                // The message being received is held as it arrives; past
+                // the bound the MTA is told at once, not after sending
+                // the rest (RFC 5321 §3.8: a 421 at any time).
+                if session.receiving_message() && !hold(&mut held, session.message_bytes()) {
+                    closing = End::MessageMemory;
+                    session.close_with(&replies::insufficient_storage_closing(
+                        &deliverer.helo_name,
+                    ));
+                }
             }
-            None => {
+            Ok(Ok(Ok(_))) => {
+                session.eof();
+                break End::ClientClosed;
+            }
+            Ok(Ok(Err(_))) => {
+                session.eof();
+                break End::ClientLost;
+            }
+            Ok(Err(_)) => {
+                session.eof();
+                break End::Timeout;
+            }
+            // The stress level changed, or the drain began (seen above).
+            Err(Order::Recheck) => {}
+            Err(_) => {
+                closing = End::Shutdown;
                 session.shutting_down();
-                continue;
             }
         }
-    }
+    };
     if let Some(r) = remote.take() {
         if remote_in_data {
             drop(r);
         } else {
             r.quit().await;
         }
+    }
+    end
+}
+
+/// A write to standard output (`blackpony lmtp`), with the same deadline.
+async fn write_alone<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> Wrote {
+    let written = tokio::time::timeout(IDLE, async {
+        writer.write_all(bytes).await?;
+        writer.flush().await
+    })
+    .await;
+    match written {
+        Ok(Ok(())) => Wrote::Done,
+        Ok(Err(_)) => Wrote::Failed,
+        Err(_) => Wrote::Late,
     }
 }

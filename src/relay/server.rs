@@ -144,6 +144,7 @@ pub async fn run<L>(
         limits: config.limits.clone(),
         shutdown_grace: config.shutdown_grace,
         hostname: config.hostname.clone(),
+        refusal: None,
     };
     crate::server::run(listener, settings, shutdown, move |io, client, control| {
         let (config, store, tls) = (Arc::clone(&config), store.clone(), tls.clone());

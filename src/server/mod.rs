@@ -1,5 +1,5 @@
-//! The listener harness every server role runs on (`inbound`, and next the
-//! outbound server and the sealed relay): the accept loop, connection
+//! The listener harness every server role runs on (`inbound`, `outbound`,
+//! the sealed relay's `seal` and its fetch server): the accept loop, connection
 //! limits per client address, per network and in all, stress, eviction of
 //! idle sessions for newcomers, a bounded refusal path, and the drain at
 //! shutdown. A role gives it a bound listener, its limits, a shutdown
@@ -9,6 +9,7 @@
 //! - [`deadline`]: per-line and per-message client deadlines (sans-IO);
 //! - [`listener`]: binding with the system's accept queue, the open-file
 //!   limit;
+//! - [`memory`]: a budget of message octets held by all sessions at once;
 //! - this module: the accept loop and each session's [`Control`].
 //!
 //! At shutdown the listener closes, sessions get `shutdown_grace` to end on
@@ -18,6 +19,7 @@
 
 pub mod deadline;
 pub mod listener;
+pub mod memory;
 pub mod table;
 
 use std::collections::HashMap;
@@ -131,6 +133,9 @@ struct Shared {
     inner: Mutex<Inner>,
     weather: watch::Sender<Weather>,
     epoch: Instant,
+    /// The role's own refusal ([`Settings::refusal`]): the reply's bytes
+    /// and the log record.
+    refusal: Option<(Vec<u8>, String)>,
 }
 
 impl Shared {
@@ -217,6 +222,14 @@ fn orders(weather: watch::Receiver<Weather>, evict: watch::Receiver<Option<Durat
 }
 
 impl Control {
+    /// Whether the server is shutting down (from the moment it stops
+    /// accepting): a role that answers `421` at once to sessions not in
+    /// the middle of someone else's work (the outbound server) asks this
+    /// at each [`Order::Recheck`], which the start of the drain sends.
+    pub fn draining(&self) -> bool {
+        self.weather.borrow().stage != Stage::Running
+    }
+
     /// Whether slots run short: use the shorter timeouts.
     pub fn stressed(&self) -> bool {
         self.weather.borrow().stressed
@@ -380,6 +393,20 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Our host name, for refusals.
     pub hostname: String,
+    /// What a connection over the limits is told, and the log record;
+    /// None: `421 4.7.0 HOST Error: too many connections…` and
+    /// `refused=connection-limit client=…` (a server facing the internet).
+    pub refusal: Option<Refusal>,
+}
+
+/// A role's own refusal of a connection over the limits.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// Written without waiting, then the connection closes (a `421`
+    /// greeting, RFC 5321 §3.8).
+    pub reply: Reply,
+    /// The log record, the same for every refusal.
+    pub log: String,
 }
 
 /// Accepts connections on `listener` until `shutdown` completes, each
@@ -498,6 +525,10 @@ impl Shared {
             }),
             weather,
             epoch: Instant::now(),
+            refusal: settings
+                .refusal
+                .as_ref()
+                .map(|r| (r.reply.to_bytes(), r.log.clone())),
         })
     }
 
@@ -597,6 +628,12 @@ where
                 match admit(&shared, peer) {
                     Ok(control) => {
                         sessions.spawn(serve(conn, peer, control));
+                    }
+                    Err(_) if shared.refusal.is_some() => {
+                        if let Some((reply, record)) = &shared.refusal {
+                            log!("{record}");
+                            L::refuse(conn, reply);
+                        }
                     }
                     Err(why) => {
                         log!(

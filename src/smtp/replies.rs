@@ -231,6 +231,14 @@ pub fn bad_recipient_syntax_because(why: impl Display) -> Reply {
     Reply::new(501, format!("5.1.3 Bad recipient address syntax: {why}"))
 }
 
+/// `452 4.3.1`: the messages in flight hold all the memory the server
+/// allows (RFC 5321 §4.2.2 452 "insufficient system storage", RFC 3463
+/// X.3.1 mail system full); to a recipient whose `SIZE=` does not fit (RFC
+/// 1870 §6.1) or to a complete message. The client sends it again later.
+pub fn insufficient_storage() -> Reply {
+    Reply::new(452, "4.3.1 Insufficient system storage, try again later")
+}
+
 /// `452 4.5.3`: one recipient over the limit of a transaction (RFC 5321
 /// §4.5.3.1.10: 452 and the client sends the rest later; RFC 3463 X.5.3).
 pub fn too_many_recipients() -> Reply {
@@ -293,6 +301,22 @@ pub fn service_unavailable(host: &str) -> Reply {
 /// "excessive load"; Postfix's postscreen says 4.3.2 when all ports are busy).
 pub fn too_many_connections(host: &str) -> Reply {
     Reply::new(421, format!("4.3.2 {host} Error: too many connections"))
+}
+
+/// `421 4.3.2`: `blackpony outbound` serves `--max-connections` MTA
+/// connections already (RFC 3463 X.3.2); the MTA on the same host retries.
+pub fn mta_connections_busy() -> Reply {
+    Reply::new(421, "4.3.2 Too many connections, try again later")
+}
+
+/// `421 4.3.1`: the message arriving would take more memory than the
+/// server allows messages in flight (RFC 3463 X.3.1: mail system full);
+/// told at once, not after the rest, and the connection closes (§3.8).
+pub fn insufficient_storage_closing(host: &str) -> Reply {
+    Reply::new(
+        421,
+        format!("4.3.1 {host} Insufficient system storage, closing connection"),
+    )
 }
 
 /// `421 4.7.0`: a per-client limit (`whom` is "your address" or "your
@@ -562,6 +586,9 @@ mod tests {
             (service_unavailable(host), true),
             (too_many_connections(host), true),
             (too_many_connections_from(host, "your network"), true),
+            (mta_connections_busy(), true),
+            (insufficient_storage_closing(host), true),
+            (insufficient_storage(), true),
             (evicted(host), true),
             (too_many_errors(host), true),
             (timeout(host), true),

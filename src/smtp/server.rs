@@ -114,12 +114,33 @@ impl ReceiveSession {
     /// session ends, whatever the client was sending (a message not yet
     /// complete is not delivered; the client tries again later).
     pub fn shutting_down(&mut self) {
+        self.close_with(&replies::shutting_down(&self.hostname));
+    }
+
+    /// Ends the session with `reply` (a `421`, RFC 5321 §3.8: the server
+    /// may close at any time after one), whatever the client was sending;
+    /// a message not yet complete is not delivered.
+    pub fn close_with(&mut self, reply: &Reply) {
         if matches!(self.phase, Phase::Closed) {
             return;
         }
-        self.reply(replies::shutting_down(&self.hostname));
+        reply.write_to(&mut self.output);
         self.phase = Phase::Closed;
         self.events.push_back(ReceiveEvent::Close);
+    }
+
+    /// Octets of the message being received that the session holds now
+    /// (none outside a message, nor once it is over the size limit and
+    /// discarded): for a server's bound on the memory messages take.
+    pub fn message_bytes(&self) -> u64 {
+        match &self.phase {
+            Phase::Data {
+                wire,
+                too_big: false,
+                ..
+            } => wire.len() as u64,
+            _ => 0,
+        }
     }
 
     /// SMTP: the answer to the pending [`ReceiveEvent::Recipient`],

@@ -9,7 +9,9 @@
 //!   (`tls=none`, `tls=TLSv1.x/…` or `tls=XPONY/Noise_… peer=SHA256:…`);
 //! - inbound refusals: `session=… refused=starttls-injection …`;
 //! - outbound, one per recipient and delivery attempt (deliver, lmtp, outbound):
-//!   `to=<bob@example.org> relay=… tls=… verified=… level=encrypted … status=sent (…)`.
+//!   `to=<bob@example.org> relay=… tls=… verified=… level=encrypted … status=sent (…)`,
+//!   under `session=… ` in `blackpony outbound` (its own refusals of the
+//!   MTA, `refused=message-memory`, are no inbound refusals).
 //!
 //! Anything else (start-up lines, other programs' lines in a shared mail log)
 //! is skipped. A line's day comes from its own timestamp: blackpony's
@@ -95,8 +97,8 @@ pub struct Record {
 /// Parses one log line; `None` for lines that are not counted. `year` is
 /// used for traditional syslog dates, which have none.
 pub fn parse_line(line: &str, year: i32) -> Option<Record> {
-    let (prefix, message) = split_program(line)?;
-    let event = parse_message(message)?;
+    let (prefix, role, message) = split_program(line)?;
+    let event = parse_message(role, message)?;
     Some(Record {
         day: day_of(prefix, year),
         event,
@@ -104,8 +106,8 @@ pub fn parse_line(line: &str, year: i32) -> Option<Record> {
 }
 
 /// Splits `… blackpony/ROLE[PID]: MESSAGE` into what comes before the
-/// program name and the message.
-fn split_program(line: &str) -> Option<(&str, &str)> {
+/// program name, the role and the message.
+fn split_program(line: &str) -> Option<(&str, &str, &str)> {
     let mut from = 0;
     while let Some(at) = line[from..].find("blackpony/") {
         let start = from + at;
@@ -117,7 +119,7 @@ fn split_program(line: &str) -> Option<(&str, &str)> {
             if let Some(close) = after.find("]: ")
                 && after[..close].bytes().all(|b| b.is_ascii_digit())
             {
-                return Some((&line[..start], &after[close + 3..]));
+                return Some((&line[..start], role, &after[close + 3..]));
             }
         }
         from = start + "blackpony/".len();
@@ -125,12 +127,20 @@ fn split_program(line: &str) -> Option<(&str, &str)> {
     None
 }
 
-fn parse_message(message: &str) -> Option<Event> {
+fn parse_message(role: &str, message: &str) -> Option<Event> {
     if let Some(rest) = message.strip_prefix("to=<") {
         return parse_delivery(rest);
     }
     let rest = message.strip_prefix("session=")?;
     let (_, rest) = rest.split_once(' ')?;
+    if let Some(rest) = rest.strip_prefix("to=<") {
+        return parse_delivery(rest);
+    }
+    // The outbound server's sessions are with the MTA: neither they nor
+    // what it refuses the MTA (over its limits) are inbound figures.
+    if role == "outbound" {
+        return None;
+    }
     if let Some(fields) = rest.strip_prefix("disconnect ") {
         let client = field(fields, "client=")?;
         let ip = client
@@ -461,6 +471,19 @@ mod tests {
                     Some(DAY),
                     delivery("nullmx.test", Plaintext, false, Bounced),
                 ),
+            ),
+            // The outbound server's records, under a session.
+            (
+                "2026-12-03T04:15:15Z blackpony/outbound[9]: session=0000000A to=<y@Plain.test> relay=mx.plain.test[127.0.10.3]:25 tls=none verified=no level=plaintext delay=0.01 dsn=2.0.0 status=sent (250 2.0.0 Ok)",
+                rec(Some(DAY), delivery("plain.test", Plaintext, false, Sent)),
+            ),
+            (
+                "2026-12-03T04:15:15Z blackpony/outbound[9]: session=0000000B refused=message-memory size=70000 in-flight=60000 max-message-memory=100000",
+                None,
+            ),
+            (
+                "2026-12-03T04:15:15Z blackpony/outbound[9]: session=0000000B disconnect client=unknown[127.0.0.1]:4 end=quit duration=0.1s",
+                None,
             ),
             // Not counted: other events, other programs, broken lines.
             (

@@ -1,6 +1,6 @@
-//! `blackpony inbound` as a process, for what only shows from outside: its
-//! log lines, its stderr pipe, its listening socket, its open-file limit,
-//! signals. Killed when dropped.
+//! `blackpony inbound` (or another server role) as a process, for what
+//! only shows from outside: its log lines, its stderr pipe, its listening
+//! socket, its open-file limit, signals. Killed when dropped.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -37,6 +37,16 @@ impl Daemon {
     /// Standard input is `stdin` (else /dev/null); `start.shell` may move it
     /// to another fd.
     pub fn start_with_stdin(start: Start<'_>, stdin: Option<std::os::fd::OwnedFd>) -> Daemon {
+        Daemon::start_role(
+            "inbound --listen 127.0.0.1:0 --hostname mx.test",
+            start,
+            stdin,
+        )
+    }
+
+    /// Another role: `role` is the subcommand and its first flags (it must
+    /// listen on port 0), `start.args` follow.
+    pub fn start_role(role: &str, start: Start<'_>, stdin: Option<std::os::fd::OwnedFd>) -> Daemon {
         // BLACKPONY_BIN: another build (to check a test fails without a fix).
         let bin = std::env::var("BLACKPONY_BIN")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_blackpony").to_string());
@@ -45,7 +55,7 @@ impl Daemon {
             script.push_str(start.shell);
             script.push_str("; ");
         }
-        script.push_str("exec \"$0\" inbound --listen 127.0.0.1:0 --hostname mx.test \"$@\"");
+        script.push_str(&format!("exec \"$0\" {role} \"$@\""));
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(&script)

@@ -75,6 +75,7 @@ fn harness() -> blackpony::server::Settings {
         limits: Default::default(),
         shutdown_grace: Duration::from_secs(1),
         hostname: "relay.example.org".into(),
+        refusal: None,
     }
 }
 

@@ -12,4 +12,5 @@ mod inbound;
 mod lmtp;
 mod load;
 mod notify;
+mod outbound;
 mod support;

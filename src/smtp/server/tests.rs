@@ -161,6 +161,47 @@ fn oversized_message() {
     assert_eq!(s.poll_event(), None);
 }
 
+/// What a server's memory bound sees: the octets held of the message
+/// arriving, none before or after it or once it is over the size limit; a
+/// `421` in the middle of it ends the session with nothing delivered.
+#[test]
+fn message_bytes_held_and_close_mid_message() {
+    for protocol in [Protocol::Lmtp, Protocol::Smtp] {
+        let mut s = ReceiveSession::new(protocol, "bp", 20);
+        let hello: &[u8] = match protocol {
+            Protocol::Lmtp => b"LHLO x\r\n",
+            Protocol::Smtp => b"EHLO x\r\n",
+        };
+        s.input(hello);
+        s.input(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n");
+        if protocol == Protocol::Smtp {
+            while let Some(event) = s.poll_event() {
+                if matches!(event, ReceiveEvent::Recipient { .. }) {
+                    s.answer(&Reply::new(250, "2.1.5 Ok"));
+                } else if event == ReceiveEvent::Data {
+                    s.answer(&Reply::new(354, "go ahead"));
+                }
+            }
+        }
+        assert!(s.receiving_message(), "{protocol:?}");
+        assert_eq!(s.message_bytes(), 0);
+        s.input(b"0123456789\r\n");
+        assert_eq!(s.message_bytes(), 12, "{protocol:?}");
+        // Over the size limit: discarded, so no longer held.
+        s.input(b"0123456789\r\n");
+        assert_eq!(s.message_bytes(), 0, "{protocol:?}");
+        out(&mut s);
+        s.close_with(&Reply::new(421, "4.3.1 full"));
+        assert_eq!(out(&mut s), "421 4.3.1 full\r\n");
+        assert!(s.is_closed() && !s.receiving_message());
+        assert_eq!(s.poll_event(), Some(ReceiveEvent::Close));
+        // The rest of the message changes nothing.
+        s.input(b".\r\n");
+        s.close_with(&Reply::new(421, "4.3.2 again"));
+        assert_eq!((out(&mut s).as_str(), s.poll_event()), ("", None));
+    }
+}
+
 fn mx(options: ReceiveOptions) -> ReceiveSession {
     let mut s = ReceiveSession::new(Protocol::Smtp, "mx", 1000).with_options(options);
     out(&mut s);
