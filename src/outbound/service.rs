@@ -26,8 +26,8 @@ use super::proxy::{MxTransaction, recipient_reply};
 use crate::log;
 use crate::server::memory::{Held, MessageMemory};
 use crate::server::{Control, Limits, Listen, Order, Refusal, Settings, Wrote, write_within};
-use crate::smtp::{Reply, replies};
 use crate::smtp::server::{Protocol, ReceiveEvent, ReceiveSession};
+use crate::smtp::{Reply, replies};
 
 /// How long the MTA may stay silent (RFC 5321 §4.5.3.2.7), and how long a
 /// reply to it may take to write.
@@ -408,9 +408,8 @@ where
                 // the rest (RFC 5321 §3.8: a 421 at any time).
                 if session.receiving_message() && !hold(&mut held, session.message_bytes()) {
                     closing = End::MessageMemory;
-                    session.close_with(&replies::insufficient_storage_closing(
-                        &deliverer.helo_name,
-                    ));
+                    session
+                        .close_with(&replies::insufficient_storage_closing(&deliverer.helo_name));
                 }
             }
             Ok(Ok(Ok(_))) => {

@@ -728,6 +728,7 @@ mod tests {
             limits: Limits::default(),
             shutdown_grace: Duration::from_secs(60),
             hostname: "mx.test".into(),
+            refusal: None,
         };
         let served = Arc::new(AtomicUsize::new(0));
         let count = Arc::clone(&served);
