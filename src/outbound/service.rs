@@ -263,6 +263,10 @@ where
     // Why the session is closing, when we close it.
     let mut closing = End::Quit;
     let mut buf = vec![0u8; 64 * 1024];
+    // Since when the MTA's silence counts: its last input or our last
+    // reply. A wait woken by the harness (a stress change) goes on with the
+    // time left, not a fresh [`IDLE`].
+    let mut heard = Instant::now();
     let end = loop {
         while let Some(event) = session.poll_event() {
             match event {
@@ -365,6 +369,7 @@ where
                 None => write_alone(&mut writer, &session.output).await,
             };
             session.output.clear();
+            heard = Instant::now();
             match wrote {
                 Wrote::Done => {}
                 Wrote::Failed => break End::ClientLost,
@@ -397,11 +402,12 @@ where
             }
         };
         let read = tokio::select! {
-            read = tokio::time::timeout(IDLE, reader.read(&mut buf)) => Ok(read),
+            read = tokio::time::timeout_at((heard + IDLE).into(), reader.read(&mut buf)) => Ok(read),
             order = told => Err(order),
         };
         match read {
             Ok(Ok(Ok(n))) if n > 0 => {
+                heard = Instant::now();
                 session.input(&buf[..n]);
                 // The message being received is held as it arrives; past
                 // the bound the MTA is told at once, not after sending
