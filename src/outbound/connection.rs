@@ -16,8 +16,8 @@ use super::dane::HostTls;
 use super::policy::{SecurityLevel, TlsPolicy};
 use super::xpony::{self, PonyContext};
 use crate::log;
-use crate::smtp::Reply;
 use crate::smtp::client::{ClientSession, HostFailure, Step};
+use crate::smtp::{Reply, replies};
 use crate::transport::dane::DaneMismatch;
 use crate::transport::{CertVerdict, ClientDriver, ClientTls, Encryption, Stream};
 
@@ -100,14 +100,7 @@ impl Dialer<'_> {
             Ok(Err(e)) => e.to_string(),
             Err(_) => "timed out".to_string(),
         };
-        Err(Reply::new(
-            451,
-            format!(
-                "4.4.1 Connect to {host}[{}]:{}: {why}",
-                addr.ip(),
-                addr.port()
-            ),
-        ))
+        Err(replies::connect_failed(host, addr.ip(), addr.port(), why))
     }
 
     /// Runs `session` on `conn` until it is done (a delivering session) or
@@ -186,10 +179,7 @@ impl Dialer<'_> {
         let ip = conn.addr.ip();
         let failed = |why: String| HostFailure::Refused {
             stage: "STARTTLS",
-            reply: Reply::new(
-                454,
-                format!("4.7.5 TLS handshake with {host}[{ip}] failed: {why}"),
-            ),
+            reply: replies::tls_handshake_failed(&host, ip, why),
         };
         let Some(Ok(tcp)) = conn.stream.take().map(Stream::into_plain) else {
             return Err(failed("not a plaintext connection".into()));
@@ -217,12 +207,7 @@ impl Dialer<'_> {
                     conn.dane_mismatch = Some(why.clone());
                     return Err(HostFailure::Refused {
                         stage: "STARTTLS",
-                        reply: Reply::new(
-                            454,
-                            format!(
-                                "4.7.5 Server certificate of {host}[{ip}] does not match its TLSA records (DANE): {why}"
-                            ),
-                        ),
+                        reply: replies::dane_mismatch(&host, ip, why),
                     });
                 }
                 conn.tls_failed = true;
@@ -252,10 +237,7 @@ impl Dialer<'_> {
             let _ = stream.write_all(b"QUIT\r\n").await;
             return Err(HostFailure::Refused {
                 stage: "STARTTLS",
-                reply: Reply::new(
-                    454,
-                    format!("4.7.5 Server certificate of {host} not verified: {why}"),
-                ),
+                reply: replies::certificate_not_verified(&host, why),
             });
         }
         conn.stream = Some(stream);

@@ -24,7 +24,7 @@ use super::xpony::PonyContext;
 use crate::log;
 use crate::smtp::client::{ClientSession, ContentRefusal, HostFailure};
 use crate::smtp::envelope::{ContentFacts, Envelope, address_is_sane, domain_of};
-use crate::smtp::{DotStuffer, Reply};
+use crate::smtp::{DotStuffer, Reply, replies};
 use crate::transport::ClientTls;
 
 /// Bounds of one delivery, after Postfix's smtp(8) defaults.
@@ -157,24 +157,14 @@ impl Deliverer {
                     Some((_, list)) => list.push(rcpt.clone()),
                     None => by_domain.push((d, vec![rcpt.clone()])),
                 },
-                None => results.push(self.failed(
-                    rcpt,
-                    Reply::new(501, "5.1.3 Bad recipient address syntax"),
-                    started,
-                )),
+                None => results.push(self.failed(rcpt, replies::bad_recipient_syntax(), started)),
             }
         }
         if !address_is_sane(&envelope.sender) {
             return envelope
                 .recipients
                 .iter()
-                .map(|r| {
-                    self.failed(
-                        r,
-                        Reply::new(501, "5.1.7 Bad sender address syntax"),
-                        started,
-                    )
-                })
+                .map(|r| self.failed(r, replies::bad_sender_syntax(), started))
                 .collect();
         }
         // Domains are delivered side by side (a few at a time), so one slow
@@ -191,16 +181,7 @@ impl Deliverer {
                 Ok(statuses) => statuses,
                 Err(_) => rcpts
                     .iter()
-                    .map(|r| {
-                        self.failed(
-                            r,
-                            Reply::new(
-                                451,
-                                "4.4.7 Delivery time limit exceeded; the MTA will retry",
-                            ),
-                            started,
-                        )
-                    })
+                    .map(|r| self.failed(r, replies::delivery_time_limit(), started))
                     .collect(),
             }
         });

@@ -19,9 +19,9 @@ use super::sts::{self, Mode as StsMode, TlsSeen};
 use super::sts_fetch::ActivePolicy;
 use super::tlsrpt::SessionFacts;
 use crate::log;
-use crate::smtp::Reply;
 use crate::smtp::client::{HostFailure, StartTls};
 use crate::smtp::envelope::{LiteralError, address_literal, literal_name};
+use crate::smtp::{Reply, replies};
 use crate::transport::{CertVerdict, Encryption};
 
 impl Deliverer {
@@ -48,10 +48,7 @@ impl Deliverer {
             Ok(MxAnswer::Exchangers(mx, dnssec)) => (route::plan(mx, seed()), dnssec),
             Ok(MxAnswer::Implicit) => (route::implicit(domain), Dnssec::Insecure),
             Ok(MxAnswer::NullMx) => {
-                return Err(Reply::new(
-                    556,
-                    format!("5.1.10 Domain {domain} does not accept mail (null MX, RFC 7505)"),
-                ));
+                return Err(replies::null_mx(domain));
             }
             Err(failure) => return Err(dns_reply(&failure)),
         };
@@ -77,14 +74,12 @@ impl Deliverer {
                 // a listed MX without address is skipped (and remembered).
                 Err(failure) if *implicit => return Err(dns_reply(&failure)),
                 Err(failure) => {
-                    dns_failure.get_or_insert(Reply::new(451, format!("4.4.3 {failure}")));
+                    dns_failure.get_or_insert(replies::mx_lookup_failed(failure));
                 }
             }
         }
         if list.is_empty() {
-            return Err(dns_failure.unwrap_or_else(|| {
-                Reply::new(451, format!("4.4.4 No usable mail exchanger for {domain}"))
-            }));
+            return Err(dns_failure.unwrap_or_else(|| replies::no_usable_mx(domain)));
         }
         Ok(Candidates {
             list,
@@ -101,16 +96,10 @@ impl Deliverer {
         &self,
         literal: Result<IpAddr, LiteralError>,
     ) -> Result<Candidates, Reply> {
-        let ip = literal
-            .map_err(|e| Reply::new(501, format!("5.1.3 Bad recipient address syntax: {e}")))?;
+        let ip = literal.map_err(replies::bad_recipient_syntax_because)?;
         let name = literal_name(ip);
         if self.refuse_address_literals {
-            return Err(Reply::new(
-                550,
-                format!(
-                    "5.7.1 Delivery to address literal {name} refused by local policy (refuse_address_literals)"
-                ),
-            ));
+            return Err(replies::address_literal_refused(&name));
         }
         Ok(Candidates {
             list: vec![(name, ip)],
@@ -201,7 +190,7 @@ impl Deliverer {
                 }
                 Err(refusal) => {
                     self.record_outcome(&outcome(Err(refusal.failure), Some(refusal.why.clone())));
-                    let reply = Reply::new(451, format!("4.7.5 {host}: DANE: {}", refusal.why));
+                    let reply = replies::dane_refused(host, &refusal.why);
                     log!("host {host} failed: {reply}; trying the next one");
                     Err(reply)
                 }
@@ -374,14 +363,11 @@ impl Deliverer {
         }
         if matching.is_empty() {
             let hosts: Vec<&str> = other.iter().map(|r| r.host.as_str()).collect();
-            return Err(Reply::new(
-                451,
-                format!(
-                    "4.7.5 MTA-STS policy of {domain} (mode enforce, id {}) lists none of its MX hosts ({}; the policy allows {})",
-                    active.id,
-                    hosts.join(", "),
-                    active.policy.mx_list()
-                ),
+            return Err(replies::sts_lists_no_mx(
+                domain,
+                &active.id,
+                &hosts.join(", "),
+                &active.policy.mx_list(),
             ));
         }
         Ok(matching)

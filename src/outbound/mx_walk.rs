@@ -22,9 +22,9 @@ use super::report::{RecipientStatus, host_failure_reply};
 use super::sts::TlsSeen;
 use super::sts_fetch::ActivePolicy;
 use crate::log;
-use crate::smtp::Reply;
 use crate::smtp::client::{ClientSession, HostFailure, SessionOutcome};
 use crate::smtp::envelope::Envelope;
+use crate::smtp::{Reply, replies};
 use crate::transport::{CertVerdict, Encryption};
 
 /// What a walk over the MX hosts opens sessions for.
@@ -316,12 +316,7 @@ impl Deliverer {
                 last_security = (attempt.tls.clone(), attempt.verdict.clone());
             }
         }
-        let (reply, relay) = last.unwrap_or_else(|| {
-            (
-                Reply::new(451, format!("4.4.4 No usable mail exchanger for {domain}")),
-                None,
-            )
-        });
+        let (reply, relay) = last.unwrap_or_else(|| (replies::no_usable_mx(domain), None));
         let (tls, verdict) = last_security;
         Err(GaveUp {
             reply,
@@ -364,16 +359,12 @@ impl Deliverer {
                 rcpts
                     .iter()
                     .map(|r| {
-                        let text = if accepted.contains(r) {
-                            format!(
-                                "4.4.2 Lost connection with {host}[{ip}] after end of data; the message may already be delivered"
-                            )
+                        let reply = if accepted.contains(r) {
+                            replies::lost_after_end_of_data(host, ip)
                         } else {
-                            format!(
-                                "4.4.2 Lost connection with {host}[{ip}] during the transaction"
-                            )
+                            replies::lost_during_transaction(host, ip)
                         };
-                        let mut s = self.failed(r, Reply::new(451, text), started);
+                        let mut s = self.failed(r, reply, started);
                         s.relay = relay.clone();
                         s.tls = attempt.tls.clone();
                         s.level = level;

@@ -17,9 +17,9 @@ use super::mx_walk::OpenRoute;
 use super::policy::TlsPolicy;
 use super::report::{RecipientStatus, host_failure_reply};
 use crate::log;
-use crate::smtp::Reply;
 use crate::smtp::client::{ClientSession, HostFailure, SessionOutcome};
 use crate::smtp::envelope::domain_of;
+use crate::smtp::{Reply, replies};
 
 /// One transaction of the SMTP proxy on an open MX session.
 pub(super) struct MxTransaction {
@@ -44,17 +44,14 @@ pub(super) async fn recipient_reply(
     size: Option<u64>,
 ) -> Reply {
     let Some(domain) = domain_of(recipient) else {
-        return Reply::new(501, "5.1.3 Bad recipient address syntax");
+        return replies::bad_recipient_syntax();
     };
     if let Some(r) = remote.as_mut() {
         if r.domain == domain {
             return r.recipient(deliverer, recipient).await;
         }
         if !r.accepted.is_empty() {
-            return Reply::new(
-                452,
-                "4.5.3 One destination domain per transaction: send the other recipients in a new transaction",
-            );
+            return replies::one_domain_per_transaction();
         }
         // Nobody was accepted at that domain: the transaction is not bound
         // to it yet, so move on to this recipient's domain.
@@ -109,7 +106,7 @@ pub(super) async fn recipient_reply(
     };
     r.begin(deliverer, remote, sender, recipient, size, false)
         .await
-        .unwrap_or_else(|| Reply::new(451, "4.3.0 Error: lost the remote session"))
+        .unwrap_or_else(replies::lost_remote_session)
 }
 
 impl MxTransaction {
@@ -135,7 +132,7 @@ impl MxTransaction {
             }
             Ok(false) => {
                 self.quit().await;
-                return (!reset).then(|| Reply::new(451, "4.3.0 Error: lost the remote session"));
+                return (!reset).then(replies::lost_remote_session);
             }
             Ok(true) => {}
         }
@@ -244,26 +241,16 @@ impl MxTransaction {
             Some(SessionOutcome::Failed(failure)) => {
                 host_failure_reply(&failure, &host, ip, self.policy)
             }
-            Some(SessionOutcome::Uncertain { .. }) => Reply::new(
-                451,
-                format!(
-                    "4.4.2 Lost connection with {host}[{ip}] while waiting for the reply to end of data"
-                ),
-            ),
+            Some(SessionOutcome::Uncertain { .. }) => {
+                replies::lost_waiting_for(&host, ip, "end of data")
+            }
             _ => self.gone(),
         }
     }
 
     /// The reply when the session cannot take the command.
     fn gone(&self) -> Reply {
-        Reply::new(
-            451,
-            format!(
-                "4.4.2 Lost connection with {}[{}]",
-                self.conn.host,
-                self.conn.addr.ip()
-            ),
-        )
+        replies::lost_connection(&self.conn.host, self.conn.addr.ip())
     }
 
     /// Keeps the session for the next transaction to the same domain, or

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::dns::DnsFailure;
 use super::policy::{SecurityLevel, TlsPolicy};
 use crate::smtp::client::HostFailure;
-use crate::smtp::{EnhancedStatus, Reply};
+use crate::smtp::{EnhancedStatus, Reply, replies};
 use crate::transport::{CertVerdict, Encryption};
 
 /// Where and how a recipient's message went (or did not).
@@ -90,21 +90,10 @@ impl RecipientStatus {
 /// A reply for a DNS failure (RFC 3463 codes as Postfix uses them).
 pub(super) fn dns_reply(failure: &DnsFailure) -> Reply {
     match failure {
-        DnsFailure::NoSuchDomain(name) => Reply::new(
-            550,
-            format!("5.1.2 Host or domain name not found: {name} does not exist"),
-        ),
-        DnsFailure::NoRecords(name, _) => Reply::new(
-            550,
-            format!("5.1.2 Host or domain name not found: {name} has no address"),
-        ),
-        DnsFailure::BadName(name) => {
-            Reply::new(501, format!("5.1.2 Bad destination domain name {name:?}"))
-        }
-        DnsFailure::Temporary(name, why) => Reply::new(
-            451,
-            format!("4.4.3 Host or domain name lookup failed for {name}: {why}"),
-        ),
+        DnsFailure::NoSuchDomain(name) => replies::no_such_domain(name),
+        DnsFailure::NoRecords(name, _) => replies::domain_has_no_address(name),
+        DnsFailure::BadName(name) => replies::bad_destination_domain(name),
+        DnsFailure::Temporary(name, why) => replies::dns_lookup_failed(name, why),
     }
 }
 
@@ -138,42 +127,23 @@ pub(super) fn host_failure_reply(
                 )
             }
         }
-        HostFailure::TlsUnavailable { reply } => Reply::new(
-            451,
-            format!(
-                "4.7.4 TLS is required by {} but {host}[{ip}] {}",
-                match policy {
-                    // What DANE made of the host (dane.rs `decide`).
-                    TlsPolicy::DaneOnly => "DANE (usable TLSA records)".to_string(),
-                    other => format!("policy {}", other.as_str()),
-                },
-                match reply {
-                    Some(r) => format!("refused STARTTLS: {r}"),
-                    None => "did not offer STARTTLS".to_string(),
-                }
-            ),
+        HostFailure::TlsUnavailable { reply } => replies::tls_required(
+            &match policy {
+                // What DANE made of the host (dane.rs `decide`).
+                TlsPolicy::DaneOnly => "DANE (usable TLSA records)".to_string(),
+                other => format!("policy {}", other.as_str()),
+            },
+            host,
+            ip,
+            &match reply {
+                Some(r) => format!("refused STARTTLS: {r}"),
+                None => "did not offer STARTTLS".to_string(),
+            },
         ),
-        HostFailure::Protocol(e) => {
-            Reply::new(451, format!("4.5.0 {host}[{ip}] does not speak SMTP: {e}"))
-        }
-        HostFailure::PonyDowngrade => Reply::new(
-            451,
-            format!(
-                "4.7.5 {host}[{ip}] is known to speak XPONY (pin or DNS key) but did not offer it: a downgrade? 'blackpony pins forget {host}' if this is intended"
-            ),
-        ),
-        HostFailure::PonyRejected { why } => {
-            Reply::new(451, format!("4.7.5 XPONY key refused: {why}"))
-        }
-        HostFailure::PonyFailed { why } => Reply::new(
-            451,
-            format!("4.7.5 XPONY handshake with {host}[{ip}] failed: {why}"),
-        ),
-        HostFailure::Lost { stage } => Reply::new(
-            451,
-            format!(
-                "4.4.2 Lost connection with {host}[{ip}] while waiting for the reply to {stage}"
-            ),
-        ),
+        HostFailure::Protocol(e) => replies::not_smtp(host, ip, e),
+        HostFailure::PonyDowngrade => replies::xpony_downgrade(host, ip),
+        HostFailure::PonyRejected { why } => replies::xpony_key_refused(why),
+        HostFailure::PonyFailed { why } => replies::xpony_failed(host, ip, why),
+        HostFailure::Lost { stage } => replies::lost_waiting_for(host, ip, stage),
     }
 }

@@ -301,7 +301,7 @@ where
                 ReceiveEvent::Data => {
                     let reply = match remote.as_mut() {
                         Some(r) => r.data(deliverer).await,
-                        None => Reply::new(503, "5.5.1 Error: no valid recipients"),
+                        None => replies::no_valid_recipients(),
                     };
                     remote_in_data = reply.code() == 354;
                     session.answer(&reply);
@@ -331,7 +331,7 @@ where
                                 r.refuse(&reply);
                                 reply
                             }
-                            (None, _) => Reply::new(451, "4.3.0 Error: lost the remote session"),
+                            (None, _) => replies::lost_remote_session(),
                         }
                     };
                     session.answer(&reply);

@@ -25,7 +25,7 @@ use crate::pony::negotiation::ServerHints;
 use crate::pony::noise::Keypair;
 use crate::pony::pins::{Pin, PinSource, PinStore};
 use crate::smtp::client::{ClientSession, PonyOffer, SessionOutcome, StartTls, Step};
-use crate::smtp::{ContentFacts, DotStuffer, EhloReply, Envelope, Reply};
+use crate::smtp::{ContentFacts, DotStuffer, EhloReply, Envelope, Reply, replies};
 use crate::sysexits::Exit;
 use crate::transport::drive::write_all;
 use crate::transport::{ClientDriver, Stream};
@@ -505,7 +505,7 @@ async fn take(local: &Local<'_>, id: &str, sealed: &[u8]) -> Verdict {
         }
         (Target::Maildir(_), None) => remaining
             .iter()
-            .map(|r| (r.clone(), Reply::new(451, "4.3.0 Maildir not open")))
+            .map(|r| (r.clone(), replies::maildir_not_open()))
             .collect(),
     };
     let mut delivered = done;
@@ -565,16 +565,13 @@ async fn deliver_maildir(
     let (md, sender, message) = (maildir.clone(), sender.to_string(), message.to_vec());
     let written = tokio::task::spawn_blocking(move || md.deliver(&sender, &message)).await;
     let reply = match written {
-        Ok(Ok(path)) => Reply::new(
-            250,
-            format!(
-                "2.0.0 {}",
-                path.file_name()
-                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
-            ),
+        Ok(Ok(path)) => replies::maildir_delivered(
+            &path
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
         ),
-        Ok(Err(e)) => Reply::new(451, format!("4.3.0 {e}")),
-        Err(e) => Reply::new(451, format!("4.3.0 {e}")),
+        Ok(Err(e)) => replies::local_store_failed(e),
+        Err(e) => replies::local_store_failed(e),
     };
     recipients
         .iter()
@@ -614,8 +611,8 @@ async fn deliver_mta(
     };
     let session = ClientSession::new(&settings.helo_name, StartTls::Never, envelope, facts, wire);
     let within = settings.connect_timeout;
-    let timed_out = || Reply::new(451, format!("4.4.1 connect to {target}: timed out"));
-    let refused = |e: std::io::Error| Reply::new(451, format!("4.4.1 connect to {target}: {e}"));
+    let timed_out = || replies::local_connect_failed(target, "timed out");
+    let refused = |e: std::io::Error| replies::local_connect_failed(target, e);
     let outcome = match target {
         Target::Smtp(addr) | Target::Lmtp(addr) => {
             match tokio::time::timeout(within, TcpStream::connect(addr)).await {
@@ -637,21 +634,18 @@ async fn deliver_mta(
                 Err(_) => return all(timed_out()),
             }
         }
-        Target::Maildir(_) => return all(Reply::new(451, "4.3.0 not an MTA")),
+        Target::Maildir(_) => return all(replies::not_an_mta()),
     };
     match outcome {
         Ok(Some(SessionOutcome::Replied(results))) => results
             .into_iter()
             .map(|r| (r.recipient, r.reply))
             .collect(),
-        Ok(Some(SessionOutcome::Failed(f))) => {
-            all(Reply::new(451, format!("4.4.2 local delivery failed: {f}")))
-        }
-        Ok(Some(SessionOutcome::Uncertain { .. }) | None) => all(Reply::new(
-            451,
-            "4.4.2 connection to the local MTA lost after the message was sent (delivery uncertain)",
-        )),
-        Err(e) => all(Reply::new(451, format!("4.4.2 {e}"))),
+        Ok(Some(SessionOutcome::Failed(f))) => all(replies::local_delivery_failed(f)),
+        // The message may have arrived (RFC 1047): the same reply as for
+        // an LMTP session lost between its per-recipient replies.
+        Ok(Some(SessionOutcome::Uncertain { .. }) | None) => all(replies::lost_after_message()),
+        Err(e) => all(replies::local_delivery_failed(e)),
     }
 }
 
