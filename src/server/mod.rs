@@ -10,6 +10,8 @@
 //! - [`listener`]: binding with the system's accept queue, the open-file
 //!   limit;
 //! - [`memory`]: a budget of message octets held by all sessions at once;
+//! - `threads`: serving on one single-threaded runtime per core, each
+//!   connection handed to the thread serving the fewest sessions;
 //! - this module: the accept loop and each session's [`Control`].
 //!
 //! At shutdown the listener closes, sessions get `shutdown_grace` to end on
@@ -21,6 +23,7 @@ pub mod deadline;
 pub mod listener;
 pub mod memory;
 pub mod table;
+mod threads;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -38,6 +41,7 @@ use tokio::task::JoinSet;
 
 pub use deadline::{ClientClock, Timeouts};
 pub use table::{Activity, Limits, Refused, canonical_ip};
+pub use threads::run_threads;
 
 use crate::log;
 use crate::smtp::{Reply, replies};
@@ -439,79 +443,6 @@ pub async fn run<L, S, F>(
     );
 }
 
-/// As [`run`], on `threads` threads of their own, each with a
-/// single-threaded runtime that accepts from the same listening socket and
-/// serves the connections it accepted: a session's reads, writes and timers
-/// are woken on the thread that polls them, with no wake-ups across threads
-/// and no task moving between them. Limits, stress and eviction are shared
-/// by all. With fewer than two threads this is [`run`].
-pub async fn run_threads<S, F>(
-    listener: TcpListener,
-    threads: usize,
-    settings: Settings,
-    shutdown: impl Future<Output = ()>,
-    serve: S,
-) where
-    S: Fn(TcpStream, Option<SocketAddr>, Control) -> F + Clone + Send + 'static,
-    F: Future<Output = ()> + Send + 'static,
-{
-    if threads < 2 {
-        return run(listener, settings, shutdown, serve).await;
-    }
-    let listener = match listener.into_std() {
-        Ok(l) => l,
-        Err(e) => {
-            log!("warning: cannot share the listening socket ({e}); serving on one runtime");
-            return;
-        }
-    };
-    let shared = Shared::new(&settings);
-    let mut finished = Vec::new();
-    for n in 0..threads {
-        // Each thread's runtime polls its own copy of the descriptor; the
-        // kernel hands each connection to one of them.
-        let copy = match listener.try_clone() {
-            Ok(c) => c,
-            Err(e) => {
-                log!("warning: cannot start serving thread {n}: {e}");
-                continue;
-            }
-        };
-        let (done, wait) = tokio::sync::oneshot::channel();
-        let harness = Arc::clone(&shared);
-        let hostname = settings.hostname.clone();
-        let serve = serve.clone();
-        let started = std::thread::Builder::new()
-            .name(format!("serve-{n}"))
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        log!("warning: serving thread {n}: cannot start its runtime: {e}");
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    match TcpListener::from_std(copy) {
-                        Ok(listener) => accept_loop(listener, harness, hostname, serve).await,
-                        Err(e) => log!("warning: serving thread {n}: {e}"),
-                    }
-                });
-                drop(runtime);
-                let _ = done.send(());
-            });
-        match started {
-            Ok(_) => finished.push(wait),
-            Err(e) => log!("warning: cannot start serving thread {n}: {e}"),
-        }
-    }
-    drop(listener);
-    supervise(&shared, &settings, shutdown, finished).await;
-}
-
 impl Shared {
     fn new(settings: &Settings) -> Arc<Shared> {
         let (weather, _) = watch::channel(Weather {
@@ -648,6 +579,13 @@ where
         }
     }
     drop(listener);
+    finish_sessions(sessions, &shared).await;
+}
+
+/// Waits for `sessions` to end after their accept loop stopped, cutting
+/// them when the server says so.
+async fn finish_sessions(mut sessions: JoinSet<()>, shared: &Shared) {
+    let mut weather = shared.weather.subscribe();
     loop {
         if weather.borrow_and_update().stage == Stage::Cut {
             sessions.shutdown().await;

@@ -14,3 +14,4 @@ mod load;
 mod notify;
 mod outbound;
 mod support;
+mod threads;
