@@ -28,6 +28,7 @@ mod threads;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -36,7 +37,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 pub use deadline::{ClientClock, Timeouts};
@@ -140,6 +141,10 @@ struct Shared {
     /// The role's own refusal ([`Settings::refusal`]): the reply's bytes
     /// and the log record.
     refusal: Option<(Vec<u8>, String)>,
+    /// Newcomers held at a full table (see [`admit_when_free`]), and their
+    /// wake-up when a slot is given back.
+    holding: AtomicUsize,
+    freed: Notify,
 }
 
 impl Shared {
@@ -295,6 +300,11 @@ impl Drop for Control {
         let stressed = inner.table.stressed();
         drop(inner);
         self.shared.publish_stress(stressed);
+        // A newcomer held at the full table takes the slot (the count is
+        // raised before it looks at the table: see `admit_when_free`).
+        if self.shared.holding.load(AtomicOrdering::SeqCst) > 0 {
+            self.shared.freed.notify_waiters();
+        }
     }
 }
 
@@ -460,6 +470,8 @@ impl Shared {
                 .refusal
                 .as_ref()
                 .map(|r| (r.reply.to_bytes(), r.log.clone())),
+            holding: AtomicUsize::new(0),
+            freed: Notify::new(),
         })
     }
 
@@ -556,7 +568,11 @@ where
                         continue;
                     }
                 };
-                match admit(&shared, peer) {
+                let admitted = match admit(&shared, peer) {
+                    Err(Refused::Full) => admit_when_free(&shared, peer, &mut weather).await,
+                    admitted => admitted,
+                };
+                match admitted {
                     Ok(control) => {
                         sessions.spawn(serve(conn, peer, control));
                     }
@@ -599,6 +615,57 @@ async fn finish_sessions(mut sessions: JoinSet<()>, shared: &Shared) {
             },
         }
     }
+}
+
+/// How long a newcomer is held at a full table before its `421`.
+pub const FULL_WAIT: Duration = Duration::from_millis(500);
+
+/// While held, how often the table is looked at again for a session that
+/// fell behind far enough to be evicted.
+const FULL_RECHECK: Duration = Duration::from_millis(100);
+
+/// A newcomer that found every slot taken and nobody to evict is held, not
+/// greeted, for up to [`FULL_WAIT`], and takes the first slot that is given
+/// back or the first session that falls behind far enough to evict. This
+/// accept loop takes nobody else meanwhile: the connections behind it wait
+/// in the kernel's accept queue, as at a Postfix whose smtpd processes are
+/// all busy. A burst of short sessions (5,000 connections at once, each
+/// greeted and gone in milliseconds) is so served in turn, and a normal
+/// client among them is served too, where refusing at once answered it
+/// `421` as long as the burst lasted (bench/hostile.sh "burst"). A table
+/// kept full by sessions that neither end nor fall behind still refuses,
+/// once per [`FULL_WAIT`] per serving thread.
+async fn admit_when_free(
+    shared: &Arc<Shared>,
+    peer: Option<SocketAddr>,
+    weather: &mut watch::Receiver<Weather>,
+) -> Result<Control, Refused> {
+    let deadline = tokio::time::Instant::now() + FULL_WAIT;
+    // Raised before the table is looked at: a slot given back after that
+    // look sees the count and wakes us (the table's lock orders the two).
+    shared.holding.fetch_add(1, AtomicOrdering::SeqCst);
+    let admitted = loop {
+        let freed = shared.freed.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        match admit(shared, peer) {
+            Err(Refused::Full) => {}
+            admitted => break admitted,
+        }
+        tokio::select! {
+            () = &mut freed => {}
+            // Sessions fall behind as time passes: one may be evictable.
+            () = tokio::time::sleep(FULL_RECHECK) => {}
+            () = tokio::time::sleep_until(deadline) => break Err(Refused::Full),
+            changed = weather.changed() => {
+                if changed.is_err() || weather.borrow().stage != Stage::Running {
+                    break Err(Refused::Full);
+                }
+            }
+        }
+    };
+    shared.holding.fetch_sub(1, AtomicOrdering::SeqCst);
+    admitted
 }
 
 /// Takes a slot for a client at `peer`, telling the session that must make

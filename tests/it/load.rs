@@ -462,6 +462,36 @@ async fn a_newcomer_at_a_full_table_evicts_the_longest_idle_session() {
 }
 
 #[tokio::test]
+async fn a_newcomer_at_a_full_table_takes_a_slot_freed_within_the_wait() {
+    let backend = Backend::start().await;
+    let tls = std::sync::Arc::new(
+        blackpony::transport::ServerTls::self_signed("mx.test").expect("self-signed"),
+    );
+    let sidecar = Sidecar::start(&backend, tls, |c| c.max_connections = 1).await;
+    let mut first = connect_from("127.0.5.1", sidecar.addr).await;
+    assert!(read_reply(&mut first).await.starts_with("220"));
+    // The table is full and nobody is evictable: the newcomer is held, not
+    // refused, and gets the slot the first session gives back.
+    let mut newcomer = connect_from("127.0.6.1", sidecar.addr).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(command(&mut first, "QUIT\r\n").await.starts_with("221"));
+    let greeting = read_reply(&mut newcomer).await;
+    assert!(greeting.starts_with("220"), "{greeting:?}");
+    // Held past the wait with the table still full: refused.
+    let started = Instant::now();
+    let mut late = connect_from("127.0.7.1", sidecar.addr).await;
+    let refused = read_reply(&mut late).await;
+    assert_eq!(refused, "421 4.3.2 mx.test Error: too many connections\r\n");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(command(&mut newcomer, "QUIT\r\n").await.starts_with("221"));
+    sidecar.stop().await;
+}
+
+#[tokio::test]
 async fn per_network_limit() {
     let backend = Backend::start().await;
     let tls = std::sync::Arc::new(
