@@ -58,7 +58,8 @@ pub struct BackendConn {
     pub reader: Box<dyn AsyncRead + Send + Unpin>,
     pub writer: Box<dyn AsyncWrite + Send + Unpin>,
     /// The spawned program in exec mode; killed when this is dropped.
-    _child: Option<Child>,
+    /// (Boxed: rare, large, and carried by every idle session's task.)
+    _child: Option<Box<Child>>,
 }
 
 /// What the backend is told about the client when it is opened.
@@ -119,7 +120,7 @@ impl BackendConn {
                 Ok(BackendConn {
                     reader: Box::new(stdout),
                     writer: Box::new(stdin),
-                    _child: Some(child),
+                    _child: Some(Box::new(child)),
                 })
             }
         }

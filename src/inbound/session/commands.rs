@@ -97,7 +97,7 @@ impl Session {
         self.client_in = input;
         self.client_in.drain(..consumed);
         if matches!(self.phase, Phase::XponySwitch)
-            && let Some((_, leftover)) = self.pony_ready.as_mut()
+            && let Some((_, leftover)) = self.pony_ready.as_deref_mut()
         {
             // Bytes behind message 3 are the client's first frames.
             *leftover = std::mem::take(&mut self.client_in);

@@ -34,7 +34,7 @@ impl Session {
     /// The channel from [`Action::StartPony`]: the transport and the bytes
     /// that came in behind message 3 (the client's first frames).
     pub fn take_pony(&mut self) -> Option<(Transport, Vec<u8>)> {
-        self.pony_ready.take()
+        self.pony_ready.take().map(|ready| *ready)
     }
 
     /// The client connection now runs over the blackpony channel.
@@ -176,7 +176,7 @@ impl Session {
         match crate::smtp::xpony_server::finish(state, line, self.line_crlf) {
             Finish::Aborted(reply) => self.local(reply, Then::Continue),
             Finish::Established(transport) => {
-                self.pony_ready = Some((transport, Vec::new()));
+                self.pony_ready = Some(Box::new((transport, Vec::new())));
                 self.phase = Phase::XponySwitch;
             }
             Finish::Failed { reply, error } => {

@@ -227,8 +227,9 @@ pub struct Session {
     pub(super) client_truncated: Option<String>,
     pub(super) errors: ErrorCount,
     pub(super) repeats: Repeats,
-    /// The established channel and the bytes already read behind message 3.
-    pub(super) pony_ready: Option<(Transport, Vec<u8>)>,
+    /// The established channel and the bytes already read behind message 3
+    /// (boxed: needed once, and every idle session's task carries this).
+    pub(super) pony_ready: Option<Box<(Transport, Vec<u8>)>>,
     /// The ephemeral key of the next handshake when a test fixes it (the
     /// spec's vectors); otherwise a fresh one is drawn each time (§4.1).
     pub(super) fixed_ephemeral: Option<Keypair>,
