@@ -10,7 +10,7 @@
 //!
 //! | folder | what it holds |
 //! |---|---|
-//! | [`smtp`] | the sans-IO protocol core: commands, replies, EHLO capabilities, the DATA scanner and dot-stuffer, MIME downgrade, the client session (delivery) and the receiving session (LMTP/SMTP from an MTA) |
+//! | [`smtp`] | the sans-IO protocol core: commands, replies (and every reply blackpony writes itself, named, in `smtp::replies`), EHLO capabilities, the DATA scanner and dot-stuffer, MIME downgrade, the client session (delivery) and the receiving session (LMTP/SMTP from an MTA) |
 //! | [`pony`] | the blackpony extension (XPONY): Noise XX, the framed channel, host keys and DNS key records, pins, the negotiation data, the spec's vectors |
 //! | [`transport`] | byte streams that may be plain TCP, TLS or the XPONY channel, the TLS configuration (both sides, ring provider only), and the driver of a client session over them |
 //! | [`inbound`] | the sidecar on port 25: a sans-IO relay session and the thin tokio loop that drives it |
