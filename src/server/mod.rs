@@ -632,7 +632,8 @@ const FULL_RECHECK: Duration = Duration::from_millis(100);
 /// all busy. A burst of short sessions (5,000 connections at once, each
 /// greeted and gone in milliseconds) is so served in turn, and a normal
 /// client among them is served too, where refusing at once answered it
-/// `421` as long as the burst lasted (bench/hostile.sh "burst"). A table
+/// `421` as long as the burst lasted (bench/hostile.sh "burst"). A network
+/// struck for a session that fell behind is not held. A table
 /// kept full by sessions that neither end nor fall behind still refuses,
 /// once per [`FULL_WAIT`] per serving thread.
 async fn admit_when_free(
@@ -640,6 +641,17 @@ async fn admit_when_free(
     peer: Option<SocketAddr>,
     weather: &mut watch::Receiver<Weather>,
 ) -> Result<Control, Refused> {
+    // A network that just lost a session for falling behind (a slowloris
+    // crowd reconnecting as fast as it is cut) is refused at once: holding
+    // it would stall this accept loop, and everyone queued behind it, for
+    // the wait.
+    if shared
+        .lock()
+        .table
+        .struck(peer.map(|p| p.ip()), shared.now_ms())
+    {
+        return Err(Refused::Full);
+    }
     let deadline = tokio::time::Instant::now() + FULL_WAIT;
     // Raised before the table is looked at: a slot given back after that
     // look sees the count and wakes us (the table's lock orders the two).

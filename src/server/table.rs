@@ -303,7 +303,8 @@ impl Table {
             .map(|(_, id, behind)| (id, behind))
     }
 
-    fn struck(&self, ip: Option<IpAddr>, now_ms: u64) -> bool {
+    pub fn struck(&self, ip: Option<IpAddr>, now_ms: u64) -> bool {
+        let ip = ip.map(canonical_ip);
         ip.is_some_and(|ip| {
             self.struck
                 .get(&Network::of(ip))

@@ -458,6 +458,21 @@ async fn a_newcomer_at_a_full_table_evicts_the_longest_idle_session() {
             .await
             .starts_with("250")
     );
+    // The evicted session's network is struck: its next connection at the
+    // full table is refused at once, not held (holding it would stall the
+    // accept loop, and every client queued behind it, for the wait).
+    let started = Instant::now();
+    let mut again = connect_from("127.0.1.2", sidecar.addr).await;
+    assert!(
+        read_reply(&mut again)
+            .await
+            .starts_with("421 4.3.2 mx.test Error: too many connections\r\n")
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
     sidecar.stop().await;
 }
 
