@@ -9,7 +9,11 @@
 # mean. Knobs (environment): BLACKPONY=path (default target/release/blackpony,
 # built if missing), REPS (3), PLAIN_MSGS ("4000 20000 60000"), TLS_MSGS (4000),
 # PERCONN_MSGS (600), IDLE_CONNS (2000), TLS_IDLE_CONNS (5000), SESSIONS (20), SIZE (1024),
-# CERT_KEY (ec256|rsa2048, default ec256), KEEP=1 keeps the temp dir (logs).
+# CERT_KEY (ec256|rsa2048, default ec256), KEEP=1 keeps the temp dir (logs),
+# SECTIONS (default all: "plain tls-kept tls-perconn memory memory-tls"; a
+# subset runs only those sections and reports only their rows and aims),
+# OTHER=path: a second blackpony build, run beside the first in the STARTTLS
+# sections (rows "other build"), to compare two builds within one run.
 # Raises the open-file limit to 65536 (or the hard limit, if lower).
 set -euo pipefail
 
@@ -26,10 +30,19 @@ IDLE_CONNS=${IDLE_CONNS:-2000}
 TLS_IDLE_CONNS=${TLS_IDLE_CONNS:-5000}
 CERT_KEY=${CERT_KEY:-ec256}
 BLACKPONY=${BLACKPONY:-$ROOT/target/release/blackpony}
+OTHER=${OTHER:-}
 NGINX_MAIL_MODULE=/usr/lib/nginx/modules/ngx_mail_module.so
+ALL_SECTIONS="plain tls-kept tls-perconn memory memory-tls"
+SECTIONS=${SECTIONS:-$ALL_SECTIONS}
 
 # shellcheck source=bench/lib.sh
 . "$HERE/lib.sh"
+
+# want SECTION : whether SECTION is to be run (and reported)
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
+for s in $SECTIONS; do
+    [[ " $ALL_SECTIONS " == *" $s "* ]] || die "unknown section '$s' in SECTIONS (known: $ALL_SECTIONS)"
+done
 
 [ "$(id -u)" = 0 ] || die "run as root (smtp-sink needs it; so does ulimit -n 65536): sudo $0"
 
@@ -70,6 +83,7 @@ MAXCONN=$((BIGGEST + 1000))
 T=$(mktemp -d /tmp/blackpony-bench.XXXXXX)
 chmod 755 "$T"
 BLACKPONY=$(realpath "$BLACKPONY")
+[ -z "$OTHER" ] || OTHER=$(realpath "$OTHER")
 cd "$T"
 
 trap cleanup EXIT
@@ -92,7 +106,7 @@ openssl req -x509 "${keyopt[@]}" -nodes -days 2 -subj /CN=bench.test \
 chmod 644 "$T/key.pem"
 
 read -r SINK BP BPN HAP NGX NGXTLS NGXAUTH STN \
-        MSINK MBP MHAP MNGX MNGXAUTH TBP TNGX TNGXTLS TNGXAUTH <<<"$("$PY" "$HERE/smtpbench.py" ports 17)"
+        MSINK MBP MHAP MNGX MNGXAUTH TBP TNGX TNGXTLS TNGXAUTH BPO <<<"$("$PY" "$HERE/smtpbench.py" ports 18)"
 
 # One sink for all throughput runs; -c prints running counters (sessions,
 # QUITs, messages) that tell whether every message arrived.
@@ -104,6 +118,10 @@ start blackpony "$BLACKPONY" inbound --listen "127.0.0.1:$BP" --backend "127.0.0
 start blackpony_nth "$BLACKPONY" inbound --listen "127.0.0.1:$BPN" --backend "127.0.0.1:$SINK" \
     --identity none --hostname bench.test --tls-cert "$T/cert.pem" --tls-key "$T/key.pem" \
     --no-trace-header
+if [ -n "$OTHER" ]; then
+    start blackpony_other "$OTHER" inbound --listen "127.0.0.1:$BPO" --backend "127.0.0.1:$SINK" \
+        --identity none --hostname bench.test --tls-cert "$T/cert.pem" --tls-key "$T/key.pem"
+fi
 
 haproxy_conf "$T/haproxy.cfg" "$HAP" "$SINK"
 start haproxy haproxy -db -q -f "$T/haproxy.cfg"
@@ -179,7 +197,7 @@ key = $T/key.pem
 EOF
 start stunnel "$STUNNEL" "$T/stunnel.conf"
 
-for p in "$SINK" "$BP" "$BPN" "$HAP" "$NGX" "$NGXTLS" "$STN"; do wait_port 127.0.0.1 "$p"; done
+for p in "$SINK" "$BP" "$BPN" "$HAP" "$NGX" "$NGXTLS" "$STN" ${OTHER:+"$BPO"}; do wait_port 127.0.0.1 "$p"; done
 sleep 0.3
 # nginx: the worker processes do the work (the master only supervises)
 # shellcheck disable=SC2154
@@ -278,6 +296,7 @@ bg_check() { BG_BUSY+=("$(cpu_busy 0.5)"); }
 # ------------------------------------------------------------------ 1. plaintext, smtp-source
 # One block per message count (the aim holds at each); the header cost
 # (--no-trace-header) is shown at the first count only.
+want plain || PLAIN_RUNS=()
 for m in "${PLAIN_RUNS[@]}"; do
     say "1. plaintext, smtp-source -d -s $SESSIONS -m $m -l $SIZE ($REPS rounds)"
     for r in $(seq "$REPS"); do
@@ -294,19 +313,23 @@ for m in "${PLAIN_RUNS[@]}"; do
 done
 
 # ------------------------------------------------------------------ 2. STARTTLS, smtpload
-say "2. STARTTLS, smtpload: $SESSIONS sessions, $TLS_MSGS messages kept / $PERCONN_MSGS one per connection ($REPS rounds)"
-for r in $(seq "$REPS"); do
+want tls-kept && say "2a. STARTTLS, smtpload: $SESSIONS sessions, $TLS_MSGS messages, kept sessions ($REPS rounds)"
+want tls-kept && for r in $(seq "$REPS"); do
     bg_check
     run_load gen_plain "$SINK" "$PID_sink" "$TLS_MSGS"
     run_load gen_plain_bp "$BP" "$PID_blackpony" "$TLS_MSGS"
     run_load tls_bp "$BP" "$PID_blackpony" "$TLS_MSGS" -T
+    # shellcheck disable=SC2154
+    [ -z "$OTHER" ] || run_load tls_other "$BPO" "$PID_blackpony_other" "$TLS_MSGS" -T
     run_load tls_nginx "$NGXTLS" "$NGX_PIDS" "$TLS_MSGS" -T
     run_load tls_stunnel "$STN" "$PID_stunnel" "$TLS_MSGS" -T
 done
-for r in $(seq "$REPS"); do
+want tls-perconn && say "2b. STARTTLS, smtpload: $SESSIONS sessions, $PERCONN_MSGS messages, one per connection ($REPS rounds)"
+want tls-perconn && for r in $(seq "$REPS"); do
     bg_check
     run_load pc_plain "$SINK" "$PID_sink" "$PERCONN_MSGS" -1
     run_load pc_bp "$BP" "$PID_blackpony" "$PERCONN_MSGS" -1 -T
+    [ -z "$OTHER" ] || run_load pc_other "$BPO" "$PID_blackpony_other" "$PERCONN_MSGS" -1 -T
     run_load pc_nginx "$NGXTLS" "$NGX_PIDS" "$PERCONN_MSGS" -1 -T
     run_load pc_stunnel "$STN" "$PID_stunnel" "$PERCONN_MSGS" -1 -T
 done
@@ -314,7 +337,8 @@ done
 # ------------------------------------------------------------------ 3. memory per idle connection
 # Fresh instances (their own sink), so that memory freed by earlier runs
 # does not hide what idle connections cost.
-say "3. memory: $IDLE_CONNS idle connections (greeting read, then silence)"
+declare -A MEM
+if want memory || want memory-tls; then
 start msink smtp-sink -u postfix -m $MAXCONN "127.0.0.1:$MSINK" 4096
 MBP_LIMITS=(--max-connections $MAXCONN --max-connections-per-client $MAXCONN
     --max-connections-per-network $MAXCONN)
@@ -345,7 +369,6 @@ NGX_WORKERS=$(pgrep -P "$PID_mnginx" | paste -sd, -)
 TNGX_WORKERS=$(pgrep -P "$PID_tnginx" | paste -sd, -)
 [ -n "$TNGX_WORKERS" ] || die "no nginx worker processes found"
 
-declare -A MEM
 run_idle() { # KEY PORT PIDS [N --starttls]
     local out rc=0
     out=$("$PY" "$HERE/smtpbench.py" idle --addr "127.0.0.1:$2" --n "${4:-$IDLE_CONNS}" --pids "$3" \
@@ -354,24 +377,30 @@ run_idle() { # KEY PORT PIDS [N --starttls]
     if [ $rc != 0 ]; then FAILURES+=("memory $1: $out"); fi
     say "  $1: $out"
 }
-# shellcheck disable=SC2154
-run_idle blackpony "$MBP" "$PID_mblackpony"
-sleep 0.5
-# shellcheck disable=SC2154
-run_idle haproxy "$MHAP" "$PID_mhaproxy"
-sleep 0.5
-run_idle nginx "$MNGX" "$NGX_WORKERS"
-say "3b. memory: $TLS_IDLE_CONNS idle connections after STARTTLS (EHLO, STARTTLS, handshake, EHLO, then silence)"
-sleep 0.5
-# shellcheck disable=SC2154
-run_idle tls_blackpony "$TBP" "$PID_tblackpony" "$TLS_IDLE_CONNS" --starttls
-sleep 0.5
-run_idle tls_nginx "$TNGXTLS" "$TNGX_WORKERS" "$TLS_IDLE_CONNS" --starttls
+if want memory; then
+    say "3. memory: $IDLE_CONNS idle connections (greeting read, then silence)"
+    # shellcheck disable=SC2154
+    run_idle blackpony "$MBP" "$PID_mblackpony"
+    sleep 0.5
+    # shellcheck disable=SC2154
+    run_idle haproxy "$MHAP" "$PID_mhaproxy"
+    sleep 0.5
+    run_idle nginx "$MNGX" "$NGX_WORKERS"
+fi
+if want memory-tls; then
+    say "3b. memory: $TLS_IDLE_CONNS idle connections after STARTTLS (EHLO, STARTTLS, handshake, EHLO, then silence)"
+    sleep 0.5
+    # shellcheck disable=SC2154
+    run_idle tls_blackpony "$TBP" "$PID_tblackpony" "$TLS_IDLE_CONNS" --starttls
+    sleep 0.5
+    run_idle tls_nginx "$TNGXTLS" "$TNGX_WORKERS" "$TLS_IDLE_CONNS" --starttls
+fi
+fi
 
 # ------------------------------------------------------------------ report
 # Did blackpony log anything that is not a normal session line?
-BP_ODD=$(grep -v -E ' (connect|disconnect|starttls) client=| shutdown: |listening|started|certificate' \
-    "$T/blackpony.log" "$T/blackpony_nth.log" "$T/mblackpony.log" "$T/tblackpony.log" 2>/dev/null | head -5 || true)
+BP_ODD=$(grep -v -E ' (connect|disconnect|starttls) client=| shutdown: | limits: |listening|started|certificate' \
+    "$T/blackpony.log" "$T/blackpony_nth.log" "$T/blackpony_other.log" "$T/mblackpony.log" "$T/tblackpony.log" 2>/dev/null | head -5 || true)
 
 med() { median <<<"${RATES[$1]:-}"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
@@ -393,7 +422,9 @@ memrow() { # KEY LABEL [N]
 echo
 echo "blackpony inbound benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r)"
 echo "blackpony: $BLACKPONY (built $(date -u -r "$BLACKPONY" +%Y-%m-%dT%H:%MZ); repo HEAD $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+[ -z "$OTHER" ] || echo "other build: $OTHER (built $(date -u -r "$OTHER" +%Y-%m-%dT%H:%MZ))"
 echo "peers: $(haproxy -v 2>/dev/null | head -1 | awk '{print "haproxy", $3}'), $(nginx -v 2>&1 | sed 's/.*: //'), $("$STUNNEL" -version 2>&1 | grep -m1 -o 'stunnel [0-9.]*'), $(openssl version | awk '{print $1, $2}')"
+echo "sections: $SECTIONS"
 echo "msgs/s and cpu: medians of $REPS runs. cpu us/m = CPU time (user+system) of the server under test per message:"
 echo "  smtp-sink for 'direct' and reference rows, else the proxy alone (nginx: its workers). lost = messages sent minus"
 echo "  messages smtp-sink counted, summed over all runs; err = errors the client saw, summed over all runs"
@@ -411,36 +442,47 @@ for m in "${PLAIN_RUNS[@]}"; do
     fi
     row "haproxy (mode tcp)" "haproxy@$m" "direct@$m"
     row "nginx mail proxy (smtp_auth none, xclient off)" "nginx@$m" "direct@$m"
-    [ "$m" = "${PLAIN_RUNS[-1]}" ] || echo
+    echo
 done
-echo
+if want tls-kept; then
 head_row "2a. STARTTLS, smtpload -s $SESSIONS -m $TLS_MSGS -l $SIZE -T"
 echo "    kept sessions: one STARTTLS, then $((TLS_MSGS / SESSIONS)) messages each; ratio vs nginx"
 row "blackpony inbound (its own STARTTLS)" tls_bp tls_nginx
+[ -z "$OTHER" ] || row "other build (OTHER)" tls_other tls_nginx
 row "nginx mail proxy (starttls on)" tls_nginx tls_nginx
 row "stunnel (protocol = smtp)" tls_stunnel tls_nginx
 row "reference: smtpload plaintext direct to smtp-sink" gen_plain tls_nginx
 row "reference: smtpload plaintext via blackpony" gen_plain_bp tls_nginx
 echo
+fi
+if want tls-perconn; then
 head_row "2b. STARTTLS, smtpload -s $SESSIONS -m $PERCONN_MSGS -l $SIZE -T -1"
 echo "    one message per connection (full TLS handshake each); ratio vs nginx"
 row "blackpony inbound" pc_bp pc_nginx
+[ -z "$OTHER" ] || row "other build (OTHER)" pc_other pc_nginx
 row "nginx mail proxy" pc_nginx pc_nginx
 row "stunnel" pc_stunnel pc_nginx
 row "reference: plaintext (no -T) direct to smtp-sink" pc_plain pc_nginx
 echo
+fi
+if want tls-kept || want tls-perconn; then
 echo "    TLS negotiated: blackpony $(echo "${TLSINFO[tls_bp]:-?}"), nginx $(echo "${TLSINFO[tls_nginx]:-?}"), stunnel $(echo "${TLSINFO[tls_stunnel]:-?}"); certificate $CERT_KEY, same for all"
 printf '    generator CPU seconds per run (median): %s\n' "$(for k in gen_plain tls_bp tls_nginx tls_stunnel pc_bp pc_nginx pc_stunnel; do printf '%s %s  ' "$k" "$(median <<<"${GENCPU[$k]:-}")"; done)"
 echo
+fi
+if want memory; then
 printf '%-36s %9s %9s %10s %9s\n' "3. memory, $IDLE_CONNS idle connections" "RSS KiB" "after" "KiB/conn" "alive"
 memrow blackpony "blackpony inbound (1 process)"
 memrow haproxy "haproxy (1 process)"
 memrow nginx "nginx mail proxy (sum of 2 workers)"
 echo "    blackpony and haproxy hold a backend connection per client; nginx's mail proxy connects to the backend only at MAIL FROM"
+fi
+if want memory-tls; then
 printf '%-36s %9s %9s %10s %9s\n' "3b. memory, $TLS_IDLE_CONNS after STARTTLS" "RSS KiB" "after" "KiB/conn" "alive"
 memrow tls_blackpony "blackpony inbound (1 process)" "$TLS_IDLE_CONNS"
 memrow tls_nginx "nginx mail proxy (sum of 2 workers)" "$TLS_IDLE_CONNS"
 echo
+fi
 
 # The inbound rows of issue 13, each against its aim, from the figures above.
 aim() { # LABEL VALUE AIM-TEXT OK(0/1)
@@ -459,14 +501,22 @@ for m in "${PLAIN_RUNS[@]}"; do
     r=$(ratio "$bpc" "$hpc")
     aim "CPU per message, $m msgs: blackpony / haproxy ($bpc / $hpc us)" "$r" "<= 0.70" "$(cmp_ok "$r" "<=" 0.70)"
 done
-r=$(ratio "$(med tls_bp)" "$(med tls_nginx)")
-aim "STARTTLS, kept sessions: blackpony / nginx" "$r" ">= 1.20" "$(cmp_ok "$r" ">=" 1.20)"
-r=$(ratio "$(med pc_bp)" "$(med pc_nginx)")
-aim "STARTTLS, one message per connection: blackpony / nginx" "$r" ">= 2.00" "$(cmp_ok "$r" ">=" 2.00)"
-k=$(jget kib_per_conn <<<"${MEM[blackpony]:-}")
-aim "RSS per idle plain connection, KiB ($IDLE_CONNS connections)" "$k" "<= 4" "$(cmp_ok "$k" "<=" 4)"
-k=$(jget kib_per_conn <<<"${MEM[tls_blackpony]:-}")
-aim "RSS per connection after STARTTLS, KiB ($TLS_IDLE_CONNS connections)" "$k" "<= 32" "$(cmp_ok "$k" "<=" 32)"
+if want tls-kept; then
+    r=$(ratio "$(med tls_bp)" "$(med tls_nginx)")
+    aim "STARTTLS, kept sessions: blackpony / nginx" "$r" ">= 1.20" "$(cmp_ok "$r" ">=" 1.20)"
+fi
+if want tls-perconn; then
+    r=$(ratio "$(med pc_bp)" "$(med pc_nginx)")
+    aim "STARTTLS, one message per connection: blackpony / nginx" "$r" ">= 2.00" "$(cmp_ok "$r" ">=" 2.00)"
+fi
+if want memory; then
+    k=$(jget kib_per_conn <<<"${MEM[blackpony]:-}")
+    aim "RSS per idle plain connection, KiB ($IDLE_CONNS connections)" "$k" "<= 4" "$(cmp_ok "$k" "<=" 4)"
+fi
+if want memory-tls; then
+    k=$(jget kib_per_conn <<<"${MEM[tls_blackpony]:-}")
+    aim "RSS per connection after STARTTLS, KiB ($TLS_IDLE_CONNS connections)" "$k" "<= 32" "$(cmp_ok "$k" "<=" 32)"
+fi
 echo
 if [ ${#FAILURES[@]} -gt 0 ]; then
     echo "FAILURES:"
