@@ -64,6 +64,33 @@ pub struct Opened {
     pub closed: bool,
 }
 
+/// One frame opened by [`Channel::open_in_place`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Bytes of the input the frame took (its length prefix included).
+    pub consumed: usize,
+    /// Where its DATA body lies in the input (empty for CLOSE and REKEY).
+    pub body: std::ops::Range<usize>,
+    /// It was CLOSE: nothing more will come.
+    pub closed: bool,
+}
+
+/// The wire length (`2 + L`) of the frame at the start of `input`, once it
+/// is all there (proto-spec §5.1: `L` is at least [`MIN_FRAME`]).
+fn frame_len(input: &[u8]) -> Result<Option<usize>, ChannelError> {
+    let [hi, lo, ..] = *input else {
+        return Ok(None);
+    };
+    let len = usize::from(u16::from_be_bytes([hi, lo]));
+    if input.len() < 2 + len {
+        return Ok(None);
+    }
+    if len < MIN_FRAME {
+        return Err(ChannelError::ShortFrame(len));
+    }
+    Ok(Some(2 + len))
+}
+
 /// An established blackpony channel: the Noise transport plus framing.
 pub struct Channel {
     transport: Transport,
@@ -167,76 +194,99 @@ impl Channel {
     /// opened in this call stops it too: they are returned, and the error
     /// comes on the next call (proto-spec §5.6: the records before a bad
     /// one count whether or not they came in the same read).
+    ///
+    /// Each frame is copied once, to where its body is to end up, and
+    /// opened there; a reader that owns its receive buffer saves that copy
+    /// with [`Channel::open_in_place`].
     pub fn open(&mut self, input: &[u8], plaintext: &mut Vec<u8>) -> Result<Opened, ChannelError> {
+        let mut opened = Opened::default();
+        while !opened.closed {
+            let rest = &input[opened.consumed..];
+            // One whole frame is copied. Without one, what decides the
+            // same outcome: the length prefix (wait for more, or bytes
+            // after CLOSE), or all that is left (a frame too short).
+            let take = match frame_len(rest) {
+                Ok(Some(len)) => len,
+                Ok(None) => rest.len().min(2),
+                Err(_) => rest.len(),
+            };
+            let start = plaintext.len();
+            plaintext.extend_from_slice(&rest[..take]);
+            match self.open_in_place(&mut plaintext[start..]) {
+                Ok(Some(frame)) => {
+                    // Keep the body alone: cut what follows it, then what
+                    // precedes it (a move of a few bytes, far cheaper than
+                    // the AEAD).
+                    plaintext.truncate(start + frame.body.end);
+                    plaintext.drain(start..start + frame.body.start);
+                    opened.consumed += frame.consumed;
+                    opened.closed = frame.closed;
+                }
+                Ok(None) => {
+                    plaintext.truncate(start);
+                    break;
+                }
+                Err(e) => {
+                    plaintext.truncate(start);
+                    // The error is kept: the next call returns it.
+                    return if opened.consumed > 0 {
+                        Ok(opened)
+                    } else {
+                        Err(e)
+                    };
+                }
+            }
+        }
+        Ok(opened)
+    }
+
+    /// Opens the frame at the start of `input` where it lies, in the
+    /// caller's receive buffer: nothing is copied, and the DATA body is
+    /// left at `input[frame.body]`. `None`: no whole frame yet. After
+    /// CLOSE, any further byte is an error ([`ChannelError::AfterClose`]).
+    /// An error is fatal: this and every later call return it, and
+    /// `input[..]` may have been wiped.
+    pub fn open_in_place(&mut self, input: &mut [u8]) -> Result<Option<Frame>, ChannelError> {
         if let Some(e) = &self.broken {
             return Err(e.clone());
         }
-        let mut opened = Opened::default();
-        match self.open_frames(input, plaintext, &mut opened) {
-            Ok(()) => Ok(opened),
-            Err(e) if opened.consumed > 0 => {
-                self.broken = Some(e);
-                Ok(opened)
-            }
-            Err(e) => {
-                self.broken = Some(e.clone());
-                Err(e)
-            }
+        let frame = self.open_frame(input);
+        if let Err(e) = &frame {
+            self.broken = Some(e.clone());
         }
+        frame
     }
 
-    fn open_frames(
-        &mut self,
-        input: &[u8],
-        plaintext: &mut Vec<u8>,
-        opened: &mut Opened,
-    ) -> Result<(), ChannelError> {
-        while !self.peer_closed {
-            let rest = &input[opened.consumed..];
-            let [hi, lo, ..] = *rest else {
-                break;
+    fn open_frame(&mut self, input: &mut [u8]) -> Result<Option<Frame>, ChannelError> {
+        if self.peer_closed {
+            return match input.is_empty() {
+                true => Ok(None),
+                false => Err(ChannelError::AfterClose),
             };
-            let len = usize::from(u16::from_be_bytes([hi, lo]));
-            if rest.len() < 2 + len {
-                break;
-            }
-            if len < MIN_FRAME {
-                return Err(ChannelError::ShortFrame(len));
-            }
-            // The ciphertext is copied once, to where its plaintext is to
-            // end up, and decrypted there.
-            let start = plaintext.len();
-            plaintext.extend_from_slice(&rest[2..2 + len]);
-            let kind = match self.open_record(plaintext, start) {
-                Ok(kind) => kind,
-                Err(e) => {
-                    plaintext.truncate(start);
-                    return Err(e);
-                }
-            };
-            opened.consumed += 2 + len;
-            match kind {
-                CLOSE => {
-                    self.peer_closed = true;
-                    opened.closed = true;
-                }
-                REKEY => self.transport.rekey_recv(),
-                // DATA: the body is in `plaintext` already.
-                _ => {}
-            }
         }
-        if self.peer_closed && opened.consumed < input.len() && !opened.closed {
-            return Err(ChannelError::AfterClose);
+        let Some(len) = frame_len(input)? else {
+            return Ok(None);
+        };
+        let (kind, body_len) = self.open_record(&mut input[2..len])?;
+        match kind {
+            CLOSE => self.peer_closed = true,
+            REKEY => self.transport.rekey_recv(),
+            // DATA: the body is in `input` already.
+            _ => {}
         }
-        Ok(())
+        Ok(Some(Frame {
+            consumed: len,
+            body: 2 + HEADER..2 + HEADER + body_len,
+            closed: kind == CLOSE,
+        }))
     }
 
-    /// Decrypts the frame in `buf[start..]` in place and checks its record;
-    /// leaves only a DATA body there and returns the record's type. On an
-    /// error `buf[start..]` is left for the caller to cut off.
-    fn open_record(&mut self, buf: &mut Vec<u8>, start: usize) -> Result<u8, ChannelError> {
-        self.transport.decrypt_in_place(buf, start)?;
-        let record = &buf[start..];
+    /// Decrypts one frame (`L` bytes: ciphertext and tag) where it lies
+    /// and checks its record; returns the record's type and body length
+    /// (the body is at `frame[HEADER..]`).
+    fn open_record(&mut self, frame: &mut [u8]) -> Result<(u8, usize), ChannelError> {
+        let plaintext = self.transport.decrypt_in_slice(frame)?;
+        let record = &frame[..plaintext];
         // The frame was at least MIN_FRAME bytes, so this always matches.
         let [kind, hi, lo, ..] = *record else {
             return Err(ChannelError::ShortFrame(record.len() + TAG));
@@ -257,11 +307,7 @@ impl Channel {
             CLOSE | REKEY => {}
             other => return Err(ChannelError::UnknownType(other)),
         }
-        // Keep the body alone: cut the padding, then the header (which
-        // moves the body up three bytes, far cheaper than the AEAD).
-        buf.truncate(start + body_end);
-        buf.drain(start..start + HEADER);
-        Ok(kind)
+        Ok((kind, body_len))
     }
 
     /// Whether the peer has closed the channel cleanly.
@@ -315,6 +361,45 @@ mod tests {
         want.extend_from_slice(&big);
         assert_eq!(got, want);
         assert!(b.peer_closed());
+    }
+
+    /// Frames open where they lie in the receive buffer, one per call,
+    /// with the same outcomes as `open`: the REKEY takes effect for the
+    /// frame behind it, CLOSE ends the channel, a byte after it is fatal.
+    #[test]
+    fn frames_open_in_place_one_at_a_time() {
+        let (mut a, mut b) = pair();
+        let mut wire = Vec::new();
+        a.seal_data(b"EHLO x\r\n", &mut wire).unwrap();
+        a.seal_rekey(&mut wire).unwrap();
+        a.seal_data(b"QUIT\r\n", &mut wire).unwrap();
+        a.seal_close(&mut wire).unwrap();
+        let sealed = wire.len();
+        wire.push(0);
+        // A frame not yet whole waits; nothing is opened or moved.
+        assert_eq!(b.open_in_place(&mut wire.clone()[..257]), Ok(None));
+        assert_eq!(b.open_in_place(&mut []), Ok(None));
+        let mut at = 0;
+        for (body, closed) in [
+            (&b"EHLO x\r\n"[..], false),
+            (b"", false),
+            (b"QUIT\r\n", false),
+            (b"", true),
+        ] {
+            let frame = b.open_in_place(&mut wire[at..]).unwrap().unwrap();
+            assert_eq!(frame.consumed % PAD_BLOCK, 2, "{body:?}");
+            assert_eq!(&wire[at..][frame.body], body);
+            assert_eq!(frame.closed, closed);
+            at += frame.consumed;
+        }
+        assert_eq!(at, sealed);
+        assert!(b.peer_closed());
+        assert_eq!(
+            b.open_in_place(&mut wire[at..]),
+            Err(ChannelError::AfterClose)
+        );
+        // Fatal for good.
+        assert_eq!(b.open_in_place(&mut []), Err(ChannelError::AfterClose));
     }
 
     #[test]

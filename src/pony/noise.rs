@@ -479,20 +479,21 @@ impl Transport {
     /// reordered messages fail, and the receive nonce does not move.
     pub fn decrypt(&mut self, message: &[u8]) -> Result<Vec<u8>, NoiseError> {
         let mut buf = message.to_vec();
-        self.decrypt_in_place(&mut buf, 0)?;
+        let plaintext = self.decrypt_in_slice(&mut buf)?;
+        buf.truncate(plaintext);
         Ok(buf)
     }
 
-    /// Decrypts the transport message in `buf[from..]` where it lies: on
-    /// success the plaintext is left there and the tag cut off. A message
-    /// that fails leaves the receive nonce and the length of `buf` as they
-    /// were, `buf[from..]` wiped.
-    pub fn decrypt_in_place(&mut self, buf: &mut Vec<u8>, from: usize) -> Result<(), NoiseError> {
-        let len = buf.len().checked_sub(from).ok_or(NoiseError::BadLength)?;
-        if len > MAX_MESSAGE {
+    /// Decrypts the transport message that is the whole of `message` where
+    /// it lies (a receive buffer: no copy): the plaintext is left at its
+    /// front and its length returned, the tag's 16 bytes behind it spare.
+    /// A message that fails leaves the receive nonce as it was and
+    /// `message` wiped.
+    pub fn decrypt_in_slice(&mut self, message: &mut [u8]) -> Result<usize, NoiseError> {
+        if message.len() > MAX_MESSAGE {
             return Err(NoiseError::TooLong);
         }
-        self.recv.decrypt_with_ad(&[], buf, from)
+        self.recv.decrypt_in_slice(&[], message)
     }
 
     /// Rekeys the sending direction (§11.3); the peer rekeys its receiving one.

@@ -7,6 +7,7 @@
 //! without one is an error (truncation).
 
 use std::io;
+use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -23,16 +24,17 @@ const READ_CHUNK: usize = 16 * 1024;
 pub struct PonyStream<S> {
     inner: S,
     channel: Channel,
-    /// Ciphertext read from the socket: `rx_wire[rx_start..rx_end]` is not
-    /// yet opened (at most one partial frame once `open` has run). The
-    /// socket reads straight into the space behind `rx_end`, which is
-    /// zeroed once when the buffer grows, never per read.
+    /// Bytes read from the socket: `rx_wire[rx_start..rx_end]` is not yet
+    /// opened. The socket reads straight into the space behind `rx_end`,
+    /// which is zeroed once when the buffer grows, never per read. Frames
+    /// are opened where they lie, so the plaintext is copied once, into
+    /// the reader's buffer.
     rx_wire: Vec<u8>,
     rx_start: usize,
     rx_end: usize,
-    /// Plaintext opened but not yet returned.
-    rx_plain: Vec<u8>,
-    rx_pos: usize,
+    /// The opened DATA body in `rx_wire` not yet returned (it lies before
+    /// `rx_start`).
+    rx_body: Range<usize>,
     /// Sealed frames not yet written.
     tx_wire: Vec<u8>,
     tx_pos: usize,
@@ -62,8 +64,7 @@ impl<S> PonyStream<S> {
             rx_start: 0,
             rx_end: already_read.len(),
             rx_wire: already_read,
-            rx_plain: Vec::new(),
-            rx_pos: 0,
+            rx_body: 0..0,
             tx_wire: Vec::new(),
             tx_pos: 0,
             close_sent: false,
@@ -97,7 +98,8 @@ impl<S: AsyncWrite + Unpin> PonyStream<S> {
 
 impl<S> PonyStream<S> {
     /// Leaves at least [`READ_CHUNK`] bytes behind `rx_end` for the next
-    /// read: moves the unopened bytes (a partial frame) to the front, and
+    /// read (once the opened body is all returned): moves the unopened
+    /// bytes (a partial frame) to the front, and
     /// grows the buffer only if that is not enough.
     fn make_read_room(&mut self) {
         if self.rx_start == self.rx_end {
@@ -126,26 +128,24 @@ impl<S: AsyncRead + Unpin> AsyncRead for PonyStream<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            if this.rx_pos < this.rx_plain.len() {
-                let n = buf.remaining().min(this.rx_plain.len() - this.rx_pos);
-                buf.put_slice(&this.rx_plain[this.rx_pos..this.rx_pos + n]);
-                this.rx_pos += n;
+            if !this.rx_body.is_empty() {
+                let body = &this.rx_wire[this.rx_body.clone()];
+                let n = buf.remaining().min(body.len());
+                buf.put_slice(&body[..n]);
+                this.rx_body.start += n;
                 return Poll::Ready(Ok(()));
             }
             if this.channel.peer_closed() {
                 return Poll::Ready(Ok(()));
             }
-            this.rx_plain.clear();
-            this.rx_pos = 0;
-            let opened = this
+            let frame = this
                 .channel
-                .open(
-                    &this.rx_wire[this.rx_start..this.rx_end],
-                    &mut this.rx_plain,
-                )
+                .open_in_place(&mut this.rx_wire[this.rx_start..this.rx_end])
                 .map_err(invalid)?;
-            this.rx_start += opened.consumed;
-            if !this.rx_plain.is_empty() || opened.closed {
+            if let Some(frame) = frame {
+                let at = this.rx_start;
+                this.rx_body = at + frame.body.start..at + frame.body.end;
+                this.rx_start += frame.consumed;
                 continue;
             }
             this.make_read_room();

@@ -73,13 +73,28 @@ impl CipherState {
         buf: &mut Vec<u8>,
         from: usize,
     ) -> Result<(), NoiseError> {
+        let message = buf.get_mut(from..).ok_or(NoiseError::BadLength)?;
+        let plaintext = self.decrypt_in_slice(ad, message)?;
+        buf.truncate(from + plaintext);
+        Ok(())
+    }
+
+    /// DECRYPT(k, n, ad, ciphertext) where the message lies, in a slice:
+    /// the plaintext is left at the front of `message` and its length
+    /// returned (the tag's 16 bytes behind it are then spare). Failure is
+    /// as for [`CipherState::decrypt_with_ad`]: the nonce stays, `message`
+    /// is wiped. Without a key the message is its own plaintext (§5.1).
+    pub(super) fn decrypt_in_slice(
+        &mut self,
+        ad: &[u8],
+        message: &mut [u8],
+    ) -> Result<usize, NoiseError> {
         let Some(key) = &self.key else {
-            return Ok(());
+            return Ok(message.len());
         };
         if self.nonce == u64::MAX {
             return Err(NoiseError::NonceExhausted);
         }
-        let message = buf.get_mut(from..).ok_or(NoiseError::BadLength)?;
         let Some(split) = message.len().checked_sub(TAG_LEN) else {
             return Err(NoiseError::Decrypt);
         };
@@ -94,9 +109,8 @@ impl CipherState {
                 0..,
             )
             .map_err(|_| NoiseError::Decrypt)?;
-        buf.truncate(from + split);
         self.nonce += 1;
-        Ok(())
+        Ok(split)
     }
 
     /// REKEY (§4.2, §11.3): the new key is the first 32 bytes of
