@@ -20,7 +20,7 @@ use super::{InboundConfig, display_client};
 use crate::log;
 use crate::server::{Activity, ClientClock, Control, Order, Timeouts, Wrote, write_within};
 use crate::smtp::replies;
-use crate::transport::{Encryption, ServerTls, Stream};
+use crate::transport::{Encryption, ServerTls, ServerTlsStream, Stream};
 
 /// Every read (client or backend) goes into one buffer per thread and is
 /// handed to the session before the task yields: the session copies what it
@@ -516,7 +516,7 @@ impl Run<'_> {
                 let info = Encryption::from_tls(tls.get_ref().1);
                 log!("starttls client={} tls={info}", self.who);
                 self.session.tls_established(info);
-                Some(Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))))
+                Some(Stream::ServerTls(Box::new(ServerTlsStream::new(tls))))
             }
             Ok(Err(e)) => {
                 self.session.tls_failed(e.to_string());

@@ -6,6 +6,7 @@ pub mod dane;
 pub mod drive;
 pub mod encryption;
 pub mod pony;
+pub mod server_tls;
 pub mod tls;
 pub mod verifier;
 
@@ -20,6 +21,7 @@ pub use encryption::Encryption;
 pub use tls::{CertVerdict, ClientTls, ServerTls, TlsError};
 
 pub use pony::PonyStream;
+pub use server_tls::ServerTlsStream;
 
 /// A connection that is plain TCP until it is upgraded to TLS or to the
 /// blackpony channel.
@@ -30,6 +32,8 @@ pub use pony::PonyStream;
 pub enum Stream<S> {
     Plain(S),
     Tls(Box<tokio_rustls::TlsStream<S>>),
+    /// The inbound server's STARTTLS, after the handshake.
+    ServerTls(Box<ServerTlsStream<S>>),
     Pony(Box<PonyStream<S>>),
 }
 
@@ -71,6 +75,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Stream<S> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Pony(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
@@ -85,6 +90,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::Pony(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
@@ -93,6 +99,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Pony(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
@@ -101,6 +108,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Pony(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
@@ -113,6 +121,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Stream::Pony(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
@@ -121,6 +130,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::Tls(s) => s.is_write_vectored(),
+            // rustls takes the slices one at a time anyway.
+            Stream::ServerTls(_) => false,
             Stream::Pony(s) => s.is_write_vectored(),
         }
     }
