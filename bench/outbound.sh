@@ -15,7 +15,8 @@
 # built if missing), REPS (3), ONESHOT_MSGS (150), TLS_MSGS (50),
 # RELAY_MSGS (1500), RELAY_SESSIONS (10), SIZE (1024), DMA_ROOT (where the
 # dma package is unpacked, default /var/cache/blackpony-bench/dma),
-# KEEP=1 keeps the temp dir (configs, logs).
+# KEEP=1 keeps the temp dir (configs, logs), BASELINE=path (another
+# blackpony build: rows (b0) and (c0) in part 2, taking turns with (b), (c)).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -27,6 +28,7 @@ RELAY_MSGS=${RELAY_MSGS:-1500}
 RELAY_SESSIONS=${RELAY_SESSIONS:-10}
 SIZE=${SIZE:-1024}
 BLACKPONY=${BLACKPONY:-$ROOT/target/release/blackpony}
+BASELINE=${BASELINE:-}
 DMA_ROOT=${DMA_ROOT:-/var/cache/blackpony-bench/dma}
 DMA=$DMA_ROOT/usr/sbin/dma
 PY=/usr/bin/python3
@@ -71,7 +73,8 @@ if [ -z "${BLACKPONY_BENCH_NS:-}" ]; then
         say "building blackpony (cargo build --release)"
         (cd "$ROOT" && cargo build --release) >&2
     fi
-    export BLACKPONY_BENCH_NS=1 BLACKPONY
+    [ -z "$BASELINE" ] || [ -x "$BASELINE" ] || die "BASELINE=$BASELINE is not an executable"
+    export BLACKPONY_BENCH_NS=1 BLACKPONY BASELINE
     exec unshare --mount --net --propagation private "$BASH" "${BASH_SOURCE[0]}" "$@"
 fi
 
@@ -82,6 +85,12 @@ T=$(mktemp -d /tmp/blackpony-outbench.XXXXXX)
 chmod 755 "$T"
 cd "$T"
 snapshot_blackpony
+if [ -n "$BASELINE" ]; then
+    # a copy too, for the same reason as BLACKPONY's
+    BASELINE_SRC=$(realpath "$BASELINE")
+    cp "$BASELINE" "$T/blackpony-baseline"
+    BASELINE=$T/blackpony-baseline
+fi
 begin_run
 
 # A private /etc for this namespace: resolv.conf -> the dnsmasq below, and
@@ -92,7 +101,7 @@ printf 'nameserver 127.0.0.1\noptions attempts:1 timeout:2\n' >/etc/resolv.conf
 mkdir -p /etc/dma
 ln -sf "$T/dma.conf" /etc/dma/dma.conf
 
-read -r SUBMIT BPS BPL <<<"$("$PY" "$BENCH" ports 3)"
+read -r SUBMIT BPS BPL BPS0 BPL0 <<<"$("$PY" "$BENCH" ports 5)"
 MX_SINK=127.0.0.2   # mx.sink.test: smtp-sink, plaintext
 MX_TLS=127.0.0.3    # mx.tls.test: a private Postfix offering STARTTLS, discarding mail
 
@@ -109,6 +118,8 @@ mx-host=sink.test,mx.sink.test,10
 mx-host=pf-mx.test,mx.sink.test,10
 mx-host=bp-smtp.test,mx.sink.test,10
 mx-host=bp-lmtp.test,mx.sink.test,10
+mx-host=bp0-smtp.test,mx.sink.test,10
+mx-host=bp0-lmtp.test,mx.sink.test,10
 host-record=mx.sink.test,$MX_SINK
 mx-host=tls.test,mx.tls.test,10
 host-record=mx.tls.test,$MX_TLS
@@ -152,6 +163,8 @@ sink.test       smtp:[$MX_SINK]:25
 nocache.test    smtpnc:[$MX_SINK]:25
 bp-smtp.test    smtp:[127.0.0.1]:$BPS
 bp-lmtp.test    lmtp:inet:[127.0.0.1]:$BPL
+bp0-smtp.test   smtp:[127.0.0.1]:$BPS0
+bp0-lmtp.test   lmtp:inet:[127.0.0.1]:$BPL0
 EOF
 cat >>"$PF_OUT/etc/main.cf" <<EOF
 myhostname = sender.test
@@ -177,9 +190,22 @@ start bp_smtp "$BLACKPONY" outbound --listen "127.0.0.1:$BPS" --protocol smtp \
 start bp_lmtp "$BLACKPONY" outbound --listen "127.0.0.1:$BPL" --protocol lmtp \
     "${BP_COMMON[@]}" --state-dir "$T/state-lmtp" --max-connections 200
 mkdir -p "$T/state-smtp" "$T/state-lmtp" "$T/state-deliver"
+BP_DOMAINS=(bp-smtp.test bp-lmtp.test)
+if [ -n "$BASELINE" ]; then
+    start bp0_smtp "$BASELINE" outbound --listen "127.0.0.1:$BPS0" --protocol smtp \
+        "${BP_COMMON[@]}" --state-dir "$T/state0-smtp" --max-connections 200
+    start bp0_lmtp "$BASELINE" outbound --listen "127.0.0.1:$BPL0" --protocol lmtp \
+        "${BP_COMMON[@]}" --state-dir "$T/state0-lmtp" --max-connections 200
+    mkdir -p "$T/state0-smtp" "$T/state0-lmtp"
+    BP_DOMAINS+=(bp0-smtp.test bp0-lmtp.test)
+fi
 wait_port "$MX_SINK" 25
 wait_port 127.0.0.1 "$BPS"
 wait_port 127.0.0.1 "$BPL"
+if [ -n "$BASELINE" ]; then
+    wait_port 127.0.0.1 "$BPS0"
+    wait_port 127.0.0.1 "$BPL0"
+fi
 for _ in $(seq 100); do
     dig +short +time=1 +tries=1 @127.0.0.1 -p 53 sink.test MX 2>/dev/null | grep -q mx.sink.test && break
     sleep 0.1
@@ -326,7 +352,7 @@ say "warm-up (${SECONDS}s)"
     || die "warm-up blackpony deliver failed: $(cat "$T/warmup.out")"
 "$DMA" -D -f sender@bench.test user@sink.test <"$T/message" >"$T/warmup-dma.out" 2>&1 \
     || die "warm-up dma failed: $(cat "$T/warmup-dma.out")"
-for d in sink.test nocache.test pf-mx.test bp-smtp.test bp-lmtp.test; do
+for d in sink.test nocache.test pf-mx.test "${BP_DOMAINS[@]}"; do
     smtp-source -s 2 -m 10 -l "$SIZE" -f sender@client.test -t "warm@$d" "127.0.0.1:$SUBMIT" \
         || die "warm-up smtp-source to warm@$d failed"
 done
@@ -363,13 +389,19 @@ for r in $(seq "$REPS"); do
     relay pf_nocache nocache.test ""
     relay bp_smtp bp-smtp.test "$PID_bp_smtp"
     relay bp_lmtp bp-lmtp.test "$PID_bp_lmtp"
+    if [ -n "$BASELINE" ]; then
+        # shellcheck disable=SC2154
+        relay bp0_smtp bp0-smtp.test "$PID_bp0_smtp"
+        # shellcheck disable=SC2154
+        relay bp0_lmtp bp0-lmtp.test "$PID_bp0_lmtp"
+    fi
 done
 
 say "done (${SECONDS}s)"
 # ------------------------------------------------------------------ report
 # Did blackpony log anything that is not an ordinary delivery record?
 BP_ODD=$(grep -h -v -E ' (status=sent|delivered|listening|started|connect|disconnect|shutdown)' \
-    "$T/deliver.log" "$T/bp_smtp.log" "$T/bp_lmtp.log" 2>/dev/null | head -8 || true)
+    "$T/deliver.log" "$T"/bp_smtp.log "$T"/bp_lmtp.log "$T"/bp0_*.log 2>/dev/null | head -8 || true)
 
 med() { median <<<"${RATES[$1]:-}"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
@@ -393,6 +425,7 @@ row2() { # LABEL KEY BASEKEY
 echo
 echo "blackpony outbound benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r)"
 echo "blackpony: $BP_SRC (built $BP_BUILT, sha256 $(sha256sum "$BLACKPONY" | cut -c1-12); repo HEAD $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && [ -n "$(git status --porcelain -- src 2>/dev/null)" ] && echo ', src/ had uncommitted changes'))"
+[ -n "$BASELINE" ] && echo "baseline (rows b0, c0): $BASELINE_SRC (built $(date -u -r "$BASELINE_SRC" +%Y-%m-%dT%H:%MZ), sha256 $(sha256sum "$BASELINE" | cut -c1-12))"
 echo "peers: $(msmtp --version | head -1), dma $(gunzip -c "$DMA_ROOT/usr/share/doc/dma/changelog.Debian.gz" 2>/dev/null | head -1 | sed 's/^dma (\([^)]*\)).*/\1/'), postfix $(postconf -d -h mail_version 2>/dev/null), $(dnsmasq --version | head -1 | awk '{print $1, $3}')"
 echo "private network namespace: dnsmasq on 127.0.0.1:53 (resolv.conf points there), MX sink.test -> smtp-sink on $MX_SINK:25,"
 echo "  MX tls.test -> Postfix on $MX_TLS:25 (smtpd_tls_security_level = may, P-256 self-signed, mail discarded)"
@@ -425,6 +458,10 @@ row2 "(a') Postfix smtp, MX lookup via dnsmasq -> smtp-sink" pf_mx pf_relay ""
 row2 "(a'') as (a), smtp_connection_cache_on_demand = no" pf_nocache pf_relay ""
 row2 "(b) Postfix smtp -> blackpony outbound --protocol smtp" bp_smtp pf_relay x
 row2 "(c) Postfix lmtp -> blackpony outbound --protocol lmtp" bp_lmtp pf_relay x
+if [ -n "$BASELINE" ]; then
+    row2 "(b0) as (b), the BASELINE build" bp0_smtp pf_relay x
+    row2 "(c0) as (c), the BASELINE build" bp0_lmtp pf_relay x
+fi
 echo "   secs = from the first submission until smtp-sink counted all $RELAY_MSGS; ratio vs (a); MX ses = SMTP"
 echo "   sessions smtp-sink saw (Postfix's smtp client and both blackpony modes reuse idle connections); all us/m = CPU"
 echo "   of the whole machine per message (Postfix, smtp-source, smtp-sink, dnsmasq, blackpony);"
