@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import os
 import re
+import smtplib
+import time
 from pathlib import Path
 
 import pytest
@@ -37,9 +39,10 @@ import pytest
 from interop.clients import token
 from interop.conftest import owned_dir
 from interop.mta_sts_net import NGINX, SERVED, Nginx, make_multi_name_cert, policy
-from interop.peers import (Dnsmasq, Internet, Postfix, common_free_port, make_ca_signed_cert,
-                           make_self_signed_cert, make_test_ca)
-from interop.test_outbound import arrived, deliver, log_line, make_message, show, status_line
+from interop.peers import (BlackponyOutbound, Dnsmasq, Internet, Postfix, common_free_port,
+                           make_ca_signed_cert, make_self_signed_cert, make_test_ca)
+from interop.test_outbound import (SENDER, arrived, crlf, deliver, log_line, make_message, show,
+                                   status_line)
 from interop.test_outbound_verify import MxSessions, check_tls_and_mail, no_message
 
 ADDR = {
@@ -407,3 +410,60 @@ def test_cache_unchanged_id_changed_id_and_a_failed_refetch(sts, workdir):
     assert res.returncode == 0, show(res)
     assert " level=plaintext " in log_line(res, rcpt), show(res)
     arrived(sts.postfix, rcpt, body)
+
+
+# --------------------------------------------------------------------------------------
+# A session kept between transactions (`blackpony outbound`, both protocols) is checked
+# against the policy in force when it is taken
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("protocol", ["lmtp", "smtp"])
+def test_kept_session_not_reused_once_a_policy_applies(sts, workdir, protocol):
+    """A plaintext session to mx.plain.test is kept after a delivery made without a policy
+    (fetchfail.test: its policy host answers 404, nothing cached). Within the 2 s it may be
+    kept, an enforce policy that does not list mx.plain.test appears in the state directory
+    (as another blackpony process sharing it would cache one): the next transaction must not
+    go over the kept session, in either protocol; it is deferred, and the MX sees nothing."""
+    state = state_dir(workdir, f"kept-{protocol}")
+    bp = BlackponyOutbound(workdir / "logs", name=f"outbound-sts-kept-{protocol}",
+                           protocol=protocol,
+                           args=sts.outbound_args(state, "--tls-ca-file", str(sts.ca_cert),
+                                                  "--mta-sts-port", str(sts.https_port)))
+    bp.start()
+    try:
+        plain = MxSessions(sts.postfix, "postfix/plain")
+        first = f"k1-{token()}@fetchfail.test"
+        message, body = make_message(first.split("@")[0], [first])
+        code, text = send_one(bp, protocol, first, message)
+        assert code == 250, f"{code} {text}\n{bp.log_text()}"
+        (state / "mta-sts").mkdir(exist_ok=True)
+        (state / "mta-sts" / "fetchfail.test").write_text(
+            f"id: f1\nfetched: {int(time.time())}\n\n"
+            + policy("enforce", "mx.nowhere.test"))
+        second = f"k2-{token()}@fetchfail.test"
+        message, _ = make_message(second.split("@")[0], [second])
+        code, text = send_one(bp, protocol, second, message)
+        log = bp.log_text()
+        assert code == 451 and text.startswith("4.7.5 ") and "lists none of its MX hosts" in text, (
+            f"{code} {text}\n{log}")
+        no_message(sts.postfix, second)
+        # One session with mx.plain.test: the first transaction's, closed by the check.
+        assert len([l for l in plain.lines() if ": connect from " in l]) == 1, (
+            "\n".join(plain.lines()))
+        arrived(sts.postfix, first, body)
+    finally:
+        bp.stop()
+
+
+def send_one(bp, protocol: str, rcpt: str, message: bytes) -> tuple[int, str]:
+    """One transaction with one recipient; the reply that decided it (the RCPT reply when
+    the recipient was refused, else the reply after the message)."""
+    cls = smtplib.LMTP if protocol == "lmtp" else smtplib.SMTP
+    with cls(bp.host, bp.port, local_hostname="client.test", timeout=60) as c:
+        assert c.ehlo()[0] == 250
+        assert c.mail(SENDER)[0] == 250
+        code, text = c.rcpt(rcpt)
+        if code >= 300:
+            return code, text.decode(errors="replace")
+        code, text = c.data(crlf(message))
+        return code, text.decode(errors="replace")

@@ -126,29 +126,12 @@ impl Deliverer {
         // reach is checked when it is taken.
         let to = self.destination(domain);
         // A session kept from an earlier delivery to this domain first: no
-        // MX lookup, no handshake. It must have reached the level the
-        // delivery requires now, and what its host requires now (DANE's
-        // decision when it was opened, raised by an MTA-STS policy unless
-        // DANE governs the host): one opened when less was required never
-        // serves a stricter delivery. One the server closed meanwhile fails
-        // at its RSET with nothing decided, and the next kept one or a new
-        // session takes over.
-        while let Some(idle) = self.idle.take(&to, effective) {
+        // MX lookup, no handshake (see [`Self::take_kept`]). One the server
+        // closed meanwhile fails at its RSET with nothing decided, and the
+        // next kept one or a new session takes over.
+        while let Some((idle, host_policy)) = self.take_kept(&to, sts.as_ref(), effective).await {
             let host = idle.conn.host.clone();
             let addr = idle.conn.addr;
-            let sts_here = self.sts_for_host(sts.as_ref(), &idle.conn.host_tls);
-            let level = idle.conn.level();
-            let Some(host_policy) = kept_host_policy(&idle.conn.host_tls, &host, level, sts_here)
-            else {
-                log!(
-                    "host {host}[{}]:{} kept session not reused (opened under policy {}, level {level}; the host requires more now)",
-                    addr.ip(),
-                    addr.port(),
-                    idle.conn.host_tls.policy.as_str()
-                );
-                super::cache::quit(idle.conn).await;
-                continue;
-            };
             let attempt = self.reuse(idle, host_policy, rcpts, prepared).await;
             match self.decided(attempt, &to, &host, addr, rcpts, started) {
                 Ok(statuses) => return statuses,
@@ -190,15 +173,56 @@ impl Deliverer {
             .collect()
     }
 
+    /// A session kept from an earlier transaction to `to` (the domain
+    /// under its configured policy) that may carry the next one now, and
+    /// the policy it then runs under; every mode takes kept sessions here.
+    /// It must have reached the level the delivery requires now
+    /// (`effective`: the configured policy, raised by MTA-STS in enforce
+    /// mode) and what its host requires now (DANE's decision when it was
+    /// opened, raised by the MTA-STS policy `sts` in force now unless DANE
+    /// governs the host: `kept_host_policy`): one opened when less was
+    /// required, or before a policy appeared, never serves a stricter
+    /// transaction; it is closed with QUIT and the next one is looked at.
+    pub(super) async fn take_kept(
+        &self,
+        to: &Destination,
+        sts: Option<&ActivePolicy>,
+        effective: TlsPolicy,
+    ) -> Option<(super::cache::IdleSession, TlsPolicy)> {
+        while let Some(idle) = self.idle.take(to, effective) {
+            let sts_here = self.sts_for_host(sts, &idle.conn.host_tls);
+            let level = idle.conn.level();
+            if let Some(host_policy) =
+                kept_host_policy(&idle.conn.host_tls, &idle.conn.host, level, sts_here)
+            {
+                return Some((idle, host_policy));
+            }
+            log!(
+                "host {}[{}]:{} kept session not reused (opened under policy {}, level {level}; the host requires more now)",
+                idle.conn.host,
+                idle.conn.addr.ip(),
+                idle.conn.addr.port(),
+                idle.conn.host_tls.policy.as_str()
+            );
+            super::cache::quit(idle.conn).await;
+        }
+        None
+    }
+
     /// Opens a session with the first MX host of `domain` that works, up to
     /// the point where mail commands can be sent (greeting, EHLO, STARTTLS
-    /// as policy says). `Err` is the reply that stands for the failure.
-    pub(crate) async fn open_route(&self, domain: &str) -> Result<OpenRoute, Reply> {
+    /// as policy says), under the domain's configured policy and `sts`, the
+    /// MTA-STS policy in force for it ([`Self::sts_policy`]). `Err` is the
+    /// reply that stands for the failure.
+    pub(crate) async fn open_route(
+        &self,
+        domain: &str,
+        sts: Option<&ActivePolicy>,
+    ) -> Result<OpenRoute, Reply> {
         let configured = self.policy.for_domain(domain);
-        let sts = self.sts_policy(domain, configured).await;
         self.walk(
             domain,
-            (configured, sts.as_ref()),
+            (configured, sts),
             Errand::Open,
             |mut attempt, _, _| match attempt.keep.take() {
                 Some((conn, caps, _)) => Ok(OpenRoute { conn, caps }),

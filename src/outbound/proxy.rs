@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use super::connection::Connection;
 use super::deliver::{Deliverer, Prepared};
+use super::mx_hosts::sts_host_policy;
 use super::mx_walk::OpenRoute;
 use super::policy::TlsPolicy;
 use super::report::{RecipientStatus, host_failure_reply};
@@ -59,18 +60,22 @@ pub(super) async fn recipient_reply(
             old.quit().await;
         }
     }
-    // A session kept from an earlier transaction first: its RSET goes out
-    // with MAIL and RCPT (PIPELINING). One the server closed meanwhile
-    // fails at the RSET, with nothing of this transaction counted, and the
-    // next kept one or a new session takes over.
+    // A session kept from an earlier transaction first, if it may carry
+    // this one under the policies in force now (the same check as every
+    // mode's, `Deliverer::take_kept`): its RSET goes out with MAIL and RCPT
+    // (PIPELINING). One the server closed meanwhile fails at the RSET, with
+    // nothing of this transaction counted, and the next kept one or a new
+    // session takes over.
     let to = deliverer.destination(&domain);
     let policy = deliverer.policy.for_domain(&domain);
-    while let Some(idle) = deliverer.idle.take(&to, policy) {
+    let sts = deliverer.sts_policy(&domain, policy).await;
+    let effective = sts_host_policy(policy, sts.as_ref());
+    while let Some((idle, host_policy)) = deliverer.take_kept(&to, sts.as_ref(), effective).await {
         let r = MxTransaction {
             domain: domain.clone(),
             conn: idle.conn,
             session: ClientSession::resume(&deliverer.helo_name, idle.caps),
-            policy,
+            policy: host_policy,
             started: Instant::now(),
             accepted: Vec::new(),
             uses: idle.uses,
@@ -83,7 +88,7 @@ pub(super) async fn recipient_reply(
             None => continue,
         }
     }
-    let OpenRoute { conn, caps } = match deliverer.open_route(&domain).await {
+    let OpenRoute { conn, caps } = match deliverer.open_route(&domain, sts.as_ref()).await {
         Ok(open) => open,
         Err(reply) => {
             log!(
