@@ -171,6 +171,7 @@ impl Deliverer {
         // or unreachable domain does not hold up the others' deadline.
         let budget = self.limits.deadline.saturating_sub(started.elapsed());
         let prepared = &prepared;
+        let by_domain_count = by_domain.len();
         let per_domain = by_domain.into_iter().map(|(domain, rcpts)| async move {
             let delivered = tokio::time::timeout(
                 budget,
@@ -185,10 +186,17 @@ impl Deliverer {
                     .collect(),
             }
         });
-        let mut domains = futures_util::stream::iter(per_domain)
-            .buffer_unordered(self.limits.parallel_domains.max(1));
-        while let Some(statuses) = domains.next().await {
-            results.extend(statuses);
+        if by_domain_count == 1 {
+            // One domain (the usual message): no stream to run it in.
+            for delivery in per_domain {
+                results.extend(delivery.await);
+            }
+        } else {
+            let mut domains = futures_util::stream::iter(per_domain)
+                .buffer_unordered(self.limits.parallel_domains.max(1));
+            while let Some(statuses) = domains.next().await {
+                results.extend(statuses);
+            }
         }
         // Report in the order the MTA gave the recipients.
         results.sort_by_key(|s| {
