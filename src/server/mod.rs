@@ -25,10 +25,9 @@ pub mod memory;
 pub mod table;
 mod threads;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -54,8 +53,19 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// `unknown[192.0.2.7]:51234`, as Postfix names a client without a PTR name.
 pub fn display_client(addr: SocketAddr) -> String {
-    let ip = canonical_ip(addr.ip());
-    format!("unknown[{ip}]:{}", addr.port())
+    ClientName(addr).to_string()
+}
+
+/// A client's name in log lines ([`display_client`]), written out only when
+/// a line is: a session keeps the address, not the text.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientName(pub SocketAddr);
+
+impl std::fmt::Display for ClientName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ip = canonical_ip(self.0.ip());
+        write!(f, "unknown[{ip}]:{}", self.0.port())
+    }
 }
 
 fn display_peer(peer: Option<SocketAddr>) -> String {
@@ -130,13 +140,17 @@ struct Weather {
 
 struct Inner {
     table: Table,
-    /// Each session's eviction order, by table id.
-    evict: HashMap<u64, watch::Sender<Option<Duration>>>,
 }
 
 struct Shared {
     inner: Mutex<Inner>,
+    /// The stage and stress, for the accept loops; sessions are woken
+    /// through their table entries instead (see [`Shared::change_weather`]).
     weather: watch::Sender<Weather>,
+    /// Counts the changes of `weather`: a session that saw another count
+    /// than this has an order to take ([`Control::poll_order`]). Changed
+    /// under the table's lock, which orders it with admissions.
+    weather_version: AtomicU64,
     epoch: Instant,
     /// The role's own refusal ([`Settings::refusal`]): the reply's bytes
     /// and the log record.
@@ -156,11 +170,35 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn publish_stress(&self, stressed: bool) {
-        self.weather.send_if_modified(|w| {
+    /// Changes the weather (`change` says whether it did) with the table's
+    /// lock held, and wakes every session to look at it. Waking each entry
+    /// costs what a watch channel's wake-up of all its receivers did, without
+    /// a receiver and a pending `changed()` kept in every session.
+    fn change_weather(&self, inner: &Inner, change: impl FnOnce(&mut Weather) -> bool) {
+        if self.weather.send_if_modified(change) {
+            self.weather_version.fetch_add(1, AtomicOrdering::SeqCst);
+            for entry in inner.table.entries() {
+                entry.wake();
+            }
+        }
+    }
+
+    fn publish_stress(&self, inner: &Inner) {
+        let stressed = inner.table.stressed();
+        self.change_weather(inner, |w| {
             let changed = w.stressed != stressed;
             w.stressed = stressed;
             changed
+        });
+    }
+
+    /// The server's life moves on: every session gets an order (a
+    /// [`Order::Recheck`] when draining, [`Order::Close`] after).
+    fn set_stage(&self, stage: Stage) {
+        let inner = self.lock();
+        self.change_weather(&inner, |w| {
+            w.stage = stage;
+            true
         });
     }
 }
@@ -181,53 +219,13 @@ pub enum Order {
 /// dropped), what it reports for eviction, and the orders it gets.
 pub struct Control {
     id: u64,
+    /// Shared with the table: the session's reports for eviction, its
+    /// eviction order and its wake-up.
     entry: Arc<Entry>,
     shared: Arc<Shared>,
-    /// For reading the stress level; the orders themselves come from
-    /// [`Orders`].
-    weather: watch::Receiver<Weather>,
-    orders: Orders,
-}
-
-/// The orders of one session, as one stream that lives as long as the
-/// session: waiting for the next order registers its wake-up once, not
-/// once per wait (a session waits for its next order at every read and
-/// write, and the weather's wake-up list is shared by all sessions).
-type Orders = std::pin::Pin<Box<dyn futures_util::Stream<Item = Order> + Send>>;
-
-fn orders(weather: watch::Receiver<Weather>, evict: watch::Receiver<Option<Duration>>) -> Orders {
-    Box::pin(futures_util::stream::unfold(
-        (weather, evict),
-        |(mut weather, mut evict)| async move {
-            loop {
-                tokio::select! {
-                    changed = evict.changed() => {
-                        if changed.is_err() {
-                            break;
-                        }
-                        let idle = *evict.borrow_and_update();
-                        if let Some(idle) = idle {
-                            return Some((Order::Evict { idle }, (weather, evict)));
-                        }
-                    }
-                    changed = weather.changed() => {
-                        if changed.is_err() {
-                            break;
-                        }
-                        let w = *weather.borrow_and_update();
-                        let order = if matches!(w.stage, Stage::Closing | Stage::Cut) {
-                            Order::Close
-                        } else {
-                            Order::Recheck
-                        };
-                        return Some((order, (weather, evict)));
-                    }
-                }
-            }
-            // The harness is gone (cannot happen while the session runs).
-            std::future::pending().await
-        },
-    ))
+    /// The count of weather changes this session has taken orders for
+    /// ([`Shared::weather_version`]).
+    seen: u64,
 }
 
 impl Control {
@@ -236,12 +234,12 @@ impl Control {
     /// the middle of someone else's work (the outbound server) asks this
     /// at each [`Order::Recheck`], which the start of the drain sends.
     pub fn draining(&self) -> bool {
-        self.weather.borrow().stage != Stage::Running
+        self.shared.weather.borrow().stage != Stage::Running
     }
 
     /// Whether slots run short: use the shorter timeouts.
     pub fn stressed(&self) -> bool {
-        self.weather.borrow().stressed
+        self.shared.weather.borrow().stressed
     }
 
     /// A reply went out: the client's turn starts now (eviction measures
@@ -272,18 +270,27 @@ impl Control {
     /// The next order, if one came; else the task is woken when one does.
     /// (A session's task polls this with its own waker every time.)
     ///
-    /// The stream is polled every time, never skipped as "already armed":
-    /// a watch channel's `changed()` can return Pending because the task
-    /// used up its cooperative budget (tokio yields: it wakes the task, but
-    /// registers no waker on the channel). Skipping the next poll then lost
-    /// the shutdown order under load, and the session was cut without its
-    /// 421 (tests/it/load.rs, 1 run in 4-12 under load before; 0 in 20).
+    /// The waker is registered before the orders are looked at, on every
+    /// poll: an order given after the look wakes the task, and no
+    /// cooperative budget can skip the registration (a watch channel's
+    /// `changed()` once did, and the shutdown order was lost under load:
+    /// tests/it/load.rs).
     pub fn poll_order(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Order> {
-        use futures_util::StreamExt;
-        match self.orders.poll_next_unpin(cx) {
-            std::task::Poll::Ready(Some(order)) => std::task::Poll::Ready(order),
-            _ => std::task::Poll::Pending,
+        self.entry.register(cx.waker());
+        if let Some(idle) = self.entry.take_eviction() {
+            return Poll::Ready(Order::Evict { idle });
         }
+        let version = self.shared.weather_version.load(AtomicOrdering::SeqCst);
+        if version == self.seen {
+            return Poll::Pending;
+        }
+        self.seen = version;
+        let stage = self.shared.weather.borrow().stage;
+        Poll::Ready(if matches!(stage, Stage::Closing | Stage::Cut) {
+            Order::Close
+        } else {
+            Order::Recheck
+        })
     }
 
     /// Waits for the next order. Cancel-safe: use it in `select!`.
@@ -296,10 +303,8 @@ impl Drop for Control {
     fn drop(&mut self) {
         let mut inner = self.shared.lock();
         inner.table.release(self.id);
-        inner.evict.remove(&self.id);
-        let stressed = inner.table.stressed();
+        self.shared.publish_stress(&inner);
         drop(inner);
-        self.shared.publish_stress(stressed);
         // A newcomer held at the full table takes the slot (the count is
         // raised before it looks at the table: see `admit_when_free`).
         if self.shared.holding.load(AtomicOrdering::SeqCst) > 0 {
@@ -462,9 +467,9 @@ impl Shared {
         Arc::new(Shared {
             inner: Mutex::new(Inner {
                 table: Table::new(settings.limits.clone()),
-                evict: HashMap::new(),
             }),
             weather,
+            weather_version: AtomicU64::new(0),
             epoch: Instant::now(),
             refusal: settings
                 .refusal
@@ -477,7 +482,7 @@ impl Shared {
 
     /// Sessions running now.
     fn sessions(&self) -> usize {
-        self.lock().evict.len()
+        self.lock().table.sessions()
     }
 }
 
@@ -502,7 +507,7 @@ async fn supervise(
         // listener is open).
         () = &mut all_finished => return,
     }
-    shared.weather.send_modify(|w| w.stage = Stage::Draining);
+    shared.set_stage(Stage::Draining);
     log!(
         "shutdown: no longer accepting; waiting up to {}s for {} session(s)",
         settings.shutdown_grace.as_secs(),
@@ -516,13 +521,13 @@ async fn supervise(
             "shutdown: closing {} session(s) still running",
             shared.sessions()
         );
-        shared.weather.send_modify(|w| w.stage = Stage::Closing);
+        shared.set_stage(Stage::Closing);
         if tokio::time::timeout(CLOSE_GRACE, &mut all_finished)
             .await
             .is_err()
         {
             log!("shutdown: cutting {} session(s)", shared.sessions());
-            shared.weather.send_modify(|w| w.stage = Stage::Cut);
+            shared.set_stage(Stage::Cut);
             all_finished.await;
         }
     }
@@ -699,32 +704,29 @@ fn admit(shared: &Arc<Shared>, peer: Option<SocketAddr>) -> Result<Control, Refu
         Admission::Refused(why) => return Err(why),
         Admission::Admitted { id, entry, evict } => {
             if let Some((victim, idle)) = evict
-                && let Some(order) = inner.evict.get(&victim)
+                && let Some(victim) = inner.table.entry(victim)
             {
-                order.send_replace(Some(idle));
+                victim.order_eviction(idle);
             }
             (id, entry)
         }
     };
-    let (order, evict) = watch::channel(None);
-    inner.evict.insert(id, order);
-    let stressed = inner.table.stressed();
-    drop(inner);
-    shared.publish_stress(stressed);
-    let weather = shared.weather.subscribe();
+    shared.publish_stress(&inner);
     // The orders start from the stage as it is, not only from the next
-    // change: a session admitted as the server turns to closing (subscribed
-    // just after the change) must still be told.
-    let mut first = weather.clone();
-    if matches!(first.borrow().stage, Stage::Closing | Stage::Cut) {
-        first.mark_changed();
-    }
+    // change: a session admitted as the server turns to closing (just
+    // after the change) must still be told.
+    let version = shared.weather_version.load(AtomicOrdering::SeqCst);
+    let seen = if matches!(shared.weather.borrow().stage, Stage::Closing | Stage::Cut) {
+        version.wrapping_sub(1)
+    } else {
+        version
+    };
+    drop(inner);
     Ok(Control {
         id,
         entry,
         shared: Arc::clone(shared),
-        orders: orders(first, evict),
-        weather,
+        seen,
     })
 }
 

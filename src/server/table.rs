@@ -28,6 +28,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
+
 /// The connection limits of one listener.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -128,7 +130,18 @@ pub struct Entry {
     /// never had a command answered.
     replies: AtomicU32,
     activity: AtomicU8,
+    /// An eviction order the session has not taken yet: how far its client
+    /// was behind, in ns ([`NO_EVICTION`] when none).
+    evict_ns: AtomicU64,
+    /// The session's task, woken when an order comes (its eviction, a
+    /// change of the server's stage or stress). One waker per session in
+    /// place of a channel and a stream of orders each: an idle session's
+    /// harness state is this entry (bench/README.md, issue 13).
+    waker: AtomicWaker,
 }
+
+/// [`Entry::evict_ns`] without an order.
+const NO_EVICTION: u64 = u64::MAX;
 
 impl Entry {
     fn new(ip: Option<IpAddr>, now_ms: u64) -> Entry {
@@ -138,7 +151,37 @@ impl Entry {
             octets: AtomicU64::new(0),
             replies: AtomicU32::new(0),
             activity: AtomicU8::new(Activity::Client as u8),
+            evict_ns: AtomicU64::new(NO_EVICTION),
+            waker: AtomicWaker::new(),
         }
+    }
+
+    /// Orders the session to leave for a newcomer: its client is `idle`
+    /// behind. Taken once by [`Entry::take_eviction`].
+    pub fn order_eviction(&self, idle: Duration) {
+        let ns = u64::try_from(idle.as_nanos()).unwrap_or(NO_EVICTION - 1);
+        self.evict_ns
+            .store(ns.min(NO_EVICTION - 1), Ordering::SeqCst);
+        self.waker.wake();
+    }
+
+    /// The eviction order, if one came since the last look.
+    pub fn take_eviction(&self) -> Option<Duration> {
+        match self.evict_ns.swap(NO_EVICTION, Ordering::SeqCst) {
+            NO_EVICTION => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
+    /// The session's task is to be woken by [`Entry::wake`] (registered
+    /// before it looks for orders, so none given after the look is missed).
+    pub fn register(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
+    }
+
+    /// Wakes the session's task to look for orders.
+    pub fn wake(&self) {
+        self.waker.wake();
     }
 
     /// A reply went out: the client's turn starts at `now_ms`.
@@ -251,6 +294,21 @@ impl Table {
     /// Sessions holding a slot (evicted ones still leaving do not).
     pub fn active(&self) -> usize {
         self.slots.len() - self.leaving
+    }
+
+    /// Sessions running, including evicted ones still leaving.
+    pub fn sessions(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The entry of session `id`, while it runs.
+    pub fn entry(&self, id: u64) -> Option<&Arc<Entry>> {
+        self.slots.get(&id).map(|slot| &slot.entry)
+    }
+
+    /// Every running session's entry.
+    pub fn entries(&self) -> impl Iterator<Item = &Arc<Entry>> {
+        self.slots.values().map(|slot| &slot.entry)
     }
 
     /// Whether slots run short (with hysteresis).
