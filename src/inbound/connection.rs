@@ -14,11 +14,13 @@ use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
+use super::InboundConfig;
 use super::backend::{BackendConn, ClientFacts};
 use super::session::{Action, Session};
-use super::{InboundConfig, display_client};
 use crate::log;
-use crate::server::{Activity, ClientClock, Control, Order, Timeouts, Wrote, write_within};
+use crate::server::{
+    Activity, ClientClock, ClientName, Control, Order, Timeouts, Wrote, write_within,
+};
 use crate::smtp::replies;
 use crate::transport::{Encryption, ServerTls, ServerTlsStream, Stream};
 
@@ -76,16 +78,17 @@ async fn told_to_end(control: &mut Control) -> Order {
 }
 
 /// Serves one client from accept to close, in a span whose
-/// `session=ID` starts every record the session logs.
-pub async fn serve(
+/// `session=ID` starts every record the session logs. (Not an `async fn`:
+/// the span holds the ID, so the task does not keep it too.)
+pub fn serve(
     tcp: TcpStream,
     client: SocketAddr,
     local: SocketAddr,
     shared: Arc<Shared>,
     control: Control,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let id = format!("{:08X}", NEXT_SESSION.fetch_add(1, Ordering::Relaxed));
-    log::in_session(&id, serve_session(tcp, client, local, shared, control)).await;
+    log::in_session(&id, serve_session(tcp, client, local, shared, control))
 }
 
 async fn serve_session(
@@ -97,7 +100,7 @@ async fn serve_session(
 ) {
     let started = Instant::now();
     let config = &shared.config;
-    let who = display_client(client);
+    let who = ClientName(client);
     log!(
         "connect client={who} identity={}",
         config.session.identity.as_str()
@@ -143,10 +146,8 @@ async fn serve_session(
 
     let session = Session::new(Arc::clone(&config.session), client, local);
     let mut run = Run {
-        who: &who,
+        who,
         shared: &shared,
-        client_addr: client,
-        local,
         session,
         clock: ClientClock::new(Instant::now()),
         control,
@@ -182,10 +183,8 @@ async fn serve_session(
 }
 
 struct Run<'a> {
-    who: &'a str,
+    who: ClientName,
     shared: &'a Shared,
-    client_addr: SocketAddr,
-    local: SocketAddr,
     session: Session,
     /// The client's deadline: per command line, per message.
     clock: ClientClock,
@@ -340,8 +339,8 @@ impl Run<'_> {
                             self.session.to_backend.clear();
                         }
                         let facts = ClientFacts {
-                            client: self.client_addr,
-                            local: self.local,
+                            client: self.session.client_addr(),
+                            local: self.session.local_addr(),
                             hostname: &config.session.hostname,
                             identity: config.session.identity,
                             tls: self.session.tls(),

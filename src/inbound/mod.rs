@@ -145,13 +145,22 @@ pub async fn run(
         threads,
         harness,
         shutdown,
+        // The session's future itself, not an `async` block awaiting it:
+        // a block keeps what it captured (the socket, the control) beside
+        // the future it awaits, in every session's task.
         move |tcp, peer, control| {
-            let shared = Arc::clone(&shared);
-            async move {
-                let Some(client) = peer else { return };
-                let local = tcp.local_addr().unwrap_or(client);
-                connection::serve(tcp, client, local, shared, control).await;
-            }
+            use futures_util::future::Either;
+            let Some(client) = peer else {
+                return Either::Left(std::future::ready(()));
+            };
+            let local = tcp.local_addr().unwrap_or(client);
+            Either::Right(connection::serve(
+                tcp,
+                client,
+                local,
+                Arc::clone(&shared),
+                control,
+            ))
         },
     )
     .await;

@@ -87,7 +87,6 @@ impl Session {
             actions: VecDeque::new(),
             to_client: Vec::new(),
             to_backend: Vec::new(),
-            discard: Vec::new(),
             greeting_sent: Vec::new(),
             ehlo_line: Vec::new(),
             ehlo_reply_sent: Vec::new(),
@@ -97,6 +96,7 @@ impl Session {
             client_done: false,
             client_truncated: None,
             pony_ready: None,
+            #[cfg(test)]
             fixed_ephemeral: None,
             stats: Stats::default(),
         }
@@ -107,12 +107,21 @@ impl Session {
         self.actions.pop_front()
     }
 
+    /// The client's address, and ours it connected to.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
 
     pub fn tls(&self) -> Option<&Encryption> {
-        self.tls.as_ref()
+        self.tls.as_deref()
     }
 
     pub fn is_closed(&self) -> bool {

@@ -161,7 +161,7 @@ impl Session {
                 self.forward_line(line, expect);
             }
             Verb::StartTls => {
-                if self.tls.as_ref().is_some_and(Encryption::is_pony) {
+                if self.tls.as_deref().is_some_and(Encryption::is_pony) {
                     // proto-spec §6.
                     self.local(replies::already_encrypted(), Then::Continue);
                 } else if self.tls.is_some() {

@@ -8,7 +8,6 @@ use super::notice::Notice;
 use super::state::{Action, Expect, OwnStep, Phase, Session, Then};
 use crate::inbound::identity::Identity;
 use crate::pony::negotiation;
-#[cfg(test)]
 use crate::pony::noise::Keypair;
 use crate::pony::noise::Transport;
 use crate::smtp::replies;
@@ -21,6 +20,14 @@ impl Session {
     #[cfg(test)]
     pub(crate) fn fix_ephemeral(&mut self, key: Keypair) {
         self.fixed_ephemeral = Some(key);
+    }
+
+    /// The ephemeral key a test fixed for this handshake, if any.
+    fn take_fixed_ephemeral(&mut self) -> Option<Keypair> {
+        #[cfg(test)]
+        return self.fixed_ephemeral.take();
+        #[cfg(not(test))]
+        None
     }
 
     /// The TLS handshake with the client finished.
@@ -53,7 +60,7 @@ impl Session {
 
     /// After STARTTLS or XPONY: the session starts over (RFC 3207 §4.2).
     pub(super) fn encrypted(&mut self, info: Encryption, outside: NoTransaction) {
-        self.tls = Some(info);
+        self.tls = Some(Box::new(info));
         self.xpony_offered = false;
         // RFC 3207 §4.2: the client starts over with EHLO, and nothing it (or
         // a man in the middle) said before TLS may carry over.
@@ -141,7 +148,7 @@ impl Session {
             &identity,
             &prologue,
             message_1,
-            self.fixed_ephemeral.take(),
+            self.take_fixed_ephemeral(),
         );
         let (state, line) = match responded {
             Ok(done) => done,
@@ -164,7 +171,7 @@ impl Session {
             return;
         }
         self.to_client.extend_from_slice(&line);
-        self.phase = Phase::XponyAwaitingFinish(state);
+        self.phase = Phase::XponyAwaitingFinish(Box::new(state));
     }
 
     /// The line after our 334: message 3, or `*` to give up.
@@ -173,7 +180,7 @@ impl Session {
         else {
             return;
         };
-        match crate::smtp::xpony_server::finish(state, line, self.line_crlf) {
+        match crate::smtp::xpony_server::finish(*state, line, self.line_crlf) {
             Finish::Aborted(reply) => self.local(reply, Then::Continue),
             Finish::Established(transport) => {
                 self.pony_ready = Some(Box::new((transport, Vec::new())));

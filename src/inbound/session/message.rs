@@ -5,7 +5,7 @@
 use std::time::SystemTime;
 
 use super::notice::Notice;
-use super::state::{Expect, Message, Phase, Session};
+use super::state::{Expect, Message, Phase, Refusal, Session};
 use crate::inbound::trace::{TraceFacts, write_received};
 use crate::smtp::{BareNewlines, DataScanner, Reply, replies};
 
@@ -39,13 +39,13 @@ impl Session {
                 esmtp: hello.is_some_and(|h| h.esmtp),
                 client_ip: self.client.ip(),
                 by: &self.config.hostname,
-                tls: self.tls.as_ref(),
+                tls: self.tls.as_deref(),
             };
             write_received(&facts, SystemTime::now(), &mut self.to_backend);
         }
-        let out = if message.refusal.is_some() {
-            self.discard.clear();
-            &mut self.discard
+        let out = if let Some(refusal) = &mut message.refusal {
+            refusal.discard.clear();
+            &mut refusal.discard
         } else {
             &mut self.to_backend
         };
@@ -59,7 +59,14 @@ impl Session {
                 &message.scanner,
                 self.config.bare_newlines,
                 self.backend_size,
-            );
+            )
+            .map(|(reply, notice)| {
+                Box::new(Refusal {
+                    reply,
+                    notice,
+                    discard: Vec::new(),
+                })
+            });
             if message.refusal.is_some() {
                 // Nothing of this chunk goes out; the backend never gets an
                 // end-of-data for this message (its connection is closed).
@@ -73,8 +80,10 @@ impl Session {
             else {
                 return true;
             };
-            match message.refusal {
-                Some((reply, mut notice)) => {
+            match message.refusal.map(|r| *r) {
+                Some(Refusal {
+                    reply, mut notice, ..
+                }) => {
                     // The counts as of the end of the message.
                     match &mut notice {
                         Notice::BareNewline { count } => *count = message.scanner.bare_newlines(),

@@ -16,7 +16,9 @@ use super::errors::{ErrorCount, ErrorLimits, Repeats, Verdict};
 use super::notice::Notice;
 use crate::inbound::identity::{Identity, XclientAttrs};
 use crate::pony::negotiation::ServerIdentity;
-use crate::pony::noise::{Keypair, ResponderAwaitingFinish, Transport};
+#[cfg(test)]
+use crate::pony::noise::Keypair;
+use crate::pony::noise::{ResponderAwaitingFinish, Transport};
 use crate::smtp::{BareNewlines, DataScanner, Reply, replies};
 use crate::transport::Encryption;
 
@@ -135,8 +137,19 @@ pub(super) struct Message {
     /// The trace header is written with the first message bytes, so it
     /// leaves in the same write as they do (not as a write of its own).
     pub(super) trace_pending: bool,
-    /// Set once the message is refused; it is read to its end, not forwarded.
-    pub(super) refusal: Option<(Reply, Notice)>,
+    /// Set once the message is refused; it is read to its end, not
+    /// forwarded. (Boxed, as the phases' large states: the phase sits in
+    /// every idle session's task.)
+    pub(super) refusal: Option<Box<Refusal>>,
+}
+
+/// Why a message is refused, and its bytes read but not forwarded.
+#[derive(Debug)]
+pub(super) struct Refusal {
+    pub(super) reply: Reply,
+    pub(super) notice: Notice,
+    /// The last chunk of the message, scanned and dropped.
+    pub(super) discard: Vec<u8>,
 }
 
 /// Where the session is in the client's dialogue. Client input is only
@@ -159,8 +172,9 @@ pub(super) enum Phase {
     Handshake(NoTransaction),
     /// XPONY was accepted once all earlier replies are out.
     XponyQueued,
-    /// 334 was sent; the next line is message 3 (or `*`).
-    XponyAwaitingFinish(ResponderAwaitingFinish),
+    /// 334 was sent; the next line is message 3 (or `*`). Boxed: the
+    /// handshake's state is 150 bytes, needed once.
+    XponyAwaitingFinish(Box<ResponderAwaitingFinish>),
     /// Message 3 was read; the I/O loop switches to frames.
     XponySwitch,
     /// QUIT was forwarded.
@@ -202,7 +216,9 @@ pub struct Session {
     pub(super) line_crlf: bool,
     /// EHLO, the mail transaction, and what encryption discarded.
     pub(super) dialogue: Dialogue,
-    pub(super) tls: Option<Encryption>,
+    /// Boxed: only an encrypted session has it, and every idle plain
+    /// session's task carries the field.
+    pub(super) tls: Option<Box<Encryption>>,
     pub(super) xclient: XclientAttrs,
     pub(super) backend_size: Option<u64>,
     pub(super) actions: VecDeque<Action>,
@@ -210,8 +226,6 @@ pub struct Session {
     pub to_client: Vec<u8>,
     /// Bytes for the backend; the I/O loop writes and clears it.
     pub to_backend: Vec<u8>,
-    /// Message bytes that are read but not forwarded (a refused message).
-    pub(super) discard: Vec<u8>,
     /// The plaintext negotiation as the client saw it, for the XPONY
     /// prologue: the greeting, the last EHLO line, our reply to it.
     pub(super) greeting_sent: Vec<u8>,
@@ -232,6 +246,7 @@ pub struct Session {
     pub(super) pony_ready: Option<Box<(Transport, Vec<u8>)>>,
     /// The ephemeral key of the next handshake when a test fixes it (the
     /// spec's vectors); otherwise a fresh one is drawn each time (§4.1).
+    #[cfg(test)]
     pub(super) fixed_ephemeral: Option<Keypair>,
     pub(super) stats: Stats,
 }

@@ -778,7 +778,9 @@ fn xpony_handshake_switches_to_frames() {
     // would say.
     let (mut h2, _, _) = pony_opened();
     h2.session.phase = Phase::Commands;
-    h2.session.tls = Some(crate::transport::Encryption::Pony { peer: [3; 32] });
+    h2.session.tls = Some(Box::new(crate::transport::Encryption::Pony {
+        peer: [3; 32],
+    }));
     h2.session.dialogue = Dialogue::Restarted;
     h2.client("MAIL FROM:<a@b>\r\n");
     assert_eq!(h2.take_client(), "503 5.5.1 Send EHLO first\r\n");
