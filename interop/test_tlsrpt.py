@@ -18,6 +18,13 @@ What is checked:
     written with --out; the same report is POSTed (§5.4) to the domain's `https:` rua,
     an nginx with a certificate from the test CA (ReportSink), as application/tlsrpt+gzip;
     a POST answered 404, or to a certificate blackpony cannot verify, exits 75;
+  - the report mail carries a DKIM signature (RFC 8460 §5.3: receivers ignore a report
+    without one) that dkimpy, the verifier of Debian's python3-dkim, accepts against the
+    TXT record `tlsrpt --dkim-record` prints: an RSA key and an Ed25519 key (RFC 8463),
+    both made by openssl;
+  - the report goes out "despite any TLS-related failures" (§5.3): under a configured
+    `verify` policy, to a rua whose MX breaks the TLS handshake, it is sent again in
+    plaintext at once and delivered, and that session is not recorded for the next report;
   - a domain without a TLSRPT record gets nothing (exit 69, said on stderr).
 """
 
@@ -34,6 +41,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import dkim
 import jsonschema
 import pytest
 
@@ -352,14 +360,48 @@ def with_dns(internet, state: Path, dns, trust_ca: bool = True) -> list[str]:
     return args + (["--tls-ca-file", str(internet.ca_cert)] if trust_ca else [])
 
 
+def dkim_key(tmp: Path, algorithm: str) -> list[str]:
+    """A fresh DKIM key made by openssl, and the tlsrpt flags that sign with it."""
+    key = tmp / f"dkim-{algorithm}.pem"
+    opts = ["-pkeyopt", "rsa_keygen_bits:2048"] if algorithm == "RSA" else []
+    subprocess.run([require_tool("openssl"), "genpkey", "-algorithm", algorithm, *opts,
+                    "-out", str(key)], check=True, capture_output=True)
+    return ["--dkim-key", str(key), "--dkim-selector", f"rpt-{algorithm.lower()}",
+            "--dkim-domain", "client.test"]
+
+
+def dkim_verifies(raw: bytes, flags: list[str], internet, state: Path) -> bool:
+    """dkimpy's verdict on raw, the key's record as `tlsrpt --dkim-record` prints it
+    served for the selector's name (and nothing else)."""
+    res = tlsrpt("--dkim-record", *flags, *internet.outbound_args(state))
+    assert res.returncode == 0, show(res)
+    name, value = re.fullmatch(r'(\S+)\. IN TXT "(.*)"\n', res.stdout.decode()).groups()
+    selector = flags[flags.index("--dkim-selector") + 1]
+    assert name == f"{selector}._domainkey.client.test", name
+    assert "s=tlsrpt" in value, value
+
+    if b"\r\n" not in raw:
+        # A Maildir file has LF line ends; on the wire (what DKIM signs) they are CRLF.
+        raw = raw.replace(b"\n", b"\r\n")
+
+    def dnsfunc(qname, timeout=5):
+        qname = qname.decode() if isinstance(qname, bytes) else qname
+        return value.encode() if qname.rstrip(".") == name else None
+    # tlsrpt=True: verified as a TLS report, which a key with s=tlsrpt may sign (dkimpy
+    # refuses such a key for other mail).
+    return dkim.verify(raw, dnsfunc=dnsfunc, tlsrpt=True)
+
+
 def test_send_mails_the_gzipped_report_to_the_rua(internet, recorded, rua_dns, report_sink,
                                                    tmp_path):
     out = tmp_path / "sent.json"
+    signing = dkim_key(tmp_path, "RSA")
     res = tlsrpt("--domain", "tls.test", "--date", today(), "--out", str(out), "--send",
-                 *with_dns(internet, recorded, rua_dns))
+                 *signing, *with_dns(internet, recorded, rua_dns))
     assert res.returncode == 0, show(res)
     err = res.stderr.decode(errors="replace")
-    assert re.search(rf"tlsrpt: domain=tls.test .*rua=mailto:{RUA} dsn=2\.", err), show(res)
+    assert re.search(rf"tlsrpt: domain=tls.test .*rua=mailto:{RUA} dkim=d=client.test dsn=2\.",
+                     err), show(res)
     url = report_sink.url("/tlsrpt")
     assert re.search(rf"tlsrpt: domain=tls.test report-id=\S+ rua={re.escape(url)} status=204",
                      err), show(res)
@@ -375,6 +417,11 @@ def test_send_mails_the_gzipped_report_to_the_rua(internet, recorded, rua_dns, r
 
     internet.postfix.wait_messages(RUA)
     [(path, raw)] = internet.postfix.messages(RUA)
+    # Signed as RFC 8460 §5.3 requires, and the signature holds after Postfix's delivery.
+    assert raw.count(b"DKIM-Signature:") == 1, raw[:400]
+    assert dkim_verifies(raw, signing, internet, recorded), raw[:600]
+    tampered = raw.replace(b"Report Domain: tls.test", b"Report Domain: tls.tesT")
+    assert not dkim_verifies(tampered, signing, internet, recorded)
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     assert msg.get_content_type() == "multipart/report", msg["Content-Type"]
     assert msg.get_param("report-type") == "tlsrpt", msg["Content-Type"]
@@ -422,3 +469,45 @@ def test_a_failed_post_exits_75(internet, recorded, rua_dns, report_sink, trust_
     requests = report_sink.requests()[before:]
     assert requests == (['POST /missing 404 "application/tlsrpt+gzip"'] if trust_ca else []), \
         requests
+
+
+BROKEN_RUA = "tlsrpt-reports@brokentls.test"
+
+
+@pytest.fixture(scope="module")
+def broken_rua_dns(workdir):
+    """tls.test's reports go to a mailbox whose MX (fake_mx.py broken-tls) offers STARTTLS
+    and then breaks every handshake, but takes mail in plaintext."""
+    records = DNS_RECORDS + f'txt-record=_smtp._tls.tls.test,"v=TLSRPTv1; rua=mailto:{BROKEN_RUA}"\n'
+    dns = Dnsmasq(workdir / "dns-tlsrpt-broken", records)
+    dns.start()
+    try:
+        yield dns
+    finally:
+        dns.stop()
+
+
+def test_the_report_goes_out_despite_tls_failures(internet, recorded, broken_rua_dns,
+                                                   tmp_path):
+    """RFC 8460 §5.3: "Sending MTAs MUST deliver reports despite any TLS-related failures
+    and SHOULD NOT include this SMTP session in the next report." The operator's policy is
+    `verify`; the rua's MX breaks the TLS handshake. Before the change the report was
+    deferred (exit 75) and its failed session recorded under brokentls.test."""
+    before = report_of(internet, recorded, "brokentls.test", tmp_path)
+    signing = dkim_key(tmp_path, "ED25519")
+    args = internet.outbound_args(recorded, "--tls-policy", "verify")
+    args[args.index("--dns") + 1] = broken_rua_dns.address
+    res = tlsrpt("--domain", "tls.test", "--date", today(), "--send", *signing, *args)
+    assert res.returncode == 0, show(res)
+    err = res.stderr.decode(errors="replace")
+    assert re.search(rf"tlsrpt: {re.escape(BROKEN_RUA)} deferred under policy may .*"
+                     r"sending in plaintext now \(RFC 8460 §5\.3\)", err), show(res)
+    assert re.search(rf"rua=mailto:{re.escape(BROKEN_RUA)} dkim=d=client.test dsn=2\.\S+ "
+                     r"tls=none", err), show(res)
+    # The MX took it in plaintext, signed with the Ed25519 key (RFC 8463).
+    mine = [m for m in internet.broken.messages() if BROKEN_RUA in str(m["rcpts"])]
+    assert len(mine) == 1 and mine[0]["tls"] is False, internet.broken.messages()
+    raw = mine[0]["data"].encode("latin-1")
+    assert dkim_verifies(raw, signing, internet, recorded), raw[:600]
+    # Neither the failed handshake nor the plaintext session became a record.
+    assert report_of(internet, recorded, "brokentls.test", tmp_path) == before

@@ -25,6 +25,8 @@ PACKAGES=(
   libevent-2.1-7          # needed by the unpacked OpenSMTPD (see below)
   python3-aiosmtpd        # an SMTP server on a Unix socket (inbound --backend unix:)
   python3-jsonschema      # RFC 8460 report schema check (interop/test_tlsrpt.py)
+  python3-dkim python3-nacl # dkimpy checks the DKIM signature of TLS report mail (RSA and
+                          # Ed25519) as a receiver does (interop/test_tlsrpt.py)
   age                     # the reference age CLI: sealed spool files must decrypt with it
   nsd ldnsutils           # a DNSSEC-signed zone for the XPONY key tests (nsd serves it,
                           # ldns-keygen/ldns-signzone make it)
@@ -76,17 +78,21 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # Python modules the interop suite imports, for whichever python3 is first on PATH: pytest,
-# and jsonschema (test_tlsrpt.py validates reports against the RFC 8460 schema).
-for module in pytest jsonschema; do
+# jsonschema (test_tlsrpt.py validates reports against the RFC 8460 schema), dkim and nacl
+# (test_tlsrpt.py verifies the reports' DKIM signatures, RSA and Ed25519, with dkimpy).
+# Each entry: module:Debian package:PyPI package.
+for entry in pytest:python3-pytest:pytest jsonschema:python3-jsonschema:jsonschema \
+             dkim:python3-dkim:dkimpy nacl:python3-nacl:pynacl; do
+  IFS=: read -r module deb pip <<<"$entry"
   if ! python3 -c "import $module" 2>/dev/null; then
     py="$(command -v python3)"
     if [ "$(readlink -f "$py")" = "$(readlink -f /usr/bin/python3)" ]; then
       # Debian's own Python is externally managed (PEP 668): use its package.
-      need_root "python3-$module"
-      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "python3-$module" \
-        || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "python3-$module"; }
+      need_root "$deb"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$deb" \
+        || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$deb"; }
     else
-      python3 -m pip install --quiet --disable-pip-version-check "$module"
+      python3 -m pip install --quiet --disable-pip-version-check "$pip"
     fi
     python3 -c "import $module" || { echo "install-deps.sh: $module still missing" >&2; exit 1; }
   fi

@@ -20,6 +20,7 @@ pub struct FileConfig {
     pub outbound: Option<OutboundFile>,
     pub fetch: Option<super::fetch::FetchFile>,
     pub seal: Option<super::seal::SealFile>,
+    pub tlsrpt: Option<super::tlsrpt::TlsrptFile>,
 }
 
 /// The `[outbound]` section, and `[outbound.domains]` with a TLS policy per

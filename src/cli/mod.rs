@@ -228,7 +228,12 @@ fn run() -> ExitCode {
         Command::Fetch(args) => fetch::run(args, file.fetch.unwrap_or_default(), &runtime),
         Command::Seal(args) => seal::run(args, file.seal.unwrap_or_default(), &runtime),
         Command::Open(args) => seal::open(args),
-        Command::Tlsrpt(args) => tlsrpt::run(args, file.outbound.unwrap_or_default(), &runtime),
+        Command::Tlsrpt(args) => tlsrpt::run(
+            args,
+            file.outbound.unwrap_or_default(),
+            file.tlsrpt.unwrap_or_default(),
+            &runtime,
+        ),
         Command::Probe(args) => probe::run(args, file.outbound.unwrap_or_default(), &runtime),
         Command::Deliver(args) => {
             outbound::run_deliver(args, file.outbound.unwrap_or_default(), &runtime)

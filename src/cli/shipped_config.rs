@@ -17,6 +17,7 @@ use super::Cli;
 use super::config::{FileConfig, InboundFile, OutboundFile};
 use super::fetch::FetchFile;
 use super::seal::SealFile;
+use super::tlsrpt::TlsrptFile;
 
 const SHIPPED: &str = include_str!("../../packaging/etc/blackpony.toml");
 
@@ -30,6 +31,9 @@ struct Section {
     flag_only: &'static [&'static str],
     /// Keys that have no flag (or are a table of their own).
     file_only: &'static [&'static str],
+    /// A subcommand whose flags this one takes as well (`tlsrpt` takes
+    /// every outbound flag): those are another section's keys.
+    inherits: Option<&'static str>,
 }
 
 fn sections() -> Vec<Section> {
@@ -40,6 +44,7 @@ fn sections() -> Vec<Section> {
             subcommand: "inbound",
             flag_only: &[],
             file_only: &[],
+            inherits: None,
         },
         Section {
             name: "outbound",
@@ -59,6 +64,7 @@ fn sections() -> Vec<Section> {
                 "max_message_memory",
                 "mta_sts_domains",
             ],
+            inherits: None,
         },
         Section {
             name: "seal",
@@ -67,6 +73,7 @@ fn sections() -> Vec<Section> {
             // The repeatable flags are singular, their lists plural.
             flag_only: &["domain", "recipient-key", "mailbox-key", "fetch-key"],
             file_only: &["domains", "recipient_keys", "mailbox_keys", "fetch_keys"],
+            inherits: None,
         },
         Section {
             name: "fetch",
@@ -75,6 +82,17 @@ fn sections() -> Vec<Section> {
             flag_only: &[],
             // max_size: per installation, like max_message_size.
             file_only: &["max_size"],
+            inherits: None,
+        },
+        Section {
+            name: "tlsrpt",
+            keys: fields::<TlsrptFile>(),
+            subcommand: "tlsrpt",
+            // What one run is about, and the one-off record print.
+            flag_only: &["domain", "date", "out", "send", "dkim-record"],
+            file_only: &[],
+            // The [outbound] settings deliver the report mail.
+            inherits: Some("lmtp"),
         },
     ]
 }
@@ -211,13 +229,18 @@ fn every_flag_has_its_key() {
         let sub = cli
             .find_subcommand(section.subcommand)
             .unwrap_or_else(|| panic!("no subcommand {}", section.subcommand));
+        let inherited: BTreeSet<&str> = section
+            .inherits
+            .and_then(|name| cli.find_subcommand(name))
+            .map(|other| other.get_arguments().filter_map(|a| a.get_long()).collect())
+            .unwrap_or_default();
         // --no-trace-header is `trace_header = false`, --no-xpony `xpony = false`.
         let flags: BTreeSet<String> = sub
             .get_arguments()
             .filter(|a| !a.is_hide_set() && !a.is_global_set())
             .filter_map(|a| a.get_long())
             .filter(|l| !matches!(*l, "help" | "version"))
-            .filter(|l| !section.flag_only.contains(l))
+            .filter(|l| !section.flag_only.contains(l) && !inherited.contains(l))
             .map(|l| l.trim_start_matches("no-").replace('-', "_"))
             .collect();
         let keys: BTreeSet<String> = section

@@ -8,10 +8,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use serde::Deserialize;
 
 use super::config::OutboundFile;
 use super::outbound::OutboundArgs;
 use crate::log;
+use crate::outbound::dkim::DkimSigner;
 use crate::outbound::tlsrpt::{self, Report, Reporter, Rua, TlsReports};
 use crate::outbound::tlsrpt_post::ReportPoster;
 use crate::sysexits::Exit;
@@ -21,8 +23,8 @@ use crate::sysexits::Exit;
 pub struct TlsrptArgs {
     /// The policy domain to report on: a recipient domain blackpony
     /// delivered to.
-    #[arg(long, value_name = "DOMAIN")]
-    pub domain: String,
+    #[arg(long, value_name = "DOMAIN", required_unless_present = "dkim_record")]
+    pub domain: Option<String>,
 
     /// The UTC day to report [default: yesterday].
     #[arg(long, value_name = "YYYY-MM-DD")]
@@ -51,24 +53,100 @@ pub struct TlsrptArgs {
     #[arg(long, value_name = "ADDRESS")]
     pub contact: Option<String>,
 
+    /// PEM private key (RSA, 2048 bits or more, or Ed25519) that signs
+    /// the report mail with DKIM: receivers MUST ignore a mailed report
+    /// without a valid signature of the reporting domain (RFC 8460 §5.3).
+    /// Make one with `openssl genpkey -algorithm RSA -pkeyopt
+    /// rsa_keygen_bits:2048 -out tlsrpt-dkim.pem`.
+    #[arg(long, value_name = "FILE", requires = "dkim_selector")]
+    pub dkim_key: Option<PathBuf>,
+
+    /// The DKIM selector (`s=`): the key is published at
+    /// `<selector>._domainkey.<dkim-domain>`.
+    #[arg(long, value_name = "NAME")]
+    pub dkim_selector: Option<String>,
+
+    /// The signing domain (`d=`) [default: the domain of --contact, the
+    /// report's sender].
+    #[arg(long, value_name = "DOMAIN")]
+    pub dkim_domain: Option<String>,
+
+    /// Print the DNS TXT record that publishes --dkim-key's public half
+    /// (name and value) and exit.
+    #[arg(long)]
+    pub dkim_record: bool,
+
     #[command(flatten)]
     pub outbound: OutboundArgs,
 }
 
-pub fn run(args: TlsrptArgs, file: OutboundFile, runtime: &tokio::runtime::Runtime) -> ExitCode {
-    ExitCode::from(runtime.block_on(report(args, file)))
+/// The `[tlsrpt]` section: what stays the same from one day's run to the
+/// next (who reports, and the key that signs the mail).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsrptFile {
+    pub organization: Option<String>,
+    pub contact: Option<String>,
+    pub dkim_key: Option<PathBuf>,
+    pub dkim_selector: Option<String>,
+    pub dkim_domain: Option<String>,
 }
 
-async fn report(args: TlsrptArgs, file: OutboundFile) -> Exit {
+pub fn run(
+    args: TlsrptArgs,
+    file: OutboundFile,
+    own: TlsrptFile,
+    runtime: &tokio::runtime::Runtime,
+) -> ExitCode {
+    ExitCode::from(runtime.block_on(report(args, file, own)))
+}
+
+async fn report(args: TlsrptArgs, file: OutboundFile, own: TlsrptFile) -> Exit {
     let settings = match super::outbound::merge_outbound(args.outbound, file) {
         Ok(s) => s,
         Err(e) => return fail(Exit::Usage, &e.to_string()),
     };
-    let domain = args.domain.trim_end_matches('.').to_ascii_lowercase();
+    let contact = args
+        .contact
+        .or(own.contact)
+        .unwrap_or_else(|| format!("postmaster@{}", settings.helo_name));
+    let signer = match (
+        args.dkim_key.or(own.dkim_key),
+        args.dkim_selector.or(own.dkim_selector),
+    ) {
+        (Some(key), Some(selector)) => {
+            let domain = args
+                .dkim_domain
+                .or(own.dkim_domain)
+                .or_else(|| contact.rsplit_once('@').map(|(_, d)| d.to_string()))
+                .unwrap_or_default();
+            match DkimSigner::load(&key, &domain, &selector) {
+                Ok(s) => Some(s),
+                Err(e) => return fail(Exit::Config, &format!("--dkim-key: {e}")),
+            }
+        }
+        (Some(_), None) => {
+            return fail(Exit::Config, "--dkim-key needs --dkim-selector");
+        }
+        (None, _) => None,
+    };
+    if args.dkim_record {
+        let Some(signer) = signer else {
+            return fail(
+                Exit::Usage,
+                "--dkim-record needs --dkim-key and --dkim-selector",
+            );
+        };
+        let (name, value) = signer.dns_record();
+        println!("{name}. IN TXT \"{value}\"");
+        return Exit::Ok;
+    }
+    let asked = args.domain.unwrap_or_default();
+    let domain = asked.trim_end_matches('.').to_ascii_lowercase();
     if domain.is_empty() || domain.contains(['/', ' ', '@']) {
         return fail(
             Exit::Usage,
-            &format!("--domain {:?} is not a domain name", args.domain),
+            &format!("--domain {asked:?} is not a domain name"),
         );
     }
     let day = args.date.unwrap_or_else(tlsrpt::yesterday);
@@ -81,10 +159,9 @@ async fn report(args: TlsrptArgs, file: OutboundFile) -> Exit {
     let reporter = Reporter {
         organization: args
             .organization
+            .or(own.organization)
             .unwrap_or_else(|| settings.helo_name.clone()),
-        contact: args
-            .contact
-            .unwrap_or_else(|| format!("postmaster@{}", settings.helo_name)),
+        contact,
         submitter: settings.helo_name.clone(),
     };
     let reports = TlsReports::new(settings.state_dir.as_deref());
@@ -116,7 +193,7 @@ async fn report(args: TlsrptArgs, file: OutboundFile) -> Exit {
         println!("no sessions recorded for {domain} on {day}: no report sent");
         return Exit::Ok;
     }
-    send(&settings, &reporter, &report, &domain).await
+    send(&settings, &reporter, &report, &domain, signer.as_ref()).await
 }
 
 /// Sends `report` to each destination of the domain's reporting policy:
@@ -127,11 +204,13 @@ async fn send(
     reporter: &Reporter,
     report: &Report,
     domain: &str,
+    signer: Option<&DkimSigner>,
 ) -> Exit {
     let deliverer = match settings.deliverer() {
         Ok(d) => d,
         Err(e) => return fail(Exit::TempFail, &e),
     };
+    let mut mailer = None;
     let name = tlsrpt::policy_name(domain);
     let txts = match deliverer.resolver.txt(&name).await {
         Ok((_, crate::outbound::dns::Dnssec::Bogus)) => {
@@ -179,23 +258,42 @@ async fn send(
                 continue;
             }
         };
-        let message = tlsrpt::report_message(
-            report,
-            reporter,
-            &reporter.contact,
-            to,
-            std::time::SystemTime::now(),
-        );
+        let now = std::time::SystemTime::now();
+        let message = tlsrpt::report_message(report, reporter, &reporter.contact, to, now);
+        let (message, dkim) = match signer {
+            Some(signer) => match signer.sign(&message, tlsrpt::unix_now()) {
+                Ok(signed) => (signed, format!("d={}", signer.domain())),
+                Err(e) => return fail(Exit::TempFail, &format!("DKIM signing: {e}")),
+            },
+            None => {
+                log!(
+                    "warning: tlsrpt: domain={domain} rua=mailto:{to}: the report mail is not DKIM-signed, so receivers ignore it (RFC 8460 §5.3): set --dkim-key and --dkim-selector"
+                );
+                (message, "none".to_string())
+            }
+        };
         let envelope = crate::smtp::Envelope {
             sender: reporter.contact.clone(),
             recipients: vec![to.clone()],
         };
-        let statuses = deliverer.deliver(&envelope, &message).await;
+        let mailer = match &mut mailer {
+            Some(m) => m,
+            None => match ReportMailer::new(settings) {
+                Ok(m) => mailer.insert(m),
+                Err(e) => return fail(Exit::TempFail, &e),
+            },
+        };
+        let statuses = mailer.deliver(&envelope, &message).await;
         for s in &statuses {
             log!(
-                "tlsrpt: domain={domain} report-id={} rua=mailto:{to} dsn={}",
+                "tlsrpt: domain={domain} report-id={} rua=mailto:{to} dkim={dkim} dsn={}{}",
                 report.report_id,
-                s.dsn()
+                s.dsn(),
+                if s.level == crate::outbound::SecurityLevel::Plaintext {
+                    " tls=none"
+                } else {
+                    ""
+                }
             );
         }
         results.extend(statuses);
@@ -222,6 +320,75 @@ async fn send(
     };
     println!("{line}");
     code
+}
+
+/// Mails reports "despite any TLS-related failures" (RFC 8460 §5.3): a
+/// report may be about the very failure that would hold it back. So a
+/// report goes out under `may` whatever the configured policy (STARTTLS
+/// when offered, any certificate; no DANE or MTA-STS enforcement, as RFC
+/// 8689's `TLS-Required: No` asks of a relay), and once more in plaintext
+/// at once when that was deferred. Its sessions are not recorded for the
+/// next report (§5.3: SHOULD NOT).
+struct ReportMailer {
+    opportunistic: crate::outbound::Deliverer,
+    plaintext: crate::outbound::Deliverer,
+}
+
+impl ReportMailer {
+    fn new(settings: &super::outbound::OutboundSettings) -> Result<Self, String> {
+        let with = |policy| {
+            settings.deliverer().map(|mut d| {
+                d.policy = crate::outbound::PolicyTable {
+                    default: policy,
+                    domains: Default::default(),
+                };
+                d.sts = None;
+                d.outcomes = None;
+                d
+            })
+        };
+        Ok(ReportMailer {
+            opportunistic: with(crate::outbound::TlsPolicy::May)?,
+            plaintext: with(crate::outbound::TlsPolicy::None)?,
+        })
+    }
+
+    async fn deliver(
+        &self,
+        envelope: &crate::smtp::Envelope,
+        message: &[u8],
+    ) -> Vec<crate::outbound::RecipientStatus> {
+        use crate::outbound::report::Status;
+        let first = self.opportunistic.deliver(envelope, message).await;
+        let deferred: Vec<String> = first
+            .iter()
+            .filter(|s| s.status() == Status::Deferred)
+            .map(|s| s.recipient.clone())
+            .collect();
+        if deferred.is_empty() {
+            return first;
+        }
+        log!(
+            "tlsrpt: {} deferred under policy may ({}); sending in plaintext now (RFC 8460 §5.3)",
+            deferred.join(","),
+            first
+                .iter()
+                .find(|s| s.status() == Status::Deferred)
+                .map(|s| s.reply.to_string())
+                .unwrap_or_default()
+        );
+        let retry = crate::smtp::Envelope {
+            sender: envelope.sender.clone(),
+            recipients: deferred,
+        };
+        let mut again = self.plaintext.deliver(&retry, message).await;
+        let mut out: Vec<_> = first
+            .into_iter()
+            .filter(|s| s.status() != Status::Deferred)
+            .collect();
+        out.append(&mut again);
+        out
+    }
 }
 
 /// POSTs the gzipped report to an `https:` destination (RFC 8460 §5.4).

@@ -31,12 +31,14 @@
 //! - [`service`]: the LMTP/SMTP service an MTA hands messages to;
 //! - [`exit`]: how outcomes become sysexits codes for one-shot mode;
 //! - [`tlsrpt`]: TLS reports (RFC 8460): session records and the report;
-//!   [`tlsrpt_post`]: their submission to `https:` destinations.
+//!   [`tlsrpt_post`]: their submission to `https:` destinations;
+//!   [`dkim`]: the DKIM signature a mailed report must carry (§5.3).
 
 pub mod cache;
 pub mod connection;
 pub mod dane;
 pub mod deliver;
+pub mod dkim;
 pub mod dns;
 pub mod exit;
 pub mod memory;
