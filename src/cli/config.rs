@@ -20,7 +20,7 @@ pub struct FileConfig {
     pub outbound: Option<OutboundFile>,
     pub fetch: Option<super::fetch::FetchFile>,
     pub seal: Option<super::seal::SealFile>,
-    pub tlsrpt: Option<super::tlsrpt::TlsrptFile>,
+    pub tlsrpt: Option<TlsrptFile>,
 }
 
 /// The `[outbound]` section, and `[outbound.domains]` with a TLS policy per
@@ -109,4 +109,16 @@ pub struct InboundFile {
     pub evict_idle: Option<u64>,
     pub soft_error_limit: Option<u32>,
     pub hard_error_limit: Option<u32>,
+}
+
+/// The `[tlsrpt]` section: what stays the same from one day's run to the
+/// next (who reports, and the key that signs the mail).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsrptFile {
+    pub organization: Option<String>,
+    pub contact: Option<String>,
+    pub dkim_key: Option<PathBuf>,
+    pub dkim_selector: Option<String>,
+    pub dkim_domain: Option<String>,
 }

@@ -14,10 +14,9 @@ use clap::CommandFactory;
 use serde::de::{self, DeserializeOwned, Visitor};
 
 use super::Cli;
-use super::config::{FileConfig, InboundFile, OutboundFile};
+use super::config::{FileConfig, InboundFile, OutboundFile, TlsrptFile};
 use super::fetch::FetchFile;
 use super::seal::SealFile;
-use super::tlsrpt::TlsrptFile;
 
 const SHIPPED: &str = include_str!("../../packaging/etc/blackpony.toml");
 

@@ -8,9 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use serde::Deserialize;
 
-use super::config::OutboundFile;
+use super::config::{OutboundFile, TlsrptFile};
 use super::outbound::OutboundArgs;
 use crate::log;
 use crate::outbound::dkim::DkimSigner;
@@ -78,18 +77,6 @@ pub struct TlsrptArgs {
 
     #[command(flatten)]
     pub outbound: OutboundArgs,
-}
-
-/// The `[tlsrpt]` section: what stays the same from one day's run to the
-/// next (who reports, and the key that signs the mail).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsrptFile {
-    pub organization: Option<String>,
-    pub contact: Option<String>,
-    pub dkim_key: Option<PathBuf>,
-    pub dkim_selector: Option<String>,
-    pub dkim_domain: Option<String>,
 }
 
 pub fn run(
