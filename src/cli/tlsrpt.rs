@@ -14,6 +14,7 @@ use super::outbound::OutboundArgs;
 use crate::log;
 use crate::outbound::dkim::DkimSigner;
 use crate::outbound::tlsrpt::{self, Report, Reporter, Rua, TlsReports};
+use crate::outbound::tlsrpt_mail::ReportMailer;
 use crate::outbound::tlsrpt_post::ReportPoster;
 use crate::sysexits::Exit;
 
@@ -265,7 +266,10 @@ async fn send(
         };
         let mailer = match &mut mailer {
             Some(m) => m,
-            None => match ReportMailer::new(settings) {
+            None => match settings
+                .deliverer()
+                .and_then(|a| Ok(ReportMailer::new(a, settings.deliverer()?)))
+            {
                 Ok(m) => mailer.insert(m),
                 Err(e) => return fail(Exit::TempFail, &e),
             },
@@ -307,75 +311,6 @@ async fn send(
     };
     println!("{line}");
     code
-}
-
-/// Mails reports "despite any TLS-related failures" (RFC 8460 §5.3): a
-/// report may be about the very failure that would hold it back. So a
-/// report goes out under `may` whatever the configured policy (STARTTLS
-/// when offered, any certificate; no DANE or MTA-STS enforcement, as RFC
-/// 8689's `TLS-Required: No` asks of a relay), and once more in plaintext
-/// at once when that was deferred. Its sessions are not recorded for the
-/// next report (§5.3: SHOULD NOT).
-struct ReportMailer {
-    opportunistic: crate::outbound::Deliverer,
-    plaintext: crate::outbound::Deliverer,
-}
-
-impl ReportMailer {
-    fn new(settings: &super::outbound::OutboundSettings) -> Result<Self, String> {
-        let with = |policy| {
-            settings.deliverer().map(|mut d| {
-                d.policy = crate::outbound::PolicyTable {
-                    default: policy,
-                    domains: Default::default(),
-                };
-                d.sts = None;
-                d.outcomes = None;
-                d
-            })
-        };
-        Ok(ReportMailer {
-            opportunistic: with(crate::outbound::TlsPolicy::May)?,
-            plaintext: with(crate::outbound::TlsPolicy::None)?,
-        })
-    }
-
-    async fn deliver(
-        &self,
-        envelope: &crate::smtp::Envelope,
-        message: &[u8],
-    ) -> Vec<crate::outbound::RecipientStatus> {
-        use crate::outbound::report::Status;
-        let first = self.opportunistic.deliver(envelope, message).await;
-        let deferred: Vec<String> = first
-            .iter()
-            .filter(|s| s.status() == Status::Deferred)
-            .map(|s| s.recipient.clone())
-            .collect();
-        if deferred.is_empty() {
-            return first;
-        }
-        log!(
-            "tlsrpt: {} deferred under policy may ({}); sending in plaintext now (RFC 8460 §5.3)",
-            deferred.join(","),
-            first
-                .iter()
-                .find(|s| s.status() == Status::Deferred)
-                .map(|s| s.reply.to_string())
-                .unwrap_or_default()
-        );
-        let retry = crate::smtp::Envelope {
-            sender: envelope.sender.clone(),
-            recipients: deferred,
-        };
-        let mut again = self.plaintext.deliver(&retry, message).await;
-        let mut out: Vec<_> = first
-            .into_iter()
-            .filter(|s| s.status() != Status::Deferred)
-            .collect();
-        out.append(&mut again);
-        out
-    }
 }
 
 /// POSTs the gzipped report to an `https:` destination (RFC 8460 §5.4).

@@ -32,6 +32,7 @@
 //! - [`exit`]: how outcomes become sysexits codes for one-shot mode;
 //! - [`tlsrpt`]: TLS reports (RFC 8460): session records and the report;
 //!   [`tlsrpt_post`]: their submission to `https:` destinations;
+//!   [`tlsrpt_mail`]: their mail, delivered despite TLS failures (§5.3);
 //!   [`dkim`]: the DKIM signature a mailed report must carry (§5.3).
 
 pub mod cache;
@@ -54,6 +55,7 @@ pub mod service;
 pub mod sts;
 pub mod sts_fetch;
 pub mod tlsrpt;
+pub mod tlsrpt_mail;
 pub mod tlsrpt_post;
 pub mod xpony;
 
