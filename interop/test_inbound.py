@@ -169,6 +169,29 @@ def test_smtplib_starttls_delivers(mode_blackpony):
     assert b"\n.leading dot line\n" in delivered  # dot-stuffing round trip
 
 
+def test_tls_client_gone_without_close_notify_is_logged_in_mail_words(mode_blackpony):
+    """A client that drops its TLS connection mid-session (no close_notify, no QUIT) is a
+    truncation, logged in words an operator greps (not rustls' text with its docs URL)."""
+    bp, _pf = mode_blackpony("proxy-v2")
+    s = smtplib.SMTP(bp.host, bp.port, local_hostname="gone.client.test",
+                     source_address=(CLIENT_IP, 0), timeout=20)
+    try:
+        s.ehlo()
+        code, _ = s.starttls(context=unverified_tls_context())
+        assert code == 220
+        s.ehlo()
+        assert s.docmd("MAIL", "FROM:<a@client.test>")[0] == 250
+        # detach() leaves the TLS layer without a shutdown: the socket just closes.
+        socket.socket(fileno=s.sock.detach()).close()
+    finally:
+        s.sock = None
+    line = bp.wait_log(r".*client-error=.*")
+    assert 'client-error="connection closed without TLS close_notify"' in line.group(0), \
+        bp.log_text()
+    assert "https://" not in bp.log_text(), bp.log_text()
+    bp.wait_log(r"end=truncated")
+
+
 def test_openssl_s_client_starttls(mode_blackpony):
     bp, pf = mode_blackpony("proxy-v2")
     res = run([require_tool("openssl"), "s_client", "-starttls", "smtp", "-connect",

@@ -518,7 +518,8 @@ impl Run<'_> {
                 Some(Stream::ServerTls(Box::new(ServerTlsStream::new(tls))))
             }
             Ok(Err(e)) => {
-                self.session.tls_failed(e.to_string());
+                self.session
+                    .tls_failed(crate::transport::log_words::error_words(&e));
                 None
             }
             Err(_) => {

@@ -197,17 +197,20 @@ impl Session {
     /// The outcome of one read from the client connection, as the I/O loop
     /// got it: bytes, EOF (`Ok` of nothing), or an error.
     pub fn client_read(&mut self, read: std::io::Result<&[u8]>) {
+        use crate::transport::log_words::error_words;
         use std::io::ErrorKind;
         match read {
             Ok([]) => self.client_eof(),
             Ok(data) => self.client_input(data),
-            Err(e) if e.kind() == ErrorKind::UnexpectedEof => self.client_truncated(e.to_string()),
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                self.client_truncated(error_words(&e))
+            }
             // A reset is an ordinary way to go; a broken record or frame is
             // worth its own log line.
             Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
                 self.client_lost()
             }
-            Err(e) => self.client_error(e.to_string()),
+            Err(e) => self.client_error(error_words(&e)),
         }
     }
 

@@ -211,7 +211,7 @@ impl Dialer<'_> {
                     });
                 }
                 conn.tls_failed = true;
-                return Err(failed(e.to_string()));
+                return Err(failed(crate::transport::log_words::error_words(&e)));
             }
             Err(_) => {
                 conn.tls_failed = true;

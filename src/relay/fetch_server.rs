@@ -490,6 +490,7 @@ pub async fn serve_connection<S, IO>(
             }
             Ok(Ok(_)) => break "client-closed",
             Ok(Err(e)) => {
+                let e = crate::transport::log_words::error_words(&e);
                 log!("fetch: client={who} client-error=\"{e}\"");
                 break "client-error";
             }

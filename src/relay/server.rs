@@ -294,6 +294,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                         continue;
                     }
                     Ok(Err(e)) => {
+                        let e = crate::transport::log_words::error_words(&e);
                         log!("session={id} tls-error=\"{e}\" client={who}");
                         break "tls-failed";
                     }

@@ -5,6 +5,7 @@ pub mod cert_name;
 pub mod dane;
 pub mod drive;
 pub mod encryption;
+pub mod log_words;
 pub mod pony;
 pub mod server_tls;
 pub mod tls;
