@@ -16,7 +16,10 @@
 # RELAY_MSGS (1500), RELAY_SESSIONS (10), SIZE (1024), DMA_ROOT (where the
 # dma package is unpacked, default /var/cache/blackpony-bench/dma),
 # KEEP=1 keeps the temp dir (configs, logs), BASELINE=path (another
-# blackpony build: rows (b0) and (c0) in part 2, taking turns with (b), (c)).
+# blackpony build: rows (b0) and (c0) in part 2, taking turns with (b), (c)),
+# DNS_TTL (300: the TTL of every answer and the SOA minimum of the test zone,
+# so negative answers carry an SOA as a deployed zone's do; 0: TTL 0 and
+# NXDOMAIN/NODATA without an SOA, nothing cacheable, the old worst case).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -27,6 +30,7 @@ TLS_MSGS=${TLS_MSGS:-50}
 RELAY_MSGS=${RELAY_MSGS:-1500}
 RELAY_SESSIONS=${RELAY_SESSIONS:-10}
 SIZE=${SIZE:-1024}
+DNS_TTL=${DNS_TTL:-300}
 BLACKPONY=${BLACKPONY:-$ROOT/target/release/blackpony}
 BASELINE=${BASELINE:-}
 DMA_ROOT=${DMA_ROOT:-/var/cache/blackpony-bench/dma}
@@ -46,6 +50,7 @@ if [ -z "${BLACKPONY_BENCH_NS:-}" ]; then
         && command -v postfix >/dev/null || need_pkgs+=(postfix)
     command -v msmtp >/dev/null || need_pkgs+=(msmtp)
     command -v dnsmasq >/dev/null || need_pkgs+=(dnsmasq-base)
+    command -v dig >/dev/null || need_pkgs+=(bind9-dnsutils)
     command -v ip >/dev/null || need_pkgs+=(iproute2)
     command -v unshare >/dev/null || need_pkgs+=(util-linux)
     command -v script >/dev/null || need_pkgs+=(bsdutils)
@@ -74,7 +79,8 @@ if [ -z "${BLACKPONY_BENCH_NS:-}" ]; then
         (cd "$ROOT" && cargo build --release) >&2
     fi
     [ -z "$BASELINE" ] || [ -x "$BASELINE" ] || die "BASELINE=$BASELINE is not an executable"
-    export BLACKPONY_BENCH_NS=1 BLACKPONY BASELINE
+    case $DNS_TTL in ''|*[!0-9]*) die "DNS_TTL=$DNS_TTL is not a number of seconds" ;; esac
+    export BLACKPONY_BENCH_NS=1 BLACKPONY BASELINE DNS_TTL
     exec unshare --mount --net --propagation private "$BASH" "${BASH_SOURCE[0]}" "$@"
 fi
 
@@ -124,6 +130,22 @@ host-record=mx.sink.test,$MX_SINK
 mx-host=tls.test,mx.tls.test,10
 host-record=mx.tls.test,$MX_TLS
 EOF
+if [ "$DNS_TTL" -gt 0 ]; then
+    # What a deployed zone gives a long-running client: answers with a TTL,
+    # and NXDOMAIN/NODATA with the zone's SOA in the authority section, whose
+    # minimum bounds how long the negative answer may be cached (RFC 2308
+    # §3, §5). dnsmasq serves an SOA only as an authoritative server: for
+    # queries arriving at the auth-server address, here its only one. The
+    # subnet keeps the reverse zone (PTR 127.0.0.2 -> mx.sink.test) served
+    # as the host-records serve it without auth-zone.
+    cat >>"$T/dnsmasq.conf" <<EOF
+local-ttl=$DNS_TTL
+auth-ttl=$DNS_TTL
+auth-server=ns.test,127.0.0.1
+auth-zone=test,127.0.0.0/8
+auth-soa=1,hostmaster.test,1200,180,1209600
+EOF
+fi
 start dnsmasq dnsmasq --keep-in-foreground --log-facility=- --conf-file="$T/dnsmasq.conf"
 
 # ---- the plaintext MX
@@ -211,6 +233,15 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 getent hosts mx.sink.test >/dev/null || die "the libc resolver in the namespace does not see dnsmasq (mx.sink.test)"
+# The negative answer blackpony meets on every delivery (no MTA-STS record)
+# must be what DNS_TTL says: with an SOA whose minimum is DNS_TTL, or none.
+NEG_SOA=$(dig +time=1 +tries=1 @127.0.0.1 -p 53 _mta-sts.bp-smtp.test TXT 2>/dev/null \
+    | awk '$4 == "SOA" {print $NF}')
+if [ "$DNS_TTL" -gt 0 ]; then
+    [ "$NEG_SOA" = "$DNS_TTL" ] || die "dnsmasq's NXDOMAIN for _mta-sts.bp-smtp.test carries no SOA with minimum $DNS_TTL (got '${NEG_SOA}')"
+else
+    [ -z "$NEG_SOA" ] || die "DNS_TTL=0, yet dnsmasq's NXDOMAIN for _mta-sts.bp-smtp.test carries an SOA"
+fi
 
 # ---- dma: MX lookups through the libc resolver (-> dnsmasq), port 25
 mkdir -p "$T/dma-spool"
@@ -428,6 +459,11 @@ echo "blackpony: $BP_SRC (built $BP_BUILT, sha256 $(sha256sum "$BLACKPONY" | cut
 [ -n "$BASELINE" ] && echo "baseline (rows b0, c0): $BASELINE_SRC (built $(date -u -r "$BASELINE_SRC" +%Y-%m-%dT%H:%MZ), sha256 $(sha256sum "$BASELINE" | cut -c1-12))"
 echo "peers: $(msmtp --version | head -1), dma $(gunzip -c "$DMA_ROOT/usr/share/doc/dma/changelog.Debian.gz" 2>/dev/null | head -1 | sed 's/^dma (\([^)]*\)).*/\1/'), postfix $(postconf -d -h mail_version 2>/dev/null), $(dnsmasq --version | head -1 | awk '{print $1, $3}')"
 echo "private network namespace: dnsmasq on 127.0.0.1:53 (resolv.conf points there), MX sink.test -> smtp-sink on $MX_SINK:25,"
+if [ "$DNS_TTL" -gt 0 ]; then
+    echo "  DNS_TTL=$DNS_TTL: answers with TTL $DNS_TTL s, NXDOMAIN/NODATA with the zone's SOA (minimum $DNS_TTL s)"
+else
+    echo "  DNS_TTL=0: answers with TTL 0, NXDOMAIN/NODATA without an SOA (nothing cacheable)"
+fi
 echo "  MX tls.test -> Postfix on $MX_TLS:25 (smtpd_tls_security_level = may, P-256 self-signed, mail discarded)"
 echo "medians of $REPS runs; lost = messages the client had accepted minus what the MX counted, err = failed"
 echo "  invocations / deferred+bounced deliveries, both summed over all runs"
