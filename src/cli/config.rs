@@ -111,6 +111,18 @@ pub struct InboundFile {
     pub hard_error_limit: Option<u32>,
 }
 
+impl InboundFile {
+    /// The serving settings of this section, as flags would give them.
+    pub fn serving(&self) -> super::serving::ServingArgs {
+        super::serving::ServingArgs {
+            max_connections: self.max_connections,
+            max_connections_per_client: self.max_connections_per_client,
+            client_timeout: self.client_timeout,
+            shutdown_timeout: self.shutdown_timeout,
+        }
+    }
+}
+
 /// The `[tlsrpt]` section: what stays the same from one day's run to the
 /// next (who reports, and the key that signs the mail).
 #[derive(Debug, Default, Deserialize)]

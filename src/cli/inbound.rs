@@ -11,7 +11,7 @@ use clap::Args;
 use super::config::{CommandLine, InboundFile};
 use super::error::{ConfigError, exit_for, fail};
 use super::values::BareNewlinesArg;
-use super::{error_limits, load, notify, sys};
+use super::{error_limits, load, notify, serving, sys};
 use crate::inbound::{BackendTarget, Identity, InboundConfig};
 use crate::sysexits::Exit;
 use crate::transport::ServerTls;
@@ -87,29 +87,12 @@ pub struct InboundArgs {
     #[arg(long, value_name = "SECONDS")]
     pub xpony_max_age: Option<u32>,
 
-    /// Most client connections at once; more get 421 4.3.2 (per-client
-    /// limits: 421 4.7.0) [default: 1000].
-    #[arg(long, value_name = "N")]
-    pub max_connections: Option<usize>,
-
-    /// Most connections at once from one client address [default: 50].
-    #[arg(long, value_name = "N")]
-    pub max_connections_per_client: Option<usize>,
-
-    /// Seconds a client may take for one command line, and the base time of
-    /// a message, before 421 4.4.2; bytes trickling in do not extend it
-    /// [default: 300, RFC 5321 §4.5.3.2].
-    #[arg(long, value_name = "SECONDS")]
-    pub client_timeout: Option<u64>,
+    #[command(flatten)]
+    pub serving: serving::ServingArgs,
 
     /// Seconds the MTA may take to answer before the client gets 421 [default: 600].
     #[arg(long, value_name = "SECONDS")]
     pub backend_timeout: Option<u64>,
-
-    /// After SIGTERM, seconds running sessions may take to finish; then each
-    /// gets 421 4.3.2 [default: 30].
-    #[arg(long, value_name = "SECONDS")]
-    pub shutdown_timeout: Option<u64>,
 
     #[command(flatten)]
     pub load: load::LoadArgs,
@@ -130,6 +113,7 @@ pub fn run(args: InboundArgs, file: InboundFile, runtime: &tokio::runtime::Runti
 /// Flags win over the file; the file wins over the defaults.
 pub fn merge_inbound(args: InboundArgs, file: InboundFile) -> Result<InboundSettings, ConfigError> {
     let file_load = load_from_file(&file);
+    let serving = args.serving.clone().or(file.serving());
     let error_limits = args.error_limits.merge(&file)?;
     let identity = args.identity.or(file.identity).ok_or(ConfigError::Missing(
         "--identity is required: how the MTA learns the real client address \
@@ -185,23 +169,14 @@ pub fn merge_inbound(args: InboundArgs, file: InboundFile) -> Result<InboundSett
         error_limits,
     };
     let mut config = InboundConfig::new(session, backend);
-    if let Some(n) = args.max_connections.or(file.max_connections) {
-        config.max_connections = n.max(1);
-    }
-    if let Some(n) = args
-        .max_connections_per_client
-        .or(file.max_connections_per_client)
-    {
-        config.max_connections_per_client = n.max(1);
-    }
-    if let Some(s) = args.client_timeout.or(file.client_timeout) {
-        config.client_timeout = Duration::from_secs(s.max(1));
-    }
+    serving.apply(serving::Serving {
+        max_connections: &mut config.max_connections,
+        per_client: &mut config.max_connections_per_client,
+        client_timeout: &mut config.client_timeout,
+        shutdown_grace: &mut config.shutdown_grace,
+    });
     if let Some(s) = args.backend_timeout.or(file.backend_timeout) {
         config.backend_timeout = Duration::from_secs(s.max(1));
-    }
-    if let Some(s) = args.shutdown_timeout.or(file.shutdown_timeout) {
-        config.shutdown_grace = Duration::from_secs(s);
     }
     let listen_backlog = super::load::merge(args.load, file_load, &mut config);
     Ok(InboundSettings {
@@ -317,7 +292,10 @@ mod tests {
         .unwrap();
         let args = InboundArgs {
             identity: Some(Identity::ProxyV2),
-            max_connections: Some(20),
+            serving: serving::ServingArgs {
+                max_connections: Some(20),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let s = merge_inbound(args, file.inbound.unwrap()).unwrap();

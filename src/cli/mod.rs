@@ -22,6 +22,7 @@ mod privileges;
 pub mod probe;
 mod roff;
 pub mod seal;
+pub mod serving;
 #[cfg(test)]
 mod shipped_config;
 pub mod stats;

@@ -112,24 +112,8 @@ pub struct SealArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     pub fetch_listen: Option<String>,
 
-    /// Most client connections at once; more get 421 4.3.2 (per-client
-    /// limits: 421 4.7.0) [default: 1000].
-    #[arg(long, value_name = "N")]
-    pub max_connections: Option<usize>,
-
-    /// Most connections at once from one client address [default: 50].
-    #[arg(long, value_name = "N")]
-    pub max_connections_per_client: Option<usize>,
-
-    /// Seconds a client may take for one command line, and the base time of
-    /// a message, before 421 4.4.2; bytes trickling in do not extend it
-    /// [default: 300, RFC 5321 §4.5.3.2].
-    #[arg(long, value_name = "SECONDS")]
-    pub client_timeout: Option<u64>,
-
-    /// After SIGTERM, seconds running sessions may take to finish [default: 30].
-    #[arg(long, value_name = "SECONDS")]
-    pub shutdown_timeout: Option<u64>,
+    #[command(flatten)]
+    pub serving: super::serving::ServingArgs,
 
     #[command(flatten)]
     pub load: super::load::LoadArgs,
@@ -172,6 +156,16 @@ pub struct SealFile {
 }
 
 impl SealFile {
+    /// The serving settings of this section, as flags would give them.
+    fn serving(&self) -> super::serving::ServingArgs {
+        super::serving::ServingArgs {
+            max_connections: self.max_connections,
+            max_connections_per_client: self.max_connections_per_client,
+            client_timeout: self.client_timeout,
+            shutdown_timeout: self.shutdown_timeout,
+        }
+    }
+
     /// The load settings of this section, as flags would give them.
     fn load(&self) -> super::load::LoadArgs {
         super::load::LoadArgs {
@@ -199,6 +193,7 @@ fn list(flag: Vec<String>, file: Vec<String>) -> Vec<String> {
 /// a bad one is EX_CONFIG (78).
 pub fn run(args: SealArgs, file: SealFile, runtime: &tokio::runtime::Runtime) -> ExitCode {
     let load = args.load.clone().or(file.load());
+    let serving = args.serving.clone().or(file.serving());
     let keys = match SealKeys::new(
         &list(args.domains, file.domains),
         &list(args.recipient_keys, file.recipient_keys),
@@ -233,24 +228,15 @@ pub fn run(args: SealArgs, file: SealFile, runtime: &tokio::runtime::Runtime) ->
         Ok(f) => f,
         Err(e) => return fail(Exit::Config, &e),
     };
-    let mut limits = Limits {
-        max_connections: args
-            .max_connections
-            .or(file.max_connections)
-            .unwrap_or(1000)
-            .max(1),
-        ..Limits::default()
-    };
-    if let Some(n) = args
-        .max_connections_per_client
-        .or(file.max_connections_per_client)
-    {
-        limits.per_client = n.max(1);
-    }
+    let mut limits = Limits::default();
     let mut timeouts = Timeouts::default();
-    if let Some(s) = args.client_timeout.or(file.client_timeout) {
-        timeouts.line = std::time::Duration::from_secs(s.max(1));
-    }
+    let mut shutdown_grace = std::time::Duration::from_secs(30);
+    serving.apply(super::serving::Serving {
+        max_connections: &mut limits.max_connections,
+        per_client: &mut limits.per_client,
+        client_timeout: &mut timeouts.line,
+        shutdown_grace: &mut shutdown_grace,
+    });
     load.apply(&mut limits, &mut timeouts);
     let config = Arc::new(SealConfig {
         hostname: hostname.clone(),
@@ -266,11 +252,7 @@ pub fn run(args: SealArgs, file: SealFile, runtime: &tokio::runtime::Runtime) ->
             .into(),
         limits,
         timeouts,
-        shutdown_grace: std::time::Duration::from_secs(
-            args.shutdown_timeout
-                .or(file.shutdown_timeout)
-                .unwrap_or(30),
-        ),
+        shutdown_grace,
         pony,
     });
     let lmtp = args.lmtp.or(file.lmtp);

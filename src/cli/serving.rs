@@ -1,0 +1,117 @@
+//! The serving flags every listening role shares (`blackpony inbound`,
+//! `blackpony seal`): how many connections, how long a client may take,
+//! how long the drain after SIGTERM lasts. One definition, so the flag
+//! names, defaults and help cannot drift apart between the roles.
+
+use std::time::Duration;
+
+use clap::Args;
+
+/// Flags for how a listening role serves its clients. Each can also be set
+/// in the role's config file section, spelled with underscores.
+#[derive(Debug, Args, Default, Clone, PartialEq, Eq)]
+pub struct ServingArgs {
+    /// Most client connections at once; more get 421 4.3.2 (per-client
+    /// limits: 421 4.7.0) [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Most connections at once from one client address [default: 50].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_client: Option<usize>,
+
+    /// Seconds a client may take for one command line, and the base time of
+    /// a message, before 421 4.4.2; bytes trickling in do not extend it
+    /// [default: 300, RFC 5321 §4.5.3.2].
+    #[arg(long, value_name = "SECONDS")]
+    pub client_timeout: Option<u64>,
+
+    /// After SIGTERM, seconds running sessions may take to finish; then each
+    /// gets 421 4.3.2 [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    pub shutdown_timeout: Option<u64>,
+}
+
+/// Where a role keeps the settings [`ServingArgs`] change.
+pub struct Serving<'a> {
+    pub max_connections: &'a mut usize,
+    pub per_client: &'a mut usize,
+    /// The time for a command line (RFC 5321 §4.5.3.2.7).
+    pub client_timeout: &'a mut Duration,
+    pub shutdown_grace: &'a mut Duration,
+}
+
+impl ServingArgs {
+    /// Flags win over the file, field by field.
+    pub fn or(self, file: ServingArgs) -> ServingArgs {
+        ServingArgs {
+            max_connections: self.max_connections.or(file.max_connections),
+            max_connections_per_client: self
+                .max_connections_per_client
+                .or(file.max_connections_per_client),
+            client_timeout: self.client_timeout.or(file.client_timeout),
+            shutdown_timeout: self.shutdown_timeout.or(file.shutdown_timeout),
+        }
+    }
+
+    /// Sets what was given; the rest keeps the role's defaults. A limit or
+    /// a client timeout of 0 would refuse everyone: it counts as 1.
+    pub fn apply(&self, to: Serving<'_>) {
+        if let Some(n) = self.max_connections {
+            *to.max_connections = n.max(1);
+        }
+        if let Some(n) = self.max_connections_per_client {
+            *to.per_client = n.max(1);
+        }
+        if let Some(s) = self.client_timeout {
+            *to.client_timeout = Duration::from_secs(s.max(1));
+        }
+        if let Some(s) = self.shutdown_timeout {
+            *to.shutdown_grace = Duration::from_secs(s);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applied(args: &ServingArgs) -> (usize, usize, Duration, Duration) {
+        let mut got = (1000, 50, Duration::from_secs(300), Duration::from_secs(30));
+        args.apply(Serving {
+            max_connections: &mut got.0,
+            per_client: &mut got.1,
+            client_timeout: &mut got.2,
+            shutdown_grace: &mut got.3,
+        });
+        got
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_the_defaults() {
+        let flags = ServingArgs {
+            max_connections: Some(7),
+            ..ServingArgs::default()
+        };
+        let file = ServingArgs {
+            max_connections: Some(20),
+            client_timeout: Some(60),
+            ..ServingArgs::default()
+        };
+        let merged = flags.or(file);
+        let secs = Duration::from_secs;
+        assert_eq!(applied(&merged), (7, 50, secs(60), secs(30)));
+        assert_eq!(
+            applied(&ServingArgs::default()),
+            (1000, 50, secs(300), secs(30))
+        );
+        // Zero limits and a zero client timeout are one; a zero drain is none.
+        let zero = ServingArgs {
+            max_connections: Some(0),
+            max_connections_per_client: Some(0),
+            client_timeout: Some(0),
+            shutdown_timeout: Some(0),
+        };
+        assert_eq!(applied(&zero), (1, 1, secs(1), secs(0)));
+    }
+}
