@@ -139,7 +139,12 @@ impl Buf {
 /// and read (as `write_tls` and `read_tls` do for the TLS row); opened
 /// there in place by `rx`; the body copied out to the reader (as TLS's
 /// `reader().read`).
-fn bulk(mut tx: Channel, mut rx: Channel, chunk: &[u8]) -> impl FnMut() -> u64 + '_ {
+fn bulk<'a>(
+    mut tx: Channel,
+    mut rx: Channel,
+    chunk: &'a [u8],
+    placement: &'a Placement,
+) -> impl FnMut() -> u64 + 'a {
     const CAPACITY: usize = 64 * 1024;
     // The seal copies `chunk` to behind each frame's 5-byte head.
     let mut sent = Buf::filled_from((chunk.as_ptr() as usize).wrapping_sub(5), CAPACITY);
@@ -160,8 +165,14 @@ fn bulk(mut tx: Channel, mut rx: Channel, chunk: &[u8]) -> impl FnMut() -> u64 +
                 .open_in_place(&mut received.bytes[at..])
                 .expect("open")
                 .expect("a whole frame");
-            out.bytes
-                .extend_from_slice(&received.bytes[at + frame.body.start..at + frame.body.end]);
+            let body = &received.bytes[at + frame.body.start..at + frame.body.end];
+            placement.note([
+                (chunk.as_ptr() as usize, sent.at() + 5),
+                (sent.at(), link.at()),
+                (link.at(), received.at()),
+                (body.as_ptr() as usize, out.at()),
+            ]);
+            out.bytes.extend_from_slice(body);
             at += frame.consumed;
         }
         assert_eq!(out.bytes.len() - out.skip, chunk.len());
@@ -169,21 +180,205 @@ fn bulk(mut tx: Channel, mut rx: Channel, chunk: &[u8]) -> impl FnMut() -> u64 +
     }
 }
 
-/// Calls `step` until `budget` is used up; what the steps returned (a
-/// count of handshakes or bytes), per second.
+/// Where each 16 KiB copy of a bulk step wrote, against where it read:
+/// (destination - source) modulo 4096, every distinct tuple seen while the
+/// row ran, so the output shows that no row paid the 4K-aliasing penalty
+/// (1 to 15 on this CPU) and that both rows were placed alike.
+#[derive(Default)]
+struct Placement {
+    seen: std::cell::RefCell<Vec<Vec<usize>>>,
+    aliased: std::cell::Cell<bool>,
+}
+
+impl Placement {
+    /// `copies`: (source, destination) of each copy of one step.
+    fn note<const N: usize>(&self, copies: [(usize, usize); N]) {
+        let distances = copies.map(|(from, to)| to.wrapping_sub(from) % 4096);
+        if distances.iter().any(|d| (1..=15).contains(d)) {
+            self.aliased.set(true);
+        }
+        let mut seen = self.seen.borrow_mut();
+        if seen.len() < 8 && !seen.iter().any(|t| t[..] == distances[..]) {
+            seen.push(distances.to_vec());
+        }
+    }
+
+    fn aliased(&self) -> bool {
+        self.aliased.get()
+    }
+
+    fn describe(&self) -> String {
+        let seen = self.seen.borrow();
+        let tuples: Vec<String> = seen
+            .iter()
+            .map(|t| {
+                let t: Vec<String> = t.iter().map(|d| d.to_string()).collect();
+                t.join(" ")
+            })
+            .collect();
+        tuples.join(" | ")
+    }
+}
+
+/// The sink `write_tls` writes into: the bench's wire buffer, noting where
+/// rustls' record was (the source of the socket's first copy).
+struct WireOut<'a> {
+    wire: &'a mut Buf,
+    from: usize,
+}
+
+impl std::io::Write for WireOut<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.write_vectored(&[std::io::IoSlice::new(bytes)])
+    }
+
+    fn write_vectored(&mut self, parts: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        let mut n = 0;
+        for part in parts.iter().filter(|p| !p.is_empty()) {
+            if self.from == 0 {
+                self.from = part.as_ptr() as usize;
+            }
+            self.wire.bytes.extend_from_slice(part);
+            n += part.len();
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The source `read_tls` reads from: the bench's wire buffer, noting where
+/// rustls' receive buffer is (the destination of the socket's second copy).
+struct WireIn<'a> {
+    wire: &'a [u8],
+    to: usize,
+}
+
+impl std::io::Read for WireIn<'_> {
+    fn read(&mut self, into: &mut [u8]) -> std::io::Result<usize> {
+        if self.to == 0 {
+            self.to = into.as_ptr() as usize;
+        }
+        let n = self.wire.len().min(into.len());
+        into[..n].copy_from_slice(&self.wire[..n]);
+        self.wire = &self.wire[n..];
+        Ok(n)
+    }
+}
+
+/// The TLS bulk step, through rustls' buffered API as blackpony's STARTTLS
+/// uses it (tokio-rustls): `writer()` encrypts a record into a buffer of
+/// its own (the first copy), `write_tls` and `read_tls` stand for the
+/// socket (two copies), `process_new_packets` decrypts in place and moves
+/// the plaintext into a buffer of its own (a copy XPONY does not make), and
+/// the reader copies it out (as `reader().read`, through `fill_buf` so the
+/// bench sees where it reads). rustls allocates its buffers itself, so the
+/// bench learns where they are from a first step and then places its own
+/// buffers (`chunk`'s copy, the wire buffer, the reader's buffer) 2 KiB
+/// from them modulo 4 KiB, as the XPONY row's; the one copy inside rustls
+/// (receive buffer to plaintext buffer) is where malloc put it, and the
+/// output prints it with the others.
+fn tls_bulk<'a>(
+    mut c: rustls::ClientConnection,
+    mut s: rustls::ServerConnection,
+    plaintext: &[u8],
+    placement: &'a Placement,
+) -> impl FnMut() -> u64 + 'a {
+    use std::io::{BufRead, Write};
+    const CAPACITY: usize = 64 * 1024;
+    // One step; returns where rustls' record, receive buffer and plaintext
+    // buffer were.
+    let mut step = move |chunk: &[u8], wire: &mut Buf, out: &mut Buf| -> [usize; 3] {
+        c.writer().write_all(chunk).expect("write");
+        wire.clear();
+        let mut sink = WireOut { wire, from: 0 };
+        while c.wants_write() {
+            c.write_tls(&mut sink).expect("write tls");
+        }
+        let record = sink.from;
+        let mut source = WireIn {
+            wire: &wire.bytes[wire.skip..],
+            to: 0,
+        };
+        while !source.wire.is_empty() {
+            s.read_tls(&mut source).expect("read tls");
+            s.process_new_packets().expect("process");
+        }
+        let received = source.to;
+        out.clear();
+        let mut plain = 0;
+        while out.bytes.len() - out.skip < chunk.len() {
+            let mut reader = s.reader();
+            let got = reader.fill_buf().expect("read");
+            if plain == 0 {
+                plain = got.as_ptr() as usize;
+            }
+            let n = got.len();
+            out.bytes.extend_from_slice(got);
+            reader.consume(n);
+        }
+        [record, received, plain]
+    };
+    // A first step in scratch buffers, to learn where rustls keeps its own
+    // (the allocator hands the same blocks back step after step; the
+    // placement printed at the end shows whether it did).
+    let mut wire = Buf::filled_from(0, CAPACITY);
+    let mut out = Buf::filled_from(0, CAPACITY);
+    let [record, _, plain] = step(plaintext, &mut wire, &mut out);
+    // rustls copies the plaintext to behind the record's 5-byte head.
+    let mut chunk = Buf::filled_from(record + 5, plaintext.len());
+    chunk.bytes.extend_from_slice(plaintext);
+    let mut wire = Buf::filled_from(record, CAPACITY);
+    let mut out = Buf::filled_from(plain, CAPACITY);
+    let len = plaintext.len() as u64;
+    move || {
+        let at = chunk.at();
+        let [record, received, plain] = step(&chunk.bytes[chunk.skip..], &mut wire, &mut out);
+        placement.note([
+            (at, record + 5),
+            (record, wire.at()),
+            (wire.at(), received),
+            (received + 5, plain),
+            (plain, out.at()),
+        ]);
+        len
+    }
+}
+
+/// The CPU time this thread has run, in nanoseconds (the first field of
+/// /proc/thread-self/schedstat), or None where the kernel does not say.
+fn thread_cpu_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    stat.split_whitespace().next()?.parse().ok()
+}
+
+/// Calls `step` until `budget` (wall time) is used up; what the steps
+/// returned (a count of handshakes or bytes), per second of this thread's
+/// CPU time: other processes on the 2-core machine take the CPU away from
+/// the bench for a varying share of a slice, which the wall clock would
+/// count against whichever row was running. Without schedstat, per second
+/// of wall time.
 fn rate(budget: Duration, step: &mut dyn FnMut() -> u64) -> f64 {
+    let cpu = thread_cpu_ns();
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < budget {
         n += step();
     }
-    n as f64 / start.elapsed().as_secs_f64()
+    let wall = start.elapsed().as_secs_f64();
+    let seconds = match (cpu, thread_cpu_ns()) {
+        (Some(a), Some(b)) if b > a => (b - a) as f64 / 1e9,
+        _ => wall,
+    };
+    n as f64 / seconds
 }
 
 /// Each row runs in this many slices, the rows taking turns, and the best
 /// slice counts: another process on the machine (a build, a test run)
 /// then slows a slice of every row, not the whole of one row.
-const ROUNDS: u32 = 5;
+const ROUNDS: u32 = 10;
 
 fn main() {
     let seconds: f64 = std::env::var("BENCH_SECONDS")
@@ -210,34 +405,22 @@ fn main() {
     // Bulk: 16 KiB writes, sealed by one side and opened by the other.
     let chunk = vec![0x5au8; 16 * 1024];
     let (i, r) = noise_pair(&client_static, &server_static);
-    let mut noise_bulk = bulk(Channel::new(i), Channel::new(r), &chunk);
+    let noise_placement = Placement::default();
+    let mut noise_bulk = bulk(Channel::new(i), Channel::new(r), &chunk, &noise_placement);
     // The same without padding (proto-spec §5.4 pads every frame to a
     // multiple of 256 octets): what padding costs.
     let (i, r) = noise_pair(&client_static, &server_static);
-    let mut noise_bulk_unpadded = bulk(Channel::new(i).with_padding(0), Channel::new(r), &chunk);
+    let unpadded_placement = Placement::default();
+    let mut noise_bulk_unpadded = bulk(
+        Channel::new(i).with_padding(0),
+        Channel::new(r),
+        &chunk,
+        &unpadded_placement,
+    );
 
-    let (mut c, mut s) = tls_pair(&tls);
-    let mut tls_wire = Vec::with_capacity(64 * 1024);
-    let mut out = vec![0u8; 64 * 1024];
-    let mut tls_bulk = || {
-        use std::io::{Read, Write};
-        c.writer().write_all(&chunk).expect("write");
-        tls_wire.clear();
-        while c.wants_write() {
-            c.write_tls(&mut tls_wire).expect("write tls");
-        }
-        let mut slice = &tls_wire[..];
-        while !slice.is_empty() {
-            s.read_tls(&mut slice).expect("read tls");
-            s.process_new_packets().expect("process");
-        }
-        let mut got = 0;
-        while got < chunk.len() {
-            got += s.reader().read(&mut out).expect("read");
-        }
-        chunk.len() as u64
-    };
-
+    let (c, s) = tls_pair(&tls);
+    let tls_placement = Placement::default();
+    let mut tls_bulk = tls_bulk(c, s, &chunk, &tls_placement);
     let mut rows: [&mut dyn FnMut() -> u64; 5] = [
         &mut noise_hs,
         &mut tls_hs,
@@ -255,9 +438,14 @@ fn main() {
     let (noise_bulk, noise_bulk_unpadded, tls_bulk) =
         (noise_bulk / 1e6, noise_bulk_unpadded / 1e6, tls_bulk / 1e6);
 
+    let clock = if thread_cpu_ns().is_some() {
+        "per second of the bench thread's CPU time"
+    } else {
+        "per second of wall time"
+    };
     println!(
         "blackpony extension vs TLS 1.3, in memory, {seconds:.1} s per row \
-         (best of {ROUNDS} slices), one core"
+         (best of {ROUNDS} slices), one core, {clock}"
     );
     println!("{:<58}{:>12}{:>9}", "", "per second", "ratio");
     println!(
@@ -285,4 +473,31 @@ fn main() {
          ({noise_bulk:.0} / {noise_bulk_unpadded:.0} MB/s)",
         noise_bulk / noise_bulk_unpadded
     );
+    // Where every 16 KiB copy of a bulk step wrote against where it read,
+    // modulo 4096: on this machine's CPU a copy 1 to 15 bytes ahead of its
+    // source modulo 4096 takes 15 to 40 times as long (bench/README), so a
+    // row whose buffers happened to land so would measure the allocator.
+    println!(
+        "placement of each 16 KiB copy per write, (destination - source) mod 4096 \
+         (1-15 costs 15-40x on this CPU):"
+    );
+    println!(
+        "  XPONY: seal, socket write, socket read, to the reader: {}",
+        noise_placement.describe()
+    );
+    println!("  XPONY unpadded: {}", unpadded_placement.describe());
+    println!(
+        "  TLS: encrypt, socket write, socket read, to the plaintext buffer (inside rustls), \
+         to the reader: {}",
+        tls_placement.describe()
+    );
+    for (row, placement) in [
+        ("XPONY", &noise_placement),
+        ("XPONY unpadded", &unpadded_placement),
+        ("TLS", &tls_placement),
+    ] {
+        if placement.aliased() {
+            println!("  WARNING: a {row} copy lands 1-15 bytes ahead of its source modulo 4096");
+        }
+    }
 }
