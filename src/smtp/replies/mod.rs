@@ -310,12 +310,22 @@ pub fn service_unavailable(host: &str) -> Reply {
 
 /// `421 4.3.2`: every connection slot is taken (RFC 3463 X.3.2 names
 /// "excessive load"; Postfix's postscreen says 4.3.2 when all ports are busy).
+/// The greeting of the roles that face the internet (`inbound`, `seal`, the
+/// fetch listener: the listener harness's own refusal, `server::refusal`),
+/// in Postfix's words and with the host name a remote operator looks for
+/// (RFC 5321 §3.8, §4.2: a 421 names the host). `blackpony outbound`, which
+/// only its own MTA reaches, says [`mta_connections_busy`] instead.
 pub fn too_many_connections(host: &str) -> Reply {
     Reply::new(421, format!("4.3.2 {host} Error: too many connections"))
 }
 
 /// `421 4.3.2`: `blackpony outbound` serves `--max-connections` MTA
 /// connections already (RFC 3463 X.3.2); the MTA on the same host retries.
+/// The same event as [`too_many_connections`] (every slot taken) for a
+/// different reader: the local MTA, which logs the reply in its deferral
+/// ("try again later" says it is its own sidecar's limit, not the remote
+/// MX's), so no host name. Kept apart rather than merged: `outbound`'s
+/// text is documented (docs/manual/outbound.md) and operators grep for it.
 pub fn mta_connections_busy() -> Reply {
     Reply::new(421, "4.3.2 Too many connections, try again later")
 }
