@@ -34,7 +34,7 @@ use crate::server::{
 use crate::smtp::server::{Protocol, ReceiveEvent, ReceiveOptions, ReceiveSession};
 use crate::smtp::{BareNewlines, Envelope, Reply, replies};
 use crate::state::{FileSpool, SpoolId, StoreError};
-use crate::transport::{Encryption, PonyStream, ServerTls, Stream};
+use crate::transport::{Encryption, PonyStream, ServerTls, ServerTlsStream, Stream};
 
 /// Everything `seal` is configured with, after flags and file are merged.
 #[derive(Debug, Clone)]
@@ -288,7 +288,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                         let info = Encryption::from_tls(t.get_ref().1);
                         log!("session={id} starttls client={who} tls={info}");
                         encryption = Some(info);
-                        stream = Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(t)));
+                        // The inbound sidecar's stream (transport/server_tls.rs):
+                        // one server-side TLS path for every role.
+                        stream = Stream::ServerTls(Box::new(ServerTlsStream::new(t)));
                         session.tls_established();
                         clock.next_line(Instant::now());
                         continue;

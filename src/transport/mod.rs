@@ -32,8 +32,9 @@ pub use server_tls::ServerTlsStream;
 #[derive(Debug)]
 pub enum Stream<S> {
     Plain(S),
+    /// The client side of STARTTLS (outbound).
     Tls(Box<tokio_rustls::TlsStream<S>>),
-    /// The inbound server's STARTTLS, after the handshake.
+    /// The server side of STARTTLS (inbound, seal), after the handshake.
     ServerTls(Box<ServerTlsStream<S>>),
     Pony(Box<PonyStream<S>>),
 }
