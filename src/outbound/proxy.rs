@@ -37,19 +37,23 @@ pub(super) struct MxTransaction {
 
 /// The remote's reply to one RCPT of the SMTP proxy, opening the remote
 /// session (and sending MAIL) for the transaction's first recipient.
+/// `then_data`: the MTA's DATA follows this RCPT (it pipelines), so DATA
+/// goes to the remote with the RCPT when it offers PIPELINING (RFC 2920
+/// §3.1), saving a round trip; its reply waits for the MTA's DATA.
 pub(super) async fn recipient_reply(
     deliverer: &Deliverer,
     remote: &mut Option<MxTransaction>,
     sender: &str,
     recipient: &str,
     size: Option<u64>,
+    then_data: bool,
 ) -> Reply {
     let Some(domain) = domain_of(recipient) else {
         return replies::bad_recipient_syntax();
     };
     if let Some(r) = remote.as_mut() {
         if r.domain == domain {
-            return r.recipient(deliverer, recipient).await;
+            return r.recipient(deliverer, recipient, then_data).await;
         }
         if !r.accepted.is_empty() {
             return replies::one_domain_per_transaction();
@@ -81,7 +85,7 @@ pub(super) async fn recipient_reply(
             uses: idle.uses,
         };
         match r
-            .begin(deliverer, remote, sender, recipient, size, true)
+            .begin(deliverer, remote, sender, recipient, size, true, then_data)
             .await
         {
             Some(reply) => return reply,
@@ -109,7 +113,7 @@ pub(super) async fn recipient_reply(
         accepted: Vec::new(),
         uses: 0,
     };
-    r.begin(deliverer, remote, sender, recipient, size, false)
+    r.begin(deliverer, remote, sender, recipient, size, false, then_data)
         .await
         .unwrap_or_else(replies::lost_remote_session)
 }
@@ -118,6 +122,7 @@ impl MxTransaction {
     /// MAIL and the first RCPT (after RSET on a kept session). The reply
     /// for the MTA, the transaction kept in `remote` when MAIL was
     /// accepted; `None`: a kept session that no longer serves (closed).
+    #[allow(clippy::too_many_arguments)]
     async fn begin(
         mut self,
         deliverer: &Deliverer,
@@ -126,8 +131,12 @@ impl MxTransaction {
         recipient: &str,
         size: Option<u64>,
         reset: bool,
+        then_data: bool,
     ) -> Option<Reply> {
-        match self.session.relay_begin(sender, size, recipient, reset) {
+        match self
+            .session
+            .relay_begin(sender, size, recipient, reset, then_data)
+        {
             Err(refusal) => {
                 let reply = refusal.reply();
                 log!("{}", self.status(recipient, &reply).log_line());
@@ -170,8 +179,13 @@ impl MxTransaction {
     }
 
     /// Sends RCPT and returns the remote's reply.
-    pub(super) async fn recipient(&mut self, deliverer: &Deliverer, recipient: &str) -> Reply {
-        if !self.session.relay_recipient(recipient) {
+    pub(super) async fn recipient(
+        &mut self,
+        deliverer: &Deliverer,
+        recipient: &str,
+        then_data: bool,
+    ) -> Reply {
+        if !self.session.relay_recipient(recipient, then_data) {
             return self.gone();
         }
         let reply = self.exchange(deliverer).await;
@@ -192,6 +206,10 @@ impl MxTransaction {
     /// Sends DATA and returns the remote's reply (354: it waits for the
     /// message).
     pub(super) async fn data(&mut self, deliverer: &Deliverer) -> Reply {
+        // DATA went out with the last RCPT: its reply is in already.
+        if let Some(reply) = self.session.take_relay_data_reply() {
+            return reply;
+        }
         if !self.session.relay_data() {
             return self.gone();
         }
@@ -268,6 +286,7 @@ impl MxTransaction {
         match caps {
             Some(caps)
                 if self.session.is_ready()
+                    && !self.session.relay_waits_for_message()
                     && self.conn.stream.is_some()
                     && reply.is_none_or(|r| r.code() != 421) =>
             {
@@ -305,8 +324,16 @@ impl MxTransaction {
         }
     }
 
-    /// Ends the remote session politely (bounded; errors do not matter).
+    /// Ends the remote session politely (bounded; errors do not matter);
+    /// one that said 354 to DATA sent ahead and waits for a message that
+    /// will not come (the MTA's DATA was answered here: no recipient) is
+    /// cut instead, as QUIT would be message text there (RFC 5321
+    /// §4.1.1.4: a server discards a transaction cut before its end).
     pub(super) async fn quit(self) {
+        if self.session.relay_waits_for_message() {
+            drop(self.conn);
+            return;
+        }
         super::cache::quit(self.conn).await;
     }
 }

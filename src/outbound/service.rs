@@ -282,6 +282,7 @@ where
                 }
                 ReceiveEvent::Recipient { sender, recipient } => {
                     let size = session.declared_size();
+                    let then_data = session.data_next();
                     // A message declared larger than the memory left is
                     // refused before it is sent (RFC 1870 §6.1: 452).
                     let too_big = match (size, held.as_ref()) {
@@ -294,7 +295,15 @@ where
                     let reply = if too_big {
                         replies::insufficient_storage()
                     } else {
-                        recipient_reply(deliverer, &mut remote, &sender, &recipient, size).await
+                        recipient_reply(
+                            deliverer,
+                            &mut remote,
+                            &sender,
+                            &recipient,
+                            size,
+                            then_data,
+                        )
+                        .await
                     };
                     session.answer(&reply);
                 }

@@ -89,6 +89,17 @@ impl ReceiveSession {
         self.declared_size
     }
 
+    /// SMTP proxy: whether the client's next command, already received
+    /// behind the RCPT awaiting its answer, is DATA (a client pipelining
+    /// its envelope, RFC 2920 §3.1): the proxy may then send DATA to the
+    /// remote with that RCPT instead of a round trip later.
+    pub fn data_next(&self) -> bool {
+        matches!(self.phase, Phase::AwaitingRcpt { .. })
+            && self.input.len() >= 5
+            && self.input[..4].eq_ignore_ascii_case(b"DATA")
+            && (self.input[4] == b'\n' || self.input[4..].starts_with(b"\r\n"))
+    }
+
     pub fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed)
     }

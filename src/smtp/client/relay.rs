@@ -31,6 +31,14 @@ pub(super) struct Relay {
     reply: Option<Reply>,
     /// The server said 354 and waits for the message.
     in_data: bool,
+    /// DATA went out behind the last RCPT (RFC 2920 §3.1: the MTA's DATA
+    /// was already there); its reply is kept for [`ClientSession::relay_data`].
+    data_sent: bool,
+    /// The remote's reply to DATA sent ahead, until the MTA's DATA takes it.
+    data_reply: Option<Reply>,
+    /// The answer to the RCPT while the reply to DATA sent behind it is
+    /// still owed.
+    rcpt_answer: Option<Reply>,
 }
 
 impl ClientSession {
@@ -41,13 +49,16 @@ impl ClientSession {
     /// assumed (it is converted at the end of data for a server without
     /// 8BITMIME). `Err`: the server's SIZE or missing SMTPUTF8 refuses the
     /// transaction before anything is sent (the session stays ready).
-    /// `Ok(false)`: the session is not ready; nothing was done.
+    /// `Ok(false)`: the session is not ready; nothing was done. With
+    /// `then_data` (the MTA's DATA already follows this RCPT) DATA goes out
+    /// behind the RCPT when the server offers PIPELINING.
     pub fn relay_begin(
         &mut self,
         sender: &str,
         declared_size: Option<u64>,
         recipient: &str,
         reset: bool,
+        then_data: bool,
     ) -> Result<bool, ContentRefusal> {
         if !self.is_ready() {
             return Ok(false);
@@ -94,9 +105,22 @@ impl ClientSession {
         if pipelining {
             self.send_line(&format!("RCPT TO:<{recipient}>"));
             owed.push_back(Pending::Rcpt(0));
+            if then_data {
+                self.send_data_ahead(&mut owed);
+            }
         }
         self.state = State::Transaction { owed };
         Ok(true)
+    }
+
+    /// DATA behind the last RCPT (RFC 2920 §3.1: DATA may end a group of
+    /// pipelined commands); the RCPT's reply still answers the RCPT.
+    fn send_data_ahead(&mut self, owed: &mut VecDeque<Pending>) {
+        self.send_line("DATA");
+        owed.push_back(Pending::Data);
+        if let Some(relay) = self.relay.as_mut() {
+            relay.data_sent = true;
+        }
     }
 
     /// Whether the server accepted MAIL of the relayed transaction: when it
@@ -105,26 +129,41 @@ impl ClientSession {
         self.mail_reply.as_ref().is_some_and(Reply::is_success)
     }
 
-    /// RCPT to one more recipient of the relayed transaction. False (and
-    /// nothing done) unless the session is ready in one.
-    pub fn relay_recipient(&mut self, recipient: &str) -> bool {
-        if !self.is_ready() || self.relay.is_none() {
+    /// RCPT to one more recipient of the relayed transaction, with DATA
+    /// behind it as for [`Self::relay_begin`]. False (and nothing done)
+    /// unless the session is ready in one.
+    pub fn relay_recipient(&mut self, recipient: &str, then_data: bool) -> bool {
+        if !self.is_ready() || self.relay.is_none() || self.relay_waits_for_message() {
             return false;
         }
         self.envelope.recipients.push(recipient.to_string());
         self.rcpt_replies.push(None);
         let i = self.rcpt_replies.len() - 1;
         self.send_line(&format!("RCPT TO:<{recipient}>"));
-        self.state = State::Transaction {
-            owed: VecDeque::from([Pending::Rcpt(i)]),
-        };
+        let mut owed = VecDeque::from([Pending::Rcpt(i)]);
+        if then_data && self.pipelining() {
+            self.send_data_ahead(&mut owed);
+        }
+        self.state = State::Transaction { owed };
         true
+    }
+
+    /// The reply to DATA sent ahead ([`Self::relay_begin`]'s `then_data`),
+    /// for the MTA's DATA; `None` when DATA was not sent ahead.
+    pub fn take_relay_data_reply(&mut self) -> Option<Reply> {
+        self.relay.as_mut().and_then(|r| r.data_reply.take())
+    }
+
+    /// Whether the server said 354 and waits for the message: nothing but
+    /// the message may reach it (QUIT would be taken as message text).
+    pub fn relay_waits_for_message(&self) -> bool {
+        self.relay.as_ref().is_some_and(|r| r.in_data)
     }
 
     /// DATA. False (and nothing done) unless the session is ready in a
     /// relayed transaction.
     pub fn relay_data(&mut self) -> bool {
-        if !self.is_ready() || self.relay.is_none() {
+        if !self.is_ready() || self.relay.is_none() || self.relay_waits_for_message() {
             return false;
         }
         self.send_line("DATA");
@@ -185,20 +224,30 @@ impl ClientSession {
                 if let Some(slot) = self.rcpt_replies.get_mut(i) {
                     *slot = Some(reply.clone());
                 }
-                if matches!(&self.state, State::Transaction { owed } if owed.is_empty()) {
+                let last = matches!(&self.state, State::Transaction { owed } if owed.is_empty());
+                let data_ahead = self.relay.as_ref().is_some_and(|r| r.data_sent);
+                if last || data_ahead {
                     // A refused MAIL is the answer, not the RCPT's 503.
                     let answer = match &self.mail_reply {
                         Some(mail) if !mail.is_success() => mail.clone(),
                         _ => reply,
                     };
-                    self.relay_answer(answer);
+                    match self.relay.as_mut() {
+                        Some(relay) if !last => relay.rcpt_answer = Some(answer),
+                        _ => self.relay_answer(answer),
+                    }
                 }
             }
             Pending::Data => {
+                let mut ahead = None;
                 if let Some(relay) = self.relay.as_mut() {
                     relay.in_data = reply.code() == 354;
+                    if std::mem::take(&mut relay.data_sent) {
+                        relay.data_reply = Some(reply.clone());
+                        ahead = relay.rcpt_answer.take();
+                    }
                 }
-                self.relay_answer(reply);
+                self.relay_answer(ahead.unwrap_or(reply));
             }
         }
     }
@@ -249,11 +298,21 @@ mod tests {
         String::from_utf8_lossy(&std::mem::take(&mut s.outgoing)).into_owned()
     }
 
+    /// The message after a 354, and the server's 250 for it.
+    fn message_queued(s: &mut ClientSession) {
+        let wire = b"Subject: hi\r\n\r\nbody\r\n.\r\n".to_vec();
+        let facts = ContentFacts::of(&wire);
+        assert!(s.relay_message(Arc::new(wire.clone()), facts));
+        assert_eq!(sent(s).as_bytes(), wire.as_slice());
+        assert_eq!(s.receive(b"250 2.0.0 queued\r\n"), Step::Ready);
+        assert_eq!(s.take_relay_reply().map(|r| r.code()), Some(250));
+    }
+
     #[test]
     fn a_relayed_transaction_runs_command_by_command() {
         let mut s = ready(&["PIPELINING", "SIZE 1000", "8BITMIME"]);
         assert_eq!(
-            s.relay_begin("a@client.test", Some(100), "b@mx.test", true),
+            s.relay_begin("a@client.test", Some(100), "b@mx.test", true, false),
             Ok(true)
         );
         // RSET, MAIL and the first RCPT in one flight (RFC 2920 §3.1).
@@ -265,7 +324,7 @@ mod tests {
         assert_eq!(s.receive(b"250 2.1.5 ok\r\n"), Step::Ready);
         assert!(s.relay_mail_accepted());
         assert_eq!(s.take_relay_reply().map(|r| r.code()), Some(250));
-        assert!(s.relay_recipient("c@mx.test"));
+        assert!(s.relay_recipient("c@mx.test", false));
         assert_eq!(sent(&mut s), "RCPT TO:<c@mx.test>\r\n");
         assert_eq!(s.receive(b"550 5.1.1 no such user\r\n"), Step::Ready);
         assert_eq!(s.take_relay_reply().map(|r| r.code()), Some(550));
@@ -275,12 +334,7 @@ mod tests {
         assert_eq!(sent(&mut s), "DATA\r\n");
         assert_eq!(s.receive(b"354 go ahead\r\n"), Step::Ready);
         assert_eq!(s.take_relay_reply().map(|r| r.code()), Some(354));
-        let wire = b"Subject: hi\r\n\r\nbody\r\n.\r\n".to_vec();
-        let facts = ContentFacts::of(&wire);
-        assert!(s.relay_message(Arc::new(wire.clone()), facts));
-        assert_eq!(sent(&mut s).as_bytes(), wire.as_slice());
-        assert_eq!(s.receive(b"250 2.0.0 queued\r\n"), Step::Ready);
-        assert_eq!(s.take_relay_reply().map(|r| r.code()), Some(250));
+        message_queued(&mut s);
         // Each recipient's fate, as for a delivering session.
         let Some(SessionOutcome::Replied(results)) = s.take_outcome() else {
             panic!("no outcome");
@@ -289,6 +343,139 @@ mod tests {
         assert_eq!(codes, [250, 550]);
         // Ready for the next transaction on the same session.
         assert!(s.is_ready());
+    }
+
+    /// RFC 2920 §3.1: the MTA's DATA already follows its RCPT, so DATA
+    /// goes out with RSET, MAIL and RCPT (or with a later RCPT); the RCPT's
+    /// reply answers the RCPT, DATA's waits for the MTA's DATA; a server
+    /// that said 354 with no recipient accepted is never sent anything
+    /// but a message (the caller cuts it).
+    #[test]
+    fn data_goes_out_with_the_last_rcpt_when_the_mta_pipelines() {
+        struct Case {
+            caps: &'static [&'static str],
+            second: bool,
+            replies: &'static [u8],
+            sent: &'static str,
+            answer: u16,
+            data: Option<u16>,
+            waits: bool,
+        }
+        let cases = [
+            Case {
+                caps: &["PIPELINING"],
+                second: false,
+                replies: b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+                sent: "RSET\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n",
+                answer: 250,
+                data: Some(354),
+                waits: true,
+            },
+            Case {
+                caps: &["PIPELINING"],
+                second: false,
+                replies: b"250 ok\r\n250 ok\r\n550 5.1.1 no such user\r\n554 5.5.1 no valid recipients\r\n",
+                sent: "RSET\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n",
+                answer: 550,
+                data: Some(554),
+                waits: false,
+            },
+            // A refused MAIL is the answer, as without DATA.
+            Case {
+                caps: &["PIPELINING"],
+                second: false,
+                replies: b"250 ok\r\n553 5.7.1 sender refused\r\n503 5.5.1 no MAIL\r\n503 5.5.1 no MAIL\r\n",
+                sent: "RSET\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n",
+                answer: 553,
+                data: Some(503),
+                waits: false,
+            },
+            // A broken server: 354 although no recipient was accepted.
+            Case {
+                caps: &["PIPELINING"],
+                second: false,
+                replies: b"250 ok\r\n250 ok\r\n550 5.1.1 no such user\r\n354 go\r\n",
+                sent: "RSET\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n",
+                answer: 550,
+                data: Some(354),
+                waits: true,
+            },
+            // Without PIPELINING, DATA waits for the MTA's.
+            Case {
+                caps: &[],
+                second: false,
+                replies: b"250 ok\r\n250 ok\r\n250 ok\r\n",
+                sent: "RSET\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@mx.test>\r\n",
+                answer: 250,
+                data: None,
+                waits: false,
+            },
+            // The second recipient is the last: DATA goes with its RCPT.
+            Case {
+                caps: &["PIPELINING"],
+                second: true,
+                replies: b"250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+                sent: "RSET\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<b@mx.test>\r\nRCPT TO:<c@mx.test>\r\nDATA\r\n",
+                answer: 250,
+                data: Some(354),
+                waits: true,
+            },
+        ];
+        for (n, case) in cases.iter().enumerate() {
+            let mut s = ready(case.caps);
+            assert_eq!(
+                s.relay_begin("a@client.test", None, "b@mx.test", true, !case.second),
+                Ok(true)
+            );
+            let mut wrote = String::new();
+            let mut replies = case.replies;
+            let mut step = Step::Continue;
+            // Feed the replies one line at a time, as a server may send them.
+            while let Some(nl) = replies.iter().position(|b| *b == b'\n') {
+                wrote += &sent(&mut s);
+                step = s.receive(&replies[..=nl]);
+                replies = &replies[nl + 1..];
+                if step == Step::Ready && case.second && s.envelope.recipients.len() == 1 {
+                    assert_eq!(
+                        s.take_relay_reply().map(|r| r.code()),
+                        Some(250),
+                        "case {n}"
+                    );
+                    assert!(s.relay_recipient("c@mx.test", true), "case {n}");
+                }
+            }
+            wrote += &sent(&mut s);
+            assert_eq!(step, Step::Ready, "case {n}");
+            assert_eq!(wrote, case.sent, "case {n}");
+            assert_eq!(
+                s.take_relay_reply().map(|r| r.code()),
+                Some(case.answer),
+                "case {n}"
+            );
+            assert_eq!(
+                s.take_relay_data_reply().map(|r| r.code()),
+                case.data,
+                "case {n}"
+            );
+            assert_eq!(s.relay_waits_for_message(), case.waits, "case {n}");
+            if case.waits {
+                // Nothing but the message may follow a 354.
+                assert!(!s.relay_recipient("d@mx.test", false), "case {n}");
+                assert!(!s.relay_data(), "case {n}");
+                assert!(s.outgoing.is_empty(), "case {n}");
+            }
+        }
+        // The message then goes as after a DATA of its own.
+        let mut s = ready(&["PIPELINING"]);
+        assert_eq!(
+            s.relay_begin("a@client.test", None, "b@mx.test", false, true),
+            Ok(true)
+        );
+        sent(&mut s);
+        s.receive(b"250 ok\r\n250 ok\r\n354 go\r\n");
+        assert_eq!(s.take_relay_data_reply().map(|r| r.code()), Some(354));
+        message_queued(&mut s);
+        assert!(!s.relay_waits_for_message());
     }
 
     #[test]
@@ -309,7 +496,7 @@ mod tests {
         ] {
             let mut s = ready(caps);
             assert_eq!(
-                s.relay_begin("a@client.test", size, rcpt, false),
+                s.relay_begin("a@client.test", size, rcpt, false, false),
                 Err(refusal)
             );
             assert!(s.outgoing.is_empty());
@@ -321,7 +508,7 @@ mod tests {
     fn without_pipelining_one_command_at_a_time() {
         let mut s = ready(&[]);
         assert_eq!(
-            s.relay_begin("a@client.test", Some(10), "b@mx.test", true),
+            s.relay_begin("a@client.test", Some(10), "b@mx.test", true, false),
             Ok(true)
         );
         assert_eq!(sent(&mut s), "RSET\r\n");
@@ -338,7 +525,7 @@ mod tests {
     fn a_kept_session_the_server_closed_fails_at_rset() {
         let mut s = ready(&["PIPELINING"]);
         assert_eq!(
-            s.relay_begin("a@client.test", None, "b@mx.test", true),
+            s.relay_begin("a@client.test", None, "b@mx.test", true, false),
             Ok(true)
         );
         sent(&mut s);
@@ -355,7 +542,7 @@ mod tests {
     fn eight_bit_content_is_downgraded_for_a_server_without_8bitmime() {
         let mut s = ready(&["PIPELINING"]);
         assert_eq!(
-            s.relay_begin("a@client.test", None, "b@mx.test", false),
+            s.relay_begin("a@client.test", None, "b@mx.test", false, false),
             Ok(true)
         );
         // Assumed 8-bit, but the server does not offer 8BITMIME: no BODY=.

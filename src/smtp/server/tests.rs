@@ -462,3 +462,32 @@ fn xpony_handshake_then_smtp_starts_over() {
     assert_eq!(out(&mut s), "501 5.5.2 Cannot decode base64\r\n");
     assert!(s.is_closed());
 }
+
+/// The SMTP proxy sends DATA with the last RCPT when the MTA's DATA is
+/// already there (RFC 2920 §3.1); only then.
+#[test]
+fn data_next_says_whether_the_mta_pipelined_data_behind_its_rcpt() {
+    for (input, next) in [
+        (&b"MAIL FROM:<s@x>\r\nRCPT TO:<a@y>\r\nDATA\r\n"[..], true),
+        (b"MAIL FROM:<s@x>\r\nRCPT TO:<a@y>\r\ndata\n", true),
+        (
+            b"MAIL FROM:<s@x>\r\nRCPT TO:<a@y>\r\nRCPT TO:<b@y>\r\nDATA\r\n",
+            false,
+        ),
+        (b"MAIL FROM:<s@x>\r\nRCPT TO:<a@y>\r\n", false),
+        (b"MAIL FROM:<s@x>\r\nRCPT TO:<a@y>\r\nDAT", false),
+        (b"MAIL FROM:<s@x>\r\nRCPT TO:<a@y>\r\nDATAX\r\n", false),
+    ] {
+        let mut s = ReceiveSession::new(Protocol::Smtp, "bp.test", 1 << 20);
+        s.input(b"EHLO mta\r\n");
+        s.input(input);
+        assert!(
+            matches!(s.poll_event(), Some(ReceiveEvent::Recipient { .. })),
+            "{input:?}"
+        );
+        assert_eq!(s.data_next(), next, "{input:?}");
+    }
+    // Not while no RCPT waits for its answer.
+    let s = ReceiveSession::new(Protocol::Smtp, "bp.test", 1 << 20);
+    assert!(!s.data_next());
+}
