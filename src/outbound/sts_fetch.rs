@@ -339,7 +339,18 @@ impl MtaSts {
             }
             _ => {}
         }
-        let cached = match self.cache.get(&domain).await {
+        // With no record now, what this process saw of the cache a moment
+        // ago will do (state::sts_cache: a burst to a domain without
+        // MTA-STS reads no file per message); with one, the file itself.
+        let recent = match found {
+            Discovery::Absent => self.cache.recent(&domain),
+            _ => None,
+        };
+        let record = match recent {
+            Some(record) => Ok(record),
+            None => self.cache.get(&domain).await,
+        };
+        let cached = match record {
             Ok(None) => None,
             Ok(Some(record)) => match sts::parse_policy(record.body.as_bytes()) {
                 Ok(policy) => Some(Cached {

@@ -16,8 +16,21 @@
 //! under a temporary name, `fsync`, `rename` over the old one, `fsync` of
 //! the directory, so a reader sees the old policy or the new one, never a
 //! mix; concurrent writers of one domain each rename a complete file.
+//!
+//! A long-running `blackpony outbound` asks for the policy of a domain with
+//! every transaction (§5.1: the TXT record decides whether it is current),
+//! and most domains publish none. So what was read or written is also kept
+//! in memory for [`REMEMBER_FOR`], and [`StsCache::recent`] answers from
+//! there: the caller uses it only when the domain has no `_mta-sts` record
+//! now, so a burst to such a domain costs no file read and no hand-off to
+//! the blocking pool per message. Where a record exists, the caller reads
+//! the file ([`StsCache::get`]) every time, so a policy another process
+//! sharing the directory cached is seen at once.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::{StoreError, blocking};
 
@@ -30,11 +43,25 @@ pub struct StsRecord {
     pub body: String,
 }
 
+/// How long a policy read from (or written to) the directory is answered
+/// from memory.
+pub const REMEMBER_FOR: Duration = Duration::from_secs(30);
+
+/// At most this many domains are remembered; past it the memory starts
+/// over (a flood of one-off domains must not grow it without bound).
+const REMEMBER_AT_MOST: usize = 10_000;
+
 /// Cached MTA-STS policies by domain.
 #[derive(Debug, Clone)]
 pub struct StsCache {
     dir: PathBuf,
+    /// File name -> when it was read or written, and what it held then
+    /// (`None`: no file). Damaged files are not remembered.
+    remembered: Arc<Mutex<HashMap<String, Remembered>>>,
 }
+
+/// When a file was read or written, and what it held then (`None`: no file).
+type Remembered = (Instant, Option<StsRecord>);
 
 /// A domain name as a file name: lower case, nothing but what domain names
 /// contain, never starting with a dot (those are temporary files).
@@ -58,6 +85,25 @@ impl StsCache {
     pub fn new(state_dir: &Path) -> Self {
         StsCache {
             dir: state_dir.join("mta-sts"),
+            remembered: Arc::default(),
+        }
+    }
+
+    /// What this process last read or wrote for `domain` (`Some(None)`:
+    /// no file), if that was less than [`REMEMBER_FOR`] ago; `None` when it
+    /// does not know. Another process may have written the file since.
+    pub fn recent(&self, domain: &str) -> Option<Option<StsRecord>> {
+        let remembered = self.remembered.lock().ok()?;
+        let (at, record) = remembered.get(&file_name(domain))?;
+        (at.elapsed() < REMEMBER_FOR).then(|| record.clone())
+    }
+
+    fn remember(&self, name: String, record: Option<StsRecord>) {
+        if let Ok(mut remembered) = self.remembered.lock() {
+            if remembered.len() >= REMEMBER_AT_MOST && !remembered.contains_key(&name) {
+                remembered.clear();
+            }
+            remembered.insert(name, (Instant::now(), record));
         }
     }
 
@@ -69,8 +115,9 @@ impl StsCache {
     /// decides). A file that does not parse is an error, not "no policy":
     /// the caller logs it and goes on as without a cache.
     pub async fn get(&self, domain: &str) -> Result<Option<StsRecord>, StoreError> {
-        let path = self.dir.join(file_name(domain));
-        blocking(move || {
+        let name = file_name(domain);
+        let path = self.dir.join(&name);
+        let record = blocking(move || {
             let text = match std::fs::read_to_string(&path) {
                 Ok(t) => t,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -81,7 +128,9 @@ impl StsCache {
                 what: "not a cached MTA-STS policy (damaged?)".into(),
             })
         })
-        .await
+        .await?;
+        self.remember(name, record.clone());
+        Ok(record)
     }
 
     /// Stores `policy` as the one of `domain`, replacing the old one
@@ -90,13 +139,19 @@ impl StsCache {
         let dir = self.dir.clone();
         let name = file_name(domain);
         let text = encode(policy);
-        blocking(move || {
+        let file = name.clone();
+        let written = blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|e| StoreError::io("create", &dir, e))?;
-            let path = dir.join(&name);
+            let path = dir.join(&file);
             super::replace::replace(&path, text.as_bytes(), 0o644)
                 .map_err(|e| StoreError::io("replace", &path, e))
         })
-        .await
+        .await;
+        // Remembered even when the write failed: the caller applies the
+        // policy now either way, and fetching it again per message would
+        // hammer the policy host.
+        self.remember(name, Some(policy.clone()));
+        written
     }
 }
 
@@ -168,6 +223,34 @@ mod tests {
         // A damaged file is an error, not "no policy".
         std::fs::write(cache.dir().join("example.org"), "garbage").unwrap();
         assert!(cache.get("example.org").await.is_err());
+        // What was last read well is still recent...
+        assert_eq!(
+            cache.recent("example.org"),
+            Some(Some(cached("2", "enforce")))
+        );
+        // ...a missing file is recent as missing, even when another process
+        // writes one meanwhile, which `get` sees...
+        let fresh = StsCache::new(&dir);
+        assert_eq!(fresh.recent("other.example"), None);
+        assert_eq!(fresh.get("other.example").await.unwrap(), None);
+        StsCache::new(&dir)
+            .put("other.example", &cached("3", "testing"))
+            .await
+            .unwrap();
+        assert_eq!(fresh.recent("other.example"), Some(None));
+        assert_eq!(
+            fresh.get("other.example").await.unwrap(),
+            Some(cached("3", "testing"))
+        );
+        // ...and what this process wrote is recent at once.
+        fresh
+            .put("other.example", &cached("4", "enforce"))
+            .await
+            .unwrap();
+        assert_eq!(
+            fresh.recent("Other.Example."),
+            Some(Some(cached("4", "enforce")))
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
