@@ -211,26 +211,6 @@ def test_openssl_s_client_starttls(mode_blackpony):
     bp.wait_log(r"starttls client=unknown\[127\.0\.0\.1\]:\d+ tls=TLSv1\.3/")
 
 
-def test_openssl_s_client_resumes_the_starttls_session(mode_blackpony, workdir):
-    """An MTA that caches TLS sessions (Postfix's smtp client does) resumes with the
-    ticket the first connection got: the ticket goes out with the first reply after the
-    handshake, sealed by a key held in memory (src/transport/tls.rs)."""
-    bp, pf = mode_blackpony("proxy-v2")
-    sess = workdir / f"s_client-session-{token()}.pem"
-    outs = []
-    for flag in ("-sess_out", "-sess_in"):
-        res = run([require_tool("openssl"), "s_client", "-starttls", "smtp", "-connect",
-                   bp.listen, "-servername", HOSTNAME, "-crlf", "-ign_eof", flag, str(sess)],
-                  input=b"EHLO openssl.client.test\nQUIT\n", timeout=30)
-        out = res.stdout.decode(errors="replace")
-        ctx = f"\nstdout:\n{out}\nstderr:\n{res.stderr.decode(errors='replace')}"
-        assert res.returncode == 0, ctx + f"\nblackpony log:\n{bp.log_text()}"
-        assert re.search(r"^221 ", out, re.M), ctx
-        outs.append(out)
-    assert re.search(r"^New, TLSv1\.3", outs[0], re.M), outs[0]
-    assert re.search(r"^Reused, TLSv1\.3", outs[1], re.M), outs[1]
-
-
 @pytest.mark.parametrize("mode", ["proxy-v2", "xclient"])
 def test_helo_only_client_delivers(mode_blackpony, mode):
     bp, pf = mode_blackpony(mode)

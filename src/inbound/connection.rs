@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
 
 use super::InboundConfig;
 use super::backend::{BackendConn, ClientFacts};
@@ -499,11 +500,11 @@ impl Run<'_> {
                 return Some(already);
             }
         };
-        let handshake = ServerTlsStream::accept(self.shared.tls.config(), tcp);
+        let acceptor = TlsAcceptor::from(self.shared.tls.config());
         // One deadline for the whole handshake, as for a line.
         let timeout = self.line_time();
         let accepted = tokio::select! {
-            accepted = tokio::time::timeout(timeout, handshake) => accepted,
+            accepted = tokio::time::timeout(timeout, acceptor.accept(tcp)) => accepted,
             order = told_to_end(&mut self.control) => {
                 self.obey(order, true);
                 return None;
@@ -511,10 +512,10 @@ impl Run<'_> {
         };
         match accepted {
             Ok(Ok(tls)) => {
-                let info = Encryption::from_tls(tls.connection());
+                let info = Encryption::from_tls(tls.get_ref().1);
                 log!("starttls client={} tls={info}", self.who);
                 self.session.tls_established(info);
-                Some(Stream::ServerTls(Box::new(tls)))
+                Some(Stream::ServerTls(Box::new(ServerTlsStream::new(tls))))
             }
             Ok(Err(e)) => {
                 self.session

@@ -1,27 +1,23 @@
-//! The server side of TLS for STARTTLS (RFC 3207): the rustls connection
-//! driven straight over the socket, handshake included.
+//! The server side of TLS once the STARTTLS handshake is over (RFC 3207):
+//! the rustls connection driven straight over the socket.
 //!
-//! Per relayed message this does what tokio-rustls' stream did with less
-//! around it (bench/README.md, "Where the time goes on the STARTTLS path"):
-//! a reply batch goes out as one `send` of its record rather than a `writev`
-//! of one buffer; a read hands over the plaintext of every record the socket
-//! read brought, not one record per call; and a poll that finds the socket
-//! empty returns without building an error on the way. Per connection, the
-//! TLS 1.3 session tickets (RFC 8446 §4.6.1: the server may send them any
-//! time after the client's Finished) wait for the first reply and go out in
-//! the same `send`, rather than alone right after the handshake, which cost
-//! a call here and a wake-up of the client for them alone. What rustls
-//! decides stays its own: the handshake, the record layer, alerts,
-//! `close_notify` and the end of the connection are rustls' answers, passed
-//! on as they come.
+//! tokio-rustls runs the handshake; its stream then gives way to this one
+//! (`tokio_rustls::server::TlsStream::into_inner`, so nothing the client
+//! sent behind its Finished message is lost). Per relayed message this does
+//! what tokio-rustls' stream did with less around it (bench/README.md,
+//! "Where the time goes on the STARTTLS path"): a reply batch goes out as
+//! one `send` of its record rather than a `writev` of one buffer; a read
+//! hands over the plaintext of every record the socket read brought, not
+//! one record per call; and a poll that finds the socket empty returns
+//! without building an error on the way. What rustls decides stays its own:
+//! the record layer, alerts, `close_notify` and the end of the connection
+//! are rustls' answers, passed on as they come.
 
 use std::io::{self, Read, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use std::sync::Arc;
-
-use rustls::{ProtocolVersion, ServerConfig, ServerConnection};
+use rustls::ServerConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// A TLS connection after the handshake, server side.
@@ -33,53 +29,8 @@ pub struct ServerTlsStream<S> {
     write_closed: bool,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> ServerTlsStream<S> {
-    /// Runs the server side of the handshake on `io`, the plaintext socket
-    /// right after the `220` to STARTTLS. The caller bounds it in time.
-    /// Bytes the client sent behind its Finished stay in rustls' buffers
-    /// for the first read.
-    pub async fn accept(config: Arc<ServerConfig>, io: S) -> io::Result<Self> {
-        let conn = ServerConnection::new(config).map_err(io::Error::other)?;
-        let mut stream = ServerTlsStream {
-            io,
-            conn,
-            write_closed: false,
-        };
-        std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
-        Ok(stream)
-    }
-
-    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Bounded: each turn sends rustls' flight, or reads bytes (or the
-        // end, which returns) from the socket into rustls.
-        loop {
-            while self.conn.is_handshaking() && self.conn.wants_write() {
-                std::task::ready!(self.poll_send_records(cx))?;
-            }
-            if !self.conn.is_handshaking() {
-                // TLS 1.2: the server's Finished may be the handshake's last
-                // message, and the client waits for it. TLS 1.3: all that
-                // can be queued now are session tickets, which wait for the
-                // first reply (module comment).
-                if self.conn.protocol_version() != Some(ProtocolVersion::TLSv1_3) {
-                    std::task::ready!(self.poll_send_all(cx))?;
-                }
-                return Poll::Ready(Ok(()));
-            }
-            if std::task::ready!(self.poll_receive_records(cx))? == 0 {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "tls handshake eof",
-                )));
-            }
-        }
-    }
-}
-
 impl<S> ServerTlsStream<S> {
-    /// Takes over a handshake tokio-rustls finished (its session tickets
-    /// went out then); bytes the client sent behind its Finished stay in
-    /// rustls' buffers.
+    /// Takes over a finished handshake from tokio-rustls.
     pub fn new(tls: tokio_rustls::server::TlsStream<S>) -> Self {
         let (io, conn) = tls.into_inner();
         ServerTlsStream {
@@ -158,28 +109,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerTlsStream<S> {
         }
     }
 
-    /// Reads what the socket has into rustls and processes it: the bytes
-    /// read, 0 at the end of the stream (rustls' reader then says whether
-    /// that end was clean).
-    fn poll_receive_records(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let mut socket = Polled {
-            io: &mut self.io,
-            cx,
-        };
-        let n = match self.conn.read_tls(&mut socket) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
-            Err(e) => return Poll::Ready(Err(e)),
-        };
-        if let Err(e) = self.conn.process_new_packets() {
-            // rustls queued an alert for the client: one try to send it, as
-            // tokio-rustls does, then the error.
-            let _ = self.poll_send_records(cx);
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
-        }
-        Poll::Ready(Ok(n))
-    }
-
     /// Writes every queued record, or says why not yet.
     fn poll_send_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.conn.wants_write() {
@@ -209,7 +138,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ServerTlsStream<S> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(e)),
             }
-            std::task::ready!(this.poll_receive_records(cx))?;
+            let mut socket = Polled {
+                io: &mut this.io,
+                cx,
+            };
+            match this.conn.read_tls(&mut socket) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            if let Err(e) = this.conn.process_new_packets() {
+                // rustls queued an alert for the client: one try to send
+                // it, as tokio-rustls does, then the error.
+                let _ = this.poll_send_records(cx);
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+            }
         }
     }
 }
@@ -275,7 +218,7 @@ mod tests {
     use std::sync::Arc;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-    use tokio_rustls::TlsConnector;
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
 
     use super::*;
     use crate::transport::{ClientTls, ServerTls};
@@ -283,28 +226,20 @@ mod tests {
     type Client = tokio_rustls::client::TlsStream<DuplexStream>;
 
     /// A finished handshake over an in-memory pipe of `capacity` bytes each
-    /// way: the client's stream, and the server's.
+    /// way: the client's stream, and the server's handed to ours.
     async fn pair(capacity: usize) -> (Client, ServerTlsStream<DuplexStream>) {
-        let server = ServerTls::self_signed("mx.test").expect("server config");
-        let client = ClientTls::new().expect("client config").config();
-        pair_with(&server, client, capacity).await
-    }
-
-    async fn pair_with(
-        server: &ServerTls,
-        client: Arc<rustls::ClientConfig>,
-        capacity: usize,
-    ) -> (Client, ServerTlsStream<DuplexStream>) {
         let (client_io, server_io) = tokio::io::duplex(capacity);
-        let connector = TlsConnector::from(client);
+        let server = ServerTls::self_signed("mx.test").expect("server config");
+        let acceptor = TlsAcceptor::from(server.config());
+        let connector = TlsConnector::from(ClientTls::new().expect("client config").config());
         let name = rustls_pki_types::ServerName::try_from("mx.test").expect("name");
         let (client, server) = tokio::join!(
             connector.connect(name, client_io),
-            ServerTlsStream::accept(server.config(), server_io)
+            acceptor.accept(server_io)
         );
         (
             client.expect("client handshake"),
-            server.expect("server handshake"),
+            ServerTlsStream::new(server.expect("server handshake")),
         )
     }
 
@@ -338,78 +273,6 @@ mod tests {
         let mut reply = [0u8; 14];
         client.read_exact(&mut reply).await.expect("client read");
         assert_eq!(&reply, b"250 2.1.0 ok\r\n");
-    }
-
-    #[tokio::test]
-    async fn tls13_session_tickets_go_out_with_the_first_reply_and_resume() {
-        let server = ServerTls::self_signed("mx.test").expect("server config");
-        let client_config = ClientTls::new().expect("client config").config();
-        let (mut client, mut session) = pair_with(&server, Arc::clone(&client_config), 4096).await;
-        assert_eq!(
-            session.connection().protocol_version(),
-            Some(ProtocolVersion::TLSv1_3)
-        );
-        // Nothing on the wire after the handshake: the ticket waits.
-        let mut peek = [0u8; 1];
-        let early = tokio::time::timeout(
-            std::time::Duration::from_millis(50),
-            client.get_mut().0.read(&mut peek),
-        )
-        .await;
-        assert!(early.is_err(), "bytes sent before the first reply");
-        // The first reply brings it, in one write (one chunk on the pipe).
-        session.write_all(b"250 mx.test\r\n").await.expect("reply");
-        session.flush().await.expect("flush");
-        let mut reply = [0u8; 13];
-        client.read_exact(&mut reply).await.expect("client read");
-        assert_eq!(&reply, b"250 mx.test\r\n");
-        // The client resumes with it on its next connection.
-        let (resumed, _session) = pair_with(&server, client_config, 4096).await;
-        assert_eq!(
-            resumed.get_ref().1.handshake_kind(),
-            Some(rustls::HandshakeKind::Resumed)
-        );
-    }
-
-    #[tokio::test]
-    async fn a_tls12_handshake_ends_with_the_servers_finished_sent() {
-        // TLS 1.2: the server's Finished is queued when the handshake ends
-        // and the client waits for it; holding it back would hang both.
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = rcgen::CertificateParams::new(vec!["mx.test".to_string()])
-            .expect("params")
-            .self_signed(&key)
-            .expect("cert");
-        let der = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-        let config =
-            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_protocol_versions(&[&rustls::version::TLS12])
-                .expect("versions")
-                .with_no_client_auth()
-                .with_single_cert(vec![cert.der().clone()], der)
-                .expect("config");
-        let (client_io, server_io) = tokio::io::duplex(4096);
-        let connector = TlsConnector::from(ClientTls::new().expect("client config").config());
-        let name = rustls_pki_types::ServerName::try_from("mx.test").expect("name");
-        let (client, session) = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            tokio::join!(
-                connector.connect(name, client_io),
-                ServerTlsStream::accept(Arc::new(config), server_io)
-            )
-        })
-        .await
-        .expect("handshake finished");
-        let (mut client, mut session) = (client.expect("client"), session.expect("server"));
-        assert_eq!(
-            session.connection().protocol_version(),
-            Some(ProtocolVersion::TLSv1_2)
-        );
-        client.write_all(b"EHLO a.test\r\n").await.expect("write");
-        client.flush().await.expect("flush");
-        assert_eq!(
-            read_once(&mut session).await.expect("read"),
-            b"EHLO a.test\r\n"
-        );
     }
 
     #[tokio::test]

@@ -9,7 +9,6 @@ use std::sync::{Arc, RwLock};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier;
-use rustls::server::ProducesTickets;
 use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -53,9 +52,6 @@ enum CertSource {
 pub struct ServerTls {
     source: CertSource,
     current: RwLock<Arc<ServerConfig>>,
-    /// Seals session tickets; kept across reloads, so a certificate
-    /// change does not cost clients their resumption.
-    ticketer: Arc<dyn ProducesTickets>,
 }
 
 impl ServerTls {
@@ -65,12 +61,10 @@ impl ServerTls {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
         };
-        let ticketer = rustls::crypto::ring::Ticketer::new()?;
-        let config = build(&source, &ticketer)?;
+        let config = build(&source)?;
         Ok(ServerTls {
             source,
             current: RwLock::new(config),
-            ticketer,
         })
     }
 
@@ -80,12 +74,10 @@ impl ServerTls {
         let source = CertSource::SelfSigned {
             hostname: hostname.to_string(),
         };
-        let ticketer = rustls::crypto::ring::Ticketer::new()?;
-        let config = build(&source, &ticketer)?;
+        let config = build(&source)?;
         Ok(ServerTls {
             source,
             current: RwLock::new(config),
-            ticketer,
         })
     }
 
@@ -103,7 +95,7 @@ impl ServerTls {
         if matches!(self.source, CertSource::SelfSigned { .. }) {
             return Ok(false);
         }
-        let config = build(&self.source, &self.ticketer)?;
+        let config = build(&self.source)?;
         match self.current.write() {
             Ok(mut guard) => *guard = config,
             Err(poisoned) => *poisoned.into_inner() = config,
@@ -126,10 +118,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn build(
-    source: &CertSource,
-    ticketer: &Arc<dyn ProducesTickets>,
-) -> Result<Arc<ServerConfig>, TlsError> {
+fn build(source: &CertSource) -> Result<Arc<ServerConfig>, TlsError> {
     let (chain, key) = match source {
         CertSource::Files { cert, key } => {
             let chain = CertificateDer::pem_file_iter(cert)
@@ -159,19 +148,10 @@ fn build(
             (vec![cert.der().clone()], key)
         }
     };
-    let mut config = ServerConfig::builder_with_provider(provider())
+    let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
-    // Resumption for MTAs that cache sessions (Postfix's smtp client keeps
-    // one per destination): tickets sealed with a key in memory (rotated
-    // every 6 hours) rather than rustls' default, a server-side cache of
-    // 256 sessions behind a lock, which every handshake fills and a busy
-    // relay churns before a client returns. One ticket per handshake, not
-    // rustls' default two: a client that caches resumes with the newest
-    // (bench/README.md, "Where the time goes on the STARTTLS path").
-    config.ticketer = Arc::clone(ticketer);
-    config.send_tls13_tickets = 1;
     Ok(Arc::new(config))
 }
 
