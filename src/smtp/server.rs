@@ -31,7 +31,7 @@ use std::collections::VecDeque;
 pub use self::commands::MAX_RECIPIENTS;
 use self::state::Phase;
 pub use self::state::{Protocol, ReceiveEvent, ReceiveOptions, ReceiveSession};
-use super::command::{NextLine, next_line};
+use super::command::{Command, NextLine, Verb, next_line};
 use super::{DataScanner, Reply, replies};
 
 mod commands;
@@ -93,11 +93,23 @@ impl ReceiveSession {
     /// behind the RCPT awaiting its answer, is DATA (a client pipelining
     /// its envelope, RFC 2920 §3.1): the proxy may then send DATA to the
     /// remote with that RCPT instead of a round trip later.
+    /// The line is found and read as [`Self::input`] will (the same
+    /// `next_line` and `Command::parse`), so the guess never disagrees with
+    /// the command the session then takes.
     pub fn data_next(&self) -> bool {
-        matches!(self.phase, Phase::AwaitingRcpt { .. })
-            && self.input.len() >= 5
-            && self.input[..4].eq_ignore_ascii_case(b"DATA")
-            && (self.input[4] == b'\n' || self.input[4..].starts_with(b"\r\n"))
+        if !matches!(self.phase, Phase::AwaitingRcpt { .. }) || self.skipping_line {
+            return false;
+        }
+        match next_line(&self.input) {
+            NextLine::Line { line_len, .. } => matches!(
+                Command::parse(&self.input[..line_len]),
+                Ok(Command {
+                    verb: Verb::Data,
+                    args: ""
+                })
+            ),
+            NextLine::Incomplete | NextLine::TooLong { .. } => false,
+        }
     }
 
     pub fn is_closed(&self) -> bool {
