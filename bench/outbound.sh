@@ -337,7 +337,8 @@ relay() {
     RUN=$((RUN + 1))
     sess0=$("$PY" "$BENCH" sink-count --sessions "$T/sink.log")
     rcpt="run$RUN@$domain"
-    out=$("$PY" "$BENCH" relay --sink-log "$T/sink.log" --expect "$RELAY_MSGS" --pids "$pids" --timeout 120 -- \
+    out=$("$PY" "$BENCH" relay --sink-log "$T/sink.log" --expect "$RELAY_MSGS" --pids "$pids" --timeout 120 \
+        ${BREAKDOWN:+--breakdown} -- \
         smtp-source -s "$RELAY_SESSIONS" -m "$RELAY_MSGS" -l "$SIZE" -f sender@client.test -t "$rcpt" \
         "127.0.0.1:$SUBMIT") || rc=$?
     got=$(jget got <<<"$out")
@@ -370,6 +371,9 @@ relay() {
         [ -n "$first" ] && FAILURES+=("    $first")
     fi
     say "  $key: $(jget rate <<<"$out") msgs/s ($(jget secs <<<"$out") s; sink got $got of $RELAY_MSGS; Postfix sent=$sent deferred=$deferred bounced=$bounced; $((sess1 - sess0)) sessions at the sink; machine cpu $(jget machine_us_per_msg <<<"$out") us/msg, blackpony $(jget pid_us_per_msg <<<"$out") us/msg)"
+    if [ -n "${BREAKDOWN:-}" ]; then
+        say "    by program (name, cpu us/msg, read+write syscalls/msg): $(jget by_program <<<"$out")"
+    fi
 }
 
 BG_BUSY=()

@@ -211,6 +211,61 @@ def pid_ticks(pids):
     return total
 
 
+def proc_table():
+    """{pid: (name, start time, own ticks, reaped children's ticks,
+    read()/write() calls)} of every
+    process now. A process that ends during a run loses its own figures,
+    but its parent's reaped-children ticks gain its CPU when the parent
+    waits for it (Postfix's master reaps its daemons), so the breakdown
+    credits that CPU to the parent's name + "(children)"."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                raw = f.read()
+            name = raw[raw.index("(") + 1:raw.rindex(")")]
+            fields = raw.rsplit(")", 1)[1].split()
+            ticks = int(fields[11]) + int(fields[12])
+            cticks = int(fields[13]) + int(fields[14])
+            start = int(fields[19])
+            calls = 0
+            with open("/proc/%d/io" % pid) as f:
+                for line in f:
+                    if line.startswith(("syscr:", "syscw:")):
+                        calls += int(line.split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        table[pid] = (name, start, ticks, cticks, calls)
+    return table
+
+
+def breakdown(t0, t1, n):
+    """CPU (us) and read()/write() calls per message, by program name,
+    between two proc_table() snapshots; the busiest first. The call count
+    is the kernel's syscr + syscw: read/write/readv/writev/sendfile on any
+    file or socket, but not send/recv/sendmsg/recvmsg (blackpony's socket
+    calls), so compare it between rows for one program only."""
+    by = {}
+    for pid, (name, start, ticks, cticks, calls) in t1.items():
+        _, start0, ticks0, cticks0, calls0 = t0.get(pid, (name, start, 0, 0, 0))
+        if start0 != start:   # the pid was reused
+            ticks0, cticks0, calls0 = 0, 0, 0
+        if name.startswith("kworker/"):   # renamed with its current work item
+            name = "kworker"
+        row = by.setdefault(name, [0, 0])
+        row[0] += ticks - ticks0
+        row[1] += calls - calls0
+        if cticks > cticks0:
+            by.setdefault(name + "(children)", [0, 0])[0] += cticks - cticks0
+    rows = [(name, round(t * 1e6 / CLK_TCK / n), round(c / n, 1))
+            for name, (t, c) in by.items() if t > 0 or c > 0]
+    rows.sort(key=lambda r: -r[1])
+    return [r for r in rows if r[1] > 0 or r[2] >= 1][:12]
+
+
 def machine_ticks():
     """(busy, total) CPU ticks of the whole machine so far."""
     with open("/proc/stat") as f:
@@ -293,6 +348,7 @@ def cmd_relay(a):
         if c == before:
             break
         before = c
+    p0 = proc_table() if a.breakdown else None
     c0 = pid_ticks(pids)
     m0 = machine_ticks()
     t0 = time.monotonic()
@@ -312,6 +368,7 @@ def cmd_relay(a):
         time.sleep(0.01)
     c1 = pid_ticks(pids)
     m1 = machine_ticks()
+    p1 = proc_table() if a.breakdown else None
     try:
         out, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
         rc = p.returncode
@@ -328,6 +385,7 @@ def cmd_relay(a):
         "pid_us_per_msg": round((c1 - c0) * 1e6 / CLK_TCK / a.expect),
         "machine_us_per_msg": round((m1[0] - m0[0]) * 1e6 / CLK_TCK / a.expect),
         "machine_busy_pct": round(100 * (m1[0] - m0[0]) / max(1, m1[1] - m0[1])),
+        "by_program": breakdown(p0, p1, a.expect) if a.breakdown else [],
     }))
     return 0 if t1 is not None and rc == 0 else 1
 
@@ -355,6 +413,8 @@ def main():
     sr.add_argument("--expect", type=int, required=True)
     sr.add_argument("--pids", default="")
     sr.add_argument("--timeout", type=float, default=120)
+    sr.add_argument("--breakdown", action="store_true",
+                    help="also print CPU and syscalls per message by program")
     sr.add_argument("command", nargs=argparse.REMAINDER)
     sc = sub.add_parser("sink-count")
     sc.add_argument("--sessions", action="store_true")

@@ -21,11 +21,19 @@
 //! thread writes the queue out. When the queue is full (standard error is
 //! a pipe nobody reads, a slow journal) records are dropped and counted,
 //! and `log: dropped N records` is written as soon as writing works again.
+//!
+//! The writer lingers ([`LINGER`]) after each batch before it waits on the
+//! queue again: records logged meanwhile are written together instead of
+//! each waking the thread. A busy server logs a record or more per message,
+//! and a wake-up (a futex call by the sender, a context switch, a write)
+//! cost more than the rest of the record. A record logged while the writer
+//! waits is written at once; a half-full queue, a flush or a change of
+//! sink cuts the linger short.
 
 use std::fmt::Write as _;
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -59,6 +67,10 @@ static INSTALLED: Once = Once::new();
 
 /// Records waiting for the writer thread, at most (about 1 MiB).
 pub const QUEUE_RECORDS: usize = 4096;
+
+/// How long the writer gathers records after a batch before it writes the
+/// next one (see the module documentation).
+const LINGER: Duration = Duration::from_millis(20);
 
 /// How long [`flush`] (and a change of sink) waits for the writer.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
@@ -160,12 +172,33 @@ enum Message {
 struct Writer {
     tx: SyncSender<Message>,
     dropped: AtomicU64,
+    /// Records on the queue now, to end the writer's linger before the
+    /// queue fills.
+    queued: AtomicUsize,
+    /// The writer thread, to end its linger; `None` if it did not start.
+    thread: Option<std::thread::Thread>,
 }
 
 impl Writer {
     fn enqueue(&self, line: String) {
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(Message::Record(line)) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        match self.tx.try_send(Message::Record(line)) {
+            Ok(()) => {
+                if self.queued.fetch_add(1, Ordering::Relaxed) + 1 >= QUEUE_RECORDS / 2 {
+                    self.wake();
+                }
+            }
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.wake();
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Ends the writer's linger (nothing if it waits on the queue).
+    fn wake(&self) {
+        if let Some(thread) = &self.thread {
+            thread.unpark();
         }
     }
 
@@ -175,7 +208,10 @@ impl Writer {
         let deadline = Instant::now() + FLUSH_WAIT;
         loop {
             match self.tx.try_send(message) {
-                Ok(()) => return true,
+                Ok(()) => {
+                    self.wake();
+                    return true;
+                }
                 Err(TrySendError::Full(m)) if Instant::now() < deadline => {
                     message = m;
                     std::thread::sleep(Duration::from_millis(5));
@@ -198,12 +234,16 @@ fn stderr_framing() -> Framing {
 /// records are dropped (the queue has no reader).
 fn start(sink: Sink) -> Writer {
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_RECORDS);
-    let _ = std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("log".into())
-        .spawn(move || write_out(sink, &rx));
+        .spawn(move || write_out(sink, &rx))
+        .ok()
+        .map(|handle| handle.thread().clone());
     Writer {
         tx,
         dropped: AtomicU64::new(0),
+        queued: AtomicUsize::new(0),
+        thread,
     }
 }
 
@@ -217,10 +257,14 @@ fn write_out(mut sink: Sink, rx: &Receiver<Message>) {
     let mut batch = Vec::with_capacity(64 * 1024);
     while let Ok(first) = rx.recv() {
         let mut acks = Vec::new();
+        let mut records = 0;
         let mut next = Some(first);
         while let Some(message) = next.take() {
             match message {
-                Message::Record(line) => put(&mut sink, &mut batch, line),
+                Message::Record(line) => {
+                    records += 1;
+                    put(&mut sink, &mut batch, line);
+                }
                 Message::Flush(ack) => acks.push(ack),
                 Message::Sink(new) => {
                     emit(&mut sink, &mut batch);
@@ -236,9 +280,11 @@ fn write_out(mut sink: Sink, rx: &Receiver<Message>) {
             }
         }
         emit(&mut sink, &mut batch);
-        let lost = WRITER
-            .get()
-            .map_or(0, |w| w.dropped.swap(0, Ordering::Relaxed));
+        let writer = WRITER.get();
+        if let Some(w) = writer {
+            w.queued.fetch_sub(records, Ordering::Relaxed);
+        }
+        let lost = writer.map_or(0, |w| w.dropped.swap(0, Ordering::Relaxed));
         if lost > 0
             && let Some(framing) = framing()
         {
@@ -253,6 +299,9 @@ fn write_out(mut sink: Sink, rx: &Receiver<Message>) {
         }
         for ack in acks {
             let _ = ack.send(());
+        }
+        if records > 0 {
+            std::thread::park_timeout(LINGER);
         }
     }
 }
