@@ -228,6 +228,11 @@ pub fn parse_policy(body: &[u8]) -> Result<Policy, PolicyError> {
     Ok(Policy { mode, mx, max_age })
 }
 
+/// A policy id (RFC 8461 §3.1, `sts-id`): 1 to 32 letters and digits.
+pub fn valid_id(id: &str) -> bool {
+    (1..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 /// `(ALPHA / DIGIT) *31(ALPHA / DIGIT / "_" / "-" / ".")`.
 fn is_field_name(s: &str) -> bool {
     let b = s.as_bytes();
@@ -290,7 +295,7 @@ fn txt_id(record: &str) -> Result<String, &'static str> {
             return Err("a malformed field");
         }
         if name == "id" && id.is_none() {
-            if value.len() > 32 || !value.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            if !valid_id(value) {
                 return Err("id is not 1 to 32 letters and digits");
             }
             id = Some(value.to_string());

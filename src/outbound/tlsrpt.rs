@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::outcome::{OutcomeSink, PolicyOutcome, PolicyType, TlsFailure};
 use crate::log;
+use crate::smtp::envelope::{address_is_sane, domain_of};
 use crate::state::daily::DailyRecords;
 use crate::transport::CertVerdict;
 
@@ -536,22 +537,26 @@ pub fn parse_policy_record(txts: &[String]) -> Result<Vec<Rua>, String> {
         .split(',')
         .map(str::trim)
         .filter(|u| !u.is_empty())
-        .map(|uri| {
+        .filter_map(|uri| {
             let lower = uri.to_ascii_lowercase();
             if lower.starts_with("mailto:") {
                 // RFC 6068: the address, percent-decoded, without ?headers.
                 let addr = &uri["mailto:".len()..];
-                let addr = addr.split('?').next().unwrap_or(addr);
-                Rua::Mailto(percent_decode(addr))
+                let addr = percent_decode(addr.split('?').next().unwrap_or(addr));
+                // It becomes a RCPT TO and a To: header: one that could not
+                // (empty, no domain, or with CR LF, `<>` or white space
+                // decoded into it) is no destination.
+                let usable = address_is_sane(&addr) && domain_of(&addr).is_some();
+                usable.then_some(Rua::Mailto(addr))
             } else if lower.starts_with("https:") {
-                Rua::Https(uri.to_string())
+                Some(Rua::Https(uri.to_string()))
             } else {
-                Rua::Other(uri.to_string())
+                Some(Rua::Other(uri.to_string()))
             }
         })
         .collect();
     if list.is_empty() {
-        return Err("the TLSRPT record's rua= is empty".into());
+        return Err("the TLSRPT record's rua= names no usable destination".into());
     }
     Ok(list)
 }

@@ -43,6 +43,8 @@ pub enum SealedError {
     BadAddress(String),
     #[error("a sealed message needs at least one recipient")]
     NoRecipients,
+    #[error("a sealed message has at most {MAX_RECIPIENTS} recipients, not {0}")]
+    TooManyRecipients(usize),
 }
 
 impl SealedEnvelope {
@@ -50,6 +52,11 @@ impl SealedEnvelope {
     fn check(&self) -> Result<(), SealedError> {
         if self.rcpt_to.is_empty() {
             return Err(SealedError::NoRecipients);
+        }
+        // What [`parse`] refuses is never written: a file sealed that the
+        // home side cannot read would be mail lost.
+        if self.rcpt_to.len() > MAX_RECIPIENTS {
+            return Err(SealedError::TooManyRecipients(self.rcpt_to.len()));
         }
         let sender_ok = self.mail_from.is_empty() || address_is_sane(&self.mail_from);
         if !sender_ok {
@@ -183,7 +190,9 @@ mod tests {
 
     #[test]
     fn round_trips() {
+        let most: Vec<&str> = vec!["a@b"; MAX_RECIPIENTS];
         for (e, message) in [
+            (env("s@x", &most), &b"m"[..]),
             (env("", &["a@b"]), &b""[..]),
             (env("s@x", &["a@b"]), b"\r\n\r\nbody only\r\n"),
             (env("ü@bücher.example", &["ö@b"]), b"8bit \xff\r\n"),
@@ -205,6 +214,12 @@ mod tests {
             ),
             (env("a>b", &["a@b"]), SealedError::BadAddress("a>b".into())),
             (env("s@x", &[""]), SealedError::BadAddress("".into())),
+            // Found by the sealed_format fuzz check: written, then refused
+            // by parse.
+            (
+                env("s@x", &["a@b"; MAX_RECIPIENTS + 1]),
+                SealedError::TooManyRecipients(MAX_RECIPIENTS + 1),
+            ),
         ] {
             assert_eq!(format(&e, b"m"), Err(want));
         }

@@ -155,21 +155,24 @@ impl StsCache {
     }
 }
 
-fn encode(policy: &StsRecord) -> String {
+pub(crate) fn encode(policy: &StsRecord) -> String {
     format!(
         "id: {}\nfetched: {}\n\n{}",
         policy.id, policy.fetched, policy.body
     )
 }
 
-fn decode(text: &str) -> Option<StsRecord> {
+pub(crate) fn decode(text: &str) -> Option<StsRecord> {
     let (head, body) = text.split_once("\n\n")?;
     let field = |name: &str| {
         head.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
     };
+    // Only an id the TXT record could have given (RFC 8461 §3.1): what
+    // else is there (a CR left by an editor, say) would not survive a
+    // rewrite and never equals the record's id.
     let id = field("id")?;
-    if id.is_empty() {
+    if !crate::outbound::sts::valid_id(id) {
         return None;
     }
     Some(StsRecord {
@@ -252,6 +255,24 @@ mod tests {
             Some(Some(cached("4", "enforce")))
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Found by the state_files fuzz check: an id with a CR read back,
+    /// and was written back without it.
+    #[test]
+    fn damaged_files_do_not_decode() {
+        for text in [
+            "fetched: 1\nid: abc\r\n\nbody",
+            "id: \nfetched: 1\n\nbody",
+            "id: a-b\nfetched: 1\n\nbody",
+            "id: 123456789012345678901234567890123\nfetched: 1\n\nbody",
+            "id: a\nfetched: x\n\nbody",
+            "id: a\nfetched: 1\nbody",
+        ] {
+            assert_eq!(decode(text), None, "{text:?}");
+        }
+        let good = decode("fetched: 1\nid: abc\n\nbody\n\n").unwrap();
+        assert_eq!(decode(&encode(&good)), Some(good));
     }
 
     #[test]

@@ -297,6 +297,13 @@ fn reporting_policy_records() {
         parse_policy_record(&rec("v=TLSRPTv1;rua=MAILTO:a@b.example")),
         Ok(vec![Rua::Mailto("a@b.example".into())])
     );
+    // An unusable mailto: is skipped, the others stay.
+    assert_eq!(
+        parse_policy_record(&rec(
+            "v=TLSRPTv1; rua=mailto:a%0Ab@c.example,mailto:d@e.example"
+        )),
+        Ok(vec![Rua::Mailto("d@e.example".into())])
+    );
     assert_eq!(
         parse_policy_record(&rec("v=TLSRPTv1; rua=ftp://x.example")),
         Ok(vec![Rua::Other("ftp://x.example".into())])
@@ -314,6 +321,13 @@ fn reporting_policy_records() {
         rec("v=TLSRPTv10; rua=mailto:a@b.example"),
         rec("v=TLSRPTv1"),
         rec("v=TLSRPTv1; rua="),
+        // Found by the dns_txt fuzz check: a mailto: that is no address
+        // (empty, no domain, CR LF or brackets percent-encoded into it).
+        rec("v=TLSRPTv1; rua=mailto:"),
+        rec("v=TLSRPTv1; rua=mailto:?subject=x"),
+        rec("v=TLSRPTv1; rua=mailto:postmaster"),
+        rec("v=TLSRPTv1; rua=mailto:a%0D%0ARCPT%20TO:%3Cx@y.example%3E@b.example"),
+        rec("v=TLSRPTv1; rua=mailto:a%3E@b.example"),
         vec![
             "v=TLSRPTv1; rua=mailto:a@b.example".to_string(),
             "v=TLSRPTv1; rua=mailto:c@d.example".to_string(),
