@@ -278,6 +278,363 @@ pub fn sts_policy(input: &[u8]) {
     }
 }
 
+/// The sealed relay's plaintext format (proto-spec `sealed-relay.md`,
+/// "Spool file format"): what `parse` accepts formats back to the very
+/// same bytes (so nothing can hide in a header the writer would not
+/// write), and an envelope `format` accepts parses back to itself with the
+/// message untouched (what the relay seals, the home side can read: no
+/// lost mail). The input also serves as an envelope: fields split at `|`.
+pub fn sealed_format(input: &[u8]) {
+    use crate::relay::sealed::{self, MAX_RECIPIENTS, SealedEnvelope};
+    if let Ok((envelope, message)) = sealed::parse(input) {
+        assert!((1..=MAX_RECIPIENTS).contains(&envelope.rcpt_to.len()));
+        let again = sealed::format(&envelope, message).expect("a parsed envelope formats");
+        assert_eq!(
+            again, input,
+            "a parsed sealed file formats to its own bytes"
+        );
+    }
+    let text = String::from_utf8_lossy(input);
+    let mut fields = text.split('|').map(str::to_string);
+    let envelope = SealedEnvelope {
+        mail_from: fields.next().unwrap_or_default(),
+        rcpt_to: fields.collect(),
+    };
+    if let Ok(bytes) = sealed::format(&envelope, input) {
+        let (back, message) = sealed::parse(&bytes).expect("what format writes parses");
+        assert_eq!(back, envelope);
+        assert_eq!(message, input);
+    }
+}
+
+/// A fixed age key pair for [`sealed_open`] (the fuzzer wants the same
+/// input to do the same thing every time).
+fn fixed_age_identity() -> age::x25519::Identity {
+    "AGE-SECRET-KEY-10PRL9XDGJNH25FDRF23ANLN5QHNL00C4NEKZUQLMMAVMNE6PTUWQT2D6FK"
+        .parse()
+        .expect("a fixed age identity")
+}
+
+/// A sealed file as the home side gets it from a relay it need not trust:
+/// opening arbitrary bytes never panics; and a message sealed the way
+/// `seal` seals it (DATA form, dot-stuffed) opens to its envelope and the
+/// dot-unstuffed message.
+pub fn sealed_open(input: &[u8]) {
+    use crate::relay::seal;
+    use crate::relay::sealed::SealedEnvelope;
+    let identity = fixed_age_identity();
+    let identities: seal::Identities = vec![Box::new(identity.clone())];
+    let _ = seal::open(&identities, input);
+
+    let mut wire = Vec::new();
+    let mut stuffer = DotStuffer::new();
+    stuffer.push(input, &mut wire);
+    stuffer.finish(&mut wire);
+    let envelope = SealedEnvelope {
+        mail_from: String::new(),
+        rcpt_to: vec!["a@example.org".into()],
+    };
+    let file = seal::seal(&[identity.to_public()], &envelope, &wire).expect("sealing a message");
+    let (back, message) = seal::open(&identities, &file).expect("our own sealed file opens");
+    assert_eq!(back, envelope);
+    let mut unstuffed = Vec::new();
+    crate::smtp::data::unstuff_to(&wire, &mut unstuffed).expect("writing into a Vec");
+    assert_eq!(message, unstuffed);
+    assert!(message.is_empty() || message.ends_with(b"\r\n"));
+}
+
+/// XFETCH (proto-spec/fetch.md). The relay's side: a command line the
+/// grammar accepts prints back to itself, its id names a spool file that
+/// stays in the spool directory, and `check` passes a request only to an
+/// authorized key inside the channel after EHLO outside a transaction
+/// (§5, F1 to F6). The home side: a hostile relay's bytes never panic
+/// the client, never hand over more octets than arrived or than the size
+/// limit, and every answer is to a command it sent; what a relay writes
+/// for a script of commands reads back as exactly those answers however
+/// the bytes are cut.
+pub fn xfetch(input: &[u8]) {
+    use crate::relay::xfetch::{
+        self, FetchClient, FetchEvent, FetchKeys, Protection, Request, SessionFacts,
+    };
+    use crate::smtp::replies;
+    let head = |i: usize| input.get(i).copied().unwrap_or(0);
+
+    for line in input.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(request) = xfetch::parse(line) else {
+            continue;
+        };
+        assert!(xfetch::is_command(line));
+        let text = request.to_line();
+        let again = text
+            .strip_suffix("\r\n")
+            .expect("a command line ends in CRLF");
+        assert_eq!(xfetch::parse(again.as_bytes()).as_ref(), Some(&request));
+        if let Request::Delete(id) = &request {
+            assert!(xfetch::valid_id(id));
+            let spool_id: crate::state::SpoolId = id.parse().expect("a fetch id is a spool id");
+            assert_eq!(spool_id.as_str(), id);
+        }
+    }
+
+    let ours: crate::pony::keys::PublicKey = [1; 32];
+    let keys = FetchKeys::new(if head(0) & 1 == 1 { vec![ours] } else { vec![] });
+    let peer = if head(0) & 2 == 2 { ours } else { [2; 32] };
+    let facts = SessionFacts {
+        protection: match head(1) % 3 {
+            0 => Protection::Plain,
+            1 => Protection::Tls,
+            _ => Protection::Xpony(peer),
+        },
+        hello: head(2) & 1 == 1,
+        in_transaction: head(2) & 2 == 2,
+    };
+    let line = input.get(3..).unwrap_or_default();
+    match xfetch::check(&keys, &facts, line) {
+        Ok(request) => {
+            assert!(!keys.is_empty() && facts.hello && !facts.in_transaction);
+            assert_eq!(facts.protection, Protection::Xpony(ours));
+            assert_eq!(xfetch::parse(line), Some(request));
+        }
+        Err(refusal) => {
+            assert!(refusal.reply.code() >= 500);
+            assert_eq!(refusal.unauthorized.is_some(), refusal.reply.code() == 535);
+        }
+    }
+
+    // The home side against hostile bytes: the first byte picks the
+    // commands sent, the second the size limit, the third the read size.
+    let caps = crate::smtp::EhloReply::parse(&Reply::multiline(
+        250,
+        vec!["relay.example".into(), xfetch::KEYWORD.into()],
+    ));
+    let limit = u64::from(head(1));
+    let step = usize::from(head(2)).max(1);
+    let mut client = FetchClient::new(&caps, limit).expect("XFETCH is offered");
+    let mut sent = 0;
+    for bit in 0..8 {
+        match (head(0) >> bit) & 3 {
+            0 => client.next(),
+            1 => client.delete("id-1"),
+            2 => client.next(),
+            _ => client.quit(),
+        }
+        sent += 1;
+    }
+    let wire = input.get(3..).unwrap_or_default();
+    let (mut answers, mut octets) = (0, 0);
+    'read: for chunk in wire.chunks(step) {
+        client.receive(chunk);
+        loop {
+            match client.poll() {
+                Ok(None) => break,
+                Ok(Some(event)) => {
+                    answers += 1;
+                    assert!(answers <= sent, "more answers than commands");
+                    match event {
+                        FetchEvent::Message { id, sealed } => {
+                            assert!(xfetch::valid_id(&id));
+                            assert!(sealed.len() as u64 <= limit);
+                            octets += sealed.len();
+                            assert!(octets <= wire.len());
+                        }
+                        FetchEvent::Deleted { id } => assert_eq!(id, "id-1"),
+                        FetchEvent::Empty | FetchEvent::Bye => {}
+                    }
+                }
+                Err(_) => break 'read,
+            }
+        }
+    }
+
+    // A relay's script: each input byte is one answer, the sealed files
+    // cut from the input itself (so they look like replies too).
+    let mut client = FetchClient::new(&caps, u64::MAX).expect("XFETCH is offered");
+    let (mut relay, mut want) = (Vec::new(), Vec::new());
+    for (n, &b) in input.iter().enumerate().take(16) {
+        match b % 4 {
+            0 => {
+                let id = format!("m{n}.x");
+                let sealed = input[n..]
+                    .iter()
+                    .copied()
+                    .take(usize::from(b))
+                    .collect::<Vec<u8>>();
+                client.next();
+                xfetch::write_message(&id, &sealed, &mut relay);
+                want.push(FetchEvent::Message { id, sealed });
+            }
+            1 => {
+                client.next();
+                replies::fetch_empty().write_to(&mut relay);
+                want.push(FetchEvent::Empty);
+            }
+            2 => {
+                let id = format!("{n}_{b}");
+                client.delete(&id);
+                replies::fetch_deleted(&id).write_to(&mut relay);
+                want.push(FetchEvent::Deleted { id });
+            }
+            _ => {
+                client.quit();
+                replies::bye().write_to(&mut relay);
+                want.push(FetchEvent::Bye);
+            }
+        }
+    }
+    let mut got = Vec::new();
+    for chunk in relay.chunks(step) {
+        client.receive(chunk);
+        while let Some(event) = client.poll().expect("our relay's answers read back") {
+            got.push(event);
+        }
+    }
+    assert_eq!(got, want);
+    assert!(!client.waiting());
+}
+
+/// The DNS TXT records read when sending (one record a line of input):
+/// `_smtp._tls` (RFC 8460 §3), `_mta-sts` (RFC 8461 §3.1) and
+/// `_xpony._tcp` (proto-spec §8.2). Each accepts exactly one record of its
+/// own kind, so the same records twice are refused (§3: more than one
+/// record means none); a TLS-RPT destination is a trimmed URI, a mailto:
+/// one an address that can go into RCPT TO; and every XPONY key found is
+/// the key of one of the records and prints back to a record of itself.
+pub fn dns_txt(input: &[u8]) {
+    use crate::outbound::sts::{self, Discovery};
+    use crate::outbound::tlsrpt::{self, Rua};
+    use crate::pony::keys::{DnsRecord, dns_record, parse_dns_record, parse_dns_records};
+    let text = String::from_utf8_lossy(input);
+    let records: Vec<String> = text.split('\n').map(str::to_string).collect();
+    let twice: Vec<String> = records.iter().chain(&records).cloned().collect();
+
+    if let Ok(destinations) = tlsrpt::parse_policy_record(&records) {
+        assert!(!destinations.is_empty());
+        assert!(
+            tlsrpt::parse_policy_record(&twice).is_err(),
+            "two records taken"
+        );
+        for rua in &destinations {
+            let (Rua::Mailto(uri) | Rua::Https(uri) | Rua::Other(uri)) = rua;
+            assert!(!uri.is_empty() && uri.trim() == uri && !uri.contains([',', ';']));
+            match rua {
+                Rua::Mailto(address) => {
+                    assert!(
+                        crate::smtp::envelope::address_is_sane(address),
+                        "{address:?}"
+                    );
+                    assert!(
+                        crate::smtp::envelope::domain_of(address).is_some(),
+                        "{address:?}"
+                    );
+                }
+                Rua::Https(url) => assert!(url.to_ascii_lowercase().starts_with("https:")),
+                Rua::Other(_) => {}
+            }
+        }
+    }
+
+    if let Discovery::Id(id) = sts::parse_txt(&records) {
+        let alone = [format!("v=STSv1; id={id}")];
+        assert!(matches!(sts::parse_txt(&alone), Discovery::Id(again) if again == id));
+        assert!(
+            !matches!(sts::parse_txt(&twice), Discovery::Id(_)),
+            "two records taken"
+        );
+    }
+
+    let keys = parse_dns_records(&records);
+    assert!(keys.len() <= records.len());
+    for key in &keys {
+        assert!(records.iter().any(|r| matches!(
+            parse_dns_record(r),
+            DnsRecord::Key { key: k, testing: false } if k == *key
+        )));
+        assert_eq!(parse_dns_records(&[dns_record(key)]), vec![*key]);
+    }
+}
+
+/// State files read back from disk (another process, an older version, a
+/// crash or an operator may have left anything there): the pin of an MX
+/// host (`<state-dir>/pins/`), the MTA-STS policy cache, a host key file
+/// and a spool id. Whatever reads as a value writes back to text that
+/// reads as the same value; a fetch id is always a spool id.
+pub fn state_files(input: &[u8]) {
+    use crate::pony::keys::{encode_key, parse_key_file};
+    use crate::pony::pins;
+    use crate::state::sts_cache;
+    let text = String::from_utf8_lossy(input);
+    if let Some(pin) = pins::parse(&text) {
+        assert_eq!(pins::parse(&pins::encode("mx.example", &pin)), Some(pin));
+    }
+    if let Some(record) = sts_cache::decode(&text) {
+        assert_eq!(sts_cache::decode(&sts_cache::encode(&record)), Some(record));
+    }
+    if let Some(keypair) = parse_key_file(&text) {
+        let again = parse_key_file(&crate::pony::keys::key_file_text(&keypair))
+            .expect("a written key file reads");
+        assert_eq!(encode_key(&again.public()), encode_key(&keypair.public()));
+    }
+    for line in text.lines() {
+        if let Ok(id) = line.parse::<crate::state::SpoolId>() {
+            assert_eq!(id.to_string(), line);
+        }
+        if crate::relay::xfetch::valid_id(line) {
+            assert!(line.parse::<crate::state::SpoolId>().is_ok(), "{line:?}");
+        }
+    }
+}
+
+/// The relay's fetch listener (`seal --fetch-listen`, proto-spec/fetch.md)
+/// against a hostile client, the first byte of each chunk saying what
+/// happens (client bytes, or the I/O loop serving a pending XFETCH line):
+/// what goes back is always whole replies, the greeting first; an XFETCH
+/// line is handed to the fetch server only as a line of that verb, and
+/// served only to an authorized key in the channel (never here, where no
+/// channel is ever established).
+pub fn fetch_session(input: &[u8]) {
+    use crate::relay::fetch_server::{FetchSession, ListenerConfig, SessionAction};
+    use crate::relay::xfetch::{self, FetchKeys};
+    let keys = FetchKeys::new(vec![[1; 32]]);
+    let config = ListenerConfig {
+        hostname: "relay.example".into(),
+        identity: Arc::new(crate::pony::negotiation::ServerIdentity {
+            key: crate::pony::noise::Keypair::from_secret([7; 32]),
+            hints: crate::pony::negotiation::ServerHints::default(),
+        }),
+        keys: keys.clone(),
+        timeouts: Default::default(),
+    };
+    let mut session = FetchSession::new(Arc::new(config));
+    let mut out = std::mem::take(&mut session.out);
+    assert!(out.starts_with(b"220 "));
+    'chunks: for chunk in input.split(|&b| b == 0xff) {
+        session.input(chunk);
+        loop {
+            let action = session.poll();
+            out.append(&mut session.out);
+            match action {
+                None => break,
+                Some(SessionAction::Fetch { line, facts }) => {
+                    assert!(xfetch::is_command(&line));
+                    let refusal = xfetch::check(&keys, &facts, &line)
+                        .expect_err("XFETCH outside a channel is refused");
+                    refusal.reply.write_to(&mut session.out);
+                }
+                Some(SessionAction::SwitchToPony | SessionAction::Close) => break 'chunks,
+            }
+        }
+    }
+    out.append(&mut session.out);
+    let mut rest = &out[..];
+    while !rest.is_empty() {
+        let span = ReplyParser::next_span(rest)
+            .expect("the session writes well-formed replies")
+            .expect("the session writes whole replies");
+        rest = &rest[span.len..];
+    }
+}
+
 /// A small deterministic generator for running the checks in `cargo test`.
 #[cfg(test)]
 pub(crate) fn pseudo_random_inputs(seed: u64, count: usize, alphabet: &[u8]) -> Vec<Vec<u8>> {
@@ -320,6 +677,49 @@ mod tests {
         for input in pseudo_random_inputs(0x575, 3000, STS_ALPHABET) {
             sts_policy(&input);
         }
+    }
+
+    const RELAY_ALPHABET: &[u8] = b"BLACKPONY-SEALED 1\r\nMAIL FROM:<s@x.example>\r\nRCPT TO:<a@b.example>\r\n\r\n|\r\n.\r\n XFETCH NEXT DELETE m1.x EHLO XPONY QUIT 250 2.0.0 MESSAGE EMPTY Deleted 535 221 0123456789 \xff\x00\x01\x02\x03";
+
+    const DNS_ALPHABET: &[u8] = b"v=TLSRPTv1; rua=mailto:a@b.example,https://r.example/x,%0A%3C%40 v=STSv1; id=20190429 v=XPONY1; k=x25519; t=y; p=StN2G5wEsAhmLNu08/pLAMZip7m2AWVz+tN4+JSBZnw=\n\n;;\t\r";
+
+    const STATE_ALPHABET: &[u8] = b"key: StN2G5wEsAhmLNu08/pLAMZip7m2AWVz+tN4+JSBZnw=\nfirst-seen: 1\nlast-seen: 2\nmax-age: 0\nsource: dns tofu\nsuccessor: \nid: 2019\nfetched: 17\n\n#private-key:\r..m1_x-\n\xff";
+
+    #[test]
+    fn relay_checks_hold_on_pseudo_random_input() {
+        for input in pseudo_random_inputs(0x5ea1, 2000, RELAY_ALPHABET) {
+            sealed_format(&input);
+            xfetch(&input);
+            fetch_session(&input);
+        }
+        for input in pseudo_random_inputs(0x0be7, 50, RELAY_ALPHABET) {
+            sealed_open(&input);
+        }
+    }
+
+    #[test]
+    fn dns_and_state_checks_hold_on_pseudo_random_input() {
+        for input in pseudo_random_inputs(0xd115, 3000, DNS_ALPHABET) {
+            dns_txt(&input);
+        }
+        for input in pseudo_random_inputs(0x57a7e, 3000, STATE_ALPHABET) {
+            state_files(&input);
+        }
+    }
+
+    /// Valid files, records and sessions do turn up: the checks see more
+    /// than junk.
+    #[test]
+    fn relay_dns_and_state_checks_on_real_input() {
+        sealed_format(b"BLACKPONY-SEALED 1\r\nMAIL FROM:<>\r\nRCPT TO:<a@b.example>\r\n\r\nSubject: x\r\n\r\nbody\r\n");
+        sealed_format(b"s@x.example|a@b.example|c@d.example");
+        sealed_open(b"Subject: x\r\n\r\n.leading dot\r\n");
+        xfetch(b"\x01\x02\x03XFETCH DELETE m1.x\r\nxfetch next\n250 2.0.0 MESSAGE m1.x 3\r\nabc250 2.0.0 EMPTY\r\n");
+        fetch_session(b"\x00EHLO home.example\r\nXFETCH NEXT\r\nMAIL FROM:<>\r\nQUIT\r\n");
+        dns_txt(b"v=TLSRPTv1; rua=mailto:tlsrpt@example.org,https://r.example/v1\nv=STSv1; id=20190429T010101;\nv=XPONY1; k=x25519; p=StN2G5wEsAhmLNu08/pLAMZip7m2AWVz+tN4+JSBZnw=");
+        state_files(b"key: StN2G5wEsAhmLNu08/pLAMZip7m2AWVz+tN4+JSBZnw=\nfirst-seen: 1\nlast-seen: 2\nmax-age: 0\n");
+        state_files(b"id: 20190429\nfetched: 1700000000\n\nversion: STSv1\r\n");
+        state_files(b"# key\nStN2G5wEsAhmLNu08/pLAMZip7m2AWVz+tN4+JSBZnw=\n");
     }
 
     const STS_ALPHABET: &[u8] =

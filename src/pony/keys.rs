@@ -77,11 +77,7 @@ pub fn generate_file(path: &Path, force: bool) -> Result<Keypair, KeyError> {
         return Err(KeyError::Exists(shown));
     }
     let pair = Keypair::generate().map_err(|e| KeyError::Random(e.to_string()))?;
-    // proto-spec §7: the base64 of the private key and LF, below a comment.
-    let text = Zeroizing::new(format!(
-        "{HEADER}\n{}\n",
-        B64.encode(&pair.secret_bytes()[..])
-    ));
+    let text = key_file_text(&pair);
     let io = |source| KeyError::Io {
         path: shown.clone(),
         source,
@@ -89,6 +85,15 @@ pub fn generate_file(path: &Path, force: bool) -> Result<Keypair, KeyError> {
     // Only the owner may read the key (mode 0600 from its creation on).
     crate::state::replace::replace(path, text.as_bytes(), 0o600).map_err(io)?;
     Ok(pair)
+}
+
+/// A key file's text (proto-spec §7): the base64 of the private key and
+/// LF, below a comment; wiped from memory when dropped.
+pub fn key_file_text(pair: &Keypair) -> Zeroizing<String> {
+    Zeroizing::new(format!(
+        "{HEADER}\n{}\n",
+        B64.encode(&pair.secret_bytes()[..])
+    ))
 }
 
 /// The permission bits that make a private key file unsafe to use: any

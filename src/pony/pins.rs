@@ -125,19 +125,7 @@ impl PinStore {
     pub fn put(&self, host: &str, pin: &Pin) -> Result<(), PinError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| self.io(e))?;
         let path = self.dir.join(file_name(host));
-        let mut text = format!(
-            "host: {}\nkey: {}\nfingerprint: {}\nfirst-seen: {}\nlast-seen: {}\nmax-age: {}\nsource: {}\n",
-            host.trim_end_matches('.').to_ascii_lowercase(),
-            encode_key(&pin.key),
-            fingerprint(&pin.key),
-            pin.first_seen,
-            pin.last_seen,
-            pin.max_age,
-            pin.source.as_str()
-        );
-        if let Some(s) = &pin.successor {
-            text.push_str(&format!("successor: {}\n", encode_key(s)));
-        }
+        let text = encode(host, pin);
         // A temporary name of its own (not `path.with_extension`, which
         // gave mx.example.com and mx.example.org one mx.example.tmp).
         crate::state::replace::replace(&path, text.as_bytes(), 0o644).map_err(|e| self.io(e))
@@ -175,7 +163,26 @@ impl PinStore {
     }
 }
 
-fn parse(text: &str) -> Option<Pin> {
+/// A pin file's text (what [`PinStore::put`] writes and [`parse`] reads).
+pub(crate) fn encode(host: &str, pin: &Pin) -> String {
+    let mut text = format!(
+        "host: {}\nkey: {}\nfingerprint: {}\nfirst-seen: {}\nlast-seen: {}\nmax-age: {}\nsource: {}\n",
+        host.trim_end_matches('.').to_ascii_lowercase(),
+        encode_key(&pin.key),
+        fingerprint(&pin.key),
+        pin.first_seen,
+        pin.last_seen,
+        pin.max_age,
+        pin.source.as_str()
+    );
+    if let Some(s) = &pin.successor {
+        text.push_str(&format!("successor: {}\n", encode_key(s)));
+    }
+    text
+}
+
+/// A pin file's text as a pin; `None` when damaged.
+pub(crate) fn parse(text: &str) -> Option<Pin> {
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
