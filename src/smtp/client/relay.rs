@@ -29,16 +29,45 @@ pub(super) struct Relay {
     pub(super) declared_size: Option<u64>,
     /// The reply to the last command, for the caller.
     reply: Option<Reply>,
-    /// The server said 354 and waits for the message.
-    in_data: bool,
+    /// Where DATA stands.
+    data: DataPhase,
+}
+
+/// Where DATA stands in a relayed transaction.
+#[derive(Debug, Default)]
+enum DataPhase {
+    /// Not sent (or the transaction's message is out).
+    #[default]
+    NotSent,
     /// DATA went out behind the last RCPT (RFC 2920 §3.1: the MTA's DATA
-    /// was already there); its reply is kept for [`ClientSession::relay_data`].
-    data_sent: bool,
-    /// The remote's reply to DATA sent ahead, until the MTA's DATA takes it.
-    data_reply: Option<Reply>,
-    /// The answer to the RCPT while the reply to DATA sent behind it is
-    /// still owed.
-    rcpt_answer: Option<Reply>,
+    /// was already there). The answer to that RCPT waits here until DATA's
+    /// reply comes, so that both reach the MTA together.
+    SentAhead { rcpt_answer: Option<Reply> },
+    /// The remote's reply to DATA sent ahead, until the MTA's DATA takes it
+    /// ([`ClientSession::take_relay_data_reply`]); a 354 means the server
+    /// already waits for the message.
+    RepliedAhead(Reply),
+    /// The server said 354 and waits for the message.
+    WaitsForMessage,
+}
+
+impl DataPhase {
+    /// After DATA's reply: the server waits for the message on a 354.
+    fn after(reply: &Reply) -> DataPhase {
+        if reply.code() == 354 {
+            DataPhase::WaitsForMessage
+        } else {
+            DataPhase::NotSent
+        }
+    }
+
+    fn waits_for_message(&self) -> bool {
+        match self {
+            DataPhase::WaitsForMessage => true,
+            DataPhase::RepliedAhead(reply) => reply.code() == 354,
+            DataPhase::NotSent | DataPhase::SentAhead { .. } => false,
+        }
+    }
 }
 
 impl ClientSession {
@@ -119,7 +148,7 @@ impl ClientSession {
         self.send_line("DATA");
         owed.push_back(Pending::Data);
         if let Some(relay) = self.relay.as_mut() {
-            relay.data_sent = true;
+            relay.data = DataPhase::SentAhead { rcpt_answer: None };
         }
     }
 
@@ -151,13 +180,25 @@ impl ClientSession {
     /// The reply to DATA sent ahead ([`Self::relay_begin`]'s `then_data`),
     /// for the MTA's DATA; `None` when DATA was not sent ahead.
     pub fn take_relay_data_reply(&mut self) -> Option<Reply> {
-        self.relay.as_mut().and_then(|r| r.data_reply.take())
+        let relay = self.relay.as_mut()?;
+        match std::mem::take(&mut relay.data) {
+            DataPhase::RepliedAhead(reply) => {
+                relay.data = DataPhase::after(&reply);
+                Some(reply)
+            }
+            other => {
+                relay.data = other;
+                None
+            }
+        }
     }
 
     /// Whether the server said 354 and waits for the message: nothing but
     /// the message may reach it (QUIT would be taken as message text).
     pub fn relay_waits_for_message(&self) -> bool {
-        self.relay.as_ref().is_some_and(|r| r.in_data)
+        self.relay
+            .as_ref()
+            .is_some_and(|r| r.data.waits_for_message())
     }
 
     /// DATA. False (and nothing done) unless the session is ready in a
@@ -178,12 +219,11 @@ impl ClientSession {
     /// relay reply, and every recipient's result is the session's outcome.
     /// False (and nothing done) unless the server waits for the message.
     pub fn relay_message(&mut self, wire: Arc<Vec<u8>>, content: ContentFacts) -> bool {
-        let waiting = self.relay.as_ref().is_some_and(|r| r.in_data);
-        if !self.is_ready() || !waiting {
+        if !self.is_ready() || !self.relay_waits_for_message() {
             return false;
         }
         if let Some(relay) = self.relay.as_mut() {
-            relay.in_data = false;
+            relay.data = DataPhase::NotSent;
         }
         self.content = content;
         self.wire_message = Some(wire);
@@ -225,7 +265,10 @@ impl ClientSession {
                     *slot = Some(reply.clone());
                 }
                 let last = matches!(&self.state, State::Transaction { owed } if owed.is_empty());
-                let data_ahead = self.relay.as_ref().is_some_and(|r| r.data_sent);
+                let data_ahead = self
+                    .relay
+                    .as_ref()
+                    .is_some_and(|r| matches!(r.data, DataPhase::SentAhead { .. }));
                 if last || data_ahead {
                     // A refused MAIL is the answer, not the RCPT's 503.
                     let answer = match &self.mail_reply {
@@ -233,7 +276,10 @@ impl ClientSession {
                         _ => reply,
                     };
                     match self.relay.as_mut() {
-                        Some(relay) if !last => relay.rcpt_answer = Some(answer),
+                        Some(Relay {
+                            data: DataPhase::SentAhead { rcpt_answer },
+                            ..
+                        }) if !last => *rcpt_answer = Some(answer),
                         _ => self.relay_answer(answer),
                     }
                 }
@@ -241,11 +287,15 @@ impl ClientSession {
             Pending::Data => {
                 let mut ahead = None;
                 if let Some(relay) = self.relay.as_mut() {
-                    relay.in_data = reply.code() == 354;
-                    if std::mem::take(&mut relay.data_sent) {
-                        relay.data_reply = Some(reply.clone());
-                        ahead = relay.rcpt_answer.take();
-                    }
+                    relay.data = match std::mem::take(&mut relay.data) {
+                        // The reply waits for the MTA's DATA; the MTA's
+                        // RCPT gets the RCPT's answer now.
+                        DataPhase::SentAhead { rcpt_answer } => {
+                            ahead = rcpt_answer;
+                            DataPhase::RepliedAhead(reply.clone())
+                        }
+                        _ => DataPhase::after(&reply),
+                    };
                 }
                 self.relay_answer(ahead.unwrap_or(reply));
             }
