@@ -8,6 +8,7 @@
 use std::fmt;
 
 use super::outcome::TlsFailure;
+use crate::state::sts_cache::valid_id;
 use crate::transport::CertVerdict;
 
 /// Longest `max_age` a policy may ask for: a year (RFC 8461 §3.2). Longer
@@ -226,11 +227,6 @@ pub fn parse_policy(body: &[u8]) -> Result<Policy, PolicyError> {
         return Err(PolicyError::NoMx(mode));
     }
     Ok(Policy { mode, mx, max_age })
-}
-
-/// A policy id (RFC 8461 §3.1, `sts-id`): 1 to 32 letters and digits.
-pub fn valid_id(id: &str) -> bool {
-    (1..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// `(ALPHA / DIGIT) *31(ALPHA / DIGIT / "_" / "-" / ".")`.

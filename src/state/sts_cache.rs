@@ -172,7 +172,7 @@ pub(crate) fn decode(text: &str) -> Option<StsRecord> {
     // else is there (a CR left by an editor, say) would not survive a
     // rewrite and never equals the record's id.
     let id = field("id")?;
-    if !crate::outbound::sts::valid_id(id) {
+    if !valid_id(id) {
         return None;
     }
     Some(StsRecord {
@@ -180,6 +180,13 @@ pub(crate) fn decode(text: &str) -> Option<StsRecord> {
         fetched: field("fetched")?.parse().ok()?,
         body: body.to_string(),
     })
+}
+
+/// A policy id (RFC 8461 §3.1, `sts-id`): 1 to 32 letters and digits. The
+/// `_mta-sts` TXT parser (`outbound/sts.rs`) and the cache files share it,
+/// so a cached id is always one a record could carry.
+pub fn valid_id(id: &str) -> bool {
+    (1..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 #[cfg(test)]
