@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import struct
 import subprocess
 import uuid
 from typing import Optional
@@ -227,3 +228,25 @@ def dot_stuff(message: bytes) -> bytes:
         lines.pop()
     out = b"".join((b"." + l if l.startswith(b".") else l) + b"\r\n" for l in lines)
     return out + b".\r\n"
+
+
+def reset_after_ehlo(host: str, port: int):
+    """An SMTP client that says EHLO and MAIL, then resets the connection
+    (SO_LINGER 0: the close sends RST), as a crashed or killed peer does."""
+    s = socket.create_connection((host, port), timeout=10)
+    try:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"220")
+        s.sendall(b"EHLO reset.test\r\n")
+        for _ in range(50):
+            line = f.readline()
+            assert line.startswith(b"250"), line
+            if line.startswith(b"250 "):
+                break
+        s.sendall(b"MAIL FROM:<a@client.test>\r\n")
+        assert f.readline().startswith(b"250")
+        f.close()
+    finally:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+

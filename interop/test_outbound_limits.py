@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from interop.clients import RawSMTP, token
+from interop.clients import RawSMTP, reset_after_ehlo, token
 from interop.conftest import owned_dir
 from interop.peers import BlackponyOutbound, wait_for
 from interop.test_outbound import SENDER
@@ -140,4 +140,14 @@ def test_connection_limit_on_a_unix_socket(internet, workdir):
     finally:
         for s in held:
             s.close()
+        bp.stop()
+
+
+def test_a_reset_connection_is_logged_with_its_cause(internet, workdir):
+    bp = own_outbound(internet, workdir, "smtp")
+    try:
+        reset_after_ehlo(bp.host, bp.port)
+        bp.wait_log(r'session=\S+ client-error="connection reset by peer"')
+        bp.wait_log(r"session=\S+ disconnect client=\S+ end=client-lost ")
+    finally:
         bp.stop()

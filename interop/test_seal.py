@@ -25,7 +25,7 @@ from typing import Optional
 
 import pytest
 
-from interop.clients import swaks, transcript
+from interop.clients import reset_after_ehlo, swaks, transcript
 from interop.peers import (Dnsmasq, PeerError, Postfix, Process, blackpony_bin, free_port,
                            keygen, require_tool, run_deliver, smtp_greeting, wait_for)
 
@@ -530,3 +530,13 @@ def test_sigkill_during_load_loses_no_acknowledged_message(workdir, keys):
     # Duplicates only where a 250 was lost with the process (as SMTP allows).
     print(f"\n{total} messages, {kills} SIGKILLs, {len(spool_files(spool))} files, "
           f"{sum(n - 1 for n in found.values())} duplicates")
+
+
+def test_a_reset_connection_is_logged_with_its_cause(relay):
+    reset_after_ehlo(relay.host, relay.port)
+    wait_for(lambda: re.search(r'session=\S+ client-error="connection reset by peer" '
+                               r'client=', relay.log_text()),
+             10, "the seal's client-error line for a reset connection")
+    wait_for(lambda: re.search(r"session=\S+ disconnect client=\S+ tls=none sealed=0 refused=0 "
+                               r"end=client-lost ", relay.log_text()),
+             10, "the seal's disconnect line, end=client-lost")

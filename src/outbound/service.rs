@@ -431,7 +431,13 @@ where
                 session.eof();
                 break End::ClientClosed;
             }
-            Ok(Ok(Err(_))) => {
+            Ok(Ok(Err(e))) => {
+                // The disconnect record says client-lost; this says why
+                // (a reset, a TLS alert) in the words an operator greps for.
+                log!(
+                    "client-error=\"{}\"",
+                    crate::transport::log_words::error_words(&e)
+                );
                 session.eof();
                 break End::ClientLost;
             }

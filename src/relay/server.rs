@@ -371,7 +371,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 session.eof();
                 break "client-closed";
             }
-            Ok(Err(_)) => break "client-lost",
+            Ok(Err(e)) => {
+                let e = crate::transport::log_words::error_words(&e);
+                log!("session={id} client-error=\"{e}\" client={who}");
+                break "client-lost";
+            }
             Err(None) if session.awaiting_message_3() => (replies::xpony_timeout(), "timeout"),
             Err(None) => {
                 let waiting = if receiving {

@@ -21,10 +21,17 @@ pub const LOST_IN_HANDSHAKE: &str = "lost connection during TLS handshake";
 /// The connection ended where more bytes were owed (no words of its own).
 pub const LOST: &str = "lost connection";
 
+/// The peer reset the connection (a TCP RST: a crashed or killed client,
+/// a firewall), whatever the operating system's text for it.
+pub const RESET: &str = "connection reset by peer";
+
 /// `e` as log words: the known ends of a connection in mail-operator
 /// words, anything else as its own text without a trailing URL, quotes or
 /// line breaks (one line per event, and the value stays greppable).
 pub fn error_words(e: &io::Error) -> String {
+    if e.kind() == io::ErrorKind::ConnectionReset {
+        return RESET.to_string();
+    }
     let text = e.to_string();
     if e.kind() == io::ErrorKind::UnexpectedEof {
         // rustls' reader ("peer closed connection without sending TLS
@@ -89,7 +96,7 @@ mod tests {
     #[test]
     fn transport_errors_become_short_words() {
         use io::ErrorKind::*;
-        let table: [(io::Error, &str); 8] = [
+        let table: [(io::Error, &str); 9] = [
             (
                 io::Error::new(UnexpectedEof, "tls handshake eof"),
                 LOST_IN_HANDSHAKE,
@@ -125,7 +132,9 @@ mod tests {
                 io::Error::new(InvalidData, "bad \"name\"\r\nnext"),
                 "bad 'name'  next",
             ),
-            (ConnectionReset.into(), "connection reset"),
+            (ConnectionReset.into(), RESET),
+            // Not "Connection reset by peer (os error 104)".
+            (io::Error::from_raw_os_error(104), RESET),
         ];
         for (e, want) in table {
             assert_eq!(error_words(&e), want, "{e:?}");
