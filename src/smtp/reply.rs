@@ -142,6 +142,34 @@ fn strip_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
+/// The text of one reply line from a server, made safe to format again:
+/// an octet that is not part of valid UTF-8, and a control character other
+/// than HT (a bare CR, NUL), becomes one `?` (not U+FFFD, three octets,
+/// which made a line the parser took too long once formatted), and the text
+/// is cut so that code, separator, text and CR LF fit in `MAX_REPLY_LINE`
+/// (a line that came with a bare LF gains the CR). RFC 5321 §4.2: reply
+/// text is printable US-ASCII, HT and SP; UTF-8 is kept as it is (RFC 6531).
+fn line_text(raw: &[u8]) -> String {
+    const ROOM: usize = MAX_REPLY_LINE - "250 \r\n".len();
+    let mut out = String::with_capacity(raw.len().min(ROOM));
+    'chunks: for chunk in raw.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            let c = if c.is_control() && c != '\t' { '?' } else { c };
+            if out.len() + c.len_utf8() > ROOM {
+                break 'chunks;
+            }
+            out.push(c);
+        }
+        for _ in chunk.invalid() {
+            if out.len() == ROOM {
+                break 'chunks;
+            }
+            out.push('?');
+        }
+    }
+    out
+}
+
 fn parse_code(head: &[u8]) -> Result<u16, ReplyError> {
     match head {
         [a @ b'2'..=b'5', b @ b'0'..=b'9', c @ b'0'..=b'9'] => {
@@ -191,16 +219,14 @@ impl Reply {
         Reply { code, lines }
     }
 
-    /// Parses the reply that `span` found at the start of `buf`. Text that is
-    /// not UTF-8 is replaced lossily: it is for reading, not for relaying.
+    /// Parses the reply that `span` found at the start of `buf`. Text is
+    /// cleaned by [`line_text`], so the reply formats back to lines the
+    /// parser takes (a server's reply may be passed on to a client).
     pub fn from_span(buf: &[u8], span: ReplySpan) -> Reply {
         let lines = buf[..span.len]
             .split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())
-            .map(|l| {
-                let l = strip_cr(l);
-                String::from_utf8_lossy(l.get(4..).unwrap_or_default()).into_owned()
-            })
+            .map(|l| line_text(strip_cr(l).get(4..).unwrap_or_default()))
             .collect();
         Reply {
             code: span.code,
@@ -297,6 +323,46 @@ impl fmt::Display for Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the reply_parser fuzz target: a server's line of invalid
+    /// UTF-8 within the limit grew past it once formatted (U+FFFD for each
+    /// octet), so the reply could not be passed on. Each case: the line,
+    /// and the text kept; the reply formats to lines the parser takes.
+    #[test]
+    fn server_text_formats_back_within_the_limits() {
+        let long = |fill: &str, n: usize| format!("250 {}\n", fill.repeat(n)).into_bytes();
+        let mut invalid = b"250 ".to_vec();
+        invalid.extend(std::iter::repeat_n(0xff, 1400));
+        invalid.push(b'\n');
+        let cases: Vec<(Vec<u8>, String)> = vec![
+            (b"250 ok\r\n".to_vec(), "ok".into()),
+            (b"250 j\xc3\xb6rg\tok\r\n".to_vec(), "j\u{f6}rg\tok".into()),
+            (b"250 a\xffb\xc3\r\n".to_vec(), "a?b?".into()),
+            (b"250 a\rb\x00c\x1b\r\n".to_vec(), "a?b?c?".into()),
+            (invalid, "?".repeat(1400)),
+            // At the limit with a bare LF: the CR formatted adds one.
+            (
+                long("x", MAX_REPLY_LINE - 5),
+                "x".repeat(MAX_REPLY_LINE - 6),
+            ),
+            (
+                long("\u{f6}", (MAX_REPLY_LINE - 5) / 2),
+                "\u{f6}".repeat((MAX_REPLY_LINE - 6) / 2),
+            ),
+        ];
+        for (wire, text) in cases {
+            let reply = Reply::parse(&wire).unwrap().unwrap();
+            assert_eq!(
+                reply.lines(),
+                std::slice::from_ref(&text),
+                "{:?}",
+                String::from_utf8_lossy(&wire)
+            );
+            let again = reply.to_bytes();
+            assert!(again.len() <= MAX_REPLY_LINE && again.len() <= wire.len() + 1);
+            assert_eq!(Reply::parse(&again), Ok(Some(reply)), "{text:?}");
+        }
+    }
 
     #[test]
     fn spans() {
