@@ -230,7 +230,7 @@ impl Dialer<'_> {
         };
         conn.tls = Some(info);
         conn.verdict = Some(verdict.clone());
-        let mut stream = Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)));
+        let mut stream = Stream::ClientTls(Box::new(tls));
         if policy == TlsPolicy::Verify
             && let CertVerdict::Untrusted(why) = verdict
         {

@@ -28,12 +28,14 @@ pub use server_tls::ServerTlsStream;
 /// blackpony channel.
 ///
 /// The upgrade takes the stream by value ([`Stream::into_plain`] then
-/// `Stream::Tls`), so there is never a moment where both layers could read.
+/// `Stream::ClientTls` or `Stream::ServerTls`), so there is never a moment
+/// where both layers could read. Each TLS variant holds one side only: a
+/// server stream cannot be built where outbound expects its client's.
 #[derive(Debug)]
 pub enum Stream<S> {
     Plain(S),
     /// The client side of STARTTLS (outbound).
-    Tls(Box<tokio_rustls::TlsStream<S>>),
+    ClientTls(Box<tokio_rustls::client::TlsStream<S>>),
     /// The server side of STARTTLS (inbound, seal), after the handshake.
     ServerTls(Box<ServerTlsStream<S>>),
     Pony(Box<PonyStream<S>>),
@@ -52,7 +54,7 @@ impl<S> Stream<S> {
     /// without TLS.
     pub fn peer_certificates(&self) -> Vec<rustls_pki_types::CertificateDer<'static>> {
         match self {
-            Stream::Tls(tls) => tls
+            Stream::ClientTls(tls) => tls
                 .get_ref()
                 .1
                 .peer_certificates()
@@ -76,7 +78,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Stream<S> {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Pony(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
@@ -91,7 +93,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::Pony(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
@@ -100,7 +102,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Pony(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
@@ -109,7 +111,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Pony(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
@@ -122,7 +124,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Stream::Pony(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
@@ -131,7 +133,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
     fn is_write_vectored(&self) -> bool {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
+            Stream::ClientTls(s) => s.is_write_vectored(),
             // rustls takes the slices one at a time anyway.
             Stream::ServerTls(_) => false,
             Stream::Pony(s) => s.is_write_vectored(),
