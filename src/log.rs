@@ -22,13 +22,15 @@
 //! a pipe nobody reads, a slow journal) records are dropped and counted,
 //! and `log: dropped N records` is written as soon as writing works again.
 //!
-//! The writer lingers ([`LINGER`]) after each batch before it waits on the
-//! queue again: records logged meanwhile are written together instead of
-//! each waking the thread. A busy server logs a record or more per message,
-//! and a wake-up (a futex call by the sender, a context switch, a write)
-//! cost more than the rest of the record. A record logged while the writer
-//! waits is written at once; a half-full queue, a flush or a change of
-//! sink cuts the linger short.
+//! Under load ([`BUSY_RECORDS`] a second or more) the writer lingers
+//! ([`LINGER`]) after each batch before it waits on the queue again:
+//! records logged meanwhile are written together instead of each waking the
+//! thread. A busy server logs a record or more per message, and a wake-up
+//! (a futex call by the sender, a context switch, a write) cost more than
+//! the rest of the record. Below that rate every record is written as soon
+//! as it is logged, so whoever reads the log after a session sees its
+//! lines; a half-full queue, a flush or a change of sink cuts a linger
+//! short.
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -71,6 +73,45 @@ pub const QUEUE_RECORDS: usize = 4096;
 /// How long the writer gathers records after a batch before it writes the
 /// next one (see the module documentation).
 const LINGER: Duration = Duration::from_millis(20);
+
+/// Records per second from which the writer lingers.
+const BUSY_RECORDS: u32 = 200;
+
+/// Whether records come fast enough for the writer to linger: at least
+/// [`BUSY_RECORDS`] in the last whole second or in this one so far.
+#[derive(Debug)]
+struct Rate {
+    since: Instant,
+    this_second: u32,
+    last_second: u32,
+}
+
+impl Rate {
+    fn new(now: Instant) -> Rate {
+        Rate {
+            since: now,
+            this_second: 0,
+            last_second: 0,
+        }
+    }
+
+    /// Counts `records` written at `now`; true when the writer should linger.
+    fn busy_after(&mut self, records: usize, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed >= Duration::from_secs(2) {
+            // A quiet second in between: nothing carries over.
+            *self = Rate::new(now);
+        } else if elapsed >= Duration::from_secs(1) {
+            self.last_second = self.this_second;
+            self.this_second = 0;
+            self.since += Duration::from_secs(1);
+        }
+        self.this_second = self
+            .this_second
+            .saturating_add(u32::try_from(records).unwrap_or(u32::MAX));
+        self.this_second.max(self.last_second) >= BUSY_RECORDS
+    }
+}
 
 /// How long [`flush`] (and a change of sink) waits for the writer.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
@@ -255,6 +296,7 @@ fn writer() -> &'static Writer {
 /// how many were dropped once it can write again.
 fn write_out(mut sink: Sink, rx: &Receiver<Message>) {
     let mut batch = Vec::with_capacity(64 * 1024);
+    let mut rate = Rate::new(Instant::now());
     while let Ok(first) = rx.recv() {
         let mut acks = Vec::new();
         let mut records = 0;
@@ -300,7 +342,7 @@ fn write_out(mut sink: Sink, rx: &Receiver<Message>) {
         for ack in acks {
             let _ = ack.send(());
         }
-        if records > 0 {
+        if records > 0 && rate.busy_after(records, Instant::now()) {
             std::thread::park_timeout(LINGER);
         }
     }
@@ -652,6 +694,23 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_writer_lingers_only_under_load() {
+        let t0 = Instant::now();
+        let s = Duration::from_millis;
+        let mut rate = Rate::new(t0);
+        // A session's few records: each written at once.
+        assert!(!rate.busy_after(4, t0));
+        assert!(!rate.busy_after(1, t0 + s(5)));
+        // 200 in one second: busy from the 200th on, and through the next second.
+        assert!(rate.busy_after(195, t0 + s(500)));
+        assert!(rate.busy_after(1, t0 + s(1500)));
+        // A second with few records after a busy one: busy still (the last second was).
+        assert!(!Rate::new(t0).busy_after(199, t0));
+        // Two quiet seconds later nothing carries over.
+        assert!(!rate.busy_after(1, t0 + s(3600)));
+    }
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
