@@ -222,17 +222,23 @@ struct Writer {
 
 impl Writer {
     fn enqueue(&self, line: String) {
+        // Counted before the record is on the queue, so the writer, which
+        // subtracts what it took, never takes the count below zero.
+        let queued = self.queued.fetch_add(1, Ordering::Relaxed) + 1;
         match self.tx.try_send(Message::Record(line)) {
             Ok(()) => {
-                if self.queued.fetch_add(1, Ordering::Relaxed) + 1 >= QUEUE_RECORDS / 2 {
+                if queued >= QUEUE_RECORDS / 2 {
                     self.wake();
                 }
             }
             Err(TrySendError::Full(_)) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 self.wake();
             }
-            Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Disconnected(_)) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 
