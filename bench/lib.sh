@@ -83,9 +83,10 @@ cpu_busy() {
     echo $(( tot > 0 ? 100 * (tot - idle) / tot : 0 ))
 }
 
-# haproxy_conf FILE LISTEN_PORT BACKEND_PORT : haproxy in TCP mode on
-# 127.0.0.1:LISTEN_PORT in front of 127.0.0.1:BACKEND_PORT, with $MAXCONN
-# connections at most (more wait in its accept queue)
+# haproxy_conf FILE LISTEN_PORT BACKEND_PORT [BACKEND_ADDR] : haproxy in TCP
+# mode on 127.0.0.1:LISTEN_PORT in front of BACKEND_ADDR (127.0.0.1 unless
+# given):BACKEND_PORT, with $MAXCONN connections at most (more wait in its
+# accept queue)
 haproxy_conf() {
     cat >"$1" <<EOF
 global
@@ -100,7 +101,7 @@ frontend smtp
     bind 127.0.0.1:$2
     default_backend sink
 backend sink
-    server sink 127.0.0.1:$3
+    server sink ${4:-127.0.0.1}:$3
 EOF
 }
 

@@ -49,6 +49,7 @@ if [ -z "${BLACKPONY_BENCH_NS:-}" ]; then
     command -v smtp-source >/dev/null && command -v smtp-sink >/dev/null \
         && command -v postfix >/dev/null || need_pkgs+=(postfix)
     command -v msmtp >/dev/null || need_pkgs+=(msmtp)
+    command -v haproxy >/dev/null || need_pkgs+=(haproxy)
     command -v dnsmasq >/dev/null || need_pkgs+=(dnsmasq-base)
     command -v dig >/dev/null || need_pkgs+=(bind9-dnsutils)
     command -v ip >/dev/null || need_pkgs+=(iproute2)
@@ -107,7 +108,7 @@ printf 'nameserver 127.0.0.1\noptions attempts:1 timeout:2\n' >/etc/resolv.conf
 mkdir -p /etc/dma
 ln -sf "$T/dma.conf" /etc/dma/dma.conf
 
-read -r SUBMIT BPS BPL BPS0 BPL0 <<<"$("$PY" "$BENCH" ports 5)"
+read -r SUBMIT BPS BPL BPS0 BPL0 HOP <<<"$("$PY" "$BENCH" ports 6)"
 MX_SINK=127.0.0.2   # mx.sink.test: smtp-sink, plaintext
 MX_TLS=127.0.0.3    # mx.tls.test: a private Postfix offering STARTTLS, discarding mail
 
@@ -187,6 +188,7 @@ bp-smtp.test    smtp:[127.0.0.1]:$BPS
 bp-lmtp.test    lmtp:inet:[127.0.0.1]:$BPL
 bp0-smtp.test   smtp:[127.0.0.1]:$BPS0
 bp0-lmtp.test   lmtp:inet:[127.0.0.1]:$BPL0
+hop.test        smtp:[127.0.0.1]:$HOP
 EOF
 cat >>"$PF_OUT/etc/main.cf" <<EOF
 myhostname = sender.test
@@ -198,7 +200,7 @@ smtp_destination_concurrency_limit = 20
 lmtp_destination_concurrency_limit = 20
 EOF
 
-say "starting dnsmasq, smtp-sink, two private Postfix instances, blackpony outbound (smtp and lmtp)"
+say "starting dnsmasq, smtp-sink, two private Postfix instances, blackpony outbound (smtp and lmtp), haproxy"
 postfix_start "$PF_MX" "$MX_TLS" 25
 postfix_start "$PF_OUT" 127.0.0.1 "$SUBMIT"
 
@@ -212,7 +214,14 @@ start bp_smtp "$BLACKPONY" outbound --listen "127.0.0.1:$BPS" --protocol smtp \
 start bp_lmtp "$BLACKPONY" outbound --listen "127.0.0.1:$BPL" --protocol lmtp \
     "${BP_COMMON[@]}" --state-dir "$T/state-lmtp" --max-connections 200
 mkdir -p "$T/state-smtp" "$T/state-lmtp" "$T/state-deliver"
-BP_DOMAINS=(bp-smtp.test bp-lmtp.test)
+# The hop floor, row (h): haproxy in TCP mode between Postfix's smtp client
+# and smtp-sink. It parses nothing and moves bytes, the least any extra hop
+# can do; what (h) loses against (a) is what a second loopback hop costs on
+# these two cores, whoever makes it. MAXCONN as for blackpony's servers.
+MAXCONN=200
+haproxy_conf "$T/haproxy.cfg" "$HOP" 25 "$MX_SINK"
+start hop haproxy -db -q -f "$T/haproxy.cfg"
+BP_DOMAINS=(bp-smtp.test bp-lmtp.test hop.test)
 if [ -n "$BASELINE" ]; then
     start bp0_smtp "$BASELINE" outbound --listen "127.0.0.1:$BPS0" --protocol smtp \
         "${BP_COMMON[@]}" --state-dir "$T/state0-smtp" --max-connections 200
@@ -224,6 +233,7 @@ fi
 wait_port "$MX_SINK" 25
 wait_port 127.0.0.1 "$BPS"
 wait_port 127.0.0.1 "$BPL"
+wait_port 127.0.0.1 "$HOP"
 if [ -n "$BASELINE" ]; then
     wait_port 127.0.0.1 "$BPS0"
     wait_port 127.0.0.1 "$BPL0"
@@ -424,6 +434,8 @@ for r in $(seq "$REPS"); do
     relay pf_nocache nocache.test ""
     relay bp_smtp bp-smtp.test "$PID_bp_smtp"
     relay bp_lmtp bp-lmtp.test "$PID_bp_lmtp"
+    # shellcheck disable=SC2154
+    relay hop hop.test "$PID_hop"
     if [ -n "$BASELINE" ]; then
         # shellcheck disable=SC2154
         relay bp0_smtp bp0-smtp.test "$PID_bp0_smtp"
@@ -461,7 +473,7 @@ echo
 echo "blackpony outbound benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r)"
 echo "blackpony: $BP_SRC (built $BP_BUILT, sha256 $(sha256sum "$BLACKPONY" | cut -c1-12); repo HEAD $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && [ -n "$(git status --porcelain -- src 2>/dev/null)" ] && echo ', src/ had uncommitted changes'))"
 [ -n "$BASELINE" ] && echo "baseline (rows b0, c0): $BASELINE_SRC (built $(date -u -r "$BASELINE_SRC" +%Y-%m-%dT%H:%MZ), sha256 $(sha256sum "$BASELINE" | cut -c1-12))"
-echo "peers: $(msmtp --version | head -1), dma $(gunzip -c "$DMA_ROOT/usr/share/doc/dma/changelog.Debian.gz" 2>/dev/null | head -1 | sed 's/^dma (\([^)]*\)).*/\1/'), postfix $(postconf -d -h mail_version 2>/dev/null), $(dnsmasq --version | head -1 | awk '{print $1, $3}')"
+echo "peers: $(msmtp --version | head -1), dma $(gunzip -c "$DMA_ROOT/usr/share/doc/dma/changelog.Debian.gz" 2>/dev/null | head -1 | sed 's/^dma (\([^)]*\)).*/\1/'), postfix $(postconf -d -h mail_version 2>/dev/null), $(haproxy -v 2>/dev/null | head -1 | awk '{print "haproxy", $3}'), $(dnsmasq --version | head -1 | awk '{print $1, $3}')"
 echo "private network namespace: dnsmasq on 127.0.0.1:53 (resolv.conf points there), MX sink.test -> smtp-sink on $MX_SINK:25,"
 if [ "$DNS_TTL" -gt 0 ]; then
     echo "  DNS_TTL=$DNS_TTL: answers with TTL $DNS_TTL s, NXDOMAIN/NODATA with the zone's SOA (minimum $DNS_TTL s)"
@@ -490,7 +502,7 @@ echo "   cpu us/m = user+system CPU of the client processes per message (getrusa
 echo "   process start included; dma was asked to deliver in the foreground (-D) and exit when done"
 echo
 printf '%-58s %7s %7s %6s %6s %9s %8s %5s %4s\n' "2. transport: smtp-source -s $RELAY_SESSIONS -m $RELAY_MSGS -l $SIZE -> Postfix" \
-    "msgs/s" "secs" "ratio" "MX ses" "all us/m" "bp us/m" "lost" "err"
+    "msgs/s" "secs" "ratio" "MX ses" "all us/m" "hop us/m" "lost" "err"
 echo "   sending Postfix: default_process_limit 100, smtp/lmtp_destination_concurrency_limit 20,"
 echo "   initial_destination_concurrency 5, in_flow_delay 1s (defaults), connection caching on demand"
 row2 "(a) Postfix smtp -> [$MX_SINK]:25, no MX lookup" pf_relay pf_relay ""
@@ -498,6 +510,7 @@ row2 "(a') Postfix smtp, MX lookup via dnsmasq -> smtp-sink" pf_mx pf_relay ""
 row2 "(a'') as (a), smtp_connection_cache_on_demand = no" pf_nocache pf_relay ""
 row2 "(b) Postfix smtp -> blackpony outbound --protocol smtp" bp_smtp pf_relay x
 row2 "(c) Postfix lmtp -> blackpony outbound --protocol lmtp" bp_lmtp pf_relay x
+row2 "(h) Postfix smtp -> haproxy (mode tcp) -> smtp-sink" hop pf_relay x
 if [ -n "$BASELINE" ]; then
     row2 "(b0) as (b), the BASELINE build" bp0_smtp pf_relay x
     row2 "(c0) as (c), the BASELINE build" bp0_lmtp pf_relay x
@@ -505,7 +518,10 @@ fi
 echo "   secs = from the first submission until smtp-sink counted all $RELAY_MSGS; ratio vs (a); MX ses = SMTP"
 echo "   sessions smtp-sink saw (Postfix's smtp client and both blackpony modes reuse idle connections); all us/m = CPU"
 echo "   of the whole machine per message (Postfix, smtp-source, smtp-sink, dnsmasq, blackpony);"
-echo "   bp us/m = the blackpony outbound process alone (/proc/PID/stat); (b),(c) look up the MX per new MX session"
+echo "   hop us/m = the process between Postfix and smtp-sink alone (/proc/PID/stat): blackpony outbound in (b),(c),"
+echo "   haproxy in (h); (b),(c) look up the MX per new MX session"
+echo "   (h) is the hop floor: any extra hop between Postfix and the MX, even one that parses nothing and"
+echo "   only moves bytes, costs this much against (a) here; (b) and (c) can at best approach (h)"
 echo
 if [ ${#FAILURES[@]} -gt 0 ]; then
     echo "FAILURES:"
