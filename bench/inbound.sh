@@ -57,6 +57,7 @@ command -v openssl >/dev/null || need_pkgs+=(openssl)
 [ -x /usr/bin/python3 ] || need_pkgs+=(python3)
 command -v cc >/dev/null || need_pkgs+=(gcc libc6-dev)
 [ -e /usr/include/openssl/ssl.h ] || need_pkgs+=(libssl-dev)
+[ -e /usr/include/liburing.h ] || need_pkgs+=(liburing-dev)
 command -v pgrep >/dev/null || need_pkgs+=(procps)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     say "installing: ${need_pkgs[*]}"
@@ -95,6 +96,11 @@ BUSY=$(cpu_busy)
 say "building the load generator (bench/smtpload.c)"
 cc -O2 -o "$T/smtpload" "$HERE/smtpload.c" -lssl -lcrypto
 LOAD=$T/smtpload
+# The floors of the plaintext section: minimal C relays that move every
+# byte and do nothing else (epoll, and io_uring batching the calls)
+say "building the floor relays (bench/floor.c, bench/floor_uring.c)"
+cc -O2 -o "$T/floor" "$HERE/floor.c"
+cc -O2 -o "$T/floor_uring" "$HERE/floor_uring.c" -luring
 
 case $CERT_KEY in
     ec256) keyopt=(-newkey ec -pkeyopt ec_paramgen_curve:P-256) ;;
@@ -106,7 +112,7 @@ openssl req -x509 "${keyopt[@]}" -nodes -days 2 -subj /CN=bench.test \
 chmod 644 "$T/key.pem"
 
 read -r SINK BP BPN HAP NGX NGXTLS NGXAUTH STN \
-        MSINK MBP MHAP MNGX MNGXAUTH TBP TNGX TNGXTLS TNGXAUTH BPO <<<"$("$PY" "$HERE/smtpbench.py" ports 18)"
+        MSINK MBP MHAP MNGX MNGXAUTH TBP TNGX TNGXTLS TNGXAUTH BPO FLR FLRU <<<"$("$PY" "$HERE/smtpbench.py" ports 20)"
 
 # One sink for all throughput runs; -c prints running counters (sessions,
 # QUITs, messages) that tell whether every message arrived.
@@ -125,6 +131,8 @@ fi
 
 haproxy_conf "$T/haproxy.cfg" "$HAP" "$SINK"
 start haproxy haproxy -db -q -f "$T/haproxy.cfg"
+start floor "$T/floor" "$FLR" "$SINK"
+start floor_uring "$T/floor_uring" "$FLRU" "$SINK"
 
 nginx_conf() { # DIR SMTP_PORT STARTTLS_PORT(or "") AUTH_PORT SINK_PORT
     mkdir -p "$1/tmp"
@@ -197,7 +205,7 @@ key = $T/key.pem
 EOF
 start stunnel "$STUNNEL" "$T/stunnel.conf"
 
-for p in "$SINK" "$BP" "$BPN" "$HAP" "$NGX" "$NGXTLS" "$STN" ${OTHER:+"$BPO"}; do wait_port 127.0.0.1 "$p"; done
+for p in "$SINK" "$BP" "$BPN" "$HAP" "$NGX" "$NGXTLS" "$STN" "$FLR" "$FLRU" ${OTHER:+"$BPO"}; do wait_port 127.0.0.1 "$p"; done
 sleep 0.3
 # nginx: the worker processes do the work (the master only supervises)
 # shellcheck disable=SC2154
@@ -309,6 +317,10 @@ for m in "${PLAIN_RUNS[@]}"; do
         fi
         run_source "haproxy@$m" "$HAP" "$PID_haproxy" "$m"
         run_source "nginx@$m" "$NGX" "$NGX_PIDS" "$m"
+        # shellcheck disable=SC2154
+        run_source "floor@$m" "$FLR" "$PID_floor" "$m"
+        # shellcheck disable=SC2154
+        run_source "floor_uring@$m" "$FLRU" "$PID_floor_uring" "$m"
     done
 done
 
@@ -442,8 +454,16 @@ for m in "${PLAIN_RUNS[@]}"; do
     fi
     row "haproxy (mode tcp)" "haproxy@$m" "direct@$m"
     row "nginx mail proxy (smtp_auth none, xclient off)" "nginx@$m" "direct@$m"
+    row "floor: bench/floor.c (epoll, recv+send, nothing else)" "floor@$m" "direct@$m"
+    row "floor: bench/floor_uring.c (io_uring, batched calls)" "floor_uring@$m" "direct@$m"
     echo
 done
+if [ ${#PLAIN_RUNS[@]} -gt 0 ]; then
+    echo "    floor rows: minimal C relays (one thread, no parsing, no timers, no logs) that read and write every byte"
+    echo "    as the proxies do, 8 recv + 8 send per message with epoll; the io_uring one queues each send with the next"
+    echo "    recv and submits them together. Their CPU per message is what any relay that passes every byte pays"
+    echo
+fi
 if want tls-kept; then
 head_row "2a. STARTTLS, smtpload -s $SESSIONS -m $TLS_MSGS -l $SIZE -T"
 echo "    kept sessions: one STARTTLS, then $((TLS_MSGS / SESSIONS)) messages each; ratio vs nginx"
@@ -500,6 +520,15 @@ for m in "${PLAIN_RUNS[@]}"; do
     bpc=$(median <<<"${SRVCPU[blackpony@$m]:-}"); hpc=$(median <<<"${SRVCPU[haproxy@$m]:-}")
     r=$(ratio "$bpc" "$hpc")
     aim "CPU per message, $m msgs: blackpony / haproxy ($bpc / $hpc us)" "$r" "<= 0.70" "$(cmp_ok "$r" "<=" 0.70)"
+done
+for m in "${PLAIN_RUNS[@]}"; do
+    # the floors, for reading the two rows above (no aim of their own)
+    hpc=$(median <<<"${SRVCPU[haproxy@$m]:-}"); bpc=$(median <<<"${SRVCPU[blackpony@$m]:-}")
+    flc=$(median <<<"${SRVCPU[floor@$m]:-}"); fuc=$(median <<<"${SRVCPU[floor_uring@$m]:-}")
+    printf '  %-62s %8s\n' "floor, $m msgs: epoll floor / haproxy CPU ($flc / $hpc us)" "$(ratio "$flc" "$hpc")" \
+        "floor, $m msgs: io_uring floor / haproxy CPU ($fuc / $hpc us)" "$(ratio "$fuc" "$hpc")" \
+        "floor, $m msgs: blackpony / epoll floor CPU ($bpc / $flc us)" "$(ratio "$bpc" "$flc")" \
+        "floor, $m msgs: epoll floor / best peer, msgs/s" "$(ratio "$(med "floor@$m")" "$(awk -v a="$(med "haproxy@$m")" -v b="$(med "nginx@$m")" 'BEGIN {print (a > b) ? a : b}')")"
 done
 if want tls-kept; then
     r=$(ratio "$(med tls_bp)" "$(med tls_nginx)")

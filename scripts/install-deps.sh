@@ -38,6 +38,7 @@ PACKAGES=(
   libwrap0 liblockfile1   # needed by the unpacked sendmail and its mail.local (see below)
   nginx-light             # the HTTPS policy host of the MTA-STS tests (interop/test_mta_sts.py)
   dovecot-lmtpd           # an LMTP server for fetch --deliver-to lmtp: (interop/test_fetch.py)
+  liburing-dev            # bench/floor_uring.c, the io_uring floor relay of bench/inbound.sh
 )
 
 missing=()
