@@ -21,6 +21,10 @@ record      An ordinary plaintext SMTP server (no STARTTLS) offering PIPELINING,
 slow        As record, but the reply to the end of data comes --final-delay seconds late
             (the message record is written when the data is complete, with "replied": false,
             and rewritten with true once the 250 went out).
+data-250    As record, but DATA is answered `250 2.0.0 Ok: queued as NOTHING` instead of 354
+            (RFC 5321 §4.3.2 allows only 354, 4xx or 5xx there): whatever the client sends
+            next is read as commands and recorded, so a client that sent its message anyway
+            shows it in the session record's commands.
 
 Every session is recorded in OUT/session-<n>.json (commands received, whether TLS was up
 for each, how it ended); every accepted message in OUT/msg-<n>.json (envelope, TLS, the
@@ -135,7 +139,7 @@ class Session(socketserver.StreamRequestHandler):
                     self.reply(f"250 {host}")
                     continue
                 caps = ["PIPELINING", "8BITMIME", "SIZE 10240000"]
-                if not self.tls and self.opts.mode not in ("record", "slow"):
+                if not self.tls and self.opts.mode not in ("record", "slow", "data-250"):
                     caps.append("STARTTLS")
                 lines = [host] + caps
                 self.send(b"".join(
@@ -179,6 +183,10 @@ class Session(socketserver.StreamRequestHandler):
             elif verb == "DATA":
                 if not rcpts:
                     self.reply("503 5.5.1 Error: need RCPT command")
+                    continue
+                if self.opts.mode == "data-250":
+                    self.reply("250 2.0.0 Ok: queued as NOTHING")
+                    mail_from, rcpts = None, []
                     continue
                 self.reply("354 End data with <CR><LF>.<CR><LF>")
                 data = bytearray()
@@ -225,7 +233,8 @@ class Server(socketserver.ThreadingTCPServer):
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--listen", required=True)
-    ap.add_argument("--mode", choices=("broken-tls", "inject", "gated", "record", "slow"),
+    ap.add_argument("--mode", choices=("broken-tls", "inject", "gated", "record", "slow",
+                                           "data-250"),
                     required=True)
     ap.add_argument("--final-delay", type=float, default=5.0,
                     help="slow mode: seconds before the reply to the end of data")

@@ -207,13 +207,18 @@ impl MxTransaction {
     /// message).
     pub(super) async fn data(&mut self, deliverer: &Deliverer) -> Reply {
         // DATA went out with the last RCPT: its reply is in already.
-        if let Some(reply) = self.session.take_relay_data_reply() {
-            return reply;
+        let reply = match self.session.take_relay_data_reply() {
+            Some(reply) => reply,
+            None if !self.session.relay_data() => self.gone(),
+            None => self.exchange(deliverer).await,
+        };
+        // A DATA refused (or a session lost or out of step there) ends
+        // the transaction: each accepted recipient's line says so, as the
+        // end of data's would.
+        if reply.code() != 354 {
+            self.log_results(&reply);
         }
-        if !self.session.relay_data() {
-            return self.gone();
-        }
-        self.exchange(deliverer).await
+        reply
     }
 
     /// Sends the message after the remote's 354, logs the outcome of each

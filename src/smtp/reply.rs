@@ -25,6 +25,13 @@ pub enum ReplyError {
     LineTooLong,
     #[error("reply has more than {MAX_REPLY_LINES} lines")]
     TooManyLines,
+    /// A well-formed reply no server may give to that command: DATA is
+    /// answered 354, 4xx or 5xx (RFC 5321 §4.3.2), so a 2xx there is a
+    /// server out of step (an extra reply pipelined ahead, or one that
+    /// skipped the message); taken as an answer, it would count a message
+    /// never sent as delivered.
+    #[error("reply {code} to {command} (RFC 5321 section 4.3.2 allows only 354, 4xx or 5xx)")]
+    Unexpected { command: &'static str, code: u16 },
 }
 
 /// An enhanced mail system status code (RFC 3463 §2): `class.subject.detail`,

@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::{ClientSession, ContentRefusal, Pending, State};
+use super::{ClientSession, ContentRefusal, HostFailure, Pending, State};
 use crate::smtp::envelope::{ContentFacts, Envelope};
 use crate::smtp::{EhloReply, Reply};
 
@@ -285,6 +285,12 @@ impl ClientSession {
                 }
             }
             Pending::Data => {
+                // As for a delivering session: the MTA must never get a
+                // 250 for a message it has not sent.
+                if let Some(e) = super::transaction::unexpected_data_reply(&reply) {
+                    self.fail(HostFailure::Protocol(e));
+                    return;
+                }
                 let mut ahead = None;
                 if let Some(relay) = self.relay.as_mut() {
                     relay.data = match std::mem::take(&mut relay.data) {
@@ -526,6 +532,47 @@ mod tests {
         assert_eq!(s.take_relay_data_reply().map(|r| r.code()), Some(354));
         message_queued(&mut s);
         assert!(!s.relay_waits_for_message());
+    }
+
+    /// A 2xx to DATA (RFC 5321 §4.3.2 allows 354, 4xx, 5xx) never
+    /// reaches the MTA as DATA's answer, sent ahead or on its own: the
+    /// session fails as a protocol error, so the proxy answers with the
+    /// 451 that stands for it and the MTA keeps the message.
+    #[test]
+    fn a_2xx_to_data_fails_the_session() {
+        for ahead in [true, false] {
+            let mut s = ready(&["PIPELINING"]);
+            assert_eq!(
+                s.relay_begin("a@client.test", None, "b@mx.test", false, ahead),
+                Ok(true)
+            );
+            sent(&mut s);
+            let mut step = s.receive(b"250 ok\r\n250 ok\r\n");
+            if !ahead {
+                assert_eq!(step, Step::Ready);
+                assert_eq!(s.take_relay_reply().map(|r| r.code()), Some(250));
+                assert!(s.relay_data());
+                assert_eq!(sent(&mut s), "DATA\r\n");
+            }
+            step = s.receive(b"250 2.0.0 Ok: queued\r\n");
+            assert_ne!(step, Step::Ready, "ahead={ahead}");
+            assert_eq!(s.take_relay_data_reply(), None, "ahead={ahead}");
+            assert!(!s.relay_waits_for_message(), "ahead={ahead}");
+            assert!(
+                matches!(
+                    s.outcome(),
+                    Some(SessionOutcome::Failed(HostFailure::Protocol(
+                        crate::smtp::ReplyError::Unexpected {
+                            command: "DATA",
+                            code: 250
+                        }
+                    )))
+                ),
+                "ahead={ahead}: {:?}",
+                s.outcome()
+            );
+            assert_eq!(sent(&mut s), "QUIT\r\n", "ahead={ahead}");
+        }
     }
 
     #[test]

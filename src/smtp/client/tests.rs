@@ -961,3 +961,52 @@ fn lmtp_replies_per_recipient() {
         }))
     ));
 }
+
+/// RFC 5321 §4.3.2: DATA is answered 354, 4xx or 5xx. A 2xx there (a
+/// server that skips the message, or one reply too many pipelined ahead of
+/// the 354) must not stand for the message, which was never sent: the
+/// session fails as a protocol error (the caller defers, 451 4.5.0), and
+/// not a byte of the message goes out.
+#[test]
+fn a_2xx_to_data_never_counts_as_delivered() {
+    for (pipelining, replies) in [
+        (true, &b"250 ok\r\n250 ok\r\n250 ok no data\r\n"[..]),
+        (true, b"250 ok\r\n250 ok\r\n250 extra\r\n354 go\r\n"),
+        (true, b"250 ok\r\n250 ok\r\n334 what\r\n"),
+        (false, b"250 ok\r\n250 ok\r\n250 ok no data\r\n"),
+    ] {
+        let mut s = session(StartTls::Never, &["a@x"], b"hi\r\n");
+        s.receive(b"220 x\r\n");
+        take(&mut s);
+        s.receive(if pipelining {
+            b"250-x\r\n250 PIPELINING\r\n"
+        } else {
+            b"250 x\r\n"
+        });
+        let mut wrote = take(&mut s);
+        // One reply at a time, as a server without pipelining needs.
+        let mut rest = replies;
+        while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
+            s.receive(&rest[..=nl]);
+            rest = &rest[nl + 1..];
+            wrote += &take(&mut s);
+        }
+        let code = if replies.ends_with(b"334 what\r\n") {
+            334
+        } else {
+            250
+        };
+        assert_eq!(
+            s.outcome(),
+            Some(&SessionOutcome::Failed(HostFailure::Protocol(
+                ReplyError::Unexpected {
+                    command: "DATA",
+                    code
+                }
+            ))),
+            "{replies:?}"
+        );
+        assert!(!wrote.contains("hi\r\n"), "message sent: {wrote:?}");
+        assert!(wrote.ends_with("DATA\r\nQUIT\r\n"), "{wrote:?}");
+    }
+}
