@@ -348,6 +348,22 @@ def test_relaying_to_a_foreign_domain_is_refused(relay):
     wait_for(lambda: "refused=rcpt" in relay.log_text(), 10, "the seal's refused=rcpt line")
 
 
+def test_a_file_in_the_spool_that_xfetch_cannot_name_is_reported_at_start(workdir, keys):
+    # A file copied into new/ by hand under a name that is no spool id (it
+    # must begin with a letter or digit, proto-spec/fetch.md §4) would never
+    # be offered to the home machine: seal names it at start, once.
+    spool = workdir / "spool-stray"
+    (spool / "new").mkdir(parents=True)
+    (spool / "new" / "_restored.age").write_bytes(b"x")
+    (spool / "new" / ".editor-backup").write_bytes(b"x")
+    with Seal(workdir, keys, spool).start() as relay:
+        line = wait_for(lambda: [l for l in relay.log_text().splitlines()
+                                 if "warning: spool:" in l], 10, "the stray-file warning")
+        assert len(line) == 1, relay.log_text()
+        assert "new/_restored.age is not a spool id" in line[0], line[0]
+        assert "never fetched" in line[0], line[0]
+
+
 def test_smuggling_and_nul_refused(workdir, keys):
     spool = workdir / "spool-strict"
     spool.mkdir()

@@ -490,6 +490,9 @@ async fn serve_on<L>(
             .map(|p| format!(" xpony=yes key={}", fingerprint(&p.key.public())))
             .unwrap_or_default()
     );
+    if let Store::Spool(spool) = &store {
+        warn_of_strays(spool).await;
+    }
     super::load::prepare_limits(&config.limits, &config.timeouts);
     // One SIGTERM stops both listeners.
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -689,6 +692,25 @@ pub fn keygen_age(out: &Path, force: bool) -> ExitCode {
     println!("wrote {} (mode 0600)", out.display());
     println!("public key: {public}");
     ExitCode::SUCCESS
+}
+
+/// Files in the spool's `new/` that are no spool id are never offered by
+/// XFETCH nor read by `open`: say so at start, once per file, rather than
+/// let them lie there unseen (proto-spec/fetch.md §4).
+async fn warn_of_strays(spool: &FileSpool) {
+    match spool.strays().await {
+        Ok(strays) => {
+            for name in strays {
+                log!(
+                    "warning: spool: {}/new/{} is not a spool id (1-128 letters, digits, '.', '_', '-', \
+                     beginning with a letter or digit): it is never fetched; rename or remove it",
+                    spool.dir().display(),
+                    name.escape_debug()
+                );
+            }
+        }
+        Err(e) => log!("warning: spool: {e}"),
+    }
 }
 
 #[cfg(test)]

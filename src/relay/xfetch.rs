@@ -11,12 +11,13 @@ use std::collections::{HashSet, VecDeque};
 
 use crate::pony::keys::{PublicKey, fingerprint};
 use crate::smtp::{EhloReply, Reply, ReplyParser, replies};
+use crate::state::SpoolId;
 
 /// The EHLO keyword and the verb (proto-spec/fetch.md §4).
 pub const KEYWORD: &str = "XFETCH";
 
 /// The longest spool id (§4).
-pub const MAX_ID: usize = 128;
+pub const MAX_ID: usize = crate::state::spool::MAX_ID_LEN;
 
 /// The port of the relay's fetch listener unless configured otherwise
 /// (`seal --fetch-listen`, `fetch --from HOST[:PORT]`). Not 25: the fetch
@@ -29,15 +30,10 @@ pub const DEFAULT_MAX_SIZE: u64 = 256 * 1024 * 1024;
 
 /// Whether `id` is a spool id (§4): 1 to 128 octets of letters, digits,
 /// `-`, `_` and `.`, beginning with a letter or digit, without `..`; so it
-/// can name a file in one directory and never leave it.
+/// can name a file in one directory and never leave it. The spool's own
+/// rule, so that every file it lists can be offered and deleted.
 pub fn valid_id(id: &str) -> bool {
-    let b = id.as_bytes();
-    !b.is_empty()
-        && b.len() <= MAX_ID
-        && b[0].is_ascii_alphanumeric()
-        && !id.contains("..")
-        && b.iter()
-            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+    SpoolId::is_valid(id)
 }
 
 /// Whether a command line (without its line ending) is an XFETCH command,

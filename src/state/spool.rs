@@ -11,9 +11,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{StoreError, blocking, sync_dir};
 
-/// Longest name accepted (a file name is at most 255 octets on every
-/// common file system; object-store keys allow more).
-const MAX_ID_LEN: usize = 200;
+/// Longest spool id (proto-spec/fetch.md §4): the home machine names a
+/// file by it in `XFETCH DELETE`, so a longer name could never be fetched.
+pub const MAX_ID_LEN: usize = 128;
 
 /// The seam a spool is used through: a directory today ([`FileSpool`]), an
 /// object store later. Every operation is safe to run concurrently with
@@ -27,9 +27,11 @@ pub trait Spool: Send + Sync {
 }
 
 /// The name of one spooled file: `<unix-seconds>.<microseconds>.<random>.age`
-/// when made here; any name of letters, digits, `.`, `_` and `-` that does
-/// not start with a dot nor contain `..` when read back (so a name can never
-/// leave the spool directory, whoever sent it).
+/// when made here; when read back, any spool id of proto-spec/fetch.md §4:
+/// 1 to 128 letters, digits, `.`, `_` and `-`, beginning with a letter or
+/// digit, without `..` (so a name can never leave the spool directory,
+/// whoever sent it). One rule for the spool and the wire: a file the spool
+/// lists is one XFETCH can offer and delete.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SpoolId(String);
 
@@ -49,6 +51,17 @@ impl SpoolId {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether `name` is a spool id (see the type's docs).
+    pub fn is_valid(name: &str) -> bool {
+        let b = name.as_bytes();
+        !b.is_empty()
+            && b.len() <= MAX_ID_LEN
+            && b[0].is_ascii_alphanumeric()
+            && !name.contains("..")
+            && b.iter()
+                .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
     }
 
     /// The key files are listed by: the time in the name when it has one
@@ -75,13 +88,7 @@ impl FromStr for SpoolId {
     type Err = StoreError;
 
     fn from_str(s: &str) -> Result<Self, StoreError> {
-        let ok = !s.is_empty()
-            && s.len() <= MAX_ID_LEN
-            && !s.starts_with('.')
-            && !s.contains("..")
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if ok {
+        if SpoolId::is_valid(s) {
             Ok(SpoolId(s.to_string()))
         } else {
             Err(StoreError::BadId(s.chars().take(MAX_ID_LEN).collect()))
@@ -125,18 +132,32 @@ impl FileSpool {
     pub async fn list(&self) -> Result<Vec<SpoolId>, StoreError> {
         let new = self.dir.join("new");
         blocking(move || {
-            let entries = std::fs::read_dir(&new).map_err(|e| StoreError::io("list", &new, e))?;
-            let mut ids = Vec::new();
-            for entry in entries {
-                let entry = entry.map_err(|e| StoreError::io("list", &new, e))?;
-                // Names that are not ours (an editor's backup, a stray
-                // dot-file) are not messages.
-                if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
-                    ids.push(id);
-                }
-            }
-            ids.sort_by(|a: &SpoolId, b: &SpoolId| a.sort_key().cmp(&b.sort_key()));
+            // Names that are not ours (an editor's backup, a stray dot-file)
+            // are not messages.
+            let mut ids: Vec<SpoolId> = names_in(&new)?
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            ids.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
             Ok(ids)
+        })
+        .await
+    }
+
+    /// The names in `new/` that are not spool ids, so never listed, never
+    /// fetched and never removed: files someone put there by hand (a copy
+    /// from another relay, a restore with renamed files). Dot-files are left
+    /// out: by the maildir convention they are not messages. The caller
+    /// tells the operator; the spool does not guess what they are.
+    pub async fn strays(&self) -> Result<Vec<String>, StoreError> {
+        let new = self.dir.join("new");
+        blocking(move || {
+            let mut strays: Vec<String> = names_in(&new)?
+                .into_iter()
+                .filter(|n| !n.starts_with('.') && !SpoolId::is_valid(n))
+                .collect();
+            strays.sort();
+            Ok(strays)
         })
         .await
     }
@@ -226,6 +247,18 @@ fn open_blocking(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The names of the entries in `dir` (lossy where not UTF-8, which no
+/// spool id is).
+fn names_in(dir: &Path) -> Result<Vec<String>, StoreError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| StoreError::io("list", dir, e))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io("list", dir, e))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    Ok(names)
+}
+
 fn publish_blocking(dir: &Path, sealed: &[u8]) -> Result<SpoolId, StoreError> {
     let (tmp_path, id) = create_temp(dir, sealed)?;
     let new = dir.join("new");
@@ -301,11 +334,19 @@ mod tests {
             "a b",
             "a\tb",
             "é.age",
+            // Valid file names, but no spool id: XFETCH could never name them.
+            "_x.age",
+            "-x.age",
             &"x".repeat(MAX_ID_LEN + 1),
         ] {
             assert!(bad.parse::<SpoolId>().is_err(), "{bad:?} accepted");
         }
-        for good in ["1764734400.000001.00ab00cd00ef0011.age", "x", "a-b_c.d"] {
+        for good in [
+            "1764734400.000001.00ab00cd00ef0011.age",
+            "x",
+            "a-b_c.d",
+            &"x".repeat(MAX_ID_LEN),
+        ] {
             assert_eq!(good.parse::<SpoolId>().unwrap().to_string(), good);
         }
         let made = SpoolId::generate(SystemTime::now()).unwrap();
@@ -366,9 +407,17 @@ mod tests {
             let id = spool.publish(b"kept").await.unwrap();
             std::fs::write(dir.join("tmp").join("1.2.3.age"), b"half a mess").unwrap();
             std::fs::write(dir.join("new").join(".stray"), b"x").unwrap();
+            std::fs::write(dir.join("new").join("_copied.age"), b"x").unwrap();
+            std::fs::write(dir.join("new").join("x".repeat(MAX_ID_LEN + 1)), b"x").unwrap();
             let spool = FileSpool::open(&dir).await.unwrap();
             assert_eq!(std::fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
             assert_eq!(spool.list().await.unwrap(), [id]);
+            // What list() leaves out is named for the operator, but for the
+            // dot-file, which is nobody's message.
+            assert_eq!(
+                spool.strays().await.unwrap(),
+                ["_copied.age".to_string(), "x".repeat(MAX_ID_LEN + 1)]
+            );
         });
         let _ = std::fs::remove_dir_all(&dir);
     }
