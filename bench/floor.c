@@ -1,8 +1,9 @@
 /* floor.c: the least a TCP relay that passes every byte can cost (bench/inbound.sh).
  *
- *   floor LISTEN_PORT BACKEND_PORT      (both on 127.0.0.1; runs until SIGTERM/SIGINT)
+ *   floor LISTEN_PORT BACKEND_PORT [THREADS]   (both on 127.0.0.1; runs until SIGTERM/SIGINT)
  *
- * One thread, one epoll set, level-triggered. For each client it accepts it
+ * One thread (or THREADS, 1-8, each with its own SO_REUSEPORT listener and
+ * epoll set, as haproxy's and nginx's two workers here), level-triggered. For each client it accepts it
  * connects to the backend and then moves bytes both ways: one recv() per
  * readiness event into a fixed buffer, one send() of what was read. Nothing
  * is parsed, counted, logged or timed. For lock-step SMTP (smtp-source does
@@ -25,7 +26,9 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,9 +47,10 @@ struct side {
     char *out;         /* malloc'ed on a short send only, freed once flushed */
 };
 
-static struct side *sides;   /* indexed by fd */
-static char inbuf[BUFSZ];
-static int ep;
+static struct side *sides;   /* indexed by fd; an fd is only ever touched by the thread that owns it */
+static __thread char inbuf[BUFSZ];
+static __thread int ep;
+static struct sockaddr_in listen_at, backend;
 static volatile sig_atomic_t stopping;
 
 static void on_signal(int sig) { (void)sig; stopping = 1; }
@@ -131,31 +135,25 @@ static void on_writable(int fd) {
     if (watch(fd, EPOLL_CTL_MOD, EPOLLIN) < 0 || watch(s->peer, EPOLL_CTL_MOD, EPOLLIN) < 0) drop(fd);
 }
 
-int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s LISTEN_PORT BACKEND_PORT (both on 127.0.0.1)\n", argv[0]);
-        return 2;
-    }
-    struct sockaddr_in listen_at = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[1]))};
-    struct sockaddr_in backend = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[2]))};
-    listen_at.sin_addr.s_addr = backend.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-
-    sides = calloc(MAXFD, sizeof *sides);
-    if (!sides) { perror("calloc"); return 1; }
-    for (int i = 0; i < MAXFD; i++) sides[i].peer = -1;
-    signal(SIGTERM, on_signal);
-    signal(SIGINT, on_signal);
-    signal(SIGPIPE, SIG_IGN);
-
+/* A listener of its own (SO_REUSEPORT: the kernel spreads new clients over the threads). */
+static int listener(void) {
     int one = 1;
     int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (lfd < 0 || setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+    if (lfd < 0) return -1;
+    if (setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        setsockopt(lfd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
         bind(lfd, (struct sockaddr *)&listen_at, sizeof listen_at) < 0 || listen(lfd, 1024) < 0) {
-        perror("listen");
-        return 1;
+        close(lfd);
+        return -1;
     }
+    return lfd;
+}
+
+/* One serving thread: its listener and epoll set, until a signal. */
+static void *serve(void *arg) {
+    int lfd = (int)(intptr_t)arg;
     ep = epoll_create1(EPOLL_CLOEXEC);
-    if (ep < 0 || watch(lfd, EPOLL_CTL_ADD, EPOLLIN) < 0) { perror("epoll"); return 1; }
+    if (ep < 0 || watch(lfd, EPOLL_CTL_ADD, EPOLLIN) < 0) { perror("epoll"); stopping = 1; return NULL; }
 
     struct epoll_event evs[MAXEV];
     while (!stopping) {   /* until a signal; each pass handles at most MAXEV events */
@@ -170,9 +168,40 @@ int main(int argc, char **argv) {
             else if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) on_readable(fd);
         }
     }
+    close(ep);
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    int nthreads = argc == 4 ? atoi(argv[3]) : 1;
+    if (argc < 3 || argc > 4 || nthreads < 1 || nthreads > 8) {
+        fprintf(stderr, "usage: %s LISTEN_PORT BACKEND_PORT [THREADS 1-8] (both on 127.0.0.1)\n", argv[0]);
+        return 2;
+    }
+    listen_at = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[1]))};
+    backend = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[2]))};
+    listen_at.sin_addr.s_addr = backend.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+
+    sides = calloc(MAXFD, sizeof *sides);
+    if (!sides) { perror("calloc"); return 1; }
+    for (int i = 0; i < MAXFD; i++) sides[i].peer = -1;
+    signal(SIGTERM, on_signal);
+    signal(SIGINT, on_signal);
+    signal(SIGPIPE, SIG_IGN);
+
+    int lfds[8];
+    pthread_t threads[8];
+    for (int t = 0; t < nthreads; t++) {   /* all listeners first: no client is refused meanwhile */
+        lfds[t] = listener();
+        if (lfds[t] < 0) { perror("listen"); return 1; }
+    }
+    int started = 0;
+    for (int t = 1; t < nthreads; t++, started++)
+        if (pthread_create(&threads[t], NULL, serve, (void *)(intptr_t)lfds[t]) != 0) { stopping = 1; break; }
+    serve((void *)(intptr_t)lfds[0]);
+    for (int t = 1; t <= started; t++) pthread_join(threads[t], NULL);
     for (int fd = 0; fd < MAXFD; fd++)   /* bounded: every slot once */
         if (sides[fd].peer >= 0) drop(fd);
-    close(lfd);
-    close(ep);
+    for (int t = 0; t < nthreads; t++) close(lfds[t]);
     return 0;
 }

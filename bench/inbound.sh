@@ -99,7 +99,7 @@ LOAD=$T/smtpload
 # The floors of the plaintext section: minimal C relays that move every
 # byte and do nothing else (epoll, and io_uring batching the calls)
 say "building the floor relays (bench/floor.c, bench/floor_uring.c)"
-cc -O2 -o "$T/floor" "$HERE/floor.c"
+cc -O2 -pthread -o "$T/floor" "$HERE/floor.c"
 cc -O2 -o "$T/floor_uring" "$HERE/floor_uring.c" -luring
 
 case $CERT_KEY in
@@ -112,7 +112,7 @@ openssl req -x509 "${keyopt[@]}" -nodes -days 2 -subj /CN=bench.test \
 chmod 644 "$T/key.pem"
 
 read -r SINK BP BPN HAP NGX NGXTLS NGXAUTH STN \
-        MSINK MBP MHAP MNGX MNGXAUTH TBP TNGX TNGXTLS TNGXAUTH BPO FLR FLRU <<<"$("$PY" "$HERE/smtpbench.py" ports 20)"
+        MSINK MBP MHAP MNGX MNGXAUTH TBP TNGX TNGXTLS TNGXAUTH BPO FLR FLR2 FLRU <<<"$("$PY" "$HERE/smtpbench.py" ports 21)"
 
 # One sink for all throughput runs; -c prints running counters (sessions,
 # QUITs, messages) that tell whether every message arrived.
@@ -132,6 +132,7 @@ fi
 haproxy_conf "$T/haproxy.cfg" "$HAP" "$SINK"
 start haproxy haproxy -db -q -f "$T/haproxy.cfg"
 start floor "$T/floor" "$FLR" "$SINK"
+start floor2 "$T/floor" "$FLR2" "$SINK" 2
 start floor_uring "$T/floor_uring" "$FLRU" "$SINK"
 
 nginx_conf() { # DIR SMTP_PORT STARTTLS_PORT(or "") AUTH_PORT SINK_PORT
@@ -205,7 +206,7 @@ key = $T/key.pem
 EOF
 start stunnel "$STUNNEL" "$T/stunnel.conf"
 
-for p in "$SINK" "$BP" "$BPN" "$HAP" "$NGX" "$NGXTLS" "$STN" "$FLR" "$FLRU" ${OTHER:+"$BPO"}; do wait_port 127.0.0.1 "$p"; done
+for p in "$SINK" "$BP" "$BPN" "$HAP" "$NGX" "$NGXTLS" "$STN" "$FLR" "$FLR2" "$FLRU" ${OTHER:+"$BPO"}; do wait_port 127.0.0.1 "$p"; done
 sleep 0.3
 # nginx: the worker processes do the work (the master only supervises)
 # shellcheck disable=SC2154
@@ -231,13 +232,21 @@ sink_settle() {
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 jget() { "$PY" -c 'import json,sys; d=json.loads(sys.stdin.read() or "{}"); print(d.get(sys.argv[1], ""))' "$1"; }
 
-declare -A RATES GENCPU SRVCPU LOST ERRS TLSINFO
+declare -A RATES GENCPU SRVCPU SYSPCT LOST ERRS TLSINFO
 CLK_TCK=$(getconf CLK_TCK)
 # cpu_ticks PID[,PID...] : user+system CPU so far (dead threads included)
 cpu_ticks() {
     local p t=0
     for p in ${1//,/ }; do
         t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+    done
+    echo $t
+}
+# sys_ticks PID[,PID...] : system CPU so far (the kernel's work inside the calls)
+sys_ticks() {
+    local p t=0
+    for p in ${1//,/ }; do
+        t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $13}')))
     done
     echo $t
 }
@@ -258,23 +267,26 @@ record() {
 # run_source KEY PORT PIDS MSGS : one smtp-source run, wall time around the
 # command; PIDS = the server processes whose CPU time is counted
 run_source() {
-    local key=$1 port=$2 pids=$3 msgs=$4 before after t0 t1 rc=0 rate c0 c1 us
+    local key=$1 port=$2 pids=$3 msgs=$4 before after t0 t1 rc=0 rate c0 c1 s0 s1 us
     before=$(sink_settle)
     c0=$(cpu_ticks "$pids")
+    s0=$(sys_ticks "$pids")
     t0=$EPOCHREALTIME
     timeout 300 smtp-source -d -s "$SESSIONS" -m "$msgs" -l "$SIZE" \
         -f a@client.test -t b@sink.test "127.0.0.1:$port" >"$T/source.out" 2>&1 || rc=$?
     t1=$EPOCHREALTIME
     c1=$(cpu_ticks "$pids")
+    s1=$(sys_ticks "$pids")
     after=$(sink_settle)
     us=$(us_per_msg $((c1 - c0)) "$msgs")
+    SYSPCT[$key]="${SYSPCT[$key]:-} $(( c1 > c0 ? 100 * (s1 - s0) / (c1 - c0) : 0 ))"
     rate=$(awk -v n="$msgs" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", n / (b - a)}')
     if [ $rc != 0 ]; then
         FAILURES+=("$key: smtp-source exit $rc: $(head -c 300 "$T/source.out")")
         rate=0
     fi
     record "$key" "$rate" "$msgs" $((after - before)) $((rc != 0)) "$us"
-    say "  $key: $rate msgs/s (sink got $((after - before)) of $msgs; server cpu $us us/msg)"
+    say "  $key: $rate msgs/s (sink got $((after - before)) of $msgs; server cpu $us us/msg, $(( c1 > c0 ? 100 * (s1 - s0) / (c1 - c0) : 0 ))% of it system)"
 }
 
 # run_load KEY PORT PIDS MSGS ARGS... : one smtpload run
@@ -319,6 +331,8 @@ for m in "${PLAIN_RUNS[@]}"; do
         run_source "nginx@$m" "$NGX" "$NGX_PIDS" "$m"
         # shellcheck disable=SC2154
         run_source "floor@$m" "$FLR" "$PID_floor" "$m"
+        # shellcheck disable=SC2154
+        run_source "floor2@$m" "$FLR2" "$PID_floor2" "$m"
         # shellcheck disable=SC2154
         run_source "floor_uring@$m" "$FLRU" "$PID_floor_uring" "$m"
     done
@@ -419,10 +433,12 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 row() { # LABEL KEY BASEKEY
     local m b
     m=$(med "$2"); b=$(med "$3")
-    printf '%-52s %8.0f   %5s   %8s   %5s %4s\n' "$1" "$m" "$(ratio "$m" "$b")" \
-        "$(median <<<"${SRVCPU[$2]:-}")" "${LOST[$2]:-0}" "${ERRS[$2]:-0}"
+    local sys
+    sys=$(median <<<"${SYSPCT[$2]:-}"); [ "$sys" = nan ] && sys=-
+    printf '%-52s %8.0f   %5s   %8s %5s   %5s %4s\n' "$1" "$m" "$(ratio "$m" "$b")" \
+        "$(median <<<"${SRVCPU[$2]:-}")" "$sys" "${LOST[$2]:-0}" "${ERRS[$2]:-0}"
 }
-head_row() { printf '%-52s %8s   %5s   %8s   %5s %4s\n' "$1" "msgs/s" "ratio" "cpu us/m" "lost" "err"; }
+head_row() { printf '%-52s %8s   %5s   %8s %5s   %5s %4s\n' "$1" "msgs/s" "ratio" "cpu us/m" "sys%" "lost" "err"; }
 memrow() { # KEY LABEL [N]
     local o=${MEM[$1]:-}
     printf '%-36s %9s %9s %10s %7s/%s\n' "$2" \
@@ -439,7 +455,8 @@ echo "peers: $(haproxy -v 2>/dev/null | head -1 | awk '{print "haproxy", $3}'), 
 echo "sections: $SECTIONS"
 echo "msgs/s and cpu: medians of $REPS runs. cpu us/m = CPU time (user+system) of the server under test per message:"
 echo "  smtp-sink for 'direct' and reference rows, else the proxy alone (nginx: its workers). lost = messages sent minus"
-echo "  messages smtp-sink counted, summed over all runs; err = errors the client saw, summed over all runs"
+echo "  messages smtp-sink counted, summed over all runs; err = errors the client saw, summed over all runs;"
+echo "  sys% (plaintext rows) = the system (kernel) share of that CPU: the loopback TCP work inside the calls"
 BG_MAX=$(printf '%s\n' "$BUSY" "${BG_BUSY[@]}" | sort -n | tail -1)
 echo "other load: ${BUSY}% CPU busy at the start; between rounds (benchmark idle): ${BG_BUSY[*]/%/%}"
 echo "load average (1, 5, 15 min): $LOAD_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
@@ -455,13 +472,15 @@ for m in "${PLAIN_RUNS[@]}"; do
     row "haproxy (mode tcp)" "haproxy@$m" "direct@$m"
     row "nginx mail proxy (smtp_auth none, xclient off)" "nginx@$m" "direct@$m"
     row "floor: bench/floor.c (epoll, recv+send, nothing else)" "floor@$m" "direct@$m"
+    row "floor: bench/floor.c, 2 threads (SO_REUSEPORT)" "floor2@$m" "direct@$m"
     row "floor: bench/floor_uring.c (io_uring, batched calls)" "floor_uring@$m" "direct@$m"
     echo
 done
 if [ ${#PLAIN_RUNS[@]} -gt 0 ]; then
-    echo "    floor rows: minimal C relays (one thread, no parsing, no timers, no logs) that read and write every byte"
-    echo "    as the proxies do, 8 recv + 8 send per message with epoll; the io_uring one queues each send with the next"
-    echo "    recv and submits them together. Their CPU per message is what any relay that passes every byte pays"
+    echo "    floor rows: minimal C relays (no parsing, no timers, no logs) that read and write every byte as the"
+    echo "    proxies do, 8 recv + 8 send per message with epoll (one thread, or two as haproxy's and nginx's two workers);"
+    echo "    the io_uring one (one thread) queues each send with the next recv and submits them in one call. The epoll"
+    echo "    rows' CPU per message is what any relay making the proxies' calls pays; io_uring shows what batching saves"
     echo
 fi
 if want tls-kept; then
@@ -525,10 +544,12 @@ for m in "${PLAIN_RUNS[@]}"; do
     # the floors, for reading the two rows above (no aim of their own)
     hpc=$(median <<<"${SRVCPU[haproxy@$m]:-}"); bpc=$(median <<<"${SRVCPU[blackpony@$m]:-}")
     flc=$(median <<<"${SRVCPU[floor@$m]:-}"); fuc=$(median <<<"${SRVCPU[floor_uring@$m]:-}")
+    f2c=$(median <<<"${SRVCPU[floor2@$m]:-}")
     printf '  %-62s %8s\n' "floor, $m msgs: epoll floor / haproxy CPU ($flc / $hpc us)" "$(ratio "$flc" "$hpc")" \
+        "floor, $m msgs: 2-thread epoll floor / haproxy CPU ($f2c / $hpc us)" "$(ratio "$f2c" "$hpc")" \
         "floor, $m msgs: io_uring floor / haproxy CPU ($fuc / $hpc us)" "$(ratio "$fuc" "$hpc")" \
         "floor, $m msgs: blackpony / epoll floor CPU ($bpc / $flc us)" "$(ratio "$bpc" "$flc")" \
-        "floor, $m msgs: epoll floor / best peer, msgs/s" "$(ratio "$(med "floor@$m")" "$(awk -v a="$(med "haproxy@$m")" -v b="$(med "nginx@$m")" 'BEGIN {print (a > b) ? a : b}')")"
+        "floor, $m msgs: 2-thread epoll floor / best peer, msgs/s" "$(ratio "$(med "floor2@$m")" "$(awk -v a="$(med "haproxy@$m")" -v b="$(med "nginx@$m")" 'BEGIN {print (a > b) ? a : b}')")"
 done
 if want tls-kept; then
     r=$(ratio "$(med tls_bp)" "$(med tls_nginx)")

@@ -380,7 +380,7 @@ relay() {
         first=$(grep "to=<$rcpt>" "$PF_OUT/maillog" | grep -v ' status=sent ' | head -2)
         [ -n "$first" ] && FAILURES+=("    $first")
     fi
-    say "  $key: $(jget rate <<<"$out") msgs/s ($(jget secs <<<"$out") s; sink got $got of $RELAY_MSGS; Postfix sent=$sent deferred=$deferred bounced=$bounced; $((sess1 - sess0)) sessions at the sink; machine cpu $(jget machine_us_per_msg <<<"$out") us/msg, blackpony $(jget pid_us_per_msg <<<"$out") us/msg)"
+    say "  $key: $(jget rate <<<"$out") msgs/s ($(jget secs <<<"$out") s; sink got $got of $RELAY_MSGS; Postfix sent=$sent deferred=$deferred bounced=$bounced; $((sess1 - sess0)) sessions at the sink; machine cpu $(jget machine_us_per_msg <<<"$out") us/msg, hop process (blackpony, haproxy) $(jget pid_us_per_msg <<<"$out") us/msg)"
     if [ -n "${BREAKDOWN:-}" ]; then
         say "    by program (name, cpu us/msg, read+write syscalls/msg): $(jget by_program <<<"$out")"
     fi
