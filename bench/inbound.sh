@@ -11,7 +11,8 @@
 # PERCONN_MSGS (600), IDLE_CONNS (2000), TLS_IDLE_CONNS (5000), SESSIONS (20), SIZE (1024),
 # CERT_KEY (ec256|rsa2048, default ec256), KEEP=1 keeps the temp dir (logs),
 # SECTIONS (default all: "plain tls-kept tls-perconn memory memory-tls"; a
-# subset runs only those sections and reports only their rows and aims),
+# subset runs only those sections and reports only their rows and aims;
+# "plain" includes the floor relays bench/floor.c and bench/floor_uring.c),
 # OTHER=path: a second blackpony build, run beside the first in the STARTTLS
 # sections (rows "other build"), to compare two builds within one run.
 # Raises the open-file limit to 65536 (or the hard limit, if lower).
@@ -546,7 +547,7 @@ for m in "${PLAIN_RUNS[@]}"; do
     flc=$(median <<<"${SRVCPU[floor@$m]:-}"); fuc=$(median <<<"${SRVCPU[floor_uring@$m]:-}")
     f2c=$(median <<<"${SRVCPU[floor2@$m]:-}")
     printf '  %-62s %8s\n' "floor, $m msgs: epoll floor / haproxy CPU ($flc / $hpc us)" "$(ratio "$flc" "$hpc")" \
-        "floor, $m msgs: 2-thread epoll floor / haproxy CPU ($f2c / $hpc us)" "$(ratio "$f2c" "$hpc")" \
+        "floor, $m msgs: 2-thread floor / haproxy CPU ($f2c / $hpc us)" "$(ratio "$f2c" "$hpc")" \
         "floor, $m msgs: io_uring floor / haproxy CPU ($fuc / $hpc us)" "$(ratio "$fuc" "$hpc")" \
         "floor, $m msgs: blackpony / epoll floor CPU ($bpc / $flc us)" "$(ratio "$bpc" "$flc")" \
         "floor, $m msgs: 2-thread epoll floor / best peer, msgs/s" "$(ratio "$(med "floor2@$m")" "$(awk -v a="$(med "haproxy@$m")" -v b="$(med "nginx@$m")" 'BEGIN {print (a > b) ? a : b}')")"

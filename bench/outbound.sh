@@ -216,8 +216,8 @@ start bp_lmtp "$BLACKPONY" outbound --listen "127.0.0.1:$BPL" --protocol lmtp \
 mkdir -p "$T/state-smtp" "$T/state-lmtp" "$T/state-deliver"
 # The hop floor, row (h): haproxy in TCP mode between Postfix's smtp client
 # and smtp-sink. It parses nothing and moves bytes, the least any extra hop
-# can do; what (h) loses against (a) is what a second loopback hop costs on
-# these two cores, whoever makes it. MAXCONN as for blackpony's servers.
+# can do; (h) against (a) is what a second loopback hop costs on these two
+# cores in this run, whoever makes it. MAXCONN as for blackpony's servers.
 MAXCONN=200
 haproxy_conf "$T/haproxy.cfg" "$HOP" 25 "$MX_SINK"
 start hop haproxy -db -q -f "$T/haproxy.cfg"
@@ -520,8 +520,8 @@ echo "   sessions smtp-sink saw (Postfix's smtp client and both blackpony modes 
 echo "   of the whole machine per message (Postfix, smtp-source, smtp-sink, dnsmasq, blackpony);"
 echo "   hop us/m = the process between Postfix and smtp-sink alone (/proc/PID/stat): blackpony outbound in (b),(c),"
 echo "   haproxy in (h); (b),(c) look up the MX per new MX session"
-echo "   (h) is the hop floor: any extra hop between Postfix and the MX, even one that parses nothing and"
-echo "   only moves bytes, costs this much against (a) here; (b) and (c) can at best approach (h)"
+echo "   (h) is the hop floor: an extra hop between Postfix and the MX that parses nothing and only moves"
+echo "   bytes; read (b) and (c) against it, in this run (its spread between runs: bench/README.md, Floors)"
 echo
 if [ ${#FAILURES[@]} -gt 0 ]; then
     echo "FAILURES:"
