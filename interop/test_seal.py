@@ -308,6 +308,44 @@ def test_a_trickling_client_is_cut_at_its_deadline(workdir, keys, phase):
         assert spool_files(spool) == []
 
 
+def test_eviction_judges_a_message_by_the_configured_min_data_rate(workdir, keys):
+    """The table's eviction and the client deadline judge a message by one rate: with
+    --min-data-rate 100000, a message trickling at 1,000 octets/s is far behind, so a
+    newcomer at the full table evicts it (before, eviction kept Postfix's 500 and
+    found the same client ahead of its rate, so the newcomer was refused)."""
+    spool = workdir / "spool-evict-rate"
+    spool.mkdir()
+    with Seal(workdir, keys, spool, "--max-connections", "1", "--evict-idle", "1",
+              "--min-data-rate", "100000") as relay:
+        relay.start()
+        # relay.start() took the only slot for its greeting probe: let it go.
+        wait_for(lambda: "disconnect" in relay.log_text(), 10, "the probe's disconnect")
+        with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as slow:
+            got = b""
+            for expect, then in [(b"220 ", b"EHLO c\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<"
+                                  + CAROL.encode() + b">\r\nDATA\r\n"), (b"354 ", b"")]:
+                while expect not in got:
+                    chunk = slow.recv(4096)
+                    assert chunk, got
+                    got += chunk
+                slow.sendall(then)
+            slow.settimeout(0.1)
+            evicted = b""
+            for i in range(40):  # 4 s at most
+                try:
+                    slow.sendall(b"Subject: slow\r\n" + b"x" * 82 + b"\r\n")
+                    evicted = slow.recv(4096)
+                    break
+                except (socket.timeout, TimeoutError):
+                    pass
+                if i == 20:  # 2 s in: the message is behind by far more than 1 s
+                    newcomer = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+            assert evicted.startswith(b"421 4.7.0"), evicted
+            with newcomer:
+                assert newcomer.recv(4096).startswith(b"220 ")
+        assert spool_files(spool) == []
+
+
 def test_per_mailbox_keys(relay, keys):
     # (recipients, who can open: domain, alice, bob)
     cases = [

@@ -169,16 +169,17 @@ pub fn merge_inbound(args: InboundArgs, file: InboundFile) -> Result<InboundSett
         error_limits,
     };
     let mut config = InboundConfig::new(session, backend);
-    serving.apply(serving::Serving {
-        max_connections: &mut config.max_connections,
-        per_client: &mut config.max_connections_per_client,
-        client_timeout: &mut config.client_timeout,
-        shutdown_grace: &mut config.shutdown_grace,
-    });
+    serving.apply(
+        &mut config.limits,
+        &mut config.timeouts,
+        &mut config.shutdown_grace,
+    );
     if let Some(s) = args.backend_timeout.or(file.backend_timeout) {
         config.backend_timeout = Duration::from_secs(s.max(1));
     }
-    let listen_backlog = super::load::merge(args.load, file_load, &mut config);
+    let load = args.load.or(file_load);
+    load.apply(&mut config.limits, &mut config.timeouts);
+    let listen_backlog = load.listen_backlog.map(|n| n.max(1));
     Ok(InboundSettings {
         listen_backlog,
         listen: args
@@ -306,7 +307,7 @@ mod tests {
             s.config.session.bare_newlines,
             crate::smtp::BareNewlines::Reject
         );
-        assert_eq!(s.config.max_connections, 20);
+        assert_eq!(s.config.limits.max_connections, 20);
         assert!(s.config.session.trace_header);
         assert_eq!(
             s.config.backend,

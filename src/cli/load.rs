@@ -57,8 +57,7 @@ impl LoadArgs {
         }
     }
 
-    /// The harness limits and client deadlines these settings change (for
-    /// the roles that keep them as [`Limits`] and [`Timeouts`], as `seal`).
+    /// The harness limits and client deadlines these settings change.
     pub fn apply(&self, limits: &mut Limits, timeouts: &mut Timeouts) {
         if let Some(n) = self.max_connections_per_network {
             limits.per_network = n.max(1);
@@ -75,32 +74,9 @@ impl LoadArgs {
     }
 }
 
-/// Flags win over the file; the file wins over the defaults. Returns the
-/// accept queue asked for.
-pub fn merge(args: LoadArgs, file: LoadArgs, config: &mut InboundConfig) -> Option<u32> {
-    if let Some(n) = args
-        .max_connections_per_network
-        .or(file.max_connections_per_network)
-    {
-        config.max_connections_per_network = n.max(1);
-    }
-    if let Some(s) = args.stress_client_timeout.or(file.stress_client_timeout) {
-        config.stress_client_timeout = std::time::Duration::from_secs(s.max(1));
-    }
-    if let Some(n) = args.min_data_rate.or(file.min_data_rate) {
-        config.min_data_rate = n.max(1);
-    }
-    if let Some(s) = args.evict_idle.or(file.evict_idle) {
-        config.evict_idle = std::time::Duration::from_secs(s);
-    }
-    args.listen_backlog
-        .or(file.listen_backlog)
-        .map(|n| n.max(1))
-}
-
 /// Raises the open-file limit and says in the log whether the sessions fit.
 pub fn prepare(config: &InboundConfig) {
-    prepare_limits(&config.harness().limits, &config.timeouts());
+    prepare_limits(&config.limits, &config.timeouts);
 }
 
 /// The same for any role on the listener harness: raises the open-file

@@ -231,12 +231,7 @@ pub fn run(args: SealArgs, file: SealFile, runtime: &tokio::runtime::Runtime) ->
     let mut limits = Limits::default();
     let mut timeouts = Timeouts::default();
     let mut shutdown_grace = std::time::Duration::from_secs(30);
-    serving.apply(super::serving::Serving {
-        max_connections: &mut limits.max_connections,
-        per_client: &mut limits.per_client,
-        client_timeout: &mut timeouts.line,
-        shutdown_grace: &mut shutdown_grace,
-    });
+    serving.apply(&mut limits, &mut timeouts, &mut shutdown_grace);
     load.apply(&mut limits, &mut timeouts);
     let config = Arc::new(SealConfig {
         hostname: hostname.clone(),
@@ -515,6 +510,7 @@ async fn serve_on<L>(
         ready = format!("{ready}, fetch on {}", f.at);
         let settings = crate::server::Settings {
             limits: config.limits.clone(),
+            timeouts: config.timeouts,
             shutdown_grace: config.shutdown_grace,
             hostname: config.hostname.clone(),
             refusal: None,

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::server::{Limits, Timeouts};
+
 /// Flags for how a listening role serves its clients. Each can also be set
 /// in the role's config file section, spelled with underscores.
 #[derive(Debug, Args, Default, Clone, PartialEq, Eq)]
@@ -32,15 +34,6 @@ pub struct ServingArgs {
     pub shutdown_timeout: Option<u64>,
 }
 
-/// Where a role keeps the settings [`ServingArgs`] change.
-pub struct Serving<'a> {
-    pub max_connections: &'a mut usize,
-    pub per_client: &'a mut usize,
-    /// The time for a command line (RFC 5321 §4.5.3.2.7).
-    pub client_timeout: &'a mut Duration,
-    pub shutdown_grace: &'a mut Duration,
-}
-
 impl ServingArgs {
     /// Flags win over the file, field by field.
     pub fn or(self, file: ServingArgs) -> ServingArgs {
@@ -54,20 +47,26 @@ impl ServingArgs {
         }
     }
 
-    /// Sets what was given; the rest keeps the role's defaults. A limit or
-    /// a client timeout of 0 would refuse everyone: it counts as 1.
-    pub fn apply(&self, to: Serving<'_>) {
+    /// Sets what was given in the harness settings every serving role
+    /// keeps; the rest keeps the role's defaults. A limit or a client
+    /// timeout of 0 would refuse everyone: it counts as 1.
+    pub fn apply(
+        &self,
+        limits: &mut Limits,
+        timeouts: &mut Timeouts,
+        shutdown_grace: &mut Duration,
+    ) {
         if let Some(n) = self.max_connections {
-            *to.max_connections = n.max(1);
+            limits.max_connections = n.max(1);
         }
         if let Some(n) = self.max_connections_per_client {
-            *to.per_client = n.max(1);
+            limits.per_client = n.max(1);
         }
         if let Some(s) = self.client_timeout {
-            *to.client_timeout = Duration::from_secs(s.max(1));
+            timeouts.line = Duration::from_secs(s.max(1));
         }
         if let Some(s) = self.shutdown_timeout {
-            *to.shutdown_grace = Duration::from_secs(s);
+            *shutdown_grace = Duration::from_secs(s);
         }
     }
 }
@@ -77,14 +76,15 @@ mod tests {
     use super::*;
 
     fn applied(args: &ServingArgs) -> (usize, usize, Duration, Duration) {
-        let mut got = (1000, 50, Duration::from_secs(300), Duration::from_secs(30));
-        args.apply(Serving {
-            max_connections: &mut got.0,
-            per_client: &mut got.1,
-            client_timeout: &mut got.2,
-            shutdown_grace: &mut got.3,
-        });
-        got
+        let (mut limits, mut timeouts) = (Limits::default(), Timeouts::default());
+        let mut grace = Duration::from_secs(30);
+        args.apply(&mut limits, &mut timeouts, &mut grace);
+        (
+            limits.max_connections,
+            limits.per_client,
+            timeouts.line,
+            grace,
+        )
     }
 
     #[test]

@@ -193,7 +193,7 @@ struct Run<'a> {
 
 impl Run<'_> {
     fn timeouts(&self) -> Timeouts {
-        self.shared.config.timeouts()
+        self.shared.config.timeouts
     }
 
     /// The time for a line, and for a write to the client, now.
@@ -228,7 +228,7 @@ impl Run<'_> {
         // early (the deadline moved later meanwhile, as it does with every
         // reply) it is set again. Re-arming it at every read would cost a
         // timer-wheel removal and insertion per read.
-        let sleep = tokio::time::sleep(config.client_timeout);
+        let sleep = tokio::time::sleep(config.timeouts.line);
         tokio::pin!(sleep);
         let mut message_3_deadline: Option<Instant> = None;
 
@@ -383,7 +383,7 @@ impl Run<'_> {
             // from the last reply, a message one that grows at the minimum
             // rate: a byte now and then extends none of them.
             let deadline = if self.session.awaiting_message_3() {
-                *message_3_deadline.get_or_insert(now + config.client_timeout)
+                *message_3_deadline.get_or_insert(now + config.timeouts.line)
             } else if self.session.awaiting_backend() {
                 message_3_deadline = None;
                 self.control.set_activity(Activity::Busy);

@@ -41,24 +41,12 @@ pub use crate::server::display_client;
 pub struct InboundConfig {
     pub session: Arc<SessionConfig>,
     pub backend: BackendTarget,
-    /// Most client connections at once.
-    pub max_connections: usize,
-    /// Most connections at once from one client address.
-    pub max_connections_per_client: usize,
-    /// Most connections at once from one network (IPv4 /24, IPv6 /64).
-    pub max_connections_per_network: usize,
-    /// A session whose client is this far behind (a command line pending
-    /// this long, a message this far below the minimum rate) may be evicted
-    /// when a newcomer finds every slot taken.
-    pub evict_idle: Duration,
-    /// Time for one command line, and the base time of a message
-    /// (RFC 5321 §4.5.3.2.7: 5 minutes).
-    pub client_timeout: Duration,
-    /// The same when slots run short (over 80% used).
-    pub stress_client_timeout: Duration,
-    /// Octets per second a message must arrive at, at least: a message
-    /// gets `client_timeout` plus one second per this many octets.
-    pub min_data_rate: u64,
+    /// Connection limits in all, per client and per network, eviction:
+    /// the listener harness's, as for `seal`.
+    pub limits: Limits,
+    /// Per-line and per-message client deadlines, shorter under stress
+    /// (RFC 5321 §4.5.3.2.7, Postfix's `smtpd_min_data_rate`).
+    pub timeouts: Timeouts,
     /// How long the backend may take to reply, and to take what it is
     /// sent (RFC 5321 §4.5.3.2.6: 10 minutes).
     pub backend_timeout: Duration,
@@ -69,43 +57,22 @@ pub struct InboundConfig {
 
 impl InboundConfig {
     pub fn new(session: SessionConfig, backend: BackendTarget) -> Self {
-        let limits = Limits::default();
-        let timeouts = Timeouts::default();
         InboundConfig {
             session: Arc::new(session),
             backend,
-            max_connections: limits.max_connections,
-            max_connections_per_client: limits.per_client,
-            max_connections_per_network: limits.per_network,
-            evict_idle: limits.evict_idle,
-            client_timeout: timeouts.line,
-            stress_client_timeout: timeouts.stress_line,
-            min_data_rate: timeouts.min_data_rate,
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
             backend_timeout: crate::smtp::limits::REPLY_TIMEOUT,
             backend_connect_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
         }
     }
 
-    /// The client deadlines.
-    pub fn timeouts(&self) -> Timeouts {
-        Timeouts {
-            line: self.client_timeout,
-            stress_line: self.stress_client_timeout,
-            min_data_rate: self.min_data_rate,
-        }
-    }
-
     /// The listener harness settings.
     pub fn harness(&self) -> server::Settings {
         server::Settings {
-            limits: Limits {
-                max_connections: self.max_connections,
-                per_client: self.max_connections_per_client,
-                per_network: self.max_connections_per_network,
-                evict_idle: self.evict_idle,
-                min_data_rate: self.min_data_rate,
-            },
+            limits: self.limits.clone(),
+            timeouts: self.timeouts,
             shutdown_grace: self.shutdown_grace,
             hostname: self.session.hostname.clone(),
             refusal: None,

@@ -25,7 +25,9 @@ use super::deliver::Prepared;
 use super::proxy::{MxTransaction, recipient_reply};
 use crate::log;
 use crate::server::memory::{Held, MessageMemory};
-use crate::server::{Control, Limits, Listen, Order, Refusal, Settings, Wrote, write_within};
+use crate::server::{
+    Control, Limits, Listen, Order, Refusal, Settings, Timeouts, Wrote, write_within,
+};
 use crate::smtp::server::{Protocol, ReceiveEvent, ReceiveSession};
 use crate::smtp::{Reply, replies};
 
@@ -85,8 +87,10 @@ pub async fn run(
             // An MTA's session is never evicted for a newcomer: the
             // newcomer is refused and comes back.
             evict_idle: Duration::MAX,
-            ..Limits::default()
         },
+        // The session keeps its own deadlines (`deliverer.limits`); with no
+        // eviction the harness never reads these.
+        timeouts: Timeouts::default(),
         shutdown_grace: deliverer.limits.deadline,
         hostname: deliverer.helo_name.clone(),
         refusal: Some(Refusal {

@@ -142,6 +142,7 @@ pub async fn run<L>(
 {
     let settings = crate::server::Settings {
         limits: config.limits.clone(),
+        timeouts: config.timeouts,
         shutdown_grace: config.shutdown_grace,
         hostname: config.hostname.clone(),
         refusal: None,

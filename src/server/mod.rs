@@ -408,6 +408,9 @@ fn try_write_now<W: AsyncWrite + ?Sized>(
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub limits: Limits,
+    /// The client deadlines; the harness takes the minimum data rate from
+    /// them, so eviction and the deadline judge a message by one rate.
+    pub timeouts: Timeouts,
     /// After shutdown, how long sessions may take to finish on their own.
     pub shutdown_grace: Duration,
     /// Our host name, for refusals.
@@ -466,7 +469,7 @@ impl Shared {
         });
         Arc::new(Shared {
             inner: Mutex::new(Inner {
-                table: Table::new(settings.limits.clone()),
+                table: Table::new(settings.limits.clone(), settings.timeouts.min_data_rate),
             }),
             weather,
             weather_version: AtomicU64::new(0),
@@ -745,6 +748,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let settings = Settings {
             limits: Limits::default(),
+            timeouts: Timeouts::default(),
             shutdown_grace: Duration::from_secs(60),
             hostname: "mx.test".into(),
             refusal: None,

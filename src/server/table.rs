@@ -43,9 +43,6 @@ pub struct Limits {
     /// be evicted for a newcomer when the table is full. A normal client
     /// answers within a round trip; this is several.
     pub evict_idle: Duration,
-    /// Octets per second a message earns its time at (Postfix's
-    /// `smtpd_min_data_rate`), the same as the client deadline's.
-    pub min_data_rate: u64,
 }
 
 impl Default for Limits {
@@ -55,7 +52,6 @@ impl Default for Limits {
             per_client: 50,
             per_network: 100,
             evict_idle: Duration::from_secs(1),
-            min_data_rate: 500,
         }
     }
 }
@@ -262,6 +258,10 @@ struct Slot {
 /// The connection table of one listener.
 pub struct Table {
     limits: Limits,
+    /// Octets per second a message earns its time at: the client
+    /// deadline's own ([`super::Timeouts::min_data_rate`]), so that a
+    /// session is behind for eviction exactly when it is behind its deadline.
+    min_data_rate: u64,
     next_id: u64,
     slots: HashMap<u64, Slot>,
     per_ip: HashMap<IpAddr, usize>,
@@ -274,9 +274,10 @@ pub struct Table {
 }
 
 impl Table {
-    pub fn new(limits: Limits) -> Table {
+    pub fn new(limits: Limits, min_data_rate: u64) -> Table {
         Table {
             limits,
+            min_data_rate,
             next_id: 1,
             slots: HashMap::new(),
             per_ip: HashMap::new(),
@@ -345,7 +346,7 @@ impl Table {
             .iter()
             .filter(|(_, s)| !s.leaving)
             .filter_map(|(id, s)| {
-                let behind = s.entry.behind_ms(now_ms, self.limits.min_data_rate)?;
+                let behind = s.entry.behind_ms(now_ms, self.min_data_rate)?;
                 (behind >= threshold).then(|| {
                     let rank = (
                         !s.entry.got_anywhere(),
@@ -446,12 +447,7 @@ impl Table {
     /// network is struck, unless the session was waiting for someone else.
     pub fn timed_out(&mut self, id: u64, now_ms: u64) {
         let ip = match self.slots.get(&id) {
-            Some(slot)
-                if slot
-                    .entry
-                    .behind_ms(now_ms, self.limits.min_data_rate)
-                    .is_some() =>
-            {
+            Some(slot) if slot.entry.behind_ms(now_ms, self.min_data_rate).is_some() => {
                 slot.entry.ip
             }
             _ => return,
@@ -488,6 +484,9 @@ fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: K) {
 mod tests {
     use super::*;
 
+    /// Postfix's `smtpd_min_data_rate` default, as the client deadline's.
+    const RATE: u64 = 500;
+
     fn ip(s: &str) -> Option<IpAddr> {
         Some(s.parse().unwrap())
     }
@@ -498,7 +497,6 @@ mod tests {
             per_client: 3,
             per_network: 5,
             evict_idle: Duration::from_secs(1),
-            min_data_rate: 500,
         }
     }
 
@@ -533,7 +531,7 @@ mod tests {
 
     #[test]
     fn per_address_and_per_network_limits() {
-        let mut t = Table::new(limits(100));
+        let mut t = Table::new(limits(100), RATE);
         for _ in 0..3 {
             admitted(t.admit(ip("192.0.2.1"), 0));
         }
@@ -552,11 +550,14 @@ mod tests {
 
     #[test]
     fn stress_has_hysteresis() {
-        let mut t = Table::new(Limits {
-            per_client: 100,
-            per_network: 100,
-            ..limits(10)
-        });
+        let mut t = Table::new(
+            Limits {
+                per_client: 100,
+                per_network: 100,
+                ..limits(10)
+            },
+            RATE,
+        );
         let mut ids = Vec::new();
         for n in 1..=10 {
             let (id, _, _) = admitted(t.admit(ip("192.0.2.1"), 0));
@@ -723,7 +724,7 @@ mod tests {
             },
         ];
         for case in cases {
-            let mut t = Table::new(limits(case.sessions.len()));
+            let mut t = Table::new(limits(case.sessions.len()), RATE);
             let mut ids = Vec::new();
             for h in &case.sessions {
                 let (id, entry, evict) = admitted(t.admit(ip(h.addr), 0));
@@ -755,11 +756,14 @@ mod tests {
     /// time it comes back, and the crowd's reconnections evict nobody.
     #[test]
     fn a_normal_client_gets_through_a_reconnecting_crowd() {
-        let mut t = Table::new(Limits {
-            per_client: 10,
-            per_network: 50,
-            ..limits(100)
-        });
+        let mut t = Table::new(
+            Limits {
+                per_client: 10,
+                per_network: 50,
+                ..limits(100)
+            },
+            RATE,
+        );
         // Trickler sessions by id, with their address.
         let mut tricklers = HashMap::new();
         let mut cut: Vec<String> = Vec::new();
@@ -820,11 +824,14 @@ mod tests {
 
     #[test]
     fn an_evicted_session_is_not_chosen_twice_and_leaving_is_bounded() {
-        let mut t = Table::new(Limits {
-            per_client: 100,
-            per_network: 100,
-            ..limits(16)
-        });
+        let mut t = Table::new(
+            Limits {
+                per_client: 100,
+                per_network: 100,
+                ..limits(16)
+            },
+            RATE,
+        );
         for n in 0..16 {
             let (_, entry, _) = admitted(t.admit(ip(&format!("192.0.{n}.1")), 0));
             entry.answered(0);
@@ -868,11 +875,14 @@ mod tests {
             (TimedOutWaitingForBackend, "192.0.2.9", 11_000, true),
         ];
         for (how, newcomer, at, may_evict) in cases {
-            let mut t = Table::new(Limits {
-                per_client: 10,
-                per_network: 10,
-                ..limits(3)
-            });
+            let mut t = Table::new(
+                Limits {
+                    per_client: 10,
+                    per_network: 10,
+                    ..limits(3)
+                },
+                RATE,
+            );
             let (a, entry_a, _) = admitted(t.admit(ip("192.0.2.1"), 0));
             entry_a.answered(0);
             for addr in ["203.0.113.1", "203.0.113.2"] {
@@ -923,7 +933,7 @@ mod tests {
 
     #[test]
     fn the_memory_of_struck_networks_is_bounded() {
-        let mut t = Table::new(limits(16));
+        let mut t = Table::new(limits(16), RATE);
         for n in 0..10_000u32 {
             t.strike(ip(&format!("10.{}.{}.1", n >> 8, n & 255)), u64::from(n));
         }

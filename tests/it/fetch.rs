@@ -73,6 +73,7 @@ async fn publish(
 fn harness() -> blackpony::server::Settings {
     blackpony::server::Settings {
         limits: Default::default(),
+        timeouts: Default::default(),
         shutdown_grace: Duration::from_secs(1),
         hostname: "relay.example.org".into(),
         refusal: None,

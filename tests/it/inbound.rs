@@ -182,7 +182,7 @@ async fn backend_down_gives_421() {
 async fn per_client_limit_gives_421_and_frees_slots() {
     let backend = Backend::start().await;
     let tls = Arc::new(ServerTls::self_signed("mx.test").expect("self-signed"));
-    let sidecar = Sidecar::start(&backend, tls, |c| c.max_connections_per_client = 2).await;
+    let sidecar = Sidecar::start(&backend, tls, |c| c.limits.per_client = 2).await;
     let mut a = sidecar.connect().await;
     let mut b = sidecar.connect().await;
     assert!(read_reply(&mut a).await.starts_with("220"));
@@ -286,7 +286,7 @@ async fn message_3_deadline_is_not_extended_by_trickling_bytes() {
     let backend = Backend::start().await;
     let tls = Arc::new(ServerTls::self_signed("mx.test").expect("self-signed"));
     let sidecar = Sidecar::start(&backend, tls, |c| {
-        c.client_timeout = Duration::from_millis(1500);
+        c.timeouts.line = Duration::from_millis(1500);
         let mut session = (*c.session).clone();
         session.pony = Some(Arc::new(ServerIdentity {
             key: Keypair::generate().expect("key"),

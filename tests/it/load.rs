@@ -89,8 +89,8 @@ async fn a_message_slower_than_the_minimum_rate_is_cut() {
         blackpony::transport::ServerTls::self_signed("mx.test").expect("self-signed"),
     );
     let sidecar = Sidecar::start(&backend, tls, |c| {
-        c.client_timeout = Duration::from_secs(2);
-        c.min_data_rate = 100;
+        c.timeouts.line = Duration::from_secs(2);
+        c.timeouts.min_data_rate = 100;
     })
     .await;
     let mut c = sidecar.connect().await;
@@ -383,9 +383,9 @@ async fn stress_shortens_the_line_deadline() {
         blackpony::transport::ServerTls::self_signed("mx.test").expect("self-signed"),
     );
     let sidecar = Sidecar::start(&backend, tls, |c| {
-        c.max_connections = 5;
-        c.client_timeout = Duration::from_secs(60);
-        c.stress_client_timeout = Duration::from_secs(1);
+        c.limits.max_connections = 5;
+        c.timeouts.line = Duration::from_secs(60);
+        c.timeouts.stress_line = Duration::from_secs(1);
     })
     .await;
     let mut first = sidecar.connect().await;
@@ -424,8 +424,8 @@ async fn a_newcomer_at_a_full_table_evicts_the_longest_idle_session() {
         blackpony::transport::ServerTls::self_signed("mx.test").expect("self-signed"),
     );
     let sidecar = Sidecar::start(&backend, tls, |c| {
-        c.max_connections = 2;
-        c.evict_idle = Duration::from_secs(1);
+        c.limits.max_connections = 2;
+        c.limits.evict_idle = Duration::from_secs(1);
     })
     .await;
     // Networks of their own: 127.0.1.0/24, 127.0.2.0/24, 127.0.3.0/24.
@@ -482,7 +482,7 @@ async fn a_newcomer_at_a_full_table_takes_a_slot_freed_within_the_wait() {
     let tls = std::sync::Arc::new(
         blackpony::transport::ServerTls::self_signed("mx.test").expect("self-signed"),
     );
-    let sidecar = Sidecar::start(&backend, tls, |c| c.max_connections = 1).await;
+    let sidecar = Sidecar::start(&backend, tls, |c| c.limits.max_connections = 1).await;
     let mut first = connect_from("127.0.5.1", sidecar.addr).await;
     assert!(read_reply(&mut first).await.starts_with("220"));
     // The table is full and nobody is evictable: the newcomer is held, not
@@ -512,7 +512,7 @@ async fn per_network_limit() {
     let tls = std::sync::Arc::new(
         blackpony::transport::ServerTls::self_signed("mx.test").expect("self-signed"),
     );
-    let sidecar = Sidecar::start(&backend, tls, |c| c.max_connections_per_network = 2).await;
+    let sidecar = Sidecar::start(&backend, tls, |c| c.limits.per_network = 2).await;
     let mut a = connect_from("127.0.4.1", sidecar.addr).await;
     let mut b = connect_from("127.0.4.2", sidecar.addr).await;
     assert!(read_reply(&mut a).await.starts_with("220"));
