@@ -25,7 +25,7 @@ from typing import Optional
 
 import pytest
 
-from interop.clients import reset_after_ehlo, swaks, transcript
+from interop.clients import RawSMTP, reset_after_ehlo, swaks, transcript
 from interop.peers import (Dnsmasq, PeerError, Postfix, Process, blackpony_bin, free_port,
                            keygen, require_tool, run_deliver, smtp_greeting, wait_for)
 
@@ -400,6 +400,34 @@ def test_a_file_in_the_spool_that_xfetch_cannot_name_is_reported_at_start(workdi
         assert len(line) == 1, relay.log_text()
         assert "new/_restored.age is not a spool id" in line[0], line[0]
         assert "never fetched" in line[0], line[0]
+
+
+def test_envelope_edge_cases_of_rfc_5321_and_1870(relay, keys):
+    """What a conformance prober sends an MX: an empty EHLO/HELO is 501 (RFC 5321
+    §4.1.1.1); a SIZE= too large for any integer is over the limit (552 5.3.4, RFC 1870 §6),
+    one that is not a number a syntax error (501); `RCPT TO:<Postmaster>` without a domain
+    is accepted (RFC 5321 §4.5.1 MUST) and sealed to the domain key."""
+    with RawSMTP(relay.host, relay.port, source=None) as c:
+        assert c.reply().code == 220
+        for line in ("EHLO", "HELO "):
+            r = c.cmd(line)
+            assert r.code == 501 and b"5.5.4 Syntax: " in r.lines[-1], (line, r)
+        assert c.cmd("EHLO client.test").code == 250
+        r = c.cmd("MAIL FROM:<s@client.test> SIZE=99999999999999999999999")
+        assert r.code == 552 and r.lines[-1].startswith(b"552 5.3.4"), r
+        r = c.cmd("MAIL FROM:<s@client.test> SIZE=huge")
+        assert r.code == 501 and r.lines[-1].startswith(b"501 5.5.4"), r
+        assert c.cmd("MAIL FROM:<s@client.test> SIZE=100").code == 250
+        r = c.cmd("RCPT TO:<Postmaster>")
+        assert r.code == 250, r
+        assert c.cmd("DATA").code == 354
+        r = c.cmd("Subject: to the postmaster\r\n\r\nPOSTMASTER-3c1d\r\n.")
+        assert r.code == 250, r
+        assert c.cmd("QUIT").code == 221
+    [f] = spool_files(relay.spool)
+    sender, rcpts, body = split_sealed(age_decrypt(keys.domain_key, f))
+    assert (sender, rcpts) == ("s@client.test", ["Postmaster"]), (sender, rcpts)
+    assert b"POSTMASTER-3c1d" in body
 
 
 def test_smuggling_and_nul_refused(workdir, keys):

@@ -121,13 +121,24 @@ impl SealKeys {
 
     /// Whether `recipient`'s domain is one of ours.
     pub fn serves(&self, recipient: &str) -> bool {
-        domain_of(recipient).is_some_and(|d| self.domains.contains(&d))
+        domain_of(&self.mailbox(recipient)).is_some_and(|d| self.domains.contains(&d))
+    }
+
+    /// The mailbox `recipient` names, lower-cased. RFC 5321 §4.5.1: an MX
+    /// MUST accept `RCPT TO:<Postmaster>` without a domain; it is the
+    /// postmaster of the first domain served.
+    fn mailbox(&self, recipient: &str) -> String {
+        if recipient.eq_ignore_ascii_case("postmaster") {
+            let first = self.domains.first().map_or("", String::as_str);
+            return format!("postmaster@{first}");
+        }
+        recipient.to_lowercase()
     }
 
     /// The keys one recipient's mail is sealed to: its mailbox's own keys,
     /// else the domain's (none: the recipient cannot be accepted).
     pub fn keys_of(&self, recipient: &str) -> &[x25519::Recipient] {
-        match self.mailbox_keys.get(&recipient.to_lowercase()) {
+        match self.mailbox_keys.get(&self.mailbox(recipient)) {
             Some(keys) => keys,
             None => &self.domain_keys,
         }
@@ -355,6 +366,19 @@ mod tests {
         .unwrap();
         assert!(keys.keys_of("carol@example.org").is_empty());
         assert!(keys.keys_for(&["carol@example.org".into()]).is_err());
+        // RFC 5321 §4.5.1: `<Postmaster>` without a domain is the first
+        // domain's postmaster, with its keys (here none: refused as such).
+        assert!(keys.serves("Postmaster"));
+        assert!(keys.keys_of("postmaster").is_empty());
+        let with_postmaster = SealKeys::new(
+            &["example.org".into(), "example.net".into()],
+            &[],
+            &[format!("postmaster@example.org={alice_pub}")],
+        )
+        .unwrap();
+        assert!(with_postmaster.serves("POSTMASTER"));
+        assert_eq!(with_postmaster.keys_of("PostMaster").len(), 1);
+        assert!(!with_postmaster.serves("postmistress"));
         assert_eq!(
             keys.keys_for(&["alice@example.org".into()]).unwrap().len(),
             1

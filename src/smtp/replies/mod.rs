@@ -265,6 +265,12 @@ pub fn one_domain_per_transaction() -> Reply {
     )
 }
 
+/// `501 5.5.4`: a MAIL `SIZE=` whose value is not a number (RFC 1870 §3:
+/// `1*20DIGIT`; Postfix's text).
+pub fn bad_size_syntax() -> Reply {
+    Reply::new(501, "5.5.4 Bad message size syntax")
+}
+
 /// `552 5.3.4`: a declared (RFC 1870 §6) or actual message size over the
 /// limit (RFC 5321 §4.5.3.1.10; RFC 3463 X.3.4).
 pub fn message_too_big() -> Reply {
@@ -477,6 +483,7 @@ mod tests {
             (too_many_recipients(), true),
             (one_domain_per_transaction(), true),
             (message_too_big(), true),
+            (bad_size_syntax(), true),
             (bare_newline(), true),
             (contains_nul(), true),
             (shutting_down(host), true),

@@ -25,6 +25,14 @@ impl ReceiveSession {
             Protocol::Smtp => cmd.verb == Verb::Ehlo,
         };
         let starttls = self.offers_starttls();
+        let greets = hello || (cmd.verb == Verb::Helo && self.protocol == Protocol::Smtp);
+        if greets && cmd.args.trim().is_empty() {
+            // RFC 5321 §4.1.1.1 (RFC 2033 §4.1 for LHLO): the client names
+            // itself; an empty greeting is a syntax error (as Postfix's).
+            let verb = if lhlo { "LHLO" } else { cmd.verb.as_str() };
+            self.reply(replies::syntax(&format!("{verb} hostname")));
+            return;
+        }
         match (cmd.verb, &mut self.phase) {
             (Verb::Helo, _) if self.protocol == Protocol::Smtp => {
                 self.reset_transaction();
@@ -100,7 +108,10 @@ impl ReceiveSession {
                 Some(sender) if sender.is_empty() || address_is_sane(&sender) => {
                     // RFC 1870 §6: a declared size over the limit is
                     // refused at once; a declared size is passed on.
-                    let size = size_param(cmd.args);
+                    let Ok(size) = size_param(cmd.args) else {
+                        self.reply(replies::bad_size_syntax());
+                        return;
+                    };
                     if size.is_some_and(|n| n > self.max_message_size) {
                         self.reply(replies::message_too_big());
                         return;
@@ -178,15 +189,23 @@ impl ReceiveSession {
 }
 
 /// The `SIZE=` parameter of `FROM:<a@b> SIZE=123 BODY=8BITMIME` (RFC
-/// 1870 §3; keywords are case-insensitive), if present and a number.
-pub(super) fn size_param(args: &str) -> Option<u64> {
-    let params = &args[args.find('>')? + 1..];
-    params.split_ascii_whitespace().find_map(|p| {
+/// 1870 §3; keywords are case-insensitive): `Ok(None)` without one,
+/// `Err(())` when its value is not digits. A number too large for 64
+/// bits (RFC 1870 allows 20 digits) is `u64::MAX`: over any limit, refused as too big rather than
+/// taken for "no size given".
+pub(super) fn size_param(args: &str) -> Result<Option<u64>, ()> {
+    let Some(close) = args.find('>') else {
+        return Ok(None);
+    };
+    let value = args[close + 1..].split_ascii_whitespace().find_map(|p| {
         let (key, value) = p.split_once('=')?;
-        key.eq_ignore_ascii_case("SIZE")
-            .then(|| value.parse().ok())
-            .flatten()
-    })
+        key.eq_ignore_ascii_case("SIZE").then_some(value)
+    });
+    match value {
+        None => Ok(None),
+        Some(v) if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) => Err(()),
+        Some(v) => Ok(Some(v.parse().unwrap_or(u64::MAX))),
+    }
 }
 
 /// The address in `FROM:<a@b> PARAMS` / `TO:<a@b>`, without brackets.

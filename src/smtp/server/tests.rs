@@ -16,21 +16,36 @@ fn out(s: &mut ReceiveSession) -> String {
 #[test]
 fn size_parameter() {
     for (args, want) in [
-        ("FROM:<a@b>", None),
-        ("FROM:<a@b> SIZE=1234", Some(1234)),
-        ("FROM:<a@b> BODY=8BITMIME size=99", Some(99)),
-        ("FROM:<a@b> SIZE=x", None),
-        ("FROM:<a=SIZE=5@b>", None),
+        ("FROM:<a@b>", Ok(None)),
+        ("FROM:<a@b> SIZE=1234", Ok(Some(1234))),
+        ("FROM:<a@b> BODY=8BITMIME size=99", Ok(Some(99))),
+        ("FROM:<a@b> SIZE=x", Err(())),
+        ("FROM:<a@b> SIZE=", Err(())),
+        ("FROM:<a@b> SIZE=-1", Err(())),
+        ("FROM:<a@b> SIZE=99999999999999999999", Ok(Some(u64::MAX))),
+        (
+            "FROM:<a@b> SIZE=99999999999999999999999999",
+            Ok(Some(u64::MAX)),
+        ),
+        ("FROM:<a=SIZE=5@b>", Ok(None)),
     ] {
         assert_eq!(size_param(args), want, "{args}");
     }
     let mut s = ReceiveSession::new(Protocol::Smtp, "bp.example", 1000);
     out(&mut s);
-    s.input(b"EHLO mta.example\r\nMAIL FROM:<a@b> SIZE=1001\r\nMAIL FROM:<a@b> SIZE=1000\r\n");
+    // A size too large for 64 bits is too big, not "no size given"; a
+    // size that is not a number is a syntax error (RFC 1870 §3, §6).
+    s.input(
+        b"EHLO mta.example\r\nMAIL FROM:<a@b> SIZE=1001\r\n\
+          MAIL FROM:<a@b> SIZE=99999999999999999999999\r\nMAIL FROM:<a@b> SIZE=ten\r\n\
+          MAIL FROM:<a@b> SIZE=1000\r\n",
+    );
     let o = out(&mut s);
     assert!(
         o.ends_with(
-            "552 5.3.4 Message size exceeds fixed maximum message size\r\n250 2.1.0 Ok\r\n"
+            "552 5.3.4 Message size exceeds fixed maximum message size\r\n\
+             552 5.3.4 Message size exceeds fixed maximum message size\r\n\
+             501 5.5.4 Bad message size syntax\r\n250 2.1.0 Ok\r\n"
         ),
         "{o}"
     );
@@ -490,4 +505,44 @@ fn data_next_says_whether_the_mta_pipelined_data_behind_its_rcpt() {
     // Not while no RCPT waits for its answer.
     let s = ReceiveSession::new(Protocol::Smtp, "bp.test", 1 << 20);
     assert!(!s.data_next());
+}
+
+/// RFC 5321 §4.1.1.1 (RFC 2033 §4.1): a greeting names the client, so an
+/// empty one is 501 and changes nothing.
+#[test]
+fn empty_greetings_are_refused() {
+    for (protocol, lines, want) in [
+        (
+            Protocol::Smtp,
+            &b"EHLO\r\nHELO \r\nMAIL FROM:<a@b>\r\n"[..],
+            &[
+                "501 5.5.4 Syntax: EHLO hostname",
+                "501 5.5.4 Syntax: HELO hostname",
+                "503 5.5.1 Send EHLO first",
+            ][..],
+        ),
+        (
+            Protocol::Lmtp,
+            b"LHLO\r\nLHLO mta\r\nLHLO  \r\nMAIL FROM:<a@b>\r\n",
+            &[
+                "501 5.5.4 Syntax: LHLO hostname",
+                "250 ",
+                "501 5.5.4 Syntax: LHLO hostname",
+                "250 2.1.0 Ok",
+            ],
+        ),
+    ] {
+        let mut s = ReceiveSession::new(protocol, "bp", 1000);
+        out(&mut s);
+        s.input(lines);
+        let o = out(&mut s);
+        let last: Vec<&str> = o
+            .split("\r\n")
+            .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+            .collect();
+        assert_eq!(last.len(), want.len(), "{o}");
+        for (got, want) in last.iter().zip(want) {
+            assert!(got.starts_with(want), "{got} / {want}\n{o}");
+        }
+    }
 }
