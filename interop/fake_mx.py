@@ -25,6 +25,8 @@ data-250    As record, but DATA is answered `250 2.0.0 Ok: queued as NOTHING` in
             (RFC 5321 §4.3.2 allows only 354, 4xx or 5xx there): whatever the client sends
             next is read as commands and recorded, so a client that sent its message anyway
             shows it in the session record's commands.
+greet-554   Greets with `554 5.7.1 No SMTP service here` (RFC 5321 §3.1) and then answers
+            QUIT with 221 and anything else with 503.
 
 Every session is recorded in OUT/session-<n>.json (commands received, whether TLS was up
 for each, how it ended); every accepted message in OUT/msg-<n>.json (envelope, TLS, the
@@ -120,6 +122,18 @@ class Session(socketserver.StreamRequestHandler):
 
     def smtp(self):
         host = "fake-" + self.opts.mode + ".test"
+        if self.opts.mode == "greet-554":
+            self.reply("554 5.7.1 No SMTP service here")
+            while (raw := self.readline()) is not None:
+                line = raw.rstrip(b"\r\n").decode("latin-1")
+                self.record["commands"].append({"tls": False, "line": line})
+                if line.upper() == "QUIT":
+                    self.reply("221 2.0.0 Bye")
+                    self.record["end"] = "quit"
+                    return
+                self.reply("503 5.5.1 Error: no SMTP service")
+            self.record["end"] = "client closed"
+            return
         self.reply(f"220 {host} ESMTP interop fake MX ({self.opts.mode})")
         ehlo_seen = False
         mail_from = None
@@ -234,7 +248,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--listen", required=True)
     ap.add_argument("--mode", choices=("broken-tls", "inject", "gated", "record", "slow",
-                                           "data-250"),
+                                           "data-250", "greet-554"),
                     required=True)
     ap.add_argument("--final-delay", type=float, default=5.0,
                     help="slow mode: seconds before the reply to the end of data")

@@ -118,8 +118,18 @@ pub(super) fn host_failure_reply(
                     ),
                     None => (format!("{}.0.0", reply.class()), text),
                 };
+                // A 5xx greeting (RFC 5321 §3.1: "no SMTP service here") says
+                // nothing about the message, and is most often a busy or
+                // blocklisting host: that host is skipped and the mail
+                // deferred, never bounced (Postfix's smtp_skip_5xx_greeting,
+                // on by default). The remote's own code stays in the text.
+                let (code, code_part) = if *stage == "greeting" && reply.is_permanent() {
+                    (reply.code() - 100, format!("4{}", &code_part[1..]))
+                } else {
+                    (reply.code(), code_part)
+                };
                 Reply::new(
-                    reply.code(),
+                    code,
                     format!(
                         "{code_part} {host}[{ip}] refused {stage}: {} {rest}",
                         reply.code()
@@ -145,5 +155,51 @@ pub(super) fn host_failure_reply(
         HostFailure::PonyRejected { why } => replies::xpony_key_refused(why),
         HostFailure::PonyFailed { why } => replies::xpony_failed(host, ip, why),
         HostFailure::Lost { stage } => replies::lost_waiting_for(host, ip, stage),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reply that stands for a host refusing the session keeps the
+    /// remote's words; a 5xx greeting becomes a 4xx (the host is skipped,
+    /// the mail deferred), a 5xx later in the session stays permanent.
+    #[test]
+    fn refused_sessions() {
+        let ip: IpAddr = "192.0.2.25".parse().unwrap();
+        for (stage, code, text, want) in [
+            (
+                "greeting",
+                554,
+                "5.7.1 go away",
+                "454 4.7.1 mx.example[192.0.2.25] refused greeting: 554 go away",
+            ),
+            (
+                "greeting",
+                554,
+                "no service",
+                "454 4.0.0 mx.example[192.0.2.25] refused greeting: 554 no service",
+            ),
+            (
+                "greeting",
+                421,
+                "4.3.2 busy",
+                "421 4.3.2 mx.example[192.0.2.25] refused greeting: 421 busy",
+            ),
+            (
+                "MAIL FROM",
+                553,
+                "5.7.1 sender refused",
+                "553 5.7.1 mx.example[192.0.2.25] refused MAIL FROM: 553 sender refused",
+            ),
+        ] {
+            let failure = HostFailure::Refused {
+                stage,
+                reply: Reply::new(code, text),
+            };
+            let got = host_failure_reply(&failure, "mx.example", ip, TlsPolicy::May);
+            assert_eq!(got.to_string(), want);
+        }
     }
 }
