@@ -147,6 +147,12 @@ impl ClientSession {
         self.tls_up
     }
 
+    /// Octets from the server not yet read as a reply (for the fuzz
+    /// checks: never more than one reply's worth).
+    pub fn buffered(&self) -> usize {
+        self.inbuf.len()
+    }
+
     /// What the session is doing, for a log line when the connection breaks.
     pub fn stage(&self) -> &'static str {
         match &self.state {
@@ -182,7 +188,11 @@ impl ClientSession {
                 return Step::StartTls;
             }
             if matches!(self.state, State::Ready) {
-                return Step::Ready;
+                if self.inbuf.is_empty() {
+                    return Step::Ready;
+                }
+                self.unsolicited();
+                continue;
             }
             if matches!(self.state, State::XponySwitch) {
                 return Step::SwitchToPony;
@@ -336,13 +346,12 @@ impl ClientSession {
                 return Some(Step::SwitchToPony);
             }
             State::Ready => {
-                // A reply nobody asked for: not a server we can trust to
-                // stay in step with us.
-                self.fail(HostFailure::Protocol(ReplyError::BadCode));
+                self.state = State::Ready;
+                self.unsolicited();
             }
             State::Transaction { mut owed } => {
                 let Some(pending) = owed.pop_front() else {
-                    self.fail(HostFailure::Protocol(ReplyError::BadCode));
+                    self.fail(HostFailure::Protocol(ReplyError::Unsolicited));
                     return None;
                 };
                 self.state = State::Transaction { owed };
@@ -381,6 +390,21 @@ impl ClientSession {
             State::Done => return Some(Step::Done),
         }
         None
+    }
+
+    /// Bytes from the server when no reply is owed (RFC 2920 §3.1: it
+    /// sends nothing unasked): they would answer our next command, and
+    /// every reply after them the wrong one. Not a server to stay in step
+    /// with: what was decided stands (a transaction's outcome), the
+    /// session is not kept, QUIT.
+    fn unsolicited(&mut self) {
+        self.inbuf.clear();
+        if self.outcome.is_none() {
+            self.outcome = Some(SessionOutcome::Failed(HostFailure::Protocol(
+                ReplyError::Unsolicited,
+            )));
+        }
+        self.quit();
     }
 
     /// After a successful EHLO or HELO: STARTTLS or the transaction.

@@ -32,6 +32,8 @@ pub enum ReplyError {
     /// never sent as delivered.
     #[error("reply {code} to {command} (RFC 5321 section 4.3.2 allows only 354, 4xx or 5xx)")]
     Unexpected { command: &'static str, code: u16 },
+    #[error("reply that answers no command (RFC 2920 §3.1)")]
+    Unsolicited,
 }
 
 /// An enhanced mail system status code (RFC 3463 §2): `class.subject.detail`,

@@ -884,6 +884,60 @@ fn kept_session_next_transaction() {
     );
 }
 
+/// Bytes behind the last reply owed (RFC 2920 §3.1: a server sends
+/// nothing unasked) would answer the next transaction's RSET, and every
+/// reply after it would go to the wrong command (a recipient bounced with
+/// another's 550). What was decided stands; the session is not kept, and
+/// an opening session that never got so far fails.
+#[test]
+fn bytes_behind_the_last_reply_end_a_kept_session() {
+    let message = b"Subject: x\r\n\r\nhi\r\n";
+    // (what follows the final reply in the same read, outcome code)
+    for (stray, want) in [
+        ("250 2.0.0 Ok\r\n", Some(250)),
+        ("2", Some(250)),
+        ("421 4.4.2 bye\r\n", Some(250)),
+        ("", None),
+    ] {
+        let mut s = session(StartTls::Never, &["a@mx.example"], message).keep_open();
+        s.receive(b"220 mx.example ESMTP\r\n250-mx.example\r\n250 PIPELINING\r\n");
+        s.receive(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n");
+        take(&mut s);
+        let step = s.receive(format!("250 2.0.0 queued\r\n{stray}").as_bytes());
+        assert_eq!(codes(s.outcome().unwrap())[0].1, 250, "{stray:?}");
+        match want {
+            Some(_) => {
+                assert_eq!(step, Step::Continue, "{stray:?}");
+                assert!(!s.is_ready(), "{stray:?}");
+                assert_eq!(take(&mut s), "QUIT\r\n", "{stray:?}");
+                assert!(!s.next_transaction(
+                    envelope(&["b@mx.example"]),
+                    ContentFacts::of(message),
+                    wire(message)
+                ));
+                assert_eq!(s.receive(b"221 bye\r\n"), Step::Done);
+                assert_eq!(codes(s.outcome().unwrap())[0].1, 250, "{stray:?}");
+            }
+            None => {
+                assert_eq!(step, Step::Ready);
+                assert_eq!(take(&mut s), "");
+            }
+        }
+    }
+    // An opening session: a reply behind EHLO's is no session to use.
+    let mut s = ClientSession::opening("client.example", StartTls::Never);
+    let step = s.receive(b"220 mx.example ESMTP\r\n250 mx.example\r\n250 ok\r\n");
+    assert_eq!(step, Step::Continue);
+    assert!(!s.is_ready());
+    assert_eq!(take(&mut s), "EHLO client.example\r\nQUIT\r\n");
+    assert!(matches!(
+        s.outcome(),
+        Some(SessionOutcome::Failed(HostFailure::Protocol(
+            crate::smtp::ReplyError::Unsolicited
+        )))
+    ));
+}
+
 /// LMTP (RFC 2033): LHLO, no HELO fallback, and after the message one reply
 /// per recipient RCPT accepted, in order; a connection lost among those
 /// replies keeps the ones read.
