@@ -754,6 +754,235 @@ pub fn receive_session(input: &[u8]) {
     }
 }
 
+/// Canned server replies for [`client_session`]: a chunk can pick whole
+/// replies by index, so a short input reaches deep into the dialogue.
+const CANNED_REPLIES: &[&[u8]] = &[
+    b"220 mx.example ESMTP\r\n",
+    b"250-mx.example\r\n250-PIPELINING\r\n250-SIZE 100000\r\n250-8BITMIME\r\n250 STARTTLS\r\n",
+    b"250-mx.example\r\n250-XPONY Noise_XX_25519_ChaChaPoly_SHA256\r\n250 STARTTLS\r\n",
+    b"250-mx.example\r\n250 SIZE 10\r\n",
+    b"250 2.0.0 ok\r\n",
+    b"354 go ahead\r\n",
+    b"221 2.0.0 bye\r\n",
+    b"421 4.4.2 closing\r\n",
+    b"451 4.3.0 try later\r\n",
+    b"550 5.1.1 no such user\r\n",
+    b"500 5.5.1 what\r\n",
+    b"334 AAAA\r\n",
+    b"220 go ahead\r\n",
+    b"250 ok\n",
+    b"252 2.1.5 maybe\r\n",
+    b"250-mx.example\r\n250-PIPELINING\r\n250 SMTPUTF8\r\n",
+];
+
+/// The outbound client session (`smtp::client`) against a hostile MX: the
+/// first two bytes choose the session (STARTTLS policy, LMTP, kept open,
+/// XPONY offered or required, 8-bit, NUL; recipients), then each chunk's
+/// first byte whether the server sends bytes (raw, or canned replies by
+/// index), the TLS handshake finishes, the caller acts on a step, or the
+/// connection is lost. Whatever the server says: the buffer of unparsed
+/// bytes stays within one reply's bounds; the client writes whole command
+/// lines (the message only after the server's 354, and nothing of the
+/// transaction in plaintext when TLS or XPONY is required); and every
+/// outcome is clear: one result per recipient, in order, a 2xx only as the
+/// reply to the final dot of a message that went out, "uncertain" only
+/// when the connection was lost after it went out. Returns how many
+/// messages were delivered (for the tests: sessions do get that far).
+pub fn client_session(input: &[u8]) -> usize {
+    use crate::smtp::client::{
+        ClientSession, HostFailure, PonyOffer, SessionOutcome, StartTls, Step,
+    };
+    use crate::smtp::envelope::{ContentFacts, Envelope};
+    use crate::smtp::limits::{MAX_REPLY_LINE, MAX_REPLY_LINES};
+    let head = |i: usize| input.get(i).copied().unwrap_or(0);
+    let starttls = match head(0) & 3 {
+        0 => StartTls::Never,
+        1 => StartTls::IfOffered,
+        _ => StartTls::Required,
+    };
+    let (lmtp, keep_open) = (head(0) & 4 == 4, head(0) & 8 == 8);
+    let pony_required = head(0) & 0x30 == 0x30;
+    let message: &[u8] = match head(0) >> 6 {
+        0 | 1 => b"Subject: x\r\nX-Fuzz: 7f3a\r\n\r\n.dot\r\n",
+        2 => b"Subject: \xe9\r\nX-Fuzz: 7f3a\r\n\r\nbody\r\n",
+        _ => b"Subject: x\r\nX-Fuzz: 7f3a\r\n\r\nn\0l\r\n",
+    };
+    let marker = b"X-Fuzz: 7f3a";
+    let recipients: Vec<String> = (0..=head(1) % 4)
+        .map(|n| format!("r{n}@mx.example"))
+        .collect();
+    let envelope = Envelope {
+        sender: "s@client.example".into(),
+        recipients: recipients.clone(),
+    };
+    let mut wire = Vec::new();
+    let mut stuffer = DotStuffer::new();
+    stuffer.push(message, &mut wire);
+    stuffer.finish(&mut wire);
+    let content = ContentFacts::of(message);
+    let mut session = ClientSession::new(
+        "client.example",
+        starttls,
+        envelope.clone(),
+        content,
+        wire.clone(),
+    );
+    if lmtp {
+        session = session.lmtp();
+    }
+    if keep_open {
+        session = session.keep_open();
+    }
+    if head(0) & 0x10 == 0x10 {
+        session = session.with_pony(PonyOffer {
+            key: crate::pony::noise::Keypair::from_secret([5; 32]),
+            required: pony_required,
+        });
+    }
+
+    let mut encrypted = false;
+    let mut step = Step::Continue;
+    // This transaction's message went out; the server answered after it.
+    let (mut message_out, mut answered_after) = (false, false);
+    let mut transactions = 1;
+    let (mut lost, mut delivered, mut counted) = (false, 0, false);
+    let bound = MAX_REPLY_LINE * MAX_REPLY_LINES;
+    for chunk in input.get(2..).unwrap_or_default().split(|&b| b == 0xff) {
+        let Some((&selector, data)) = chunk.split_first() else {
+            continue;
+        };
+        let mut fed = false;
+        // The I/O loop reads nothing while the caller owes a TLS
+        // handshake or the switch to XPONY.
+        let reading = !matches!(step, Step::StartTls | Step::SwitchToPony);
+        match selector % 8 {
+            0..=3 if reading => {
+                step = session.receive(data);
+                fed = true;
+            }
+            4 if reading => {
+                let canned: Vec<u8> = data
+                    .iter()
+                    .flat_map(|&b| CANNED_REPLIES[usize::from(b) % CANNED_REPLIES.len()].iter())
+                    .copied()
+                    .collect();
+                step = session.receive(&canned);
+                fed = true;
+            }
+            0..=4 => {}
+            5 => {
+                if step == Step::StartTls {
+                    session.tls_established();
+                    encrypted = true;
+                    step = Step::Continue;
+                }
+            }
+            6 => match &step {
+                Step::CheckServerKey { .. } => {
+                    if selector & 0x80 == 0x80 {
+                        session.xpony_reject("refused".into());
+                    } else {
+                        step = session.xpony_accept();
+                    }
+                }
+                Step::SwitchToPony => {
+                    assert!(session.take_pony().is_some());
+                    session.pony_established();
+                    encrypted = true;
+                    step = Step::Continue;
+                }
+                Step::Ready if transactions < 4 => {
+                    assert!(session.next_transaction(envelope.clone(), content, wire.clone()));
+                    transactions += 1;
+                    (message_out, answered_after, counted) = (false, false, false);
+                    step = Step::Continue;
+                }
+                _ => {}
+            },
+            _ => {
+                session.connection_lost();
+                lost = true;
+            }
+        }
+        if fed && message_out {
+            answered_after = true;
+        }
+        assert!(
+            session.buffered() <= bound || matches!(step, Step::Done),
+            "{} octets buffered",
+            session.buffered()
+        );
+
+        // What the client wrote: whole lines; the message only after a
+        // 354 arrived, and once; no transaction in plaintext when the
+        // policy requires encryption.
+        let out = std::mem::take(&mut session.outgoing);
+        if let Some(at) = out.windows(marker.len()).position(|w| w == marker) {
+            assert!(
+                fed && !message_out,
+                "the message went out unasked, or twice"
+            );
+            assert!(!content.nul, "a message with NUL went out");
+            assert!(at == 0 || out[..at].ends_with(b"\r\n"));
+            message_out = true;
+        }
+        assert!(out.is_empty() || out.ends_with(b"\r\n"));
+        let required = starttls == StartTls::Required || pony_required;
+        if required && !encrypted {
+            for line in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                let verb = line.split(|&b| b == b' ').next().unwrap_or_default();
+                assert!(
+                    [
+                        &b"EHLO"[..],
+                        b"LHLO",
+                        b"HELO",
+                        b"STARTTLS\r",
+                        b"XPONY",
+                        b"*\r",
+                        b"QUIT\r"
+                    ]
+                    .contains(&verb),
+                    "{:?} in plaintext under a policy that requires encryption",
+                    String::from_utf8_lossy(line)
+                );
+            }
+        }
+
+        if let Some(outcome) = session.outcome() {
+            match outcome {
+                SessionOutcome::Replied(results) => {
+                    assert_eq!(
+                        results.iter().map(|r| &r.recipient).collect::<Vec<_>>(),
+                        recipients.iter().collect::<Vec<_>>()
+                    );
+                    for r in results {
+                        if r.reply.is_success() {
+                            assert_eq!(r.stage, "end of data", "{r:?}");
+                            assert!(message_out && answered_after, "{r:?} before the message");
+                        }
+                    }
+                    if !counted && results.iter().any(|r| r.reply.is_success()) {
+                        delivered += 1;
+                        counted = true;
+                    }
+                }
+                SessionOutcome::Uncertain { accepted } => {
+                    assert!(lost && message_out && !accepted.is_empty());
+                }
+                SessionOutcome::Failed(failure) => {
+                    if let HostFailure::Lost { .. } = failure {
+                        assert!(lost || failure == &HostFailure::Lost { stage: "RSET" });
+                    }
+                }
+            }
+        }
+        if lost || matches!(step, Step::Done) {
+            break;
+        }
+    }
+    delivered
+}
+
 /// A small deterministic generator for running the checks in `cargo test`.
 #[cfg(test)]
 pub(crate) fn pseudo_random_inputs(seed: u64, count: usize, alphabet: &[u8]) -> Vec<Vec<u8>> {
@@ -859,6 +1088,59 @@ mod tests {
         state_files(b"key: StN2G5wEsAhmLNu08/pLAMZip7m2AWVz+tN4+JSBZnw=\nfirst-seen: 1\nlast-seen: 2\nmax-age: 0\n");
         state_files(b"id: 20190429\nfetched: 1700000000\n\nversion: STSv1\r\n");
         state_files(b"# key\nStN2G5wEsAhmLNu08/pLAMZip7m2AWVz+tN4+JSBZnw=\n");
+    }
+
+    /// Chunk selectors and canned-reply indexes, with some raw reply
+    /// bytes: sessions get far (EHLO with PIPELINING, 354, the message).
+    const CLIENT_ALPHABET: &[u8] =
+        b"\xff\xff\x04\x04\x05\x06\x07\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f250 354 \r\n-";
+
+    #[test]
+    fn client_session_check_holds_on_pseudo_random_input() {
+        for input in pseudo_random_inputs(0xc11e, 4000, CLIENT_ALPHABET) {
+            client_session(&input);
+        }
+    }
+
+    /// Whole sessions do happen: delivered over STARTTLS, by LMTP, 8-bit,
+    /// kept and reused; a message with NUL never goes out.
+    #[test]
+    fn client_session_check_on_real_sessions() {
+        // Greeting and EHLO (PIPELINING, STARTTLS), STARTTLS's 220, the
+        // handshake, EHLO again, the replies to MAIL, two RCPT and DATA,
+        // the final reply (LMTP: one per recipient); then, on a kept
+        // session, the next transaction after RSET; QUIT's reply.
+        let session = |head: u8, kept: bool, lmtp: bool| {
+            let fin: &[u8] = if lmtp {
+                b"\xff\x04\x04\x04"
+            } else {
+                b"\xff\x04\x04"
+            };
+            let mut input = vec![head, 1];
+            input.extend_from_slice(
+                b"\x04\x00\x01\xff\x04\x0c\xff\x05\xff\x04\x01\xff\x04\x04\x04\x04\x05",
+            );
+            input.extend_from_slice(fin);
+            if kept {
+                input.extend_from_slice(b"\xff\x06\xff\x04\x04\x04\x04\x04\x05");
+                input.extend_from_slice(fin);
+            }
+            input.extend_from_slice(b"\xff\x04\x06");
+            client_session(&input)
+        };
+        for (head, delivered) in [
+            (0x01, 1),
+            (0x02, 1),
+            (0x03, 1),
+            (0x05, 1),
+            (0x09, 2),
+            (0x0d, 2),
+            (0x81, 1),
+            (0xc1, 0),
+        ] {
+            let (kept, lmtp) = (head & 8 == 8, head & 4 == 4);
+            assert_eq!(session(head, kept, lmtp), delivered, "head {head:#x}");
+        }
     }
 
     const STS_ALPHABET: &[u8] =
