@@ -10,7 +10,7 @@ use clap::Args;
 
 use super::config::{CommandLine, InboundFile};
 use super::error::{ConfigError, exit_for, fail};
-use super::values::BareNewlinesArg;
+use super::values::{BareNewlinesArg, seconds};
 use super::{error_limits, load, notify, serving, sys};
 use crate::inbound::{BackendTarget, Identity, InboundConfig};
 use crate::sysexits::Exit;
@@ -114,6 +114,12 @@ pub fn run(args: InboundArgs, file: InboundFile, runtime: &tokio::runtime::Runti
 pub fn merge_inbound(args: InboundArgs, file: InboundFile) -> Result<InboundSettings, ConfigError> {
     let file_load = load_from_file(&file);
     let serving = args.serving.clone().or(file.serving());
+    serving.check()?;
+    args.load.clone().or(file_load.clone()).check()?;
+    let backend_timeout = seconds(
+        "--backend-timeout",
+        args.backend_timeout.or(file.backend_timeout),
+    )?;
     let error_limits = args.error_limits.merge(&file)?;
     let identity = args.identity.or(file.identity).ok_or(ConfigError::Missing(
         "--identity is required: how the MTA learns the real client address \
@@ -174,7 +180,7 @@ pub fn merge_inbound(args: InboundArgs, file: InboundFile) -> Result<InboundSett
         &mut config.timeouts,
         &mut config.shutdown_grace,
     );
-    if let Some(s) = args.backend_timeout.or(file.backend_timeout) {
+    if let Some(s) = backend_timeout {
         config.backend_timeout = Duration::from_secs(s.max(1));
     }
     let load = args.load.or(file_load);
@@ -313,6 +319,39 @@ mod tests {
             s.config.backend,
             BackendTarget::Tcp("127.0.0.1:10025".into())
         );
+    }
+
+    /// A time no clock can add (2^63 seconds) is refused with the
+    /// setting's name when the settings are read, not met as a panic at
+    /// the first session that waits; a year is the most.
+    #[test]
+    fn times_over_a_year_are_refused() {
+        for (key, flag) in [
+            ("client_timeout", "--client-timeout"),
+            ("shutdown_timeout", "--shutdown-timeout"),
+            ("backend_timeout", "--backend-timeout"),
+            ("stress_client_timeout", "--stress-client-timeout"),
+            ("evict_idle", "--evict-idle"),
+        ] {
+            for (value, ok) in [
+                ("31536000", true),
+                ("31536001", false),
+                ("9223372036854775807", false),
+            ] {
+                let file = FileConfig::parse(&format!(
+                    "[inbound]\nidentity = \"xclient\"\nbackend = \"127.0.0.1:10025\"\n{key} = {value}\n"
+                ))
+                .unwrap();
+                match merge_inbound(InboundArgs::default(), file.inbound.unwrap()) {
+                    Ok(_) => assert!(ok, "{key} = {value} taken"),
+                    Err(ConfigError::Invalid(name, why)) => {
+                        assert!(!ok, "{key} = {value}: {why}");
+                        assert_eq!(name, flag);
+                    }
+                    Err(e) => panic!("{key} = {value}: {e}"),
+                }
+            }
+        }
     }
 
     #[test]

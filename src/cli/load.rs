@@ -4,6 +4,9 @@
 
 use clap::Args;
 
+use super::error::ConfigError;
+use super::values::seconds;
+
 use crate::inbound::InboundConfig;
 use crate::log;
 use crate::server::{Limits, Timeouts, listener};
@@ -55,6 +58,13 @@ impl LoadArgs {
             min_data_rate: self.min_data_rate.or(file.min_data_rate),
             evict_idle: self.evict_idle.or(file.evict_idle),
         }
+    }
+
+    /// The times given are ones a clock can add (a year at most).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        seconds("--stress-client-timeout", self.stress_client_timeout)?;
+        seconds("--evict-idle", self.evict_idle)?;
+        Ok(())
     }
 
     /// The harness limits and client deadlines these settings change.

@@ -289,7 +289,10 @@ pub fn merge_outbound(
         helo_name,
         state_dir: Some(state_dir),
         smtp_port: args.smtp_port.unwrap_or(25),
-        tls_backoff: Duration::from_secs(args.tls_backoff.or(file.tls_backoff).unwrap_or(300)),
+        tls_backoff: Duration::from_secs(
+            super::values::seconds("--tls-backoff", args.tls_backoff.or(file.tls_backoff))?
+                .unwrap_or(300),
+        ),
         tls_ca_file: args.tls_ca_file.or(file.tls_ca_file),
         host_key: args.host_key.or(file.host_key),
         xpony: !args.no_xpony && file.xpony.unwrap_or(true),

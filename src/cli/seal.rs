@@ -194,6 +194,9 @@ fn list(flag: Vec<String>, file: Vec<String>) -> Vec<String> {
 pub fn run(args: SealArgs, file: SealFile, runtime: &tokio::runtime::Runtime) -> ExitCode {
     let load = args.load.clone().or(file.load());
     let serving = args.serving.clone().or(file.serving());
+    if let Err(e) = serving.check().and_then(|()| load.check()) {
+        return fail(Exit::Usage, &e.to_string());
+    }
     let keys = match SealKeys::new(
         &list(args.domains, file.domains),
         &list(args.recipient_keys, file.recipient_keys),

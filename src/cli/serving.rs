@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::error::ConfigError;
+use super::values::seconds;
 use crate::server::{Limits, Timeouts};
 
 /// Flags for how a listening role serves its clients. Each can also be set
@@ -45,6 +47,13 @@ impl ServingArgs {
             client_timeout: self.client_timeout.or(file.client_timeout),
             shutdown_timeout: self.shutdown_timeout.or(file.shutdown_timeout),
         }
+    }
+
+    /// The times given are ones a clock can add (a year at most).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        seconds("--client-timeout", self.client_timeout)?;
+        seconds("--shutdown-timeout", self.shutdown_timeout)?;
+        Ok(())
     }
 
     /// Sets what was given in the harness settings every serving role

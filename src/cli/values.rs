@@ -21,6 +21,22 @@ impl From<BareNewlinesArg> for BareNewlines {
     }
 }
 
+/// The longest time a setting may give: a year, in seconds. Longer is a
+/// mistake, and 2^63 seconds is past what a clock can add: the first
+/// session that waited would panic.
+pub const MAX_SECONDS: u64 = 365 * 24 * 3600;
+
+/// A time in seconds from a flag or the file, refused over [`MAX_SECONDS`].
+pub fn seconds(flag: &str, value: Option<u64>) -> Result<Option<u64>, ConfigError> {
+    match value {
+        Some(s) if s > MAX_SECONDS => Err(ConfigError::Invalid(
+            flag.into(),
+            format!("{s} seconds is more than a year ({MAX_SECONDS} seconds)"),
+        )),
+        other => Ok(other),
+    }
+}
+
 /// A host name from a flag or the file (`--hostname`, `--helo-name`): not
 /// empty, letters, digits and `-._` only, plus `extra` (the HELO name may be
 /// an address literal, RFC 5321 §4.1.3: `[]:` too). It goes into replies
