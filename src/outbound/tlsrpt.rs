@@ -105,20 +105,25 @@ impl TlsReports {
         let Some(store) = &self.store else {
             return Ok((Vec::new(), 0));
         };
-        let lines = store.read(domain, day)?;
-        let mut skipped = 0;
-        let records = lines
-            .iter()
-            .filter_map(|l| match serde_json::from_str(l) {
-                Ok(r) => Some(r),
-                Err(_) => {
-                    skipped += 1;
-                    None
-                }
-            })
-            .collect();
-        Ok((records, skipped))
+        Ok(parse_records(&store.read(domain, day)?))
     }
+}
+
+/// The sessions of a day's lines (each a JSON [`SessionRecord`]); lines
+/// that do not parse (a torn write) are skipped and counted.
+pub fn parse_records(lines: &[String]) -> (Vec<SessionRecord>, usize) {
+    let mut skipped = 0;
+    let records = lines
+        .iter()
+        .filter_map(|l| match serde_json::from_str(l) {
+            Ok(r) => Some(r),
+            Err(_) => {
+                skipped += 1;
+                None
+            }
+        })
+        .collect();
+    (records, skipped)
 }
 
 impl OutcomeSink for TlsReports {

@@ -24,6 +24,33 @@ pub enum JournalError {
     },
     #[error("fetch journal: {0:?} is not a spool id")]
     BadId(String),
+    /// One a line: a recipient with a line end in it, or none at all,
+    /// would not read back as itself.
+    #[error("fetch journal: {0:?} cannot be written as a recipient")]
+    BadRecipient(String),
+}
+
+/// The recipients a journal file lists, one a line (CR LF read as LF;
+/// empty lines skipped).
+pub fn decode(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The text of a journal file listing `recipients`, which [`decode`]
+/// reads back as the same set.
+pub fn encode(recipients: &BTreeSet<String>) -> Result<String, JournalError> {
+    let mut text = String::new();
+    for r in recipients {
+        if r.is_empty() || r.contains(['\r', '\n']) {
+            return Err(JournalError::BadRecipient(r.clone()));
+        }
+        text.push_str(r);
+        text.push('\n');
+    }
+    Ok(text)
 }
 
 #[derive(Debug, Clone)]
@@ -59,7 +86,7 @@ impl Journal {
     pub fn delivered(&self, id: &str) -> Result<BTreeSet<String>, JournalError> {
         let path = self.path(id)?;
         match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(text.lines().map(str::to_string).collect()),
+            Ok(text) => Ok(decode(&text)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
             Err(e) => Err(Journal::io(&path, e)),
         }
@@ -69,11 +96,7 @@ impl Journal {
     pub fn record(&self, id: &str, recipients: &BTreeSet<String>) -> Result<(), JournalError> {
         let path = self.path(id)?;
         let tmp = self.dir.join(format!("{id}.tmp"));
-        let mut text = String::new();
-        for r in recipients {
-            text.push_str(r);
-            text.push('\n');
-        }
+        let text = encode(recipients)?;
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(text.as_bytes())?;
@@ -114,5 +137,25 @@ mod tests {
         assert!(j.delivered(id).unwrap().is_empty());
         assert!(matches!(j.delivered("../x"), Err(JournalError::BadId(_))));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// What is written reads back as the same set, or is not written.
+    #[test]
+    fn recipients_read_back_as_written() {
+        for (recipients, written) in [
+            (&["a@x", "b@x"][..], Some("a@x\nb@x\n")),
+            (&[][..], Some("")),
+            (&["a@x\r"][..], None),
+            (&["a@x\nb@x"][..], None),
+            (&[""][..], None),
+        ] {
+            let set: BTreeSet<String> = recipients.iter().map(|r| r.to_string()).collect();
+            let text = encode(&set).ok();
+            assert_eq!(text.as_deref(), written, "{recipients:?}");
+            if let Some(text) = text {
+                assert_eq!(decode(&text), set);
+            }
+        }
+        assert_eq!(decode("a@x\r\n\r\n\nb@x"), decode("a@x\nb@x\n"));
     }
 }

@@ -81,17 +81,7 @@ impl DailyRecords {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(StoreError::io("read", &path, e)),
         };
-        // A last line without a newline may still be being written (or was
-        // cut by a crash): only complete lines count.
-        let complete = match bytes.iter().rposition(|&b| b == b'\n') {
-            Some(end) => &bytes[..=end],
-            None => &[][..],
-        };
-        Ok(complete
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| String::from_utf8_lossy(l).into_owned())
-            .collect())
+        Ok(complete_lines(&bytes))
     }
 
     /// The days with records for `key`, oldest first.
@@ -109,6 +99,21 @@ impl DailyRecords {
         days.sort();
         Ok(days)
     }
+}
+
+/// The records of one file's bytes: a last line without a newline may
+/// still be being written (or was cut by a crash), so only complete lines
+/// count; empty lines are skipped.
+pub fn complete_lines(bytes: &[u8]) -> Vec<String> {
+    let complete = match bytes.iter().rposition(|&b| b == b'\n') {
+        Some(end) => &bytes[..=end],
+        None => &[][..],
+    };
+    complete
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect()
 }
 
 /// A key (a domain or host name) as one file name: lower case; anything
