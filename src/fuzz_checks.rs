@@ -983,6 +983,344 @@ pub fn client_session(input: &[u8]) -> usize {
     delivered
 }
 
+/// `original` edited by `edits`, two octets an edit: a position (past the
+/// end: append) and a value to XOR in (0 at a position: cut there).
+fn edited(original: &[u8], edits: &[u8]) -> Vec<u8> {
+    let mut out = original.to_vec();
+    for pair in edits.chunks(2) {
+        let (&at, value) = (
+            pair.first().unwrap_or(&0),
+            pair.get(1).copied().unwrap_or(0),
+        );
+        let at = usize::from(at) * out.len().max(1) / 255;
+        match out.get_mut(at) {
+            Some(_) if value == 0 => out.truncate(at),
+            Some(b) => *b ^= value,
+            None => out.push(value),
+        }
+    }
+    out
+}
+
+/// The XPONY handshake inside SMTP (proto-spec §3, §4) between the real
+/// client session and the real server side, with one thing a man in the
+/// middle (or a hostile peer) could touch edited by the input: the
+/// client's XPONY line (message 1), the greeting or EHLO reply the server
+/// binds into the prologue, the 334 line (message 2), or the line after
+/// it (message 3). Never a panic; the client learns the server's key only
+/// from untouched messages under an untouched prologue, and then it is the
+/// server's key and hints; after a refused message 2 the client writes `*`
+/// and nothing else; the server is established only by the very message 3
+/// the client wrote, and then both ends of the channel talk. Returns
+/// whether the channel came up (for the tests).
+pub fn xpony_handshake(input: &[u8]) -> bool {
+    use crate::pony::negotiation::{ServerHints, ServerIdentity, decode_line, prologue};
+    use crate::pony::noise::Keypair;
+    use crate::smtp::client::{ClientSession, PonyOffer, SessionOutcome, StartTls, Step};
+    use crate::smtp::envelope::{ContentFacts, Envelope};
+    use crate::smtp::xpony_server::{self, Finish};
+    let head = |i: usize| input.get(i).copied().unwrap_or(0);
+    let edits = input.get(2..).unwrap_or_default();
+    let what = head(0) % 5;
+    let identity = ServerIdentity {
+        key: Keypair::from_secret([7; 32]),
+        hints: ServerHints {
+            max_age: u32::from(head(1)) * 3600,
+            successor: None,
+            hostname: Some("mx.example".into()),
+        },
+    };
+    let greeting: &[u8] = b"220 mx.example ESMTP\r\n";
+    let ehlo_reply: &[u8] =
+        b"250-mx.example\r\n250-XPONY Noise_XX_25519_ChaChaPoly_SHA256\r\n250 STARTTLS\r\n";
+    let mut client = ClientSession::new(
+        "client.example",
+        StartTls::IfOffered,
+        Envelope {
+            sender: String::new(),
+            recipients: vec!["a@mx.example".into()],
+        },
+        ContentFacts::default(),
+        b".\r\n".to_vec(),
+    )
+    .with_pony(PonyOffer {
+        key: Keypair::from_secret([5; 32]),
+        required: head(1) & 1 == 1,
+    })
+    .fix_ephemeral(Keypair::from_secret([6; 32]));
+    client.receive(greeting);
+    client.outgoing.clear();
+    client.receive(ehlo_reply);
+    let sent_line = std::mem::take(&mut client.outgoing);
+    assert!(sent_line.starts_with(b"XPONY ") && sent_line.ends_with(b"\r\n"));
+    let sent_m1 = xpony_server::parse_command(&sent_line[..sent_line.len() - 2], true)
+        .expect("the client's own XPONY line parses");
+
+    // The server's view: message 1 and the prologue, maybe edited.
+    let line = if what == 0 {
+        edited(&sent_line, edits)
+    } else {
+        sent_line.clone()
+    };
+    let crlf = line.ends_with(b"\r\n");
+    let line_body = line.strip_suffix(b"\r\n").unwrap_or(&line);
+    let (seen_greeting, seen_ehlo) = match what {
+        1 => (edited(greeting, edits), ehlo_reply.to_vec()),
+        2 => (greeting.to_vec(), edited(ehlo_reply, edits)),
+        _ => (greeting.to_vec(), ehlo_reply.to_vec()),
+    };
+    let server_prologue = prologue(&seen_greeting, b"EHLO client.example", &seen_ehlo);
+    let m1 = match xpony_server::parse_command(line_body, crlf) {
+        Ok(m1) => m1,
+        Err(reply) => {
+            assert!([501, 504].contains(&reply.code()), "{reply}");
+            return false;
+        }
+    };
+    let (state, reply_334) = match xpony_server::respond(
+        &identity,
+        &server_prologue,
+        &m1,
+        Some(Keypair::from_secret([8; 32])),
+    ) {
+        Ok(done) => done,
+        Err(failed) => {
+            assert_eq!(failed.reply.code(), 535);
+            return false;
+        }
+    };
+    let untouched =
+        m1 == sent_m1 && server_prologue == prologue(greeting, b"EHLO client.example", ehlo_reply);
+    let genuine_m2 = decode_line(
+        std::str::from_utf8(&reply_334[4..reply_334.len() - 2]).expect("our 334 is ASCII"),
+    )
+    .expect("our 334 carries base64");
+
+    // The client's view of message 2, maybe edited.
+    let seen_334 = if what == 3 {
+        edited(&reply_334, edits)
+    } else {
+        reply_334.clone()
+    };
+    let step = client.receive(&seen_334);
+    let Step::CheckServerKey { key, hints } = step else {
+        let out = std::mem::take(&mut client.outgoing);
+        assert!(
+            [&b""[..], b"*\r\n", b"QUIT\r\n", b"STARTTLS\r\n"].contains(&&out[..]),
+            "{:?} after a bad message 2",
+            String::from_utf8_lossy(&out)
+        );
+        if out == b"*\r\n" {
+            assert!(matches!(
+                xpony_server::finish(state, b"*", true),
+                Finish::Aborted(reply) if reply.code() == 501
+            ));
+            client.receive(b"501 5.7.0 XPONY aborted\r\n");
+            assert!(matches!(client.outcome(), Some(SessionOutcome::Failed(_))));
+        }
+        return false;
+    };
+    assert!(
+        untouched,
+        "message 2 read under a touched message 1 or prologue"
+    );
+    let seen_m2 = std::str::from_utf8(&seen_334[4..])
+        .ok()
+        .and_then(|l| decode_line(l.trim_end_matches(['\r', '\n'])));
+    assert_eq!(
+        seen_m2.as_ref(),
+        Some(&genuine_m2),
+        "an edited message 2 was read"
+    );
+    assert_eq!(key, identity.key.public());
+    assert_eq!(hints, identity.hints);
+    assert_eq!(client.xpony_accept(), Step::SwitchToPony);
+    let m3_line = std::mem::take(&mut client.outgoing);
+    let (mut client_channel, behind) = client.take_pony().expect("the channel after message 3");
+    assert!(behind.is_empty());
+
+    // The server's view of message 3, maybe edited.
+    let seen_m3 = if what == 4 {
+        edited(&m3_line, edits)
+    } else {
+        m3_line.clone()
+    };
+    let crlf = seen_m3.ends_with(b"\r\n");
+    let body = seen_m3.strip_suffix(b"\r\n").unwrap_or(&seen_m3);
+    match xpony_server::finish(state, body, crlf) {
+        Finish::Established(mut server_channel) => {
+            let decoded = |l: &[u8]| {
+                std::str::from_utf8(l)
+                    .ok()
+                    .and_then(|l| decode_line(l.trim_end_matches(['\r', '\n'])))
+            };
+            assert_eq!(
+                decoded(&seen_m3),
+                decoded(&m3_line),
+                "an edited message 3 was taken"
+            );
+            assert_eq!(
+                server_channel.remote_static(),
+                Keypair::from_secret([5; 32]).public()
+            );
+            let sealed = client_channel
+                .encrypt(b"EHLO client.example\r\n")
+                .expect("sealing");
+            assert_eq!(
+                server_channel
+                    .decrypt(&sealed)
+                    .expect("the server opens the client's record"),
+                b"EHLO client.example\r\n"
+            );
+            let sealed = server_channel
+                .encrypt(b"250 mx.example\r\n")
+                .expect("sealing");
+            assert_eq!(
+                client_channel
+                    .decrypt(&sealed)
+                    .expect("the client opens the server's record"),
+                b"250 mx.example\r\n"
+            );
+            true
+        }
+        Finish::Aborted(reply) => {
+            assert_eq!(body, b"*");
+            assert_eq!(reply.code(), 501);
+            false
+        }
+        Finish::Failed { reply, .. } => {
+            assert!([501, 535].contains(&reply.code()), "{reply}");
+            false
+        }
+    }
+}
+
+/// A day's TLS-RPT session records read back from the state directory
+/// (`<state>/tlsrpt/<domain>/<day>`: torn writes, a crash, an older
+/// version, an operator's editor): only complete lines count, every line
+/// is a record or counted as skipped, a record reads back from the very
+/// line `record` would write for it, and the report of the day counts
+/// exactly the day's sessions of known kinds and is JSON. Returns that
+/// count (for the tests).
+pub fn tlsrpt_records(input: &[u8]) -> u64 {
+    use crate::outbound::outcome::{PolicyType, TlsFailure};
+    use crate::outbound::tlsrpt::{self, Report, Reporter};
+    let lines = crate::state::daily::complete_lines(input);
+    let newlines = input.iter().filter(|&&b| b == b'\n').count();
+    assert!(lines.len() <= newlines);
+    assert!(lines.iter().all(|l| !l.is_empty() && !l.contains('\n')));
+    let (records, skipped) = tlsrpt::parse_records(&lines);
+    assert_eq!(records.len() + skipped, lines.len());
+    for record in &records {
+        let line = serde_json::to_string(record).expect("a record serializes");
+        assert!(!line.contains('\n'), "a record is one line");
+        assert_eq!(tlsrpt::parse_records(&[line]), (vec![record.clone()], 0));
+    }
+    // The day of the first record that has one, else a fixed day.
+    let day = records
+        .iter()
+        .map(|r| r.t)
+        .find(|&t| t < 253_402_300_800)
+        .map_or_else(|| "2026-12-03".to_string(), tlsrpt::day_of);
+    let start = tlsrpt::parse_day(&day).expect("day_of gives a day");
+    let reporter = Reporter {
+        organization: "example".into(),
+        contact: "tlsrpt@example.org".into(),
+        submitter: "mx.example.org".into(),
+    };
+    let report =
+        Report::build(&reporter, "example.net", &day, &records).expect("a day builds a report");
+    let counted = records
+        .iter()
+        .filter(|r| (start..start + 86_400).contains(&r.t))
+        .filter(|r| PolicyType::from_name(&r.policy_type).is_some())
+        .filter(|r| r.result == "success" || TlsFailure::from_name(&r.result).is_some())
+        .count() as u64;
+    let total: u64 = report
+        .policies
+        .iter()
+        .map(|p| p.summary.total_successful_session_count + p.summary.total_failure_session_count)
+        .sum();
+    assert_eq!(total, counted);
+    let json: serde_json::Value =
+        serde_json::from_str(&report.to_json()).expect("the report is JSON");
+    assert_eq!(
+        json["date-range"]["start-datetime"],
+        format!("{day}T00:00:00Z")
+    );
+    total
+}
+
+/// The fetch journal (`<state>/fetch/delivered/<id>`, proto-spec/fetch.md
+/// §6 rule 3) read back after a crash or by a newer version: every
+/// recipient read is a non-empty line of the file; a set that can be
+/// written reads back as itself (else a delivered recipient would be
+/// delivered again), and what cannot be written is refused, never
+/// written changed. The input also serves as recipients split at `|`.
+pub fn fetch_journal(input: &[u8]) {
+    use crate::relay::journal::{decode, encode};
+    let text = String::from_utf8_lossy(input);
+    let read = decode(&text);
+    for r in &read {
+        assert!(!r.is_empty() && !r.contains('\n') && text.contains(r.as_str()));
+    }
+    match encode(&read) {
+        Ok(again) => assert_eq!(decode(&again), read),
+        Err(_) => assert!(read.iter().any(|r| r.contains('\r'))),
+    }
+    let recipients: std::collections::BTreeSet<String> =
+        text.split('|').map(str::to_string).collect();
+    if let Ok(written) = encode(&recipients) {
+        assert_eq!(decode(&written), recipients);
+    }
+}
+
+/// The TOML config file (`--config`): any text reads as settings or as a
+/// clear error, never a panic; and the settings of each role, merged as
+/// `inbound` and `outbound` merge them (no flags; a host key path taken
+/// out, since it would be read), hold only times a clock can add (a
+/// timeout of 2^63 seconds panicked at the first session, not at start).
+pub fn config_file(input: &[u8]) {
+    use crate::cli::config::FileConfig;
+    // The loader reads the file as UTF-8: anything else is its error.
+    let Ok(text) = std::str::from_utf8(input) else {
+        return;
+    };
+    let file = match FileConfig::parse(text) {
+        Ok(file) => file,
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+            return;
+        }
+    };
+    let usable = |what: &str, d: std::time::Duration| {
+        assert!(
+            std::time::Instant::now().checked_add(d * 2).is_some(),
+            "{what} of {d:?} overflows the clock"
+        );
+    };
+    if let Some(mut inbound) = file.inbound {
+        inbound.host_key = None;
+        match crate::cli::inbound::merge_inbound(Default::default(), inbound) {
+            Ok(settings) => {
+                let c = &settings.config;
+                usable("client_timeout", c.timeouts.line);
+                usable("stress_client_timeout", c.timeouts.stress_line);
+                usable("backend_timeout", c.backend_timeout);
+                usable("shutdown_timeout", c.shutdown_grace);
+                usable("evict_idle", c.limits.evict_idle);
+            }
+            Err(e) => assert!(!e.to_string().is_empty()),
+        }
+    }
+    if let Some(outbound) = file.outbound {
+        match crate::cli::outbound::merge_outbound(Default::default(), outbound) {
+            Ok(settings) => usable("tls_backoff", settings.tls_backoff),
+            Err(e) => assert!(!e.to_string().is_empty()),
+        }
+    }
+}
+
 /// A small deterministic generator for running the checks in `cargo test`.
 #[cfg(test)]
 pub(crate) fn pseudo_random_inputs(seed: u64, count: usize, alphabet: &[u8]) -> Vec<Vec<u8>> {
@@ -1052,6 +1390,9 @@ mod tests {
         }
         for input in pseudo_random_inputs(0x57a7e, 3000, STATE_ALPHABET) {
             state_files(&input);
+        }
+        for input in pseudo_random_inputs(0x10e7, 3000, b"a@x.example|b@y\r\n\n\r|\xff") {
+            fetch_journal(&input);
         }
     }
 
@@ -1141,6 +1482,40 @@ mod tests {
             let (kept, lmtp) = (head & 8 == 8, head & 4 == 4);
             assert_eq!(session(head, kept, lmtp), delivered, "head {head:#x}");
         }
+    }
+
+    #[test]
+    fn xpony_handshake_check_holds_on_pseudo_random_input() {
+        let alphabet = [0, 1, 2, 3, 4, 5, 9, 10, 40, 77, 128, 200, 255];
+        for input in pseudo_random_inputs(0x9097, 400, &alphabet) {
+            xpony_handshake(&input);
+        }
+        // Untouched, whatever is edited: the channel comes up.
+        for what in 0..5 {
+            assert!(xpony_handshake(&[what, 0]), "{what}");
+        }
+    }
+
+    const TLSRPT_ALPHABET: &[u8] = b"{\"t\":1764720000,\"policy-type\":\"sts\",\"result\":\"success\",\"receiving-mx-hostname\":\"mx.example\",\"reason\":\"x\"}\n\n{\"policy-string\":[\"mx: *.e\"],\"receiving-ip\":\"192.0.2.1\",\"sending-mta-ip\":\"::1\"} validation-failure starttls-not-supported tlsa no-policy-found 18446744073709551615 \xff\\u0000";
+
+    #[test]
+    fn tlsrpt_records_check_holds() {
+        for input in pseudo_random_inputs(0x7157, 3000, TLSRPT_ALPHABET) {
+            tlsrpt_records(&input);
+        }
+        // Real records, one cut short: the day's report counts two.
+        let counted = tlsrpt_records(b"{\"t\":1764720000,\"policy-type\":\"sts\",\"policy-string\":[\"version: STSv1\",\"mx: *.example.net\"],\"result\":\"success\",\"receiving-mx-hostname\":\"mx.example.net\"}\n{\"t\":1764720001,\"policy-type\":\"tlsa\",\"result\":\"validation-failure\",\"receiving-mx-hostname\":\"mx.example.net\",\"receiving-ip\":\"192.0.2.1\",\"reason\":\"no match\"}\n{\"t\":17647");
+        assert_eq!(counted, 2);
+    }
+
+    const CONFIG_ALPHABET: &[u8] = b"[inbound]\n[outbound]\nidentity = \"xclient\"\nbackend = \"127.0.0.1:10025\"\nclient_timeout = backend_timeout = tls_backoff = evict_idle = 9223372036854775807 -1 0 \"\n[[x]]\n= .,{}\xff";
+
+    #[test]
+    fn config_file_check_holds() {
+        for input in pseudo_random_inputs(0xc0f1, 3000, CONFIG_ALPHABET) {
+            config_file(&input);
+        }
+        config_file(include_bytes!("../packaging/etc/blackpony.toml"));
     }
 
     const STS_ALPHABET: &[u8] =

@@ -10,8 +10,8 @@ use crate::smtp::Reply;
 
 impl ClientSession {
     /// Fixes the ephemeral key of the next XPONY handshake, so the spec's
-    /// test vectors can be replayed against this session.
-    #[cfg(test)]
+    /// test vectors can be replayed against this session (and a fuzz
+    /// input does the same thing every time).
     pub(crate) fn fix_ephemeral(mut self, key: Keypair) -> Self {
         self.fixed_ephemeral = Some(key);
         self
