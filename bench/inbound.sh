@@ -12,7 +12,8 @@
 # CERT_KEY (ec256|rsa2048, default ec256), KEEP=1 keeps the temp dir (logs),
 # SECTIONS (default all: "plain tls-kept tls-perconn memory memory-tls"; a
 # subset runs only those sections and reports only their rows and aims;
-# "plain" includes the floor relays bench/floor.c and bench/floor_uring.c),
+# "plain" includes the floor relays bench/floor.c and bench/floor_uring.c,
+# "tls-kept" and "tls-perconn" the STARTTLS floor bench/floor_tls.c),
 # OTHER=path: a second blackpony build, run beside the first in the STARTTLS
 # sections (rows "other build"), to compare two builds within one run.
 # Raises the open-file limit to 65536 (or the hard limit, if lower).
@@ -102,6 +103,10 @@ LOAD=$T/smtpload
 say "building the floor relays (bench/floor.c, bench/floor_uring.c)"
 cc -O2 -pthread -o "$T/floor" "$HERE/floor.c"
 cc -O2 -o "$T/floor_uring" "$HERE/floor_uring.c" -luring
+# ... and of the STARTTLS sections: a minimal C + OpenSSL sidecar that answers
+# STARTTLS itself and relays everything else (bench/floor_tls.c)
+say "building the STARTTLS floor (bench/floor_tls.c)"
+cc -O2 -o "$T/floor_tls" "$HERE/floor_tls.c" -lssl -lcrypto
 
 case $CERT_KEY in
     ec256) keyopt=(-newkey ec -pkeyopt ec_paramgen_curve:P-256) ;;
@@ -113,7 +118,7 @@ openssl req -x509 "${keyopt[@]}" -nodes -days 2 -subj /CN=bench.test \
 chmod 644 "$T/key.pem"
 
 read -r SINK BP BPN HAP NGX NGXTLS NGXAUTH STN \
-        MSINK MBP MHAP MNGX MNGXAUTH TBP TNGX TNGXTLS TNGXAUTH BPO FLR FLR2 FLRU <<<"$("$PY" "$HERE/smtpbench.py" ports 21)"
+        MSINK MBP MHAP MNGX MNGXAUTH TBP TNGX TNGXTLS TNGXAUTH BPO FLR FLR2 FLRU FLT <<<"$("$PY" "$HERE/smtpbench.py" ports 22)"
 
 # One sink for all throughput runs; -c prints running counters (sessions,
 # QUITs, messages) that tell whether every message arrived.
@@ -135,6 +140,7 @@ start haproxy haproxy -db -q -f "$T/haproxy.cfg"
 start floor "$T/floor" "$FLR" "$SINK"
 start floor2 "$T/floor" "$FLR2" "$SINK" 2
 start floor_uring "$T/floor_uring" "$FLRU" "$SINK"
+start floor_tls "$T/floor_tls" "$FLT" "$SINK" "$T/cert.pem" "$T/key.pem"
 
 nginx_conf() { # DIR SMTP_PORT STARTTLS_PORT(or "") AUTH_PORT SINK_PORT
     mkdir -p "$1/tmp"
@@ -207,7 +213,7 @@ key = $T/key.pem
 EOF
 start stunnel "$STUNNEL" "$T/stunnel.conf"
 
-for p in "$SINK" "$BP" "$BPN" "$HAP" "$NGX" "$NGXTLS" "$STN" "$FLR" "$FLR2" "$FLRU" ${OTHER:+"$BPO"}; do wait_port 127.0.0.1 "$p"; done
+for p in "$SINK" "$BP" "$BPN" "$HAP" "$NGX" "$NGXTLS" "$STN" "$FLR" "$FLR2" "$FLRU" "$FLT" ${OTHER:+"$BPO"}; do wait_port 127.0.0.1 "$p"; done
 sleep 0.3
 # nginx: the worker processes do the work (the master only supervises)
 # shellcheck disable=SC2154
@@ -293,13 +299,16 @@ run_source() {
 # run_load KEY PORT PIDS MSGS ARGS... : one smtpload run
 run_load() {
     local key=$1 port=$2 pids=$3 msgs=$4; shift 4
-    local before after out rc=0 rate ok errs c0 c1 us
+    local before after out rc=0 rate ok errs c0 c1 s0 s1 us
     before=$(sink_settle)
     c0=$(cpu_ticks "$pids")
+    s0=$(sys_ticks "$pids")
     out=$("$LOAD" -a "127.0.0.1:$port" -s "$SESSIONS" -m "$msgs" -l "$SIZE" -t 120 "$@") || rc=$?
     c1=$(cpu_ticks "$pids")
+    s1=$(sys_ticks "$pids")
     after=$(sink_settle)
     us=$(us_per_msg $((c1 - c0)) "$msgs")
+    SYSPCT[$key]="${SYSPCT[$key]:-} $(( c1 > c0 ? 100 * (s1 - s0) / (c1 - c0) : 0 ))"
     rate=$(jget rate <<<"$out"); ok=$(jget ok <<<"$out"); errs=$(jget errors <<<"$out")
     [ -n "$rate" ] || { rate=0; ok=0; errs=1; }
     if [ $rc != 0 ]; then
@@ -350,6 +359,8 @@ want tls-kept && for r in $(seq "$REPS"); do
     [ -z "$OTHER" ] || run_load tls_other "$BPO" "$PID_blackpony_other" "$TLS_MSGS" -T
     run_load tls_nginx "$NGXTLS" "$NGX_PIDS" "$TLS_MSGS" -T
     run_load tls_stunnel "$STN" "$PID_stunnel" "$TLS_MSGS" -T
+    # shellcheck disable=SC2154
+    run_load tls_floor "$FLT" "$PID_floor_tls" "$TLS_MSGS" -T
 done
 want tls-perconn && say "2b. STARTTLS, smtpload: $SESSIONS sessions, $PERCONN_MSGS messages, one per connection ($REPS rounds)"
 want tls-perconn && for r in $(seq "$REPS"); do
@@ -359,6 +370,7 @@ want tls-perconn && for r in $(seq "$REPS"); do
     [ -z "$OTHER" ] || run_load pc_other "$BPO" "$PID_blackpony_other" "$PERCONN_MSGS" -1 -T
     run_load pc_nginx "$NGXTLS" "$NGX_PIDS" "$PERCONN_MSGS" -1 -T
     run_load pc_stunnel "$STN" "$PID_stunnel" "$PERCONN_MSGS" -1 -T
+    run_load pc_floor "$FLT" "$PID_floor_tls" "$PERCONN_MSGS" -1 -T
 done
 
 # ------------------------------------------------------------------ 3. memory per idle connection
@@ -457,7 +469,7 @@ echo "sections: $SECTIONS"
 echo "msgs/s and cpu: medians of $REPS runs. cpu us/m = CPU time (user+system) of the server under test per message:"
 echo "  smtp-sink for 'direct' and reference rows, else the proxy alone (nginx: its workers). lost = messages sent minus"
 echo "  messages smtp-sink counted, summed over all runs; err = errors the client saw, summed over all runs;"
-echo "  sys% (plaintext rows) = the system (kernel) share of that CPU: the loopback TCP work inside the calls"
+echo "  sys% = the system (kernel) share of that CPU: the loopback TCP work inside the calls"
 BG_MAX=$(printf '%s\n' "$BUSY" "${BG_BUSY[@]}" | sort -n | tail -1)
 echo "other load: ${BUSY}% CPU busy at the start; between rounds (benchmark idle): ${BG_BUSY[*]/%/%}"
 echo "load average (1, 5, 15 min): $LOAD_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
@@ -491,6 +503,7 @@ row "blackpony inbound (its own STARTTLS)" tls_bp tls_nginx
 [ -z "$OTHER" ] || row "other build (OTHER)" tls_other tls_nginx
 row "nginx mail proxy (starttls on)" tls_nginx tls_nginx
 row "stunnel (protocol = smtp)" tls_stunnel tls_nginx
+row "floor: bench/floor_tls.c (C+OpenSSL, epoll, 1 thread)" tls_floor tls_nginx
 row "reference: smtpload plaintext direct to smtp-sink" gen_plain tls_nginx
 row "reference: smtpload plaintext via blackpony" gen_plain_bp tls_nginx
 echo
@@ -502,12 +515,16 @@ row "blackpony inbound" pc_bp pc_nginx
 [ -z "$OTHER" ] || row "other build (OTHER)" pc_other pc_nginx
 row "nginx mail proxy" pc_nginx pc_nginx
 row "stunnel" pc_stunnel pc_nginx
+row "floor: bench/floor_tls.c (C+OpenSSL, epoll, 1 thread)" pc_floor pc_nginx
 row "reference: plaintext (no -T) direct to smtp-sink" pc_plain pc_nginx
 echo
 fi
 if want tls-kept || want tls-perconn; then
-echo "    TLS negotiated: blackpony $(echo "${TLSINFO[tls_bp]:-?}"), nginx $(echo "${TLSINFO[tls_nginx]:-?}"), stunnel $(echo "${TLSINFO[tls_stunnel]:-?}"); certificate $CERT_KEY, same for all"
-printf '    generator CPU seconds per run (median): %s\n' "$(for k in gen_plain tls_bp tls_nginx tls_stunnel pc_bp pc_nginx pc_stunnel; do printf '%s %s  ' "$k" "$(median <<<"${GENCPU[$k]:-}")"; done)"
+echo "    TLS negotiated: blackpony $(echo "${TLSINFO[tls_bp]:-${TLSINFO[pc_bp]:-?}}"), nginx $(echo "${TLSINFO[tls_nginx]:-${TLSINFO[pc_nginx]:-?}}"), stunnel $(echo "${TLSINFO[tls_stunnel]:-${TLSINFO[pc_stunnel]:-?}}"), floor $(echo "${TLSINFO[tls_floor]:-${TLSINFO[pc_floor]:-?}}"); certificate $CERT_KEY, same for all"
+echo "    floor row: a minimal STARTTLS sidecar (no parsing beyond spotting EHLO and STARTTLS, no timers, no logs, no"
+echo "    session tickets), one thread; the backend keeps its connection and sees the second EHLO. What any relay that"
+echo "    terminates STARTTLS and passes every byte pays here (1 thread: nginx and blackpony use 2)"
+printf '    generator CPU seconds per run (median): %s\n' "$(for k in gen_plain tls_bp tls_nginx tls_stunnel tls_floor pc_bp pc_nginx pc_stunnel pc_floor; do printf '%s %s  ' "$k" "$(median <<<"${GENCPU[$k]:-}")"; done)"
 echo
 fi
 if want memory; then
@@ -560,6 +577,17 @@ if want tls-perconn; then
     r=$(ratio "$(med pc_bp)" "$(med pc_nginx)")
     aim "STARTTLS, one message per connection: blackpony / nginx" "$r" ">= 2.00" "$(cmp_ok "$r" ">=" 2.00)"
 fi
+for k in tls:kept pc:perconn; do
+    # the STARTTLS floor, for reading the two rows above (no aim of its own)
+    want "tls-${k#*:}" || continue
+    p=${k%%:*}
+    [ "$p" = tls ] && what="kept sessions" || what="one per connection"
+    flc=$(median <<<"${SRVCPU[${p}_floor]:-}"); ngc=$(median <<<"${SRVCPU[${p}_nginx]:-}"); bpc=$(median <<<"${SRVCPU[${p}_bp]:-}")
+    printf '  %-62s %8s\n' "STARTTLS floor, $what: floor / nginx, msgs/s" "$(ratio "$(med "${p}_floor")" "$(med "${p}_nginx")")" \
+        "STARTTLS floor, $what: blackpony / floor, msgs/s" "$(ratio "$(med "${p}_bp")" "$(med "${p}_floor")")" \
+        "STARTTLS floor, $what: floor / nginx CPU ($flc / $ngc us)" "$(ratio "$flc" "$ngc")" \
+        "STARTTLS floor, $what: blackpony / floor CPU ($bpc / $flc us)" "$(ratio "$bpc" "$flc")"
+done
 if want memory; then
     k=$(jget kib_per_conn <<<"${MEM[blackpony]:-}")
     aim "RSS per idle plain connection, KiB ($IDLE_CONNS connections)" "$k" "<= 4" "$(cmp_ok "$k" "<=" 4)"

@@ -19,7 +19,9 @@
 # blackpony build: rows (b0) and (c0) in part 2, taking turns with (b), (c)),
 # DNS_TTL (300: the TTL of every answer and the SOA minimum of the test zone,
 # so negative answers carry an SOA as a deployed zone's do; 0: TTL 0 and
-# NXDOMAIN/NODATA without an SOA, nothing cacheable, the old worst case).
+# NXDOMAIN/NODATA without an SOA, nothing cacheable, the old worst case),
+# PARTS (default "1 2"; "2" runs only the long-running transport, e.g.
+# `PARTS=2 REPS=9 RELAY_MSGS=4000` to read issue 12's aim against the round spread).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -31,6 +33,10 @@ RELAY_MSGS=${RELAY_MSGS:-1500}
 RELAY_SESSIONS=${RELAY_SESSIONS:-10}
 SIZE=${SIZE:-1024}
 DNS_TTL=${DNS_TTL:-300}
+PARTS=${PARTS:-1 2}
+for p in $PARTS; do case $p in 1|2) ;; *) echo "PARTS: unknown part '$p' (known: 1 2)" >&2; exit 1 ;; esac; done
+# want_part N : whether part N is to be run (and reported)
+want_part() { [[ " $PARTS " == *" $1 "* ]]; }
 BLACKPONY=${BLACKPONY:-$ROOT/target/release/blackpony}
 BASELINE=${BASELINE:-}
 DMA_ROOT=${DMA_ROOT:-/var/cache/blackpony-bench/dma}
@@ -81,7 +87,7 @@ if [ -z "${BLACKPONY_BENCH_NS:-}" ]; then
     fi
     [ -z "$BASELINE" ] || [ -x "$BASELINE" ] || die "BASELINE=$BASELINE is not an executable"
     case $DNS_TTL in ''|*[!0-9]*) die "DNS_TTL=$DNS_TTL is not a number of seconds" ;; esac
-    export BLACKPONY_BENCH_NS=1 BLACKPONY BASELINE DNS_TTL
+    export BLACKPONY_BENCH_NS=1 BLACKPONY BASELINE DNS_TTL PARTS
     exec unshare --mount --net --propagation private "$BASH" "${BASH_SOURCE[0]}" "$@"
 fi
 
@@ -410,8 +416,8 @@ BP_DELIVER=("$BLACKPONY" deliver -f sender@bench.test "${BP_COMMON[@]}" --state-
 MSMTP_PLAIN=(msmtp --host="$MX_SINK" --port=25 --tls=off --domain=bench.test -f sender@bench.test)
 MSMTP_TLS=(msmtp --host="$MX_TLS" --port=25 --tls=on --tls-starttls=on --tls-certcheck=off
     --domain=bench.test -f sender@bench.test)
-say "1. one-shot delivery: $ONESHOT_MSGS sequential invocations (STARTTLS: $TLS_MSGS), $REPS rounds (${SECONDS}s)"
-for r in $(seq "$REPS"); do
+want_part 1 && say "1. one-shot delivery: $ONESHOT_MSGS sequential invocations (STARTTLS: $TLS_MSGS), $REPS rounds (${SECONDS}s)"
+want_part 1 && for r in $(seq "$REPS"); do
     bg_check
     oneshot bp sink_count "$ONESHOT_MSGS" "${BP_DELIVER[@]}" -- user@sink.test
     oneshot msmtp sink_count "$ONESHOT_MSGS" "${MSMTP_PLAIN[@]}" -- user@sink.test
@@ -425,9 +431,9 @@ for r in $(seq "$REPS"); do
 done
 
 # ------------------------------------------------------------------ 2. long-running transport
-say "2. transport: smtp-source -s $RELAY_SESSIONS -m $RELAY_MSGS -l $SIZE -> sending Postfix -> ..., $REPS rounds (${SECONDS}s)"
+want_part 2 && say "2. transport: smtp-source -s $RELAY_SESSIONS -m $RELAY_MSGS -l $SIZE -> sending Postfix -> ..., $REPS rounds (${SECONDS}s)"
 # shellcheck disable=SC2154
-for r in $(seq "$REPS"); do
+want_part 2 && for r in $(seq "$REPS"); do
     bg_check
     relay pf_relay sink.test ""
     relay pf_mx pf-mx.test ""
@@ -487,6 +493,7 @@ BG_MAX=$(printf '%s\n' "$BUSY" "${BG_BUSY[@]}" | sort -n | tail -1)
 echo "other load: ${BUSY}% CPU busy at the start; between rounds (benchmark idle): ${BG_BUSY[*]/%/%}"
 [ "$BG_MAX" -gt 15 ] && echo "WARNING: something else used up to ${BG_MAX}% of the CPU during the run; the figures are noisy"
 echo
+if want_part 1; then
 printf '%-58s %7s %7s %6s %6s %8s %5s %4s\n' "1. one-shot, one process per 1 KiB message, sequential" \
     "msgs/s" "ms/msg" "/msmtp" "/dma" "cpu us/m" "lost" "err"
 echo "   plaintext: $ONESHOT_MSGS messages to user@sink.test (MX smtp-sink, no STARTTLS offered)"
@@ -501,6 +508,8 @@ echo "   TLS the MX logged: blackpony ${TLSINFO[bp_tls]:-?}; msmtp ${TLSINFO[msm
 echo "   cpu us/m = user+system CPU of the client processes per message (getrusage of the children),"
 echo "   process start included; dma was asked to deliver in the foreground (-D) and exit when done"
 echo
+fi
+if want_part 2; then
 printf '%-58s %7s %7s %6s %6s %9s %8s %5s %4s\n' "2. transport: smtp-source -s $RELAY_SESSIONS -m $RELAY_MSGS -l $SIZE -> Postfix" \
     "msgs/s" "secs" "ratio" "MX ses" "all us/m" "hop us/m" "lost" "err"
 echo "   sending Postfix: default_process_limit 100, smtp/lmtp_destination_concurrency_limit 20,"
@@ -522,7 +531,29 @@ echo "   hop us/m = the process between Postfix and smtp-sink alone (/proc/PID/s
 echo "   haproxy in (h); (b),(c) look up the MX per new MX session"
 echo "   (h) is the hop floor: an extra hop between Postfix and the MX that parses nothing and only moves"
 echo "   bytes; read (b) and (c) against it, in this run (its spread between runs: bench/README.md, Floors)"
+# per-round ratios: each round's row against that round's (a), median and
+# spread, and whether (b), (c) stay within (h)'s spread (issue 12's aim read
+# against the hop floor and the round noise of the Postfix pipeline)
+round_ratios() { # KEY : one ratio per round, KEY's rate over (a)'s in the same round
+    local -a a k
+    read -ra a <<<"${RATES[pf_relay]:-}"
+    read -ra k <<<"${RATES[$1]:-}"
+    local i
+    for i in "${!k[@]}"; do ratio "${k[$i]}" "${a[$i]:-0}"; echo; done
+}
+minmax() { sort -g | awk 'NR==1 {lo=$1} {hi=$1} END {printf "%s-%s", lo, hi}'; }
+echo "   per-round ratios to (a) of the same round (median, min-max over $REPS rounds):"
+HLO=$(round_ratios hop | sort -g | head -1); HHI=$(round_ratios hop | sort -g | tail -1)
+for k in bp_smtp:b bp_lmtp:c hop:h ${BASELINE:+bp0_smtp:b0 bp0_lmtp:c0}; do
+    rr=$(round_ratios "${k%%:*}")
+    inside=$(awk -v lo="$HLO" -v hi="$HHI" '$1 < lo {b++} $1 > hi {a++} END {printf "%d below, %d within, %d above", b, NR - a - b, a}' <<<"$rr")
+    printf '     (%s)/(a) %s (%s), rounds >= 1.00: %s of %s; rounds against (h)'"'"'s min-max: %s\n' "${k#*:}" \
+        "$(tr '\n' ' ' <<<"$rr" | median)" "$(minmax <<<"$rr")" \
+        "$(awk '$1 >= 1 {n++} END {print n+0}' <<<"$rr")" "$(grep -c . <<<"$rr")" "$inside"
+done
+echo "     rounds: $(for k in pf_relay bp_smtp bp_lmtp hop; do printf '%s [%s] ' "$k" "${RATES[$k]# }"; done)"
 echo
+fi
 if [ ${#FAILURES[@]} -gt 0 ]; then
     echo "FAILURES:"
     printf '  %s\n' "${FAILURES[@]}"

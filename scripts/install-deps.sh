@@ -39,6 +39,7 @@ PACKAGES=(
   nginx-light             # the HTTPS policy host of the MTA-STS tests (interop/test_mta_sts.py)
   dovecot-lmtpd           # an LMTP server for fetch --deliver-to lmtp: (interop/test_fetch.py)
   liburing-dev            # bench/floor_uring.c, the io_uring floor relay of bench/inbound.sh
+  libssl-dev              # bench/smtpload.c and bench/floor_tls.c (the STARTTLS load generator and floor)
 )
 
 missing=()
