@@ -1,9 +1,11 @@
 /* floor_tls.c: the least an SMTP STARTTLS sidecar can cost (bench/inbound.sh, section 2).
  *
- *   floor_tls LISTEN_PORT BACKEND_PORT CERT.pem KEY.pem   (both ports on 127.0.0.1;
- *                                                          runs until SIGTERM/SIGINT)
+ *   floor_tls LISTEN_PORT BACKEND_PORT CERT.pem KEY.pem [THREADS]
+ *             (both ports on 127.0.0.1; runs until SIGTERM/SIGINT)
  *
- * One thread, epoll (level-triggered), nonblocking sockets, OpenSSL. For each
+ * One thread (or THREADS, 1-8, each with its own SO_REUSEPORT listener and
+ * epoll set, as nginx's two workers and blackpony's two serving threads
+ * here), epoll (level-triggered), nonblocking sockets, OpenSSL. For each
  * client it accepts it connects to the backend and moves bytes both ways, in
  * plaintext, as bench/floor.c does, until the client's command is STARTTLS.
  * That it answers itself (220 2.0.0 Ready to start TLS, RFC 3207 §4) without
@@ -44,6 +46,7 @@
 #include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -77,16 +80,16 @@ struct side {
     unsigned char again;    /* client side: queued for another SSL_read pass */
 };
 
-static struct side *sides;   /* indexed by fd */
-static char inbuf[BUFSZ + OFFER_LEN];
-static int ep;
+static struct side *sides;   /* indexed by fd; an fd is only ever touched by the thread that owns it */
+static __thread char inbuf[BUFSZ + OFFER_LEN];
+static __thread int ep;
 static SSL_CTX *ctx;
 static struct sockaddr_in listen_at, backend;
 static volatile sig_atomic_t stopping;
 /* client fds whose decrypted records wait in OpenSSL's buffer (epoll cannot see them):
  * the loop takes them up at its next turn; two lists, one filled while the other is read */
-static int *again_now, *again_next;
-static int n_again_next;
+static __thread int *again_now, *again_next;
+static __thread int n_again_next;
 
 static void on_signal(int sig) { (void)sig; stopping = 1; }
 
@@ -313,36 +316,31 @@ static SSL_CTX *tls_context(const char *cert, const char *key) {
     return c;
 }
 
-int main(int argc, char **argv) {
-    if (argc != 5) {
-        fprintf(stderr, "usage: %s LISTEN_PORT BACKEND_PORT CERT.pem KEY.pem (both ports on 127.0.0.1)\n", argv[0]);
-        return 2;
-    }
-    listen_at = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[1]))};
-    backend = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[2]))};
-    listen_at.sin_addr.s_addr = backend.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ctx = tls_context(argv[3], argv[4]);
-    if (!ctx) { ERR_print_errors_fp(stderr); return 1; }
-
-    sides = calloc(MAXFD, sizeof *sides);
-    again_now = calloc(MAXFD, sizeof *again_now);
-    again_next = calloc(MAXFD, sizeof *again_next);
-    if (!sides || !again_now || !again_next) { perror("calloc"); return 1; }
-    for (int i = 0; i < MAXFD; i++) sides[i].peer = -1;
-    signal(SIGTERM, on_signal);
-    signal(SIGINT, on_signal);
-    signal(SIGPIPE, SIG_IGN);
-
+/* A listener of its own (SO_REUSEPORT: the kernel spreads new clients over the threads). */
+static int listener(void) {
     int one = 1;
     int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (lfd < 0 || setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+    if (lfd < 0) return -1;
+    if (setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        setsockopt(lfd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
         bind(lfd, (struct sockaddr *)&listen_at, sizeof listen_at) < 0 || listen(lfd, 1024) < 0) {
-        perror("listen");
-        return 1;
+        close(lfd);
+        return -1;
     }
-    ep = epoll_create1(EPOLL_CLOEXEC);
-    if (ep < 0 || watch(lfd, EPOLL_CTL_ADD, EPOLLIN) < 0) { perror("epoll"); return 1; }
+    return lfd;
+}
 
+/* One serving thread: its listener, epoll set and queue, until a signal. */
+static void *serve(void *arg) {
+    int lfd = (int)(intptr_t)arg;
+    again_now = calloc(MAXFD, sizeof *again_now);
+    again_next = calloc(MAXFD, sizeof *again_next);
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    if (!again_now || !again_next || ep < 0 || watch(lfd, EPOLL_CTL_ADD, EPOLLIN) < 0) {
+        perror("serve");
+        stopping = 1;
+        return NULL;
+    }
     struct epoll_event evs[MAXEV];
     while (!stopping) {   /* until a signal; each pass handles at most MAXEV events and the queued fds */
         int n = epoll_wait(ep, evs, MAXEV, n_again_next ? 0 : 1000);
@@ -363,10 +361,44 @@ int main(int argc, char **argv) {
             if (s->peer >= 0 && s->phase == TLS && sides[s->peer].len == 0) on_tls_readable(fd);
         }
     }
+    close(ep);
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    int nthreads = argc == 6 ? atoi(argv[5]) : 1;
+    if (argc < 5 || argc > 6 || nthreads < 1 || nthreads > 8) {
+        fprintf(stderr, "usage: %s LISTEN_PORT BACKEND_PORT CERT.pem KEY.pem [THREADS 1-8] (both ports on 127.0.0.1)\n",
+                argv[0]);
+        return 2;
+    }
+    listen_at = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[1]))};
+    backend = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[2]))};
+    listen_at.sin_addr.s_addr = backend.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ctx = tls_context(argv[3], argv[4]);   /* shared by the threads: OpenSSL locks what it must */
+    if (!ctx) { ERR_print_errors_fp(stderr); return 1; }
+
+    sides = calloc(MAXFD, sizeof *sides);
+    if (!sides) { perror("calloc"); return 1; }
+    for (int i = 0; i < MAXFD; i++) sides[i].peer = -1;
+    signal(SIGTERM, on_signal);
+    signal(SIGINT, on_signal);
+    signal(SIGPIPE, SIG_IGN);
+
+    int lfds[8];
+    pthread_t threads[8];
+    for (int t = 0; t < nthreads; t++) {   /* all listeners first: no client is refused meanwhile */
+        lfds[t] = listener();
+        if (lfds[t] < 0) { perror("listen"); return 1; }
+    }
+    int started = 0;
+    for (int t = 1; t < nthreads; t++, started++)
+        if (pthread_create(&threads[t], NULL, serve, (void *)(intptr_t)lfds[t]) != 0) { stopping = 1; break; }
+    serve((void *)(intptr_t)lfds[0]);
+    for (int t = 1; t <= started; t++) pthread_join(threads[t], NULL);
     for (int fd = 0; fd < MAXFD; fd++)   /* bounded: every slot once */
         if (sides[fd].peer >= 0) drop(fd);
-    close(lfd);
-    close(ep);
+    for (int t = 0; t < nthreads; t++) close(lfds[t]);
     SSL_CTX_free(ctx);
     return 0;
 }

@@ -106,7 +106,7 @@ cc -O2 -o "$T/floor_uring" "$HERE/floor_uring.c" -luring
 # ... and of the STARTTLS sections: a minimal C + OpenSSL sidecar that answers
 # STARTTLS itself and relays everything else (bench/floor_tls.c)
 say "building the STARTTLS floor (bench/floor_tls.c)"
-cc -O2 -o "$T/floor_tls" "$HERE/floor_tls.c" -lssl -lcrypto
+cc -O2 -pthread -o "$T/floor_tls" "$HERE/floor_tls.c" -lssl -lcrypto
 
 case $CERT_KEY in
     ec256) keyopt=(-newkey ec -pkeyopt ec_paramgen_curve:P-256) ;;
@@ -118,7 +118,7 @@ openssl req -x509 "${keyopt[@]}" -nodes -days 2 -subj /CN=bench.test \
 chmod 644 "$T/key.pem"
 
 read -r SINK BP BPN HAP NGX NGXTLS NGXAUTH STN \
-        MSINK MBP MHAP MNGX MNGXAUTH TBP TNGX TNGXTLS TNGXAUTH BPO FLR FLR2 FLRU FLT <<<"$("$PY" "$HERE/smtpbench.py" ports 22)"
+        MSINK MBP MHAP MNGX MNGXAUTH TBP TNGX TNGXTLS TNGXAUTH BPO FLR FLR2 FLRU FLT FLT2 <<<"$("$PY" "$HERE/smtpbench.py" ports 23)"
 
 # One sink for all throughput runs; -c prints running counters (sessions,
 # QUITs, messages) that tell whether every message arrived.
@@ -141,6 +141,7 @@ start floor "$T/floor" "$FLR" "$SINK"
 start floor2 "$T/floor" "$FLR2" "$SINK" 2
 start floor_uring "$T/floor_uring" "$FLRU" "$SINK"
 start floor_tls "$T/floor_tls" "$FLT" "$SINK" "$T/cert.pem" "$T/key.pem"
+start floor_tls2 "$T/floor_tls" "$FLT2" "$SINK" "$T/cert.pem" "$T/key.pem" 2
 
 nginx_conf() { # DIR SMTP_PORT STARTTLS_PORT(or "") AUTH_PORT SINK_PORT
     mkdir -p "$1/tmp"
@@ -213,7 +214,7 @@ key = $T/key.pem
 EOF
 start stunnel "$STUNNEL" "$T/stunnel.conf"
 
-for p in "$SINK" "$BP" "$BPN" "$HAP" "$NGX" "$NGXTLS" "$STN" "$FLR" "$FLR2" "$FLRU" "$FLT" ${OTHER:+"$BPO"}; do wait_port 127.0.0.1 "$p"; done
+for p in "$SINK" "$BP" "$BPN" "$HAP" "$NGX" "$NGXTLS" "$STN" "$FLR" "$FLR2" "$FLRU" "$FLT" "$FLT2" ${OTHER:+"$BPO"}; do wait_port 127.0.0.1 "$p"; done
 sleep 0.3
 # nginx: the worker processes do the work (the master only supervises)
 # shellcheck disable=SC2154
@@ -361,6 +362,8 @@ want tls-kept && for r in $(seq "$REPS"); do
     run_load tls_stunnel "$STN" "$PID_stunnel" "$TLS_MSGS" -T
     # shellcheck disable=SC2154
     run_load tls_floor "$FLT" "$PID_floor_tls" "$TLS_MSGS" -T
+    # shellcheck disable=SC2154
+    run_load tls_floor2 "$FLT2" "$PID_floor_tls2" "$TLS_MSGS" -T
 done
 want tls-perconn && say "2b. STARTTLS, smtpload: $SESSIONS sessions, $PERCONN_MSGS messages, one per connection ($REPS rounds)"
 want tls-perconn && for r in $(seq "$REPS"); do
@@ -371,6 +374,7 @@ want tls-perconn && for r in $(seq "$REPS"); do
     run_load pc_nginx "$NGXTLS" "$NGX_PIDS" "$PERCONN_MSGS" -1 -T
     run_load pc_stunnel "$STN" "$PID_stunnel" "$PERCONN_MSGS" -1 -T
     run_load pc_floor "$FLT" "$PID_floor_tls" "$PERCONN_MSGS" -1 -T
+    run_load pc_floor2 "$FLT2" "$PID_floor_tls2" "$PERCONN_MSGS" -1 -T
 done
 
 # ------------------------------------------------------------------ 3. memory per idle connection
@@ -504,6 +508,7 @@ row "blackpony inbound (its own STARTTLS)" tls_bp tls_nginx
 row "nginx mail proxy (starttls on)" tls_nginx tls_nginx
 row "stunnel (protocol = smtp)" tls_stunnel tls_nginx
 row "floor: bench/floor_tls.c (C+OpenSSL, epoll, 1 thread)" tls_floor tls_nginx
+row "floor: bench/floor_tls.c, 2 threads (SO_REUSEPORT)" tls_floor2 tls_nginx
 row "reference: smtpload plaintext direct to smtp-sink" gen_plain tls_nginx
 row "reference: smtpload plaintext via blackpony" gen_plain_bp tls_nginx
 echo
@@ -516,15 +521,16 @@ row "blackpony inbound" pc_bp pc_nginx
 row "nginx mail proxy" pc_nginx pc_nginx
 row "stunnel" pc_stunnel pc_nginx
 row "floor: bench/floor_tls.c (C+OpenSSL, epoll, 1 thread)" pc_floor pc_nginx
+row "floor: bench/floor_tls.c, 2 threads (SO_REUSEPORT)" pc_floor2 pc_nginx
 row "reference: plaintext (no -T) direct to smtp-sink" pc_plain pc_nginx
 echo
 fi
 if want tls-kept || want tls-perconn; then
 echo "    TLS negotiated: blackpony $(echo "${TLSINFO[tls_bp]:-${TLSINFO[pc_bp]:-?}}"), nginx $(echo "${TLSINFO[tls_nginx]:-${TLSINFO[pc_nginx]:-?}}"), stunnel $(echo "${TLSINFO[tls_stunnel]:-${TLSINFO[pc_stunnel]:-?}}"), floor $(echo "${TLSINFO[tls_floor]:-${TLSINFO[pc_floor]:-?}}"); certificate $CERT_KEY, same for all"
-echo "    floor row: a minimal STARTTLS sidecar (no parsing beyond spotting EHLO and STARTTLS, no timers, no logs, no"
-echo "    session tickets), one thread; the backend keeps its connection and sees the second EHLO. What any relay that"
-echo "    terminates STARTTLS and passes every byte pays here (1 thread: nginx and blackpony use 2)"
-printf '    generator CPU seconds per run (median): %s\n' "$(for k in gen_plain tls_bp tls_nginx tls_stunnel tls_floor pc_bp pc_nginx pc_stunnel pc_floor; do printf '%s %s  ' "$k" "$(median <<<"${GENCPU[$k]:-}")"; done)"
+echo "    floor rows: a minimal STARTTLS sidecar (no parsing beyond spotting EHLO and STARTTLS, no timers, no logs, no"
+echo "    session tickets), one thread or two (as nginx's two workers and blackpony's two serving threads); the backend"
+echo "    keeps its connection and sees the second EHLO. What any relay that terminates STARTTLS and passes every byte pays here"
+printf '    generator CPU seconds per run (median): %s\n' "$(for k in gen_plain tls_bp tls_nginx tls_stunnel tls_floor tls_floor2 pc_bp pc_nginx pc_stunnel pc_floor pc_floor2; do printf '%s %s  ' "$k" "$(median <<<"${GENCPU[$k]:-}")"; done)"
 echo
 fi
 if want memory; then
@@ -583,9 +589,12 @@ for k in tls:kept pc:perconn; do
     p=${k%%:*}
     [ "$p" = tls ] && what="kept sessions" || what="one per connection"
     flc=$(median <<<"${SRVCPU[${p}_floor]:-}"); ngc=$(median <<<"${SRVCPU[${p}_nginx]:-}"); bpc=$(median <<<"${SRVCPU[${p}_bp]:-}")
+    f2c=$(median <<<"${SRVCPU[${p}_floor2]:-}")
     printf '  %-62s %8s\n' "STARTTLS floor, $what: floor / nginx, msgs/s" "$(ratio "$(med "${p}_floor")" "$(med "${p}_nginx")")" \
+        "STARTTLS floor, $what: 2-thread floor / nginx, msgs/s" "$(ratio "$(med "${p}_floor2")" "$(med "${p}_nginx")")" \
         "STARTTLS floor, $what: blackpony / floor, msgs/s" "$(ratio "$(med "${p}_bp")" "$(med "${p}_floor")")" \
         "STARTTLS floor, $what: floor / nginx CPU ($flc / $ngc us)" "$(ratio "$flc" "$ngc")" \
+        "STARTTLS floor, $what: 2-thread floor / nginx CPU ($f2c / $ngc us)" "$(ratio "$f2c" "$ngc")" \
         "STARTTLS floor, $what: blackpony / floor CPU ($bpc / $flc us)" "$(ratio "$bpc" "$flc")"
 done
 if want memory; then
