@@ -78,6 +78,7 @@ struct side {
     unsigned char client;   /* 1 on the client side */
     unsigned char phase;    /* client side: enum phase */
     unsigned char again;    /* client side: queued for another SSL_read pass */
+    uint32_t gen;      /* which pair holds this fd number now: events carry it (see watch) */
 };
 
 static struct side *sides;   /* indexed by fd; an fd is only ever touched by the thread that owns it */
@@ -88,13 +89,16 @@ static struct sockaddr_in listen_at, backend;
 static volatile sig_atomic_t stopping;
 /* client fds whose decrypted records wait in OpenSSL's buffer (epoll cannot see them):
  * the loop takes them up at its next turn; two lists, one filled while the other is read */
-static __thread int *again_now, *again_next;
+static __thread uint64_t *again_now, *again_next;   /* gen << 32 | fd, as the events */
 static __thread int n_again_next;
 
 static void on_signal(int sig) { (void)sig; stopping = 1; }
 
+/* Events carry the fd and the generation of its slot: an event fetched in the same batch as
+ * the one that closed its fd, read after the number went to a new pair (in this thread or,
+ * with THREADS, in another one), does not match and is skipped. */
 static int watch(int fd, int op, unsigned events) {
-    struct epoll_event ev = {.events = events, .data.fd = fd};
+    struct epoll_event ev = {.events = events, .data.u64 = (uint64_t)sides[fd].gen << 32 | (uint32_t)fd};
     return epoll_ctl(ep, op, fd, &ev);
 }
 
@@ -106,7 +110,7 @@ static void release(int fd) {
         SSL_free(s->ssl);
     }
     free(s->out);
-    *s = (struct side){.peer = -1};
+    *s = (struct side){.peer = -1, .gen = s->gen};
     close(fd);
 }
 static void drop(int fd) {
@@ -118,7 +122,7 @@ static void drop(int fd) {
 static void queue_again(int fd) {
     if (sides[fd].again || n_again_next >= MAXFD) return;
     sides[fd].again = 1;
-    again_next[n_again_next++] = fd;
+    again_next[n_again_next++] = (uint64_t)sides[fd].gen << 32 | (uint32_t)fd;
 }
 
 /* Write to fd, through TLS once it is up: bytes taken (0: would block), -1 on error. */
@@ -281,14 +285,16 @@ static void on_accept(int lfd) {
     }
     setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     setsockopt(b, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    sides[c] = (struct side){.peer = b, .client = 1, .phase = PLAIN};
-    sides[b] = (struct side){.peer = c};
+    sides[c] = (struct side){.peer = b, .client = 1, .phase = PLAIN, .gen = sides[c].gen + 1};
+    sides[b] = (struct side){.peer = c, .gen = sides[b].gen + 1};
     if (watch(c, EPOLL_CTL_ADD, EPOLLIN) < 0 || watch(b, EPOLL_CTL_ADD, EPOLLIN) < 0) drop(c);
 }
 
-static void on_event(int fd, unsigned events) {
+static void on_event(uint64_t data, unsigned events) {
+    int fd = (int)(uint32_t)data;
     struct side *s = &sides[fd];
-    if (s->peer < 0) return;   /* an earlier event in this batch closed the pair */
+    /* an earlier event in this batch closed the pair (and the number may be another pair's now) */
+    if (__atomic_load_n(&s->gen, __ATOMIC_RELAXED) != (uint32_t)(data >> 32) || s->peer < 0) return;
     struct side *client = s->client ? s : &sides[s->peer];
     if (client->phase == HANDSHAKE) {
         if (s->client) handshake(fd);
@@ -346,17 +352,18 @@ static void *serve(void *arg) {
         int n = epoll_wait(ep, evs, MAXEV, n_again_next ? 0 : 1000);
         if (n < 0 && errno != EINTR) { perror("epoll_wait"); break; }
         for (int i = 0; i < n; i++) {
-            if (evs[i].data.fd == lfd) on_accept(lfd);
-            else on_event(evs[i].data.fd, evs[i].events);
+            if ((int)(uint32_t)evs[i].data.u64 == lfd) on_accept(lfd);
+            else on_event(evs[i].data.u64, evs[i].events);
         }
         /* records OpenSSL holds decrypted-to-be: what was queued before this pass */
-        int *t = again_now; again_now = again_next; again_next = t;
+        uint64_t *t = again_now; again_now = again_next; again_next = t;
         int k = n_again_next;
         n_again_next = 0;
         for (int i = 0; i < k; i++) {
-            int fd = again_now[i];
+            int fd = (int)(uint32_t)again_now[i];
             struct side *s = &sides[fd];
-            if (!s->again) continue;   /* closed meanwhile (and maybe reused) */
+            /* closed meanwhile (and maybe another pair's now) */
+            if (__atomic_load_n(&s->gen, __ATOMIC_RELAXED) != (uint32_t)(again_now[i] >> 32) || !s->again) continue;
             s->again = 0;
             if (s->peer >= 0 && s->phase == TLS && sides[s->peer].len == 0) on_tls_readable(fd);
         }
