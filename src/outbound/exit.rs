@@ -19,7 +19,7 @@ pub fn summarize(results: &[RecipientStatus]) -> (Exit, String) {
         let dsn = t.dsn();
         return (
             Exit::TempFail,
-            format!("{dsn} {}: {}", t.recipient, t.reply),
+            format!("{dsn} {}: {}", one_line(&t.recipient), t.reply),
         );
     }
     if let Some(b) = results.iter().find(|r| r.status() == Status::Bounced) {
@@ -35,7 +35,10 @@ pub fn summarize(results: &[RecipientStatus]) -> (Exit, String) {
             (6, _) | (3, 4) => Exit::DataErr,
             _ => Exit::Unavailable,
         };
-        return (code, format!("{dsn} {}: {}", b.recipient, b.reply));
+        return (
+            code,
+            format!("{dsn} {}: {}", one_line(&b.recipient), b.reply),
+        );
     }
     let n = results.len();
     (
@@ -45,6 +48,16 @@ pub fn summarize(results: &[RecipientStatus]) -> (Exit, String) {
             if n == 1 { "" } else { "s" }
         ),
     )
+}
+
+/// The recipient as the MTA gave it, on one line: the status line is the
+/// first line pipe(8) reads, and a recipient argument with a CR or LF in
+/// it (refused as bad syntax) must not start a line of its own there, as
+/// the log does not either.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 #[cfg(test)]
@@ -112,5 +125,13 @@ mod tests {
             assert_eq!(code, want_code, "{line}");
             assert!(line.starts_with(want_dsn), "{line}");
         }
+        // A recipient argument with a line end stays on the status line.
+        let mut bad = status(501, "5.1.3 Bad recipient address syntax");
+        bad.recipient = "b@x\r\nfake: status=sent".into();
+        let (_, line) = summarize(&[bad]);
+        assert_eq!(
+            line,
+            "5.1.3 b@x??fake: status=sent: 501 5.1.3 Bad recipient address syntax"
+        );
     }
 }
