@@ -622,3 +622,54 @@ def test_a_reset_connection_is_logged_with_its_cause(relay):
     wait_for(lambda: re.search(r"session=\S+ disconnect client=\S+ tls=none sealed=0 refused=0 "
                                r"end=client-lost ", relay.log_text()),
              10, "the seal's disconnect line, end=client-lost")
+
+
+def test_message_memory_is_bounded_across_sessions(workdir, keys):
+    """Each message is sealed from memory, so all sessions together hold at most
+    --max-message-memory octets: a declared SIZE= that does not fit is 452 4.3.1 at RCPT
+    (RFC 1870 §6.1), a message that outgrows it mid-way is 421 4.3.1 and dropped (nothing
+    sealed, the client retries); once the first message is sealed, the memory is back.
+    Without the bound, 50 connections from one address could hold 50 x 50 MB."""
+    spool = workdir / "spool-memory"
+    spool.mkdir()
+    body = b"".join(b"x" * 98 + b"\r\n" for _ in range(600))  # 60 000 octets
+    with Seal(workdir, keys, spool, "--max-message-memory", "100000").start() as s:
+        a = RawSMTP(s.host, s.port, source=None)
+        b = RawSMTP(s.host, s.port, source=None)
+        try:
+            for c in (a, b):
+                assert c.reply().code == 220
+                assert c.cmd("EHLO client.test").code == 250
+            # A is in the middle of a 60 000-octet message.
+            assert a.cmd("MAIL FROM:<s@client.test>").code == 250
+            assert a.cmd(f"RCPT TO:<{CAROL}>").code == 250
+            assert a.cmd("DATA").code == 354
+            a.send(b"Subject: first\r\n\r\n" + body)
+            time.sleep(0.5)
+            # B declares 50 000: 40 000 are left.
+            assert b.cmd("MAIL FROM:<s@client.test> SIZE=50000").code == 250
+            r = b.cmd(f"RCPT TO:<{CAROL}>")
+            assert r.code == 452 and r.lines[-1].startswith(b"452 4.3.1"), r
+            wait_for(lambda: re.search(r"session=\S+ refused=message-memory size=50000 "
+                                       r"in-flight=\d+ max-message-memory=100000",
+                                       s.log_text()), 10, "the refusal's log line")
+            # B sends one anyway, undeclared: cut mid-way, nothing sealed.
+            assert b.cmd("RSET").code == 250
+            assert b.cmd("MAIL FROM:<s@client.test>").code == 250
+            assert b.cmd(f"RCPT TO:<{CAROL}>").code == 250
+            assert b.cmd("DATA").code == 354
+            b.send(b"Subject: second\r\n\r\n" + body)
+            r = b.reply()
+            assert r is not None and r.code == 421 and r.lines[-1].startswith(b"421 4.3.1"), r
+            b.read_to_eof()
+            assert b.eof
+            # A's message ends, is sealed, and its memory is given back.
+            r = a.cmd(".")
+            assert r is not None and r.code == 250, (r, s.log_text())
+            assert a.cmd("MAIL FROM:<s@client.test> SIZE=60000").code == 250
+            assert a.cmd(f"RCPT TO:<{CAROL}>").code == 250
+        finally:
+            a.close()
+            b.close()
+        assert len(spool_files(spool)) == 1
+        wait_for(lambda: "end=message-memory" in s.log_text(), 10, "B's disconnect line")

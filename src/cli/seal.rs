@@ -89,6 +89,14 @@ pub struct SealArgs {
     #[arg(long, value_name = "OCTETS")]
     pub max_message_size: Option<u64>,
 
+    /// Octets of messages held in memory by all sessions at once (a message
+    /// is sealed from memory, so it is held until it is sealed). Over it a
+    /// client gets `452 4.3.1` at RCPT (for its declared SIZE) or `421 4.3.1`
+    /// in the middle of a message, and sends again later; a message alone
+    /// may exceed it [default: 268435456].
+    #[arg(long, value_name = "OCTETS")]
+    pub max_message_memory: Option<u64>,
+
     /// Host key for XPONY (from `blackpony keygen`). With it the MX offers
     /// XPONY to sending blackpony hosts, and the fetch listener proves
     /// itself to the home machine with it.
@@ -139,6 +147,7 @@ pub struct SealFile {
     pub tls_key: Option<PathBuf>,
     pub bare_newlines: Option<BareNewlinesArg>,
     pub max_message_size: Option<u64>,
+    pub max_message_memory: Option<u64>,
     pub host_key: Option<PathBuf>,
     pub xpony_max_age: Option<u32>,
     #[serde(default)]
@@ -243,6 +252,11 @@ pub fn run(args: SealArgs, file: SealFile, runtime: &tokio::runtime::Runtime) ->
             .max_message_size
             .or(file.max_message_size)
             .unwrap_or(50 * 1024 * 1024),
+        message_memory: crate::server::memory::MessageMemory::new(
+            args.max_message_memory
+                .or(file.max_message_memory)
+                .unwrap_or(256 * 1024 * 1024),
+        ),
         bare_newlines: args
             .bare_newlines
             .or(file.bare_newlines)

@@ -234,11 +234,7 @@ fn hold(held: &mut Option<Held>, bytes: u64) -> bool {
 }
 
 fn log_refusal(held: &Held, bytes: u64) {
-    log!(
-        "refused=message-memory size={bytes} in-flight={} max-message-memory={}",
-        held.budget().used(),
-        held.budget().limit()
-    );
+    log!("{}", held.refusal(bytes));
 }
 
 /// Serves one MTA connection until it quits or goes away. `control` links

@@ -28,6 +28,7 @@ use crate::log;
 use crate::pony::channel::Channel;
 use crate::pony::keys::fingerprint;
 use crate::pony::negotiation::ServerIdentity;
+use crate::server::memory::{Held, MessageMemory};
 use crate::server::{
     Activity, ClientClock, Control, Limits, Listen, Order, Timeouts, Wrote, write_within,
 };
@@ -43,6 +44,10 @@ pub struct SealConfig {
     pub hostname: String,
     pub keys: Arc<SealKeys>,
     pub max_message_size: u64,
+    /// Message octets held in memory by all sessions at once (a message is
+    /// sealed from memory): the bound `outbound` has, so that many clients
+    /// sending big messages at once cannot exhaust memory.
+    pub message_memory: Arc<MessageMemory>,
     pub bare_newlines: BareNewlines,
     /// Connection limits in all, per client and per network, eviction:
     /// the listener harness's, as for `inbound`.
@@ -209,12 +214,24 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
     // XPONY has one from the 334 on (xpony.md R17).
     let mut clock = ClientClock::new(started);
     let mut message_3_deadline: Option<Instant> = None;
+    // This session's share of the message memory (see SealConfig).
+    let mut held = Held::new(&config.message_memory);
+    // How the session ends when it closes itself (QUIT, or the memory bound).
+    let mut closing = "quit";
     let end = loop {
         let mut switch = None;
         while let Some(event) = session.poll_event() {
             match event {
                 ReceiveEvent::Recipient { recipient, .. } => {
-                    let reply = ctx.recipient_reply(&recipient);
+                    // A declared size (RFC 1870) that the memory left cannot
+                    // hold is refused before the message is sent (§6.1: 452).
+                    let reply = match session.declared_size() {
+                        Some(n) if !held.could_grow_to(n) => {
+                            log!("session={id} {} client={who}", held.refusal(n));
+                            replies::insufficient_storage()
+                        }
+                        _ => ctx.recipient_reply(&recipient),
+                    };
                     if !reply.is_success() {
                         stats.refused += 1;
                     }
@@ -247,6 +264,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 ReceiveEvent::Reset | ReceiveEvent::Close => {}
             }
         }
+        // Every message handed out above was answered: only one still
+        // arriving is held.
+        if !session.receiving_message() {
+            held.release();
+        }
         if !session.output.is_empty() {
             // Something was answered: the next line (or the message, after
             // a 354) has its own time from now.
@@ -275,7 +297,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
         }
         if session.is_closed() {
             let _ = tokio::time::timeout(CLOSE_WRITE, stream.shutdown()).await;
-            break "quit";
+            break closing;
         }
         match switch {
             Some(Switch::Tls) => {
@@ -366,6 +388,18 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 }
                 control.received(n);
                 session.input(&buf[..n]);
+                // The message being received is held as it arrives; past
+                // the bound, the client is told to come back later and
+                // the message is dropped (RFC 3463 X.3.1, mail system full).
+                if session.receiving_message() && !held.grow_to(session.message_bytes()) {
+                    log!(
+                        "session={id} {} client={who}",
+                        held.refusal(session.message_bytes())
+                    );
+                    stats.refused += 1;
+                    closing = "message-memory";
+                    session.close_with(&replies::insufficient_storage_closing(&config.hostname));
+                }
                 continue;
             }
             Ok(Ok(_)) => {

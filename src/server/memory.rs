@@ -102,6 +102,15 @@ impl Held {
                 .fits(self.memory.used(), self.bytes, bytes - self.bytes)
     }
 
+    /// The log words for a refusal of `bytes` (every role says the same).
+    pub fn refusal(&self, bytes: u64) -> String {
+        format!(
+            "refused=message-memory size={bytes} in-flight={} max-message-memory={}",
+            self.memory.used(),
+            self.memory.limit()
+        )
+    }
+
     /// Gives back everything held (the message was answered or dropped).
     pub fn release(&mut self) {
         if self.bytes > 0 {
