@@ -91,3 +91,15 @@ impl ContentRefusal {
         }
     }
 }
+
+/// A reply to DATA that no server may give (RFC 5321 §4.3.2: 354, 4xx or
+/// 5xx): the session is out of step with the server, and nothing of it can
+/// be trusted; above all a 2xx must never stand for the message's fate,
+/// which was never sent.
+pub(super) fn unexpected_data_reply(reply: &Reply) -> Option<ReplyError> {
+    let fits = reply.code() == 354 || reply.is_transient() || reply.is_permanent();
+    (!fits).then_some(ReplyError::Unexpected {
+        command: "DATA",
+        code: reply.code(),
+    })
+}

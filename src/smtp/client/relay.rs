@@ -287,7 +287,7 @@ impl ClientSession {
             Pending::Data => {
                 // As for a delivering session: the MTA must never get a
                 // 250 for a message it has not sent.
-                if let Some(e) = super::transaction::unexpected_data_reply(&reply) {
+                if let Some(e) = super::outcome::unexpected_data_reply(&reply) {
                     self.fail(HostFailure::Protocol(e));
                     return;
                 }

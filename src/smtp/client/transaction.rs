@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::outcome::{ContentRefusal, HostFailure, RecipientResult, SessionOutcome};
 use super::state::{ClientSession, Pending, Purpose, State};
 use crate::smtp::envelope::{ContentFacts, Envelope};
-use crate::smtp::{EhloReply, Reply, ReplyError, replies};
+use crate::smtp::{EhloReply, Reply, replies};
 
 /// The MAIL command with the parameters `caps` allows: `SIZE=` (RFC 1870
 /// §4) when the size is known, `BODY=8BITMIME` (RFC 6152) for 8-bit
@@ -47,18 +47,6 @@ pub fn mail_command(
 /// `message_reject_characters = \0`. So it is refused, permanently.
 pub fn refuse_message(content: &ContentFacts) -> Option<ContentRefusal> {
     content.nul.then_some(ContentRefusal::ContainsNul)
-}
-
-/// A reply to DATA that no server may give (RFC 5321 §4.3.2: 354, 4xx or
-/// 5xx): the session is out of step with the server, and nothing of it can
-/// be trusted; above all a 2xx must never stand for the message's fate,
-/// which was never sent.
-pub(super) fn unexpected_data_reply(reply: &Reply) -> Option<ReplyError> {
-    let fits = reply.code() == 354 || reply.is_transient() || reply.is_permanent();
-    (!fits).then_some(ReplyError::Unexpected {
-        command: "DATA",
-        code: reply.code(),
-    })
 }
 
 impl ClientSession {
@@ -235,7 +223,7 @@ impl ClientSession {
                 }
             }
             Pending::Data => {
-                if let Some(e) = unexpected_data_reply(&reply) {
+                if let Some(e) = super::outcome::unexpected_data_reply(&reply) {
                     self.fail(HostFailure::Protocol(e));
                     return;
                 }
