@@ -470,8 +470,10 @@ fn start_line(line: &mut String, framing: Framing, now: SystemTime) {
     }
 }
 
-/// Keeps one record on one line whatever a peer put in it.
-fn one_line(line: &mut String) {
+/// Keeps one record on one line whatever a peer put in it (every control
+/// character becomes `?`); also for other lines an MTA reads, such as the
+/// status line of `deliver`.
+pub(crate) fn one_line(line: &mut String) {
     if line.chars().any(char::is_control) {
         *line = line
             .chars()
@@ -743,13 +745,7 @@ mod tests {
         }
         use std::fmt::Write as _;
         let _ = write!(line, "{program}[{pid}]: {args}");
-        // Keep one record on one line whatever a peer put in it.
-        if line.chars().any(char::is_control) {
-            line = line
-                .chars()
-                .map(|c| if c.is_control() { '?' } else { c })
-                .collect();
-        }
+        one_line(&mut line);
         line
     }
 

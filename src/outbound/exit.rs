@@ -55,9 +55,9 @@ pub fn summarize(results: &[RecipientStatus]) -> (Exit, String) {
 /// it (refused as bad syntax) must not start a line of its own there, as
 /// the log does not either.
 fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    let mut line = text.to_string();
+    crate::log::one_line(&mut line);
+    line
 }
 
 #[cfg(test)]
