@@ -69,6 +69,23 @@ def wait_for(pred: Callable[[], object], timeout: float, what: str, interval: fl
         time.sleep(interval)
 
 
+def tcp_open(host: str, port: int) -> bool:
+    """Whether something accepts a TCP connection on host:port (a bare connect and close)."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def read_log(path: Path) -> str:
+    """A log file's text so far; empty while the process has not written it yet."""
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
 def smtp_greeting(host: str, port: int, timeout: float = 2.0) -> Optional[bytes]:
     """The first line a server sends, or None when nothing listens / nothing arrives."""
     try:
@@ -277,11 +294,7 @@ class Postfix:
         return self
 
     def _port_open(self) -> bool:
-        try:
-            with socket.create_connection((self.host, self.port), timeout=1):
-                return True
-        except OSError:
-            return False
+        return tcp_open(self.host, self.port)
 
     def stop(self):
         if not self.started:
@@ -310,10 +323,7 @@ class Postfix:
 
     # -- what arrived ----------------------------------------------------------------------
     def log_text(self) -> str:
-        try:
-            return self.maillog.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.maillog)
 
     def log_tail(self, n: int = 15) -> str:
         return "\n".join(self.log_text().splitlines()[-n:])
@@ -511,17 +521,10 @@ class Blackpony:
 
     def _port_open(self) -> bool:
         # A bare connect/close: blackpony accepts it, and we leave before anything happens.
-        try:
-            with socket.create_connection((self.host, self.port), timeout=1):
-                return True
-        except OSError:
-            return False
+        return tcp_open(self.host, self.port)
 
     def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.log_path)
 
     def wait_log(self, pattern: str, timeout: float = 10) -> re.Match:
         rx = re.compile(pattern)
@@ -787,10 +790,7 @@ class Process:
         return self
 
     def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.log_path)
 
     def stop(self):
         p = self.proc
@@ -808,14 +808,6 @@ class Process:
             except OSError:
                 p.kill()
             p.wait(timeout=5)
-
-
-def tcp_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 class Dnsmasq(Process):
@@ -1496,16 +1488,10 @@ class Exim:
                               timeout=timeout)
 
     def mainlog(self) -> str:
-        try:
-            return (self.log_dir / "mainlog").read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log((self.log_dir / "mainlog"))
 
     def paniclog(self) -> str:
-        try:
-            return (self.log_dir / "paniclog").read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log((self.log_dir / "paniclog"))
 
     def result(self, recipient: str) -> Optional[tuple[str, str]]:
         """('=>'|'=='|'**', line) for the first delivery result logged for recipient."""
@@ -1730,10 +1716,7 @@ class EximProxy(MaildirDaemon):
         return super().start(lambda: listening.search(self.mta_log()), timeout)
 
     def mta_log(self) -> str:
-        try:
-            return (self.log_dir / "mainlog").read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log((self.log_dir / "mainlog"))
 
 
 OPENSMTPD_ROOT = Path(os.environ.get("BLACKPONY_OPENSMTPD_ROOT",

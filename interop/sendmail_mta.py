@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from interop.peers import (HERE, REPO, MaildirDaemon, MissingTool, PeerError, Process,
-                           free_port, require_tool, tcp_open, wait_for)
+                           free_port, read_log, require_tool, tcp_open, wait_for)
 
 SENDMAIL_ROOT = Path(os.environ.get("BLACKPONY_SENDMAIL_ROOT",
                                     "/var/cache/blackpony-interop/sendmail"))
@@ -248,10 +248,7 @@ class Sendmail(MaildirDaemon):
             self.sink.stop()
 
     def mta_log(self) -> str:
-        try:
-            return self.sink.out.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.sink.out)
 
     def messages(self, recipient: Optional[str] = None) -> list[tuple[Path, bytes]]:
         """The messages in nobody's mbox (recipient: only those sendmail's Received header
