@@ -466,7 +466,7 @@ memrow() { # KEY LABEL [N]
 {
 echo
 echo "blackpony inbound benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r)"
-echo "blackpony: $BLACKPONY (built $(date -u -r "$BLACKPONY" +%Y-%m-%dT%H:%MZ); repo HEAD $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+echo "blackpony: $BLACKPONY (built $(date -u -r "$BLACKPONY" +%Y-%m-%dT%H:%MZ); $(repo_head))"
 [ -z "$OTHER" ] || echo "other build: $OTHER (built $(date -u -r "$OTHER" +%Y-%m-%dT%H:%MZ))"
 echo "peers: $(haproxy -v 2>/dev/null | head -1 | awk '{print "haproxy", $3}'), $(nginx -v 2>&1 | sed 's/.*: //'), $("$STUNNEL" -version 2>&1 | grep -m1 -o 'stunnel [0-9.]*'), $(openssl version | awk '{print $1, $2}')"
 echo "sections: $SECTIONS"

@@ -73,6 +73,30 @@ snapshot_blackpony() {
     BLACKPONY=$T/blackpony
 }
 
+# repo_head : "repo HEAD <rev>" (", src/ had uncommitted changes" when so) of the
+# checkout the benchmarked binary was built in: the nearest folder above the binary
+# with a Cargo.toml in a git work tree (target/release/blackpony), else the one this
+# script sits in; '?' when neither is a checkout (a copy of bench/ in /tmp running a
+# binary from a separate CARGO_TARGET_DIR)
+repo_head() {
+    local d repo=""
+    d=$(dirname "$(realpath "${BP_SRC:-$BLACKPONY}")")
+    while [ "$d" != / ] && [ -n "$d" ]; do
+        if [ -f "$d/Cargo.toml" ] && git -C "$d" rev-parse --git-dir >/dev/null 2>&1; then
+            repo=$d
+            break
+        fi
+        d=$(dirname "$d")
+    done
+    if [ -z "$repo" ] && git -C "$ROOT" rev-parse --git-dir >/dev/null 2>&1; then repo=$ROOT; fi
+    if [ -z "$repo" ]; then echo "repo HEAD ?"; return; fi
+    printf 'repo HEAD %s (%s)' "$(git -C "$repo" rev-parse --short HEAD)" "$repo"
+    if [ -n "$(git -C "$repo" status --porcelain -- src 2>/dev/null)" ]; then
+        printf ', src/ had uncommitted changes'
+    fi
+    echo
+}
+
 # cpu_busy [SECONDS] : percent of CPU used by anything (the benchmark is idle meanwhile)
 cpu_busy() {
     local a b

@@ -477,7 +477,7 @@ row2() { # LABEL KEY BASEKEY
 {
 echo
 echo "blackpony outbound benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r)"
-echo "blackpony: $BP_SRC (built $BP_BUILT, sha256 $(sha256sum "$BLACKPONY" | cut -c1-12); repo HEAD $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && [ -n "$(git status --porcelain -- src 2>/dev/null)" ] && echo ', src/ had uncommitted changes'))"
+echo "blackpony: $BP_SRC (built $BP_BUILT, sha256 $(sha256sum "$BLACKPONY" | cut -c1-12); $(repo_head))"
 [ -n "$BASELINE" ] && echo "baseline (rows b0, c0): $BASELINE_SRC (built $(date -u -r "$BASELINE_SRC" +%Y-%m-%dT%H:%MZ), sha256 $(sha256sum "$BASELINE" | cut -c1-12))"
 echo "peers: $(msmtp --version | head -1), dma $(gunzip -c "$DMA_ROOT/usr/share/doc/dma/changelog.Debian.gz" 2>/dev/null | head -1 | sed 's/^dma (\([^)]*\)).*/\1/'), postfix $(postconf -d -h mail_version 2>/dev/null), $(haproxy -v 2>/dev/null | head -1 | awk '{print "haproxy", $3}'), $(dnsmasq --version | head -1 | awk '{print $1, $3}')"
 echo "private network namespace: dnsmasq on 127.0.0.1:53 (resolv.conf points there), MX sink.test -> smtp-sink on $MX_SINK:25,"

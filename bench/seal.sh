@@ -173,7 +173,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 {
 echo
 echo "blackpony seal benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "blackpony: $BP_SRC (built $BP_BUILT, sha256 $(sha256sum "$BLACKPONY" | cut -c1-12); repo HEAD $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+echo "blackpony: $BP_SRC (built $BP_BUILT, sha256 $(sha256sum "$BLACKPONY" | cut -c1-12); $(repo_head))"
 echo "postfix $(postconf -d -h mail_version 2>/dev/null); spool and queue on $FS ($(df --output=source "$T" | tail -1))"
 echo "smtp-source -d -s $SESSIONS -m $MSGS -l SIZE -> 127.0.0.1; medians of $REPS run(s); other load: ${BUSY}% CPU busy at the start"
 [ "$BUSY" -gt 15 ] && echo "WARNING: something else used ${BUSY}% of the CPU at the start; the figures are noisy"
