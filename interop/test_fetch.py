@@ -428,31 +428,48 @@ def test_a_mitm_that_swaps_keys_fails(setup):
 def test_sigkill_mid_transfer_loses_nothing(setup, postfix):
     base, keys, age_key, recipient = prepare(setup, "kill-run")
     rcpt = f"kill@{DOMAIN}"
-    total = 60
+    batch = 60
+    min_kills = 3
     filler = b"".join(b"filler line %05d\r\n" % i for i in range(12000))
     relay = serve(base, keys, recipient)
     home = Home(base, keys, age_key)
     target = ["--deliver-to", f"127.0.0.1:{postfix.port}"]
     kills = 0
-    try:
+    total = 0
+
+    def send_batch():
+        nonlocal total
         with smtplib.SMTP("127.0.0.1", relay.port, timeout=30) as c:
-            for i in range(total):
+            for i in range(total, total + batch):
                 assert c.sendmail("sender@example.net", [rcpt],
                                   b"Subject: kill %d\r\nMessage-ID: <kill.%d@x>\r\n\r\n"
                                   b"marker-%d\r\n" % (i, i, i) + filler) == {}
-        assert len(relay.ids()) == total
-        for round_ in range(25):
+        total += batch
+        assert len(relay.ids()) == batch
+
+    try:
+        send_batch()
+        # Runs killed 50-210 ms in, until the spool is empty and at least `min_kills` runs
+        # died mid-transfer. The count must not hang on the machine's speed: a run that
+        # ends before its kill halves the delays, and an empty spool before the last kill
+        # gets another batch.
+        pace = 1.0
+        for round_ in range(60):
             if not relay.ids():
-                break
+                if kills >= min_kills:
+                    break
+                send_batch()
             p = subprocess.Popen(home.command(relay.fetch_port, *target),
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                  stdin=subprocess.DEVNULL)
-            time.sleep(0.05 + 0.04 * (round_ % 5))
+            time.sleep((0.05 + 0.04 * (round_ % 5)) * pace)
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
                 kills += 1
+            else:
+                pace = max(pace / 2, 1 / 32)
             p.wait(timeout=10)
-        assert kills >= 3, f"only {kills} runs were killed mid-transfer"
+        assert kills >= min_kills, f"only {kills} runs were killed mid-transfer"
         res = home.fetch(relay.fetch_port, *target)
         assert res.returncode == 0, res.stderr + relay.log_text()
         assert relay.ids() == []
