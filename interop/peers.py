@@ -282,7 +282,7 @@ class Postfix:
                                 f"(exit {res.returncode}): {res.stdout.strip()}\n"
                                 f"maillog:\n{self.log_tail()}")
             wait_for(lambda: (smtp_greeting(self.host, self.port) or b"").startswith(b"220")
-                     if not self.proxy else self._port_open(), timeout,
+                     if not self.proxy else tcp_open(self.host, self.port), timeout,
                      f"postfix on {self.host}:{self.port} (start said: {res.stdout.strip()!r}; "
                      f"maillog: {self.log_tail()})")
             for host, port, _ in self.listeners:
@@ -292,9 +292,6 @@ class Postfix:
             self.stop()
             raise
         return self
-
-    def _port_open(self) -> bool:
-        return tcp_open(self.host, self.port)
 
     def stop(self):
         if not self.started:
@@ -1488,10 +1485,10 @@ class Exim:
                               timeout=timeout)
 
     def mainlog(self) -> str:
-        return read_log((self.log_dir / "mainlog"))
+        return read_log(self.log_dir / "mainlog")
 
     def paniclog(self) -> str:
-        return read_log((self.log_dir / "paniclog"))
+        return read_log(self.log_dir / "paniclog")
 
     def result(self, recipient: str) -> Optional[tuple[str, str]]:
         """('=>'|'=='|'**', line) for the first delivery result logged for recipient."""
@@ -1716,7 +1713,7 @@ class EximProxy(MaildirDaemon):
         return super().start(lambda: listening.search(self.mta_log()), timeout)
 
     def mta_log(self) -> str:
-        return read_log((self.log_dir / "mainlog"))
+        return read_log(self.log_dir / "mainlog")
 
 
 OPENSMTPD_ROOT = Path(os.environ.get("BLACKPONY_OPENSMTPD_ROOT",
